@@ -1,0 +1,55 @@
+"""reverie: inference algorithms for diffusion models, each checked against an exact answer.
+
+The core API::
+
+    import reverie
+    proc = reverie.VP.linear()                      # x_t = alpha(t) x0 + sigma(t) eps
+    den = reverie.Denoiser(net, proc, "eps")        # any network -> one denoiser interface
+    x0 = reverie.sample(den, torch.randn(16, 3, 32, 32), sampler="dpmpp_2m", steps=10)
+
+See :mod:`reverie.process`, :mod:`reverie.denoisers`, :mod:`reverie.grids` and
+:mod:`reverie.samplers`.
+"""
+
+from reverie._random import randn, seeded_generators
+from reverie.denoisers import PREDICTIONS, ClassifierFreeGuidance, Denoiser, DenoiserBase
+from reverie.grids import GRIDS, make_grid
+from reverie.process import (
+    EDM,
+    VE,
+    VP,
+    GaussianProcess,
+    Interpolant,
+    RectifiedFlow,
+    VPCosine,
+    VPLinear,
+)
+from reverie.samplers import SAMPLERS, NonFiniteError, SampleOutput, State, Transition, run, sample
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EDM",
+    "GRIDS",
+    "PREDICTIONS",
+    "SAMPLERS",
+    "VE",
+    "VP",
+    "ClassifierFreeGuidance",
+    "Denoiser",
+    "DenoiserBase",
+    "GaussianProcess",
+    "Interpolant",
+    "NonFiniteError",
+    "RectifiedFlow",
+    "SampleOutput",
+    "State",
+    "Transition",
+    "VPCosine",
+    "VPLinear",
+    "make_grid",
+    "randn",
+    "run",
+    "sample",
+    "seeded_generators",
+]

@@ -1,0 +1,1 @@
+"""Subcommands of the ``reverie`` command line; each module defines ``register(subparsers)``."""

@@ -1,0 +1,241 @@
+"""Model adapters: every network becomes one *denoiser* (DESIGN.md, idea 2).
+
+A denoiser maps ``(x_t, t, **cond)`` to the data prediction ``E[x0 | x_t]``; ``eps``,
+``score`` and the probability-flow ``velocity`` are derived from it. Samplers only ever call
+``denoiser(x, t, **cond)``, so they never branch on what the network predicts.
+
+Prediction types (``x_t = alpha x0 + sigma eps``):
+
+========  ======================================  ===================================================
+name      the network returns                      data prediction
+========  ======================================  ===================================================
+``eps``   the noise ``eps``                        ``(x - sigma eps) / alpha``
+``x0``    the clean data                           itself
+``v``     ``alpha eps - sigma x0`` (Salimans & Ho)  ``(alpha x - sigma v) / (alpha^2 + sigma^2)``
+``score`` ``grad log p_t(x) = -eps / sigma``       ``(x + sigma^2 score) / alpha``
+``flow``  ``dx_t/dt = alpha' x0 + sigma' eps``      ``(sigma' x - sigma u) / (sigma' alpha - sigma alpha')``
+========  ======================================  ===================================================
+
+Combinators (classifier-free guidance here; guidance, posterior terms and composition in
+their modules) take a denoiser and return a denoiser.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from reverie.process import GaussianProcess, _bcast
+
+__all__ = [
+    "PREDICTIONS",
+    "DenoiserBase",
+    "Denoiser",
+    "ClassifierFreeGuidance",
+    "to_x0",
+    "from_x0",
+]
+
+PREDICTIONS = ("eps", "x0", "v", "score", "flow")
+
+
+def _check_prediction(prediction: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise ValueError(
+            f"unknown prediction type {prediction!r}; expected one of {', '.join(PREDICTIONS)}"
+        )
+
+
+def _coefs(process: GaussianProcess, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    a = _bcast(process.alpha(t), like).to(like.dtype)
+    s = _bcast(process.sigma(t), like).to(like.dtype)
+    return a, s
+
+
+def to_x0(
+    output: Tensor, prediction: str, x: Tensor, t: Tensor, process: GaussianProcess
+) -> Tensor:
+    """Turn a network ``output`` of the given ``prediction`` type at ``(x, t)`` into ``x0``."""
+    _check_prediction(prediction)
+    if prediction == "x0":
+        return output
+    a, s = _coefs(process, t, x)
+    if prediction == "eps":
+        return (x - s * output) / a
+    if prediction == "v":
+        return (a * x - s * output) / (a**2 + s**2)
+    if prediction == "score":
+        return (x + s**2 * output) / a
+    da = _bcast(process.d_alpha(t), x).to(x.dtype)
+    ds = _bcast(process.d_sigma(t), x).to(x.dtype)
+    return (ds * x - s * output) / (ds * a - s * da)
+
+
+def from_x0(
+    x0: Tensor, prediction: str, x: Tensor, t: Tensor, process: GaussianProcess
+) -> Tensor:
+    """Inverse of :func:`to_x0`: what a network of this ``prediction`` type would output."""
+    _check_prediction(prediction)
+    if prediction == "x0":
+        return x0
+    a, s = _coefs(process, t, x)
+    eps = (x - a * x0) / s
+    if prediction == "eps":
+        return eps
+    if prediction == "v":
+        return a * eps - s * x0
+    if prediction == "score":
+        return -eps / s
+    da = _bcast(process.d_alpha(t), x).to(x.dtype)
+    ds = _bcast(process.d_sigma(t), x).to(x.dtype)
+    return da * x0 + ds * eps
+
+
+def _time_tensor(t: float | Tensor, x: Tensor) -> Tensor:
+    """``t`` as a ``[batch]`` tensor; float64 for float64 states, float32 otherwise."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    t = torch.as_tensor(t, dtype=dtype, device=x.device)
+    if t.ndim == 0:
+        t = t.expand(x.shape[0])
+    elif t.shape != (x.shape[0],):
+        raise ValueError(f"t must be a scalar or have shape [{x.shape[0]}], got {tuple(t.shape)}")
+    return t
+
+
+class DenoiserBase(ABC):
+    """The interface samplers use: ``__call__`` returns the data prediction.
+
+    Subclasses implement :meth:`__call__`; ``eps``, ``score`` and ``velocity`` follow.
+    """
+
+    process: GaussianProcess
+
+    @abstractmethod
+    def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
+        """``E[x0 | x_t = x]``: the data prediction, in ``x``'s dtype."""
+
+    def eps(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
+        """Predicted noise ``(x - alpha x0) / sigma``."""
+        t = _time_tensor(t, x)
+        return from_x0(self(x, t, **cond), "eps", x, t, self.process)
+
+    def score(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
+        """Score ``grad_x log p_t(x) = -(x - alpha x0) / sigma^2``."""
+        t = _time_tensor(t, x)
+        return from_x0(self(x, t, **cond), "score", x, t, self.process)
+
+    def velocity(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
+        """Probability-flow ODE velocity ``dx/dt = alpha' x0 + sigma' eps`` in process time."""
+        t = _time_tensor(t, x)
+        return from_x0(self(x, t, **cond), "flow", x, t, self.process)
+
+
+class Denoiser(DenoiserBase):
+    """Wrap any network ``fn(x, t, **cond)`` that predicts ``eps``, ``x0``, ``v``, ``score`` or
+    ``flow`` for the noising ``process``.
+
+    ``fn`` receives ``t`` as a ``[batch]`` tensor in the process's own units (the training-step
+    index for :class:`~reverie.process.VP`, sigma for EDM/VE, ``t`` in ``[0, 1]`` for flows).
+    The input is cast to ``dtype`` (default: the dtype of ``fn``'s parameters when it is an
+    ``nn.Module``) and the output back to the solver's dtype, so a half-precision network runs
+    under a float32 or float64 solver state. ``output_transform`` may post-process the raw
+    network output (e.g. keep the first channels of a learned-variance model).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Tensor],
+        process: GaussianProcess,
+        prediction: str = "eps",
+        *,
+        dtype: torch.dtype | None = None,
+        output_transform: Callable[[Tensor], Tensor] | None = None,
+    ):
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        if not isinstance(process, GaussianProcess):
+            raise TypeError(f"process must be a GaussianProcess, got {type(process).__name__}")
+        _check_prediction(prediction)
+        if dtype is None and isinstance(fn, nn.Module):
+            param = next(iter(fn.parameters()), None)
+            dtype = param.dtype if param is not None else None
+        self.fn = fn
+        self.process = process
+        self.prediction = prediction
+        self.dtype = dtype
+        self.output_transform = output_transform
+
+    def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
+        t = _time_tensor(t, x)
+        x_in = x if self.dtype is None else x.to(self.dtype)
+        t_in = t if self.dtype is None or self.dtype == torch.float64 else t.float()
+        out = self.fn(x_in, t_in, **cond)
+        if hasattr(out, "sample") and not isinstance(out, Tensor):  # diffusers outputs
+            out = out.sample
+        if self.output_transform is not None:
+            out = self.output_transform(out)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"the model must return a tensor of shape {tuple(x.shape)}, got {got}")
+        return to_x0(out.to(x.dtype), self.prediction, x, t, self.process)
+
+    def __repr__(self) -> str:
+        return f"Denoiser(prediction={self.prediction!r}, process={self.process!r})"
+
+
+class ClassifierFreeGuidance(DenoiserBase):
+    """Classifier-free guidance (Ho & Salimans 2022) as a denoiser combinator:
+    ``D = D(x | uncond) + scale * (D(x | cond) - D(x | uncond))``.
+
+    The combination is taken on the data prediction, which equals the usual combination of
+    eps / v / velocity predictions (all are affine in x0 at fixed ``x, t``). ``scale = 1`` is the
+    conditional model, ``scale = 0`` the unconditional one. ``uncond`` maps each conditioning
+    keyword to its null value (e.g. ``{"class_labels": torch.full((n,), 10)}``); when every
+    conditioning value is a tensor with the batch first, both branches run in one batched call.
+    ``interval=(t_lo, t_hi)`` applies guidance only for ``t_lo <= t <= t_hi`` (Kynkaanniemi et
+    al. 2024, "Applying guidance in a limited interval"); elsewhere the conditional model is used.
+    """
+
+    def __init__(
+        self,
+        denoiser: DenoiserBase,
+        scale: float,
+        uncond: Mapping[str, Any],
+        *,
+        interval: tuple[float, float] | None = None,
+    ):
+        self.denoiser = denoiser
+        self.process = denoiser.process
+        self.scale = float(scale)
+        self.uncond = dict(uncond)
+        self.interval = interval
+
+    def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
+        t = _time_tensor(t, x)
+        active = self.scale != 1.0
+        if self.interval is not None:
+            lo, hi = self.interval
+            active = active and bool(((t >= lo) & (t <= hi)).all())
+        if not active:
+            return self.denoiser(x, t, **cond)
+        keys = set(cond) | set(self.uncond)
+        both = {k: (cond.get(k), self.uncond.get(k)) for k in keys}
+        batchable = all(
+            isinstance(c, Tensor) and isinstance(u, Tensor) and c.shape == u.shape
+            and c.ndim > 0 and c.shape[0] == x.shape[0]
+            for c, u in both.values()
+        )
+        if batchable:
+            merged = {k: torch.cat([c, u]) for k, (c, u) in both.items()}
+            d_c, d_u = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), **merged).chunk(2)
+        else:
+            d_c = self.denoiser(x, t, **cond)
+            d_u = self.denoiser(x, t, **{k: u for k, (_, u) in both.items() if u is not None})
+        return d_u + self.scale * (d_c - d_u)
+
+    def __repr__(self) -> str:
+        return f"ClassifierFreeGuidance(scale={self.scale}, {self.denoiser!r})"

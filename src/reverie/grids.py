@@ -1,0 +1,123 @@
+"""Time grids: decreasing tensors of process times that end exactly at the clean end.
+
+A grid for ``steps`` steps has ``steps + 1`` entries ``t_0 > t_1 > ... > t_steps = t_clean``;
+samplers evaluate the model at (some of) ``t_0 .. t_{steps-1}`` and take the last step onto
+the clean end explicitly. Grids are separate from samplers (k-diffusion): any sampler walks
+any grid, and a custom tensor is accepted wherever a grid name is.
+
+=============  =========================================================================
+``uniform``    ``steps`` points uniform in ``t`` from ``t_max`` to ``t_min``, then ``t_clean``
+``trailing``   ``steps + 1`` points uniform in ``t`` from ``t_max`` to ``t_clean``
+               (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed")
+``logsnr``     uniform in log-SNR between ``t_max`` and ``t_min``, then ``t_clean``
+               (DPM-Solver's "logSNR" / diffusers ``use_lu_lambdas``)
+``karras``     Karras et al. (2022) eq. 5 in ``sigma/alpha`` with ``rho = 7``, then ``t_clean``
+=============  =========================================================================
+
+For a :class:`~reverie.process.RectifiedFlow` with ``shift != 1`` the ``uniform`` and
+``trailing`` grids are shifted as in SD3: ``t' = s t / (1 + (s - 1) t)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from reverie.process import GaussianProcess
+
+__all__ = ["GRIDS", "make_grid", "check_grid"]
+
+GRIDS = ("uniform", "trailing", "logsnr", "karras")
+
+
+def make_grid(
+    process: GaussianProcess,
+    steps: int,
+    name: str = "logsnr",
+    *,
+    t_max: float | None = None,
+    t_min: float | None = None,
+    rho: float = 7.0,
+) -> Tensor:
+    """A float64 grid of ``steps + 1`` times from ``t_max`` to ``process.t_clean``.
+
+    ``t_max``/``t_min`` default to the process's own range.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if name not in GRIDS:
+        raise ValueError(f"unknown grid {name!r}; expected one of {', '.join(GRIDS)}")
+    hi = process.t_max if t_max is None else float(t_max)
+    lo = process.t_min if t_min is None else float(t_min)
+    clean = process.t_clean
+    if not clean < lo < hi or hi > process.t_max + 1e-12:
+        raise ValueError(
+            f"need t_clean={clean} < t_min={lo} < t_max={hi} <= process.t_max={process.t_max}"
+        )
+    f64 = torch.float64
+    if name == "trailing":
+        inner = torch.linspace(hi, clean, steps + 1, dtype=f64)[:-1]
+        inner = _shift(process, inner)
+    elif name == "uniform":
+        inner = _shift(process, torch.linspace(hi, lo, steps, dtype=f64))
+    else:
+        lam_hi, lam_lo = float(process.log_snr(hi)), float(process.log_snr(lo))
+        if not (math.isfinite(lam_hi) and math.isfinite(lam_lo)):
+            raise ValueError(
+                f"the {name!r} grid needs a finite log-SNR at both ends, but log_snr(t_max={hi}) "
+                f"= {lam_hi}; pass a smaller t_max (e.g. t_max=0.999) or use grid='trailing'"
+            )
+        if name == "logsnr":
+            lam = torch.linspace(lam_hi, lam_lo, steps, dtype=f64)
+            inner = process.t_from_log_snr(lam)
+        else:  # karras
+            s_hi, s_lo = math.exp(-0.5 * lam_hi), math.exp(-0.5 * lam_lo)
+            ramp = torch.linspace(0, 1, steps, dtype=f64)
+            sig = (s_hi ** (1 / rho) + ramp * (s_lo ** (1 / rho) - s_hi ** (1 / rho))) ** rho
+            inner = process.t_from_sigma_ve(sig)
+        # pin the ends exactly (the inverse maps are accurate only to rounding)
+        inner[0] = hi
+        if steps > 1:
+            inner[-1] = lo
+    grid = torch.cat([inner, torch.tensor([clean], dtype=f64)])
+    return check_grid(grid, process)
+
+
+def _shift(process: GaussianProcess, t: Tensor) -> Tensor:
+    shift = getattr(process, "shift", 1.0)
+    if shift == 1.0:
+        return t
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def check_grid(grid: Tensor, process: GaussianProcess) -> Tensor:
+    """Validate a grid and return it as float64; raise ``ValueError`` saying what is wrong."""
+    if not isinstance(grid, Tensor):
+        grid = torch.as_tensor(grid)
+    if grid.ndim != 1 or grid.numel() < 2:
+        raise ValueError(
+            f"a grid must be a 1-D tensor of at least 2 times, got shape {tuple(grid.shape)}"
+        )
+    if not grid.is_floating_point():
+        grid = grid.to(torch.float64)
+    grid = grid.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(grid).all()):
+        raise ValueError("the grid contains NaN or inf")
+    if not bool((grid[1:] < grid[:-1]).all()):
+        raise ValueError(f"a grid must be strictly decreasing, got {grid.tolist()}")
+    clean = process.t_clean
+    tol = 1e-9 * max(1.0, abs(process.t_max))
+    if abs(float(grid[-1]) - clean) > tol:
+        raise ValueError(
+            f"a grid must end at the clean end t_clean={clean} of {process!r}; "
+            f"it ends at {float(grid[-1])} (append {clean} to take the final step explicitly)"
+        )
+    grid[-1] = clean
+    if float(grid[0]) > process.t_max + tol:
+        raise ValueError(
+            f"a grid must start at or below t_max={process.t_max} of {process!r}, "
+            f"it starts at {float(grid[0])}"
+        )
+    return grid

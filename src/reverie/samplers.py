@@ -1,0 +1,812 @@
+"""Training-free samplers for Gaussian diffusion and flow models.
+
+Every sampler is written once, as a *transition* over an explicit state (DESIGN.md, idea 3):
+
+    transition(denoiser, state, schedule, i) -> Transition(mean, std, x0, memory, nfe)
+
+and ``x_{i+1} = mean + std * z``. A deterministic solver has ``std = 0``; a stochastic one
+exposes its Gaussian kernel, which particle methods (SMC, search) reweight or twist. The
+whole sampler is the loop :func:`run` over that transition; nothing is hidden in objects and
+the state (``x``, grid index, the sampler's short memory of past predictions) can be copied,
+indexed and resampled.
+
+All samplers are written with ``x_t = alpha x0 + sigma eps`` and the half log-SNR
+``lambda = log(alpha / sigma)``, so they work for any process (VP, VE, EDM, flows, custom
+interpolants). Where a method is defined in the VE coordinates of EDM / k-diffusion
+(``x / alpha``, ``sigma / alpha``), the step is written in those coordinates and mapped back.
+The final step onto the clean end (``sigma = 0``) is taken explicitly by every sampler.
+
+The registry :data:`SAMPLERS` maps names to :class:`Sampler` entries; each entry is also the
+pure sampler function ``SAMPLERS[name](denoiser, x, grid, ...) -> x0``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from reverie._random import Generators, randn_like, split_generators
+from reverie.denoisers import DenoiserBase
+from reverie.grids import GRIDS, check_grid, make_grid
+from reverie.process import GaussianProcess
+
+__all__ = [
+    "Schedule",
+    "State",
+    "Transition",
+    "Sampler",
+    "SAMPLERS",
+    "SampleOutput",
+    "NonFiniteError",
+    "run",
+    "sample",
+    "resolve_grid",
+]
+
+
+class NonFiniteError(FloatingPointError):
+    """A sampler produced NaN or inf; the message names the step."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule, state and transition
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A grid with its process coefficients, as float64 Python numbers.
+
+    ``lam[i] = log(alpha[i] / sigma[i])`` (+inf at the clean end, -inf where alpha = 0) and
+    ``sigma_ve[i] = sigma[i] / alpha[i]``.
+    """
+
+    process: GaussianProcess
+    t: tuple[float, ...]
+    alpha: tuple[float, ...]
+    sigma: tuple[float, ...]
+    lam: tuple[float, ...]
+    sigma_ve: tuple[float, ...]
+
+    @classmethod
+    def build(cls, process: GaussianProcess, grid: Tensor) -> Schedule:
+        grid = check_grid(grid, process)
+        a = process.alpha(grid)
+        s = process.sigma(grid)
+        s[-1] = 0.0  # the clean end, exactly
+        with torch.no_grad():
+            lam = torch.log(a) - torch.log(s)
+            sve = torch.where(a > 0, s / a, torch.full_like(s, math.inf))
+        return cls(
+            process, tuple(grid.tolist()), tuple(a.tolist()), tuple(s.tolist()),
+            tuple(lam.tolist()), tuple(sve.tolist()),
+        )
+
+    @property
+    def steps(self) -> int:
+        return len(self.t) - 1
+
+    def h(self, i: int) -> float:
+        """Log-SNR step ``lambda_{i+1} - lambda_i`` (> 0; +inf onto the clean end)."""
+        return self.lam[i + 1] - self.lam[i]
+
+
+@dataclass(frozen=True)
+class State:
+    """Where a sampler stands: ``x`` at grid index ``i``, the sampler's ``memory`` (e.g. past
+    data predictions, newest last, each with the batch first), and the model calls so far."""
+
+    x: Tensor
+    i: int = 0
+    memory: tuple[Tensor, ...] = ()
+    nfe: int = 0
+
+    def select(self, index: Tensor | list[int]) -> State:
+        """The sub-batch (or resampled batch) ``index`` of this state."""
+        if not isinstance(index, Tensor):
+            index = torch.as_tensor(index, dtype=torch.long)
+        index = index.to(self.x.device)
+        return replace(self, x=self.x[index], memory=tuple(m[index] for m in self.memory))
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One step's Gaussian kernel ``x_{i+1} ~ N(mean, std^2 I)`` (``std = 0``: deterministic),
+    the data prediction ``x0`` made at this step, the new memory and the model calls used."""
+
+    mean: Tensor
+    std: float | Tensor
+    x0: Tensor
+    memory: tuple[Tensor, ...] = ()
+    nfe: int = 1
+
+
+TransitionFn = Callable[..., Transition]
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A registered sampler. Call it as the pure function
+    ``sampler(denoiser, x, grid, generator=None, cond=None, progress=False, **options) -> x0``."""
+
+    name: str
+    transition: TransitionFn
+    order: int
+    stochastic: bool
+    grid: str  # "logsnr" / "karras" / "process" (the process's default grid)
+    description: str
+    nfe_per_step: int = 1  # model calls per step; the final step onto sigma = 0 costs one
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def nfe(self, steps: int) -> int:
+        """Model calls used by ``steps`` steps."""
+        return self.nfe_per_step * (steps - 1) + 1
+
+    def step(
+        self,
+        denoiser: DenoiserBase,
+        state: State,
+        schedule: Schedule,
+        *,
+        generator: Generators = None,
+        cond: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> State:
+        """Advance ``state`` by one grid step."""
+        opts = {**self.options, **options}
+        tr = self.transition(denoiser, state, schedule, generator=generator, cond=cond or {}, **opts)
+        x = tr.mean
+        if not _is_zero(tr.std):
+            std = tr.std
+            if isinstance(std, Tensor):
+                std = std.reshape(std.shape + (1,) * (x.ndim - std.ndim)).to(x.dtype)
+            x = x + std * randn_like(x, generator)
+        return State(x, state.i + 1, tr.memory, state.nfe + tr.nfe)
+
+    def __call__(
+        self,
+        denoiser: DenoiserBase,
+        x: Tensor,
+        grid: Tensor,
+        *,
+        generator: Generators = None,
+        cond: Mapping[str, Any] | None = None,
+        progress: bool = False,
+        **options: Any,
+    ) -> Tensor:
+        return run(self, denoiser, x, grid, generator=generator, cond=cond, progress=progress,
+                   **options).x0
+
+
+def _is_zero(std: float | Tensor) -> bool:
+    if isinstance(std, Tensor):
+        return bool((std == 0).all())
+    return std == 0
+
+
+class _Registry(Mapping[str, Sampler]):
+    """Name -> :class:`Sampler`; unknown names raise a ``ValueError`` listing the valid ones."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, Sampler] = {}
+
+    def __getitem__(self, name: str) -> Sampler:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise ValueError(
+                f"unknown sampler {name!r}; expected one of {', '.join(self._items)}"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"SAMPLERS({', '.join(self._items)})"
+
+    def add(self, sampler: Sampler) -> Sampler:
+        self._items[sampler.name] = sampler
+        return sampler
+
+
+#: All samplers by name. ``list(SAMPLERS)`` gives the names.
+SAMPLERS = _Registry()
+
+
+def register(
+    name: str,
+    *,
+    order: int,
+    stochastic: bool,
+    grid: str,
+    description: str,
+    nfe_per_step: int = 1,
+    **options: Any,
+) -> Callable[[TransitionFn], TransitionFn]:
+    """Decorator: register a transition function as a sampler."""
+
+    def wrap(fn: TransitionFn) -> TransitionFn:
+        SAMPLERS.add(Sampler(name, fn, order, stochastic, grid, description, nfe_per_step, options))
+        return fn
+
+    return wrap
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared primitives
+# ---------------------------------------------------------------------------------------------
+
+
+def _eps(x: Tensor, x0: Tensor, sch: Schedule, i: int) -> Tensor:
+    """Predicted noise ``(x - alpha_i x0) / sigma_i`` (== EDM's ``d = (x/a - x0) / sigma_ve``)."""
+    return (x - sch.alpha[i] * x0) / sch.sigma[i]
+
+
+def _ddim(x0: Tensor, eps: Tensor, sch: Schedule, j: int) -> Tensor:
+    """Re-noise a prediction to grid point ``j``: ``alpha_j x0 + sigma_j eps`` (DDIM eq. 12 with
+    eta = 0; equal to an Euler step of the probability-flow ODE in ``sigma / alpha``)."""
+    if sch.sigma[j] == 0:
+        return sch.alpha[j] * x0
+    return sch.alpha[j] * x0 + sch.sigma[j] * eps
+
+
+def _exp_first_order(x: Tensor, x0: Tensor, sch: Schedule, i: int, j: int, eta: float = 0.0) -> Tensor:
+    """Mean of the first-order exponential-integrator step from ``i`` to ``j`` in data
+    prediction (DPM-Solver++ eq. 9; its SDE variant with ``eta`` > 0, Lu et al. 2022 / Gonzalez
+    et al.):  ``(sigma_j/sigma_i) e^{-eta h} x + alpha_j (1 - e^{-(1+eta) h}) x0``."""
+    h = sch.lam[j] - sch.lam[i]
+    if sch.sigma[j] == 0:
+        return sch.alpha[j] * x0
+    damp = math.exp(-eta * h) if eta else 1.0  # (0 * inf is NaN where alpha_i = 0)
+    return (sch.sigma[j] / sch.sigma[i]) * damp * x + sch.alpha[j] * (
+        -math.expm1(-(1 + eta) * h)
+    ) * x0
+
+
+def _sde_std(sch: Schedule, i: int, j: int, eta: float) -> float:
+    """Std of the noise of the exponential-integrator SDE step: ``sigma_j sqrt(1 - e^{-2 eta h})``."""
+    if eta == 0 or sch.sigma[j] == 0:
+        return 0.0
+    return sch.sigma[j] * math.sqrt(-math.expm1(-2 * eta * sch.h(i)))
+
+
+def _model(denoiser: DenoiserBase, x: Tensor, t: float, cond: Mapping[str, Any]) -> Tensor:
+    return denoiser(x, t, **cond)
+
+
+def _churn(
+    denoiser_process: GaussianProcess,
+    x: Tensor,
+    sch: Schedule,
+    i: int,
+    generator: Generators,
+    s_churn: float,
+    s_tmin: float,
+    s_tmax: float,
+    s_noise: float,
+) -> tuple[Tensor, float, float, float]:
+    """EDM Algorithm 2, lines 4-6: raise the noise level from ``sigma_ve_i`` to
+    ``sigma_ve_i (1 + gamma)`` by adding fresh noise. Returns ``(x_hat, t_hat, alpha_hat,
+    sigma_hat)``; without churn this is the grid point itself."""
+    t, a, s, sve = sch.t[i], sch.alpha[i], sch.sigma[i], sch.sigma_ve[i]
+    gamma = min(s_churn / sch.steps, math.sqrt(2) - 1) if s_tmin <= sve <= s_tmax else 0.0
+    if gamma == 0 or not math.isfinite(sve):
+        return x, t, a, s
+    proc = denoiser_process
+    sve_hat = min(sve * (1 + gamma), float(proc.sigma_ve(proc.t_max)))
+    t_hat = float(proc.t_from_sigma_ve(sve_hat))
+    a_hat, s_hat = float(proc.alpha(t_hat)), float(proc.sigma(t_hat))
+    sve_hat = s_hat / a_hat
+    # x_hat / a_hat = x / a + sqrt(sve_hat^2 - sve^2) * S_noise * z
+    z = randn_like(x, generator)
+    x_hat = a_hat * (x / a + math.sqrt(max(sve_hat**2 - sve**2, 0.0)) * s_noise * z)
+    return x_hat, t_hat, a_hat, s_hat
+
+
+# ---------------------------------------------------------------------------------------------
+# First-order samplers
+# ---------------------------------------------------------------------------------------------
+
+
+@register(
+    "ddim", order=1, stochastic=False, grid="process", eta=0.0,
+    description="DDIM (Song et al. 2021): x0 and eps re-noised; eta>0 adds DDPM-like noise",
+)
+def ddim(denoiser, state, sch, *, generator, cond, eta: float = 0.0) -> Transition:
+    """DDIM, Song et al. (2021) eq. 12, in ``alpha``/``sigma`` form for any process.
+
+    ``x_{i+1} = alpha_{i+1} x0 + sqrt(sigma_{i+1}^2 - c^2) eps + c z`` with
+    ``c = eta sigma_{i+1} sqrt(1 - e^{-2h})`` (eq. 16); eta = 1 is DDPM's ancestral step.
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    i, x = state.i, state.x
+    x0 = _model(denoiser, x, sch.t[i], cond)
+    j = i + 1
+    if sch.sigma[j] == 0:  # explicit final step: the data prediction itself
+        return Transition(sch.alpha[j] * x0, 0.0, x0)
+    c = eta * _sde_std(sch, i, j, 1.0)
+    eps = _eps(x, x0, sch, i)
+    mean = sch.alpha[j] * x0 + math.sqrt(max(sch.sigma[j] ** 2 - c**2, 0.0)) * eps
+    return Transition(mean, c, x0)
+
+
+@register(
+    "ddpm", order=1, stochastic=True, grid="process",
+    description="DDPM ancestral sampling (Ho et al. 2020): the exact Gaussian posterior step",
+)
+def ddpm(denoiser, state, sch, *, generator, cond) -> Transition:
+    """Ancestral sampling, Ho et al. (2020) eq. 6-7: ``x_{i+1} ~ q(x_{i+1} | x_i, x0_hat)``,
+    the forward-process posterior with the model's data prediction plugged in."""
+    return ddim(denoiser, state, sch, generator=generator, cond=cond, eta=1.0)
+
+
+@register(
+    "euler", order=1, stochastic=False, grid="karras",
+    s_churn=0.0, s_tmin=0.0, s_tmax=math.inf, s_noise=1.0,
+    description="Euler on the probability-flow ODE in sigma/alpha (EDM Alg. 2, first order; churn optional)",
+)
+def euler(denoiser, state, sch, *, generator, cond, s_churn, s_tmin, s_tmax, s_noise) -> Transition:
+    """Euler step of the probability-flow ODE ``dx/dsigma = (x - D(x)) / sigma`` in EDM's VE
+    coordinates (Karras et al. 2022, Alg. 2 without the correction), with optional churn.
+    Without churn it equals DDIM (eta = 0)."""
+    i = state.i
+    x_hat, t_hat, a_hat, s_hat = _churn(
+        denoiser.process, state.x, sch, i, generator, s_churn, s_tmin, s_tmax, s_noise
+    )
+    x0 = _model(denoiser, x_hat, t_hat, cond)
+    eps = (x_hat - a_hat * x0) / s_hat  # = d, the ODE's slope in VE coordinates
+    return Transition(_ddim(x0, eps, sch, i + 1), 0.0, x0)
+
+
+@register(
+    "heun", order=2, stochastic=False, grid="karras", nfe_per_step=2,
+    s_churn=0.0, s_tmin=0.0, s_tmax=math.inf, s_noise=1.0,
+    description="EDM's Heun sampler (Karras et al. 2022, Alg. 2) with optional churn",
+)
+def heun(denoiser, state, sch, *, generator, cond, s_churn, s_tmin, s_tmax, s_noise) -> Transition:
+    """Karras et al. (2022) Algorithm 2: Euler predictor and trapezoidal corrector in
+    ``(x / alpha, sigma / alpha)``; the last step onto sigma = 0 is an Euler step (NFE = 2N - 1).
+    A step starting where ``alpha = 0`` (a flow at t = 1) is an Euler step."""
+    i, j = state.i, state.i + 1
+    x_hat, t_hat, a_hat, s_hat = _churn(
+        denoiser.process, state.x, sch, i, generator, s_churn, s_tmin, s_tmax, s_noise
+    )
+    x0 = _model(denoiser, x_hat, t_hat, cond)                    # D(x_hat; t_hat)
+    d = (x_hat - a_hat * x0) / s_hat                             # d_i = (x_hat - D) / t_hat
+    x_euler = _ddim(x0, d, sch, j)                               # x_{i+1} = x_hat + (t_{i+1} - t_hat) d_i
+    if sch.sigma[j] == 0 or a_hat == 0:
+        return Transition(x_euler, 0.0, x0)
+    x0_next = _model(denoiser, x_euler, sch.t[j], cond)          # D(x_{i+1}; t_{i+1})
+    d_next = _eps(x_euler, x0_next, sch, j)                      # d'_i
+    sve_hat = s_hat / a_hat
+    # x_{i+1} = x_hat + (t_{i+1} - t_hat) (d_i / 2 + d'_i / 2), in VE coordinates
+    x_ve = x_hat / a_hat + (sch.sigma_ve[j] - sve_hat) * 0.5 * (d + d_next)
+    return Transition(sch.alpha[j] * x_ve, 0.0, x0_next, nfe=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# DPM-Solver++ family
+# ---------------------------------------------------------------------------------------------
+
+
+@register(
+    "dpmpp_2m", order=2, stochastic=False, grid="logsnr",
+    description="DPM-Solver++(2M) (Lu et al. 2022): second-order multistep, data prediction",
+)
+def dpmpp_2m(denoiser, state, sch, *, generator, cond) -> Transition:
+    """DPM-Solver++(2M), Lu et al. (2022) Algorithm 2. First order on the first step and on
+    the final step onto sigma = 0 (k-diffusion, diffusers ``final_sigmas_type="zero"``)."""
+    i, j, x = state.i, state.i + 1, state.x
+    x0 = _model(denoiser, x, sch.t[i], cond)
+    x0_hat = x0
+    if state.memory and sch.sigma[j] > 0:
+        h, h_last = sch.h(i), sch.h(i - 1)
+        if math.isfinite(h_last):
+            r = h_last / h
+            # D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}
+            x0_hat = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * state.memory[-1]
+    return Transition(_exp_first_order(x, x0_hat, sch, i, j), 0.0, x0, (x0,))
+
+
+@register(
+    "dpmpp_2s", order=2, stochastic=False, grid="logsnr", nfe_per_step=2,
+    description="DPM-Solver++(2S) (Lu et al. 2022): second-order single-step, midpoint in log-SNR",
+)
+def dpmpp_2s(denoiser, state, sch, *, generator, cond) -> Transition:
+    """DPM-Solver++(2S), Lu et al. (2022) Algorithm 1 with ``r = 1/2``: an intermediate point
+    half way in log-SNR, then the step with its data prediction. The final step is first order."""
+    i, j, x = state.i, state.i + 1, state.x
+    x0 = _model(denoiser, x, sch.t[i], cond)
+    if sch.sigma[j] == 0:
+        return Transition(sch.alpha[j] * x0, 0.0, x0)
+    proc = denoiser.process
+    h = sch.h(i)
+    lam_mid = sch.lam[i] + 0.5 * h if math.isfinite(sch.lam[i]) else sch.lam[j] - 0.5 * math.log(2)
+    t_mid = float(proc.t_from_log_snr(2 * lam_mid))
+    a_mid, s_mid = float(proc.alpha(t_mid)), float(proc.sigma(t_mid))
+    h_mid = lam_mid - sch.lam[i]
+    # u = (sigma_s / sigma_i) x - alpha_s (e^{-h/2} - 1) x0
+    u = (s_mid / sch.sigma[i]) * x + a_mid * (-math.expm1(-h_mid)) * x0
+    x0_mid = _model(denoiser, u, t_mid, cond)
+    # x_{i+1} = (sigma_{i+1} / sigma_i) x - alpha_{i+1} (e^{-h} - 1) D(u)
+    mean = (sch.sigma[j] / sch.sigma[i]) * x + sch.alpha[j] * (-math.expm1(-h)) * x0_mid
+    return Transition(mean, 0.0, x0_mid, nfe=2)
+
+
+@register(
+    "dpmpp_2m_sde", order=2, stochastic=True, grid="logsnr", eta=1.0, s_noise=1.0,
+    description="DPM-Solver++(2M) SDE (midpoint variant, as in k-diffusion)",
+)
+def dpmpp_2m_sde(denoiser, state, sch, *, generator, cond, eta, s_noise) -> Transition:
+    """SDE-DPM-Solver++(2M), Lu et al. (2022) Appendix (k-diffusion ``sample_dpmpp_2m_sde``,
+    midpoint): a second-order exponential integrator of the reverse SDE with noise ``eta``."""
+    i, j, x = state.i, state.i + 1, state.x
+    x0 = _model(denoiser, x, sch.t[i], cond)
+    if sch.sigma[j] == 0:
+        return Transition(sch.alpha[j] * x0, 0.0, x0, (x0,))
+    h = sch.h(i)
+    mean = _exp_first_order(x, x0, sch, i, j, eta)
+    if state.memory and math.isfinite(sch.h(i - 1)):
+        r = sch.h(i - 1) / h
+        # + alpha_{i+1} (1 - e^{-(1+eta) h}) / (2r) (x0_i - x0_{i-1})
+        mean = mean + sch.alpha[j] * (-math.expm1(-(1 + eta) * h)) * (0.5 / r) * (
+            x0 - state.memory[-1]
+        )
+    return Transition(mean, _sde_std(sch, i, j, eta) * s_noise, x0, (x0,))
+
+
+def _dpmpp_3m(denoiser, state, sch, *, cond, eta, s_noise) -> Transition:
+    """DPM-Solver++(3M) with ``eta``-SDE noise (k-diffusion ``sample_dpmpp_3m_sde``)."""
+    i, j, x = state.i, state.i + 1, state.x
+    x0 = _model(denoiser, x, sch.t[i], cond)
+    memory = (*state.memory[-1:], x0)
+    if sch.sigma[j] == 0:
+        return Transition(sch.alpha[j] * x0, 0.0, x0, memory)
+    h = sch.h(i)
+    h_eta = h * (eta + 1)
+    mean = _exp_first_order(x, x0, sch, i, j, eta)
+    # k-diffusion's phi_2 = (e^{-h_eta} - 1) / h_eta + 1 and phi_3 = phi_2 / h_eta - 1/2
+    phi_2 = math.expm1(-h_eta) / h_eta + 1
+    phi_3 = phi_2 / h_eta - 0.5
+    hist = state.memory
+    h1 = sch.h(i - 1) if len(hist) >= 1 else math.inf
+    h2 = sch.h(i - 2) if len(hist) >= 2 else math.inf
+    if math.isfinite(h1) and math.isfinite(h2):  # third order: two past predictions
+        r0, r1 = h1 / h, h2 / h
+        d1_0 = (x0 - hist[-1]) / r0
+        d1_1 = (hist[-1] - hist[-2]) / r1
+        d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+        d2 = (d1_0 - d1_1) / (r0 + r1)
+        mean = mean + sch.alpha[j] * (phi_2 * d1 - phi_3 * d2)
+    elif math.isfinite(h1):  # second order while the history fills
+        mean = mean + sch.alpha[j] * phi_2 * (x0 - hist[-1]) / (h1 / h)
+    return Transition(mean, _sde_std(sch, i, j, eta) * s_noise, x0, memory)
+
+
+@register(
+    "dpmpp_3m_sde", order=3, stochastic=True, grid="logsnr", eta=1.0, s_noise=1.0,
+    description="DPM-Solver++(3M) SDE (third-order multistep with noise, as in k-diffusion)",
+)
+def dpmpp_3m_sde(denoiser, state, sch, *, generator, cond, eta, s_noise) -> Transition:
+    """SDE-DPM-Solver++(3M): k-diffusion's ``sample_dpmpp_3m_sde`` in alpha/sigma form."""
+    return _dpmpp_3m(denoiser, state, sch, cond=cond, eta=eta, s_noise=s_noise)
+
+
+@register(
+    "dpmpp_3m", order=3, stochastic=False, grid="logsnr",
+    description="DPM-Solver++(3M) (Lu et al. 2022): third-order multistep, data prediction",
+)
+def dpmpp_3m(denoiser, state, sch, *, generator, cond) -> Transition:
+    """DPM-Solver++(3M), the deterministic (eta = 0) member of :func:`dpmpp_3m_sde`."""
+    return _dpmpp_3m(denoiser, state, sch, cond=cond, eta=0.0, s_noise=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# UniPC
+# ---------------------------------------------------------------------------------------------
+
+
+def _unipc_terms(
+    h: float, rks: list[float], order: int, variant: str
+) -> tuple[float, float, Tensor, Tensor]:
+    """UniPC's ``h phi_1(h)``, ``B(h)`` and the linear system ``R rho = b`` (Zhao et al. 2023,
+    Alg. 2/3, data prediction). ``rks`` are the history ratios ``r_k = (lambda_{s_k} -
+    lambda_s0) / h``, with 1 appended."""
+    hh = -h  # data prediction
+    h_phi_1 = math.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1
+    b_h = hh if variant == "bh1" else math.expm1(hh)
+    r = torch.tensor(rks, dtype=torch.float64)
+    rows, b = [], []
+    factorial = 1
+    for k in range(1, order + 1):
+        rows.append(r ** (k - 1))
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= k + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    return h_phi_1, b_h, torch.stack(rows), torch.tensor(b, dtype=torch.float64)
+
+
+def _unipc_update(
+    x: Tensor, m0: Tensor, hist: list[Tensor], sch: Schedule, i: int, j: int,
+    order: int, variant: str, model_t: Tensor | None,
+) -> Tensor:
+    """UniP (``model_t is None``) or UniC (``model_t`` = the data prediction at ``j``) update
+    from grid point ``i`` to ``j``, with ``m0`` the prediction at ``i`` and ``hist`` the earlier
+    ones (newest first)."""
+    h = sch.lam[j] - sch.lam[i]
+    rks, d1s = [], []
+    for k in range(1, order):
+        lam_k = sch.lam[i - k]
+        rk = (lam_k - sch.lam[i]) / h
+        rks.append(rk)
+        d1s.append((hist[k - 1] - m0) / rk)
+    rks.append(1.0)
+    h_phi_1, b_h, R, b = _unipc_terms(h, rks, order, variant)
+    x_t = (sch.sigma[j] / sch.sigma[i]) * x - sch.alpha[j] * h_phi_1 * m0
+    if model_t is None:  # predictor UniP-p
+        if d1s:
+            rhos = [0.5] if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1]).tolist()
+            res = sum(rho * d for rho, d in zip(rhos, d1s))
+            x_t = x_t - sch.alpha[j] * b_h * res
+        return x_t
+    rhos_c = [0.5] if order == 1 else torch.linalg.solve(R, b).tolist()  # corrector UniC-p
+    res = sum((rho * d for rho, d in zip(rhos_c[:-1], d1s)), torch.zeros_like(x))
+    return x_t - sch.alpha[j] * b_h * (res + rhos_c[-1] * (model_t - m0))
+
+
+@register(
+    "unipc", order=2, stochastic=False, grid="logsnr", solver_order=2, variant="bh2",
+    description="UniPC (Zhao et al. 2023): multistep predictor + corrector, B(h)=e^h-1 (bh2)",
+)
+def unipc(denoiser, state, sch, *, generator, cond, solver_order: int, variant: str) -> Transition:
+    """UniPC, Zhao et al. (2023), data prediction, multistep (diffusers' UniPCMultistep with
+    ``lower_order_final``). The corrector UniC refines ``x_i`` with the model output at ``x_i``
+    (which the predictor then reuses: no extra model call).
+
+    memory = ``(x_{i-1} (corrected), x0 predictions..., newest last)``.
+    """
+    if solver_order not in (1, 2, 3):
+        raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order}")
+    if variant not in ("bh1", "bh2"):
+        raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
+    i, j, x = state.i, state.i + 1, state.x
+    x0 = _model(denoiser, x, sch.t[i], cond)
+    preds: list[Tensor] = []
+    if state.memory:
+        x_prev, *preds = state.memory
+        hist = preds[::-1]  # newest first: x0_{i-1}, x0_{i-2}, ...
+        if sch.sigma[j] > 0:  # on the final step the corrected x_i would be discarded
+            prev_order = min(solver_order, len(preds), sch.steps - i + 1)
+            x = _unipc_update(x_prev, hist[0], hist[1:], sch, i - 1, i, prev_order, variant, x0)
+    preds = (preds + [x0])[-solver_order:]
+    if sch.sigma[j] == 0:
+        return Transition(sch.alpha[j] * x0, 0.0, x0, ())
+    order = min(solver_order, len(preds), sch.steps - i)  # warm-up and lower_order_final
+    hist = preds[::-1]
+    mean = _unipc_update(x, hist[0], hist[1:], sch, i, j, order, variant, None)
+    return Transition(mean, 0.0, x0, (x, *preds))
+
+
+# ---------------------------------------------------------------------------------------------
+# iPNDM
+# ---------------------------------------------------------------------------------------------
+
+_AB = {  # Adams-Bashforth coefficients, newest slope first
+    1: (1.0,),
+    2: (3 / 2, -1 / 2),
+    3: (23 / 12, -16 / 12, 5 / 12),
+    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+}
+
+
+@register(
+    "ipndm", order=4, stochastic=False, grid="karras", max_order=4,
+    description="iPNDM (Zhang & Chen 2023): Adams-Bashforth up to 4th order on the EDM ODE, warm-started",
+)
+def ipndm(denoiser, state, sch, *, generator, cond, max_order: int) -> Transition:
+    """Improved PNDM (Zhang & Chen 2023, DEIS paper, eq. 16-17): explicit Adams-Bashforth on
+    ``dx/dsigma = eps(x, sigma)`` in EDM's VE coordinates, with lower orders while the history
+    fills up, and the full order also on the final step onto sigma = 0 (zju-pi diff-solvers,
+    ComfyUI ``sample_ipndm``)."""
+    if max_order not in _AB:
+        raise ValueError(f"max_order must be 1..4, got {max_order}")
+    i, j, x = state.i, state.i + 1, state.x
+    x0 = _model(denoiser, x, sch.t[i], cond)
+    d = _eps(x, x0, sch, i)
+    slopes = [d, *state.memory[::-1]]  # newest first
+    order = min(max_order, len(slopes))
+    memory = (*state.memory, d)[-(max_order - 1):] if max_order > 1 else ()
+    if order == 1 or sch.alpha[i] == 0:
+        return Transition(_ddim(x0, d, sch, j), 0.0, x0, memory)
+    slope = sum(c * s for c, s in zip(_AB[order], slopes))
+    x_ve = x / sch.alpha[i] + (sch.sigma_ve[j] - sch.sigma_ve[i]) * slope
+    return Transition(sch.alpha[j] * x_ve, 0.0, x0, memory)
+
+
+# ---------------------------------------------------------------------------------------------
+# Euler-Maruyama on the reverse SDE
+# ---------------------------------------------------------------------------------------------
+
+
+@register(
+    "euler_maruyama", order=1, stochastic=True, grid="process", diffusion=None,
+    description="Euler-Maruyama on the reverse SDE; any diffusion g(t) with the same marginals",
+)
+def euler_maruyama(denoiser, state, sch, *, generator, cond, diffusion) -> Transition:
+    """Euler-Maruyama on the reverse-time SDE family with the model's marginals (Song et al.
+    2021; for flows, Kim et al. 2025 / Singh & Fischer 2024):
+
+        dx = [v(x, t) - g(t)^2 / 2 * score(x, t)] dt + g(t) dW,
+
+    ``v`` the probability-flow velocity. ``diffusion`` picks ``g``: ``None`` -- the forward
+    process's own ``g`` (the standard reverse SDE) where it is finite on the grid, else
+    ``g = sigma(t)``; a float ``c`` -- ``g = c sigma(t)``; a callable ``t -> g(t)``."""
+    i, j, x = state.i, state.i + 1, state.x
+    proc = denoiser.process
+    x0 = _model(denoiser, x, sch.t[i], cond)
+    if sch.sigma[j] == 0:
+        return Transition(sch.alpha[j] * x0, 0.0, x0)
+    t, dt = sch.t[i], sch.t[j] - sch.t[i]
+    if diffusion is None:
+        _, g2 = proc.drift_diffusion(t)
+        g2 = float(g2)
+        if not math.isfinite(g2):
+            g2 = sch.sigma[i] ** 2
+    elif callable(diffusion):
+        g2 = float(diffusion(torch.tensor(t, dtype=torch.float64))) ** 2
+    else:
+        g2 = (float(diffusion) * sch.sigma[i]) ** 2
+    eps = _eps(x, x0, sch, i)
+    velocity = float(proc.d_alpha(t)) * x0 + float(proc.d_sigma(t)) * eps
+    score = -eps / sch.sigma[i]
+    mean = x + (velocity - 0.5 * g2 * score) * dt
+    return Transition(mean, math.sqrt(g2 * -dt), x0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleOutput:
+    """What :func:`run` returns: the samples, the model calls used and the grid walked."""
+
+    x0: Tensor
+    nfe: int
+    grid: Tensor
+
+
+def resolve_grid(
+    sampler: Sampler, process: GaussianProcess, steps: int, grid: str | Tensor | None
+) -> Tensor:
+    """The grid a sampler walks: a tensor is validated; a name is built with ``steps`` steps;
+    ``None`` uses the sampler's preferred spacing (or the process's default grid when the
+    log-SNR is infinite at ``t_max``, e.g. a flow at t = 1)."""
+    if isinstance(grid, Tensor):
+        return check_grid(grid, process)
+    if grid is None:
+        grid = process.default_grid if sampler.grid == "process" else sampler.grid
+        if grid in ("logsnr", "karras") and not math.isfinite(float(process.log_snr(process.t_max))):
+            grid = process.default_grid if process.default_grid not in ("logsnr", "karras") else "trailing"
+    if not isinstance(grid, str):
+        raise TypeError(f"grid must be a name, a tensor or None, got {type(grid).__name__}")
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; expected one of {', '.join(GRIDS)}")
+    return make_grid(process, steps, grid)
+
+
+def run(
+    sampler: str | Sampler,
+    denoiser: DenoiserBase,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    generator: Generators = None,
+    cond: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    callback: Callable[[State, Schedule], None] | None = None,
+    **options: Any,
+) -> SampleOutput:
+    """Walk ``grid`` from ``x`` (a sample at ``grid[0]``, not unit noise) with ``sampler``.
+
+    Raises :class:`NonFiniteError` naming the step where NaN or inf first appears.
+    """
+    info = SAMPLERS[sampler] if isinstance(sampler, str) else sampler
+    if not isinstance(denoiser, DenoiserBase):
+        raise TypeError(
+            f"denoiser must be a reverie denoiser (e.g. reverie.Denoiser(fn, process, "
+            f"prediction)), got {type(denoiser).__name__}"
+        )
+    unknown = set(options) - set(info.options)
+    if unknown:
+        raise ValueError(
+            f"sampler {info.name!r} has no option(s) {sorted(unknown)}; "
+            f"its options are {sorted(info.options) or 'none'}"
+        )
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
+        raise TypeError("x must be a floating-point tensor with the batch first")
+    if isinstance(generator, (list, tuple)) and len(generator) != x.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+    sch = Schedule.build(denoiser.process, grid)
+    state = State(x)
+    bar = _progress(sch.steps, progress, info.name)
+    with torch.no_grad():
+        for i in range(sch.steps):
+            state = info.step(denoiser, state, sch, generator=generator, cond=cond, **options)
+            if not bool(torch.isfinite(state.x).all()):
+                raise NonFiniteError(
+                    f"{info.name}: NaN or inf in the sample after step {i + 1}/{sch.steps} "
+                    f"(t = {sch.t[i]:.6g} -> {sch.t[i + 1]:.6g}); check the model's output at "
+                    f"t = {sch.t[i]:.6g} and the input dtype"
+                )
+            if callback is not None:
+                callback(state, sch)
+            bar.update(1)
+    bar.close()
+    return SampleOutput(state.x, state.nfe, torch.tensor(sch.t, dtype=torch.float64))
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step")
+
+
+def sample(
+    denoiser: DenoiserBase,
+    noise: Tensor,
+    sampler: str = "dpmpp_2m",
+    steps: int = 10,
+    grid: str | Tensor | None = None,
+    generator: Generators = None,
+    progress: bool = False,
+    *,
+    cond: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Tensor:
+    """Draw samples: start from ``sigma(t_0) * noise`` and walk the grid with ``sampler``.
+
+    ``noise`` is standard normal with the batch first; its dtype is the solver state's
+    (float64 for reference-grade accuracy; the network runs in its own dtype). ``grid`` is a
+    name from :data:`reverie.grids.GRIDS`, a tensor (then ``steps`` is its length - 1), or
+    ``None`` for the sampler's preferred spacing. ``generator`` may be one generator or one per
+    sample. ``cond`` is passed to every model call; ``options`` go to the sampler (e.g.
+    ``eta`` for DDIM, ``s_churn`` for Heun). Returns the samples ``x0``.
+    """
+    info = SAMPLERS[sampler] if isinstance(sampler, str) else sampler
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    g = resolve_grid(info, denoiser.process, steps, grid)
+    if not isinstance(noise, Tensor) or not noise.is_floating_point():
+        raise TypeError("noise must be a floating-point tensor (standard normal, batch first)")
+    x = noise * float(denoiser.process.sigma(g[0]))
+    return run(info, denoiser, x, g, generator=generator, cond=cond, progress=progress, **options).x0
+
+
+def select_generators(generator: Generators, index: Tensor) -> Generators:
+    """Generators of a sub-batch (for particle methods that split a batch)."""
+    return split_generators(generator, index)
