@@ -13,8 +13,10 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 __all__ = ["Generators", "randn", "randn_like", "seeded_generators", "split_generators"]
 
 
-def seeded_generators(seed: int, n: int, device: str | torch.device = "cpu") -> list[torch.Generator]:
-    """``n`` generators seeded ``seed, seed + 1, ...``: sample ``k`` depends only on ``seed + k``."""
+def seeded_generators(
+    seed: int, n: int, device: str | torch.device = "cpu"
+) -> list[torch.Generator]:
+    """``n`` generators seeded ``seed, seed + 1, ...``: sample ``k`` depends on ``seed + k``."""
     return [torch.Generator(device).manual_seed(seed + k) for k in range(n)]
 
 

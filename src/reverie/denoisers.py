@@ -4,17 +4,15 @@ A denoiser maps ``(x_t, t, **cond)`` to the data prediction ``E[x0 | x_t]``; ``e
 ``score`` and the probability-flow ``velocity`` are derived from it. Samplers only ever call
 ``denoiser(x, t, **cond)``, so they never branch on what the network predicts.
 
-Prediction types (``x_t = alpha x0 + sigma eps``):
+Prediction types (``x_t = alpha x0 + sigma eps``; ``'`` is d/dt):
 
-========  ======================================  ===================================================
-name      the network returns                      data prediction
-========  ======================================  ===================================================
-``eps``   the noise ``eps``                        ``(x - sigma eps) / alpha``
-``x0``    the clean data                           itself
-``v``     ``alpha eps - sigma x0`` (Salimans & Ho)  ``(alpha x - sigma v) / (alpha^2 + sigma^2)``
-``score`` ``grad log p_t(x) = -eps / sigma``       ``(x + sigma^2 score) / alpha``
-``flow``  ``dx_t/dt = alpha' x0 + sigma' eps``      ``(sigma' x - sigma u) / (sigma' alpha - sigma alpha')``
-========  ======================================  ===================================================
+* ``eps``: the noise; ``x0 = (x - sigma eps) / alpha``
+* ``x0``: the clean data itself
+* ``v`` (Salimans & Ho): ``alpha eps - sigma x0``;
+  ``x0 = (alpha x - sigma v) / (alpha^2 + sigma^2)``
+* ``score``: ``grad log p_t(x) = -eps / sigma``; ``x0 = (x + sigma^2 score) / alpha``
+* ``flow``: the velocity ``u = alpha' x0 + sigma' eps``;
+  ``x0 = (sigma' x - sigma u) / (sigma' alpha - sigma alpha')``
 
 Combinators (classifier-free guidance here; guidance, posterior terms and composition in
 their modules) take a denoiser and return a denoiser.
@@ -64,6 +62,11 @@ def to_x0(
     if prediction == "x0":
         return output
     a, s = _coefs(process, t, x)
+    if prediction in ("eps", "score") and bool((a == 0).any()):
+        raise ValueError(
+            f"a {prediction!r} prediction does not determine x0 where alpha(t) = 0 "
+            f"(t = {float(t.max())} for {process!r}); start sampling at a smaller t_max"
+        )
     if prediction == "eps":
         return (x - s * output) / a
     if prediction == "v":
@@ -75,9 +78,7 @@ def to_x0(
     return (ds * x - s * output) / (ds * a - s * da)
 
 
-def from_x0(
-    x0: Tensor, prediction: str, x: Tensor, t: Tensor, process: GaussianProcess
-) -> Tensor:
+def from_x0(x0: Tensor, prediction: str, x: Tensor, t: Tensor, process: GaussianProcess) -> Tensor:
     """Inverse of :func:`to_x0`: what a network of this ``prediction`` type would output."""
     _check_prediction(prediction)
     if prediction == "x0":
@@ -225,8 +226,11 @@ class ClassifierFreeGuidance(DenoiserBase):
         keys = set(cond) | set(self.uncond)
         both = {k: (cond.get(k), self.uncond.get(k)) for k in keys}
         batchable = all(
-            isinstance(c, Tensor) and isinstance(u, Tensor) and c.shape == u.shape
-            and c.ndim > 0 and c.shape[0] == x.shape[0]
+            isinstance(c, Tensor)
+            and isinstance(u, Tensor)
+            and c.shape == u.shape
+            and c.ndim > 0
+            and c.shape[0] == x.shape[0]
             for c, u in both.values()
         )
         if batchable:

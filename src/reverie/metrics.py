@@ -47,7 +47,9 @@ def sliced_wasserstein_floor(
 ) -> float:
     """Mean sliced-W2 between two independent exact sample sets of size ``n``: the sampling
     noise floor against which a method's distance is judged. ``sampler(n) -> [n, D]``."""
-    vals = [sliced_wasserstein(sampler(n), sampler(n), projections, generator) for _ in range(repeats)]
+    vals = [
+        sliced_wasserstein(sampler(n), sampler(n), projections, generator) for _ in range(repeats)
+    ]
     return sum(vals) / len(vals)
 
 

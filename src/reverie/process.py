@@ -204,9 +204,7 @@ class VP(GaussianProcess):
         cls, num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
     ) -> VP:
         """Stable Diffusion's betas, linear in sqrt(beta) (``beta_schedule="scaled_linear"``)."""
-        b = torch.linspace(
-            beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64
-        )
+        b = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64)
         return cls.from_betas(b**2)
 
     @classmethod

@@ -83,8 +83,12 @@ class Schedule:
             lam = torch.log(a) - torch.log(s)
             sve = torch.where(a > 0, s / a, torch.full_like(s, math.inf))
         return cls(
-            process, tuple(grid.tolist()), tuple(a.tolist()), tuple(s.tolist()),
-            tuple(lam.tolist()), tuple(sve.tolist()),
+            process,
+            tuple(grid.tolist()),
+            tuple(a.tolist()),
+            tuple(s.tolist()),
+            tuple(lam.tolist()),
+            tuple(sve.tolist()),
         )
 
     @property
@@ -159,7 +163,9 @@ class Sampler:
     ) -> State:
         """Advance ``state`` by one grid step."""
         opts = {**self.options, **options}
-        tr = self.transition(denoiser, state, schedule, generator=generator, cond=cond or {}, **opts)
+        tr = self.transition(
+            denoiser, state, schedule, generator=generator, cond=cond or {}, **opts
+        )
         x = tr.mean
         if not _is_zero(tr.std):
             std = tr.std
@@ -179,8 +185,9 @@ class Sampler:
         progress: bool = False,
         **options: Any,
     ) -> Tensor:
-        return run(self, denoiser, x, grid, generator=generator, cond=cond, progress=progress,
-                   **options).x0
+        return run(
+            self, denoiser, x, grid, generator=generator, cond=cond, progress=progress, **options
+        ).x0
 
 
 def _is_zero(std: float | Tensor) -> bool:
@@ -261,7 +268,9 @@ def _ddim(x0: Tensor, eps: Tensor, sch: Schedule, j: int) -> Tensor:
     return sch.alpha[j] * x0 + sch.sigma[j] * eps
 
 
-def _exp_first_order(x: Tensor, x0: Tensor, sch: Schedule, i: int, j: int, eta: float = 0.0) -> Tensor:
+def _exp_first_order(
+    x: Tensor, x0: Tensor, sch: Schedule, i: int, j: int, eta: float = 0.0
+) -> Tensor:
     """Mean of the first-order exponential-integrator step from ``i`` to ``j`` in data
     prediction (DPM-Solver++ eq. 9; its SDE variant with ``eta`` > 0, Lu et al. 2022 / Gonzalez
     et al.):  ``(sigma_j/sigma_i) e^{-eta h} x + alpha_j (1 - e^{-(1+eta) h}) x0``."""
@@ -275,7 +284,7 @@ def _exp_first_order(x: Tensor, x0: Tensor, sch: Schedule, i: int, j: int, eta: 
 
 
 def _sde_std(sch: Schedule, i: int, j: int, eta: float) -> float:
-    """Std of the noise of the exponential-integrator SDE step: ``sigma_j sqrt(1 - e^{-2 eta h})``."""
+    """Noise std of the exponential-integrator SDE step: ``sigma_j sqrt(1 - e^{-2 eta h})``."""
     if eta == 0 or sch.sigma[j] == 0:
         return 0.0
     return sch.sigma[j] * math.sqrt(-math.expm1(-2 * eta * sch.h(i)))
@@ -320,7 +329,11 @@ def _churn(
 
 
 @register(
-    "ddim", order=1, stochastic=False, grid="process", eta=0.0,
+    "ddim",
+    order=1,
+    stochastic=False,
+    grid="process",
+    eta=0.0,
     description="DDIM (Song et al. 2021): x0 and eps re-noised; eta>0 adds DDPM-like noise",
 )
 def ddim(denoiser, state, sch, *, generator, cond, eta: float = 0.0) -> Transition:
@@ -343,7 +356,10 @@ def ddim(denoiser, state, sch, *, generator, cond, eta: float = 0.0) -> Transiti
 
 
 @register(
-    "ddpm", order=1, stochastic=True, grid="process",
+    "ddpm",
+    order=1,
+    stochastic=True,
+    grid="process",
     description="DDPM ancestral sampling (Ho et al. 2020): the exact Gaussian posterior step",
 )
 def ddpm(denoiser, state, sch, *, generator, cond) -> Transition:
@@ -353,9 +369,15 @@ def ddpm(denoiser, state, sch, *, generator, cond) -> Transition:
 
 
 @register(
-    "euler", order=1, stochastic=False, grid="karras",
-    s_churn=0.0, s_tmin=0.0, s_tmax=math.inf, s_noise=1.0,
-    description="Euler on the probability-flow ODE in sigma/alpha (EDM Alg. 2, first order; churn optional)",
+    "euler",
+    order=1,
+    stochastic=False,
+    grid="karras",
+    s_churn=0.0,
+    s_tmin=0.0,
+    s_tmax=math.inf,
+    s_noise=1.0,
+    description="Euler on the probability-flow ODE in sigma/alpha (EDM Alg. 2 first order, churn)",
 )
 def euler(denoiser, state, sch, *, generator, cond, s_churn, s_tmin, s_tmax, s_noise) -> Transition:
     """Euler step of the probability-flow ODE ``dx/dsigma = (x - D(x)) / sigma`` in EDM's VE
@@ -371,8 +393,15 @@ def euler(denoiser, state, sch, *, generator, cond, s_churn, s_tmin, s_tmax, s_n
 
 
 @register(
-    "heun", order=2, stochastic=False, grid="karras", nfe_per_step=2,
-    s_churn=0.0, s_tmin=0.0, s_tmax=math.inf, s_noise=1.0,
+    "heun",
+    order=2,
+    stochastic=False,
+    grid="karras",
+    nfe_per_step=2,
+    s_churn=0.0,
+    s_tmin=0.0,
+    s_tmax=math.inf,
+    s_noise=1.0,
     description="EDM's Heun sampler (Karras et al. 2022, Alg. 2) with optional churn",
 )
 def heun(denoiser, state, sch, *, generator, cond, s_churn, s_tmin, s_tmax, s_noise) -> Transition:
@@ -383,13 +412,13 @@ def heun(denoiser, state, sch, *, generator, cond, s_churn, s_tmin, s_tmax, s_no
     x_hat, t_hat, a_hat, s_hat = _churn(
         denoiser.process, state.x, sch, i, generator, s_churn, s_tmin, s_tmax, s_noise
     )
-    x0 = _model(denoiser, x_hat, t_hat, cond)                    # D(x_hat; t_hat)
-    d = (x_hat - a_hat * x0) / s_hat                             # d_i = (x_hat - D) / t_hat
-    x_euler = _ddim(x0, d, sch, j)                               # x_{i+1} = x_hat + (t_{i+1} - t_hat) d_i
+    x0 = _model(denoiser, x_hat, t_hat, cond)  # D(x_hat; t_hat)
+    d = (x_hat - a_hat * x0) / s_hat  # d_i = (x_hat - D) / t_hat
+    x_euler = _ddim(x0, d, sch, j)  # x_{i+1} = x_hat + (t_{i+1} - t_hat) d_i
     if sch.sigma[j] == 0 or a_hat == 0:
         return Transition(x_euler, 0.0, x0)
-    x0_next = _model(denoiser, x_euler, sch.t[j], cond)          # D(x_{i+1}; t_{i+1})
-    d_next = _eps(x_euler, x0_next, sch, j)                      # d'_i
+    x0_next = _model(denoiser, x_euler, sch.t[j], cond)  # D(x_{i+1}; t_{i+1})
+    d_next = _eps(x_euler, x0_next, sch, j)  # d'_i
     sve_hat = s_hat / a_hat
     # x_{i+1} = x_hat + (t_{i+1} - t_hat) (d_i / 2 + d'_i / 2), in VE coordinates
     x_ve = x_hat / a_hat + (sch.sigma_ve[j] - sve_hat) * 0.5 * (d + d_next)
@@ -402,7 +431,10 @@ def heun(denoiser, state, sch, *, generator, cond, s_churn, s_tmin, s_tmax, s_no
 
 
 @register(
-    "dpmpp_2m", order=2, stochastic=False, grid="logsnr",
+    "dpmpp_2m",
+    order=2,
+    stochastic=False,
+    grid="logsnr",
     description="DPM-Solver++(2M) (Lu et al. 2022): second-order multistep, data prediction",
 )
 def dpmpp_2m(denoiser, state, sch, *, generator, cond) -> Transition:
@@ -421,7 +453,11 @@ def dpmpp_2m(denoiser, state, sch, *, generator, cond) -> Transition:
 
 
 @register(
-    "dpmpp_2s", order=2, stochastic=False, grid="logsnr", nfe_per_step=2,
+    "dpmpp_2s",
+    order=2,
+    stochastic=False,
+    grid="logsnr",
+    nfe_per_step=2,
     description="DPM-Solver++(2S) (Lu et al. 2022): second-order single-step, midpoint in log-SNR",
 )
 def dpmpp_2s(denoiser, state, sch, *, generator, cond) -> Transition:
@@ -446,7 +482,12 @@ def dpmpp_2s(denoiser, state, sch, *, generator, cond) -> Transition:
 
 
 @register(
-    "dpmpp_2m_sde", order=2, stochastic=True, grid="logsnr", eta=1.0, s_noise=1.0,
+    "dpmpp_2m_sde",
+    order=2,
+    stochastic=True,
+    grid="logsnr",
+    eta=1.0,
+    s_noise=1.0,
     description="DPM-Solver++(2M) SDE (midpoint variant, as in k-diffusion)",
 )
 def dpmpp_2m_sde(denoiser, state, sch, *, generator, cond, eta, s_noise) -> Transition:
@@ -467,8 +508,13 @@ def dpmpp_2m_sde(denoiser, state, sch, *, generator, cond, eta, s_noise) -> Tran
     return Transition(mean, _sde_std(sch, i, j, eta) * s_noise, x0, (x0,))
 
 
-def _dpmpp_3m(denoiser, state, sch, *, cond, eta, s_noise) -> Transition:
-    """DPM-Solver++(3M) with ``eta``-SDE noise (k-diffusion ``sample_dpmpp_3m_sde``)."""
+def _dpmpp_3m(denoiser, state, sch, *, cond, eta, s_noise, legacy) -> Transition:
+    """DPM-Solver++(3M) with ``eta``-SDE noise (k-diffusion ``sample_dpmpp_3m_sde``).
+
+    With ``D2 = (D1_0 - D1_1) / (r0 + r1) ~ h^2 x0'' / 2``, the Taylor expansion of the
+    exponential integrator needs the term ``-2 phi_3 D2``; the reference implementations
+    (dpm-solver, k-diffusion, diffusers) use ``-phi_3 D2``, which leaves an O(h^3) local error
+    (second order overall). ``legacy=True`` reproduces them exactly."""
     i, j, x = state.i, state.i + 1, state.x
     x0 = _model(denoiser, x, sch.t[i], cond)
     memory = (*state.memory[-1:], x0)
@@ -489,28 +535,41 @@ def _dpmpp_3m(denoiser, state, sch, *, cond, eta, s_noise) -> Transition:
         d1_1 = (hist[-1] - hist[-2]) / r1
         d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
         d2 = (d1_0 - d1_1) / (r0 + r1)
-        mean = mean + sch.alpha[j] * (phi_2 * d1 - phi_3 * d2)
+        c2 = 1.0 if legacy else 2.0
+        mean = mean + sch.alpha[j] * (phi_2 * d1 - c2 * phi_3 * d2)
     elif math.isfinite(h1):  # second order while the history fills
         mean = mean + sch.alpha[j] * phi_2 * (x0 - hist[-1]) / (h1 / h)
     return Transition(mean, _sde_std(sch, i, j, eta) * s_noise, x0, memory)
 
 
 @register(
-    "dpmpp_3m_sde", order=3, stochastic=True, grid="logsnr", eta=1.0, s_noise=1.0,
+    "dpmpp_3m_sde",
+    order=3,
+    stochastic=True,
+    grid="logsnr",
+    eta=1.0,
+    s_noise=1.0,
+    legacy=False,
     description="DPM-Solver++(3M) SDE (third-order multistep with noise, as in k-diffusion)",
 )
-def dpmpp_3m_sde(denoiser, state, sch, *, generator, cond, eta, s_noise) -> Transition:
-    """SDE-DPM-Solver++(3M): k-diffusion's ``sample_dpmpp_3m_sde`` in alpha/sigma form."""
-    return _dpmpp_3m(denoiser, state, sch, cond=cond, eta=eta, s_noise=s_noise)
+def dpmpp_3m_sde(denoiser, state, sch, *, generator, cond, eta, s_noise, legacy) -> Transition:
+    """SDE-DPM-Solver++(3M): k-diffusion's ``sample_dpmpp_3m_sde`` in alpha/sigma form, with
+    the third-order coefficient corrected (``legacy=True`` for the reference one)."""
+    return _dpmpp_3m(denoiser, state, sch, cond=cond, eta=eta, s_noise=s_noise, legacy=legacy)
 
 
 @register(
-    "dpmpp_3m", order=3, stochastic=False, grid="logsnr",
+    "dpmpp_3m",
+    order=3,
+    stochastic=False,
+    grid="logsnr",
+    legacy=False,
     description="DPM-Solver++(3M) (Lu et al. 2022): third-order multistep, data prediction",
 )
-def dpmpp_3m(denoiser, state, sch, *, generator, cond) -> Transition:
-    """DPM-Solver++(3M), the deterministic (eta = 0) member of :func:`dpmpp_3m_sde`."""
-    return _dpmpp_3m(denoiser, state, sch, cond=cond, eta=0.0, s_noise=1.0)
+def dpmpp_3m(denoiser, state, sch, *, generator, cond, legacy) -> Transition:
+    """DPM-Solver++(3M), the deterministic (eta = 0) member of :func:`dpmpp_3m_sde`;
+    ``legacy=True`` reproduces diffusers' ``DPMSolverMultistepScheduler(solver_order=3)``."""
+    return _dpmpp_3m(denoiser, state, sch, cond=cond, eta=0.0, s_noise=1.0, legacy=legacy)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,8 +599,15 @@ def _unipc_terms(
 
 
 def _unipc_update(
-    x: Tensor, m0: Tensor, hist: list[Tensor], sch: Schedule, i: int, j: int,
-    order: int, variant: str, model_t: Tensor | None,
+    x: Tensor,
+    m0: Tensor,
+    hist: list[Tensor],
+    sch: Schedule,
+    i: int,
+    j: int,
+    order: int,
+    variant: str,
+    model_t: Tensor | None,
 ) -> Tensor:
     """UniP (``model_t is None``) or UniC (``model_t`` = the data prediction at ``j``) update
     from grid point ``i`` to ``j``, with ``m0`` the prediction at ``i`` and ``hist`` the earlier
@@ -568,7 +634,12 @@ def _unipc_update(
 
 
 @register(
-    "unipc", order=2, stochastic=False, grid="logsnr", solver_order=2, variant="bh2",
+    "unipc",
+    order=2,
+    stochastic=False,
+    grid="logsnr",
+    solver_order=2,
+    variant="bh2",
     description="UniPC (Zhao et al. 2023): multistep predictor + corrector, B(h)=e^h-1 (bh2)",
 )
 def unipc(denoiser, state, sch, *, generator, cond, solver_order: int, variant: str) -> Transition:
@@ -613,8 +684,12 @@ _AB = {  # Adams-Bashforth coefficients, newest slope first
 
 
 @register(
-    "ipndm", order=4, stochastic=False, grid="karras", max_order=4,
-    description="iPNDM (Zhang & Chen 2023): Adams-Bashforth up to 4th order on the EDM ODE, warm-started",
+    "ipndm",
+    order=4,
+    stochastic=False,
+    grid="karras",
+    max_order=4,
+    description="iPNDM (Zhang & Chen 2023): Adams-Bashforth up to 4th order on the EDM ODE",
 )
 def ipndm(denoiser, state, sch, *, generator, cond, max_order: int) -> Transition:
     """Improved PNDM (Zhang & Chen 2023, DEIS paper, eq. 16-17): explicit Adams-Bashforth on
@@ -628,7 +703,7 @@ def ipndm(denoiser, state, sch, *, generator, cond, max_order: int) -> Transitio
     d = _eps(x, x0, sch, i)
     slopes = [d, *state.memory[::-1]]  # newest first
     order = min(max_order, len(slopes))
-    memory = (*state.memory, d)[-(max_order - 1):] if max_order > 1 else ()
+    memory = (*state.memory, d)[-(max_order - 1) :] if max_order > 1 else ()
     if order == 1 or sch.alpha[i] == 0:
         return Transition(_ddim(x0, d, sch, j), 0.0, x0, memory)
     slope = sum(c * s for c, s in zip(_AB[order], slopes))
@@ -642,7 +717,11 @@ def ipndm(denoiser, state, sch, *, generator, cond, max_order: int) -> Transitio
 
 
 @register(
-    "euler_maruyama", order=1, stochastic=True, grid="process", diffusion=None,
+    "euler_maruyama",
+    order=1,
+    stochastic=True,
+    grid="process",
+    diffusion=None,
     description="Euler-Maruyama on the reverse SDE; any diffusion g(t) with the same marginals",
 )
 def euler_maruyama(denoiser, state, sch, *, generator, cond, diffusion) -> Transition:
@@ -700,8 +779,14 @@ def resolve_grid(
         return check_grid(grid, process)
     if grid is None:
         grid = process.default_grid if sampler.grid == "process" else sampler.grid
-        if grid in ("logsnr", "karras") and not math.isfinite(float(process.log_snr(process.t_max))):
-            grid = process.default_grid if process.default_grid not in ("logsnr", "karras") else "trailing"
+        if grid in ("logsnr", "karras") and not math.isfinite(
+            float(process.log_snr(process.t_max))
+        ):
+            grid = (
+                process.default_grid
+                if process.default_grid not in ("logsnr", "karras")
+                else "trailing"
+            )
     if not isinstance(grid, str):
         raise TypeError(f"grid must be a name, a tensor or None, got {type(grid).__name__}")
     if grid not in GRIDS:
@@ -804,7 +889,9 @@ def sample(
     if not isinstance(noise, Tensor) or not noise.is_floating_point():
         raise TypeError("noise must be a floating-point tensor (standard normal, batch first)")
     x = noise * float(denoiser.process.sigma(g[0]))
-    return run(info, denoiser, x, g, generator=generator, cond=cond, progress=progress, **options).x0
+    return run(
+        info, denoiser, x, g, generator=generator, cond=cond, progress=progress, **options
+    ).x0
 
 
 def select_generators(generator: Generators, index: Tensor) -> Generators:

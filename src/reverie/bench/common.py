@@ -29,7 +29,8 @@ def machine() -> str:
     dev = "cpu"
     if torch.cuda.is_available():
         dev = torch.cuda.get_device_name(0)
-    return f"{cpu}, {os.cpu_count()} cores ({threads} torch threads), device {dev}, torch {torch.__version__}"
+    cores = f"{os.cpu_count()} cores ({threads} torch threads)"
+    return f"{cpu}, {cores}, device {dev}, torch {torch.__version__}"
 
 
 def results_dir() -> Path:

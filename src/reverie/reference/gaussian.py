@@ -56,7 +56,11 @@ class GaussianMixture:
         self.weights = w
         self.log_weights = torch.log(w)
 
-        c = torch.ones((), dtype=torch.float64) if covs is None else torch.as_tensor(covs, dtype=torch.float64)
+        c = (
+            torch.ones((), dtype=torch.float64)
+            if covs is None
+            else torch.as_tensor(covs, dtype=torch.float64)
+        )
         self.evecs: Tensor | None  # [K, D, D] or None when covariances are diagonal
         if c.ndim == 0 or c.shape == (k,):
             self.evals = c.reshape(-1, 1).expand(k, d).clone()
@@ -130,9 +134,9 @@ class GaussianMixture:
         ``[B, K, D]`` and the variances ``alpha^2 s + sigma^2`` ``[B or 1, K, D]``."""
         a = alpha.reshape(-1, 1, 1)
         s = sigma.reshape(-1, 1, 1)
-        diff = x[:, None, :] - a * self.means[None]                          # [B, K, D]
+        diff = x[:, None, :] - a * self.means[None]  # [B, K, D]
         r = diff if self.evecs is None else torch.einsum("kji,bkj->bki", self.evecs, diff)
-        var = a**2 * self.evals[None] + s**2                                  # [B|1, K, D]
+        var = a**2 * self.evals[None] + s**2  # [B|1, K, D]
         loglik = -0.5 * ((r**2 / var).sum(-1) + torch.log(var).sum(-1) + self.dim * _LOG2PI)
         return loglik, r, var
 
@@ -148,7 +152,9 @@ class GaussianMixture:
         _, loglik, _, _ = self._at(x, alpha, sigma)
         return torch.logsumexp(self.log_weights + loglik, dim=-1)
 
-    def responsibilities_at(self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
+    def responsibilities_at(
+        self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float
+    ) -> Tensor:
         """Posterior component probabilities ``p(k | x_t = x)``, ``[B, K]``."""
         _, loglik, _, _ = self._at(x, alpha, sigma)
         return torch.softmax(self.log_weights + loglik, dim=-1)
@@ -157,12 +163,12 @@ class GaussianMixture:
         """``E[x0 | x_t = x] = sum_k p(k|x) (mu_k + alpha Sigma_k (alpha^2 Sigma_k + sigma^2 I)^-1
         (x - alpha mu_k))``, in ``x``'s dtype and shape."""
         a, loglik, r, var = self._at(x, alpha, sigma)
-        resp = torch.softmax(self.log_weights + loglik, dim=-1)               # [B, K]
-        gain = a.reshape(-1, 1, 1) * self.evals[None] / var                   # [B|1, K, D]
+        resp = torch.softmax(self.log_weights + loglik, dim=-1)  # [B, K]
+        gain = a.reshape(-1, 1, 1) * self.evals[None] / var  # [B|1, K, D]
         corr = gain * r
         if self.evecs is not None:
             corr = torch.einsum("kij,bkj->bki", self.evecs, corr)
-        post = self.means[None] + corr                                        # [B, K, D]
+        post = self.means[None] + corr  # [B, K, D]
         out = (resp[..., None] * post).sum(1)
         return out.reshape(x.shape).to(x.dtype)
 
@@ -177,18 +183,22 @@ class GaussianMixture:
         return out.reshape(x.shape).to(x.dtype)
 
     # ---- in process time ----------------------------------------------------------------------
-    def log_prob(self, x: Tensor, t: Tensor | float | None = None,
-                 process: GaussianProcess | None = None) -> Tensor:
+    def log_prob(
+        self, x: Tensor, t: Tensor | float | None = None, process: GaussianProcess | None = None
+    ) -> Tensor:
         """Log-density of the data (``t=None``) or of the marginal ``p_t`` of ``process``."""
         if t is None:
             return self.log_prob_at(x, 1.0, 0.0)
         _need(process)
+        t = _common_time(t)
         return self.log_prob_at(x, process.alpha(t), process.sigma(t))
 
     def score(self, x: Tensor, t: Tensor | float, process: GaussianProcess) -> Tensor:
+        t = _common_time(t)
         return self.score_at(x, process.alpha(t), process.sigma(t))
 
     def denoise(self, x: Tensor, t: Tensor | float, process: GaussianProcess) -> Tensor:
+        t = _common_time(t)
         return self.denoise_at(x, process.alpha(t), process.sigma(t))
 
     def marginal(self, process: GaussianProcess, t: float) -> GaussianMixture:
@@ -201,12 +211,14 @@ class GaussianMixture:
         """The exact denoiser of this distribution under ``process`` (prediction ``"x0"``)."""
 
         def fn(x: Tensor, t: Tensor) -> Tensor:
+            t = _common_time(t)
             return self.denoise_at(x, process.alpha(t), process.sigma(t))
 
         return Denoiser(fn, process, prediction="x0")
 
-    def prior_sample(self, process: GaussianProcess, t: float, n: int,
-                     generator: Generators = None) -> Tensor:
+    def prior_sample(
+        self, process: GaussianProcess, t: float, n: int, generator: Generators = None
+    ) -> Tensor:
         """Exact samples of ``x_t`` (data pushed through the forward process)."""
         x0 = self.sample(n, generator)
         eps = randn(x0.shape, generator, dtype=torch.float64)
@@ -230,8 +242,7 @@ class Gaussian(GaussianMixture):
     def ode_map(self, x: Tensor, t_from: float, t_to: float, process: GaussianProcess) -> Tensor:
         """Exact probability-flow ODE solution from ``t_from`` to ``t_to``:
 
-            x_to = alpha_to mu + (alpha_to^2 S + sigma_to^2)^{1/2} (alpha_from^2 S + sigma_from^2)^{-1/2}
-                   (x - alpha_from mu)
+            x_to = a1 mu + (a1^2 S + s1^2)^(1/2) (a0^2 S + s0^2)^(-1/2) (x - a0 mu)
 
         in the eigenbasis of the covariance ``S`` (all matrices commute; the ODE is linear)."""
         x64 = _flat64(x, self.dim)
@@ -247,6 +258,13 @@ class Gaussian(GaussianMixture):
         else:
             out = a1 * mu + diff * ratio
         return out.reshape(x.shape).to(x.dtype)
+
+
+def _common_time(t: Tensor | float) -> Tensor | float:
+    """A ``[batch]`` time tensor whose entries are all equal, as a scalar (cheaper closed forms)."""
+    if isinstance(t, Tensor) and t.ndim == 1 and t.numel() > 1 and bool((t == t[0]).all()):
+        return t[0]
+    return t
 
 
 def _flat64(x: Tensor, dim: int) -> Tensor:

@@ -1,0 +1,40 @@
+"""Shared fixtures: exact reference models and processes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import reverie
+from reverie.reference import Gaussian, GaussianMixture
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def all_processes():
+    return [
+        reverie.VP.linear(),
+        reverie.VPLinear(),
+        reverie.VPCosine(),
+        reverie.VE(),
+        reverie.EDM(),
+        reverie.RectifiedFlow(),
+    ]
+
+
+@pytest.fixture
+def mixture() -> GaussianMixture:
+    """Three well-separated 2-D modes with unequal weights and full covariances."""
+    covs = torch.tensor(
+        [[[0.30, 0.10], [0.10, 0.20]], [[0.20, -0.05], [-0.05, 0.25]], [[0.15, 0.0], [0.0, 0.40]]]
+    )
+    return GaussianMixture([[-2.5, 0.0], [2.5, 0.5], [0.0, 3.5]], covs, [0.5, 0.3, 0.2])
+
+
+@pytest.fixture
+def gaussian() -> Gaussian:
+    return Gaussian([0.5, -1.0], [[1.0, 0.6], [0.6, 0.8]])
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,82 @@
+"""Time grids: shape, ends, spacing, and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tests.conftest import all_processes
+
+import reverie
+from reverie.grids import GRIDS, check_grid, make_grid
+
+PROCS = all_processes()
+
+
+@pytest.mark.parametrize("proc", PROCS, ids=repr)
+@pytest.mark.parametrize("name", GRIDS)
+@pytest.mark.parametrize("steps", [1, 2, 7, 50])
+def test_grid_shape_and_ends(proc, name, steps):
+    if name in ("logsnr", "karras") and not math.isfinite(float(proc.log_snr(proc.t_max))):
+        pytest.skip("infinite log-SNR at t_max")
+    g = make_grid(proc, steps, name)
+    assert g.dtype == torch.float64 and g.shape == (steps + 1,)
+    assert float(g[0]) == pytest.approx(proc.t_max)
+    assert float(g[-1]) == proc.t_clean
+    assert bool((g[1:] < g[:-1]).all())
+    if name != "trailing" and steps > 1:
+        assert float(g[-2]) == pytest.approx(proc.t_min, rel=1e-9)
+
+
+def test_logsnr_grid_is_uniform_in_log_snr():
+    proc = reverie.VPLinear()
+    g = make_grid(proc, 10, "logsnr")
+    lam = proc.log_snr(g[:-1])
+    torch.testing.assert_close(
+        lam.diff(), torch.full((9,), float(lam.diff().mean()), dtype=torch.float64)
+    )
+
+
+def test_karras_grid_matches_edm_formula():
+    proc = reverie.EDM()
+    n, rho = 18, 7.0
+    i = torch.arange(n, dtype=torch.float64)
+    ref = (80 ** (1 / rho) + i / (n - 1) * (0.002 ** (1 / rho) - 80 ** (1 / rho))) ** rho
+    torch.testing.assert_close(make_grid(proc, n, "karras")[:-1], ref)
+
+
+def test_trailing_grid_on_discrete_vp_matches_diffusers():
+    from diffusers import DDIMScheduler
+
+    sch = DDIMScheduler(timestep_spacing="trailing")
+    sch.set_timesteps(10)
+    g = make_grid(reverie.VP.linear(), 10, "trailing")
+    torch.testing.assert_close(g[:-1], sch.timesteps.to(torch.float64))
+
+
+def test_flow_shift():
+    proc = reverie.RectifiedFlow(shift=3.0)
+    g = make_grid(proc, 4, "trailing")
+    t = torch.tensor([1.0, 0.75, 0.5, 0.25], dtype=torch.float64)
+    torch.testing.assert_close(g[:-1], 3 * t / (1 + 2 * t))
+
+
+def test_bad_grids():
+    proc = reverie.EDM()
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        make_grid(proc, 0)
+    with pytest.raises(
+        ValueError, match="unknown grid 'linear'.*uniform, trailing, logsnr, karras"
+    ):
+        make_grid(proc, 5, "linear")
+    with pytest.raises(ValueError, match="must end at the clean end"):
+        check_grid(torch.tensor([80.0, 1.0, 0.5]), proc)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        check_grid(torch.tensor([1.0, 2.0, 0.0]), proc)
+    with pytest.raises(ValueError, match="start at or below t_max"):
+        check_grid(torch.tensor([100.0, 1.0, 0.0]), proc)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        check_grid(torch.tensor([float("nan"), 0.0]), proc)
+    with pytest.raises(ValueError, match="finite log-SNR"):
+        make_grid(reverie.RectifiedFlow(), 5, "karras")
