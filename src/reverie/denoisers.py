@@ -20,6 +20,7 @@ their modules) take a denoiser and return a denoiser.
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -48,10 +49,33 @@ def _check_prediction(prediction: str) -> None:
         )
 
 
-def _coefs(process: GaussianProcess, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-    a = _bcast(process.alpha(t), like).to(like.dtype)
-    s = _bcast(process.sigma(t), like).to(like.dtype)
-    return a, s
+_SCALAR_COEFS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _coefs(process: GaussianProcess, t: Tensor, like: Tensor, derivatives: bool = False) -> tuple:
+    """``(alpha, sigma, alpha', sigma')`` at ``t``, broadcastable against ``like`` (the
+    derivatives are ``None`` unless asked for).
+
+    Samplers call a denoiser at one time for the whole batch; those coefficients are Python
+    floats memoised per process, which keeps the per-step overhead to a few tensor operations.
+    """
+    if t.ndim == 0 or bool((t == t[0]).all()):
+        key = float(t.reshape(-1)[0])
+        memo = _SCALAR_COEFS.setdefault(process, {})
+        coefs = memo.get(key)
+        if coefs is None:
+            t64 = torch.tensor(key, dtype=torch.float64)
+            fns = (process.alpha, process.sigma, process.d_alpha, process.d_sigma)
+            coefs = tuple(float(fn(t64)) for fn in fns)
+            if len(memo) > 4096:
+                memo.clear()
+            memo[key] = coefs
+        return coefs
+    a, s = (_bcast(fn(t), like).to(like.dtype) for fn in (process.alpha, process.sigma))
+    if not derivatives:
+        return a, s, None, None
+    da, ds = (_bcast(fn(t), like).to(like.dtype) for fn in (process.d_alpha, process.d_sigma))
+    return a, s, da, ds
 
 
 def to_x0(
@@ -61,20 +85,20 @@ def to_x0(
     _check_prediction(prediction)
     if prediction == "x0":
         return output
-    a, s = _coefs(process, t, x)
-    if prediction in ("eps", "score") and bool((a == 0).any()):
+    a, s, da, ds = _coefs(process, t, x, derivatives=prediction == "flow")
+    if prediction in ("eps", "score") and bool(torch.as_tensor(a == 0).any()):
         raise ValueError(
             f"a {prediction!r} prediction does not determine x0 where alpha(t) = 0 "
             f"(t = {float(t.max())} for {process!r}); start sampling at a smaller t_max"
         )
     if prediction == "eps":
+        if isinstance(s, float):
+            return torch.sub(x, output, alpha=s).div_(a)
         return (x - s * output) / a
     if prediction == "v":
         return (a * x - s * output) / (a**2 + s**2)
     if prediction == "score":
         return (x + s**2 * output) / a
-    da = _bcast(process.d_alpha(t), x).to(x.dtype)
-    ds = _bcast(process.d_sigma(t), x).to(x.dtype)
     return (ds * x - s * output) / (ds * a - s * da)
 
 
@@ -83,7 +107,7 @@ def from_x0(x0: Tensor, prediction: str, x: Tensor, t: Tensor, process: Gaussian
     _check_prediction(prediction)
     if prediction == "x0":
         return x0
-    a, s = _coefs(process, t, x)
+    a, s, da, ds = _coefs(process, t, x, derivatives=prediction == "flow")
     eps = (x - a * x0) / s
     if prediction == "eps":
         return eps
@@ -91,8 +115,6 @@ def from_x0(x0: Tensor, prediction: str, x: Tensor, t: Tensor, process: Gaussian
         return a * eps - s * x0
     if prediction == "score":
         return -eps / s
-    da = _bcast(process.d_alpha(t), x).to(x.dtype)
-    ds = _bcast(process.d_sigma(t), x).to(x.dtype)
     return da * x0 + ds * eps
 
 

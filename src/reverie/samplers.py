@@ -255,9 +255,14 @@ def register(
 # ---------------------------------------------------------------------------------------------
 
 
+def _axpby(a: float, x: Tensor, b: float, y: Tensor) -> Tensor:
+    """``a x + b y`` in two fused kernels (the hot path of every step)."""
+    return torch.add(x * a, y, alpha=b)
+
+
 def _eps(x: Tensor, x0: Tensor, sch: Schedule, i: int) -> Tensor:
     """Predicted noise ``(x - alpha_i x0) / sigma_i`` (== EDM's ``d = (x/a - x0) / sigma_ve``)."""
-    return (x - sch.alpha[i] * x0) / sch.sigma[i]
+    return torch.sub(x, x0, alpha=sch.alpha[i]).div_(sch.sigma[i])
 
 
 def _ddim(x0: Tensor, eps: Tensor, sch: Schedule, j: int) -> Tensor:
@@ -265,7 +270,7 @@ def _ddim(x0: Tensor, eps: Tensor, sch: Schedule, j: int) -> Tensor:
     eta = 0; equal to an Euler step of the probability-flow ODE in ``sigma / alpha``)."""
     if sch.sigma[j] == 0:
         return sch.alpha[j] * x0
-    return sch.alpha[j] * x0 + sch.sigma[j] * eps
+    return _axpby(sch.alpha[j], x0, sch.sigma[j], eps)
 
 
 def _exp_first_order(
@@ -278,9 +283,9 @@ def _exp_first_order(
     if sch.sigma[j] == 0:
         return sch.alpha[j] * x0
     damp = math.exp(-eta * h) if eta else 1.0  # (0 * inf is NaN where alpha_i = 0)
-    return (sch.sigma[j] / sch.sigma[i]) * damp * x + sch.alpha[j] * (
-        -math.expm1(-(1 + eta) * h)
-    ) * x0
+    return _axpby(
+        (sch.sigma[j] / sch.sigma[i]) * damp, x, sch.alpha[j] * -math.expm1(-(1 + eta) * h), x0
+    )
 
 
 def _sde_std(sch: Schedule, i: int, j: int, eta: float) -> float:
@@ -413,16 +418,17 @@ def heun(denoiser, state, sch, *, generator, cond, s_churn, s_tmin, s_tmax, s_no
         denoiser.process, state.x, sch, i, generator, s_churn, s_tmin, s_tmax, s_noise
     )
     x0 = _model(denoiser, x_hat, t_hat, cond)  # D(x_hat; t_hat)
-    d = (x_hat - a_hat * x0) / s_hat  # d_i = (x_hat - D) / t_hat
+    d = torch.sub(x_hat, x0, alpha=a_hat).div_(s_hat)  # d_i = (x_hat - D) / t_hat
     x_euler = _ddim(x0, d, sch, j)  # x_{i+1} = x_hat + (t_{i+1} - t_hat) d_i
     if sch.sigma[j] == 0 or a_hat == 0:
         return Transition(x_euler, 0.0, x0)
     x0_next = _model(denoiser, x_euler, sch.t[j], cond)  # D(x_{i+1}; t_{i+1})
     d_next = _eps(x_euler, x0_next, sch, j)  # d'_i
-    sve_hat = s_hat / a_hat
-    # x_{i+1} = x_hat + (t_{i+1} - t_hat) (d_i / 2 + d'_i / 2), in VE coordinates
-    x_ve = x_hat / a_hat + (sch.sigma_ve[j] - sve_hat) * 0.5 * (d + d_next)
-    return Transition(sch.alpha[j] * x_ve, 0.0, x0_next, nfe=2)
+    # x_{i+1} = x_hat + (t_{i+1} - t_hat) (d_i / 2 + d'_i / 2) in VE coordinates (x / alpha)
+    half_step = 0.5 * sch.alpha[j] * (sch.sigma_ve[j] - s_hat / a_hat)
+    return Transition(
+        _axpby(sch.alpha[j] / a_hat, x_hat, half_step, d.add_(d_next)), 0.0, x0_next, nfe=2
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -832,7 +838,8 @@ def run(
     with torch.no_grad():
         for i in range(sch.steps):
             state = info.step(denoiser, state, sch, generator=generator, cond=cond, **options)
-            if not bool(torch.isfinite(state.x).all()):
+            # one reduction (NaN and inf propagate through a sum); confirm before raising
+            if not math.isfinite(float(state.x.sum())) and not bool(torch.isfinite(state.x).all()):
                 raise NonFiniteError(
                     f"{info.name}: NaN or inf in the sample after step {i + 1}/{sch.steps} "
                     f"(t = {sch.t[i]:.6g} -> {sch.t[i + 1]:.6g}); check the model's output at "
