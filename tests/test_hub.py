@@ -87,6 +87,8 @@ def test_conditional_and_cfg_formula(tmp_path):
         model.conditional(1.5)
     with pytest.raises(ValueError, match="labels were bound"):
         model.conditional(torch.tensor([0, 1]))(x, t)
+    with pytest.raises(ValueError, match="already has its class labels"):
+        model.conditional(1)(x, t, class_labels=torch.zeros(6, dtype=torch.long))
 
 
 def test_sample_k_depends_only_on_seed_plus_k(tmp_path):
