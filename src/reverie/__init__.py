@@ -14,6 +14,7 @@ See :mod:`reverie.process`, :mod:`reverie.denoisers`, :mod:`reverie.grids` and
 from reverie._random import randn, seeded_generators
 from reverie.denoisers import PREDICTIONS, ClassifierFreeGuidance, Denoiser, DenoiserBase
 from reverie.grids import GRIDS, make_grid
+from reverie.hub import load
 from reverie.process import (
     EDM,
     VE,
@@ -47,6 +48,7 @@ __all__ = [
     "Transition",
     "VPCosine",
     "VPLinear",
+    "load",
     "make_grid",
     "randn",
     "run",
