@@ -255,8 +255,11 @@ class MatrixOperator(LinearOperator):
             k = min(m, n)
             s_full = torch.zeros(n, dtype=torch.float64)
             s_full[:k] = s
-            s_full = torch.where(s_full > 1e-12 * max(float(s.max()) if k else 0.0, 1e-300),
-                                 s_full, torch.zeros_like(s_full))
+            s_full = torch.where(
+                s_full > 1e-12 * max(float(s.max()) if k else 0.0, 1e-300),
+                s_full,
+                torch.zeros_like(s_full),
+            )
             in_shape = self.in_shape
 
             def Vt(x: Tensor) -> Tensor:
@@ -430,7 +433,7 @@ class Blur(LinearOperator):
     def svd(self) -> SVD | None:
         if not self.symmetric:
             return None
-        lam = self.kernel_fft.real                                  # real eigenvalues [H, W]
+        lam = self.kernel_fft.real  # real eigenvalues [H, W]
         c, h, w = self.in_shape
         sign = torch.where(lam < 0, -1.0, 1.0).expand(c, h, w).reshape(-1)
         s = lam.abs().expand(c, h, w).reshape(-1).clone()
@@ -518,7 +521,7 @@ class Downsample(LinearOperator):
 
         # spectral layout: [block DC coefficients (m) | the other f*f - 1 per block]
         def Vt(x: Tensor) -> Tensor:
-            z = self._blocks(x) @ q.to(x.dtype).T                  # [B, C, h, w, f*f]
+            z = self._blocks(x) @ q.to(x.dtype).T  # [B, C, h, w, f*f]
             z = z.reshape(x.shape[0], m, f * f)
             return torch.cat([z[:, :, 0], z[:, :, 1:].reshape(x.shape[0], -1)], dim=1)
 
