@@ -315,16 +315,25 @@ def red_diff(
 # ---------------------------------------------------------------------------------------------
 
 
-def _resample(logw: Tensor, n: int, generator: Generators) -> Tensor:
-    """Multinomial resampling: ``n`` ancestor indices drawn with probabilities ``softmax(logw)``."""
+def _resample_clouds(
+    logw: Tensor, p: int, generator: Generators, threshold: float = math.inf
+) -> tuple[Tensor | None, Tensor]:
+    """Multinomial resampling of each cloud of ``p`` consecutive particles whose effective
+    sample size ``1 / sum w^2`` is below ``threshold * p`` (all clouds by default). Returns the
+    flat ancestor indices (``None`` if no cloud resampled) and the new log-weights (0 in the
+    resampled clouds)."""
     g = generator if isinstance(generator, torch.Generator) else None
-    w = torch.softmax(logw.to(torch.float64), dim=0)
-    return torch.multinomial(w, n, replacement=True, generator=g)
-
-
-def _ess(logw: Tensor) -> float:
-    w = torch.softmax(logw.to(torch.float64), dim=0)
-    return float(1.0 / (w**2).sum())
+    k = logw.numel() // p
+    lw = logw.reshape(k, p).to(torch.float64)
+    w = torch.softmax(lw, dim=1)
+    do = (1.0 / (w**2).sum(1)) < threshold * p
+    if not bool(do.any()):
+        return None, logw
+    draws = torch.multinomial(w, p, replacement=True, generator=g)
+    keep = torch.arange(p).expand(k, p)
+    idx = torch.where(do[:, None], draws, keep) + (torch.arange(k) * p)[:, None]
+    new = torch.where(do[:, None], torch.zeros_like(lw), lw).reshape(-1).to(logw.dtype)
+    return idx.reshape(-1), new
 
 
 def _log_normal(x: Tensor, mean: Tensor, var: Tensor | float) -> Tensor:
@@ -334,20 +343,13 @@ def _log_normal(x: Tensor, mean: Tensor, var: Tensor | float) -> Tensor:
     return out.reshape(x.shape[0], -1).sum(1)
 
 
-def _runs(problem: Problem, particles: int | None) -> list[int]:
-    """Cloud sizes: ``ceil(n / particles)`` SMC runs of ``particles`` particles each."""
+def _clouds(problem: Problem, particles: int | None) -> tuple[int, int]:
+    """``(clouds, particles per cloud)``: ``ceil(n / particles)`` independent SMC clouds, run
+    side by side in one batch (the first ``n`` particles are returned)."""
     p = problem.n if particles is None else int(particles)
     if p < 1:
         raise ValueError(f"particles must be >= 1, got {particles}")
-    k = math.ceil(problem.n / p)
-    return [p] * k
-
-
-def _smc_clouds(
-    problem: Problem, particles: int | None, one_cloud: Callable[[int], Tensor]
-) -> Tensor:
-    out = [one_cloud(p) for p in _runs(problem, particles)]
-    return torch.cat(out)[: problem.n]
+    return math.ceil(problem.n / p), p
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,47 +422,43 @@ def tds(
                 (g,) = torch.autograd.grad(ll.sum(), xr)
         return x0.detach(), twist_scale * ll.detach(), twist_scale * g
 
-    def one_cloud(p: int) -> Tensor:
-        x = problem.start(p, generator, sch)
-        x0, ll, g = twist(x, 0)
-        logw = ll.clone()
-        state = State(x)
-        for i in range(sch.steps):
-            if _ess(logw) < resample_ess * p:
-                idx = _resample(logw, p, generator)
-                state, x0, ll, g = state.select(idx), x0[idx], ll[idx], g[idx]
-                logw = torch.zeros_like(logw)
-            if sch.sigma[i + 1] == 0:  # final step: the prediction itself
-                state = ddpm.step(Fixed(x0, den.process), state, sch, generator=generator)
-                if exact_final:  # replace the last twist by the true likelihood p(y | x0)
-                    yb = y1.expand(p, *y1.shape[1:])
-                    with torch.no_grad():
-                        logw = (
-                            logw + problem.noise.log_likelihood(yb, problem.forward(state.x)) - ll
-                        )
-                break
-            a, s = sch.alpha[i], sch.sigma[i]
-            prop = ddpm.transition(
-                Fixed(x0 + (s**2 / a) * g, den.process), state, sch, generator=generator, cond={}
-            )
-            base = ddpm.transition(Fixed(x0, den.process), state, sch, generator=generator, cond={})
-            std = float(prop.std)
-            x_new = prop.mean + std * randn_like(prop.mean, generator)
-            x0_new, ll_new, g_new = twist(x_new, i + 1)
-            logw = (
-                logw
-                + _log_normal(x_new, base.mean, std**2)
-                + ll_new
-                - ll
-                - _log_normal(x_new, prop.mean, std**2)
-            )
-            state = State(x_new, i + 1, (), state.nfe + 1)
-            x0, ll, g = x0_new, ll_new, g_new
-            _check_finite(x_new, "tds", i, sch)
-        idx = _resample(logw, p, generator)
-        return state.x[idx]
-
-    samples = _smc_clouds(problem, particles, one_cloud)
+    k, p = _clouds(problem, particles)
+    total = k * p
+    x = problem.start(total, generator, sch)
+    x0, ll, g = twist(x, 0)
+    logw = ll.clone()
+    state = State(x)
+    for i in range(sch.steps):
+        idx, logw = _resample_clouds(logw, p, generator, resample_ess)
+        if idx is not None:
+            state, x0, ll, g = state.select(idx), x0[idx], ll[idx], g[idx]
+        if sch.sigma[i + 1] == 0:  # final step: the prediction itself
+            state = ddpm.step(Fixed(x0, den.process), state, sch, generator=generator)
+            if exact_final:  # replace the last twist by the true likelihood p(y | x0)
+                yb = y1.expand(total, *y1.shape[1:])
+                with torch.no_grad():
+                    logw = logw + problem.noise.log_likelihood(yb, problem.forward(state.x)) - ll
+            break
+        a, s = sch.alpha[i], sch.sigma[i]
+        twisted = Fixed(x0 + (s**2 / a) * g, den.process)  # Tweedie with the twist
+        prop = ddpm.transition(twisted, state, sch, generator=generator, cond={})
+        base = ddpm.transition(Fixed(x0, den.process), state, sch, generator=generator, cond={})
+        std = float(prop.std)
+        x_new = prop.mean + std * randn_like(prop.mean, generator)
+        x0, ll_new, g = twist(x_new, i + 1)
+        # w = p(x'|x) p~'(y|x') / (p~(y|x) q(x'|x, y))
+        logw = (
+            logw
+            + _log_normal(x_new, base.mean, std**2)
+            + ll_new
+            - ll
+            - _log_normal(x_new, prop.mean, std**2)
+        )
+        ll = ll_new
+        state = State(x_new, i + 1, (), state.nfe + 1)
+        _check_finite(x_new, "tds", i, sch)
+    idx, _ = _resample_clouds(logw, p, generator)
+    samples = state.x[idx][: problem.n]
     return samples, Cost(sch.steps, sch.steps - 1)
 
 
@@ -499,6 +497,7 @@ def mcg_diff(
     eta: float = 1.0,
     kappa: float = 1e-4,
     adapt: bool = True,
+    resample_ess: float = 0.5,
     **_: object,
 ) -> tuple[Tensor, Cost]:
     """Monte Carlo guided diffusion (Cardoso, Janati, Le Corff & Moulines, ICLR 2024, Alg. 1)
@@ -510,10 +509,13 @@ def mcg_diff(
     problem at times ``tau_i``. Before ``tau_i`` the particles are guided by the potential
     ``N(z_i; alpha_t ybar_i, sigma_t^2 - alpha_t^2 r_i^2 + kappa)`` (the pinned value diffused
     forward), at ``tau_i`` the coordinate is pinned (variance ``kappa``), afterwards it moves with
-    the prior. Each step takes the core DDIM transition (``eta``; 1 = DDPM), resamples by the
-    predictive likelihood of the next potential (fully adapted: the weights depend only on the
-    ancestor) and samples observed coordinates from the Gaussian product of kernel and
-    potential. The grid is adapted so that each ``tau_i`` is a grid point (``adapt``);
+    the prior. Each step takes the core DDIM transition (``eta``; 1 = DDPM), weights by the
+    predictive likelihood of the next potential over the current one (fully adapted: the
+    weights depend only on the ancestor), resamples (multinomial) when the effective sample
+    size falls below ``resample_ess * particles`` (the paper resamples every step, which only
+    adds genealogical drift when the weights are even) and samples observed coordinates from
+    the Gaussian product of kernel and potential. The grid is adapted so that each ``tau_i``
+    is a grid point (``adapt``);
     coordinates with ``r_i`` above the starting noise are conditioned exactly at the start.
     """
     if isinstance(generator, (list, tuple)):
@@ -545,51 +547,52 @@ def mcg_diff(
         a, s = sch.alpha[j], sch.sigma[j]
         return (s**2 - a**2 * r[active] ** 2).clamp(min=0) + kappa
 
-    def one_cloud(p: int) -> Tensor:
-        z = sch.sigma[0] * randn((p, svd.s.numel()), generator, dtype=dtype)
-        if bool(
-            early.any()
-        ):  # exact conditioning at t_0: N(0, s0^2) x N(z; a0 ybar, a0^2 (r^2 - sve0^2))
-            a0, s0 = sch.alpha[0], sch.sigma[0]
-            lik_var = a0**2 * (r[early] ** 2 - sig_start**2)
-            post_var = 1.0 / (1.0 / s0**2 + 1.0 / lik_var)
-            post_mean = post_var * a0 * ybar[early] / lik_var
-            z[:, early] = post_mean + post_var.sqrt() * z[:, early] / s0
-        # the initial weight g_0(z_0) cancels against the first step's division by g_0
-        logw = torch.zeros(p, dtype=dtype)
-        state = State(svd.V(z))
-        for i in range(sch.steps):
-            j = i + 1
-            with torch.no_grad():
-                tr = ddim.transition(den, state, sch, generator=generator, cond={}, eta=eta)
-            m = svd.Vt(tr.mean)
-            c2 = float(tr.std) ** 2
-            active = inside & (pin > j)  # still guided by a potential
-            pinned = inside & (pin == j)
-            guided = active | pinned
-            var = torch.empty_like(r)
-            var[active] = potential_var(j, active)
-            var[pinned] = kappa
-            target = sch.alpha[j] * ybar
-            # fully adapted weights: predictive likelihood of the next potential / current one
-            logw = logw + _log_normal(target[guided].expand(p, -1), m[:, guided], c2 + var[guided])
-            idx = _resample(logw, p, generator)
+    k, p = _clouds(problem, particles)
+    total = k * p
+    z = sch.sigma[0] * randn((total, svd.s.numel()), generator, dtype=dtype)
+    if bool(early.any()):
+        # exact conditioning at t_0: N(0, s0^2) x N(z; a0 ybar, a0^2 (r^2 - sve0^2))
+        a0, s0 = sch.alpha[0], sch.sigma[0]
+        lik_var = a0**2 * (r[early] ** 2 - sig_start**2)
+        post_var = 1.0 / (1.0 / s0**2 + 1.0 / lik_var)
+        post_mean = post_var * a0 * ybar[early] / lik_var
+        z[:, early] = post_mean + post_var.sqrt() * z[:, early] / s0
+    # the initial weight g_0(z_0) cancels against the first step's division by g_0
+    logw = torch.zeros(total, dtype=dtype)
+    state = State(svd.V(z))
+    for i in range(sch.steps):
+        j = i + 1
+        with torch.no_grad():
+            tr = ddim.transition(den, state, sch, generator=generator, cond={}, eta=eta)
+        m = svd.Vt(tr.mean)
+        c2 = float(tr.std) ** 2
+        active = inside & (pin > j)  # still guided by a potential
+        pinned = inside & (pin == j)
+        guided = active | pinned
+        var = torch.empty_like(r)
+        var[active] = potential_var(j, active)
+        var[pinned] = kappa
+        target = sch.alpha[j] * ybar
+        # fully adapted weights: predictive likelihood of the next potential / current one
+        logw = logw + _log_normal(target[guided].expand(total, -1), m[:, guided], c2 + var[guided])
+        # adaptive resampling: resampling at even weights only adds genealogical drift
+        idx, logw = _resample_clouds(logw, p, generator, resample_ess)
+        if idx is not None:
             m = m[idx]
-            noise = randn((p, m.shape[1]), generator, dtype=dtype)
-            z_new = m + math.sqrt(c2) * noise  # prior kernel for free coordinates
-            if bool(guided.any()):
-                v = var[guided]
-                mean = (m[:, guided] * v + target[guided] * c2) / (v + c2)
-                z_new[:, guided] = mean + torch.sqrt(c2 * v / (v + c2)) * noise[:, guided]
-            if sch.sigma[j] == 0 and bool(pinned.any()):
-                z_new[:, pinned] = target[pinned]  # noiseless: exactly the observation
-            # the next step divides by the current potential of the still-active coordinates
-            logw = -_log_normal(z_new[:, active], target[active].expand(p, -1), var[active])
-            state = State(svd.V(z_new), j, (), state.nfe + 1)
-            _check_finite(z_new, "mcg_diff", i, sch)
-        return state.x
-
-    samples = _smc_clouds(problem, particles, one_cloud)
+        noise = randn((total, m.shape[1]), generator, dtype=dtype)
+        z_new = m + math.sqrt(c2) * noise  # prior kernel for free coordinates
+        if bool(guided.any()):
+            v = var[guided]
+            mean = (m[:, guided] * v + target[guided] * c2) / (v + c2)
+            z_new[:, guided] = mean + torch.sqrt(c2 * v / (v + c2)) * noise[:, guided]
+        if sch.sigma[j] == 0 and bool(pinned.any()):
+            z_new[:, pinned] = target[pinned]  # noiseless: exactly the observation
+        # the next step divides by the current potential of the still-active coordinates
+        logw = logw - _log_normal(z_new[:, active], target[active].expand(total, -1), var[active])
+        state = State(svd.V(z_new), j, (), state.nfe + 1)
+        _check_finite(z_new, "mcg_diff", i, sch)
+    idx, _ = _resample_clouds(logw, p, generator)
+    samples = state.x[idx][: problem.n]
     return samples, Cost(sch.steps)
 
 

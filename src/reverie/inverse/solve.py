@@ -90,7 +90,7 @@ METHODS = _Methods(
             False,
             False,
             False,
-            "diffusion posterior sampling: DDPM step + gradient of the residual norm (through the model)",
+            "DPS: DDPM step + gradient of the residual norm through the network",
         ),
         Method(
             "pigdm",
