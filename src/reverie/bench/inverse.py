@@ -31,8 +31,9 @@ ALL = ("mcg_diff", "tds", "pigdm", "ddrm", "dps", "diffpir", "red_diff")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="small run: 3 replicates, 500 samples, dx in {8, 80}")
+    parser.add_argument(
+        "--quick", action="store_true", help="small run: 3 replicates, 500 samples, dx in {8, 80}"
+    )
     parser.add_argument("--replicates", type=int, default=None, help="problems per (dx, dy)")
     parser.add_argument("--samples", type=int, default=None, help="samples per method")
     parser.add_argument("--steps", type=int, default=20, help="steps (NFE per sample)")
@@ -42,8 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slices", type=int, default=100, help="random directions of the SW")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--digits", action="store_true",
-                        help="also run digits inpainting / super-resolution (needs the model)")
+    parser.add_argument(
+        "--digits",
+        action="store_true",
+        help="also run digits inpainting / super-resolution (needs the model)",
+    )
 
 
 def mixture_prior(dim: int, generator: torch.Generator):
@@ -82,8 +86,11 @@ def benchmark_grid(process, op, sigma_y: float, steps: int) -> torch.Tensor:
 def _options(method: str, data_std: float) -> dict[str, Any]:
     # DPS: the step of the authors' GMM script (zeta = 0.1 on the squared residual norm, i.e.
     # 0.2 on the norm); PiGDM / TDS: the prior's standard deviation as data_std.
-    return {"dps": {"scale": 0.2}, "pigdm": {"data_std": data_std},
-            "tds": {"data_std": data_std}}.get(method, {})
+    return {
+        "dps": {"scale": 0.2},
+        "pigdm": {"data_std": data_std},
+        "tds": {"data_std": data_std},
+    }.get(method, {})
 
 
 def _interval(values: list[float]) -> tuple[float, float]:
@@ -137,16 +144,27 @@ def run_mixture(args: argparse.Namespace) -> dict[str, Any]:
                 grid = benchmark_grid(proc, op, sigma_y, args.steps)
                 for m in methods:
                     t0 = time.perf_counter()
-                    res = solve(den, op, y, sigma_y, method=m, n=n, steps=args.steps, grid=grid,
-                                generator=torch.Generator().manual_seed(seed + 11),
-                                return_info=True, **_options(m, data_std))
+                    res = solve(
+                        den,
+                        op,
+                        y,
+                        sigma_y,
+                        method=m,
+                        n=n,
+                        steps=args.steps,
+                        grid=grid,
+                        generator=torch.Generator().manual_seed(seed + 11),
+                        return_info=True,
+                        **_options(m, data_std),
+                    )
                     seconds[m] += time.perf_counter() - t0
                     nfe[m] = res.nfe
                     x = res.samples
                     val = sw(x) if bool(torch.isfinite(x).all()) else float("nan")
                     scores[m].append(val)
-                    raw.append({"dx": dx, "dy": dy, "rep": rep, "method": m, "sw": val,
-                                "sigma_y": sigma_y})
+                    raw.append(
+                        {"dx": dx, "dy": dy, "rep": rep, "method": m, "sw": val, "sigma_y": sigma_y}
+                    )
                 bar.update(1)
             row: dict[str, Any] = {"dx": dx, "dy": dy}
             for m, vals in scores.items():
@@ -155,8 +173,16 @@ def run_mixture(args: argparse.Namespace) -> dict[str, Any]:
             row["seconds"] = {m: seconds[m] / reps for m in methods}
             rows.append(row)
     bar.close()
-    return {"rows": rows, "raw": raw, "replicates": reps, "samples": n, "steps": args.steps,
-            "methods": methods, "process": repr(proc), "slices": args.slices}
+    return {
+        "rows": rows,
+        "raw": raw,
+        "replicates": reps,
+        "samples": n,
+        "steps": args.steps,
+        "methods": methods,
+        "process": repr(proc),
+        "slices": args.slices,
+    }
 
 
 def _table(result: dict[str, Any]) -> str:
@@ -185,21 +211,108 @@ def _checks(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+DIGIT_METHODS = ("mcg_diff", "tds", "pigdm", "ddrm", "dps", "diffpir", "red_diff")
+
+
+def digits_task(task: str, shape: tuple[int, ...], generator: torch.Generator):
+    """The operator of a restoration task on ``[1, 8, 8]`` digits: ``inpaint`` (keep the
+    left half and a random quarter of the right half), ``superres`` (2x2 block averages) or
+    ``blur`` (Gaussian kernel, std 1)."""
+    from reverie.inverse import Blur, Downsample, Inpainting, gaussian_kernel
+
+    if task == "inpaint":
+        c, h, w = shape
+        mask = torch.zeros(shape, dtype=torch.bool)
+        mask[..., : w // 2] = True
+        mask[..., w // 2 :] = torch.rand(c, h, w - w // 2, generator=generator) < 0.25
+        return Inpainting(mask)
+    if task == "superres":
+        return Downsample(2, shape)
+    if task == "blur":
+        return Blur(gaussian_kernel(5, 1.0), shape)
+    raise ValueError(f"unknown task {task!r}; expected inpaint, superres or blur")
+
+
+def run_digits(args: argparse.Namespace) -> dict[str, Any]:
+    """Digits inpainting and super-resolution: PSNR to the truth and measurement consistency
+    (RMS of ``y - A x``, to compare with the noise level), per method at equal NFE."""
+    from reverie.bench.common import format_table
+    from reverie.data import load_digits
+    from reverie.hub import load
+    from reverie.inverse import measurement_consistency, psnr, solve
+
+    model = load("digits")
+    images, _ = load_digits("test")
+    k = 8 if args.quick else 32
+    per = 4  # posterior samples per image
+    steps, sigma_y = 50, 0.05
+    x_true = images[:k].to(torch.float32)
+    rows, out = [], {}
+    for task in ("inpaint", "superres"):
+        g = torch.Generator().manual_seed(args.seed)
+        op = digits_task(task, tuple(x_true.shape[1:]), g)
+        y = op.A(x_true) + sigma_y * torch.randn(op.A(x_true).shape, generator=g)
+        for m in DIGIT_METHODS:
+            t0 = time.perf_counter()
+            p_vals, c_vals = [], []
+            for i in range(k):
+                x = solve(
+                    model.denoiser,
+                    op,
+                    y[i],
+                    sigma_y,
+                    method=m,
+                    steps=steps,
+                    n=per,
+                    generator=torch.Generator().manual_seed(args.seed + i),
+                )
+                p_vals.append(psnr(x, x_true[i : i + 1].expand_as(x)))
+                c_vals.append(
+                    measurement_consistency(op, x, y[i : i + 1].expand(per, *y.shape[1:]))
+                )
+            p_all, c_all = torch.cat(p_vals), torch.cat(c_vals)
+            res = {
+                "psnr": float(p_all.mean()),
+                "psnr_ci": 1.96 * float(p_all.std()) / math.sqrt(len(p_all)),
+                "consistency": float(c_all.mean()),
+                "seconds": time.perf_counter() - t0,
+            }
+            out[f"{task}/{m}"] = res
+            rows.append(
+                [
+                    task,
+                    m,
+                    f"{res['psnr']:.2f} ± {res['psnr_ci']:.2f}",
+                    res["consistency"],
+                    steps,
+                    res["seconds"],
+                ]
+            )
+    print(
+        f"\ndigits ({k} test images x {per} samples, sigma_y = {sigma_y}, {steps} steps = NFE "
+        "per sample):"
+    )
+    print(format_table(["task", "method", "PSNR dB", "RMS(y - A x)", "NFE", "seconds"], rows))
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(max(1, args.threads))
     t0 = time.perf_counter()
     result = run_mixture(args)
-    print(f"\nGaussian-mixture benchmark: mean sliced W1 to the exact posterior (mean ± 1.96 "
-          f"s.e. over {result['replicates']} problems), {result['samples']} samples, "
-          f"{result['steps']} steps = {result['steps']} NFE per sample, {result['process']}")
+    print(
+        f"\nGaussian-mixture benchmark: mean sliced W1 to the exact posterior (mean ± 1.96 "
+        f"s.e. over {result['replicates']} problems), {result['samples']} samples, "
+        f"{result['steps']} steps = {result['steps']} NFE per sample, {result['process']}"
+    )
     print(_table(result))
     failed = _checks(result)
     result["target_failures"] = failed
-    print("\ntargets (SMC beats DPS and DDRM everywhere, no NaN):",
-          "met" if not failed else "NOT met: " + "; ".join(failed))
+    print(
+        "\ntargets (SMC beats DPS and DDRM everywhere, no NaN):",
+        "met" if not failed else "NOT met: " + "; ".join(failed),
+    )
     if args.digits:
-        from reverie.bench.inverse_digits import run_digits
-
         result["digits"] = run_digits(args)
     result["seconds"] = time.perf_counter() - t0
     return result
