@@ -44,11 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from reverie.bench.inverse import digits_task
-    from reverie.data import load_digits
-    from reverie.hub import load
     from reverie.inverse import METHODS, solve
-    from reverie.plot import image_grid
 
     method = METHODS[args.method].name  # unknown names list the valid ones
     for name in ("steps", "samples", "images"):
@@ -56,6 +52,11 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.noise < 0:
         raise ValueError(f"--noise must be >= 0, got {args.noise}")
+    from reverie.bench.inverse import digits_task
+    from reverie.data import load_digits
+    from reverie.hub import load
+    from reverie.plot import image_grid
+
     model = load(args.model)
     if args.model != "digits" and tuple(model.sample_shape) != (1, 8, 8):
         raise ValueError(
