@@ -302,3 +302,16 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"operator acts on samples of shape \[2\]"):
         solve(Shaped(lambda x, t: x, PROC, "x0"), op, y, 0.5)
     assert "RED-diff" in METHODS and METHODS["RED-diff"].name == "red_diff"
+
+
+@pytest.mark.parametrize("method", ["pigdm", "ddrm", "diffpir", "mcg_diff"])
+def test_noiseless_measurement_is_met_exactly(method):
+    """sigma_y = 0: the samples satisfy A x = y to rounding, and their mean is the exact
+    posterior mean (5 standard errors, effective size n / 4)."""
+    prior = Gaussian(torch.zeros(3), None)
+    post = linear_gaussian_posterior(prior, GAUSS_A, GAUSS_Y, 0.0)
+    x = solve(prior.denoiser(PROC), MatrixOperator(GAUSS_A), GAUSS_Y, 0.0, method=method,
+              steps=100, n=2000, generator=_gen(0))
+    torch.testing.assert_close(x @ GAUSS_A.T, GAUSS_Y.expand(2000, 2), atol=1e-8, rtol=0)
+    se = torch.sqrt(torch.diagonal(post.covariance()).clamp(min=1e-12) / 500)
+    assert bool(((x.mean(0) - post.mean()).abs() < 5 * se + 1e-8).all())

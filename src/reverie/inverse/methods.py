@@ -573,8 +573,16 @@ def mcg_diff(
         var[active] = potential_var(j, active)
         var[pinned] = kappa
         target = sch.alpha[j] * ybar
-        # fully adapted weights: predictive likelihood of the next potential / current one
-        logw = logw + _log_normal(target[guided].expand(total, -1), m[:, guided], c2 + var[guided])
+        # fully adapted weights: predictive likelihood of the next potential / current one.
+        # The explicit last step onto sigma = 0 is deterministic; for coordinates pinned there
+        # (noiseless data) its kernel variance is taken as sigma_ve^2, the variance of x0 given
+        # x_t at small noise (DDPM's last-step variance), so the weights do not degenerate.
+        kern = torch.full_like(r, c2)
+        if c2 == 0 and sch.sigma[j] == 0:
+            kern[pinned] = sch.sigma_ve[i] ** 2
+        logw = logw + _log_normal(
+            target[guided].expand(total, -1), m[:, guided], kern[guided] + var[guided]
+        )
         # adaptive resampling: resampling at even weights only adds genealogical drift
         idx, logw = _resample_clouds(logw, p, generator, resample_ess)
         if idx is not None:
