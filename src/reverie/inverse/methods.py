@@ -278,15 +278,17 @@ def red_diff(
     den, sch = problem.denoiser, problem.schedule()
     n, y = problem.n, problem.y.to(problem.dtype)
     xi = randn((n, *problem.shape), generator, dtype=problem.dtype)
+    gaussian = isinstance(problem.noise, GaussianNoise)
     if problem.linear:
         op: LinearOperator = problem.operator  # type: ignore[assignment]
-        mu0 = op.pinv(y) + xi - op.pinv(op.A(xi))
+        # Tikhonov-regularised pseudo-inverse plus random content where A is (nearly) blind
+        rho = max(problem.noise_std**2, 1e-3) if gaussian else 1e-3
+        mu0 = xi + op.normal_solve(op.AT(y - op.A(xi)), 1.0, rho)
     else:
         mu0 = xi
     mu = mu0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([mu], lr=lr, betas=(0.9, 0.99))
     m = y[0].numel()
-    gaussian = isinstance(problem.noise, GaussianNoise)
     dims = tuple(range(1, mu.ndim))
     for i in range(sch.steps):
         if sch.sigma[i] == 0:
