@@ -119,8 +119,12 @@ class GaussianMixture:
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = randn((n, self.dim), generator, dtype=torch.float64)
         scaled = z * self.evals[comp].sqrt()
-        if self.evecs is not None:
-            scaled = torch.einsum("nij,nj->ni", self.evecs[comp], scaled)
+        if self.evecs is not None:  # rotate per component (no [n, D, D] gather)
+            rotated = torch.empty_like(scaled)
+            for k in comp.unique().tolist():
+                sel = comp == k
+                rotated[sel] = scaled[sel] @ self.evecs[k].T
+            scaled = rotated
         return self.means[comp] + scaled, comp
 
     # ---- closed forms at any (alpha, sigma) ---------------------------------------------------
