@@ -53,9 +53,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.noise < 0:
         raise ValueError(f"--noise must be >= 0, got {args.noise}")
     from reverie.bench.inverse import digits_task
-    from reverie.data import load_digits
-    from reverie.hub import load
-    from reverie.plot import image_grid
+
+    try:
+        from reverie.data import load_digits
+        from reverie.hub import load
+        from reverie.plot import image_grid
+    except ImportError as err:  # the bundled-model support is a separate part of reverie
+        raise ValueError(f"restore needs reverie's bundled models and plots: {err}") from err
 
     model = load(args.model)
     if args.model != "digits" and tuple(model.sample_shape) != (1, 8, 8):
