@@ -66,15 +66,15 @@ def linear_gaussian_posterior(
     if y.shape != (m,):
         raise ValueError(f"y must hold {m} values (the rows of A), got shape {tuple(y.shape)}")
     R = _noise_cov(noise_cov, m)
-    S = prior.covariances                                           # [K, D, D]
-    SAt = S @ A.T                                                   # [K, D, m]
-    G = A @ SAt + R                                                 # [K, m, m]
+    S = prior.covariances  # [K, D, D]
+    SAt = S @ A.T  # [K, D, m]
+    G = A @ SAt + R  # [K, m, m]
     G = 0.5 * (G + G.transpose(-1, -2))
-    L = torch.linalg.cholesky(G)                                    # fails if G is singular
-    resid = y - prior.means @ A.T                                   # [K, m]
+    L = torch.linalg.cholesky(G)  # fails if G is singular
+    resid = y - prior.means @ A.T  # [K, m]
     sol = torch.cholesky_solve(resid.unsqueeze(-1), L).squeeze(-1)  # G^{-1} (y - A mu)
-    means = prior.means + (SAt @ sol.unsqueeze(-1)).squeeze(-1)     # mu + S A^T G^{-1} r
-    gain_t = torch.cholesky_solve(SAt.transpose(-1, -2), L)        # G^{-1} A S  [K, m, D]
+    means = prior.means + (SAt @ sol.unsqueeze(-1)).squeeze(-1)  # mu + S A^T G^{-1} r
+    gain_t = torch.cholesky_solve(SAt.transpose(-1, -2), L)  # G^{-1} A S  [K, m, D]
     covs = S - SAt @ gain_t
     covs = 0.5 * (covs + covs.transpose(-1, -2))
     # log N(y; A mu_k, G_k)
