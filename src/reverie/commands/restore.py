@@ -24,6 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=4, help="posterior samples per image")
     p.add_argument("--images", type=int, default=4, help="number of test images")
     p.add_argument("--noise", type=float, default=0.05, help="measurement noise std")
+    p.add_argument(
+        "--particles",
+        type=int,
+        default=8,
+        help="SMC methods: particles per cloud; each shown sample comes from its own cloud",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="image file to write (.png, .pdf, ...)")
     p.set_defaults(func=_run)
@@ -47,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
     from reverie.inverse import METHODS, solve
 
     method = METHODS[args.method].name  # unknown names list the valid ones
-    for name in ("steps", "samples", "images"):
+    for name in ("steps", "samples", "images", "particles"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.noise < 0:
@@ -77,16 +83,14 @@ def _run(args: argparse.Namespace) -> int:
     y = clean + args.noise * torch.randn(clean.shape, generator=g)
     rows = []
     for i in tqdm(range(args.images), desc=f"restore ({method})", unit="image"):
-        x = solve(
-            model.denoiser,
-            op,
-            y[i],
-            args.noise,
-            method=method,
-            steps=args.steps,
-            n=args.samples,
-            generator=torch.Generator().manual_seed(args.seed + i),
-        )
+        gen = torch.Generator().manual_seed(args.seed + i)
+        kw = dict(method=method, steps=args.steps, generator=gen)
+        if METHODS[method].particles:  # one sample from each of `samples` independent clouds
+            p = args.particles
+            x = solve(model.denoiser, op, y[i], args.noise, n=args.samples * p, particles=p, **kw)
+            x = x[::p]
+        else:
+            x = solve(model.denoiser, op, y[i], args.noise, n=args.samples, **kw)
         rows += [x_true[i : i + 1], _show(args.task, op, y[i : i + 1]), x.to(torch.float32)]
     grid = torch.cat(rows)
     title = (
