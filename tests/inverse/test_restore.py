@@ -24,7 +24,10 @@ def test_restore_rejects_bad_arguments(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not _digits_available(), reason="the bundled digits model is not available")
-@pytest.mark.parametrize("task", ["inpaint", "superres", "blur"])
+@pytest.mark.parametrize(
+    "task", ["inpaint", pytest.param("superres", marks=pytest.mark.slow),
+             pytest.param("blur", marks=pytest.mark.slow)]
+)
 def test_restore_writes_a_grid(tmp_path, task):
     out = tmp_path / f"{task}.png"
     code = main(["restore", "--task", task, "--method", "ddrm", "--steps", "5", "--samples",
