@@ -123,8 +123,12 @@ class GaussianMixture:
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = randn((n, self.dim), generator, dtype=torch.float64)
         scaled = z * self.evals[comp].sqrt()
-        if self.evecs is not None:
-            scaled = torch.einsum("nij,nj->ni", self.evecs[comp], scaled)
+        if self.evecs is not None:  # rotate per component (no [n, D, D] gather)
+            rotated = torch.empty_like(scaled)
+            for k in comp.unique().tolist():
+                sel = comp == k
+                rotated[sel] = scaled[sel] @ self.evecs[k].T
+            scaled = rotated
         return self.means[comp] + scaled, comp
 
     # ---- closed forms at any (alpha, sigma) ---------------------------------------------------
@@ -162,6 +166,8 @@ class GaussianMixture:
     def denoise_at(self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
         """``E[x0 | x_t = x] = sum_k p(k|x) (mu_k + alpha Sigma_k (alpha^2 Sigma_k + sigma^2 I)^-1
         (x - alpha mu_k))``, in ``x``'s dtype and shape."""
+        if self.evecs is None and bool((self.evals == self.evals[:, :1]).all()):
+            return self._denoise_isotropic(x, alpha, sigma)
         a, loglik, r, var = self._at(x, alpha, sigma)
         resp = torch.softmax(self.log_weights + loglik, dim=-1)  # [B, K]
         gain = a.reshape(-1, 1, 1) * self.evals[None] / var  # [B|1, K, D]
@@ -170,6 +176,23 @@ class GaussianMixture:
             corr = torch.einsum("kij,bkj->bki", self.evecs, corr)
         post = self.means[None] + corr  # [B, K, D]
         out = (resp[..., None] * post).sum(1)
+        return out.reshape(x.shape).to(x.dtype)
+
+    def _denoise_isotropic(self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
+        """:meth:`denoise_at` for isotropic components ``Sigma_k = v_k I`` with matrix products
+        only (no ``[B, K, D]`` tensors): ``|x - a mu_k|^2 = |x|^2 - 2 a x.mu_k + a^2 |mu_k|^2``
+        and ``sum_k p_k (mu_k + g_k (x - a mu_k))`` with ``g_k = a v_k / (a^2 v_k + s^2)``."""
+        x64 = _flat64(x, self.dim)
+        a = _as64(alpha).to(x64.device).reshape(-1, 1)                      # [B|1, 1]
+        s = _as64(sigma).to(x64.device).reshape(-1, 1)
+        v = self.evals[:, 0][None]                                            # [1, K]
+        var = a**2 * v + s**2                                                 # [B|1, K]
+        sq = ((x64**2).sum(1, keepdim=True) - 2 * a * (x64 @ self.means.T)
+              + a**2 * (self.means**2).sum(1)[None]).clamp(min=0.0)           # [B, K]
+        loglik = -0.5 * (sq / var + self.dim * (torch.log(var) + _LOG2PI))
+        resp = torch.softmax(self.log_weights + loglik, dim=-1)
+        rg = resp * (a * v / var)
+        out = resp @ self.means + rg.sum(1, keepdim=True) * x64 - a * (rg @ self.means)
         return out.reshape(x.shape).to(x.dtype)
 
     def score_at(self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:

@@ -1,0 +1,54 @@
+"""Posterior sampling for inverse problems ``y = A(x) + noise`` with a diffusion prior.
+
+``solve(denoiser, operator, y, noise_std, method=NAME, steps=.., particles=.., n=..,
+generator=..)`` draws samples of ``p(x | y)``; :data:`METHODS` lists the samplers (DPS, PiGDM,
+DDRM, RED-diff, DiffPIR, TDS, MCGdiff, joint structured noise). See ``docs/inverse.md``.
+"""
+
+from reverie.inverse.guidance import DiffPIRDenoiser, JointNoiseDenoiser, PiGDMDenoiser
+from reverie.inverse.noise import GaussianNoise, NoiseModel, PoissonNoise
+from reverie.inverse.operators import (
+    SVD,
+    Blur,
+    Composed,
+    Downsample,
+    Identity,
+    Inpainting,
+    LinearOperator,
+    MatrixOperator,
+    adjointness_error,
+    gaussian_kernel,
+)
+from reverie.inverse.solve import (
+    METHODS,
+    InverseResult,
+    Method,
+    measurement_consistency,
+    psnr,
+    solve,
+)
+
+__all__ = [
+    "METHODS",
+    "DiffPIRDenoiser",
+    "InverseResult",
+    "JointNoiseDenoiser",
+    "Method",
+    "PiGDMDenoiser",
+    "measurement_consistency",
+    "psnr",
+    "solve",
+    "SVD",
+    "Blur",
+    "Composed",
+    "Downsample",
+    "GaussianNoise",
+    "Identity",
+    "Inpainting",
+    "LinearOperator",
+    "MatrixOperator",
+    "NoiseModel",
+    "PoissonNoise",
+    "adjointness_error",
+    "gaussian_kernel",
+]

@@ -1,0 +1,342 @@
+"""``solve``: one entry point for every posterior sampler, and the :data:`METHODS` registry."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from reverie._random import Generators
+from reverie.denoisers import DenoiserBase
+from reverie.inverse import methods as _m
+from reverie.inverse.noise import GaussianNoise, NoiseModel, as_noise_model
+from reverie.inverse.operators import LinearOperator
+from reverie.samplers import SAMPLERS, resolve_grid
+
+__all__ = ["Method", "METHODS", "InverseResult", "solve", "measurement_consistency", "psnr"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered posterior sampler and what it needs."""
+
+    name: str
+    fn: Callable[..., tuple[Tensor, _m.Cost]]
+    paper: str
+    linear: bool  # needs a LinearOperator
+    svd: bool  # needs the operator's SVD
+    gaussian: bool  # needs Gaussian noise
+    particles: bool  # an SMC method (uses ``particles``)
+    description: str
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The method's keyword options and their defaults are those of ``fn``."""
+        sig = inspect.signature(self.fn)
+        skip = {"problem", "steps", "generator", "particles", "_"}
+        return tuple(p for p in sig.parameters if p not in skip and not p.startswith("_"))
+
+
+class _Methods(Mapping[str, Method]):
+    """Name -> :class:`Method`. Names are case-insensitive and ``-`` equals ``_`` (so
+    ``"RED-diff"`` finds ``red_diff``); unknown names raise a ``ValueError`` listing the valid
+    ones."""
+
+    def __init__(self, items: Sequence[Method]):
+        self._items = {m.name: m for m in items}
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return name.lower().replace("-", "_")
+
+    def __getitem__(self, name: str) -> Method:
+        if not isinstance(name, str):
+            raise TypeError(f"method must be a name (str), got {type(name).__name__}")
+        key = self._key(name)
+        for k, m in self._items.items():
+            if k == key or k.replace("_", "") == key.replace("_", ""):
+                return m
+        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(self._items)}")
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self[name]  # type: ignore[index]
+        except (ValueError, TypeError):
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"METHODS({', '.join(self._items)})"
+
+
+#: All posterior samplers by name. ``list(METHODS)`` gives the names.
+METHODS = _Methods(
+    [
+        Method(
+            "dps",
+            _m.dps,
+            "Chung et al., ICLR 2023",
+            False,
+            False,
+            False,
+            False,
+            "DPS: DDPM step + gradient of the residual norm through the network",
+        ),
+        Method(
+            "pigdm",
+            _m.pigdm,
+            "Song et al., ICLR 2023",
+            True,
+            False,
+            True,
+            False,
+            "pseudoinverse-guided diffusion: Gaussian likelihood with r_t^2 A A^T + sigma_y^2 I",
+        ),
+        Method(
+            "ddrm",
+            _m.ddrm,
+            "Kawar et al., NeurIPS 2022",
+            True,
+            True,
+            True,
+            False,
+            "denoising diffusion restoration models, in the operator's SVD coordinates",
+        ),
+        Method(
+            "red_diff",
+            _m.red_diff,
+            "Mardani et al., ICLR 2024",
+            False,
+            False,
+            False,
+            False,
+            "variational: Adam on the data fit + a denoising regulariser, one model call per step",
+        ),
+        Method(
+            "diffpir",
+            _m.diffpir,
+            "Zhu et al., CVPR 2023",
+            True,
+            False,
+            True,
+            False,
+            "plug-and-play: proximal data step on the prediction, then DDIM re-noising",
+        ),
+        Method(
+            "tds",
+            _m.tds,
+            "Wu et al., NeurIPS 2023",
+            False,
+            False,
+            False,
+            True,
+            "twisted SMC for any likelihood and differentiable operator (asymptotically exact)",
+        ),
+        Method(
+            "mcg_diff",
+            _m.mcg_diff,
+            "Cardoso et al., ICLR 2024",
+            True,
+            True,
+            True,
+            True,
+            "SVD-based SMC filter for linear-Gaussian problems (asymptotically exact)",
+        ),
+        Method(
+            "structured_noise",
+            _m.structured_noise,
+            "Stevens et al., TMLR 2025",
+            True,
+            False,
+            True,
+            False,
+            "joint posterior over signal and structured noise with two diffusion priors",
+        ),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class InverseResult:
+    """What ``solve(..., return_info=True)`` returns: the ``samples``, the method, the model
+    calls per sample (``nfe`` forward, ``vjp`` vector-Jacobian products), the grid walked and
+    method-specific extras (e.g. the sampled structured noise)."""
+
+    samples: Tensor
+    method: str
+    nfe: int
+    vjp: int
+    grid: Tensor
+    extra: Mapping[str, Any]
+
+
+def _check_y(y: Any, out_shape: tuple[int, ...] | None, n: int) -> Tensor:
+    if not isinstance(y, Tensor) or not y.is_floating_point():
+        raise TypeError(f"y must be a floating-point tensor, got {type(y).__name__}")
+    if out_shape is None:
+        if y.ndim >= 1 and y.shape[0] == n:
+            return y
+        return y.unsqueeze(0).expand(n, *y.shape)
+    k = len(out_shape)
+    if tuple(y.shape) == out_shape:
+        return y.unsqueeze(0).expand(n, *out_shape)
+    if y.ndim == k + 1 and tuple(y.shape[1:]) == out_shape and y.shape[0] in (1, n):
+        return y.expand(n, *out_shape)
+    raise ValueError(
+        f"y has shape {tuple(y.shape)}, but the operator produces measurements of shape "
+        f"{list(out_shape)}: pass y of shape {list(out_shape)} (one measurement) or "
+        f"[{n}, {', '.join(map(str, out_shape))}] (one per sample)"
+    )
+
+
+def solve(
+    denoiser: DenoiserBase,
+    operator: LinearOperator | Callable[[Tensor], Tensor],
+    y: Tensor,
+    noise_std: float | NoiseModel,
+    method: str = "dps",
+    *,
+    steps: int = 100,
+    particles: int | None = None,
+    n: int | None = None,
+    generator: Generators = None,
+    grid: str | Tensor | None = None,
+    shape: Sequence[int] | None = None,
+    dtype: torch.dtype | None = None,
+    return_info: bool = False,
+    **options: Any,
+) -> Tensor | InverseResult:
+    """Sample ``x ~ p(x | y)`` for ``y = operator(x) + noise`` with the diffusion prior
+    ``denoiser``.
+
+    * ``operator``: a :class:`LinearOperator` (:class:`MatrixOperator`, :class:`Inpainting`,
+      :class:`Blur`, :class:`Downsample`, compositions) or, for DPS, RED-diff and TDS, any
+      differentiable function ``x -> y`` (then pass ``shape``, the shape of one sample).
+    * ``y``: one measurement (shape ``out_shape``; ``n`` samples of its posterior) or one per
+      sample (``[n, *out_shape]``; one sample each -- not for the SMC methods).
+    * ``noise_std``: the Gaussian noise level (>= 0), or a noise model
+      (:class:`GaussianNoise`, :class:`PoissonNoise` for DPS / TDS / RED-diff).
+    * ``method``: a name from :data:`METHODS`; ``steps``: the step budget (grid steps; each
+      costs one model call per sample, two for ``structured_noise``); ``particles``: particles
+      per SMC cloud (SMC methods only; default ``n``: the ``n`` samples are one cloud);
+      ``n``: the number of samples (default: the batch of ``y``, or 1).
+    * ``generator``: one ``torch.Generator`` (or, for the non-SMC methods, one per sample);
+      ``grid``: a grid name or tensor (default: the process's default grid);
+      ``dtype``: the solver dtype (default: ``y``'s).
+    * ``options``: the method's own keywords (e.g. ``scale`` for DPS, ``eta`` for DDRM,
+      ``noise_denoiser`` for ``structured_noise``); see ``METHODS[name].options``.
+
+    Returns the samples ``[n, *shape]``, or with ``return_info=True`` an
+    :class:`InverseResult` that also reports the model calls (NFE) per sample.
+    """
+    info = METHODS[method]
+    if not isinstance(denoiser, DenoiserBase):
+        raise TypeError(
+            f"denoiser must be a reverie denoiser (e.g. reverie.Denoiser(fn, process, "
+            f"prediction)), got {type(denoiser).__name__}"
+        )
+    noise = as_noise_model(noise_std)
+    linear = isinstance(operator, LinearOperator)
+    if not linear and not callable(operator):
+        raise TypeError(
+            f"operator must be a reverie.inverse.LinearOperator or a function x -> y, got "
+            f"{type(operator).__name__}"
+        )
+    if info.linear and not linear:
+        raise TypeError(
+            f"method {info.name!r} needs a linear operator (a reverie.inverse.LinearOperator); "
+            f"got the function {getattr(operator, '__name__', type(operator).__name__)}; "
+            f"for non-linear forward models use dps, red_diff or tds"
+        )
+    if info.svd and linear and operator.svd is None:
+        raise ValueError(
+            f"method {info.name!r} needs an operator with an SVD, but {operator!r} has none in "
+            f"closed form; use operator.dense() (a MatrixOperator with a computed SVD) or a "
+            f"method without SVD (dps, pigdm, diffpir, red_diff, tds)"
+        )
+    if info.gaussian and not isinstance(noise, GaussianNoise):
+        raise TypeError(f"method {info.name!r} needs Gaussian noise; got {noise!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if particles is not None:
+        if not info.particles:
+            raise ValueError(
+                f"method {info.name!r} does not use particles; the SMC methods are "
+                f"{', '.join(k for k, m in METHODS.items() if m.particles)}"
+            )
+        if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
+            raise ValueError(f"particles must be an integer >= 1, got {particles!r}")
+    unknown = set(options) - set(info.options)
+    if unknown:
+        raise ValueError(
+            f"method {info.name!r} has no option(s) {sorted(unknown)}; its options are "
+            f"{list(info.options) or 'none'}"
+        )
+    # shapes
+    if linear:
+        x_shape = operator.in_shape
+        if shape is not None and tuple(shape) != x_shape:
+            raise ValueError(
+                f"shape {tuple(shape)} does not match the operator's in_shape {x_shape}"
+            )
+        out_shape: tuple[int, ...] | None = operator.out_shape
+    else:
+        if shape is None:
+            raise ValueError("a non-linear operator needs shape= (the shape of one sample)")
+        x_shape, out_shape = tuple(int(s) for s in shape), None
+    model_shape = getattr(denoiser, "sample_shape", None)
+    if model_shape is not None and tuple(model_shape) != tuple(x_shape):
+        raise ValueError(
+            f"the operator acts on samples of shape {list(x_shape)} but the model produces "
+            f"{list(model_shape)}"
+        )
+    if n is None:
+        if not isinstance(y, Tensor):
+            raise TypeError(f"y must be a floating-point tensor, got {type(y).__name__}")
+        batched = out_shape is not None and y.ndim == len(out_shape) + 1
+        n = y.shape[0] if batched else 1
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    yb = _check_y(y, out_shape, n)
+    if info.particles and yb.shape[0] > 1 and not bool((yb == yb[:1]).all()):
+        raise ValueError(f"SMC method {info.name!r} samples one posterior: pass one measurement y")
+    if not bool(torch.isfinite(yb).all()):
+        raise ValueError("y contains NaN or inf")
+    if isinstance(generator, (list, tuple)) and len(generator) != n:
+        raise ValueError(f"got {len(generator)} generators for n={n} samples")
+    dtype = dtype or yb.dtype
+    g = resolve_grid(SAMPLERS["ddpm"], denoiser.process, steps, grid)
+    problem = _m.Problem(denoiser, operator, yb.to(dtype), noise, tuple(x_shape), dtype, g, {})
+    if info.particles:
+        options["particles"] = particles
+    samples, cost = info.fn(problem, steps=g.numel() - 1, generator=generator, **options)
+    if not bool(torch.isfinite(samples).all()):
+        raise _m.NonFiniteError(f"{info.name}: the samples contain NaN or inf")
+    if not return_info:
+        return samples
+    return InverseResult(samples, info.name, cost.nfe, cost.vjp, g, dict(problem.extra))
+
+
+def measurement_consistency(
+    operator: LinearOperator | Callable[[Tensor], Tensor], x: Tensor, y: Tensor
+) -> Tensor:
+    """Per-sample RMS of ``y - A(x)`` (compare with the noise level)."""
+    ax = operator.A(x) if isinstance(operator, LinearOperator) else operator(x)
+    r = (y - ax).reshape(x.shape[0], -1)
+    return torch.sqrt((r**2).mean(1))
+
+
+def psnr(x: Tensor, ref: Tensor, data_range: float = 2.0) -> Tensor:
+    """Per-sample peak signal-to-noise ratio in dB (``data_range`` 2 for images in [-1, 1])."""
+    mse = ((x - ref) ** 2).reshape(x.shape[0], -1).mean(1)
+    return 10 * torch.log10(data_range**2 / mse.clamp(min=1e-20))
