@@ -16,17 +16,13 @@ POTENTIALS = ("difference", "max", "sum", "immediate")
 RESAMPLING = ("systematic", "multinomial")
 
 
-def _resample(w: Tensor, groups: Tensor, scheme: str, ctx: Context) -> Tensor:
-    """Ancestor indices ``[G, k]`` from normalised weights ``w [G, k]``: systematic
-    resampling (one uniform per group, Kitagawa 1996) or multinomial (``k`` uniforms)."""
+def _resample(w: Tensor, u: Tensor, scheme: str) -> Tensor:
+    """Ancestor indices ``[G, k]`` from normalised weights ``w [G, k]`` and uniforms ``u``:
+    systematic resampling (one uniform per group, Kitagawa 1996) or multinomial (``k``)."""
     k = w.shape[1]
     cdf = torch.cumsum(w, dim=1)
     cdf[:, -1] = 1.0
-    if scheme == "systematic":
-        u = ctx.rng.uniform(groups, 1)
-        pos = (u + torch.arange(k, dtype=w.dtype)) / k
-    else:
-        pos = ctx.rng.uniform(groups, k)
+    pos = (u[:, :1] + torch.arange(k, dtype=w.dtype)) / k if scheme == "systematic" else u
     return torch.searchsorted(cdf, pos.contiguous()).clamp(max=k - 1)
 
 
@@ -101,8 +97,10 @@ def fk(
                 w = torch.softmax(logw.reshape(g, k), dim=1)
                 ess = 1.0 / (w * w).sum(1)
                 need = ess < ess_threshold * k
+                # drawn at every step, so each group's random stream ignores the other groups
+                u = ctx.rng.uniform(groups, 1 if resampling == "systematic" else k)
                 if bool(need.any()):
-                    anc = _resample(w, groups, resampling, ctx) + offset
+                    anc = _resample(w, u, resampling) + offset
                     keep = torch.arange(k)[None, :].expand(g, k) + offset
                     idx = torch.where(need[:, None], anc, keep).flatten()
                     state, tr = state.select(idx), select_transition(tr, idx)
