@@ -107,7 +107,7 @@ class _DigitMLP(nn.Module):
 
 
 @functools.lru_cache(maxsize=4)
-def digit_classifier(seed: int = 0, epochs: int = 300) -> nn.Module:
+def digit_classifier(seed: int = 0, epochs: int = 200) -> nn.Module:
     """A small MLP digit classifier trained on ``reverie.data.load_digits("train")`` (full-batch
     Adam, light Gaussian input noise so it stays smooth off the data), cached per ``seed``.
     Trains in a few seconds on a CPU; frozen (``requires_grad=False``) and in eval mode."""

@@ -57,7 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch threads (the exact part makes many small calls)")
     parser.add_argument("--digits", choices=("auto", "yes", "no"), default="auto",
                         help="run the digits part (auto: when the bundled model is available)")
-    parser.add_argument("--digits-n", type=int, default=64, help="digit samples per budget")
+    parser.add_argument("--digits-n", type=int, default=32, help="digit samples per budget")
+    parser.add_argument("--digits-particles", default="1,4,16",
+                        help="digits budgets, in trajectories per sample")
+    parser.add_argument("--memory-steps", type=int, default=5,
+                        help="steps of the 10,000-particle FK memory check on the digits model")
     parser.add_argument("--digits-label", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="small n and budgets (smoke test)")
 
@@ -82,7 +86,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         if args.quick:
             args.n, args.particles, args.star_particles = 300, "1,2,8", "1,2,3,8"
-            args.digits_n = 16
+            args.digits_n, args.digits_particles, args.memory_steps = 8, "1,4", 2
         result: dict[str, Any] = {"machine": machine()}
         with Timer() as t:
             result["exact"] = _exact(args)
@@ -234,7 +238,7 @@ def _digits_run(args: argparse.Namespace) -> dict:
     judge = digit_judge()
     S = args.steps
     n = args.digits_n
-    ks = [1, 4, 16] if args.quick else [1, 4, 16, 64]
+    ks = [int(k) for k in args.digits_particles.split(",")]
     methods = ["best_of_n", "fk", "dts", "dts_star", "beam", "paths", "zero_order", "rbf", "ditto"]
     rows: dict[str, dict[int, dict[str, float]]] = {}
     print(f"\nDigits model steered by log p({label} | x) of the digit classifier "
@@ -255,14 +259,21 @@ def _digits_run(args: argparse.Namespace) -> dict:
                                "accuracy": acc, "seconds": time.perf_counter() - start}
             print(f"  {method:12s} NFE={res.nfe:5d} reward={rows[method][k]['reward']:.3f} "
                   f"accuracy={acc:.3f}", flush=True)
+    # reference: the class-conditional model itself (label bound, no search, no guidance)
+    x = model.sample(n, sampler="dpmpp_2m", steps=S, seed=0, labels=label)
+    rows["(conditional model, label bound)"] = {1: {
+        "budget": S, "nfe": S, "reward": float(reward(x).mean()),
+        "accuracy": float((judge(x) == label).double().mean()), "seconds": 0.0}}
     header = ["method"] + [f"NFE {k * S}" for k in ks]
     print("\nMean reward log p(label | x) / class accuracy (independent SVM judge):\n")
     print(format_table(header, [
         [m] + [("—" if k not in r else f"{r[k]['reward']:.2f} / {r[k]['accuracy']:.2f}")
                for k in ks] for m, r in rows.items()]))
-    memory = _memory_check(S)
-    print(f"\n10,000-particle FK run on the digits model: peak resident memory "
-          f"{memory['peak_rss_mb']:.0f} MB (limit 4096 MB), {memory['seconds']:.1f} s")
+    memory = _memory_check(args.memory_steps)
+    print(f"\n10,000-particle FK run on the digits model ({args.memory_steps} steps, "
+          f"{memory['nfe']} NFE per sample): peak resident memory {memory['peak_rss_mb']:.0f} MB "
+          f"(limit 4096 MB; {memory['rss_before_run_mb']:.0f} MB before the run, with torch, "
+          f"the model and the classifier loaded), {memory['seconds']:.1f} s")
     return {"label": label, "n": n, "steps": S,
             "rows": {m: {str(k): v for k, v in r.items()} for m, r in rows.items()},
             "memory_10000_particles": memory}
@@ -275,13 +286,14 @@ from reverie.rewards import ClassifierReward, digit_classifier
 torch.set_num_threads({threads})
 model = hub.load("digits")
 reward = ClassifierReward(digit_classifier(), 7)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 start = time.perf_counter()
 res = search.run(model, reward, method="fk", budget=10000 * {steps}, n=1, steps={steps},
                  generator=torch.Generator().manual_seed(0), chunk=2048)
 secs = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({{"peak_rss_mb": peak, "seconds": secs, "particles": res.info["particles"],
-                  "nfe": res.nfe}}))
+print(json.dumps({{"peak_rss_mb": peak, "rss_before_run_mb": before, "seconds": secs,
+                  "particles": res.info["particles"], "nfe": res.nfe}}))
 """
 
 
