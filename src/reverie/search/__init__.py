@@ -26,7 +26,7 @@ zero_order     zero-order search around a pivot noise (Ma et al.)      maximise
 beam           beam search over the stochastic sampler's steps         maximise
 dts            Diffusion Tree Sampling (Jain et al. 2025)              sample the tilted law
 dts_star       Diffusion Tree Search, greedy DTS (Jain et al. 2025)    maximise
-rbf            Rollover Budget Forcing, SDE sampling (Kim et al. 2025)  maximise
+rbf            Rollover Budget Forcing, flow SDE (Kim et al. 2025)     maximise
 ditto          initial-noise optimisation by backprop (Novack 2024)    maximise
 =============  =====================================================  ======================
 

@@ -124,6 +124,7 @@ def rbf(ctx: Context, *, initial: int | None = None) -> tuple[Tensor, Tensor, Te
                 z = ctx.rng.randn(groups[c], ctx.shape, ctx.dtype, ctx.device)
                 std = cur.std[c].reshape(-1, *([1] * len(ctx.shape))).to(ctx.dtype)
                 st = State(cur.mean[c] + std * z, j + 1, tuple(m[c] for m in cur.mem[: mem_len[j]]))
+                ctx.check_finite(st.x, j)
                 tr = ctx.transition(st, groups[c])        # a candidate next state, scored
                 mem_len[j + 1] = len(tr.memory)
                 spent[c] += tr.nfe

@@ -190,7 +190,9 @@ def _tree_search(
             # expansion: a new child from the node's cached kernel (no network call)
             z = ctx.rng.randn(groups[A], ctx.shape, ctx.dtype, ctx.device)
             std = f.std[A, cur].reshape(-1, *([1] * len(ctx.shape))).to(ctx.dtype)
-            node = f.add(A, cur, f.mean[A, cur] + std * z, d + 1)
+            child = f.mean[A, cur] + std * z
+            ctx.check_finite(child, max(int(d.max()), 0))
+            node = f.add(A, cur, child, d + 1)
             path[torch.arange(A.numel()), d + 2] = node
             # rollout to the clean end, batched over trees at the same grid index
             pend_i = d + 1
