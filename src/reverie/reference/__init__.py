@@ -4,9 +4,12 @@
   density are exact under every Gaussian process.
 * :func:`linear_gaussian_posterior` -- the exact posterior (again a mixture) of a mixture prior
   under a linear-Gaussian measurement.
+* :class:`TiltedMixture` -- a mixture tilted by a linear reward, ``p(x) exp(r(x)/T)``, with its
+  exact soft value ``V_t``.
 """
 
 from reverie.reference.gaussian import Gaussian, GaussianMixture
 from reverie.reference.posterior import linear_gaussian_posterior
+from reverie.reference.tilted import TiltedMixture
 
-__all__ = ["Gaussian", "GaussianMixture", "linear_gaussian_posterior"]
+__all__ = ["Gaussian", "GaussianMixture", "TiltedMixture", "linear_gaussian_posterior"]
