@@ -8,6 +8,7 @@
   :func:`sample_with_corrector` runs any core sampler with them).
 * Energy-parameterised models for the Metropolis-adjusted correctors: :class:`EnergyDenoiser`,
   :class:`EnergyModel`, :class:`MixtureEnergy` (exact Gaussian mixtures).
+* :data:`TOYS` / :func:`toy`: exact 2-D toy mixtures for demos.
 """
 
 from reverie.compose.energy import (
@@ -31,6 +32,7 @@ from reverie.compose.mcmc import (
 )
 from reverie.compose.operators import Mixture, Negation, Product
 from reverie.compose.superdiff import MODES, Superposition, superpose
+from reverie.compose.toys import TOYS, toy
 
 __all__ = [
     "CORRECTORS",
@@ -49,9 +51,11 @@ __all__ = [
     "Negation",
     "Product",
     "Superposition",
+    "TOYS",
     "check_same_process",
     "has_energy",
     "make_corrector",
     "sample_with_corrector",
     "superpose",
+    "toy",
 ]

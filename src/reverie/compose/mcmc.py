@@ -138,6 +138,12 @@ class Corrector(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(steps={self.steps}, step_size={self.step_size})"
 
+    @property
+    def label(self) -> str:
+        """A short name for tables: ``MALA x5 (0.2)``."""
+        size = "custom" if callable(self.step_size) else f"{self.step_size:g}"
+        return f"{type(self).__name__} x{self.steps} ({size})"
+
 
 class ULA(Corrector):
     """Unadjusted Langevin (Du et al. 2023, Alg. 1; Roberts & Tweedie 1996):
@@ -249,6 +255,11 @@ class HMC(Corrector):
             p = _where(accept, pn, -p)
             accepted += float(accept.double().mean())
         return CorrectorResult(x, accepted / self.steps, evals)
+
+    @property
+    def label(self) -> str:
+        size = "custom" if callable(self.step_size) else f"{self.step_size:g}"
+        return f"{type(self).__name__} {self.steps}x{self.leapfrog_steps} ({size})"
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(steps={self.steps}, step_size={self.step_size}, "
