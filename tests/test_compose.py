@@ -262,3 +262,24 @@ def test_composition_bad_input():
         Product([ea, lambda x, t: x])
     with pytest.raises(ValueError, match="steps"):
         MALA(steps=0)
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+
+def test_compose_command_writes_plot_and_samples(tmp_path, capsys):
+    from reverie.cli import main
+
+    plot, out = tmp_path / "c.png", tmp_path / "x.pt"
+    rc = main(["compose", "ring", "left", "--op", "product", "--n", "200", "--steps", "10",
+               "--corrector-steps", "2", "--plot", str(plot), "--out", str(out)])
+    assert rc == 0 and plot.stat().st_size > 1000
+    x = torch.load(out, weights_only=True)
+    assert x.shape == (200, 2) and bool(torch.isfinite(x).all())
+    text = capsys.readouterr().out
+    assert "exact target: sliced W2" in text and "MALA" in text
+    assert main(["compose", "ring", "grid", "--op", "and", "--n", "50", "--steps", "20",
+                 "--plot", ""]) == 0
+    assert main(["compose", "ring", "--op", "or", "--plot", ""]) == 2  # one model: clear error
+    assert "two or more models" in capsys.readouterr().err
+    assert main(["compose", "ring", "nosuchmodel", "--plot", ""]) == 2

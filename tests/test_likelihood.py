@@ -241,3 +241,22 @@ def test_ito_bad_input():
         ito_increment(noise, noise, noise, 1.0, 0.9, RectifiedFlow())
     with pytest.raises(ValueError, match="shape"):
         ito_increment(noise, noise, noise[:, :1], 0.5, 0.4, proc)
+
+
+def test_likelihood_command_on_an_exact_toy(tmp_path, capsys):
+    from reverie.cli import main
+
+    out = tmp_path / "ll.json"
+    assert main(["likelihood", "--model", "ring", "--n", "16", "--rtol", "1e-4", "--atol", "1e-4",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "exact log-density" in text and "bits/dim" in text
+    import json
+
+    res = json.loads(out.read_text())
+    assert len(res["log_likelihood"]) == 16
+    assert abs(res["log_likelihood_mean"] - res["exact_log_likelihood_mean"]) < 0.01
+    data = tmp_path / "bad.pt"
+    torch.save(torch.zeros(4, 3), data)
+    assert main(["likelihood", "--model", "ring", "--data", str(data)]) == 2
+    assert "expects (2,)" in capsys.readouterr().err
