@@ -1,0 +1,250 @@
+"""``reverie sample``: draw samples from a model with any sampler and write a picture and/or
+the raw samples."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+TENSOR_SUFFIXES = (".pt", ".npy")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="draw samples from a model (bundled name, folder or hub id) with any sampler",
+        description="Draw samples with any reverie sampler and write an image grid (images), a "
+        "scatter plot (2-D models) and/or the raw samples (.pt / .npy).",
+    )
+    p.add_argument(
+        "--model",
+        default="digits",
+        help="bundled model name (see `reverie models`), model folder or hub id (default: digits)",
+    )
+    p.add_argument("--sampler", default="dpmpp_2m", help="sampler name (see `reverie samplers`)")
+    p.add_argument("--steps", type=int, default=10, help="number of steps (default 10)")
+    p.add_argument(
+        "--grid",
+        default=None,
+        help="time grid: uniform, trailing, logsnr or karras (default: the sampler's)",
+    )
+    p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed; sample k depends only on seed + k (default 0)"
+    )
+    p.add_argument(
+        "--label",
+        default=None,
+        help="class label for every sample, a comma list, or 'all' to cycle through "
+        "the classes (default: unconditional)",
+    )
+    p.add_argument(
+        "--cfg",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance scale (1 = none; needs --label)",
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="sampler option, e.g. eta=0.5 or s_churn=10 (repeatable)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="solver state dtype (default float32)",
+    )
+    p.add_argument(
+        "--trajectories",
+        action="store_true",
+        help="2-D models: plot the sampling paths instead of the end points",
+    )
+    p.add_argument(
+        "--out",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="output file(s): .png/.pdf/.svg/.jpg (picture), .pt or .npy (samples); "
+        "repeatable (default samples.png)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _parse_options(items: list[str]) -> dict[str, float | int | str]:
+    out: dict[str, float | int | str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = value
+    return out
+
+
+def _check_outputs(outs: list[str]) -> list[Path]:
+    from reverie.plot import FIGURE_SUFFIXES
+
+    paths = []
+    for o in outs:
+        path = Path(o).expanduser()
+        suffix = path.suffix.lower()
+        if suffix not in FIGURE_SUFFIXES + TENSOR_SUFFIXES:
+            raise ValueError(
+                f"cannot write {o}: expected a picture ({', '.join(FIGURE_SUFFIXES)}) or samples "
+                f"({', '.join(TENSOR_SUFFIXES)})"
+            )
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise ValueError(f"cannot write {o}: the folder {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise ValueError(f"cannot write {o}: the folder {parent} is not writable")
+        if path.is_dir():
+            raise ValueError(f"cannot write {o}: it is a folder")
+        paths.append(path)
+    return paths
+
+
+def _labels(spec: str | None, model, n: int):
+    import torch
+
+    if spec is None:
+        return None
+    if model.num_classes is None:
+        raise ValueError(f"model {model.name!r} is not class-conditional; drop --label")
+    if spec == "all":
+        return torch.arange(n) % model.num_classes
+    try:
+        values = [int(v) for v in spec.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--label expects an integer, a comma list or 'all', got {spec!r}"
+        ) from None
+    if len(values) == 1:
+        return model.check_labels(values[0])
+    if len(values) != n:
+        raise ValueError(f"--label lists {len(values)} labels for --n {n} samples")
+    return model.check_labels(torch.tensor(values))
+
+
+def _write_tensor(x, path: Path) -> None:
+    import numpy as np
+    import torch
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if path.suffix.lower() == ".pt":
+                torch.save(x, f)
+            else:
+                np.save(f, x.numpy())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from reverie import plot
+    from reverie.hub import load
+    from reverie.samplers import SAMPLERS, resolve_grid
+    from reverie.samplers import run as run_sampler
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    info = SAMPLERS[args.sampler]  # unknown names list the valid ones
+    outs = _check_outputs(args.out or ["samples.png"])
+    options = _parse_options(args.option)
+    model = load(args.model)
+    labels = _labels(args.label, model, args.n)
+    if args.cfg != 1.0 and labels is None:
+        raise ValueError("--cfg needs --label (guidance pushes samples towards a class)")
+    dtype = torch.float64 if args.dtype == "float64" else torch.float32
+    is_2d = model.sample_shape == (2,)
+    path_points = []
+
+    t0 = time.perf_counter()
+    if args.trajectories:
+        if not is_2d:
+            raise ValueError("--trajectories is for 2-D models (e.g. --model two-moons)")
+        from reverie._random import randn, seeded_generators
+
+        den = model.denoiser if labels is None else model.conditional(labels, args.cfg)
+        grid = resolve_grid(info, model.process, args.steps, args.grid)
+        noise = randn((args.n, 2), seeded_generators(args.seed, args.n), dtype=dtype)
+        x = noise * float(model.process.sigma(grid[0]))
+        # plotted in variance-preserving coordinates x / sqrt(alpha^2 + sigma^2): unit noise at
+        # the start, the data at the end, for any process
+        a0, s0 = float(model.process.alpha(grid[0])), float(model.process.sigma(grid[0]))
+        path_points.append(x / (a0**2 + s0**2) ** 0.5)
+        out = run_sampler(
+            info,
+            den,
+            x,
+            grid,
+            generator=seeded_generators(args.seed + 1_000_003, args.n),
+            progress=not args.quiet,
+            callback=lambda st, sch: path_points.append(
+                st.x / (sch.alpha[st.i] ** 2 + sch.sigma[st.i] ** 2) ** 0.5
+            ),
+            **options,
+        )
+        samples, nfe = out.x0, out.nfe
+    else:
+        samples = model.sample(
+            args.n,
+            sampler=args.sampler,
+            steps=args.steps,
+            grid=args.grid,
+            seed=args.seed,
+            labels=labels,
+            cfg_scale=args.cfg,
+            dtype=dtype,
+            progress=not args.quiet,
+            **options,
+        )
+        nfe = info.nfe(args.steps)
+    seconds = time.perf_counter() - t0
+    samples = samples.detach().cpu()
+
+    what = f"{model.name}, {args.sampler}, {args.steps} steps ({nfe} NFE)"
+    if labels is not None:
+        what += f", label {args.label}" + (f", cfg {args.cfg:g}" if args.cfg != 1.0 else "")
+    for path in outs:
+        suffix = path.suffix.lower()
+        if suffix in TENSOR_SUFFIXES:
+            _write_tensor(samples, path)
+        elif is_2d:
+            lab = labels if isinstance(labels, torch.Tensor) else None
+            if args.trajectories:
+                plot.trajectories(torch.stack(path_points), path, title=what)
+            else:
+                plot.scatter(samples, path, labels=lab, title=what)
+        elif len(model.sample_shape) == 3 and model.sample_shape[0] in (1, 3):
+            ncol = model.num_classes if args.label == "all" else None
+            plot.image_grid(samples, path, ncol=ncol, title=what)
+        else:
+            raise ValueError(
+                f"cannot draw samples of shape {model.sample_shape}; write .pt or .npy instead"
+            )
+        print(f"wrote {path}")
+    print(f"{args.n} samples from {what} in {seconds:.1f} s")
+    return 0
