@@ -199,6 +199,26 @@ def test_product_of_mixtures_with_correctors_beats_score_addition():
     assert err < 2.5 * floor, (err, floor)
 
 
+def test_unadjusted_correctors_are_stable_on_a_thin_target():
+    """ULA / U-HMC steps scale with sigma^2 by default: no blow-up on data far narrower than
+    the unit scale (where eta ~ alpha^2 + sigma^2 would overshoot)."""
+    a = Gaussian([0.0, 0.0], torch.tensor([1.0, 1e-4]).diag())
+    b = Gaussian([0.5, 0.0], torch.tensor([1.0, 1e-4]).diag())
+    target = mixture_product(a, b)
+    model = Product([MixtureEnergy(a, PROC), MixtureEnergy(b, PROC)])
+    for corr in (ULA(), UHMC()):
+        x = sample_with_corrector(model, _noise(300), corr, "ddpm", 30, generator=_gen(1)).x0
+        assert bool(torch.isfinite(x).all())
+        assert float(x[:, 1].std()) < 0.05 and abs(float(x[:, 0].mean() - target.mean()[0])) < 0.2
+    loose = ULA(5, 0.05, data_variance=1.0)  # the unit-scale step overshoots the thin direction
+    try:
+        x = sample_with_corrector(model, _noise(300), loose, "ddpm", 30, generator=_gen(1)).x0
+        blew_up = float(x[:, 1].abs().max()) > 1.0
+    except ValueError:  # NaN / inf detected by the loop
+        blew_up = True
+    assert blew_up
+
+
 @pytest.mark.parametrize("corr", [MALA(20, 0.5), HMC(10, 0.3, 3)], ids=["mala", "hmc"])
 def test_adjusted_correctors_leave_the_exact_marginal_invariant(corr):
     """Started from exact samples of q_t, Metropolis-adjusted chains stay at q_t."""

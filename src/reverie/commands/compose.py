@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "for models with an energy, else ULA)")
     p.add_argument("--corrector-steps", type=int, default=5)
     p.add_argument("--step-size", type=float, default=None, help="corrector step (relative)")
+    p.add_argument("--data-variance", type=float, default=None,
+                   help="corrector step scale alpha^2 * data_variance + sigma^2 (default 1 for "
+                        "MALA/HMC, 0 for ULA/U-HMC)")
     p.add_argument("--sampler", default="ddpm")
     p.add_argument("--steps", type=int, default=None,
                    help="sampler steps (default 500 for or/and, 50 otherwise)")
@@ -143,6 +146,8 @@ def _run(args: argparse.Namespace) -> int:
             kw = {"steps": args.corrector_steps}
             if args.step_size is not None:
                 kw["step_size"] = args.step_size
+            if args.data_variance is not None:
+                kw["data_variance"] = args.data_variance
             corr = make_corrector(name, **kw)
         out = sample_with_corrector(model, noise, corr, args.sampler, steps, generator=g(1),
                                     progress=True)

@@ -15,11 +15,17 @@ composed density ``q~_t(x)`` of the current noise level:
   "UHA", score only).
 
 ``step_size`` is relative to the scale of the noised data: ``eta = step_size * (alpha(t)^2 *
-data_variance + sigma(t)^2)`` (the variance of ``x_t`` for data of variance ``data_variance``,
-default 1: steps shrink with the noise but not below the data's own scale, so the chain still
-moves at low noise), or any ``t -> eta`` callable. The correctors take the
-model, the batch and the time, so any loop (this module's :func:`sample_with_corrector`,
-particle methods) can use them; randomness comes from the generator(s) passed.
+data_variance + sigma(t)^2)`` (the variance of ``x_t`` for data of variance ``data_variance``),
+or any ``t -> eta`` callable. The Metropolis-adjusted correctors (MALA, HMC) default to
+``data_variance = 1``: steps shrink with the noise but not below the data's own scale, so the
+chain still moves at low noise, and a step too large for a narrow target is rejected, not
+taken. The unadjusted ones (ULA, U-HMC) default to ``data_variance = 0``, ``eta = step_size *
+sigma^2``: every noised density has features no narrower than ``sigma``, so such steps are
+stable for any data (thin manifolds included), at the price of slower mixing near the data.
+
+The correctors take the model, the batch and the time, so any loop (this module's
+:func:`sample_with_corrector`, particle methods) can use them; randomness comes from the
+generator(s) passed.
 """
 
 from __future__ import annotations
@@ -100,8 +106,8 @@ class Corrector(ABC):
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
         if not callable(step_size) and not float(step_size) > 0:
             raise ValueError(f"step_size must be positive or a function of t, got {step_size!r}")
-        if not data_variance > 0:
-            raise ValueError(f"data_variance must be positive, got {data_variance}")
+        if not data_variance >= 0:
+            raise ValueError(f"data_variance must be >= 0, got {data_variance}")
         self.steps = steps
         self.step_size = step_size
         self.data_variance = float(data_variance)
@@ -152,7 +158,7 @@ class ULA(Corrector):
     name = "ula"
 
     def __init__(self, steps: int = 5, step_size: float | Callable[[float], float] = 0.05,
-                 data_variance: float = 1.0):
+                 data_variance: float = 0.0):
         super().__init__(steps, step_size, data_variance)
 
     def _run(self, model, x, t, eta, generator, cond) -> CorrectorResult:
@@ -279,7 +285,7 @@ class UHMC(HMC):
         step_size: float | Callable[[float], float] = 0.05,
         leapfrog_steps: int = 3,
         damping: float = 0.5,
-        data_variance: float = 1.0,
+        data_variance: float = 0.0,
     ):
         super().__init__(steps, step_size, leapfrog_steps, damping, adjusted=False,
                          data_variance=data_variance)
