@@ -175,7 +175,8 @@ def _compose(args: argparse.Namespace) -> list[dict[str, Any]]:
         ref = target.sample(n, gen(100))
         fl = floor(target, ref)
         model = Product([MixtureEnergy(pa, proc), MixtureEnergy(pb, proc)])
-        for corr in (None, ULA(), MALA(), HMC(), UHMC()):
+        for corr in (None, ULA(), ULA(data_variance=1.0), MALA(), HMC(), UHMC(),
+                     UHMC(data_variance=1.0)):
             out = sample_with_corrector(model, noise(), corr, "ddpm", 50, generator=gen(1))
             rows.append({
                 "task": task, "method": "score sum" if corr is None else corr.label,

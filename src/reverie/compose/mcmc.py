@@ -146,9 +146,9 @@ class Corrector(ABC):
 
     @property
     def label(self) -> str:
-        """A short name for tables: ``MALA x5 (0.2)``."""
+        """A short name for tables: ``MALA x5 (0.2, dv 1)``."""
         size = "custom" if callable(self.step_size) else f"{self.step_size:g}"
-        return f"{type(self).__name__} x{self.steps} ({size})"
+        return f"{type(self).__name__} x{self.steps} ({size}, dv {self.data_variance:g})"
 
 
 class ULA(Corrector):
@@ -265,7 +265,8 @@ class HMC(Corrector):
     @property
     def label(self) -> str:
         size = "custom" if callable(self.step_size) else f"{self.step_size:g}"
-        return f"{type(self).__name__} {self.steps}x{self.leapfrog_steps} ({size})"
+        return (f"{type(self).__name__} {self.steps}x{self.leapfrog_steps} "
+                f"({size}, dv {self.data_variance:g})")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(steps={self.steps}, step_size={self.step_size}, "
