@@ -25,10 +25,19 @@ def _tiny_native(tmp_path, name="tiny", num_classes=2):
     for p in net.parameters():  # the output layer starts at zero; make the net non-trivial
         torch.nn.init.normal_(p, std=0.3)
     folder = save_native(
-        tmp_path / name, net, net_class="MLP", net_config=net.config,
-        process=reverie.EDM(sigma_data=0.9), prediction="x0", precondition="edm",
-        sigma_data=0.9, time_input="c_noise", name=name, sample_shape=(2,),
-        num_classes=num_classes, null_class=True,
+        tmp_path / name,
+        net,
+        net_class="MLP",
+        net_config=net.config,
+        process=reverie.EDM(sigma_data=0.9),
+        prediction="x0",
+        precondition="edm",
+        sigma_data=0.9,
+        time_input="c_noise",
+        name=name,
+        sample_shape=(2,),
+        num_classes=num_classes,
+        null_class=True,
     )
     return net, folder
 
@@ -40,8 +49,9 @@ def test_native_roundtrip_gives_the_same_denoiser(tmp_path):
     model = load(folder)
     assert model.sample_shape == (2,) and model.num_classes == 2 and model.has_null_class
     assert isinstance(model.process, reverie.EDM) and model.process.sigma_data == 0.9
-    fn = ModelFunction(net.eval(), reverie.EDM(sigma_data=0.9), precondition="edm",
-                       sigma_data=0.9, null_label=2)
+    fn = ModelFunction(
+        net.eval(), reverie.EDM(sigma_data=0.9), precondition="edm", sigma_data=0.9, null_label=2
+    )
     x, t = torch.randn(5, 2), torch.tensor([0.01, 0.1, 1.0, 10.0, 80.0])
     labels = torch.tensor([0, 1, 0, 1, 2])
     assert torch.allclose(model.denoiser(x, t, class_labels=labels), fn(x, t, labels))
@@ -77,6 +87,8 @@ def test_conditional_and_cfg_formula(tmp_path):
         model.conditional(1.5)
     with pytest.raises(ValueError, match="labels were bound"):
         model.conditional(torch.tensor([0, 1]))(x, t)
+    with pytest.raises(ValueError, match="already has its class labels"):
+        model.conditional(1)(x, t, class_labels=torch.zeros(6, dtype=torch.long))
 
 
 def test_sample_k_depends_only_on_seed_plus_k(tmp_path):
@@ -91,12 +103,20 @@ def test_sample_k_depends_only_on_seed_plus_k(tmp_path):
 
 
 def test_process_config_roundtrip():
-    for proc in [reverie.EDM(sigma_data=0.7), reverie.VE(0.01, 50.0), reverie.VP.linear(),
-                 reverie.RectifiedFlow(shift=3.0), reverie.VPLinear(), reverie.VPCosine()]:
+    for proc in [
+        reverie.EDM(sigma_data=0.7),
+        reverie.VE(0.01, 50.0),
+        reverie.VP.linear(),
+        reverie.RectifiedFlow(shift=3.0),
+        reverie.VPLinear(),
+        reverie.VPCosine(),
+    ]:
         back = process_from_config(json.loads(json.dumps(process_to_config(proc))))
         t = torch.linspace(proc.t_min, proc.t_max, 7, dtype=torch.float64)
         assert type(back) is type(proc)
-        assert torch.allclose(back.alpha(t), proc.alpha(t)) and torch.allclose(back.sigma(t), proc.sigma(t))
+        assert torch.allclose(back.alpha(t), proc.alpha(t)) and torch.allclose(
+            back.sigma(t), proc.sigma(t)
+        )
     with pytest.raises(ValueError, match="unknown process"):
         process_from_config({"class": "Nope"})
 
@@ -183,3 +203,25 @@ def test_bundled_two_moons_is_a_good_model():
     lower = model.sample(500, steps=20, seed=0, labels=1, cfg_scale=2.0)
     # moon 0 is the upper arc: after centring, its points mostly lie above the lower moon's
     assert float(upper[:, 1].mean()) > float(lower[:, 1].mean()) + 0.5
+
+
+def test_bundled_digits_loads_and_follows_labels():
+    """The bundled digits model is a diffusers folder with EDM preconditioning; with CFG its
+    samples are classified as the requested digit by a k-NN on the real training digits
+    (which itself scores ~98% on the held-out digits)."""
+    pytest.importorskip("diffusers")
+    sklearn_neighbors = pytest.importorskip("sklearn.neighbors")
+    from reverie.data import load_digits
+
+    model = load("digits")
+    assert model.sample_shape == (1, 8, 8) and model.num_classes == 10 and model.has_null_class
+    assert isinstance(model.process, reverie.EDM) and model.prediction == "x0"
+    x_tr, y_tr = load_digits("train")
+    knn = sklearn_neighbors.KNeighborsClassifier(3).fit(x_tr.reshape(len(x_tr), -1), y_tr)
+    labels = torch.arange(100) % 10
+    x = model.sample(100, steps=10, seed=0, labels=labels, cfg_scale=2.0)
+    assert x.shape == (100, 1, 8, 8) and float(x.abs().max()) < 1.5
+    acc = float((torch.from_numpy(knn.predict(x.reshape(100, -1))) == labels).float().mean())
+    assert acc >= 0.9, acc
+    with pytest.raises(ValueError, match=r"valid labels are 0\.\.9"):
+        model.conditional(10)

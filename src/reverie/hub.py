@@ -107,6 +107,9 @@ class _Conditioned(DenoiserBase):
         return lab
 
     def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
+        if "class_labels" in cond:
+            raise ValueError("this denoiser already has its class labels bound; call "
+                             "model.conditional(...) with the labels you want instead")
         labels = self._labels_for(x)
         if self.scale == 1.0:
             return self.base(x, t, class_labels=labels, **cond)
