@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sampler steps (default 500 for or/and, 50 otherwise)")
     p.add_argument("--n", type=int, default=2000, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is fastest for small models on a busy machine)")
     p.add_argument("--plot", default="compose.png", help="image file for the plot ('' for none)")
     p.add_argument("--out", default=None, help="save the samples as a .pt file")
     p.set_defaults(func=_run)
@@ -109,6 +111,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
     models = resolve(args.models)
     for m in models:
         if tuple(m.sample_shape) != (2,):

@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "bits/dim (default 1/8 for digits, none otherwise; 0 disables)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is fastest for small models on a busy machine)")
     p.add_argument("--out", default=None, help="write per-sample results as JSON here")
     p.set_defaults(func=_run)
 
@@ -85,6 +87,8 @@ def _run(args: argparse.Namespace) -> int:
     from reverie.commands._models import resolve
     from reverie.likelihood import bits_per_dim, log_likelihood
 
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     (model,) = resolve([args.model])
