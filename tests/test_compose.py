@@ -303,3 +303,16 @@ def test_compose_command_writes_plot_and_samples(tmp_path, capsys):
     assert main(["compose", "ring", "--op", "or", "--plot", ""]) == 2  # one model: clear error
     assert "two or more models" in capsys.readouterr().err
     assert main(["compose", "ring", "nosuchmodel", "--plot", ""]) == 2
+
+
+def test_compose_command_on_bundled_two_moons(capsys):
+    hub = pytest.importorskip("reverie.hub")
+    if "two-moons" not in hub.BUNDLED:
+        pytest.skip("no bundled two-moons model")
+    from reverie.cli import main
+
+    assert main(["compose", "two-moons:0", "two-moons:1", "--op", "and", "--n", "50", "--steps",
+                 "20", "--plot", "", "--threads", "1"]) == 0
+    assert "EDM" in capsys.readouterr().out
+    assert main(["compose", "two-moons:7", "ring", "--plot", ""]) == 2
+    assert "label" in capsys.readouterr().err

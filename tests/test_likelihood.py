@@ -260,3 +260,17 @@ def test_likelihood_command_on_an_exact_toy(tmp_path, capsys):
     torch.save(torch.zeros(4, 3), data)
     assert main(["likelihood", "--model", "ring", "--data", str(data)]) == 2
     assert "expects (2,)" in capsys.readouterr().err
+
+
+def test_likelihood_command_on_held_out_digits(capsys):
+    hub = pytest.importorskip("reverie.hub")
+    if "digits" not in hub.BUNDLED:
+        pytest.skip("no bundled digits model")
+    from reverie.cli import main
+
+    assert main(["likelihood", "--model", "digits", "--data", "test", "--n", "2", "--divergence",
+                 "hutchinson", "--rtol", "1e-2", "--atol", "1e-2", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    line = next(ln for ln in text.splitlines() if ln.startswith("bits/dim (dequantised"))
+    bpd = float(line.split(":")[1].split("+-")[0])
+    assert 0.0 < bpd < math.log2(17)  # below a uniform distribution over the 17 pixel levels
