@@ -6,10 +6,20 @@
   under a linear-Gaussian measurement.
 * :class:`TiltedMixture` -- a mixture tilted by a linear reward, ``p(x) exp(r(x)/T)``, with its
   exact soft value ``V_t``.
+* :func:`mixture_product`, :func:`mixture_union` -- exact products and unions of mixtures
+  (targets for :mod:`reverie.compose`).
 """
 
 from reverie.reference.gaussian import Gaussian, GaussianMixture
+from reverie.reference.operations import mixture_product, mixture_union
 from reverie.reference.posterior import linear_gaussian_posterior
 from reverie.reference.tilted import TiltedMixture
 
-__all__ = ["Gaussian", "GaussianMixture", "TiltedMixture", "linear_gaussian_posterior"]
+__all__ = [
+    "Gaussian",
+    "GaussianMixture",
+    "TiltedMixture",
+    "linear_gaussian_posterior",
+    "mixture_product",
+    "mixture_union",
+]

@@ -1,0 +1,35 @@
+"""Likelihoods of data under diffusion models.
+
+* :func:`log_likelihood` -- ``log p_0(x)`` by the probability-flow ODE (Song et al. 2021,
+  eq. D.2), exact or Hutchinson divergence, adaptive Runge-Kutta (:mod:`.ode`);
+  :func:`bits_per_dim` converts nats to bits per dimension.
+* :func:`ito_log_density` -- SuperDiff's Ito density estimator (Skreta et al. 2025): tracks
+  ``log q_t(x_t)`` along a reverse-SDE sample without any divergence; :func:`ito_increment`
+  is its one-step update.
+"""
+
+from reverie.likelihood.flow import (
+    DIVERGENCES,
+    PROBES,
+    LikelihoodResult,
+    bits_per_dim,
+    gaussian_prior,
+    log_likelihood,
+)
+from reverie.likelihood.ito import ItoTrace, ito_increment, ito_log_density
+from reverie.likelihood.ode import TABLEAUS, OdeSolution, solve_ode
+
+__all__ = [
+    "DIVERGENCES",
+    "PROBES",
+    "TABLEAUS",
+    "ItoTrace",
+    "LikelihoodResult",
+    "OdeSolution",
+    "bits_per_dim",
+    "gaussian_prior",
+    "ito_increment",
+    "ito_log_density",
+    "log_likelihood",
+    "solve_ode",
+]
