@@ -17,6 +17,8 @@
 
 from reverie.discrete.denoiser import TokenClassifierFreeGuidance, TokenDenoiser, TokenDenoiserBase
 from reverie.discrete.generate import Commit, GenerationOutput, StepContext, TokenSampler, generate
+from reverie.discrete.hf import MaskedLM
+from reverie.discrete.loading import BUNDLED, ReverieLM, load_model
 from reverie.discrete.process import (
     SCHEDULES,
     CosineSchedule,
@@ -33,6 +35,10 @@ from reverie.discrete.samplers import SAMPLERS
 from reverie.discrete.tokenizer import CharTokenizer
 
 __all__ = [
+    "BUNDLED",
+    "MaskedLM",
+    "ReverieLM",
+    "load_model",
     "SAMPLERS",
     "SCHEDULES",
     "CharTokenizer",

@@ -301,6 +301,8 @@ def generate(
             f"{sorted(info.options) or 'none'}"
         )
     opts = {**info.options, **options}
+    if info.blocks == "adaptive" and opts.get("delimiters") is None:
+        opts["delimiters"] = getattr(model, "delimiter_ids", None)
     check_generator(generator, n)
     device = torch.device(getattr(model, "device", "cpu"))
     prompt_t = _prompt_tensor(model, prompt, n, length, device)

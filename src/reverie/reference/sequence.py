@@ -81,23 +81,23 @@ class HiddenMarkovModel:
         """``n`` exact samples, ``LongTensor[n, length]``."""
         from reverie.discrete._sampling import uniform
 
-        u = uniform((n, length, 2), generator)
+        u = uniform((n, length, 2), generator).permute(1, 2, 0).unsqueeze(-1)  # [L, 2, n, 1]
         cdf_a = self.transition.cumsum(-1)
         cdf_e = self.emission.cumsum(-1)
         k = self.num_states
         z = torch.searchsorted(
-            self.initial.cumsum(-1).expand(n, k).contiguous(), u[:, 0, :1], right=True
+            self.initial.cumsum(-1).expand(n, k).contiguous(), u[0, 0].contiguous(), right=True
         )
         z = z.squeeze(-1).clamp_max(k - 1)
         out = torch.empty(n, length, dtype=torch.long)
         for i in range(length):
             if i > 0:
                 z = (
-                    torch.searchsorted(cdf_a[z], u[:, i, :1], right=True)
+                    torch.searchsorted(cdf_a[z], u[i, 0].contiguous(), right=True)
                     .squeeze(-1)
                     .clamp_max(k - 1)
                 )
-            x = torch.searchsorted(cdf_e[z], u[:, i, 1:], right=True).squeeze(-1)
+            x = torch.searchsorted(cdf_e[z], u[i, 1].contiguous(), right=True).squeeze(-1)
             out[:, i] = x.clamp_max(self.vocab_size - 1)
         return out
 
