@@ -211,7 +211,7 @@ def save(net: TinyTransformer, tok: CharTokenizer, out: Path, training: dict) ->
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     p.add_argument("--out", default=str(ROOT / "src/reverie/models/tiny-json"))
-    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--dim", type=int, default=128)
