@@ -20,12 +20,15 @@ def test_block_length_must_divide_length():
         generate(_model(), length=8, steps=8, block_length=3)
 
 
-@pytest.mark.parametrize("sampler,steps,match", [
-    ("ancestral", 0, "steps must be at least"),
-    ("low_confidence", 9, "between 1 and the number of generated tokens"),
-    ("first_hitting", 3, "exactly one token per step"),
-    ("threshold", 0, "steps must be at least"),
-])
+@pytest.mark.parametrize(
+    "sampler,steps,match",
+    [
+        ("ancestral", 0, "steps must be at least"),
+        ("low_confidence", 9, "between 1 and the number of generated tokens"),
+        ("first_hitting", 3, "exactly one token per step"),
+        ("threshold", 0, "steps must be at least"),
+    ],
+)
 def test_steps_out_of_range(sampler, steps, match):
     with pytest.raises(ValueError, match=match):
         generate(_model(), length=8, steps=steps, sampler=sampler)
@@ -61,8 +64,9 @@ def test_missing_mask_id():
         TokenDenoiser(lambda x, t: x, mask_id=None, vocab_size=3)
     with pytest.raises(ValueError, match="mask_id must be an integer"):
         TokenDenoiser(lambda x, t: x, mask_id=9, vocab_size=3)
-    uni = TokenDenoiser(lambda x, t: torch.zeros(*x.shape, 3), mask_id=None, vocab_size=3,
-                        process=UniformProcess())
+    uni = TokenDenoiser(
+        lambda x, t: torch.zeros(*x.shape, 3), mask_id=None, vocab_size=3, process=UniformProcess()
+    )
     with pytest.raises(ValueError, match="works with masked diffusion"):
         generate(uni, length=4, steps=4, sampler="low_confidence")
 
@@ -94,7 +98,9 @@ def test_bad_prompts():
 
 
 def test_nan_logits_are_reported():
-    bad = TokenDenoiser(lambda x, t: torch.full((*x.shape, 3), float("nan")), mask_id=3, vocab_size=3)
+    bad = TokenDenoiser(
+        lambda x, t: torch.full((*x.shape, 3), float("nan")), mask_id=3, vocab_size=3
+    )
     with pytest.raises(FloatingPointError, match="NaN"):
         generate(bad, length=4, steps=4)
 

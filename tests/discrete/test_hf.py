@@ -20,9 +20,14 @@ def saved(tmp_path_factory):
     (d / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     tok = transformers.BertTokenizer(str(d / "vocab.txt"))
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=32,
-                                  max_position_embeddings=32)
+    cfg = transformers.BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
     model = transformers.BertForMaskedLM(cfg).eval()
     model.save_pretrained(d)
     tok.save_pretrained(d)
@@ -48,8 +53,15 @@ def test_from_pretrained_local_folder_with_a_text_prompt(saved):
     d, _, _ = saved
     lm = load_model(str(d))
     assert isinstance(lm, MaskedLM)
-    x = generate(lm, prompt="a b", length=8, steps=6, sampler="low_confidence", n=3,
-                 generator=torch.Generator().manual_seed(0))
+    x = generate(
+        lm,
+        prompt="a b",
+        length=8,
+        steps=6,
+        sampler="low_confidence",
+        n=3,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert x.shape == (3, 8) and x[:, :2].tolist() == [[5, 6]] * 3
     assert bool((x != lm.mask_id).all())
     text = lm.decode(x[0])
@@ -81,7 +93,9 @@ def test_shifted_logits_dream_style():
     x = generate(lm, prompt=[3], length=8, steps=7, sampler="low_confidence", temperature=0.0)
     assert torch.equal(x[0, :7], target[:7])
     unshifted = MaskedLM(ToyDream(), shift=False)
-    y = generate(unshifted, prompt=[3], length=8, steps=7, sampler="low_confidence", temperature=0.0)
+    y = generate(
+        unshifted, prompt=[3], length=8, steps=7, sampler="low_confidence", temperature=0.0
+    )
     assert not torch.equal(y[0, :7], target[:7])
     raw = torch.randn(2, 5, 3)
     torch.testing.assert_close(shift_logits(raw)[:, 1:], raw[:, :-1])
@@ -111,8 +125,15 @@ def test_classifier_free_guidance(saved):
     mix = torch.log_softmax(torch.where(torch.isfinite(lc), 2 * lc - lu, lc), -1)
     torch.testing.assert_close(g2[:, 2:], mix[:, 2:], rtol=1e-5, atol=1e-5)
     assert torch.equal(g2[:, :2].argmax(-1), x[:, :2])  # the prompt stays carried over
-    out = generate(lm, prompt=[5, 6], length=5, steps=3, guidance_scale=3.0, n=2,
-                   generator=torch.Generator().manual_seed(0))
+    out = generate(
+        lm,
+        prompt=[5, 6],
+        length=5,
+        steps=3,
+        guidance_scale=3.0,
+        n=2,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out[:, :2].tolist() == [[5, 6]] * 2
 
 
