@@ -64,7 +64,9 @@ def masked_grid_law(model, length, steps, unmask_prob):
                 if yi != M:
                     opts.append([(yi, 1.0)])
                 else:
-                    opts.append([(M, 1.0 - pi)] + [(v, pi * float(c[i, v])) for v in range(c.shape[1])])
+                    opts.append(
+                        [(M, 1.0 - pi)] + [(v, pi * float(c[i, v])) for v in range(c.shape[1])]
+                    )
             return opts
 
         dist = _step(dist, kernel)
@@ -84,16 +86,21 @@ def theta_law(model, length, steps, theta, weight):
         for y, py in dist.items():
             c = conditionals(model, y)
             if s == 0:  # last step: every masked position from p(x0 | y)
-                opts = [[(yi, 1.0)] if yi != M else [(v, float(c[i, v])) for v in range(c.shape[1])]
-                        for i, yi in enumerate(y)]
+                opts = [
+                    [(yi, 1.0)] if yi != M else [(v, float(c[i, v])) for v in range(c.shape[1])]
+                    for i, yi in enumerate(y)
+                ]
                 for y2, p in _expand(y, opts):
                     out[y2] = out.get(y2, 0.0) + py * p
                 continue
             lam_t = weight(t)
             q1 = 1 - math.exp(-theta * dt * lam_t)
-            opts1 = [[(yi, 1.0)] if yi != M else
-                     [(M, 1 - q1)] + [(v, q1 * float(c[i, v])) for v in range(c.shape[1])]
-                     for i, yi in enumerate(y)]
+            opts1 = [
+                [(yi, 1.0)]
+                if yi != M
+                else [(M, 1 - q1)] + [(v, q1 * float(c[i, v])) for v in range(c.shape[1])]
+                for i, yi in enumerate(y)
+            ]
             for ys, p1 in _expand(y, opts1):
                 cs = conditionals(model, ys)
                 lam_r = weight(rho)
@@ -102,12 +109,16 @@ def theta_law(model, length, steps, theta, weight):
                     if yi != M:
                         opts2.append([(yi, 1.0)])
                         continue
-                    mu = [max(a1 * lam_r * float(cs[i, v]) - a2 * lam_t * float(c[i, v]), 0.0)
-                          for v in range(c.shape[1])]
+                    mu = [
+                        max(a1 * lam_r * float(cs[i, v]) - a2 * lam_t * float(c[i, v]), 0.0)
+                        for v in range(c.shape[1])
+                    ]
                     tot = sum(mu)
                     q2 = 1 - math.exp(-(1 - theta) * dt * tot)
-                    opts2.append([(M, 1 - q2)] + [(v, q2 * mu[v] / tot if tot > 0 else 0.0)
-                                                  for v in range(len(mu))])
+                    opts2.append(
+                        [(M, 1 - q2)]
+                        + [(v, q2 * mu[v] / tot if tot > 0 else 0.0) for v in range(len(mu))]
+                    )
                 for y2, p2 in _expand(ys, opts2):
                     out[y2] = out.get(y2, 0.0) + py * p1 * p2
         dist = out

@@ -3,10 +3,10 @@
 import dataclasses
 import math
 
+import _exact as E
 import pytest
 import torch
 
-import _exact as E
 from reverie.discrete import SAMPLERS, MaskedProcess, TokenDenoiser, UniformProcess, generate
 
 L = 4

@@ -152,11 +152,16 @@ class MaskedLM(TokenDenoiserBase):
         if device is not None:
             model.to(device)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(
+                name_or_path, trust_remote_code=trust_remote_code
+            )
         except (OSError, ValueError):
             tokenizer = None
         return cls(model, tokenizer, mask_id=mask_id, shift=shift)
 
     def __repr__(self) -> str:
         name = type(self.model).__name__
-        return f"MaskedLM({name}, mask_id={self.mask_id}, vocab_size={self.vocab_size}, shift={self.shift})"
+        return (
+            f"MaskedLM({name}, mask_id={self.mask_id}, vocab_size={self.vocab_size}, "
+            f"shift={self.shift})"
+        )

@@ -39,8 +39,12 @@ class ReverieLM(TokenDenoiser):
         proc_cfg = config.get("process", {"kind": "masked", "schedule": "linear"})
         kind = proc_cfg.get("kind", "masked")
         if kind not in ("masked", "uniform"):
-            raise ValueError(f"unknown process kind {kind!r} in config.json; expected masked or uniform")
-        proc = (MaskedProcess if kind == "masked" else UniformProcess)(proc_cfg.get("schedule", "linear"))
+            raise ValueError(
+                f"unknown process kind {kind!r} in config.json; expected masked or uniform"
+            )
+        proc = (MaskedProcess if kind == "masked" else UniformProcess)(
+            proc_cfg.get("schedule", "linear")
+        )
         super().__init__(
             network,
             mask_id=config.get("mask_id"),
@@ -61,7 +65,9 @@ class ReverieLM(TokenDenoiser):
             return super().__call__(x, t)
 
     def __repr__(self) -> str:
-        return f"ReverieLM({self.config.get('architecture')}, length={self.length}, {self.process!r})"
+        return (
+            f"ReverieLM({self.config.get('architecture')}, length={self.length}, {self.process!r})"
+        )
 
 
 def _load_reverie_folder(path: Path, device: str | torch.device | None) -> ReverieLM:
@@ -73,7 +79,9 @@ def _load_reverie_folder(path: Path, device: str | torch.device | None) -> Rever
     config = json.loads((path / "config.json").read_text())
     arch = config.get("architecture")
     if arch != "TinyTransformer":
-        raise ValueError(f"unknown architecture {arch!r} in {path / 'config.json'}; expected TinyTransformer")
+        raise ValueError(
+            f"unknown architecture {arch!r} in {path / 'config.json'}; expected TinyTransformer"
+        )
     weights = path / "model.safetensors"
     if not weights.exists():
         raise FileNotFoundError(f"missing weights file {weights}")
