@@ -341,3 +341,9 @@ def test_schedule_of_the_process_is_used():
     cum = [round(16 * a) for a in alpha]
     got = [int(r["committed"][0]) for r in log]
     assert got == [cum[0]] + [b - a for a, b in zip(cum, cum[1:])]
+
+
+def test_the_reference_model_is_itself_a_token_denoiser(chain):
+    x = generate(chain, length=3, steps=3, sampler="first_hitting", n=5, generator=_gen())
+    y = generate(chain.denoiser(), length=3, steps=3, sampler="first_hitting", n=5, generator=_gen())
+    assert torch.equal(x, y)

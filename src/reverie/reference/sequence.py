@@ -11,7 +11,9 @@ forward-backward algorithm (Rabiner 1989):
 * exact samples.
 
 :meth:`HiddenMarkovModel.denoiser` turns it into a :class:`reverie.discrete.TokenDenoiser`
-for the masked or the uniform process, so samplers can be tested against the exact joint.
+for the masked or the uniform process, so samplers can be tested against the exact joint; the
+model itself is also a token denoiser for masked diffusion (mask id ``V``), so
+``reverie.discrete.generate(chain, length=4, steps=4, sampler="first_hitting")`` works directly.
 Everything is computed in float64.
 """
 
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor
 
 from reverie._random import Generators
+from reverie.discrete.denoiser import TokenDenoiserBase
 
 __all__ = ["HiddenMarkovModel", "MarkovChain"]
 
@@ -40,13 +43,16 @@ def _stochastic(m: Tensor, name: str, shape: tuple[int, ...]) -> Tensor:
     return m / s
 
 
-class HiddenMarkovModel:
+class HiddenMarkovModel(TokenDenoiserBase):
     """``p(x) = sum_z pi(z_1) E(z_1, x_1) prod_i A(z_{i-1}, z_i) E(z_i, x_i)`` over sequences
     of any length.
 
     ``initial``: ``[K]``; ``transition``: ``[K, K]`` (rows: from); ``emission``: ``[K, V]``.
-    Rows are normalised here.
+    Rows are normalised here. As a token denoiser (masked process, linear schedule, mask id
+    ``V``) a call returns the exact ``log p(x0 | x_t)``.
     """
+
+    time_conditioned = False
 
     def __init__(
         self,
@@ -66,6 +72,13 @@ class HiddenMarkovModel:
         if e.ndim != 2 or e.shape[0] != k:
             raise ValueError(f"emission must have shape [{k}, V], got {list(e.shape)}")
         self.emission = _stochastic(e, "emission", (k, e.shape[1]))
+        self._masked = self.denoiser()
+        self.mask_id = self._masked.mask_id
+        self.process = self._masked.process
+
+    def __call__(self, x: Tensor, t: float | Tensor) -> Tensor:
+        """Exact ``log p(x0 | x_t)`` for masked diffusion (SUBS applied), ``[B, L, V]``."""
+        return self._masked(x, t)
 
     @property
     def num_states(self) -> int:
