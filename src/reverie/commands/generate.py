@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--length", type=int, default=None,
                    help="canvas length in tokens, prompt included (default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: one per token)")
-    p.add_argument("--sampler", default="ancestral", help="a name from reverie.discrete.SAMPLERS")
+    p.add_argument("--sampler", default="low_confidence",
+                   help="a name from reverie.discrete.SAMPLERS (default: LLaDA low-confidence)")
     p.add_argument("--block-length", type=int, default=None, help="semi-autoregressive blocks")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--n", type=int, default=1, help="number of samples")
