@@ -4,7 +4,7 @@ float64.
 Categorical draws use the inverse CDF in float64 with one uniform per position. This is the
 precision that Gumbel-max sampling needs and lacks in float32/bfloat16 (Zheng et al. 2024,
 "Masked diffusion models are secretly time-agnostic masked models and exploit inaccurate
-categorical sampling", Sec. 4: truncated Gumbel noise lowers the temperature); it draws exactly
+categorical sampling": truncated Gumbel noise lowers the temperature); it draws exactly
 the same law as Gumbel-max at the same temperature and costs one random number per position
 instead of one per vocabulary entry. A position consumes its uniform whether or not it is
 sampled, so a row's draws never depend on what the other rows or positions did.

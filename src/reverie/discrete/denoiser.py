@@ -3,13 +3,13 @@
 A token denoiser maps ``(x_t: LongTensor[B, L], t: Tensor[B])`` to the log-probabilities
 ``log p(x0^i = v | x_t)`` as ``[B, L, V]`` float32. :class:`TokenDenoiser` wraps any callable
 ``fn(x, t) -> logits`` and applies the SUBS parameterisation of MDLM (Sahoo et al. 2024,
-Sec. 3.2.1) in the adapter, so samplers never see a network's quirks:
+``_subs_parameterization``) in the adapter, so samplers never see a network's quirks:
 
 * *zero masking probability*: the mask token is never predicted (its logit is ``-inf``);
 * *carry-over unmasking*: a position that is already clean predicts itself with probability 1.
 
 :class:`TokenClassifierFreeGuidance` is a denoiser -> denoiser combinator (LLaDA, Nie et al.
-2025, App. B.3: the unconditional branch sees the prompt replaced by masks).
+2025; LLaDA ``generate.py``: the unconditional branch sees the prompt replaced by masks).
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ class TokenDenoiser(TokenDenoiserBase):
 
 
 class TokenClassifierFreeGuidance(TokenDenoiserBase):
-    """Classifier-free guidance for masked diffusion LMs (LLaDA, Nie et al. 2025, App. B.3):
+    """Classifier-free guidance for masked diffusion LMs (LLaDA, Nie et al. 2025, ``cfg_scale``):
 
         log p_guided ∝ log p(. | x) + (scale - 1) (log p(. | x) - log p(. | x_uncond)),
 

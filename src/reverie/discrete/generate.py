@@ -6,7 +6,7 @@ carries its own block and step counter; at every step the loop
 1. asks the sampler's *clock* for the time at which the model is evaluated (a fixed grid, or
    the random first-hitting times);
 2. calls the model -- only for rows whose input changed when the model is not time conditioned
-   (MDLM's cache, Sahoo et al. 2024, Sec. 4.3) -- to get ``log p(x0 | x_t)``;
+   (MDLM's cache, Sahoo et al. 2024, ``_ddpm_caching_update``) -- to get ``log p(x0 | x_t)``;
 3. asks the sampler's **decision function** which masked positions are committed at this step
    and to which tokens: ``decide(ctx: StepContext) -> Commit``. This is the only place where a
    sampler family differs from another, so a constraint (a regular expression, a JSON schema)
@@ -520,7 +520,7 @@ def _grid_times(state: _Rows) -> tuple[Tensor, Tensor]:
 
 
 def _first_hitting_clock(process, rows: _Rows, masked_in_block: Tensor, draw, new_block: Tensor):
-    """First-hitting times (Zheng et al. 2024, Alg. 1 / Prop. 4.2): with ``k`` masked tokens
+    """First-hitting times (Zheng et al. 2024; BD3-LM ``first_hitting``): with ``k`` masked tokens
     at time ``t``, the next one is unmasked when ``1 - alpha`` falls to
     ``(1 - alpha(t)) u^(1/k)``, ``u ~ U(0, 1)``. Returns that time and ``s`` (0 on the last)."""
     u = draw(1)[:, 0, 0]

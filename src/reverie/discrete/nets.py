@@ -1,8 +1,8 @@
 """A small bidirectional transformer for masked-diffusion language models.
 
-It is the network of MDLM without time conditioning (Sahoo et al. 2024, Sec. 3.2 and
-App. C: the SUBS parameterisation makes the denoiser's target independent of ``t``, so the
-network sees only the partially masked sequence): token + learned position embeddings,
+It is the network of MDLM without time conditioning (Sahoo et al. 2024; the SUBS
+parameterisation makes the denoiser's target independent of ``t``, so the network sees only
+the partially masked sequence): token + learned position embeddings,
 pre-LayerNorm blocks with full (non-causal) self-attention and a GELU MLP, and a linear
 head to one logit per token.
 """

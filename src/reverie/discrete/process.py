@@ -10,17 +10,17 @@ the probability that a token is still clean at time ``t`` (DESIGN.md, idea 1): `
 * :class:`UniformProcess` -- uniform-noise diffusion (Austin et al. 2021; Schiff et al. 2024,
   UDLM): ``q(x_t^i | x0^i) = alpha_t [x_t^i = x0^i] + (1 - alpha_t) / V``.
 
-Schedules (MD4, Shi et al. 2024, Table 1) are functions ``t -> alpha(t)``: ``linear``
+Schedules (MD4, Shi et al. 2024, ``MaskingSchedule``) are functions ``t -> alpha(t)``: ``linear``
 (``1 - t``), ``cosine`` (``1 - cos(pi/2 (1 - t))``) and ``poly{k}`` (``1 - t^k``).
 
 The continuous-time negative ELBO (:func:`nelbo`) is written once for any such process as the
 integral over time of the generalised KL divergence between the true reverse jump rates given
-``x0`` and the model's reverse rates (Campbell et al. 2022, Prop. 2; Lou et al. 2024, eq. 12):
+``x0`` and the model's reverse rates (Campbell et al. 2022; Lou et al. 2024):
 
     -log p(x0) <= int_0^1 E_{x_t ~ q(.|x0)} sum_i sum_{y != x_t^i}
                   [ Rhat_i(y) - R_i(y) + R_i(y) log(R_i(y) / Rhat_i(y)) ] dt,
 
-which for the masked process reduces to MD4 eq. 5 / MDLM eq. 10,
+which for the masked process reduces to the MD4 / MDLM masked-diffusion ELBO,
 
     -log p(x0) <= int_0^1 alpha'(t) / (1 - alpha(t)) E[ sum_{i masked} log p(x0^i | x_t) ] dt.
 
@@ -89,7 +89,7 @@ class MaskingSchedule(ABC):
 
     def weight(self, t: float | Tensor) -> Tensor:
         """The masked-diffusion ELBO weight and reverse unmasking hazard
-        ``-alpha'(t) / (1 - alpha(t))`` (MD4 eq. 5)."""
+        ``-alpha'(t) / (1 - alpha(t))`` (MD4, MDLM)."""
         t = _t64(t)
         return -self.d_alpha(t) / (1.0 - self.alpha(t))
 
@@ -234,7 +234,7 @@ class MaskedProcess(DiscreteProcess):
 
     def unmask_probability(self, t: float | Tensor, s: float | Tensor) -> Tensor:
         """``(alpha_s - alpha_t) / (1 - alpha_t)``: the chance that a token masked at ``t`` is
-        clean at ``s < t`` (MD4 ancestral step, Shi et al. 2024, eq. 6)."""
+        clean at ``s < t`` (MD4 ``ancestral_sample_step``, Shi et al. 2024)."""
         at, as_ = self.alpha(t), self.alpha(s)
         return ((as_ - at) / (1.0 - at)).clamp(0.0, 1.0)
 
@@ -246,7 +246,7 @@ class MaskedProcess(DiscreteProcess):
     def nelbo_integrand(
         self, logp: Tensor, xt: Tensor, x0: Tensor, t: Tensor, ids: TokenDenoiserBase
     ) -> Tensor:
-        # MD4 eq. 5: w(t) sum_{i masked} -log p(x0^i | x_t), w = -alpha'/(1 - alpha).
+        # MD4 / MDLM: w(t) sum_{i masked} -log p(x0^i | x_t), w = -alpha'/(1 - alpha).
         masked = xt == ids.mask_id
         nll = -logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
         nll = torch.where(masked, nll, torch.zeros_like(nll))
@@ -294,7 +294,8 @@ class UniformProcess(DiscreteProcess):
         self, logp: Tensor, x: Tensor, t: Tensor, s: Tensor, ids: TokenDenoiserBase
     ) -> Tensor:
         """``p(x_s = y | x_t = x) = sum_v p(x0 = v | x_t) q(x_s = y | x_t, x0 = v)`` for every
-        position, ``[B, L, V]`` float64 (D3PM eq. 4 with the x0-prediction marginalised)."""
+        position, ``[B, L, V]`` float64 (D3PM, Austin et al. 2021, with the x0-prediction
+        marginalised)."""
         v = self._vocab(ids)
         p = logp.double().exp()
         at = self.alpha(t).to(p.device).reshape(-1, 1, 1)
@@ -352,7 +353,7 @@ def nelbo(
     one per sequence, ``[B]``) under ``denoiser.process``.
 
     ``samples`` times per sequence are drawn with the low-discrepancy scheme of MD4 (Shi et al.
-    2024, App. E; Kingma et al. 2021): ``t_k = 1 - ((u + k) / samples mod 1)``, one shared
+    2024; Kingma et al. 2021): ``t_k = 1 - ((u + k) / samples mod 1)``, one shared
     ``u`` per sequence, which keeps the estimate unbiased and lowers its variance; or pass ``t``
     (``[B]`` or ``[samples, B]``) to evaluate the integrand at given times (then the result is
     the mean integrand over those times, not an integral estimate unless ``t ~ U(0, 1)``).

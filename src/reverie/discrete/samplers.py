@@ -4,20 +4,20 @@ A decision function ``decide(ctx: StepContext) -> Commit`` chooses which active 
 positions are committed at a step and to which tokens (see :mod:`reverie.discrete.generate`).
 Families:
 
-* ``ancestral`` -- MD4 / MDLM ancestral sampling (Shi et al. 2024, Alg. 2; Sahoo et al. 2024,
-  eq. 7): every masked position is unmasked with probability ``(alpha_s - alpha_t) / (1 -
-  alpha_t)`` into ``x0 ~ p(x0 | x_t)``; for uniform noise the exact posterior
-  ``sum_x0 p(x0 | x_t) q(x_s | x_t, x0)`` (D3PM, Austin et al. 2021, eq. 4).
+* ``ancestral`` -- MD4 / MDLM ancestral sampling (Shi et al. 2024, ``ancestral_sample_step``;
+  Sahoo et al. 2024, ``_ddpm_caching_update``): every masked position is unmasked with
+  probability ``(alpha_s - alpha_t) / (1 - alpha_t)`` into ``x0 ~ p(x0 | x_t)``; for uniform noise the exact posterior
+  ``sum_x0 p(x0 | x_t) q(x_s | x_t, x0)`` (D3PM, Austin et al. 2021).
 * ``first_hitting`` -- exactly one uniformly chosen masked position per step, at the random
-  first-hitting time (Zheng et al. 2024, Alg. 1): exact simulation of the reverse process.
+  first-hitting time (Zheng et al. 2024): exact simulation of the reverse process.
 * ``confidence`` -- draw a candidate for every masked position, commit the ``k`` with the
-  highest score (LLaDA low-confidence remasking, Nie et al. 2025, Alg. 5; Dream's
+  highest score (LLaDA low-confidence remasking, Nie et al. 2025, ``generate.py``; Dream's
   ``maskgit_plus`` / ``topk_margin`` / ``entropy``, Ye et al. 2025; ``random``, Austin et al.).
-* ``threshold`` -- Fast-dLLM parallel decoding (Wu et al. 2025, Sec. 3.3): commit every
-  candidate with confidence >= ``threshold``, and at least the schedule's ``k``; also used
+* ``threshold`` -- Fast-dLLM parallel decoding (Wu et al. 2025, ``get_transfer_index``):
+  commit every candidate with confidence >= ``threshold``, and at least the schedule's ``k``; also used
   inside AdaBlock's adaptive blocks (Lu et al. 2025).
-* ``rates`` -- tau-leaping on the reverse CTMC (Campbell et al. 2022, Sec. 4.1) and the
-  second-order theta-trapezoidal scheme (Ren et al. 2025, Alg. 2).
+* ``rates`` -- tau-leaping on the reverse CTMC (Campbell et al. 2022) and the
+  second-order theta-trapezoidal scheme (Ren et al. 2025, arXiv 2502.00234).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ __all__ = [
 
 
 def decide_ancestral(ctx: StepContext) -> Commit:
-    """Ancestral step ``t -> s`` (MD4 Alg. 2 / MDLM eq. 7; D3PM eq. 4 for uniform noise)."""
+    """Ancestral step ``t -> s`` (MD4 / MDLM; D3PM's posterior for uniform noise)."""
     u = ctx.uniform(2)
     if ctx.process.kind == "masked":
         # each masked position is clean at s with probability (alpha_s - alpha_t)/(1 - alpha_t)
@@ -68,7 +68,7 @@ def decide_ancestral(ctx: StepContext) -> Commit:
 
 
 def decide_first_hitting(ctx: StepContext) -> Commit:
-    """First-hitting sampler (Zheng et al. 2024, Alg. 1): unmask one masked position chosen
+    """First-hitting sampler (Zheng et al. 2024): unmask one masked position chosen
     uniformly at random, into ``x0 ~ p(x0 | x_t)``. With exact conditionals this draws the
     exact joint (one token at a time in a uniformly random order: the chain rule)."""
     u = ctx.uniform(2)
@@ -127,8 +127,8 @@ def _candidates(ctx: StepContext, u: Tensor) -> Tensor:
 
 
 def decide_confidence(ctx: StepContext) -> Commit:
-    """Confidence remasking (LLaDA Alg. 5, Dream ``alg``): draw a candidate token for every
-    masked position of the block, score them (option ``score``), commit the ``ctx.count`` best.
+    """Confidence remasking (LLaDA ``low_confidence``, Dream ``alg``): draw a candidate token
+    for every masked position of the block, score them (option ``score``), commit the ``ctx.count`` best.
     ``alg_temp > 0`` picks the positions at random with probabilities ``softmax(score /
     alg_temp)`` without replacement (Dream; Gumbel-top-k)."""
     u = ctx.uniform(3)
@@ -142,7 +142,7 @@ def decide_confidence(ctx: StepContext) -> Commit:
 
 
 def decide_threshold(ctx: StepContext) -> Commit:
-    """Fast-dLLM threshold decoding (Wu et al. 2025, Sec. 3.3 / ``get_transfer_index``):
+    """Fast-dLLM threshold decoding (Wu et al. 2025, ``get_transfer_index``):
     commit every masked position of the block whose candidate has confidence >= ``threshold``,
     and at least the ``ctx.count`` most confident ones (Fast-dLLM always commits the top one;
     SDAR's ``low_confidence_dynamic``), so the block finishes within its steps."""
@@ -171,7 +171,7 @@ def _leap(
 
 
 def decide_tau_leaping(ctx: StepContext) -> Commit:
-    """Tau-leaping (Campbell et al. 2022, Sec. 4.1): freeze the model's reverse rates at ``t``
+    """Tau-leaping (Campbell et al. 2022): freeze the model's reverse rates at ``t``
     over ``[s, t]``. For masked models a masked position unmasks with probability
     ``1 - exp(-(t - s) w(t))``, ``w = -alpha'/(1 - alpha)``, into ``x0 ~ p(x0 | x_t)``. The
     last step (``s = 0``) draws every remaining position from ``p(x0 | x_t)``."""
@@ -188,7 +188,8 @@ def decide_tau_leaping(ctx: StepContext) -> Commit:
 
 
 def decide_theta_trapezoidal(ctx: StepContext) -> Commit:
-    """theta-trapezoidal step (Ren et al. 2025, Alg. 2; second order in KL, their Thm. 5.4):
+    """theta-trapezoidal step (Ren et al. 2025, arXiv 2502.00234; proved second
+    order in KL there):
 
     1. tau-leap for ``theta * dt`` with the rates ``mu_t(x_t)`` to an intermediate ``x*`` at
        ``rho = t - theta dt``;
