@@ -345,5 +345,6 @@ def test_schedule_of_the_process_is_used():
 
 def test_the_reference_model_is_itself_a_token_denoiser(chain):
     x = generate(chain, length=3, steps=3, sampler="first_hitting", n=5, generator=_gen())
-    y = generate(chain.denoiser(), length=3, steps=3, sampler="first_hitting", n=5, generator=_gen())
+    y = generate(chain.denoiser(), length=3, steps=3, sampler="first_hitting", n=5,
+                 generator=_gen())
     assert torch.equal(x, y)

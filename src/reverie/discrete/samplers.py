@@ -6,16 +6,16 @@ Families:
 
 * ``ancestral`` -- MD4 / MDLM ancestral sampling (Shi et al. 2024, ``ancestral_sample_step``;
   Sahoo et al. 2024, ``_ddpm_caching_update``): every masked position is unmasked with
-  probability ``(alpha_s - alpha_t) / (1 - alpha_t)`` into ``x0 ~ p(x0 | x_t)``; for uniform noise the exact posterior
-  ``sum_x0 p(x0 | x_t) q(x_s | x_t, x0)`` (D3PM, Austin et al. 2021).
+  probability ``(alpha_s - alpha_t) / (1 - alpha_t)`` into ``x0 ~ p(x0 | x_t)``; for uniform
+  noise the exact posterior ``sum_x0 p(x0 | x_t) q(x_s | x_t, x0)`` (D3PM, Austin et al. 2021).
 * ``first_hitting`` -- exactly one uniformly chosen masked position per step, at the random
   first-hitting time (Zheng et al. 2024): exact simulation of the reverse process.
 * ``confidence`` -- draw a candidate for every masked position, commit the ``k`` with the
   highest score (LLaDA low-confidence remasking, Nie et al. 2025, ``generate.py``; Dream's
   ``maskgit_plus`` / ``topk_margin`` / ``entropy``, Ye et al. 2025; ``random``, Austin et al.).
 * ``threshold`` -- Fast-dLLM parallel decoding (Wu et al. 2025, ``get_transfer_index``):
-  commit every candidate with confidence >= ``threshold``, and at least the schedule's ``k``; also used
-  inside AdaBlock's adaptive blocks (Lu et al. 2025).
+  commit every candidate with confidence >= ``threshold``, and at least the schedule's ``k``;
+  also used inside AdaBlock's adaptive blocks (Lu et al. 2025).
 * ``rates`` -- tau-leaping on the reverse CTMC (Campbell et al. 2022) and the
   second-order theta-trapezoidal scheme (Ren et al. 2025, arXiv 2502.00234).
 """
@@ -128,8 +128,8 @@ def _candidates(ctx: StepContext, u: Tensor) -> Tensor:
 
 def decide_confidence(ctx: StepContext) -> Commit:
     """Confidence remasking (LLaDA ``low_confidence``, Dream ``alg``): draw a candidate token
-    for every masked position of the block, score them (option ``score``), commit the ``ctx.count`` best.
-    ``alg_temp > 0`` picks the positions at random with probabilities ``softmax(score /
+    for every masked position of the block, score them (option ``score``), commit the
+    ``ctx.count`` best. ``alg_temp > 0`` picks the positions at random with probabilities ``softmax(score /
     alg_temp)`` without replacement (Dream; Gumbel-top-k)."""
     u = ctx.uniform(3)
     cand = _candidates(ctx, u[..., 0])
