@@ -129,8 +129,8 @@ def _candidates(ctx: StepContext, u: Tensor) -> Tensor:
 def decide_confidence(ctx: StepContext) -> Commit:
     """Confidence remasking (LLaDA ``low_confidence``, Dream ``alg``): draw a candidate token
     for every masked position of the block, score them (option ``score``), commit the
-    ``ctx.count`` best. ``alg_temp > 0`` picks the positions at random with probabilities ``softmax(score /
-    alg_temp)`` without replacement (Dream; Gumbel-top-k)."""
+    ``ctx.count`` best. ``alg_temp > 0`` picks the positions at random with probabilities
+    ``softmax(score / alg_temp)`` without replacement (Dream; Gumbel-top-k)."""
     u = ctx.uniform(3)
     cand = _candidates(ctx, u[..., 0])
     score = confidence_scores(ctx.options["score"], ctx.logp, cand, ctx.active, u[..., 1])
