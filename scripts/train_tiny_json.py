@@ -283,34 +283,24 @@ def main(argv: list[str] | None = None) -> int:
     train_seconds = time.time() - start
     net.eval()
 
-    # held-out NELBO (nats per token) and parse rate of unconstrained samples
-    val_nelbo, rate = evaluate(den, tok, args.seed, args.eval)
-    print(
-        f"held-out nelbo/token {val_nelbo:.4f}; JSON parse rate (ancestral, steps=L) {rate:.3f}",
-        flush=True,
-    )
-
-    save(
-        net,
-        tok,
-        Path(args.out),
-        {
-            "script": "scripts/train_tiny_json.py",
-            "seed": args.seed,
-            "steps": args.steps,
-            "batch": args.batch,
-            "lr": args.lr,
-            "dim": args.dim,
-            "depth": args.depth,
-            "heads": args.heads,
-            "threads": args.threads,
-            "train_seconds": round(train_seconds, 1),
-            "final_nelbo_per_token": round(ema, 4),
-            "heldout_nelbo_per_token": val_nelbo,
-            "parse_rate_ancestral_steps_L": rate,
-            "parse_rate_samples": args.eval,
-        },
-    )
+    training = {
+        "script": "scripts/train_tiny_json.py",
+        "seed": args.seed,
+        "steps": args.steps,
+        "batch": args.batch,
+        "lr": args.lr,
+        "dim": args.dim,
+        "depth": args.depth,
+        "heads": args.heads,
+        "threads": args.threads,
+        "train_seconds": round(train_seconds, 1),
+        "final_nelbo_per_token": round(ema, 4),
+    }
+    save(net, tok, Path(args.out), training)  # weights first: evaluation can never lose them
+    # held-out NELBO (nats per token) and parse rates of unconstrained samples
+    metrics = evaluate(den, tok, args.seed, args.eval)
+    print("evaluation: " + json.dumps(metrics), flush=True)
+    save(net, tok, Path(args.out), {**training, "eval_samples": args.eval, **metrics})
     out = Path(args.out)
     print(f"saved to {out} after {train_seconds / 60:.1f} min of training", flush=True)
     return 0
