@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-json", action="store_true", help="only the exact-reference part")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--temperature", type=float, default=1.0, help="for the tiny-json part")
 
 
 def _parse_rate(model, x: torch.Tensor) -> float:
@@ -127,6 +128,7 @@ def _json_part(names, args) -> list[dict]:
                     sampler=name,
                     n=n,
                     return_stats=True,
+                    temperature=args.temperature,
                     generator=torch.Generator().manual_seed(args.seed + steps),
                 )
             tps = n * L / tm.seconds
@@ -191,7 +193,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"reference": {**ref_info, "rows": ref_rows}}
     if not args.skip_json:
         json_rows = _json_part(names, args)
-        print(f"\n## tiny-json: L = 64, n = {args.n_json} unconstrained samples per run\n")
+        print(
+            f"\n## tiny-json: L = 64, n = {args.n_json} unconstrained samples per run, "
+            f"temperature {args.temperature}\n"
+        )
         print(
             format_table(
                 ["sampler", "steps", "NFE", "parse rate", "tokens/s", "speed vs ancestral"],
@@ -208,6 +213,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ],
             )
         )
-        result["tiny_json"] = {"n": args.n_json, "rows": json_rows}
+        result["tiny_json"] = {"n": args.n_json, "temperature": args.temperature, "rows": json_rows}
     print(f"\nmachine: {machine()}")
     return result
