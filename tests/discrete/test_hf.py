@@ -141,3 +141,10 @@ def test_missing_mask_id_is_an_error(saved):
     _, model, _ = saved
     with pytest.raises(ValueError, match="no mask token"):
         MaskedLM(model, None)
+
+
+def test_from_pretrained_with_dtype(saved):
+    d, _, _ = saved
+    lm = MaskedLM.from_pretrained(str(d), dtype=torch.float64)
+    assert next(lm.model.parameters()).dtype == torch.float64
+    assert lm(torch.tensor([[5, 4]]), 1.0).dtype == torch.float32

@@ -134,6 +134,7 @@ class MaskedLM(TokenDenoiserBase):
         then ``AutoModel`` (LLaDA and Dream register their diffusion LM there, with
         ``trust_remote_code=True``), and ``AutoTokenizer`` when the folder has one."""
         try:
+            import transformers
             from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
         except ImportError as err:  # pragma: no cover - depends on the environment
             raise ImportError(
@@ -142,7 +143,9 @@ class MaskedLM(TokenDenoiserBase):
             ) from err
         load_kw: dict[str, Any] = {"trust_remote_code": trust_remote_code, **kwargs}
         if dtype is not None:
-            load_kw["dtype"] = dtype
+            # transformers >= 4.56 names it ``dtype``; older versions ``torch_dtype``
+            major, minor = (int(v) for v in transformers.__version__.split(".")[:2])
+            load_kw["dtype" if (major, minor) >= (4, 56) else "torch_dtype"] = dtype
         try:
             model = AutoModelForMaskedLM.from_pretrained(name_or_path, **load_kw)
         except ValueError:
