@@ -8,16 +8,21 @@
   exact soft value ``V_t``.
 * :func:`mixture_product`, :func:`mixture_union` -- exact products and unions of mixtures
   (targets for :mod:`reverie.compose`).
+* :class:`MarkovChain`, :class:`HiddenMarkovModel` -- small sequence models with exact
+  conditionals of any masked pattern (token denoisers for :mod:`reverie.discrete`).
 """
 
 from reverie.reference.gaussian import Gaussian, GaussianMixture
 from reverie.reference.operations import mixture_product, mixture_union
 from reverie.reference.posterior import linear_gaussian_posterior
+from reverie.reference.sequence import HiddenMarkovModel, MarkovChain
 from reverie.reference.tilted import TiltedMixture
 
 __all__ = [
     "Gaussian",
     "GaussianMixture",
+    "HiddenMarkovModel",
+    "MarkovChain",
     "TiltedMixture",
     "linear_gaussian_posterior",
     "mixture_product",
