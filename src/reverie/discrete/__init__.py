@@ -1,0 +1,1 @@
+"""Masked (absorbing) diffusion language models."""
