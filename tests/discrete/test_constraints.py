@@ -168,6 +168,11 @@ def test_cache_and_errors():
         best_block(torch.zeros(2, 2), TokenAutomaton(dead, 1, {0}), 1)
     with pytest.raises(TypeError):
         TokenAutomaton(torch.zeros(2, 2), 0, {0})
+    bad = torch.zeros(3, len(voc))
+    bad[1, 5] = float("nan")
+    for decode in (best_block, sample_block, per_token_block):
+        with pytest.raises(ValueError, match="NaN"):
+            decode(bad, a, 0)
 
 
 # ----------------------------------------------------------------------------- DINGO DP

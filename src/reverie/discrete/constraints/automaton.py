@@ -39,8 +39,8 @@ class _Tables:
     """The automaton laid out for the dynamic programs, on one device.
 
     Only transitions between *live* states are kept. ``pair`` numbers the distinct live
-    ``(src, dst)`` state pairs; ``src_in[q, k]`` / ``pair_in[q, k]`` list the pairs that end in
-    ``q`` (padded with the sentinel pair ``P`` whose score is always -inf, ``in_valid`` False).
+    ``(src, dst)`` state pairs (``pair_src``, ``pair_dst``); ``pair_in[q, k]`` lists the pairs
+    that end in ``q``, padded with the sentinel pair ``P`` (used only to backtrack).
     """
 
     token_class: Tensor  # long [V], dead tokens -> class C
@@ -49,9 +49,9 @@ class _Tables:
     trip_dst: Tensor  # long [E]
     trip_pair: Tensor  # long [E] in 0..P-1
     n_pairs: int
-    src_in: Tensor  # long [Q, K]
+    pair_src: Tensor  # long [P]
+    pair_dst: Tensor  # long [P]
     pair_in: Tensor  # long [Q, K]
-    in_valid: Tensor  # bool [Q, K]
     live: Tensor  # bool [Q]
     dist: Tensor  # long [Q], shortest number of tokens to a final state (large if not live)
 
@@ -333,12 +333,10 @@ class TokenAutomaton:
         p_src, p_dst = pair_key // n, pair_key % n
         indeg = np.bincount(p_dst, minlength=n)
         k = max(int(indeg.max()) if n_pairs else 0, 1)
-        src_in = np.zeros((n, k), dtype=np.int64)
         pair_in = np.full((n, k), n_pairs, dtype=np.int64)
         order = np.argsort(p_dst, kind="stable")
         starts = np.concatenate([[0], np.cumsum(indeg)[:-1]])
         slot = np.arange(n_pairs) - starts[p_dst[order]]
-        src_in[p_dst[order], slot] = p_src[order]
         pair_in[p_dst[order], slot] = order
         token_class = self._token_class.long()
         out = _Tables(
@@ -348,9 +346,9 @@ class TokenAutomaton:
             trip_dst=torch.from_numpy(trip[:, 2].copy()).to(device),
             trip_pair=torch.from_numpy(trip_pair.reshape(-1).astype(np.int64)).to(device),
             n_pairs=n_pairs,
-            src_in=torch.from_numpy(src_in).to(device),
+            pair_src=torch.from_numpy(p_src.astype(np.int64)).to(device),
+            pair_dst=torch.from_numpy(p_dst.astype(np.int64)).to(device),
             pair_in=torch.from_numpy(pair_in).to(device),
-            in_valid=torch.from_numpy(pair_in < n_pairs).to(device),
             live=torch.from_numpy(live.copy()).to(device),
             dist=torch.from_numpy(self._dist.copy()).to(device),
         )

@@ -67,8 +67,6 @@ def _prepare(
             f"logprobs have {vocab} entries per position but the automaton's vocabulary has "
             f"{automaton.vocab_size}; build the vocabulary with the model's logits width"
         )
-    if torch.isnan(lp).any() or torch.isposinf(lp).any():
-        raise ValueError("logprobs contain NaN or +inf")
     device = lp.device
     if isinstance(state, (int, np.integer)) and not isinstance(state, bool):
         states = torch.full((b,), int(state), dtype=torch.long, device=device)
@@ -99,37 +97,74 @@ def _prepare(
     return _Block(lp, states, m, batched, automaton.tables(device), automaton)
 
 
-def _class_scores(lp: Tensor, t: _Tables, n_classes: int, *, logsumexp: bool) -> Tensor:
-    """Per position and token class, the max (Viterbi) or log-sum-exp (forward) of the
-    model's scores over the tokens of the class: ``[B, L, C + 1]`` float64."""
-    idx = t.token_class.expand_as(lp)
-    shape = (*lp.shape[:2], n_classes + 1)
-    mx = lp.new_full(shape, _NEG).scatter_reduce(2, idx, lp, "amax", include_self=True)
-    if not logsumexp:
-        return mx.double()
-    mx = mx.double()
-    shift = mx.gather(2, idx)
+def _check_scores(reduced: Tensor) -> None:
+    """NaN and +inf survive every max / log-sum-exp reduction, so checking the small
+    per-class tensor checks the model's scores without another pass over the vocabulary."""
+    if torch.isnan(reduced).any() or torch.isposinf(reduced).any():
+        raise ValueError("logprobs contain NaN or +inf")
+
+
+def _class_max(scores: Tensor, t: _Tables, n_cls: int) -> Tensor:
+    """Per row and token class, the best score over the class's tokens: ``[N, n_cls]``."""
+    idx = t.token_class.expand_as(scores)
+    out = scores.new_full((scores.shape[0], n_cls), _NEG)
+    out = out.scatter_reduce(1, idx, scores, "amax", include_self=True)
+    _check_scores(out)
+    return out
+
+
+def _token_in_class(scores: Tensor, cls: Tensor, t: _Tables) -> Tensor:
+    """Per row, the best-scoring token among those of class ``cls[row]``."""
+    inside = t.token_class[None, :] == cls[:, None]
+    return torch.where(inside, scores, _NEG).argmax(-1)
+
+
+def _class_best(scores: Tensor, t: _Tables, n_cls: int) -> tuple[Tensor, Tensor]:
+    """Per row and token class, the best score over the class's tokens and the token that
+    attains it: ``scores[N, V] -> (best[N, n_cls], token[N, n_cls])``."""
+    n, vocab = scores.shape
+    idx = t.token_class.expand(n, vocab)
+    best = scores.new_full((n, n_cls), _NEG).scatter_reduce(
+        1, idx, scores, "amax", include_self=True
+    )
+    _check_scores(best)
+    hit = scores == best.gather(1, idx)
+    ids = torch.arange(vocab, device=scores.device, dtype=torch.int32).expand(n, vocab)
+    cand = torch.where(hit, ids, vocab)
+    token = torch.full((n, n_cls), vocab, dtype=torch.int32, device=scores.device)
+    token = token.scatter_reduce(1, idx, cand, "amin", include_self=True)
+    return best, token.long()
+
+
+def _class_logsumexp(scores: Tensor, t: _Tables, n_cls: int) -> Tensor:
+    """Per row and token class, ``log sum_{t in class} exp(scores[t])`` in float64."""
+    n, vocab = scores.shape
+    idx = t.token_class.expand(n, vocab)
+    mx = scores.new_full((n, n_cls), _NEG).scatter_reduce(1, idx, scores, "amax").double()
+    shift = mx.gather(1, idx)
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    total = torch.zeros(shape, dtype=torch.float64, device=lp.device)
-    total.scatter_add_(2, idx, (lp.double() - shift).exp())
-    return torch.where(torch.isfinite(mx), mx + total.log(), mx)
+    total = torch.zeros(n, n_cls, dtype=torch.float64, device=scores.device)
+    total.scatter_add_(1, idx, (scores.double() - shift).exp())
+    out = torch.where(torch.isfinite(mx), mx + total.log(), mx)
+    _check_scores(out)
+    return out
 
 
 def _pair_scores(trip_scores: Tensor, t: _Tables, *, logsumexp: bool) -> Tensor:
-    """Reduce per-triplet scores ``[B, L, E]`` to the automaton's ``(src, dst)`` pairs and lay
-    them out by destination: ``[B, L, Q, K]`` (V_i(q, q') of DINGO Alg. 1 lines 6-10)."""
-    b, length, _ = trip_scores.shape
+    """Reduce per-triplet scores ``[N, E]`` to the automaton's live ``(src, dst)`` pairs,
+    ``[N, P]``: the transition weights V_i(q, q') of DINGO Alg. 1 lines 6-10 (max), or the
+    total probability of the tokens leading from q to q' (log-sum-exp)."""
+    n = trip_scores.shape[0]
     idx = t.trip_pair.expand_as(trip_scores)
-    shape = (b, length, t.n_pairs + 1)
-    mx = trip_scores.new_full(shape, _NEG).scatter_reduce(
-        2, idx, trip_scores, "amax", include_self=True
+    mx = trip_scores.new_full((n, t.n_pairs), _NEG).scatter_reduce(
+        1, idx, trip_scores, "amax", include_self=True
     )
     if logsumexp:
-        shift = mx.gather(2, idx)
+        shift = mx.gather(1, idx)
         shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-        total = torch.zeros_like(mx).scatter_add_(2, idx, (trip_scores - shift).exp())
+        total = torch.zeros_like(mx).scatter_add_(1, idx, (trip_scores - shift).exp())
         mx = torch.where(torch.isfinite(mx), mx + total.log(), mx)
-    return mx[:, :, t.pair_in]  # sentinel pair P stays -inf
+    return mx
 
 
 def _initial(blk: _Block) -> Tensor:
@@ -142,8 +177,9 @@ def _initial(blk: _Block) -> Tensor:
 def _end_scores(blk: _Block, w: Tensor, remaining: int | None, what: str) -> Tensor:
     ok = blk.automaton.end_mask(remaining, blk.lp.device)
     score = torch.where(ok[None], w, torch.full_like(w, _NEG))
-    if torch.isneginf(score).all(-1).any():
-        rows = torch.isneginf(score).all(-1).nonzero().flatten().tolist()
+    empty = torch.isneginf(score).all(-1)
+    if empty.any():
+        rows = empty.nonzero().flatten().tolist()
         where = (
             "a live state" if remaining is None else f"a state that fits {remaining} more tokens"
         )
@@ -155,47 +191,34 @@ def _end_scores(blk: _Block, w: Tensor, remaining: int | None, what: str) -> Ten
     return score
 
 
-def _backtrack(choice: Tensor, src_in: Tensor, pair_in: Tensor, q_end: Tensor) -> Tensor:
-    """Follow the chosen incoming slots ``choice[L, B, Q]`` back from ``q_end``: the
-    ``(src, dst)`` pair used at every position, ``[B, L]`` (DINGO Alg. 1 lines 19-23)."""
-    ch = choice.cpu().numpy()
-    src = src_in.cpu().numpy()
-    pin = pair_in.cpu().numpy()
-    length, b, _ = ch.shape
-    rows = np.arange(b)
-    q = q_end.cpu().numpy()
-    pairs = np.empty((b, length), dtype=np.int64)
-    for i in range(length - 1, -1, -1):
-        k = ch[i, rows, q]
-        pairs[:, i] = pin[q, k]
-        q = src[q, k]
-    return torch.from_numpy(pairs)
+def _backtrack(steps: list[Tensor], t: _Tables, q_end: Tensor, noise: Tensor | None) -> Tensor:
+    """Walk back from ``q_end``: at position ``i`` the pair into the current state with the
+    best score ``W[i-1, src] + V_i(src, q)`` (Viterbi back-pointers, DINGO Alg. 1 lines
+    19-23), or one drawn in proportion to ``exp`` of it (backward sampling, with Gumbel
+    ``noise[B, L, K]``). Returns the pair used at every position, ``[B, L]``."""
+    b = q_end.shape[0]
+    scores = torch.stack(steps, 1)  # [B, L, P]
+    scores = torch.cat([scores, scores.new_full((b, len(steps), 1), _NEG)], -1)  # sentinel
+    rows = torch.arange(b, device=q_end.device)
+    pairs = torch.empty(b, len(steps), dtype=torch.long, device=q_end.device)
+    q = q_end
+    for i in range(len(steps) - 1, -1, -1):
+        cand = t.pair_in[q]  # [B, K] pairs ending in q
+        v = scores[:, i].gather(1, cand)
+        if noise is not None:
+            v = v + noise[:, i]
+        p = cand[rows, v.argmax(-1)]
+        pairs[:, i] = p
+        q = t.pair_src[p]
+    return pairs
 
 
-def _pick_tokens(
-    blk: _Block,
-    trip_scores: Tensor,
-    pairs: Tensor,
-    generator: Generators,
-    *,
-    sample: bool,
-) -> Tensor:
-    """For every position, a token along its chosen pair: the best one (Viterbi), or one drawn
-    in proportion to the model's probability among the pair's tokens (class first, by its
-    total probability, then a token inside the class)."""
-    t = blk.tables
-    lp = blk.lp
-    on_pair = t.trip_pair[None, None, :] == pairs.to(lp.device)[..., None]  # [B, L, E]
-    score = torch.where(on_pair, trip_scores, torch.full_like(trip_scores, _NEG))
-    if sample:
-        score = score + _gumbel(score.shape, generator, lp.device)
-    cls = t.trip_cls[score.argmax(-1)]  # [B, L]
-    in_class = t.token_class[None, None, :] == cls[..., None]  # [B, L, V]
-    tok_score = torch.where(in_class, lp.double(), torch.full(lp.shape, _NEG, dtype=torch.float64,
-                                                               device=lp.device))
-    if sample:
-        tok_score = tok_score + _gumbel(tok_score.shape, generator, lp.device)
-    return tok_score.argmax(-1)
+def _tokens_on_pairs(scores: Tensor, trip_scores: Tensor, pairs: Tensor, t: _Tables) -> Tensor:
+    """For rows ``[N]`` with chosen pairs, the class with the best score among the pair's
+    triplets, then that class's best token: the best token leading along the pair."""
+    on_pair = t.trip_pair[None, :] == pairs[:, None]
+    v = torch.where(on_pair, trip_scores, _NEG)
+    return _token_in_class(scores, t.trip_cls[v.argmax(-1)], t)
 
 
 def _finish(
@@ -206,6 +229,15 @@ def _finish(
     if blk.batched:
         return tokens, end, logprob
     return tokens[0], int(end[0]), float(logprob[0])
+
+
+def _empty(blk: _Block, what: str, remaining: int | None) -> tuple:
+    b = blk.lp.shape[0]
+    w = _initial(blk)
+    score = _end_scores(blk, w, remaining, what)
+    best, q_end = score.max(-1)
+    tokens = torch.empty(b, 0, dtype=torch.long, device=blk.lp.device)
+    return _finish(blk, tokens, q_end, torch.zeros_like(best))
 
 
 def best_block(
@@ -247,27 +279,33 @@ def best_block(
     """
     blk = _prepare(logprobs, automaton, state, masked)
     t = blk.tables
-    length = blk.lp.shape[1]
-    cls_scores = _class_scores(blk.lp, t, automaton.n_classes, logsumexp=False)
-    trip_scores = cls_scores[:, :, t.trip_cls]  # [B, L, E]
-    pair_scores = _pair_scores(trip_scores, t, logsumexp=False)  # [B, L, Q, K]
-    # Masked positions: probability 1 along every live one-token transition.
-    wildcard = torch.where(t.in_valid, 0.0, _NEG).to(pair_scores)
-    pair_scores = torch.where(blk.masked[:, :, None, None], wildcard, pair_scores)
+    b, length, vocab = blk.lp.shape
+    if length == 0:
+        return _empty(blk, "best_block", remaining)
+    n_cls = automaton.n_classes + 1
+    flat = blk.lp.reshape(b * length, vocab)
+    keep = ~blk.masked.reshape(-1)
+    sel = keep.nonzero()[:, 0]
+    # Per unmasked position, the best token of every class (masked positions need none).
+    rows_sel = flat[sel]
+    trip_sel = _class_max(rows_sel, t, n_cls)[:, t.trip_cls]  # [N, E]
+    pair = torch.zeros(b * length, t.n_pairs, dtype=blk.lp.dtype, device=blk.lp.device)
+    pair[sel] = _pair_scores(trip_sel, t, logsumexp=False)  # masked rows stay 0: the wildcard
+    pair = pair.view(b, length, t.n_pairs)
+    dst = t.pair_dst.expand(b, t.n_pairs)
     w = _initial(blk)
-    choices = []
+    steps = []
     for i in range(length):
         # W[i, q'] = max_q W[i-1, q] + V_i(q, q')  (Alg. 1 lines 11-15)
-        w, k = (w[:, t.src_in] + pair_scores[:, i]).max(-1)
-        choices.append(k)
+        s = w[:, t.pair_src] + pair[:, i]
+        steps.append(s)
+        w = torch.full_like(w, _NEG).scatter_reduce(1, dst, s, "amax", include_self=True)
     score = _end_scores(blk, w, remaining, "best_block")
-    best, q_end = score.max(-1)  # q_max = argmax over allowed end states (line 16)
-    if length == 0:
-        tokens = torch.empty(blk.lp.shape[0], 0, dtype=torch.long, device=blk.lp.device)
-        return _finish(blk, tokens, q_end, best)
-    pairs = _backtrack(torch.stack(choices), t.src_in, t.pair_in, q_end)
-    tokens = _pick_tokens(blk, trip_scores, pairs, None, sample=False)
-    return _finish(blk, tokens, q_end, best)
+    value, q_end = score.max(-1)  # q_max = argmax over allowed end states (line 16)
+    pairs = _backtrack(steps, t, q_end, None).reshape(-1)
+    tokens = torch.full((b * length,), -1, dtype=torch.long, device=blk.lp.device)
+    tokens[sel] = _tokens_on_pairs(rows_sel, trip_sel, pairs[sel], t)
+    return _finish(blk, tokens.view(b, length), q_end, value)
 
 
 def sample_block(
@@ -297,35 +335,42 @@ def sample_block(
     """
     blk = _prepare(logprobs, automaton, state, masked)
     t = blk.tables
-    b, length, _ = blk.lp.shape
-    cls_scores = _class_scores(blk.lp, t, automaton.n_classes, logsumexp=True)
-    trip_scores = cls_scores[:, :, t.trip_cls]
-    pair_scores = _pair_scores(trip_scores, t, logsumexp=True)
+    b, length, vocab = blk.lp.shape
+    if length == 0:
+        return _empty(blk, "sample_block", remaining)
+    dev = blk.lp.device
+    n_cls = automaton.n_classes + 1
+    flat = blk.lp.reshape(b * length, vocab)
+    lse = _class_logsumexp(flat, t, n_cls)
+    pair = _pair_scores(lse[:, t.trip_cls], t, logsumexp=True).view(b, length, t.n_pairs)
+    dst = t.pair_dst.expand(b, t.n_pairs)
     w = _initial(blk)
-    alphas = [w]
+    steps = []
     for i in range(length):
         # alpha[i, q'] = log sum_q exp(alpha[i-1, q] + log P_i(q -> q'))
-        w = torch.logsumexp(w[:, t.src_in] + pair_scores[:, i], dim=-1)
-        alphas.append(w)
+        s = w[:, t.pair_src] + pair[:, i]
+        steps.append(s)
+        mx = torch.full_like(w, _NEG).scatter_reduce(1, dst, s, "amax", include_self=True)
+        shift = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+        total = torch.zeros_like(w).scatter_add_(1, dst, (s - shift.gather(1, dst)).exp())
+        w = torch.where(torch.isfinite(mx), shift + total.log(), mx)
     score = _end_scores(blk, w, remaining, "sample_block")
-    dev = blk.lp.device
-    q = (score + _gumbel(score.shape, generator, dev)).argmax(-1)  # q_L ~ alpha[L] (masked)
-    q_end = q
-    rows = torch.arange(b, device=dev)
-    back_noise = _gumbel((b, length, t.src_in.shape[1]), generator, dev)
-    pairs = torch.empty(b, length, dtype=torch.long, device=dev)
-    for i in range(length - 1, -1, -1):
-        # p(q_{i-1} = src | q_i) ∝ exp(alpha[i-1, src] + log P_i(src -> q_i))
-        logits = alphas[i][rows[:, None], t.src_in[q]] + pair_scores[rows, i, q]
-        k = (logits + back_noise[:, i]).argmax(-1)
-        pairs[:, i] = t.pair_in[q, k]
-        q = t.src_in[q, k]
-    if length == 0:
-        tokens = torch.empty(b, 0, dtype=torch.long, device=dev)
-        return _finish(blk, tokens, q_end, torch.zeros(b, dtype=torch.float64, device=dev))
-    tokens = _pick_tokens(blk, trip_scores, pairs, generator, sample=True)
-    logprob = _unmasked_logprob(blk, tokens)
-    return _finish(blk, tokens, q_end, logprob)
+    # Noise, in a fixed order per row so that one generator per row is batch-independent.
+    g_end = _gumbel(score.shape, generator, dev)
+    g_back = _gumbel((b, length, t.pair_in.shape[1]), generator, dev)
+    g_tok = _gumbel((b, length, vocab), generator, dev)
+    q_end = (score + g_end).argmax(-1)  # q_L ~ alpha[L] over the allowed states
+    pairs = _backtrack(steps, t, q_end, g_back).reshape(-1)
+    # Token along each pair: Gumbel-max over the pair's tokens = the class with the best
+    # perturbed maximum, then that class's perturbed argmax.
+    keep = ~blk.masked.reshape(-1)
+    sel = keep.nonzero()[:, 0]
+    perturbed = flat[sel].double() + g_tok.reshape(b * length, vocab)[sel]
+    trip_sel = _class_max(perturbed, t, n_cls)[:, t.trip_cls]
+    tokens = torch.full((b * length,), -1, dtype=torch.long, device=dev)
+    tokens[sel] = _tokens_on_pairs(perturbed, trip_sel, pairs[sel], t)
+    tokens = tokens.view(b, length)
+    return _finish(blk, tokens, q_end, _unmasked_logprob(blk, tokens))
 
 
 def per_token_block(
@@ -353,40 +398,39 @@ def per_token_block(
     b, length, vocab = blk.lp.shape
     dev = blk.lp.device
     n_states, n_cls = automaton.n_states, automaton.n_classes + 1
+    scores = blk.lp.reshape(b * length, vocab)
+    if sample:  # Gumbel-max over the allowed tokens = a draw from p restricted to them
+        scores = scores.double() + _gumbel((b, length, vocab), generator, dev).view_as(scores)
+    best, best_tok = _class_best(scores, t, n_cls)
+    best, best_tok = best.view(b, length, n_cls), best_tok.view(b, length, n_cls)
     cur = torch.zeros(b, n_states, dtype=torch.bool, device=dev)
     cur[torch.arange(b, device=dev), blk.state] = True
     failed = torch.zeros(b, dtype=torch.bool, device=dev)
     tokens = torch.empty(b, length, dtype=torch.long, device=dev)
+    rows = torch.arange(b, device=dev)
     e = t.trip_cls.shape[0]
+    src_cls = t.trip_cls.expand(b, e)
+    dst = t.trip_dst.expand(b, e)
     for i in range(length):
         on = cur[:, t.trip_src]  # [B, E] transitions leaving a current state
-        allowed_cls = torch.zeros(b, n_cls, device=dev).scatter_add_(
-            1, t.trip_cls.expand(b, e), on.to(torch.float32)) > 0
-        allowed = allowed_cls.gather(1, t.token_class.expand(b, vocab))
-        score = blk.lp[:, i].double()
-        if sample:
-            score = score + _gumbel(score.shape, generator, dev)
-        choice = torch.where(allowed, score, torch.full_like(score, _NEG)).argmax(-1)
+        allowed = torch.zeros(b, n_cls, device=dev).scatter_add_(1, src_cls, on.float()) > 0
+        v = torch.where(allowed, best[:, i], torch.full_like(best[:, i], _NEG))
         none = ~allowed.any(-1)
-        choice = torch.where(none, score.argmax(-1), choice)  # nothing valid: unconstrained
+        cls = torch.where(none, best[:, i].argmax(-1), v.argmax(-1))  # nothing valid: free
         failed |= none & ~blk.masked[:, i]
-        tokens[:, i] = choice
-        hit = on & (t.trip_cls[None, :] == t.token_class[choice][:, None])
-        nxt = torch.zeros(b, n_states, device=dev).scatter_add_(
-            1, t.trip_dst.expand(b, e), hit.to(torch.float32)) > 0
-        wide = torch.zeros(b, n_states, device=dev).scatter_add_(
-            1, t.trip_dst.expand(b, e), on.to(torch.float32)) > 0
+        tokens[:, i] = best_tok[rows, i, cls]
+        hit = (on & (t.trip_cls[None, :] == cls[:, None])).float()
+        nxt = torch.zeros(b, n_states, device=dev).scatter_add_(1, dst, hit) > 0
+        wide = torch.zeros(b, n_states, device=dev).scatter_add_(1, dst, on.float()) > 0
         cur = torch.where(blk.masked[:, i, None], wide, nxt)
     cur &= ~failed[:, None]
-    has = cur.any(-1)
     none_left = torch.full_like(failed, -1, dtype=torch.long)
-    end = torch.where(has, cur.to(torch.uint8).argmax(-1), none_left)
-    logprob = _unmasked_logprob(blk, tokens)
-    return _finish(blk, tokens, end, logprob)
+    end = torch.where(cur.any(-1), cur.to(torch.uint8).argmax(-1), none_left)
+    return _finish(blk, tokens, end, _unmasked_logprob(blk, tokens))
 
 
 def _unmasked_logprob(blk: _Block, tokens: Tensor) -> Tensor:
-    lp = blk.lp.gather(2, tokens[..., None])[..., 0].double()
+    lp = blk.lp.gather(2, tokens.clamp_min(0)[..., None])[..., 0].double()
     return torch.where(blk.masked, torch.zeros_like(lp), lp).sum(-1)
 
 
