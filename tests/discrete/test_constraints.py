@@ -28,9 +28,14 @@ from reverie.discrete.constraints import (
 # ----------------------------------------------------------------------------- helpers
 
 
-def random_automaton(rng: np.random.Generator, n_states: int, vocab: int, p_dead: float = 0.4):
-    table = rng.integers(0, n_states, size=(n_states, vocab))
-    table[rng.random((n_states, vocab)) < p_dead] = -1
+def random_automaton(rng: np.random.Generator, n_states: int, vocab: int, p_dead: float = 0.4,
+                     shared: bool = False):
+    """A random DFA; with ``shared``, tokens share columns (multi-token classes)."""
+    width = max(1, vocab // 2) if shared else vocab
+    table = rng.integers(0, n_states, size=(n_states, width))
+    table[rng.random((n_states, width)) < p_dead] = -1
+    if shared:
+        table = table[:, rng.integers(0, width, size=vocab)]
     finals = {int(q) for q in np.flatnonzero(rng.random(n_states) < 0.4)} or {n_states - 1}
     return TokenAutomaton(torch.from_numpy(table), 0, finals), table, finals
 
@@ -186,7 +191,7 @@ def test_best_block_equals_brute_force(seed):
     while checked < 25:
         n_states, vocab, length = (int(rng.integers(2, 6)), int(rng.integers(2, 5)),
                                    int(rng.integers(1, 5)))
-        a, table, finals = random_automaton(rng, n_states, vocab)
+        a, table, finals = random_automaton(rng, n_states, vocab, shared=checked % 2 == 1)
         if not a.is_live(0):
             continue
         lp = torch.randn(length, vocab, generator=gen, dtype=torch.float64).log_softmax(-1)
@@ -245,20 +250,29 @@ def test_best_block_batched_equals_rows_and_dense_reference():
 # ----------------------------------------------------------------------------- sampling
 
 
-def test_sample_block_matches_exact_restricted_distribution():
+@pytest.mark.parametrize("shared", [False, True])
+def test_sample_block_matches_exact_restricted_distribution(shared):
+    vocab = 4 if shared else 3
     rng = np.random.default_rng(3)
-    a, table, finals = random_automaton(rng, 4, 3, p_dead=0.3)
-    while not a.is_live(0):
-        a, table, finals = random_automaton(rng, 4, 3, p_dead=0.3)
+    a, table, finals = random_automaton(rng, 4, vocab, p_dead=0.3, shared=shared)
     length, n = 4, 40_000
+
+    def usable(a, table, finals):
+        fits = any(run(table, 0, xs) in finals
+                   for xs in itertools.product(range(vocab), repeat=length))
+        sizes = np.bincount(a._token_class.numpy().astype(np.int64))[: a.n_classes]
+        return a.is_live(0) and fits and (not shared or sizes.max() >= 2)
+
+    while not usable(a, table, finals):
+        a, table, finals = random_automaton(rng, 4, vocab, p_dead=0.3, shared=shared)
     gen = torch.Generator().manual_seed(1)
-    lp = torch.randn(length, 3, generator=gen, dtype=torch.float64).mul(1.5).log_softmax(-1)
+    lp = torch.randn(length, vocab, generator=gen, dtype=torch.float64).mul(1.5).log_softmax(-1)
     masked = torch.tensor([False, True, False, False])
     for remaining in (None, 0):
         d = dist_to_final(table, finals)
         allowed = d < 10**9 if remaining is None else d <= remaining
         exact = {}
-        for xs in itertools.product(range(3), repeat=length):
+        for xs in itertools.product(range(vocab), repeat=length):
             q = run(table, 0, xs)
             if q >= 0 and allowed[q]:
                 key = tuple(-1 if m else x for x, m in zip(xs, masked.tolist()))

@@ -137,17 +137,28 @@ def _class_best(scores: Tensor, t: _Tables, n_cls: int) -> tuple[Tensor, Tensor]
 
 
 def _class_logsumexp(scores: Tensor, t: _Tables, n_cls: int) -> Tensor:
-    """Per row and token class, ``log sum_{t in class} exp(scores[t])`` in float64."""
+    """Per row and token class, ``log sum_{t in class} exp(scores[t])``: shifted by the class
+    maximum and summed in the scores' dtype, returned as float64."""
     n, vocab = scores.shape
     idx = t.token_class.expand(n, vocab)
-    mx = scores.new_full((n, n_cls), _NEG).scatter_reduce(1, idx, scores, "amax").double()
-    shift = mx.gather(1, idx)
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    total = torch.zeros(n, n_cls, dtype=torch.float64, device=scores.device)
-    total.scatter_add_(1, idx, (scores.double() - shift).exp())
-    out = torch.where(torch.isfinite(mx), mx + total.log(), mx)
-    _check_scores(out)
+    mx = scores.new_full((n, n_cls), _NEG).scatter_reduce(1, idx, scores, "amax")
+    finite = torch.isfinite(mx)
+    mx = torch.where(finite, mx, 0.0)
+    total = torch.zeros_like(mx).scatter_add_(1, idx, (scores - mx.gather(1, idx)).exp())
+    out = torch.where(finite, mx.double() + total.double().log(), _NEG)
+    _check_scores(torch.where(finite, mx, 0.0) + total)
     return out
+
+
+def _sample_in_class(scores: Tensor, cls: Tensor, log_mass: Tensor, u: Tensor,
+                     t: _Tables) -> Tensor:
+    """Per row, a token of class ``cls[row]`` drawn with probability ``exp(score) / mass`` by
+    inverting the cumulative distribution at ``u[row]`` (float64)."""
+    inside = t.token_class[None, :] == cls[:, None]
+    w = torch.where(inside, (scores.double() - log_mass[:, None]).exp(), 0.0)
+    cdf = w.cumsum(-1)
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None].contiguous())[:, 0]
+    return idx.clamp_max(scores.shape[1] - 1)
 
 
 def _pair_scores(trip_scores: Tensor, t: _Tables, *, logsumexp: bool) -> Tensor:
@@ -180,11 +191,14 @@ def _end_scores(blk: _Block, w: Tensor, remaining: int | None, what: str) -> Ten
     empty = torch.isneginf(score).all(-1)
     if empty.any():
         rows = empty.nonzero().flatten().tolist()
+        rows_txt = ", ".join(map(str, rows[:8]))
+        if len(rows) > 8:
+            rows_txt += f", ... ({len(rows)} rows)"
         where = (
             "a live state" if remaining is None else f"a state that fits {remaining} more tokens"
         )
         raise InfeasibleConstraint(
-            f"{what}: no string with non-zero probability ends in {where} (batch rows {rows}); "
+            f"{what}: no string with non-zero probability ends in {where} (batch rows {rows_txt}); "
             "committed tokens may contradict the constraint, or the scores forbid every "
             "valid token at some position"
         )
@@ -358,17 +372,22 @@ def sample_block(
     # Noise, in a fixed order per row so that one generator per row is batch-independent.
     g_end = _gumbel(score.shape, generator, dev)
     g_back = _gumbel((b, length, t.pair_in.shape[1]), generator, dev)
-    g_tok = _gumbel((b, length, vocab), generator, dev)
+    g_cls = _gumbel((b, length, t.trip_cls.shape[0]), generator, dev)
+    u_tok = _uniform((b, length), generator, dev)
     q_end = (score + g_end).argmax(-1)  # q_L ~ alpha[L] over the allowed states
     pairs = _backtrack(steps, t, q_end, g_back).reshape(-1)
-    # Token along each pair: Gumbel-max over the pair's tokens = the class with the best
-    # perturbed maximum, then that class's perturbed argmax.
+    # The token along each pair: its class in proportion to the class's probability mass
+    # (Gumbel-max over the pair's triplets), then a token of the class by inverse CDF.
     keep = ~blk.masked.reshape(-1)
     sel = keep.nonzero()[:, 0]
-    perturbed = flat[sel].double() + g_tok.reshape(b * length, vocab)[sel]
-    trip_sel = _class_max(perturbed, t, n_cls)[:, t.trip_cls]
+    trip = lse[sel][:, t.trip_cls]
+    on_pair = t.trip_pair[None, :] == pairs[sel][:, None]
+    v = torch.where(on_pair, trip, _NEG) + g_cls.reshape(b * length, -1)[sel]
+    pick = v.argmax(-1)
+    cls = t.trip_cls[pick]
     tokens = torch.full((b * length,), -1, dtype=torch.long, device=dev)
-    tokens[sel] = _tokens_on_pairs(perturbed, trip_sel, pairs[sel], t)
+    tokens[sel] = _sample_in_class(flat[sel], cls, trip.gather(1, pick[:, None])[:, 0],
+                                   u_tok.reshape(-1)[sel], t)
     tokens = tokens.view(b, length)
     return _finish(blk, tokens, q_end, _unmasked_logprob(blk, tokens))
 
@@ -434,16 +453,16 @@ def _unmasked_logprob(blk: _Block, tokens: Tensor) -> Tensor:
     return torch.where(blk.masked, torch.zeros_like(lp), lp).sum(-1)
 
 
-def _gumbel(shape: Sequence[int], generator: Generators, device: torch.device) -> Tensor:
-    """Standard Gumbel noise in float64 (Gumbel-max sampling); with a list of generators,
-    row ``k`` comes from ``generator[k]`` alone."""
-    shape = tuple(shape)
+def _uniform(shape: Sequence[int], generator: Generators, device: torch.device) -> Tensor:
+    """Uniform noise on (0, 1) in float64; with a list of generators, row ``k`` comes from
+    ``generator[k]`` alone."""
     tiny = torch.finfo(torch.float64).tiny
+    shape = tuple(shape)
 
     def draw(sh: tuple[int, ...], g: torch.Generator | None) -> Tensor:
         dev = g.device if g is not None else device
-        u = torch.rand(sh, generator=g, dtype=torch.float64, device=dev).clamp_min(tiny)
-        return -torch.log(-torch.log(u)).to(device)
+        u = torch.rand(sh, generator=g, dtype=torch.float64, device=dev)
+        return u.clamp(tiny, 1.0 - 2**-53).to(device)
 
     if generator is None or isinstance(generator, torch.Generator):
         return draw(shape, generator)
@@ -453,3 +472,9 @@ def _gumbel(shape: Sequence[int], generator: Generators, device: torch.device) -
             f"got {len(gens)} generators for a batch of {shape[0]}; pass one per batch row"
         )
     return torch.stack([draw(shape[1:], g) for g in gens])
+
+
+def _gumbel(shape: Sequence[int], generator: Generators, device: torch.device) -> Tensor:
+    """Standard Gumbel noise in float64 (Gumbel-max sampling); with a list of generators,
+    row ``k`` comes from ``generator[k]`` alone."""
+    return -torch.log(-torch.log(_uniform(shape, generator, device)))
