@@ -435,3 +435,27 @@ class _FakeSentencePiece:
 
     def convert_ids_to_tokens(self, ids):
         return ["\u2581hi", "<0xC3>", "x", "</s>", "<mask>"]
+
+
+class _CharTokenizer:  # the shape of reverie.discrete's character tokenizer
+    chars = '{}":, 0123456789abcdefghijklmnopqrstuvwxyz'
+    pad_token_id, mask_token_id = 0, len(chars) + 1
+
+
+class _Denoiser:  # the attributes of a token denoiser that Vocabulary.coerce reads
+    tokenizer, mask_id, vocab_size, pad_id = _CharTokenizer(), len(_CharTokenizer.chars) + 1, 48, 0
+
+
+def test_vocabulary_from_character_tokenizer_and_denoiser():
+    voc = Vocabulary.coerce(_Denoiser())
+    assert len(voc) == 48 and voc.eos_id == 0 and voc.mask_id == len(_CharTokenizer.chars) + 1
+    ids = [1 + _CharTokenizer.chars.index(c) for c in '{"a": 1}']
+    assert voc.decode([*ids, 0, 0]) == '{"a": 1}'
+    a = TokenAutomaton.from_schema({"type": "object", "properties": {"a": {"type": "integer"}},
+                                    "required": ["a"]}, _Denoiser())
+    lp = torch.randn(12, 48, generator=torch.Generator().manual_seed(0))
+    tokens, end, _ = best_block(lp, a, 0, remaining=0)
+    assert json.loads(voc.decode(tokens.tolist()))["a"] is not None
+    ids = tokens.tolist()
+    if 0 in ids:  # padding only at the end
+        assert set(ids[ids.index(0):]) == {0}

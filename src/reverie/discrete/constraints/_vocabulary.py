@@ -131,19 +131,34 @@ class Vocabulary:
 
     @classmethod
     def coerce(cls, vocabulary: Any) -> Vocabulary:
-        """A :class:`Vocabulary` from itself, a ``transformers`` tokenizer or a ``tokenizers``
-        tokenizer (see :meth:`from_tokenizer`), or any object with a ``vocabulary`` attribute
-        holding one of these."""
+        """A :class:`Vocabulary` from itself, a token denoiser with a ``tokenizer`` (its
+        ``mask_id``, ``vocab_size`` and ``pad_id`` as EOS), a ``transformers`` / ``tokenizers``
+        tokenizer or a character tokenizer (see :meth:`from_tokenizer`), or any object with a
+        ``vocabulary`` attribute holding a :class:`Vocabulary`."""
         if isinstance(vocabulary, Vocabulary):
             return vocabulary
         inner = getattr(vocabulary, "vocabulary", None)
         if isinstance(inner, Vocabulary):
             return inner
-        if hasattr(vocabulary, "convert_ids_to_tokens") or hasattr(vocabulary, "id_to_token"):
+        tok = getattr(vocabulary, "tokenizer", None)
+        if tok is not None and hasattr(vocabulary, "mask_id"):
+            # a token denoiser (reverie.discrete.TokenDenoiser): its tokenizer, its mask id, the
+            # width of its logits, and its padding token as EOS when it has one
+            eos = getattr(vocabulary, "pad_id", None)
+            if eos is None:
+                eos = getattr(tok, "eos_token_id", None)
+            return cls.from_tokenizer(tok, eos_id=eos, mask_id=vocabulary.mask_id,
+                                      size=getattr(vocabulary, "vocab_size", None))
+        if (
+            hasattr(vocabulary, "convert_ids_to_tokens")
+            or hasattr(vocabulary, "id_to_token")
+            or hasattr(vocabulary, "chars")
+        ):
             return cls.from_tokenizer(vocabulary)
         raise TypeError(
-            "expected a reverie Vocabulary, a transformers tokenizer or a tokenizers.Tokenizer, "
-            f"got {type(vocabulary).__name__}"
+            "expected a reverie Vocabulary, a token denoiser with a tokenizer, a transformers "
+            f"tokenizer, a tokenizers.Tokenizer or a character tokenizer, got "
+            f"{type(vocabulary).__name__}"
         )
 
     @classmethod
@@ -156,7 +171,9 @@ class Vocabulary:
         size: int | None = None,
         decoding: str | None = None,
     ) -> Vocabulary:
-        """Decode every token of a ``transformers`` or ``tokenizers`` tokenizer to bytes.
+        """Decode every token of a ``transformers``, ``tokenizers`` or character tokenizer
+        (``chars``, ``pad_token_id``, ``mask_token_id``: id 0 pads, ids ``1..K`` are the
+        characters) to bytes.
 
         ``decoding`` is ``"byte_level"`` (GPT-2 / Llama-3 / Qwen style: each character stands
         for one byte), ``"sentencepiece"`` (``▁`` is a space, ``<0xNN>`` byte fallback) or
@@ -165,7 +182,17 @@ class Vocabulary:
         pads the vocabulary with ``None`` up to the model's (often larger) logits width.
         """
         backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
-        if hasattr(tokenizer, "convert_ids_to_tokens"):
+        if isinstance(getattr(tokenizer, "chars", None), str):
+            # reverie's CharTokenizer: id 0 pads the canvas (our EOS), ids 1..K the characters
+            chars = tokenizer.chars
+            pieces = [None, *chars, None]
+            special = {0, len(chars) + 1}
+            decoding = decoding or "plain"
+            if eos_id is None:
+                eos_id = getattr(tokenizer, "pad_token_id", None)
+            if mask_id is None:
+                mask_id = getattr(tokenizer, "mask_token_id", None)
+        elif hasattr(tokenizer, "convert_ids_to_tokens"):
             n = len(tokenizer)
             pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
             special = set(getattr(tokenizer, "all_special_ids", []) or [])
