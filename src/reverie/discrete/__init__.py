@@ -1,1 +1,62 @@
-"""Masked (absorbing) diffusion language models."""
+"""Masked-diffusion language models: processes, token denoisers, samplers, adapters.
+
+    from reverie import discrete
+    model = discrete.load_model("tiny-json")                     # the bundled model
+    x = discrete.generate(model, prompt='{"name":', length=64, steps=64,
+                          sampler="low_confidence", generator=torch.Generator().manual_seed(0))
+    print(model.decode(x[0]))
+
+* processes and the ELBO: :class:`MaskedProcess`, :class:`UniformProcess`, schedules,
+  :func:`nelbo`;
+* :class:`TokenDenoiser` (any ``fn(x, t) -> logits``, SUBS applied),
+  :class:`TokenClassifierFreeGuidance`, :class:`MaskedLM` (transformers models);
+* :func:`generate` and the registry :data:`SAMPLERS`; each sampler family's decision
+  function is public (``SAMPLERS[name].decide``) so constraints can restrict it;
+* :func:`load_model` for the bundled ``tiny-json`` model or a saved folder.
+"""
+
+from reverie.discrete.denoiser import TokenClassifierFreeGuidance, TokenDenoiser, TokenDenoiserBase
+from reverie.discrete.generate import Commit, GenerationOutput, StepContext, TokenSampler, generate
+from reverie.discrete.hf import MaskedLM
+from reverie.discrete.loading import BUNDLED, ReverieLM, load_model
+from reverie.discrete.process import (
+    SCHEDULES,
+    CosineSchedule,
+    DiscreteProcess,
+    LinearSchedule,
+    MaskedProcess,
+    MaskingSchedule,
+    PolynomialSchedule,
+    UniformProcess,
+    make_schedule,
+    nelbo,
+)
+from reverie.discrete.samplers import SAMPLERS
+from reverie.discrete.tokenizer import CharTokenizer
+
+__all__ = [
+    "BUNDLED",
+    "MaskedLM",
+    "ReverieLM",
+    "load_model",
+    "SAMPLERS",
+    "SCHEDULES",
+    "CharTokenizer",
+    "Commit",
+    "CosineSchedule",
+    "DiscreteProcess",
+    "GenerationOutput",
+    "LinearSchedule",
+    "MaskedProcess",
+    "MaskingSchedule",
+    "PolynomialSchedule",
+    "StepContext",
+    "TokenClassifierFreeGuidance",
+    "TokenDenoiser",
+    "TokenDenoiserBase",
+    "TokenSampler",
+    "UniformProcess",
+    "generate",
+    "make_schedule",
+    "nelbo",
+]

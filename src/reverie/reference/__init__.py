@@ -7,3 +7,6 @@
 from reverie.reference.gaussian import Gaussian, GaussianMixture
 
 __all__ = ["Gaussian", "GaussianMixture"]
+from reverie.reference.sequence import HiddenMarkovModel, MarkovChain  # noqa: E402
+
+__all__ += ["HiddenMarkovModel", "MarkovChain"]

@@ -1,0 +1,593 @@
+"""Sampling from masked-diffusion (and uniform-noise) language models.
+
+:func:`generate` is one loop for every sampler (DESIGN.md, idea 3). Each row of the canvas
+carries its own block and step counter; at every step the loop
+
+1. asks the sampler's *clock* for the time at which the model is evaluated (a fixed grid, or
+   the random first-hitting times);
+2. calls the model -- only for rows whose input changed when the model is not time conditioned
+   (MDLM's cache, Sahoo et al. 2024, ``_ddpm_caching_update``) -- to get ``log p(x0 | x_t)``;
+3. asks the sampler's **decision function** which masked positions are committed at this step
+   and to which tokens: ``decide(ctx: StepContext) -> Commit``. This is the only place where a
+   sampler family differs from another, so a constraint (a regular expression, a JSON schema)
+   restricts exactly this function: it may wrap ``SAMPLERS[name].decide``, read the block
+   bounds and step of ``ctx`` and keep per-row state (e.g. an automaton state) across blocks in
+   ``Commit.carry`` (handed back as ``ctx.carry`` at the next step), and the wrapped sampler is
+   passed to :func:`generate` as ``sampler=dataclasses.replace(SAMPLERS[name], decide=...)``;
+4. writes the committed tokens into the canvas.
+
+Semi-autoregressive decoding (LLaDA, Nie et al. 2025; BD3-LM, Arriola et al. 2025) splits the
+canvas into blocks of ``block_length`` decoded left to right; every sampler runs inside a
+block. AdaBlock (Lu et al. 2025) chooses each block's end at a semantic delimiter instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from reverie._random import Generators
+from reverie.discrete._sampling import check_generator, uniform
+from reverie.discrete.denoiser import TokenClassifierFreeGuidance, TokenDenoiserBase
+
+__all__ = [
+    "Commit",
+    "StepContext",
+    "TokenSampler",
+    "GenerationOutput",
+    "generate",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# What a decision function sees and returns
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Commit:
+    """A sampler's decision at one step: write ``tokens`` at ``positions`` (both ``[n, L]``).
+
+    ``positions`` must lie inside ``ctx.active``. ``carry`` is any per-run state the decision
+    function wants back at the next step as ``ctx.carry`` (e.g. automaton states per row)."""
+
+    positions: Tensor
+    tokens: Tensor
+    carry: Any = None
+
+
+@dataclass
+class StepContext:
+    """Everything a decision function may use at one step (rows are samples).
+
+    * ``x`` -- the canvas ``[n, L]``; ``logp`` -- ``log p(x0 | x_t)`` at ``(x, t)``, ``[n, L, V]``
+      (SUBS applied: clean positions predict themselves, the mask is never predicted);
+    * ``t``, ``s`` -- current and next time per row (float64 ``[n]``; ``s = 0`` on a block's last
+      step, where every active position must be committed);
+    * ``active`` -- the positions this step may change ``[n, L]`` (masked positions of the
+      current block; for uniform-noise models, every generated position of the block);
+    * ``block_start``, ``block_end`` -- the current block per row ``[n]`` (``end`` exclusive);
+      ``step``, ``steps`` -- step index and number of steps of the current block per row;
+      ``new_block`` -- rows whose block starts at this step;
+    * ``count`` -- how many tokens the schedule asks to commit now per row (the confidence
+      samplers' ``k``; ``alpha`` of the schedule splits a block's tokens over its steps);
+    * ``temperature``, ``options`` (the sampler's options), ``model(x, t)`` (the cached
+      denoiser, for multi-stage samplers), ``uniform(*shape)`` (fresh ``U[0, 1)`` draws
+      ``[n, L, *shape]`` from the run's generator(s)), ``process``, ``mask_id``, ``denoiser``
+      (the token denoiser, for its ids) and ``carry``.
+    """
+
+    x: Tensor
+    logp: Tensor
+    t: Tensor
+    s: Tensor
+    active: Tensor
+    block_start: Tensor
+    block_end: Tensor
+    step: Tensor
+    steps: Tensor
+    new_block: Tensor
+    count: Tensor
+    temperature: float
+    options: Mapping[str, Any]
+    model: Callable[[Tensor, Tensor], Tensor]
+    uniform: Callable[..., Tensor]
+    process: Any
+    mask_id: int | None
+    denoiser: TokenDenoiserBase
+    carry: Any = None
+
+
+@dataclass(frozen=True)
+class TokenSampler:
+    """A registered token sampler.
+
+    ``decide`` -- the decision function (see :class:`StepContext`, :class:`Commit`);
+    ``clock`` -- ``"grid"`` (times ``1 - j / steps`` within a block) or ``"first_hitting"``;
+    ``blocks`` -- ``"fixed"`` (tiles of ``block_length``) or ``"adaptive"`` (AdaBlock);
+    ``steps_rule`` -- ``"any"`` (steps >= 1), ``"at_most_tokens"`` (at least one token per
+    step) or ``"tokens"`` (exactly one token per step); ``processes`` -- the process kinds it
+    supports; ``nfe_per_step`` -- model calls per step; ``options`` -- option defaults.
+    """
+
+    name: str
+    decide: Callable[[StepContext], Commit]
+    description: str
+    family: str
+    processes: tuple[str, ...] = ("masked",)
+    clock: str = "grid"
+    blocks: str = "fixed"
+    steps_rule: str = "any"
+    nfe_per_step: int = 1
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    """``tokens`` ``[n, length]``; ``nfe`` -- batched model calls; ``row_evals`` -- rows the
+    network actually processed (the cache skips unchanged rows); ``steps`` -- loop iterations."""
+
+    tokens: Tensor
+    nfe: int
+    row_evals: int
+    steps: int
+
+
+# ---------------------------------------------------------------------------------------------
+# The cached model
+# ---------------------------------------------------------------------------------------------
+
+
+class _CachedModel:
+    """Calls the denoiser on the rows that need it. A model that is not time conditioned
+    depends only on ``x``, so rows whose input did not change since their last evaluation
+    reuse it (MDLM's ``ddpm_cache``)."""
+
+    def __init__(self, denoiser: TokenDenoiserBase):
+        self.denoiser = denoiser
+        self.cache_ok = not denoiser.time_conditioned
+        self.last_x: Tensor | None = None
+        self.last_logp: Tensor | None = None
+        self.nfe = 0
+        self.row_evals = 0
+
+    def raw(self, x: Tensor, t: Tensor) -> Tensor:
+        """Uncached call (for intermediate states of multi-stage samplers)."""
+        out = self.denoiser(x, t.float())
+        self.nfe += 1
+        self.row_evals += x.shape[0]
+        return out
+
+    def __call__(self, x: Tensor, t: Tensor, need: Tensor) -> Tensor:
+        if self.last_x is None:
+            rows = need.clone()
+        elif self.cache_ok:
+            rows = need & (x != self.last_x).any(-1)
+        else:
+            rows = need.clone()
+        if self.last_x is not None and not bool(rows.any()):
+            return self.last_logp  # type: ignore[return-value]
+        idx = rows.nonzero().squeeze(-1)
+        out = self.raw(x[idx], t[idx])
+        if self.last_logp is None:
+            self.last_logp = torch.zeros(
+                x.shape[0], *out.shape[1:], dtype=out.dtype, device=out.device
+            )
+            self.last_x = torch.full_like(x, -1)
+        self.last_logp[idx] = out
+        self.last_x[idx] = x[idx]
+        return self.last_logp
+
+
+# ---------------------------------------------------------------------------------------------
+# generate
+# ---------------------------------------------------------------------------------------------
+
+
+def _resolve_sampler(sampler: str | TokenSampler) -> TokenSampler:
+    from reverie.discrete.samplers import SAMPLERS
+
+    if isinstance(sampler, TokenSampler):
+        return sampler
+    if not isinstance(sampler, str):
+        raise TypeError(f"sampler must be a name or a TokenSampler, got {type(sampler).__name__}")
+    return SAMPLERS[sampler]
+
+
+def _int_arg(name: str, value: Any, low: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return value
+
+
+def _prompt_tensor(
+    model: TokenDenoiserBase, prompt: Any, n: int, length: int, device: torch.device
+) -> Tensor:
+    if prompt is None:
+        return torch.zeros(n, 0, dtype=torch.long, device=device)
+    if isinstance(prompt, str):
+        prompt = model.encode(prompt)
+    p = torch.as_tensor(prompt) if not isinstance(prompt, Tensor) else prompt
+    if p.numel() and (p.is_floating_point() or p.is_complex() or p.dtype == torch.bool):
+        raise TypeError(f"prompt must hold integer token ids, got {p.dtype}")
+    p = p.long()
+    if p.ndim == 1:
+        p = p.unsqueeze(0)
+    if p.ndim != 2 or p.shape[0] not in (1, n):
+        raise ValueError(
+            f"prompt must be a string or token ids [P], [1, P] or [n={n}, P], "
+            f"got shape {tuple(p.shape)}"
+        )
+    if p.shape[1] > length:
+        raise ValueError(f"the prompt has {p.shape[1]} tokens, longer than length={length}")
+    if p.numel():
+        v = model.vocab_size
+        if int(p.min()) < 0 or int(p.max()) >= v:
+            raise ValueError(
+                f"prompt token ids must lie in [0, {v}), got [{int(p.min())}, {int(p.max())}]"
+            )
+        if model.mask_id is not None and bool((p == model.mask_id).any()):
+            raise ValueError(f"the prompt contains the mask token (id {model.mask_id})")
+    return p.expand(n, -1).clone().to(device)
+
+
+def generate(
+    model: TokenDenoiserBase,
+    prompt: str | Sequence[int] | Tensor | None = None,
+    length: int = 64,
+    steps: int | None = None,
+    sampler: str | TokenSampler = "ancestral",
+    block_length: int | None = None,
+    temperature: float = 1.0,
+    n: int = 1,
+    generator: Generators = None,
+    *,
+    guidance_scale: float = 1.0,
+    progress: bool = False,
+    return_stats: bool = False,
+    **options: Any,
+) -> Tensor | GenerationOutput:
+    """Sample ``n`` sequences of ``length`` tokens from a masked-diffusion language model.
+
+    ``model`` -- a :class:`~reverie.discrete.TokenDenoiser` (or any token denoiser).
+    ``prompt`` -- text (needs the model's tokenizer) or token ids; it fills the first positions
+    of the canvas and is kept fixed, so the result ``[n, length]`` starts with it.
+    ``steps`` -- sampler steps (default: one per generated token); see each sampler's rule in
+    :data:`~reverie.discrete.SAMPLERS`. ``sampler`` -- a name from ``SAMPLERS`` or a
+    :class:`TokenSampler`. ``block_length`` -- semi-autoregressive blocks tiling the canvas
+    (must divide ``length``); steps are shared evenly between the blocks that hold generated
+    positions. ``temperature`` -- of the categorical draws (0: argmax). ``generator`` -- one
+    ``torch.Generator`` or one per sample (then sample ``k`` depends on ``generator[k]`` only).
+    ``guidance_scale`` -- classifier-free guidance on the prompt
+    (:class:`~reverie.discrete.TokenClassifierFreeGuidance`; 1 = none).
+    ``options`` -- sampler options (e.g. ``threshold`` for ``threshold``/``adablock``).
+    Returns ``LongTensor[n, length]`` (or a :class:`GenerationOutput` with ``return_stats``).
+    """
+    info = _resolve_sampler(sampler)
+    if not isinstance(model, TokenDenoiserBase):
+        raise TypeError(
+            "model must be a token denoiser, e.g. reverie.discrete.TokenDenoiser(fn, mask_id=..., "
+            f"vocab_size=...), got {type(model).__name__}"
+        )
+    kind = model.process.kind
+    if kind not in info.processes:
+        raise ValueError(
+            f"sampler {info.name!r} works with {' / '.join(info.processes)} diffusion, but the "
+            f"model's process is {type(model.process).__name__}"
+        )
+    if kind == "masked" and model.mask_id is None:
+        raise ValueError(
+            "masked-diffusion sampling needs a mask token, but the model has mask_id=None"
+        )
+    length = _int_arg("length", length, 1)
+    n = _int_arg("n", n, 1)
+    if (
+        not isinstance(temperature, (int, float))
+        or isinstance(temperature, bool)
+        or not temperature >= 0
+    ):
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    unknown = set(options) - set(info.options)
+    if unknown:
+        raise ValueError(
+            f"sampler {info.name!r} has no option(s) {sorted(unknown)}; its options are "
+            f"{sorted(info.options) or 'none'}"
+        )
+    opts = {**info.options, **options}
+    if info.blocks == "adaptive" and opts.get("delimiters") is None:
+        opts["delimiters"] = getattr(model, "delimiter_ids", None)
+    check_generator(generator, n)
+    device = torch.device(getattr(model, "device", "cpu"))
+    prompt_t = _prompt_tensor(model, prompt, n, length, device)
+    plen = prompt_t.shape[1]
+    n_gen = length - plen
+    if kind == "uniform" and plen:
+        raise ValueError(
+            "prompts need a masked-diffusion model (the uniform process has no clean positions)"
+        )
+    if block_length is not None:
+        block_length = _int_arg("block_length", block_length, 1)
+        if length % block_length:
+            raise ValueError(f"block_length={block_length} must divide length={length}")
+        if kind == "uniform":
+            raise ValueError("semi-autoregressive blocks need a masked-diffusion model")
+    if info.blocks == "adaptive" and block_length is None:
+        block_length = min(32, length)
+    fixed_bl = length if block_length is None or info.blocks == "adaptive" else block_length
+    # steps per fixed block: share `steps` between the blocks that hold generated positions
+    starts = list(range(0, length, fixed_bl))
+    gen_blocks = [b for b in starts if b + fixed_bl > plen]
+    if steps is None:
+        if kind == "uniform":
+            raise ValueError("uniform-noise sampling needs steps=")
+        steps = max(n_gen, 1)
+    steps = _int_arg("steps", steps)
+    _check_steps(info, steps, n_gen, len(gen_blocks) if info.blocks == "fixed" else 1, length)
+    if guidance_scale != 1.0:
+        model = TokenClassifierFreeGuidance(model, guidance_scale, plen)
+
+    if n_gen == 0:
+        return GenerationOutput(prompt_t, 0, 0, 0) if return_stats else prompt_t
+    run = _Run(model, info, opts, float(temperature), n, length, plen, generator, device)
+    bar = _progress(progress, n * (n_gen if kind == "masked" else steps), info.name)
+    try:
+        if kind == "masked":
+            per_block = {
+                b: steps // len(gen_blocks) + (i < steps % len(gen_blocks))
+                for i, b in enumerate(gen_blocks)
+            }
+            x = run.masked(prompt_t, fixed_bl, per_block, block_length, steps, n_gen, bar)
+        else:
+            x = run.uniform_noise(steps, bar)
+    finally:
+        bar.close()
+    if return_stats:
+        return GenerationOutput(x, run.cached.nfe, run.cached.row_evals, run.iters)
+    return x
+
+
+class _Run:
+    """One call of :func:`generate`: the canvas loop for masked and for uniform-noise models."""
+
+    def __init__(self, model, info, opts, temperature, n, length, plen, generator, device):
+        self.model = model
+        self.info = info
+        self.opts = opts
+        self.temperature = temperature
+        self.n = n
+        self.length = length
+        self.plen = plen
+        self.generator = generator
+        self.device = device
+        self.cached = _CachedModel(model)
+        self.positions = torch.arange(length, device=device)
+        self.carry: Any = None
+        self.iters = 0
+
+    def draw(self, *shape: int) -> Tensor:
+        return uniform((self.n, self.length, *shape), self.generator, device=self.device)
+
+    def step(self, x, rows: _Rows, t, s, logp, active, need, new_block) -> Tensor:
+        """Build the context, ask the decision function, write the commit."""
+        count = _counts(self.model.process, rows, active, s)
+        ctx = StepContext(
+            x=x,
+            logp=logp,
+            t=t,
+            s=s,
+            active=active,
+            block_start=rows.lo.clone(),
+            block_end=rows.hi.clone(),
+            step=rows.step.clone(),
+            steps=rows.steps.clone(),
+            new_block=new_block,
+            count=count,
+            temperature=self.temperature,
+            options=self.opts,
+            model=self.cached.raw,
+            uniform=self.draw,
+            process=self.model.process,
+            mask_id=self.model.mask_id,
+            denoiser=self.model,
+            carry=self.carry,
+        )
+        commit = self.info.decide(ctx)
+        self.carry = commit.carry
+        self.iters += 1
+        return torch.where(commit.positions & active, commit.tokens, x)
+
+    def masked(self, prompt, fixed_bl, per_block, block_length, steps, n_gen, bar) -> Tensor:
+        n, length, mask_id, pos = self.n, self.length, self.model.mask_id, self.positions
+        x = torch.full((n, length), mask_id, dtype=torch.long, device=self.device)
+        x[:, : self.plen] = prompt
+        rows = _Rows(n, self.device)
+        while True:
+            masked = x == mask_id
+            need = masked.any(-1)
+            if not bool(need.any()):
+                return x
+            in_block = (pos >= rows.lo[:, None]) & (pos < rows.hi[:, None])
+            new_block = need & ~(masked & in_block).any(-1)
+            if bool(new_block.any()):
+                # rows whose block is done move to the block holding their first masked position
+                first = torch.where(masked, pos, length).min(-1).values
+                if self.info.blocks == "fixed":
+                    lo = torch.div(first, fixed_bl, rounding_mode="floor") * fixed_bl
+                    rows.lo = torch.where(new_block, lo, rows.lo)
+                    rows.hi = torch.where(new_block, (lo + fixed_bl).clamp_max(length), rows.hi)
+                    k = torch.tensor(
+                        [per_block.get(int(b), 1) for b in lo.tolist()], device=self.device
+                    )
+                    rows.steps = torch.where(new_block, k, rows.steps)
+                else:
+                    rows.lo = torch.where(new_block, first, rows.lo)
+                    rows.hi = torch.where(new_block, torch.full_like(first, length), rows.hi)
+                rows.step = torch.where(new_block, torch.zeros_like(rows.step), rows.step)
+                in_block = (pos >= rows.lo[:, None]) & (pos < rows.hi[:, None])
+                rows.start_masked = torch.where(
+                    new_block, (masked & in_block).sum(-1), rows.start_masked
+                )
+            if self.info.clock == "first_hitting":
+                t, s = _first_hitting_clock(
+                    self.model.process, rows, masked & in_block, self.draw, new_block
+                )
+            else:
+                t, s = _grid_times(rows)
+            logp = self.cached(x, t, need)
+            if self.info.blocks == "adaptive" and bool(new_block.any()):
+                _plan_adaptive_blocks(
+                    rows, new_block, logp, x, mask_id, self.opts, block_length, n_gen, steps, length
+                )
+                in_block = (pos >= rows.lo[:, None]) & (pos < rows.hi[:, None])
+                rows.start_masked = torch.where(
+                    new_block, (masked & in_block).sum(-1), rows.start_masked
+                )
+                t, s = _grid_times(rows)
+            active = masked & in_block & need[:, None]
+            x = self.step(x, rows, t, s, logp, active, need, new_block)
+            left = (x == mask_id) & in_block
+            if bool(((s == 0) & need & left.any(-1)).any()):
+                raise RuntimeError(
+                    f"sampler {self.info.name!r} left masked positions on a block's last step; "
+                    "its decision function must commit every active position when s == 0"
+                )
+            bar.update(int((active & ~left).sum()))
+            rows.step = rows.step + need.long()
+
+    def uniform_noise(self, steps, bar) -> Tensor:
+        n, length, v = self.n, self.length, self.model.vocab_size
+        x = (self.draw() * v).long().clamp_max(v - 1)  # x_1 ~ uniform: the process's prior
+        rows = _Rows(n, self.device)
+        rows.hi[:] = length
+        rows.steps[:] = steps
+        need = torch.ones(n, dtype=torch.bool, device=self.device)
+        active = torch.ones(n, length, dtype=torch.bool, device=self.device)
+        for j in range(steps):
+            rows.step[:] = j
+            t, s = _grid_times(rows)
+            logp = self.cached(x, t, need)
+            x = self.step(x, rows, t, s, logp, active, need, need & (j == 0))
+            bar.update(n)
+        return x
+
+
+class _Rows:
+    """Per-row block and step bookkeeping."""
+
+    def __init__(self, n: int, device: torch.device):
+        z = torch.zeros(n, dtype=torch.long, device=device)
+        self.lo = z.clone()
+        self.hi = z.clone()  # an empty block: every row starts a block at the first step
+        self.step = z.clone()
+        self.steps = torch.ones_like(z)
+        self.start_masked = z.clone()
+        self.time = torch.ones(n, dtype=torch.float64, device=device)
+
+
+def _check_steps(info: TokenSampler, steps: int, n_gen: int, n_blocks: int, length: int) -> None:
+    """Steps out of range are an error (see :class:`TokenSampler` ``steps_rule``)."""
+    if info.steps_rule == "tokens":
+        if n_gen and steps not in (n_gen, length):
+            raise ValueError(
+                f"sampler {info.name!r} unmasks exactly one token per step: steps must equal the "
+                f"number of generated tokens ({n_gen}; or length={length}), got {steps}"
+            )
+        return
+    if steps < max(1, n_blocks):
+        raise ValueError(
+            f"steps must be at least the number of blocks to decode ({max(1, n_blocks)}), "
+            f"got {steps}"
+        )
+    if info.steps_rule == "at_most_tokens" and n_gen and steps > n_gen:
+        raise ValueError(
+            f"sampler {info.name!r} commits at least one token per step: steps must be between "
+            f"{max(1, n_blocks)} and the number of generated tokens ({n_gen}), got {steps}"
+        )
+
+
+def _grid_times(state: _Rows) -> tuple[Tensor, Tensor]:
+    steps = state.steps.clamp_min(1).double()
+    t = 1.0 - state.step.double() / steps
+    s = (1.0 - (state.step.double() + 1.0) / steps).clamp_min(0.0)
+    return t, s
+
+
+def _first_hitting_clock(process, rows: _Rows, masked_in_block: Tensor, draw, new_block: Tensor):
+    """First-hitting times (Zheng et al. 2024; BD3-LM ``first_hitting``): with ``k`` masked tokens
+    at time ``t``, the next one is unmasked when ``1 - alpha`` falls to
+    ``(1 - alpha(t)) u^(1/k)``, ``u ~ U(0, 1)``. Returns that time and ``s`` (0 on the last)."""
+    u = draw(1)[:, 0, 0]
+    k = masked_in_block.sum(-1).clamp_min(1).double()
+    t_now = torch.where(new_block, torch.ones_like(rows.time), rows.time)
+    one_minus = (1.0 - process.alpha(t_now)) * u.clamp_min(1e-300) ** (1.0 / k)
+    tau = process.schedule.t_from_alpha(1.0 - one_minus).clamp(0.0, 1.0)
+    rows.time = tau
+    return tau, torch.where(k <= 1, torch.zeros_like(tau), tau)
+
+
+def _counts(process, state: _Rows, active: Tensor, s: Tensor) -> Tensor:
+    """Tokens to commit now: the schedule's share ``round(N alpha(s))`` of the block's
+    ``N`` tokens, minus those already committed in the block (LLaDA's
+    ``get_num_transfer_tokens`` for the linear schedule, any schedule here)."""
+    target = torch.round(state.start_masked.double() * process.alpha(s)).long()
+    done = state.start_masked - active.sum(-1)
+    k = (target - done).clamp_min(0)
+    return torch.where(s == 0, active.sum(-1), torch.minimum(k, active.sum(-1)))
+
+
+def _plan_adaptive_blocks(
+    state, new_block, logp, x, mask_id, opts, block_length, n_gen, steps, length
+) -> None:
+    """AdaBlock (Lu et al. 2025, ``compute_block_length``): in a window of
+    ``window * generated length`` positions after the block start, find the positions whose
+    argmax prediction is a delimiter; if the most confident of them has confidence at least
+    ``delimiter_threshold``, the block ends there (inclusive), else it is ``block_length`` long."""
+    delims = opts.get("delimiters")
+    if not delims:
+        raise ValueError(
+            "adablock needs the delimiter token ids: pass delimiters=[...] (e.g. the ids of '\\n' "
+            "or ','); models loaded with reverie.discrete.load_model supply their own"
+        )
+    delim = torch.as_tensor(list(delims), dtype=torch.long, device=x.device)
+    probs = logp.exp()
+    conf, pred = probs.max(-1)
+    positions = torch.arange(length, device=x.device)
+    window = max(1, int(math.ceil(float(opts["window"]) * n_gen)))
+    for r in new_block.nonzero().squeeze(-1).tolist():
+        lo = int(state.lo[r])
+        hi_w = min(length, lo + window)
+        sel = (
+            (positions >= lo) & (positions < hi_w) & (x[r] == mask_id) & torch.isin(pred[r], delim)
+        )
+        end = min(length, lo + block_length)
+        if bool(sel.any()):
+            c = torch.where(sel, conf[r], torch.full_like(conf[r], -1.0))
+            best = int(c.argmax())
+            if float(c[best]) >= float(opts["delimiter_threshold"]):
+                end = best + 1
+        state.hi[r] = end
+        size = int(((x[r] == mask_id) & (positions >= lo) & (positions < end)).sum())
+        state.steps[r] = max(1, min(size, round(size * steps / max(n_gen, 1))))
+
+
+class _NoBar:
+    def update(self, k: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(enabled: bool, total: int, desc: str) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="tok")

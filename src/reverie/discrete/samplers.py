@@ -1,0 +1,352 @@
+"""Token samplers: one decision function per family, and the registry :data:`SAMPLERS`.
+
+A decision function ``decide(ctx: StepContext) -> Commit`` chooses which active (masked)
+positions are committed at a step and to which tokens (see :mod:`reverie.discrete.generate`).
+Families:
+
+* ``ancestral`` -- MD4 / MDLM ancestral sampling (Shi et al. 2024, ``ancestral_sample_step``;
+  Sahoo et al. 2024, ``_ddpm_caching_update``): every masked position is unmasked with
+  probability ``(alpha_s - alpha_t) / (1 - alpha_t)`` into ``x0 ~ p(x0 | x_t)``; for uniform
+  noise the exact posterior ``sum_x0 p(x0 | x_t) q(x_s | x_t, x0)`` (D3PM, Austin et al. 2021).
+* ``first_hitting`` -- exactly one uniformly chosen masked position per step, at the random
+  first-hitting time (Zheng et al. 2024): exact simulation of the reverse process.
+* ``confidence`` -- draw a candidate for every masked position, commit the ``k`` with the
+  highest score (LLaDA low-confidence remasking, Nie et al. 2025, ``generate.py``; Dream's
+  ``maskgit_plus`` / ``topk_margin`` / ``entropy``, Ye et al. 2025; ``random``, Austin et al.).
+* ``threshold`` -- Fast-dLLM parallel decoding (Wu et al. 2025, ``get_transfer_index``):
+  commit every candidate with confidence >= ``threshold``, and at least the schedule's ``k``;
+  also used inside AdaBlock's adaptive blocks (Lu et al. 2025).
+* ``rates`` -- tau-leaping on the reverse CTMC (Campbell et al. 2022) and the
+  second-order theta-trapezoidal scheme (Ren et al. 2025, arXiv 2502.00234).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import Tensor
+
+from reverie.discrete._sampling import sample_categorical
+from reverie.discrete.generate import Commit, StepContext, TokenSampler
+
+__all__ = [
+    "SAMPLERS",
+    "decide_ancestral",
+    "decide_first_hitting",
+    "decide_confidence",
+    "decide_threshold",
+    "decide_tau_leaping",
+    "decide_theta_trapezoidal",
+    "confidence_scores",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# ancestral
+# ---------------------------------------------------------------------------------------------
+
+
+def decide_ancestral(ctx: StepContext) -> Commit:
+    """Ancestral step ``t -> s`` (MD4 / MDLM; D3PM's posterior for uniform noise)."""
+    u = ctx.uniform(2)
+    if ctx.process.kind == "masked":
+        # each masked position is clean at s with probability (alpha_s - alpha_t)/(1 - alpha_t)
+        pi = ctx.process.unmask_probability(ctx.t, ctx.s).to(u.device)
+        unmask = ctx.active & (u[..., 0] < pi[:, None])
+        tokens = sample_categorical(ctx.logp, u[..., 1], ctx.temperature, where=unmask)
+        return Commit(unmask, tokens, ctx.carry)
+    # uniform noise: x_s ~ sum_x0 p(x0 | x_t) q(x_s | x_t, x0), every position
+    post = ctx.process.posterior(ctx.logp, ctx.x, ctx.t, ctx.s, ctx.denoiser)
+    tokens = sample_categorical(torch.log(post), u[..., 1], ctx.temperature, where=ctx.active)
+    return Commit(ctx.active & (tokens != ctx.x), tokens, ctx.carry)
+
+
+# ---------------------------------------------------------------------------------------------
+# first hitting
+# ---------------------------------------------------------------------------------------------
+
+
+def decide_first_hitting(ctx: StepContext) -> Commit:
+    """First-hitting sampler (Zheng et al. 2024): unmask one masked position chosen
+    uniformly at random, into ``x0 ~ p(x0 | x_t)``. With exact conditionals this draws the
+    exact joint (one token at a time in a uniformly random order: the chain rule)."""
+    u = ctx.uniform(2)
+    k = ctx.active.sum(-1)
+    rank = ctx.active.long().cumsum(-1) - 1  # rank of each active position in its row
+    pick = (u[:, 0, 0] * k).floor().long().clamp_max((k - 1).clamp_min(0))
+    chosen = ctx.active & (rank == pick[:, None])
+    tokens = sample_categorical(ctx.logp, u[..., 1], ctx.temperature, where=chosen)
+    return Commit(chosen, tokens, ctx.carry)
+
+
+# ---------------------------------------------------------------------------------------------
+# confidence remasking and threshold decoding
+# ---------------------------------------------------------------------------------------------
+
+
+def confidence_scores(
+    kind: str, logp: Tensor, candidates: Tensor, where: Tensor, u: Tensor
+) -> Tensor:
+    """Per-position scores, higher = commit first (``-inf`` outside ``where``):
+
+    ``confidence`` -- ``p(candidate)`` (LLaDA ``low_confidence``, Dream ``maskgit_plus``);
+    ``margin`` -- ``p(top1) - p(top2)`` (Dream ``topk_margin``; Kim et al. 2025);
+    ``entropy`` -- ``sum_v p log p`` (Dream ``entropy``); ``random`` -- ``u`` (LLaDA ``random``).
+    Probabilities are the model's (untempered) ones, as in LLaDA."""
+    out = torch.full(candidates.shape, -torch.inf, dtype=torch.float64, device=logp.device)
+    if not bool(where.any()):
+        return out
+    if kind == "random":
+        return torch.where(where, u.to(out.device), out)
+    lp = logp[where].double()
+    p = lp.exp()
+    if kind == "confidence":
+        sc = p.gather(-1, candidates[where].unsqueeze(-1)).squeeze(-1)
+    elif kind == "margin":
+        top = p.topk(2, dim=-1).values
+        sc = top[:, 0] - top[:, 1]
+    elif kind == "entropy":
+        sc = torch.where(p > 0, p * lp, torch.zeros_like(p)).sum(-1)
+    else:
+        raise ValueError(f"unknown score {kind!r}; expected confidence, margin, entropy or random")
+    out[where] = sc
+    return out
+
+
+def _top_k(score: Tensor, k: Tensor) -> Tensor:
+    """The ``k[row]`` highest-scoring positions of each row (ties: leftmost first)."""
+    order = torch.argsort(-score, dim=-1, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(score.shape[-1], device=score.device).expand_as(order))
+    return (rank < k[:, None]) & torch.isfinite(score)
+
+
+def _candidates(ctx: StepContext, u: Tensor) -> Tensor:
+    return sample_categorical(ctx.logp, u, ctx.temperature, where=ctx.active)
+
+
+def decide_confidence(ctx: StepContext) -> Commit:
+    """Confidence remasking (LLaDA ``low_confidence``, Dream ``alg``): draw a candidate token
+    for every masked position of the block, score them (option ``score``), commit the
+    ``ctx.count`` best. ``alg_temp > 0`` picks the positions at random with probabilities
+    ``softmax(score / alg_temp)`` without replacement (Dream; Gumbel-top-k)."""
+    u = ctx.uniform(3)
+    cand = _candidates(ctx, u[..., 0])
+    score = confidence_scores(ctx.options["score"], ctx.logp, cand, ctx.active, u[..., 1])
+    alg_temp = float(ctx.options.get("alg_temp", 0.0))
+    if alg_temp > 0:
+        gumbel = -torch.log(-torch.log(u[..., 2].clamp_min(1e-300)))
+        score = torch.where(ctx.active, score / alg_temp + gumbel, score)
+    return Commit(_top_k(score, ctx.count) & ctx.active, cand, ctx.carry)
+
+
+def decide_threshold(ctx: StepContext) -> Commit:
+    """Fast-dLLM threshold decoding (Wu et al. 2025, ``get_transfer_index``):
+    commit every masked position of the block whose candidate has confidence >= ``threshold``,
+    and at least the ``ctx.count`` most confident ones (Fast-dLLM always commits the top one;
+    SDAR's ``low_confidence_dynamic``), so the block finishes within its steps."""
+    u = ctx.uniform(1)[..., 0]
+    cand = _candidates(ctx, u)
+    score = confidence_scores("confidence", ctx.logp, cand, ctx.active, u)
+    above = ctx.active & (score >= float(ctx.options["threshold"]))
+    return Commit((above | _top_k(score, ctx.count)) & ctx.active, cand, ctx.carry)
+
+
+# ---------------------------------------------------------------------------------------------
+# tau-leaping and theta-trapezoidal
+# ---------------------------------------------------------------------------------------------
+
+
+def _leap(
+    rates: Tensor, dt: Tensor, where: Tensor, u_jump: Tensor, u_tok: Tensor, temperature: float
+):
+    """Per position: jump with probability ``1 - exp(-dt sum_y rates(y))`` to ``y ∝ rates``
+    (the frozen-rate jump of tau-leaping with at most one jump per position)."""
+    total = rates.sum(-1)
+    p_jump = -torch.expm1(-total * dt.to(total.device)[:, None])
+    jump = where & (u_jump < p_jump) & (total > 0)
+    tokens = sample_categorical(torch.log(rates), u_tok, temperature, where=jump)
+    return jump, tokens
+
+
+def decide_tau_leaping(ctx: StepContext) -> Commit:
+    """Tau-leaping (Campbell et al. 2022): freeze the model's reverse rates at ``t``
+    over ``[s, t]``. For masked models a masked position unmasks with probability
+    ``1 - exp(-(t - s) w(t))``, ``w = -alpha'/(1 - alpha)``, into ``x0 ~ p(x0 | x_t)``. The
+    last step (``s = 0``) draws every remaining position from ``p(x0 | x_t)``."""
+    u = ctx.uniform(2)
+    final = ctx.s == 0
+    rates = ctx.process.reverse_rates(ctx.logp, ctx.x, ctx.t, ctx.denoiser)
+    jump, tokens = _leap(rates, ctx.t - ctx.s, ctx.active, u[..., 0], u[..., 1], ctx.temperature)
+    if bool(final.any()):
+        last = ctx.active & final[:, None]
+        t_last = sample_categorical(ctx.logp, u[..., 1], ctx.temperature, where=last)
+        jump = torch.where(final[:, None], last, jump)
+        tokens = torch.where(last, t_last, tokens)
+    return Commit(jump, tokens, ctx.carry)
+
+
+def decide_theta_trapezoidal(ctx: StepContext) -> Commit:
+    """theta-trapezoidal step (Ren et al. 2025, arXiv 2502.00234; proved second
+    order in KL there):
+
+    1. tau-leap for ``theta * dt`` with the rates ``mu_t(x_t)`` to an intermediate ``x*`` at
+       ``rho = t - theta dt``;
+    2. from ``x*``, tau-leap for ``(1 - theta) dt`` with the extrapolated rates
+       ``(a1 mu_rho(x*) - a2 mu_t(x_t))_+``, ``a1 = 1 / (2 theta (1 - theta))``,
+       ``a2 = ((1 - theta)^2 + theta^2) / (2 theta (1 - theta))`` (``a1 - a2 = 1``; the
+       integrated rate is the trapezoidal/midpoint quadrature).
+
+    Two model calls per step; the last step (``s = 0``) draws every remaining position from
+    ``p(x0 | x_t)`` with one call."""
+    theta = float(ctx.options["theta"])
+    if not 0.0 < theta < 1.0:
+        raise ValueError(f"theta must lie in (0, 1), got {theta}")
+    a1 = 1.0 / (2.0 * theta * (1.0 - theta))
+    a2 = ((1.0 - theta) ** 2 + theta**2) / (2.0 * theta * (1.0 - theta))
+    u = ctx.uniform(4)
+    dt = ctx.t - ctx.s
+    final = ctx.s == 0
+    rates_t = ctx.process.reverse_rates(ctx.logp, ctx.x, ctx.t, ctx.denoiser)
+    go = ctx.active & ~final[:, None]
+    jump1, tok1 = _leap(rates_t, theta * dt, go, u[..., 0], u[..., 1], ctx.temperature)
+    x1 = torch.where(jump1, tok1, ctx.x)
+    out = x1.clone()
+    rows = go.any(-1).nonzero().squeeze(-1)
+    if rows.numel():
+        rho = (ctx.t - theta * dt)[rows]
+        logp_rho = ctx.model(x1[rows], rho)
+        rates_rho = ctx.process.reverse_rates(logp_rho, x1[rows], rho, ctx.denoiser)
+        mu = (a1 * rates_rho - a2 * rates_t[rows]).clamp_min(0.0)
+        where2 = go[rows]
+        if ctx.process.kind == "masked":
+            where2 = where2 & (x1[rows] == ctx.mask_id)  # unmasked in stage 1: done
+        else:
+            mu = mu.scatter(-1, x1[rows].unsqueeze(-1), 0.0)  # no jump onto the current token
+        jump2, tok2 = _leap(
+            mu, (1.0 - theta) * dt[rows], where2, u[rows, :, 2], u[rows, :, 3], ctx.temperature
+        )
+        out[rows] = torch.where(jump2, tok2, x1[rows])
+    if bool(final.any()):
+        last = ctx.active & final[:, None]
+        t_last = sample_categorical(ctx.logp, u[..., 1], ctx.temperature, where=last)
+        out = torch.where(last, t_last, out)
+    return Commit(ctx.active & (out != ctx.x), out, ctx.carry)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------
+
+
+class _Registry(Mapping[str, TokenSampler]):
+    """Name -> :class:`TokenSampler`; unknown names raise a ``ValueError`` listing them all."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, TokenSampler] = {}
+
+    def __getitem__(self, name: str) -> TokenSampler:
+        try:
+            return self._items[name]
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"unknown sampler {name!r}; expected one of {', '.join(self._items)}"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"SAMPLERS({', '.join(self._items)})"
+
+    def add(self, sampler: TokenSampler) -> TokenSampler:
+        self._items[sampler.name] = sampler
+        return sampler
+
+
+#: All token samplers by name (``list(SAMPLERS)`` gives the names).
+SAMPLERS = _Registry()
+
+SAMPLERS.add(
+    TokenSampler(
+        "ancestral",
+        decide_ancestral,
+        family="ancestral",
+        processes=("masked", "uniform"),
+        description="MD4/MDLM ancestral sampling (exact posterior step; cached model calls)",
+    )
+)
+SAMPLERS.add(
+    TokenSampler(
+        "first_hitting",
+        decide_first_hitting,
+        family="first_hitting",
+        clock="first_hitting",
+        steps_rule="tokens",
+        description="first-hitting sampler: one uniformly chosen token per step (exact simulation)",
+    )
+)
+for _name, _score, _desc in [
+    ("low_confidence", "confidence", "LLaDA low-confidence remasking (Dream maskgit_plus)"),
+    ("topk_margin", "margin", "Dream top-k margin confidence"),
+    ("entropy", "entropy", "Dream negative-entropy confidence"),
+    ("random", "random", "random remasking: k uniformly chosen positions per step"),
+]:
+    SAMPLERS.add(
+        TokenSampler(
+            _name,
+            decide_confidence,
+            family="confidence",
+            steps_rule="at_most_tokens",
+            options={"score": _score, "alg_temp": 0.0},
+            description=_desc,
+        )
+    )
+SAMPLERS.add(
+    TokenSampler(
+        "threshold",
+        decide_threshold,
+        family="threshold",
+        steps_rule="at_most_tokens",
+        options={"threshold": 0.9},
+        description="Fast-dLLM parallel decoding above a confidence threshold",
+    )
+)
+SAMPLERS.add(
+    TokenSampler(
+        "adablock",
+        decide_threshold,
+        family="threshold",
+        blocks="adaptive",
+        steps_rule="at_most_tokens",
+        options={"threshold": 0.9, "delimiters": None, "delimiter_threshold": 0.3, "window": 0.25},
+        description="AdaBlock: blocks end at a confident delimiter; threshold decoding inside",
+    )
+)
+SAMPLERS.add(
+    TokenSampler(
+        "tau_leaping",
+        decide_tau_leaping,
+        family="rates",
+        processes=("masked", "uniform"),
+        description="tau-leaping with the rates frozen at the start of each step (first order)",
+    )
+)
+SAMPLERS.add(
+    TokenSampler(
+        "theta_trapezoidal",
+        decide_theta_trapezoidal,
+        family="rates",
+        processes=("masked", "uniform"),
+        nfe_per_step=2,
+        options={"theta": 0.5},
+        description="theta-trapezoidal second-order solver (2 model calls per step)",
+    )
+)
