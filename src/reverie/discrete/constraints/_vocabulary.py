@@ -83,12 +83,15 @@ class Vocabulary:
                 )
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if not 0 <= value < size:
+            # the mask may sit just past the logits (MD4 appends it as id V)
+            top = size + 1 if name == "mask_id" else size
+            if not 0 <= value < top:
                 raise ValueError(f"{name}={value} is outside the vocabulary of {size} tokens")
         if eos_id == mask_id:
             raise ValueError(f"eos_id and mask_id must differ, both are {eos_id}")
         out[eos_id] = None
-        out[mask_id] = None
+        if mask_id < size:
+            out[mask_id] = None
         self.tokens: tuple[bytes | None, ...] = tuple(out)
         self.eos_id = int(eos_id)
         self.mask_id = int(mask_id)

@@ -147,7 +147,8 @@ class TokenAutomaton:
         if bad:
             raise ValueError(f"finals {bad} are not states (0..{n_states - 1})")
         for name, value in (("eos_id", eos_id), ("mask_id", mask_id)):
-            if value is not None and not 0 <= int(value) < vocab:
+            top = vocab + 1 if name == "mask_id" else vocab  # the mask may be id V
+            if value is not None and not 0 <= int(value) < top:
                 raise ValueError(f"{name}={value} is outside the vocabulary of {vocab} tokens")
         self.n_states = int(n_states)
         self.vocab_size = int(vocab)

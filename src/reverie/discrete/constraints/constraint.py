@@ -255,7 +255,8 @@ def _force(lp: Tensor, current: Tensor, mask_id: int | None) -> Tensor:
     if current.shape != lp.shape[:2]:
         raise ValueError(f"current must be {tuple(lp.shape[:2])}, got {tuple(current.shape)}")
     fixed = current != mask_id
-    onehot = torch.full_like(lp, float("-inf")).scatter_(2, current.clamp_min(0)[..., None], 0.0)
+    at = torch.where(fixed, current, 0).clamp(0, lp.shape[-1] - 1)
+    onehot = torch.full_like(lp, float("-inf")).scatter_(2, at[..., None], 0.0)
     return torch.where(fixed[..., None], onehot, lp)
 
 
