@@ -13,7 +13,7 @@ from reverie._random import seeded_generators
 from reverie.discrete import CharTokenizer, TokenDenoiser, generate
 from reverie.discrete.constraints import JsonSchema, Regex, best_block
 
-CHARS = '{}":, 0123456789abcdefghijklmnopqrstuvwxyz-'
+CHARS = '{}[]":, 0123456789abcdefghijklmnopqrstuvwxyz-'
 TOK = CharTokenizer(CHARS)
 V = TOK.vocab_size
 L = 16
@@ -143,19 +143,25 @@ class _NoEos:  # a tokenizer with a mask token but no end-of-sequence token
         return ["<pad>", *CHARS, "<mask>"]
 
 
-def test_cli_generate_with_regex_and_schema(tmp_path, capsys):
+def save_random_model(folder, length: int = 24) -> None:
+    """A randomly initialised reverie model folder (the format of the bundled tiny-json)."""
     from safetensors.torch import save_file
 
-    from reverie.cli import main
     from reverie.discrete.nets import TinyTransformer
 
     torch.manual_seed(0)
-    net = TinyTransformer(V, 24, dim=32, depth=1, heads=2)
+    net = TinyTransformer(V, length, dim=32, depth=1, heads=2)
     config = {"format": "reverie-discrete", "architecture": "TinyTransformer",
               "model": net.config, "tokenizer": TOK.to_dict(), "mask_id": TOK.mask_token_id,
-              "pad_id": TOK.pad_token_id, "length": 24}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    save_file(net.state_dict(), str(tmp_path / "model.safetensors"))
+              "pad_id": TOK.pad_token_id, "length": length}
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file(net.state_dict(), str(folder / "model.safetensors"))
+
+
+def test_cli_generate_with_regex_and_schema(tmp_path, capsys):
+    from reverie.cli import main
+
+    save_random_model(tmp_path)
     base = ["generate", "--model", str(tmp_path), "--n", "3", "--steps", "12",
             "--block-length", "12", "--no-progress"]
     assert main([*base, "--regex", PATTERN]) == 0
@@ -169,3 +175,22 @@ def test_cli_generate_with_regex_and_schema(tmp_path, capsys):
     assert all(isinstance(json.loads(line)["n"], int) for line in lines)
     assert main([*base, "--regex", "[0-9]{30}"]) == 2  # too long for the canvas: clear error
     assert "at least 30 tokens" in capsys.readouterr().err
+
+
+def test_bench_validity_rows_and_schema_validator(tmp_path):
+    from reverie.bench.constraints import TINY_JSON_SCHEMAS, schema_valid, validity_rows
+    from reverie.discrete import load_model
+
+    person = TINY_JSON_SCHEMAS["person"]
+    assert schema_valid({"name": "Ada", "age": 3, "city": "Oslo"}, person)
+    assert not schema_valid({"name": "Ada", "age": 3.5, "city": "Oslo"}, person)
+    assert not schema_valid({"name": "Ada", "age": True, "city": "Oslo"}, person)
+    assert not schema_valid({"name": "Ada", "age": 3}, person)
+    assert not schema_valid({"x": 1, "y": 2, "tags": ["a", 3]}, TINY_JSON_SCHEMAS["point"])
+    save_random_model(tmp_path, length=32)
+    rows = validity_rows(load_model(tmp_path), n=2, steps=4, schemas=["person", "point"], seed=1)
+    assert {(r["schema"], r["method"]) for r in rows} == {
+        (s, m) for s in ("person", "point") for m in ("unconstrained", "per_token", "dingo")}
+    for r in rows:
+        if r["method"] == "dingo":
+            assert r["parse_rate"] == 1.0 and r["schema_valid"] == 1.0

@@ -13,6 +13,12 @@ embeddings of the same vocabulary; ~110M parameters at 32k, ~183M at 128k) over 
 measured interleaved on the same machine; also the sampling variant (forward filtering,
 backward sampling) and the per-token masking baseline.
 
+Part 3, validity (needs the bundled ``tiny-json`` weights, or ``--validity-model FOLDER``):
+for the record shapes ``tiny-json`` was trained on, the fraction of generated texts that parse
+as JSON and that are valid under the schema (checked by a small JSON-schema validator, not by
+the regex), unconstrained, with per-token masking and with DINGO, using the same sampler,
+steps and seeds.
+
 No hub downloads: the vocabularies are byte-level BPE tokenizers (the shape of GPT-2 / Llama-3
 / Qwen vocabularies: 256 byte tokens plus merges) trained with the ``tokenizers`` library on a
 corpus this module generates (pseudo-words with Zipf frequencies, JSON records, code lines);
@@ -98,6 +104,87 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 SPECIALS = ["<|eos|>", "<|mask|>"]
+
+#: The record shapes of the bundled ``tiny-json`` model's training data.
+TINY_JSON_SCHEMAS: dict[str, dict[str, Any]] = {
+    "person": {"type": "object",
+               "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                              "city": {"type": "string"}},
+               "required": ["name", "age", "city"]},
+    "product": {"type": "object",
+                "properties": {"id": {"type": "integer"}, "item": {"type": "string"},
+                               "price": {"type": "number"}, "stock": {"type": "boolean"}},
+                "required": ["id", "item", "price", "stock"]},
+    "point": {"type": "object",
+              "properties": {"x": {"type": "integer"}, "y": {"type": "integer"},
+                             "tags": {"type": "array", "items": {"type": "string"}}},
+              "required": ["x", "y", "tags"]},
+}
+
+
+def schema_valid(value: Any, schema: dict[str, Any]) -> bool:
+    """JSON-schema validity for the keywords the benchmark schemas use (``type``,
+    ``properties``, ``required``, ``items``, ``enum``, ``anyOf``), independent of the regex."""
+    if "anyOf" in schema:
+        return any(schema_valid(value, s) for s in schema["anyOf"])
+    if "enum" in schema and value not in schema["enum"]:
+        return False
+    kind = schema.get("type")
+    checks = {
+        "object": lambda v: isinstance(v, dict),
+        "array": lambda v: isinstance(v, list),
+        "string": lambda v: isinstance(v, str),
+        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "boolean": lambda v: isinstance(v, bool),
+        "null": lambda v: v is None,
+    }
+    if kind is not None and not checks[kind](value):
+        return False
+    if kind == "object":
+        if any(k not in value for k in schema.get("required", [])):
+            return False
+        props = schema.get("properties", {})
+        return all(schema_valid(v, props[k]) for k, v in value.items() if k in props)
+    if kind == "array" and "items" in schema:
+        return all(schema_valid(v, schema["items"]) for v in value)
+    return True
+
+
+def validity_rows(model: Any, *, n: int = 64, sampler: str = "low_confidence",
+                  temperature: float = 1.0, block_length: int | None = None,
+                  steps: int | None = None, schemas: list[str] | None = None,
+                  seed: int = 0) -> list[dict[str, Any]]:
+    """Parse rate and schema validity of ``n`` samples per schema of
+    :data:`TINY_JSON_SCHEMAS` (default: all; steps default: the canvas length):
+    unconstrained, per-token masking and DINGO."""
+    from reverie._random import seeded_generators
+    from reverie.discrete import generate
+    from reverie.discrete.constraints import JsonSchema
+
+    length = getattr(model, "length", None) or 64
+    rows = []
+    for name in schemas or list(TINY_JSON_SCHEMAS):
+        schema = TINY_JSON_SCHEMAS[name]
+        for method in ("unconstrained", "per_token", "dingo"):
+            kw: dict[str, Any] = {}
+            if method != "unconstrained":
+                kw = {"constraint": JsonSchema(schema), "constraint_method": method}
+            with Timer() as t:
+                x = generate(model, length=length, steps=steps or length, sampler=sampler,
+                             block_length=block_length, temperature=temperature, n=n,
+                             generator=seeded_generators(seed, n), **kw)
+            parsed = valid = 0
+            for row in x:
+                try:
+                    obj = json.loads(model.decode(row))
+                except ValueError:
+                    continue
+                parsed += 1
+                valid += schema_valid(obj, schema)
+            rows.append({"schema": name, "method": method, "n": n, "parse_rate": parsed / n,
+                         "schema_valid": valid / n, "seconds": t.seconds})
+    return rows
 
 
 # ----------------------------------------------------------------------------- vocabularies
@@ -212,6 +299,8 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
 
 # ----------------------------------------------------------------------------- benchmark
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--parts", nargs="+", default=["automata", "cost", "validity"],
+                        choices=["automata", "cost", "validity"])
     parser.add_argument("--vocab-sizes", type=int, nargs="+", default=[32_000, 128_000])
     parser.add_argument("--blocks", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--schemas", nargs="+", default=list(SCHEMAS), choices=list(SCHEMAS))
@@ -222,6 +311,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--masked-fraction", type=float, default=0.5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--validity-model", default="tiny-json",
+                        help="model for the validity rows (bundled name or saved folder); "
+                             "'none' skips them")
+    parser.add_argument("--validity-n", type=int, default=64, help="samples per schema and method")
+    parser.add_argument("--validity-sampler", default="low_confidence")
+    parser.add_argument("--validity-temperature", type=float, default=1.0)
 
 
 METHODS = ("dingo", "sample", "per_token")
@@ -282,8 +377,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     automata_rows, cost_rows = [], []
     result: dict[str, Any] = {"machine": machine(), "automata": [], "cost": []}
-    progress = tqdm(total=len(args.vocab_sizes) * (len(args.schemas) + 1), desc="constraints")
-    for size in args.vocab_sizes:
+    sizes = args.vocab_sizes if {"automata", "cost"} & set(args.parts) else []
+    progress = tqdm(total=len(sizes) * (len(args.schemas) + 1), desc="constraints")
+    for size in sizes:
         vocab = synthetic_vocabulary(size, args.seed)
         built = {}
         for name in args.schemas:
@@ -303,20 +399,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             progress.update()
         automaton = built.get(args.cost_schema) or TokenAutomaton.from_schema(
             SCHEMAS[args.cost_schema], vocab)
-        for row in _cost(size, automaton, args, device):
+        for row in _cost(size, automaton, args, device) if "cost" in args.parts else []:
             result["cost"].append(row)
             cost_rows.append([size, row["block"], row["params_m"], row["forward_ms"],
                               *[row[f"{m}{k}"] for m in METHODS for k in ("_ms", "_ratio")]])
         progress.update()
     progress.close()
-    print("\nToken automata (one-time build; memory of the stored automaton vs a dense table)")
-    print(format_table(["vocab", "schema", "build s", "states", "classes", "transitions",
-                        "MiB", "dense int32 MiB"], automata_rows))
-    print(f"\nDP cost per denoising step ({args.cost_schema} schema, "
-          f"{args.masked_fraction:.0%} of the block staying masked) vs one forward pass over "
-          f"{args.seq_len} tokens")
-    print(format_table(["vocab", "block", "params M", "forward ms", "DINGO ms", "DINGO/fwd",
-                        "sample ms", "sample/fwd", "per-token ms", "per-token/fwd"], cost_rows))
+    if automata_rows:
+        print("\nToken automata (one-time build; memory of the stored automaton vs a dense "
+              "table)")
+        print(format_table(["vocab", "schema", "build s", "states", "classes", "transitions",
+                            "MiB", "dense int32 MiB"], automata_rows))
+    if cost_rows:
+        print(f"\nDP cost per denoising step ({args.cost_schema} schema, "
+              f"{args.masked_fraction:.0%} of the block staying masked) vs one forward pass "
+              f"over {args.seq_len} tokens")
+        print(format_table(["vocab", "block", "params M", "forward ms", "DINGO ms", "DINGO/fwd",
+                            "sample ms", "sample/fwd", "per-token ms", "per-token/fwd"],
+                           cost_rows))
+    if "validity" in args.parts and args.validity_model != "none":
+        from reverie.discrete import load_model
+
+        try:
+            model = load_model(args.validity_model)
+        except FileNotFoundError as err:  # the bundled weights are trained by a script
+            print(f"\nvalidity rows skipped: {err}")
+        else:
+            result["validity"] = validity_rows(
+                model, n=args.validity_n, sampler=args.validity_sampler,
+                temperature=args.validity_temperature, seed=args.seed)
+            print(f"\nValidity on {args.validity_model} ({args.validity_sampler}, steps = "
+                  f"length, temperature {args.validity_temperature}, n = {args.validity_n})")
+            print(format_table(
+                ["schema", "method", "parse rate", "schema valid", "seconds"],
+                [[r["schema"], r["method"], r["parse_rate"], r["schema_valid"], r["seconds"]]
+                 for r in result["validity"]]))
     print(f"\nmachine: {result['machine']}")
     result["settings"] = {k: v for k, v in vars(args).items() if k != "func"}
     result["timestamp"] = time.time()
