@@ -255,7 +255,7 @@ def test_sample_block_matches_exact_restricted_distribution(shared):
     vocab = 4 if shared else 3
     rng = np.random.default_rng(3)
     a, table, finals = random_automaton(rng, 4, vocab, p_dead=0.3, shared=shared)
-    length, n = 4, 40_000
+    length, n = 4, 20_000
 
     def usable(a, table, finals):
         fits = any(run(table, 0, xs) in finals

@@ -188,9 +188,9 @@ def test_bench_validity_rows_and_schema_validator(tmp_path):
     assert not schema_valid({"name": "Ada", "age": 3}, person)
     assert not schema_valid({"x": 1, "y": 2, "tags": ["a", 3]}, TINY_JSON_SCHEMAS["point"])
     save_random_model(tmp_path, length=32)
-    rows = validity_rows(load_model(tmp_path), n=2, steps=4, schemas=["person", "point"], seed=1)
-    assert {(r["schema"], r["method"]) for r in rows} == {
-        (s, m) for s in ("person", "point") for m in ("unconstrained", "per_token", "dingo")}
+    rows = validity_rows(load_model(tmp_path), n=2, steps=4, schemas=["point"], seed=1)
+    assert [(r["schema"], r["method"]) for r in rows] == [
+        ("point", m) for m in ("unconstrained", "per_token", "dingo")]
     for r in rows:
         if r["method"] == "dingo":
             assert r["parse_rate"] == 1.0 and r["schema_valid"] == 1.0
