@@ -32,6 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="classifier-free guidance on the prompt (1 = none)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow custom model code (LLaDA, Dream) when loading transformers models")
+    p.add_argument("--regex", default=None, help="the generated text must full-match this regex")
+    p.add_argument("--schema", default=None,
+                   help="the generated text must be JSON valid under this schema (a file or JSON)")
+    p.add_argument("--constraint-method", default="dingo", choices=["dingo", "per_token"],
+                   help="DINGO (most probable valid block) or per-token masking (baseline)")
     p.add_argument("--out", default=None, help="also write the samples as JSON lines to this file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--threads", type=int, default=None,
@@ -55,6 +60,17 @@ def run(args: argparse.Namespace) -> int:
     if length is None:
         raise ValueError("this model has no default length; pass --length")
     options = {}
+    if args.regex is not None and args.schema is not None:
+        raise ValueError("pass either --regex or --schema, not both")
+    if args.regex is not None or args.schema is not None:
+        from reverie.discrete.constraints import JsonSchema, Regex
+
+        if args.regex is not None:
+            options["constraint"] = Regex(args.regex)
+        else:
+            path = Path(args.schema)
+            options["constraint"] = JsonSchema(path.read_text() if path.is_file() else args.schema)
+        options["constraint_method"] = args.constraint_method
     if args.threshold is not None:
         options["threshold"] = args.threshold
     x = generate(

@@ -250,6 +250,8 @@ def generate(
     generator: Generators = None,
     *,
     guidance_scale: float = 1.0,
+    constraint: Any = None,
+    constraint_method: str = "dingo",
     progress: bool = False,
     return_stats: bool = False,
     **options: Any,
@@ -267,6 +269,10 @@ def generate(
     ``torch.Generator`` or one per sample (then sample ``k`` depends on ``generator[k]`` only).
     ``guidance_scale`` -- classifier-free guidance on the prompt
     (:class:`~reverie.discrete.TokenClassifierFreeGuidance`; 1 = none).
+    ``constraint`` -- a :class:`~reverie.discrete.constraints.Regex` /
+    :class:`~reverie.discrete.constraints.JsonSchema` (or a ``TokenAutomaton``) the generated
+    text must full-match, decoded with DINGO (``constraint_method="dingo"``) or the per-token
+    masking baseline (``"per_token"``); see docs/constraints.md.
     ``options`` -- sampler options (e.g. ``threshold`` for ``threshold``/``adablock``).
     Returns ``LongTensor[n, length]`` (or a :class:`GenerationOutput` with ``return_stats``).
     """
@@ -330,6 +336,11 @@ def generate(
         steps = max(n_gen, 1)
     steps = _int_arg("steps", steps)
     _check_steps(info, steps, n_gen, len(gen_blocks) if info.blocks == "fixed" else 1, length)
+    if constraint is not None:  # built and checked before any model call
+        from reverie.discrete.constraints.sampler import constrain_sampler, prepare_constraint
+
+        automaton = prepare_constraint(model, constraint, n_gen)
+        info = constrain_sampler(info, automaton, method=constraint_method)
     if guidance_scale != 1.0:
         model = TokenClassifierFreeGuidance(model, guidance_scale, plen)
 

@@ -1,0 +1,46 @@
+"""Constrained decoding for masked-diffusion language models.
+
+Outputs that provably match a regular expression or a JSON schema, with the most probable
+valid block under the model: DINGO (Suresh, Banerjee, Ugare, Misailovic, Singh 2025,
+arXiv:2505.23061), its sampling counterpart, and the per-token masking baseline.
+
+* :class:`Vocabulary`: token ids -> bytes, plus the EOS and mask ids.
+* :class:`TokenAutomaton`: the token-level DFA of a pattern over a vocabulary
+  (``from_regex`` / ``from_schema``, built with outlines-core, cached).
+* :func:`best_block` (DINGO dynamic program), :func:`sample_block` (forward filtering,
+  backward sampling), :func:`per_token_block` (baseline): decode one block.
+* :class:`Regex`, :class:`JsonSchema`: constraint objects; ``.decoder(...)`` gives a
+  :class:`BlockDecoder` that carries the automaton state across semi-autoregressive blocks.
+"""
+
+from reverie.discrete.constraints._vocabulary import Vocabulary
+from reverie.discrete.constraints.automaton import TokenAutomaton, clear_cache, schema_to_regex
+from reverie.discrete.constraints.constraint import (
+    DECODERS,
+    BlockDecoder,
+    Constraint,
+    JsonSchema,
+    Regex,
+)
+from reverie.discrete.constraints.decode import (
+    InfeasibleConstraint,
+    best_block,
+    per_token_block,
+    sample_block,
+)
+
+__all__ = [
+    "DECODERS",
+    "BlockDecoder",
+    "Constraint",
+    "InfeasibleConstraint",
+    "JsonSchema",
+    "Regex",
+    "TokenAutomaton",
+    "Vocabulary",
+    "best_block",
+    "clear_cache",
+    "per_token_block",
+    "sample_block",
+    "schema_to_regex",
+]
