@@ -225,3 +225,21 @@ def test_bundled_digits_loads_and_follows_labels():
     assert acc >= 0.9, acc
     with pytest.raises(ValueError, match=r"valid labels are 0\.\.9"):
         model.conditional(10)
+
+
+def test_load_dispatches_masked_diffusion_models(tmp_path):
+    """``reverie.load`` also opens the bundled masked-diffusion LM and reverie-discrete folders."""
+    import shutil
+
+    from reverie.discrete import TokenDenoiserBase, generate
+    from reverie.discrete.loading import bundled_path
+
+    lm = reverie.load("tiny-json")
+    assert isinstance(lm, TokenDenoiserBase)
+    copy = tmp_path / "lm"
+    shutil.copytree(bundled_path("tiny-json"), copy)
+    again = reverie.load(copy)
+    g = torch.Generator().manual_seed(0)
+    a = generate(lm, length=16, steps=4, n=2, generator=g)
+    b = generate(again, length=16, steps=4, n=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)

@@ -485,6 +485,11 @@ def load(
 ) -> LoadedModel:
     """Load a bundled model, a local folder or a Hugging Face Hub checkpoint (module docstring).
 
+    Masked-diffusion language models (the bundled ``tiny-json``, folders saved by
+    :mod:`reverie.discrete`) load through :func:`reverie.discrete.load_model` and come back as
+    token denoisers for :func:`reverie.discrete.generate`; transformers masked LMs load with
+    that function directly.
+
     ``dtype`` casts the network (the solver state keeps its own dtype). ``process`` and
     ``prediction`` override what the checkpoint's config says (e.g. for a scheduler reverie
     cannot read). Errors: an unknown name lists the bundled models; a missing, corrupt or
@@ -494,6 +499,10 @@ def load(
         raise TypeError(f"expected a model name or a folder, got {type(name_or_path).__name__}")
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
+    if _is_discrete(text, path):
+        from reverie.discrete import load_model
+
+        return load_model(text if text in _discrete_bundled() else path)
     if path.exists():
         return _load_folder(path, None, dtype, process, prediction)
     if text in BUNDLED:
@@ -507,9 +516,29 @@ def load(
     if _HUB_ID.match(text) and not text.startswith("."):
         return _load_folder(_download(text), text, dtype, process, prediction)
     raise ValueError(
-        f"unknown model {text!r}: not a bundled model ({', '.join(BUNDLED)}), not an existing "
+        f"unknown model {text!r}: not a bundled model "
+        f"({', '.join([*BUNDLED, *_discrete_bundled()])}), not an existing "
         "folder, and not a Hugging Face Hub id (owner/name)"
     )
+
+
+def _discrete_bundled() -> tuple[str, ...]:
+    from reverie.discrete.loading import BUNDLED as DISCRETE
+
+    return tuple(DISCRETE)
+
+
+def _is_discrete(text: str, path: Path) -> bool:
+    """A bundled discrete name, or a folder whose config says ``reverie-discrete``."""
+    if text in _discrete_bundled():
+        return True
+    cfg = path / "config.json"
+    if path.is_dir() and cfg.is_file():
+        try:
+            return json.loads(cfg.read_text()).get("format") == "reverie-discrete"
+        except (ValueError, OSError):
+            return False
+    return False
 
 
 def _download(repo_id: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,4 +26,12 @@ def run(args: argparse.Namespace) -> int:
         extra = f"shape {shape}" + (f", {classes} classes" if classes else "")
         missing = "" if folder.is_dir() else "  [missing from this installation]"
         print(f"{name:<{width}}  {description} ({extra}){missing}")
+    from reverie.discrete.loading import BUNDLED as DISCRETE
+    from reverie.discrete.loading import bundled_path as discrete_path
+
+    for name in DISCRETE:
+        cfg = json.loads((discrete_path(name) / "config.json").read_text())
+        print(f"{name:<{width}}  masked-diffusion language model, char-level "
+              f"(length {cfg.get('length')}, vocabulary {cfg['model']['vocab_size']}); "
+              "reverie generate --model " + name)
     return 0
