@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,18 +44,12 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 150) -> Path:
         raise ValueError(
             f"cannot write a figure to {path}: expected one of {', '.join(FIGURE_SUFFIXES)}"
         )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(
-                f, format=suffix.lstrip(".").replace("jpg", "jpeg"), dpi=dpi, bbox_inches="tight"
-            )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from reverie._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(
+            tmp, format=suffix.lstrip(".").replace("jpg", "jpeg"), dpi=dpi, bbox_inches="tight"
+        )
     return path
 
 

@@ -23,7 +23,7 @@ pure sampler function ``SAMPLERS[name](denoiser, x, grid, ...) -> x0``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from reverie._random import Generators, randn_like, split_generators
+from reverie._registry import Registry
 from reverie.denoisers import DenoiserBase
 from reverie.grids import GRIDS, check_grid, make_grid
 from reverie.process import GaussianProcess
@@ -196,39 +197,8 @@ def _is_zero(std: float | Tensor) -> bool:
     return std == 0
 
 
-class _Registry(Mapping[str, Sampler]):
-    """Name -> :class:`Sampler`; unknown names raise a ``ValueError`` listing the valid ones."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, Sampler] = {}
-
-    def __getitem__(self, name: str) -> Sampler:
-        try:
-            return self._items[name]
-        except KeyError:
-            raise ValueError(
-                f"unknown sampler {name!r}; expected one of {', '.join(self._items)}"
-            ) from None
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"SAMPLERS({', '.join(self._items)})"
-
-    def add(self, sampler: Sampler) -> Sampler:
-        self._items[sampler.name] = sampler
-        return sampler
-
-
 #: All samplers by name. ``list(SAMPLERS)`` gives the names.
-SAMPLERS = _Registry()
+SAMPLERS: Registry[Sampler] = Registry("sampler", "SAMPLERS")
 
 
 def register(

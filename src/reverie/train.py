@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from reverie._io import atomic_path
 from reverie.nets.function import ModelFunction
 from reverie.process import EDM, VE, GaussianProcess, _bcast
 
@@ -92,10 +92,8 @@ def _sample_times(
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def train(

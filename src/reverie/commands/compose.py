@@ -4,11 +4,11 @@ negation, mixture with MCMC correctors) and plot it next to its parts and the ex
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from pathlib import Path
 
 import torch
+
+from reverie._io import save_array
 
 OPS = ("or", "and", "product", "negation", "mixture")
 
@@ -87,12 +87,10 @@ def _save_plot(path: str, panels: list[tuple[str, torch.Tensor]], title: str) ->
         ax.set_yticks([])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".tmp-" + out.name)
-    fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png")
+    from reverie.plot import save_figure
+
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
-    os.replace(tmp, out)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -184,10 +182,6 @@ def _run(args: argparse.Namespace) -> int:
         _save_plot(args.plot, panels, f"{args.op}: {' , '.join(args.models)}")
         print(f"plot written to {args.plot}")
     if args.out:
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".tmp-" + path.name)
-        torch.save(x, tmp)
-        os.replace(tmp, path)
+        path = save_array(x, args.out)
         print(f"samples written to {path}")
     return 0

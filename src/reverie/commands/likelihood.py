@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import torch
+
+from reverie._io import write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -142,10 +143,6 @@ def _run(args: argparse.Namespace) -> int:
     print(f"NFE per batch: {nfes}; {seconds:.1f} s")
     if args.out:
         result["log_likelihood"] = ll.tolist()
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, path)
+        path = write_text(json.dumps(result, indent=2), args.out)
         print(f"results written to {path}")
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -143,22 +142,9 @@ def _labels(spec: str | None, model, n: int):
 
 
 def _write_tensor(x, path: Path) -> None:
-    import numpy as np
-    import torch
+    from reverie._io import save_array
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if path.suffix.lower() == ".pt":
-                torch.save(x, f)
-            else:
-                np.save(f, x.numpy())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    save_array(x, path)
 
 
 def run(args: argparse.Namespace) -> int:

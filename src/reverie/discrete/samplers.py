@@ -22,11 +22,10 @@ Families:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-
 import torch
 from torch import Tensor
 
+from reverie._registry import Registry
 from reverie.discrete._sampling import sample_categorical
 from reverie.discrete.generate import Commit, StepContext, TokenSampler
 
@@ -240,39 +239,8 @@ def decide_theta_trapezoidal(ctx: StepContext) -> Commit:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Registry(Mapping[str, TokenSampler]):
-    """Name -> :class:`TokenSampler`; unknown names raise a ``ValueError`` listing them all."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, TokenSampler] = {}
-
-    def __getitem__(self, name: str) -> TokenSampler:
-        try:
-            return self._items[name]
-        except (KeyError, TypeError):
-            raise ValueError(
-                f"unknown sampler {name!r}; expected one of {', '.join(self._items)}"
-            ) from None
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"SAMPLERS({', '.join(self._items)})"
-
-    def add(self, sampler: TokenSampler) -> TokenSampler:
-        self._items[sampler.name] = sampler
-        return sampler
-
-
 #: All token samplers by name (``list(SAMPLERS)`` gives the names).
-SAMPLERS = _Registry()
+SAMPLERS: Registry[TokenSampler] = Registry("sampler", "SAMPLERS")
 
 SAMPLERS.add(
     TokenSampler(
