@@ -519,8 +519,8 @@ def outlines_index(
     import outlines_core
 
     marker_id = 1 + max([eos_id, *(i for ids in by_text.values() for i in ids)])
-    tokens = {k: list(v) for k, v in by_text.items()}
-    tokens.setdefault(_MARKER, []).append(marker_id)
+    tokens = dict(by_text)
+    tokens[_MARKER] = [*by_text.get(_MARKER, []), marker_id]
     try:
         index = outlines_core.Index(
             end_anchored(pattern), outlines_core.Vocabulary(eos_id, tokens)
@@ -541,12 +541,13 @@ def outlines_index(
     seen = {start}
     while todo:  # keep the states reachable from the start, drop the marker and EOS
         q = todo.pop()
-        d = {t: r for t, r in trans.get(q, {}).items() if t != marker_id and t != eos_id}
+        d = trans.get(q, {})
+        d.pop(marker_id, None)
+        d.pop(eos_id, None)
         out[q] = d
-        for r in d.values():
-            if r not in seen:
-                seen.add(r)
-                todo.append(r)
+        new = set(d.values()) - seen
+        seen |= new
+        todo += new
     return out, start, finals & seen
 
 

@@ -272,6 +272,8 @@ def _budgets(values: list[_Value], automata: dict[str, TokenAutomaton], free: in
     for p, b in fixed.items():
         if isinstance(b, bool) or not isinstance(b, int):
             raise TypeError(f"the budget of {p!r} must be an int, got {b!r}")
+        if b < 0:
+            raise ValueError(f"the budget of {p!r} must be >= 0, got {b}")
         if b < lo[p]:
             raise ValueError(f"field {p!r} needs at least {lo[p]} tokens but its budget is {b}")
     rest = [p for p in paths if p not in fixed]
