@@ -124,12 +124,14 @@ SMALL = ["a", "b", "c", "ab", "ba", "1", "12", ".", "-"]
 
 @pytest.mark.parametrize(
     "pattern",
-    [r"(ab)+c?", r"a|abc", r"-?[0-9]+(\.[0-9]+)?", r"(a|b)*c", r"[ab]{2,3}", r"((ab)|c)+1?"],
+    [r"(ab)+c?", r"a|abc", r"-?[0-9]+(\.[0-9]+)?", r"(a|b)*c", r"[ab]{2,3}", r"((ab)|c)+1?",
+     r"[ab]*", r"(ab)*|c", r""],
 )
 def test_from_regex_accepts_exactly_the_pattern(pattern):
     """Every token string of up to 4 tokens: accepted (possibly EOS-padded) iff Python's ``re``
     full-matches its text; EOS is only allowed as trailing padding. Patterns that continue past
-    an accepting state (``(ab)+c?``, ``a|abc``, numbers) catch an incomplete token index."""
+    an accepting state (``(ab)+c?``, ``a|abc``, numbers) catch an incomplete token index;
+    patterns that accept the empty string (``[ab]*``, ``""``) need the start marker."""
     voc = Vocabulary([*SMALL, None, None], eos_id=len(SMALL), mask_id=len(SMALL) + 1)
     a = TokenAutomaton.from_regex(pattern, voc)
     eos = voc.eos_id

@@ -190,7 +190,7 @@ def test_bench_validity_rows_and_schema_validator(tmp_path):
     save_random_model(tmp_path, length=32)
     rows = validity_rows(load_model(tmp_path), n=2, steps=4, schemas=["point"], seed=1)
     assert [(r["schema"], r["method"]) for r in rows] == [
-        ("point", m) for m in ("unconstrained", "per_token", "dingo")]
+        ("point", m) for m in ("unconstrained", "per_token", "dingo", "scaffold")]
     for r in rows:
-        if r["method"] == "dingo":
+        if r["method"] in ("dingo", "scaffold"):
             assert r["parse_rate"] == 1.0 and r["schema_valid"] == 1.0

@@ -16,8 +16,9 @@ backward sampling) and the per-token masking baseline.
 Part 3, validity (needs the bundled ``tiny-json`` weights, or ``--validity-model FOLDER``):
 for the record shapes ``tiny-json`` was trained on, the fraction of generated texts that parse
 as JSON and that are valid under the schema (checked by a small JSON-schema validator, not by
-the regex), unconstrained, with per-token masking and with DINGO, using the same sampler,
-steps and seeds.
+the regex), unconstrained, with per-token masking, with DINGO, and with DINGO on a schema
+scaffold (S3: skeleton in the canvas, values decoded), using the same sampler and seeds and
+one step per decoded position.
 
 No hub downloads: the vocabularies are byte-level BPE tokenizers (the shape of GPT-2 / Llama-3
 / Qwen vocabularies: 256 byte tokens plus merges) trained with the ``tokenizers`` library on a
@@ -151,13 +152,19 @@ def schema_valid(value: Any, schema: dict[str, Any]) -> bool:
     return True
 
 
+#: The decoding modes of the validity rows.
+VALIDITY_METHODS = ("unconstrained", "per_token", "dingo", "scaffold")
+
+
 def validity_rows(model: Any, *, n: int = 64, sampler: str = "low_confidence",
                   temperature: float = 1.0, block_length: int | None = None,
                   steps: int | None = None, schemas: list[str] | None = None,
                   seed: int = 0) -> list[dict[str, Any]]:
     """Parse rate and schema validity of ``n`` samples per schema of
-    :data:`TINY_JSON_SCHEMAS` (default: all; steps default: the canvas length):
-    unconstrained, per-token masking and DINGO."""
+    :data:`TINY_JSON_SCHEMAS` (default: all; steps default: one per decoded position):
+    unconstrained, per-token masking, DINGO, and DINGO with schema scaffolding (S3: the
+    skeleton fixed in the canvas, only the values decoded). Each row keeps its first text as
+    ``example``."""
     from reverie._random import seeded_generators
     from reverie.discrete import generate
     from reverie.discrete.constraints import JsonSchema
@@ -166,12 +173,14 @@ def validity_rows(model: Any, *, n: int = 64, sampler: str = "low_confidence",
     rows = []
     for name in schemas or list(TINY_JSON_SCHEMAS):
         schema = TINY_JSON_SCHEMAS[name]
-        for method in ("unconstrained", "per_token", "dingo"):
+        for method in VALIDITY_METHODS:
             kw: dict[str, Any] = {}
-            if method != "unconstrained":
+            if method == "scaffold":
+                kw = {"constraint": JsonSchema(schema, scaffold=True)}
+            elif method != "unconstrained":
                 kw = {"constraint": JsonSchema(schema), "constraint_method": method}
             with Timer() as t:
-                x = generate(model, length=length, steps=steps or length, sampler=sampler,
+                x = generate(model, length=length, steps=steps, sampler=sampler,
                              block_length=block_length, temperature=temperature, n=n,
                              generator=seeded_generators(seed, n), **kw)
             parsed = valid = 0
@@ -183,7 +192,8 @@ def validity_rows(model: Any, *, n: int = 64, sampler: str = "low_confidence",
                 parsed += 1
                 valid += schema_valid(obj, schema)
             rows.append({"schema": name, "method": method, "n": n, "parse_rate": parsed / n,
-                         "schema_valid": valid / n, "seconds": t.seconds})
+                         "schema_valid": valid / n, "seconds": t.seconds,
+                         "example": model.decode(x[0])})
     return rows
 
 
@@ -428,8 +438,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["validity"] = validity_rows(
                 model, n=args.validity_n, sampler=args.validity_sampler,
                 temperature=args.validity_temperature, seed=args.seed)
-            print(f"\nValidity on {args.validity_model} ({args.validity_sampler}, steps = "
-                  f"length, temperature {args.validity_temperature}, n = {args.validity_n})")
+            print(f"\nValidity on {args.validity_model} ({args.validity_sampler}, one step per "
+                  f"decoded position, temperature {args.validity_temperature}, "
+                  f"n = {args.validity_n})")
             print(format_table(
                 ["schema", "method", "parse rate", "schema valid", "seconds"],
                 [[r["schema"], r["method"], r["parse_rate"], r["schema_valid"], r["seconds"]]

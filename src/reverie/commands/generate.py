@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the generated text must be JSON valid under this schema (a file or JSON)")
     p.add_argument("--constraint-method", default="dingo", choices=["dingo", "per_token"],
                    help="DINGO (most probable valid block) or per-token masking (baseline)")
+    p.add_argument("--scaffold", action="store_true",
+                   help="with --schema: write the schema's skeleton (braces, keys, commas) into "
+                        "the canvas and decode only the values (S3)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="with --scaffold: tokens per value slot (default: share the canvas)")
     p.add_argument("--out", default=None, help="also write the samples as JSON lines to this file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--threads", type=int, default=None,
@@ -54,23 +59,12 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    options = _constraint_options(args)  # a bad pattern fails before the model is loaded
     kw = {"trust_remote_code": True} if args.trust_remote_code else {}
     model = load_model(args.model, **kw)
     length = args.length if args.length is not None else getattr(model, "length", None)
     if length is None:
         raise ValueError("this model has no default length; pass --length")
-    options = {}
-    if args.regex is not None and args.schema is not None:
-        raise ValueError("pass either --regex or --schema, not both")
-    if args.regex is not None or args.schema is not None:
-        from reverie.discrete.constraints import JsonSchema, Regex
-
-        if args.regex is not None:
-            options["constraint"] = Regex(args.regex)
-        else:
-            path = Path(args.schema)
-            options["constraint"] = JsonSchema(path.read_text() if path.is_file() else args.schema)
-        options["constraint_method"] = args.constraint_method
     if args.threshold is not None:
         options["threshold"] = args.threshold
     x = generate(
@@ -90,3 +84,29 @@ def run(args: argparse.Namespace) -> int:
                                for t, r in zip(texts, x.tolist())))
         os.replace(tmp, out)
     return 0
+
+
+def _constraint_options(args: argparse.Namespace) -> dict:
+    """``constraint=`` / ``constraint_method=`` for :func:`generate` from ``--regex`` or
+    ``--schema`` (a file, or JSON text), with ``--scaffold`` / ``--budget``."""
+    if args.regex is not None and args.schema is not None:
+        raise ValueError("pass either --regex or --schema, not both")
+    if (args.scaffold or args.budget is not None) and args.schema is None:
+        raise ValueError("--scaffold and --budget need --schema")
+    if args.budget is not None and not args.scaffold:
+        raise ValueError("--budget needs --scaffold")
+    if args.regex is None and args.schema is None:
+        return {}
+    from reverie.discrete.constraints import JsonSchema, Regex
+
+    if args.regex is not None:
+        constraint = Regex(args.regex)
+    else:
+        text = args.schema
+        if not text.lstrip().startswith("{"):  # a file name
+            path = Path(text)
+            if not path.is_file():
+                raise ValueError(f"--schema: no such file {text!r} (pass a file or JSON text)")
+            text = path.read_text()
+        constraint = JsonSchema(text, scaffold=args.scaffold, budget=args.budget)
+    return {"constraint": constraint, "constraint_method": args.constraint_method}

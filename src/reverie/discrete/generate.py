@@ -271,8 +271,10 @@ def generate(
     (:class:`~reverie.discrete.TokenClassifierFreeGuidance`; 1 = none).
     ``constraint`` -- a :class:`~reverie.discrete.constraints.Regex` /
     :class:`~reverie.discrete.constraints.JsonSchema` (or a ``TokenAutomaton``) the generated
-    text must full-match, decoded with DINGO (``constraint_method="dingo"``) or the per-token
-    masking baseline (``"per_token"``); see docs/constraints.md.
+    text (after the prompt) must full-match, decoded with DINGO (``constraint_method="dingo"``)
+    or the per-token masking baseline (``"per_token"``); ``JsonSchema(..., scaffold=True)``
+    first writes the schema's skeleton into the canvas and decodes only the values (S3);
+    ``steps`` then defaults to the number of value positions. See docs/constraints.md.
     ``options`` -- sampler options (e.g. ``threshold`` for ``threshold``/``adablock``).
     Returns ``LongTensor[n, length]`` (or a :class:`GenerationOutput` with ``return_stats``).
     """
@@ -327,34 +329,41 @@ def generate(
     if info.blocks == "adaptive" and block_length is None:
         block_length = min(32, length)
     fixed_bl = length if block_length is None or info.blocks == "adaptive" else block_length
-    # steps per fixed block: share `steps` between the blocks that hold generated positions
-    starts = list(range(0, length, fixed_bl))
-    gen_blocks = [b for b in starts if b + fixed_bl > plen]
-    if steps is None:
-        if kind == "uniform":
-            raise ValueError("uniform-noise sampling needs steps=")
-        steps = max(n_gen, 1)
-    steps = _int_arg("steps", steps)
-    _check_steps(info, steps, n_gen, len(gen_blocks) if info.blocks == "fixed" else 1, length)
+    # positions to decode: after the prompt, minus a constraint's fixed skeleton (scaffold)
+    free = torch.arange(length) >= plen
+    layout = None
     if constraint is not None:  # built and checked before any model call
         from reverie.discrete.constraints.sampler import constrain_sampler, prepare_constraint
 
-        automaton = prepare_constraint(model, constraint, n_gen)
-        info = constrain_sampler(info, automaton, method=constraint_method)
+        layout = prepare_constraint(model, constraint, n_gen)
+        info = constrain_sampler(info, layout, method=constraint_method)
+        free[plen:] = ~layout.fixed
+    n_free = int(free.sum())
+    # steps per fixed block: share `steps` between the blocks that hold generated positions
+    starts = list(range(0, length, fixed_bl))
+    gen_blocks = [b for b in starts if bool(free[b : b + fixed_bl].any())]
+    if steps is None:
+        if kind == "uniform":
+            raise ValueError("uniform-noise sampling needs steps=")
+        steps = max(n_free, 1)
+    steps = _int_arg("steps", steps)
+    _check_steps(info, steps, n_free, len(gen_blocks) if info.blocks == "fixed" else 1, length)
     if guidance_scale != 1.0:
         model = TokenClassifierFreeGuidance(model, guidance_scale, plen)
 
     if n_gen == 0:
         return GenerationOutput(prompt_t, 0, 0, 0) if return_stats else prompt_t
     run = _Run(model, info, opts, float(temperature), n, length, plen, generator, device)
-    bar = _progress(progress, n * (n_gen if kind == "masked" else steps), info.name)
+    if layout is not None:
+        run.template = layout.template.to(device)
+    bar = _progress(progress, n * (n_free if kind == "masked" else steps), info.name)
     try:
         if kind == "masked":
             per_block = {
                 b: steps // len(gen_blocks) + (i < steps % len(gen_blocks))
                 for i, b in enumerate(gen_blocks)
             }
-            x = run.masked(prompt_t, fixed_bl, per_block, block_length, steps, n_gen, bar)
+            x = run.masked(prompt_t, fixed_bl, per_block, block_length, steps, n_free, bar)
         else:
             x = run.uniform_noise(steps, bar)
     finally:
@@ -381,6 +390,7 @@ class _Run:
         self.positions = torch.arange(length, device=device)
         self.carry: Any = None
         self.iters = 0
+        self.template: Tensor | None = None  # fixed tokens after the prompt (a scaffold)
 
     def draw(self, *shape: int) -> Tensor:
         return uniform((self.n, self.length, *shape), self.generator, device=self.device)
@@ -418,6 +428,8 @@ class _Run:
         n, length, mask_id, pos = self.n, self.length, self.model.mask_id, self.positions
         x = torch.full((n, length), mask_id, dtype=torch.long, device=self.device)
         x[:, : self.plen] = prompt
+        if self.template is not None:
+            x[:, self.plen :] = self.template
         rows = _Rows(n, self.device)
         while True:
             masked = x == mask_id

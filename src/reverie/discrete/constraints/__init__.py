@@ -11,6 +11,10 @@ arXiv:2505.23061), its sampling counterpart, and the per-token masking baseline.
   backward sampling), :func:`per_token_block` (baseline): decode one block.
 * :class:`Regex`, :class:`JsonSchema`: constraint objects; ``.decoder(...)`` gives a
   :class:`BlockDecoder` that carries the automaton state across semi-autoregressive blocks.
+  ``JsonSchema(..., scaffold=True)`` lays the schema's skeleton into the canvas and decodes
+  only the values (S3, Xiong et al. 2025): :func:`json_scaffold`, :class:`Scaffold`.
+* :func:`prepare_constraint`, :func:`constrain_sampler`: how ``generate(constraint=...)``
+  restricts any masked-diffusion sampler.
 """
 
 from reverie.discrete.constraints._vocabulary import Vocabulary
@@ -28,6 +32,8 @@ from reverie.discrete.constraints.decode import (
     per_token_block,
     sample_block,
 )
+from reverie.discrete.constraints.sampler import constrain_sampler, prepare_constraint
+from reverie.discrete.constraints.scaffold import Scaffold, Slot, json_scaffold
 
 __all__ = [
     "DECODERS",
@@ -36,11 +42,16 @@ __all__ = [
     "InfeasibleConstraint",
     "JsonSchema",
     "Regex",
+    "Scaffold",
+    "Slot",
     "TokenAutomaton",
     "Vocabulary",
     "best_block",
     "clear_cache",
+    "constrain_sampler",
+    "json_scaffold",
     "per_token_block",
+    "prepare_constraint",
     "sample_block",
     "schema_to_regex",
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,7 +164,6 @@ class TokenAutomaton:
         self._triplets = torch.from_numpy(np.ascontiguousarray(trip[order], dtype=np.int32))
         self._live, self._dist = _live_and_distance(self.n_states, trip, self.finals)
         self._device_tables: dict[torch.device, _Tables] = {}
-        self._class_rep: np.ndarray | None = None
 
     @classmethod
     def from_regex(cls, pattern: str, vocabulary: Any) -> TokenAutomaton:
@@ -254,6 +253,70 @@ class TokenAutomaton:
         very large number when ``state`` is not live."""
         return int(self._dist[self.start if state is None else int(state)])
 
+    def max_length(self, state: int | None = None) -> int | None:
+        """The most tokens (EOS excluded) of a string leading from ``state`` (default: start)
+        to a final state, or ``None`` when there is no bound (the automaton loops)."""
+        state = self.start if state is None else int(state)
+        if not self.is_live(state):
+            raise ValueError(f"state {state} is dead: no string from it is accepted")
+        succ = self._successors()
+        # Depth-first search over live states reachable from `state`: a cycle means no bound;
+        # otherwise the longest path to a final state, by memoised recursion (iterative).
+        longest: dict[int, int] = {}
+        on_path: set[int] = set()
+        stack: list[tuple[int, int]] = [(state, 0)]
+        while stack:
+            q, k = stack.pop()
+            if k == 0:
+                on_path.add(q)
+            nxt = succ[q]
+            while k < len(nxt) and nxt[k] in longest:
+                k += 1
+            if k < len(nxt):
+                r = nxt[k]
+                if r in on_path:
+                    return None
+                stack.append((q, k))
+                stack.append((r, 0))
+                continue
+            on_path.discard(q)
+            best = 0 if q in self.finals else -1
+            for r in nxt:
+                if longest[r] >= 0:
+                    best = max(best, longest[r] + 1)
+            longest[q] = best
+        return longest[state]
+
+    def shortest(self, state: int | None = None) -> list[int]:
+        """A shortest token string (EOS excluded) from ``state`` (default: start) to a final
+        state: one representative token per step, following the distances to the finals."""
+        q = self.start if state is None else int(state)
+        if not self.is_live(q):
+            raise ValueError(f"state {q} is dead: no string from it is accepted")
+        trip = self._triplets.long().numpy()
+        eos_cls = None if self.eos_id is None else int(self._token_class[self.eos_id])
+        rep = np.full(self.n_classes + 1, -1, dtype=np.int64)
+        cls = self._token_class.long().numpy()
+        rep[cls[::-1]] = np.arange(len(cls))[::-1]  # the smallest token id of every class
+        out: list[int] = []
+        while q not in self.finals:
+            rows = trip[(trip[:, 0] == q) & (trip[:, 1] != (-1 if eos_cls is None else eos_cls))]
+            j = int(np.argmin(self._dist[rows[:, 2]]))
+            out.append(int(rep[rows[j, 1]]))
+            q = int(rows[j, 2])
+        return out
+
+    def _successors(self) -> list[list[int]]:
+        """Per state, the distinct live successors over non-EOS tokens."""
+        trip = self._triplets.long().numpy()
+        if self.eos_id is not None:
+            trip = trip[trip[:, 1] != int(self._token_class[self.eos_id])]
+        trip = trip[self._live[trip[:, 0]] & self._live[trip[:, 2]]]
+        succ: list[list[int]] = [[] for _ in range(self.n_states)]
+        for q, r in np.unique(trip[:, [0, 2]], axis=0).tolist() if len(trip) else []:
+            succ[q].append(r)
+        return succ
+
     def check_length(self, length: int, state: int | None = None) -> None:
         """Raise ``ValueError`` when no string of ``length`` tokens from ``state`` is accepted."""
         state = self.start if state is None else int(state)
@@ -262,8 +325,8 @@ class TokenAutomaton:
         need = self.min_length(state)
         if need > length:
             raise ValueError(
-                f"the constraint needs at least {need} tokens but only {length} remain; "
-                f"increase the generation length"
+                f"the constraint needs at least {need} token{'s' * (need != 1)} but only "
+                f"{length} remain; increase the generation length"
             )
 
     def step(self, state: int, token: int) -> int:
@@ -411,16 +474,81 @@ def _live_and_distance(
 
 
 def end_anchored(pattern: str) -> str:
-    """``pattern`` followed by the end-of-text assertion ``\\z``.
+    """``pattern`` behind a one-byte start marker and before the end-of-text assertion ``\\z``:
+    ``\\x01(?:pattern)\\z``; :func:`outlines_index` reads the marker first, so the language
+    from the state after it is the pattern's.
 
-    The language is the same (outlines matches the whole string anyway), but outlines-core
-    0.2.14 drops every token transition that enters a regex-automata "delayed match" state
-    that is not itself accepting, i.e. a transition that continues past an accepting state
-    into a non-accepting one: for ``(ab)+`` it loses ``ab -> aba``, for a top-level number it
-    loses ``1 -> 1.``. (Fixed upstream after 0.2.14, commit 2ba0b24.) With ``\\z`` no match can
-    be recorded before the end of the input, so no such state exists and the index is complete.
+    * ``\\z``: outlines-core 0.2.14 drops every token transition that enters a regex-automata
+      "delayed match" state that is not itself accepting, i.e. a transition that continues
+      past an accepting state into a non-accepting one: for ``(ab)+`` it loses ``ab -> aba``,
+      for a top-level number it loses ``1 -> 1.``. (Fixed upstream after 0.2.14, commit
+      2ba0b24.) With ``\\z`` no match can be recorded before the end of the input, so no such
+      state exists and the index is complete.
+    * The marker: with ``\\z``, a pattern that matches the empty string (``[a-z]*``) has no
+      "anchored universal start state" and outlines-core refuses it; after one consumed byte
+      the start no longer depends on look-around.
     """
-    return f"(?:{pattern})\\z"
+    return f"\\x01(?:{pattern})\\z"
+
+
+_MARKER = b"\x01"
+
+
+def _python_hint(pattern: str) -> str:
+    """Python's ``re`` diagnosis of a pattern outlines-core (Rust ``regex``) refused, which
+    names the position; empty when ``re`` accepts it (the syntaxes differ slightly)."""
+    import re
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            re.compile(pattern)
+    except re.error as err:
+        return f" ({err})"
+    return ""
+
+
+def outlines_index(
+    pattern: str, by_text: dict[bytes, list[int]], eos_id: int, what: str = "regular expression"
+) -> tuple[dict[int, dict[int, int]], int, set[int]]:
+    """outlines-core's token index of ``pattern`` over the tokens ``by_text`` (bytes -> ids):
+    ``(transitions[state][token] -> state, start, finals)``, restricted to the states
+    reachable from the start, with EOS self-loops removed. Built through
+    :func:`end_anchored`: an extra token id spells the marker byte and is read first."""
+    import outlines_core
+
+    marker_id = 1 + max([eos_id, *(i for ids in by_text.values() for i in ids)])
+    tokens = dict(by_text)
+    tokens[_MARKER] = [*by_text.get(_MARKER, []), marker_id]
+    try:
+        index = outlines_core.Index(
+            end_anchored(pattern), outlines_core.Vocabulary(eos_id, tokens)
+        )
+    except ValueError as err:
+        msg = str(err).replace(end_anchored(pattern), pattern)
+        if "incompatible" in msg:  # some reachable state has no way forward
+            raise ValueError(f"the vocabulary cannot spell {what} {pattern!r}: {msg}") from None
+        raise ValueError(f"invalid {what} {pattern!r}: {msg}{_python_hint(pattern)}") from None
+    trans = index.get_transitions()
+    finals = set(index.get_final_states())
+    start = trans.get(index.get_initial_state(), {}).get(marker_id)
+    del index
+    if start is None:  # the marker leads nowhere: no string at all
+        raise ValueError(f"{what} {pattern!r} accepts no string")
+    out: dict[int, dict[int, int]] = {}
+    todo = [start]
+    seen = {start}
+    while todo:  # keep the states reachable from the start, drop the marker and EOS
+        q = todo.pop()
+        d = trans.get(q, {})
+        d.pop(marker_id, None)
+        d.pop(eos_id, None)
+        out[q] = d
+        new = set(d.values()) - seen
+        seen |= new
+        todo += new
+    return out, start, finals & seen
 
 
 def schema_to_regex(schema: str | dict[str, Any], *, whitespace_pattern: str | None = None) -> str:
@@ -447,12 +575,6 @@ def schema_to_regex(schema: str | dict[str, Any], *, whitespace_pattern: str | N
 
 
 def _build_from_regex(cls: type[TokenAutomaton], pattern: str, vocab: Vocabulary) -> TokenAutomaton:
-    try:
-        import outlines_core
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "constraints from regular expressions need outlines-core: pip install outlines-core"
-        ) from err
     size = len(vocab)
     by_text: dict[bytes, list[int]] = {}
     for i, tok in enumerate(vocab.tokens):
@@ -461,20 +583,12 @@ def _build_from_regex(cls: type[TokenAutomaton], pattern: str, vocab: Vocabulary
     if not by_text:
         raise ValueError("the vocabulary has no ordinary tokens")
     try:
-        index = outlines_core.Index(
-            end_anchored(pattern), outlines_core.Vocabulary(vocab.eos_id, by_text)
-        )
-    except ValueError as err:
-        msg = str(err)
-        if "incompatible" in msg:
-            raise ValueError(
-                f"the vocabulary cannot spell regular expression {pattern!r}: {msg}"
-            ) from None
-        raise ValueError(f"invalid regular expression {pattern!r}: {msg}") from None
-    start_raw = index.get_initial_state()
-    finals_raw = set(index.get_final_states())
-    trans = index.get_transitions()
-    del index
+        import outlines_core  # noqa: F401
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "constraints from regular expressions need outlines-core: pip install outlines-core"
+        ) from err
+    trans, start_raw, finals_raw = outlines_index(pattern, by_text, vocab.eos_id)
     # Remap outlines' (sparse, dense-DFA) state ids to 0..Q-1 with the start first; one more
     # state, DONE, is reached by EOS from any final state and loops on EOS.
     raw = sorted(set(trans) | finals_raw | {start_raw})
@@ -538,20 +652,3 @@ def _build_from_regex(cls: type[TokenAutomaton], pattern: str, vocab: Vocabulary
     if not automaton.is_live(0):
         raise ValueError(f"regular expression {pattern!r} accepts no string over this vocabulary")
     return automaton
-
-
-def automaton_of(constraint_or_automaton: Any, vocabulary: Any = None) -> TokenAutomaton:
-    """A :class:`TokenAutomaton` from an automaton or a constraint with ``.automaton(vocab)``."""
-    if isinstance(constraint_or_automaton, TokenAutomaton):
-        return constraint_or_automaton
-    build = getattr(constraint_or_automaton, "automaton", None)
-    if callable(build):
-        return build(vocabulary)
-    raise TypeError(
-        "expected a TokenAutomaton or a constraint (Regex, JsonSchema), got "
-        f"{type(constraint_or_automaton).__name__}"
-    )
-
-
-def as_sequence(x: Sequence[int] | Tensor) -> list[int]:
-    return x.tolist() if isinstance(x, Tensor) else [int(v) for v in x]

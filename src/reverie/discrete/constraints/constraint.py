@@ -3,18 +3,24 @@ that carries the automaton state from one block of the canvas to the next."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from reverie.discrete.constraints.automaton import TokenAutomaton, end_anchored, schema_to_regex
+from reverie.discrete.constraints.automaton import (
+    TokenAutomaton,
+    outlines_index,
+    schema_to_regex,
+)
 from reverie.discrete.constraints.decode import (
     Generators,
     best_block,
     per_token_block,
     sample_block,
 )
+from reverie.discrete.constraints.scaffold import Scaffold, single_slot
 
 __all__ = ["DECODERS", "BlockDecoder", "Constraint", "JsonSchema", "Regex"]
 
@@ -50,6 +56,13 @@ class Constraint:
                 return False
         return q in finals
 
+    def layout(self, vocabulary: Any, length: int, *,
+               encode: Callable[[str], Sequence[int]] | None = None) -> Scaffold:
+        """How the constraint occupies ``length`` generated positions: here one slot over all
+        of them (no skeleton); :class:`JsonSchema` with ``scaffold=True`` overrides it.
+        Builds the automaton and checks that the language fits, before any model call."""
+        return single_slot(self.automaton(vocabulary), length)
+
     def decoder(
         self,
         vocabulary: Any,
@@ -79,36 +92,67 @@ class Regex(Constraint):
 class JsonSchema(Constraint):
     """Outputs must be JSON text valid under a JSON schema (a ``dict`` or JSON text), through
     outlines-core's schema-to-regex translation (DINGO App. G.2). ``whitespace_pattern``
-    overrides the regex allowed between JSON tokens (outlines' default: ``[ ]?``)."""
+    overrides the regex allowed between JSON tokens (outlines' default: ``[ ]?``).
+
+    ``scaffold=True`` (S3, Xiong et al. 2025, arXiv:2507.04504) writes the schema's skeleton
+    (braces, keys, colons, commas, the quotes of plain strings) into the canvas before
+    decoding and decodes only the value slots, each under its sub-schema; unused slot
+    positions hold the EOS / padding token, which the model's ``decode`` drops. The schema
+    must then be an object with ``properties``. ``budget`` sets the tokens per value slot
+    (see :func:`~reverie.discrete.constraints.scaffold.json_scaffold`; default: share the
+    canvas).
+    """
 
     def __init__(
-        self, schema: str | dict[str, Any], *, whitespace_pattern: str | None = None
+        self,
+        schema: str | dict[str, Any],
+        *,
+        whitespace_pattern: str | None = None,
+        scaffold: bool = False,
+        budget: int | Mapping[str, int] | None = None,
     ) -> None:
         import json
+
+        from reverie.discrete.constraints.scaffold import _is_object
 
         regex = schema_to_regex(schema, whitespace_pattern=whitespace_pattern)
         self.schema = json.loads(schema) if isinstance(schema, str) else schema
         self.whitespace_pattern = whitespace_pattern
+        if not isinstance(scaffold, bool):
+            raise TypeError(f"scaffold must be True or False, got {scaffold!r}")
+        if scaffold and not _is_object(self.schema):
+            raise ValueError(
+                "scaffold=True needs an object schema with 'properties' (plain keywords only: "
+                "type, properties, required, additionalProperties, $defs, title, description)"
+            )
+        if budget is not None and not scaffold:
+            raise ValueError("budget= only applies with scaffold=True")
+        self.scaffold = scaffold
+        self.budget = budget
         super().__init__(regex)
 
+    def layout(self, vocabulary: Any, length: int, *,
+               encode: Callable[[str], Sequence[int]] | None = None) -> Scaffold:
+        """With ``scaffold=True``, the schema's skeleton and value slots over ``length``
+        positions (:func:`~reverie.discrete.constraints.scaffold.json_scaffold`); otherwise
+        one slot over the whole canvas."""
+        if not self.scaffold:
+            return super().layout(vocabulary, length, encode=encode)
+        from reverie.discrete.constraints.scaffold import json_scaffold
+
+        return json_scaffold(self.schema, vocabulary, length, budget=self.budget,
+                             whitespace_pattern=self.whitespace_pattern, encode=encode,
+                             full_regex=self.regex)
+
     def __repr__(self) -> str:
-        return f"JsonSchema({self.schema!r})"
+        extra = f", scaffold=True, budget={self.budget!r}" if self.scaffold else ""
+        return f"JsonSchema({self.schema!r}{extra})"
 
 
 def _byte_dfa(pattern: str) -> tuple[dict[int, dict[int, int]], int, frozenset[int]]:
     """The pattern's byte-level DFA: outlines-core's index over the 256 one-byte tokens."""
-    import outlines_core
-
-    vocab = outlines_core.Vocabulary(256, {bytes([b]): [b] for b in range(256)})
-    try:
-        index = outlines_core.Index(end_anchored(pattern), vocab)
-    except ValueError as err:
-        msg = str(err)
-        if "incompatible" in msg:  # some reachable state has no way forward: empty language
-            raise ValueError(f"regular expression {pattern!r} accepts no string: {msg}") from None
-        raise ValueError(f"invalid regular expression {pattern!r}: {msg}") from None
-    trans = {q: {b: n for b, n in d.items() if b < 256} for q, d in index.get_transitions().items()}
-    return trans, index.get_initial_state(), frozenset(index.get_final_states())
+    trans, start, finals = outlines_index(pattern, {bytes([b]): [b] for b in range(256)}, 256)
+    return trans, start, frozenset(finals)
 
 
 class BlockDecoder:

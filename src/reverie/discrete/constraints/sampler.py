@@ -22,69 +22,94 @@ from torch import Tensor
 from reverie.discrete.constraints.automaton import TokenAutomaton
 from reverie.discrete.constraints.constraint import DECODERS, Constraint, _force
 from reverie.discrete.constraints.decode import best_block, per_token_block, sample_block
+from reverie.discrete.constraints.scaffold import Scaffold, single_slot
 
 __all__ = ["constrain_sampler", "prepare_constraint"]
 
 
-def prepare_constraint(model: Any, constraint: Any, n_generated: int) -> TokenAutomaton:
-    """The automaton of ``constraint`` over ``model``'s vocabulary, checked to fit
-    ``n_generated`` tokens: every error surfaces before the first model call.
+def prepare_constraint(model: Any, constraint: Any, n_generated: int) -> Scaffold:
+    """The layout of ``constraint`` over the ``n_generated`` positions after the prompt:
+    the automaton over ``model``'s vocabulary checked to fit them (one slot), or with
+    ``JsonSchema(..., scaffold=True)`` the schema's skeleton and one slot per value. Every
+    error surfaces here, before the first model call.
 
     ``constraint`` is a :class:`Regex`, a :class:`JsonSchema` or a :class:`TokenAutomaton`;
     ``model`` a token denoiser with a ``tokenizer`` (see
     :meth:`~reverie.discrete.constraints.Vocabulary.coerce`)."""
+    if getattr(getattr(model, "process", None), "kind", "masked") != "masked":
+        raise ValueError("constraints need a masked-diffusion model")
     if isinstance(constraint, TokenAutomaton):
-        automaton = constraint
+        layout = single_slot(constraint, n_generated)
     elif isinstance(constraint, Constraint):
-        automaton = constraint.automaton(model)
+        layout = constraint.layout(model, n_generated, encode=_encoder(model))
     else:
         raise TypeError(
             "constraint must be a Regex, a JsonSchema or a TokenAutomaton, got "
             f"{type(constraint).__name__}"
         )
-    vocab = getattr(model, "vocab_size", automaton.vocab_size)
-    if automaton.vocab_size != vocab:
-        raise ValueError(
-            f"the constraint's automaton covers {automaton.vocab_size} token ids but the model "
-            f"predicts {vocab}"
-        )
-    if getattr(getattr(model, "process", None), "kind", "masked") != "masked":
-        raise ValueError("constraints need a masked-diffusion model")
-    automaton.check_length(n_generated)
-    return automaton
+    for slot in layout.slots:
+        vocab = getattr(model, "vocab_size", slot.automaton.vocab_size)
+        if slot.automaton.vocab_size != vocab:
+            raise ValueError(
+                f"the constraint's automaton covers {slot.automaton.vocab_size} token ids but "
+                f"the model predicts {vocab}"
+            )
+    return layout
+
+
+def _encoder(model: Any) -> Any:
+    tok = getattr(model, "tokenizer", None)
+    return getattr(model, "encode", None) if tok is not None else None
 
 
 @dataclasses.dataclass
 class _Carry:
-    inner: Any  # the wrapped sampler's own carry
-    start: Tensor  # [n] first generated position (after the prompt)
-    at: Tensor  # [n] the automaton state below is the one after x[start:at]
-    state: Tensor  # [n] automaton state (-1: the per-token baseline hit a dead end)
+    """Per row and slot: slot bounds ``lo``/``hi`` (canvas positions), the automaton state
+    after ``x[lo:at]`` (-1: the per-token baseline hit a dead end), and the wrapped
+    sampler's own carry."""
+
+    inner: Any
+    automata: list[TokenAutomaton]
+    lo: Tensor  # [n, S]
+    hi: Tensor  # [n, S]
+    at: Tensor  # [n, S]
+    state: Tensor  # [n, S]
 
 
-def constrain_sampler(sampler: Any, automaton: TokenAutomaton, *, method: str = "dingo") -> Any:
+def constrain_sampler(
+    sampler: Any, constraint: TokenAutomaton | Scaffold, *, method: str = "dingo"
+) -> Any:
     """``sampler`` (a :class:`~reverie.discrete.TokenSampler`) with its decisions restricted
-    to the strings ``automaton`` accepts.
+    to valid strings.
+
+    ``constraint``: a :class:`TokenAutomaton` (the generated text, from the first masked
+    position to the end of the canvas, must be accepted) or a :class:`Scaffold` from
+    :func:`prepare_constraint` (covering the last ``scaffold.length`` positions of the
+    canvas; each slot is decoded under its own automaton).
 
     ``method``: ``"dingo"`` gives each block its most probable valid completion at
     temperature 0 (:func:`best_block`) and an exact draw from the restricted distribution
     otherwise (:func:`sample_block`). ``"per_token"`` is the left-to-right masking baseline
-    (:func:`per_token_block`); it may fail, and a failed row then continues unconstrained.
+    (:func:`per_token_block`); it may fail, and a failed slot then continues unconstrained.
     """
     if method not in DECODERS:
         raise ValueError(f"unknown constraint method {method!r}; valid: {', '.join(DECODERS)}")
     if "masked" not in sampler.processes:
         raise ValueError(f"sampler {sampler.name!r} does not sample masked diffusion")
+    if not isinstance(constraint, (TokenAutomaton, Scaffold)):
+        raise TypeError(
+            f"constraint must be a TokenAutomaton or a Scaffold, got {type(constraint).__name__}"
+        )
     inner = sampler.decide
 
     def decide(ctx: Any) -> Any:
         carry = ctx.carry
         if not isinstance(carry, _Carry):
-            carry = _start(ctx, automaton)
+            carry = _start(ctx, constraint)
         commit = inner(dataclasses.replace(ctx, carry=carry.inner))
         carry.inner = commit.carry
         tokens = _constrained_tokens(ctx, commit.positions & ctx.active, commit.tokens, carry,
-                                     automaton, method)
+                                     method)
         return dataclasses.replace(commit, tokens=tokens, carry=carry)
 
     return dataclasses.replace(
@@ -94,65 +119,95 @@ def constrain_sampler(sampler: Any, automaton: TokenAutomaton, *, method: str = 
     )
 
 
-def _start(ctx: Any, automaton: TokenAutomaton) -> _Carry:
-    mask = ctx.x == ctx.mask_id
-    start = mask.long().argmax(-1)  # the first masked position: where generation starts
-    state = torch.full_like(start, automaton.start)
-    return _Carry(inner=ctx.carry, start=start, at=start.clone(), state=state)
-
-
-def _constrained_tokens(ctx: Any, commit: Tensor, proposed: Tensor, carry: _Carry,
-                        automaton: TokenAutomaton, method: str) -> Tensor:
-    """The committed tokens of every row, from the block decoder (``proposed``: the wrapped
-    sampler's own tokens, kept for rows the per-token baseline has lost)."""
+def _start(ctx: Any, constraint: TokenAutomaton | Scaffold) -> _Carry:
     n, length = ctx.x.shape
-    out = ctx.x.clone()
-    lo = torch.maximum(ctx.block_start, carry.start)
-    hi = ctx.block_end
-    # Advance each row's carried state to the start of its current block (all committed).
-    for r in range(n):
-        a, b = int(carry.at[r]), int(lo[r])
-        if b > a:
-            if bool((ctx.x[r, a:b] == ctx.mask_id).any()):
-                raise RuntimeError("the constrained sampler expects blocks decoded left to right")
-            carry.state[r : r + 1] = automaton.advance(carry.state[r : r + 1],
-                                                       ctx.x[r : r + 1, a:b])
-            carry.at[r] = b
-    need = commit.any(-1)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for r in need.nonzero().flatten().tolist():
-        groups.setdefault((int(lo[r]), int(hi[r])), []).append(r)
-    temperature = float(ctx.temperature)
-    for (a, b), rows in groups.items():
-        idx = torch.tensor(rows, device=ctx.x.device)
-        free = carry.state[idx] < 0  # per-token baseline rows past a dead end
-        lp = ctx.logp[idx, a:b].double()
-        if temperature > 0:
-            lp = lp / temperature
-        lp = _force(lp, ctx.x[idx, a:b], ctx.mask_id)
-        still = (ctx.x[idx, a:b] == ctx.mask_id) & ~commit[idx, a:b]
-        tokens = proposed[idx, a:b].clone()  # rows past a dead end: unconstrained
-        live = (~free).nonzero().flatten()
-        if len(live):
-            args = (lp[live], automaton, carry.state[idx[live]], still[live])
-            if method == "dingo" and temperature == 0:
-                got, _, _ = best_block(*args, remaining=length - b)
-            elif method == "dingo":
-                got, _, _ = sample_block(*args, remaining=length - b,
-                                         generator=_row_generators(ctx, idx[live]))
-            else:
-                got, end, _ = per_token_block(*args, sample=temperature > 0,
-                                              generator=_row_generators(ctx, idx[live]))
-                carry.state[idx[live][end < 0]] = -1  # failed: unconstrained from now on
-            tokens[live] = got
-        block = commit[idx, a:b]
-        out[idx, a:b] = torch.where(block, tokens, ctx.x[idx, a:b])
+    if isinstance(constraint, TokenAutomaton):
+        # one slot from the first masked position (where generation starts) to the end
+        lo = (ctx.x == ctx.mask_id).long().argmax(-1)[:, None]
+        hi = torch.full_like(lo, length)
+        automata = [constraint]
+    else:
+        offset = length - constraint.length  # the scaffold covers the end of the canvas
+        if offset < 0:
+            raise ValueError(f"the scaffold has {constraint.length} positions, the canvas {length}")
+        bounds = torch.tensor([[s.start, s.end] for s in constraint.slots], dtype=torch.long,
+                              device=ctx.x.device).reshape(-1, 2) + offset
+        lo = bounds[:, 0].expand(n, -1).clone()
+        hi = bounds[:, 1].expand(n, -1).clone()
+        automata = [s.automaton for s in constraint.slots]
+    state = torch.tensor([a.start for a in automata], dtype=torch.long, device=ctx.x.device)
+    return _Carry(inner=ctx.carry, automata=automata, lo=lo, hi=hi, at=lo.clone(),
+                  state=state.expand(n, -1).clone())
+
+
+def _groups(*keys: Tensor, rows: Tensor) -> dict[tuple[int, ...], list[int]]:
+    """Rows (indices in ``rows``) grouped by the values of ``keys`` at them."""
+    out: dict[tuple[int, ...], list[int]] = {}
+    cols = [k[rows].tolist() for k in keys]
+    for j, r in enumerate(rows.tolist()):
+        out.setdefault(tuple(c[j] for c in cols), []).append(r)
     return out
 
 
-def _row_generators(ctx: Any, rows: Tensor) -> list[torch.Generator]:
-    """One generator per row for the block decoder's draws, seeded from the run's own
-    generator(s) through ``ctx.uniform``, so row ``k`` depends only on the generator that
-    :func:`~reverie.discrete.generate` gave it."""
-    seeds = (ctx.uniform(1)[:, 0, 0] * 2.0**62).long()
-    return [torch.Generator(device=ctx.x.device).manual_seed(int(seeds[r])) for r in rows.tolist()]
+def _constrained_tokens(ctx: Any, commit: Tensor, proposed: Tensor, carry: _Carry,
+                        method: str) -> Tensor:
+    """The committed tokens of every row, from the block decoder run on each slot's part of
+    the current block (``proposed``: the wrapped sampler's own tokens, kept for slots the
+    per-token baseline has lost). Slots are independent given the skeleton, so the best (or
+    a sampled) block is the best (or a sampled) part of every slot."""
+    n, length = ctx.x.shape
+    out = ctx.x.clone()
+    pos = torch.arange(length, device=ctx.x.device)
+    temperature = float(ctx.temperature)
+    # One seed per row and step (one draw from the run's generators, whatever the batch and
+    # the slots touched), so row r depends only on the generator generate() gave it.
+    seeds = (ctx.uniform(1)[:, 0, 0] * 2.0**62).long().tolist() if temperature > 0 else None
+    for k, automaton in enumerate(carry.automata):
+        lo_k, hi_k = carry.lo[:, k], carry.hi[:, k]
+        # Advance the carried state to the start of this slot's part of the current block
+        # (everything before it is committed: blocks are decoded left to right).
+        target = torch.minimum(torch.maximum(ctx.block_start, lo_k), hi_k)
+        behind = (target > carry.at[:, k]).nonzero().flatten()
+        for (a, b), rows in _groups(carry.at[:, k], target, rows=behind).items():
+            idx = torch.tensor(rows, device=ctx.x.device)
+            if bool((ctx.x[idx, a:b] == ctx.mask_id).any()):
+                raise RuntimeError("the constrained sampler expects blocks decoded left to right")
+            carry.state[idx, k] = automaton.advance(carry.state[idx, k], ctx.x[idx, a:b])
+            carry.at[idx, k] = b
+        # Decode this slot's part [a, b) of the block for rows that commit inside it.
+        a_k = target
+        b_k = torch.minimum(ctx.block_end, hi_k)
+        part = (pos >= a_k[:, None]) & (pos < b_k[:, None])
+        need = ((commit & part).any(-1)).nonzero().flatten()
+        for (a, b, hi), rows in _groups(a_k, b_k, hi_k, rows=need).items():
+            idx = torch.tensor(rows, device=ctx.x.device)
+            lp = ctx.logp[idx, a:b].double()
+            if temperature > 0:
+                lp = lp / temperature
+            lp = _force(lp, ctx.x[idx, a:b], ctx.mask_id)
+            still = (ctx.x[idx, a:b] == ctx.mask_id) & ~commit[idx, a:b]
+            tokens = proposed[idx, a:b].clone()  # slots past a dead end: unconstrained
+            live = (carry.state[idx, k] >= 0).nonzero().flatten()
+            if len(live):
+                args = (lp[live], automaton, carry.state[idx[live], k], still[live])
+                if method == "dingo" and temperature == 0:
+                    got, _, _ = best_block(*args, remaining=hi - b)
+                elif method == "dingo":
+                    got, _, _ = sample_block(*args, remaining=hi - b,
+                                             generator=_generators(seeds, idx[live], k))
+                else:
+                    got, end, _ = per_token_block(*args, sample=temperature > 0,
+                                                  generator=_generators(seeds, idx[live], k))
+                    carry.state[idx[live][end < 0], k] = -1  # failed: unconstrained from now on
+                tokens[live] = got
+            block = commit[idx, a:b]
+            out[idx, a:b] = torch.where(block, tokens, ctx.x[idx, a:b])
+    return out
+
+
+def _generators(seeds: list[int] | None, rows: Tensor, slot: int) -> list[torch.Generator]:
+    """One generator per row for the draws of slot ``slot``, seeded from the row's seed."""
+    if seeds is None:
+        return []
+    return [torch.Generator().manual_seed((seeds[r] + slot * 0x9E3779B97F4A7C15) % 2**63)
+            for r in rows.tolist()]
