@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="'test' (held-out), 'train' or 'all' digits; or a .pt/.npy/.npz file of "
                         "[N, *sample_shape] data; default for toys: samples of the toy itself")
     p.add_argument("--n", type=int, default=None, help="score only the first N points")
-    p.add_argument("--divergence", choices=DIVERGENCES, default="exact")
+    p.add_argument("--divergence", choices=DIVERGENCES, default=None,
+                   help="default: exact up to 16 dimensions, hutchinson above")
     p.add_argument("--probe", choices=PROBES, default="rademacher")
     p.add_argument("--n-probes", type=int, default=1)
     p.add_argument("--method", choices=list(TABLEAUS), default="dopri5")
@@ -107,6 +108,8 @@ def _run(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(args.seed)
     if bin_width is not None:  # uniform dequantisation (Theis et al. 2016)
         x = x + bin_width * (torch.rand(x.shape, generator=g, dtype=torch.float64) - 0.5)
+    if args.divergence is None:
+        args.divergence = "exact" if x[0].numel() <= 16 else "hutchinson"
     lls, nfes = [], []
     t0 = time.perf_counter()
     for start in tqdm(range(0, x.shape[0], args.batch_size), desc="likelihood", unit="batch"):
