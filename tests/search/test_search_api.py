@@ -106,6 +106,12 @@ def test_bad_input(problem):
         search.run(den, tilt.reward, method="fk", particles=3, **kw)
     with pytest.raises(ValueError, match="unknown potential"):
         search.run(den, tilt.reward, method="fk", potential="best", **kw)
+    with pytest.raises(ValueError, match="unknown backup 'max' for dts"):
+        search.run(den, tilt.reward, method="dts", backup="max", **kw)
+    with pytest.raises(ValueError, match="expected 'max' or 'mean'"):
+        search.run(den, tilt.reward, method="dts_star", backup="soft", **kw)
+    with pytest.raises(ValueError, match="exploration"):
+        search.run(den, tilt.reward, method="dts_star", exploration=-1.0, **kw)
     with pytest.raises(ValueError, match="budget"):
         search.run(den, tilt.reward, method="fk", budget=0, n=2, shape=(2,))
     with pytest.raises(ValueError, match="shape"):

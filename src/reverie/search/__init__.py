@@ -92,7 +92,8 @@ def run(
 
     ``reward(x0) -> Tensor[batch]`` scores clean samples (differentiable for ``ditto``).
     ``temperature`` ``T > 0`` sets the target ``p(x) exp(r(x) / T)`` of the sampling methods
-    (``fk``, ``dts``) and the softness of the values of ``dts_star``. ``generator``: one
+    (``fk``, ``dts``) and the softness of ``dts_star``'s values with ``backup="mean"``
+    (its default max backup does not use it). ``generator``: one
     ``torch.Generator`` or one per returned sample. ``shape``: the shape of one sample
     (taken from ``denoiser.sample_shape`` or a linear reward's weight when omitted).
     ``sampler``/``steps``/``grid``/``sampler_options``: the sampler every trajectory walks

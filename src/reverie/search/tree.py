@@ -9,19 +9,28 @@ Each iteration does
 
 * selection -- from the root, while the node has its ``max_children`` children, move to a
   child drawn with probability ``prop. exp(v / T)`` (DTS) or to the child of largest ``v``
-  (DTS*), among children whose subtrees are not exhausted;
+  (DTS*, optionally plus a UCT bonus), among children whose subtrees are not exhausted;
 * expansion -- draw a new child of that node;
 * rollout -- run the sampler from the new child to the clean end, adding every state;
 * backup -- the leaf's value is its reward; every node on the path gets the soft Bellman
   value ``v(x) = T log mean_children exp(v(child) / T)`` (children are draws from the kernel,
-  so the plain mean is the Monte Carlo estimate of ``E[exp(V/T)]``).
+  so the plain mean is the Monte Carlo estimate of ``E[exp(V/T)]``), or ``T log sum`` (every
+  leaf weighted alike), or for DTS* the hard ``max`` (the ``T -> 0`` limit).
 
 DTS returns a leaf reached by descending from the root with ``prop. exp(v / T)``; with the
-plain-mean backup this picks a leaf with probability ``prop. exp(r(leaf) / T) / prod(number of
-children of its ancestors)``, importance resampling over the tree, which samples
-``p(x) exp(r(x) / T)`` as the tree grows in breadth at every level. DTS* returns the best leaf
-found. One tree per returned sample; the trees of a chunk are grown in lockstep and every
-batch of network calls covers all trees whose rollout is at the same grid index.
+mean backup this picks a leaf with probability ``prop. exp(r(leaf) / T) / prod(number of
+children of its ancestors)`` (nested importance resampling), with the sum backup ``prop.
+exp(r(leaf) / T)`` over all leaves. DTS* returns the best leaf found. One tree per returned
+sample; the trees of a chunk are grown in lockstep and every batch of network calls covers all
+trees whose rollout is at the same grid index.
+
+Both estimators approach the tilted target as the budget grows when the tree's shape does
+not depend on the values (``selection="uniform"``). With the paper's value-driven (Boltzmann)
+growth they are biased at any budget short of the complete tree (``max_children ** steps``
+leaves): with the mean backup a subtree left with few rollouts because its first rollout
+scored low keeps those low leaves as the estimate of its whole mass (under-tilting); with the
+sum backup the well-explored subtrees contribute more leaves (over-tilting, growing with the
+budget). ``docs/search.md`` shows the measurements.
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ _MAX_STORED = 2**24  # stored state elements per chunk of trees (bounded memory)
     "(Jain et al. 2025)",
 )
 def dts(
-    ctx: Context, *, max_children: int = 4, selection: str = "boltzmann",
+    ctx: Context, *, max_children: int = 4, selection: str = "boltzmann", backup: str = "mean",
     widening: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, dict]:
     """Diffusion Tree Sampling (Jain et al. 2025, Algorithm 1); see the module docstring.
@@ -51,30 +60,52 @@ def dts(
     ``max_children``: children a node takes before selection moves below it.
     ``selection``: ``"boltzmann"`` (the paper: children drawn ``prop. exp(v / T)`` while the
     tree grows) or ``"uniform"`` (children drawn uniformly while the tree grows; the returned
-    leaf is drawn ``prop. exp(v / T)`` in both cases). Uniform growth keeps the allocation of
-    rollouts independent of the noisy value estimates, which removes the selection bias of
-    Boltzmann growth at small budgets (measured in ``reverie bench search``).
+    leaf is drawn ``prop. exp(v / T)`` in both cases). Uniform growth keeps the tree's shape
+    independent of the values, so the returned leaf is an importance resample that approaches
+    the tilted target as the budget grows; Boltzmann growth leaves a bias that does not shrink
+    with the budget before the tree is complete (measured in ``reverie bench search``).
+    ``backup``: ``"mean"`` (the soft Bellman estimate ``T log mean exp(v / T)`` over children,
+    the paper's equation) or ``"sum"`` (``T log sum exp``: every leaf weighted alike).
     ``widening``: progressive widening (Couetoux et al. 2011) -- a node visited ``N`` times
     may hold ``min(max_children, ceil(N^widening))`` children; ``None`` keeps the fixed cap.
     """
     if selection not in ("boltzmann", "uniform"):
         raise ValueError(f"unknown selection {selection!r}; expected 'boltzmann' or 'uniform'")
+    if backup not in ("mean", "sum"):
+        raise ValueError(f"unknown backup {backup!r} for dts; expected 'mean' or 'sum'")
     return _tree_search(ctx, max_children, greedy=False, widening=widening,
-                        uniform=selection == "uniform")
+                        uniform=selection == "uniform", backup=backup)
 
 
 @register(
     "dts_star", tilted=False, sampler="dpmpp_2m_sde", needs_stochastic=True,
-    description="Diffusion Tree Search (DTS*): greedy selection on soft values, best leaf "
+    description="Diffusion Tree Search (DTS*): greedy selection on tree values, best leaf "
     "(Jain et al. 2025)",
 )
 def dts_star(
-    ctx: Context, *, max_children: int = 2, widening: float | None = None
+    ctx: Context, *, max_children: int = 2, backup: str = "max", exploration: float = 0.0,
+    widening: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, dict]:
-    """Diffusion Tree Search, DTS* (Jain et al. 2025): DTS with greedy selection (the child
-    of largest soft value), returning the best leaf found. A small ``max_children`` sends the
-    search deeper along the best path sooner, where new rollouts are cheap."""
-    return _tree_search(ctx, max_children, greedy=True, widening=widening)
+    """Diffusion Tree Search, DTS* (Jain et al. 2025): DTS with greedy selection, returning the
+    best leaf found. A small ``max_children`` sends the search deeper along the best path
+    sooner, where new rollouts are cheap.
+
+    ``backup``: ``"max"`` (default: a node's value is the best reward found below it, the
+    ``T -> 0`` limit of the soft backup that matches greedy selection) or ``"mean"`` (the
+    soft Bellman value at the run's temperature, as in DTS; the paper changes only the
+    selection rule). At equal NFE the max backup finds higher rewards once the budget lets
+    the search reach the middle of the chain (see ``reverie bench search``).
+    ``exploration``: UCT constant ``c`` (in reward units): selection maximises
+    ``v(child) + c sqrt(log N(node) / N(child))`` over visit counts ``N``; 0 is pure greedy.
+    ``widening``: progressive widening, as in :func:`dts`.
+    """
+    if backup not in ("max", "mean"):
+        raise ValueError(f"unknown backup {backup!r} for dts_star; expected 'max' or 'mean'")
+    if isinstance(exploration, bool) or not isinstance(exploration, (int, float)) \
+            or not math.isfinite(exploration) or exploration < 0:
+        raise ValueError(f"exploration must be a finite number >= 0, got {exploration!r}")
+    return _tree_search(ctx, max_children, greedy=True, widening=widening, backup=backup,
+                        exploration=float(exploration))
 
 
 class _Forest:
@@ -152,7 +183,8 @@ class _Forest:
 
 
 def _tree_search(
-    ctx: Context, C: int, greedy: bool, widening: float | None, uniform: bool = False
+    ctx: Context, C: int, greedy: bool, widening: float | None, uniform: bool = False,
+    backup: str = "mean", exploration: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor, dict]:
     if isinstance(C, bool) or not isinstance(C, int) or C < 1:
         raise ValueError(f"max_children must be an integer >= 1, got {C!r}")
@@ -177,7 +209,8 @@ def _tree_search(
         active = torch.ones(g, dtype=torch.bool)
         while bool(active.any()):
             A = torch.nonzero(active).flatten()
-            cur, path = _select(ctx, f, A, groups, S, math.inf if uniform else T, greedy)
+            cur, path = _select(ctx, f, A, groups, S, math.inf if uniform else T, greedy,
+                                exploration)
             # expansion node: its rollout must fit in the budget (and in the storage)
             d = f.idx[A, cur]
             cost = torch.tensor([ctx.cost(int(i) + 1) for i in d.tolist()], dtype=torch.long)
@@ -216,7 +249,12 @@ def _tree_search(
                 nd = path[:, level]
                 kids, valid = f.kids(A, nd)
                 v = f.val[A[:, None], kids]
-                f.val[A, nd] = T * logmeanexp(v / T, valid)
+                if backup == "max":    # hard Bellman backup: the best leaf below
+                    f.val[A, nd] = v.masked_fill(~valid, -math.inf).amax(1)
+                elif backup == "sum":  # T log sum exp: every leaf below weighted alike
+                    f.val[A, nd] = T * torch.logsumexp((v / T).masked_fill(~valid, -math.inf), 1)
+                else:                  # soft Bellman: T log of the children's mean of exp(v/T)
+                    f.val[A, nd] = T * logmeanexp(v / T, valid)
                 f.visits[A, nd] += 1
                 open_kid = (f.open[A[:, None], kids] & valid).any(1)
                 f.open[A, nd] = (f.nch[A, nd] < f.cap[A, nd]) | open_kid
@@ -228,13 +266,14 @@ def _tree_search(
     info = {
         "max_children": C,
         "selection": "greedy" if greedy else ("uniform" if uniform else "boltzmann"),
+        "backup": backup,
         "rollouts_mean": float(iters_all.double().mean()),
     }
     return out_x, out_r, spent_all, info
 
 
 def _select(ctx: Context, f: _Forest, A: Tensor, groups: Tensor, S: int, T: float,
-            greedy: bool) -> tuple[Tensor, Tensor]:
+            greedy: bool, exploration: float = 0.0) -> tuple[Tensor, Tensor]:
     """Descend from the root of every tree in ``A`` to the first node that may take another
     child; ``path[:, i + 1]`` is the node at grid index ``i`` (the root at column 0)."""
     m = A.numel()
@@ -250,6 +289,10 @@ def _select(ctx: Context, f: _Forest, A: Tensor, groups: Tensor, S: int, T: floa
         kids, valid = f.kids(a, c)
         ok = valid & f.open[a[:, None], kids]
         score = f.val[a[:, None], kids]
+        if greedy and exploration > 0:  # UCT: v + c sqrt(log N(node) / N(child))
+            n_kid = f.visits[a[:, None], kids].clamp(min=1).double()
+            n_node = f.visits[a, c].clamp(min=1).double()
+            score = score + exploration * torch.sqrt(torch.log(n_node)[:, None] / n_kid)
         if not greedy:  # Boltzmann policy prop. exp(v / T), by the Gumbel-max trick
             score = score / T + ctx.rng.gumbel(groups[a], kids.shape[1])  # (T = inf: uniform)
         score = score.masked_fill(~ok, -math.inf)
