@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from reverie._io import atomic_path
 from reverie.bench.common import Timer, format_table, machine
 
 #: Real-world-shaped JSON schemas whose automata are measured.
@@ -263,9 +264,8 @@ def synthetic_tokenizer(size: int, seed: int = 0) -> Any:
     tok.train_from_iterator(synthetic_corpus(seed), trainer)
     if tok.get_vocab_size() != size:
         raise RuntimeError(f"the synthetic corpus yields {tok.get_vocab_size()} tokens, not {size}")
-    tmp = path.with_suffix(".tmp")
-    tok.save(str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tok.save(str(tmp))
     return tok
 
 

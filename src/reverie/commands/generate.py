@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
+
+from reverie._io import write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -77,12 +78,8 @@ def run(args: argparse.Namespace) -> int:
     for text in texts:
         print(text)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text("".join(json.dumps({"text": t, "tokens": r}) + "\n"
-                               for t, r in zip(texts, x.tolist())))
-        os.replace(tmp, out)
+        write_text("".join(json.dumps({"text": t, "tokens": r}) + "\n"
+                           for t, r in zip(texts, x.tolist())), args.out)
     return 0
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from reverie._io import save_array, write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -122,11 +122,11 @@ def run(args: argparse.Namespace) -> int:
     title = f"{method}, {args.budget} NFE/sample, mean reward {levels[-1]['reward_mean']:.3f}"
     _grid(final.samples, shape, out / "grid.png", title)
     _curve(levels, out / "reward_vs_nfe.png", method, spec, exact)
-    _atomic_torch(final.samples, out / "samples.pt")
+    save_array(final.samples, out / "samples.pt")
     summary = {"model": args.model, "reward": spec, "method": method, "budget": args.budget,
                "n": args.n, "temperature": args.temperature, "steps": args.steps,
                "options": options, "levels": levels, "exact_tilted_mean_reward": exact}
-    _atomic_text(json.dumps(summary, indent=2), out / "result.json")
+    write_text(json.dumps(summary, indent=2), out / "result.json")
     for e in levels:
         acc = f", accuracy {e['accuracy']:.3f}" if "accuracy" in e else ""
         print(f"NFE {e['nfe']:6d}: mean reward {e['reward_mean']:.4f} "
@@ -180,29 +180,3 @@ def _curve(levels: list[dict], path: Path, method: str, spec: str, exact: float 
     save_figure(fig, path)
 
 
-def _atomic_torch(x, path: Path) -> None:
-    import torch
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(x.detach().cpu(), tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from reverie._random import randn as _randn_rows
+from reverie._registry import Registry
 from reverie.denoisers import DenoiserBase
 from reverie.samplers import (
     NonFiniteError,
@@ -76,42 +77,8 @@ class Method:
         }
 
 
-class _Registry(Mapping[str, Method]):
-    def __init__(self) -> None:
-        self._items: dict[str, Method] = {}
-
-    def __getitem__(self, name: str) -> Method:
-        try:
-            return self._items[name]
-        except (KeyError, TypeError):
-            raise ValueError(
-                f"unknown search method {name!r}; expected one of {', '.join(self._items)}"
-            ) from None
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"METHODS({', '.join(self._items)})"
-
-    def add(self, method: Method) -> Method:
-        self._items[method.name] = method
-        return method
-
-    def reorder(self, names: Sequence[str]) -> None:
-        """List the methods in this order (the rest after them)."""
-        first = {k: self._items[k] for k in names if k in self._items}
-        self._items = {**first, **{k: v for k, v in self._items.items() if k not in first}}
-
-
 #: All search methods by name; ``list(METHODS)`` gives the names.
-METHODS = _Registry()
+METHODS: Registry[Method] = Registry("search method", "METHODS")
 
 
 def register(
