@@ -9,7 +9,10 @@ from torch import Tensor
 
 from reverie._random import Generators
 
-__all__ = ["sliced_wasserstein", "mode_weights", "mode_weight_error", "sliced_wasserstein_floor"]
+__all__ = [
+    "sliced_wasserstein", "SlicedWasserstein", "mode_weights", "mode_weight_error",
+    "sliced_wasserstein_floor",
+]
 
 
 def _quantiles(v: Tensor, n: int) -> Tensor:
@@ -33,20 +36,41 @@ def sliced_wasserstein(
 
     ``p = 1`` gives the mean over directions of the 1-Wasserstein distance ``E_u W1(u.x, u.y)``
     (the convention of the MCGdiff Gaussian-mixture benchmark, Cardoso et al. 2024)."""
-    if p not in (1, 2):
-        raise ValueError(f"p must be 1 or 2, got {p}")
-    x = x.reshape(x.shape[0], -1).to(torch.float64)
-    y = y.reshape(y.shape[0], -1).to(torch.float64)
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"dimensions differ: {x.shape[1]} vs {y.shape[1]}")
-    g = generator if isinstance(generator, torch.Generator) else None
-    u = torch.randn(x.shape[1], projections, generator=g, dtype=torch.float64)
-    u = u / u.norm(dim=0, keepdim=True)
-    n = max(x.shape[0], y.shape[0])
-    px, py = _quantiles(x @ u, n), _quantiles(y @ u, n)
-    if p == 1:
-        return float((px - py).abs().mean())
-    return math.sqrt(float(((px - py) ** 2).mean()))
+    return SlicedWasserstein(y, projections, generator, p)(x)
+
+
+class SlicedWasserstein:
+    """:func:`sliced_wasserstein` to a fixed reference set ``y``: the directions and the sorted
+    projections of ``y`` are computed once, so comparing many sample sets with one large
+    reference costs one sort of each sample set. ``SlicedWasserstein(y, ...)(x)`` equals
+    ``sliced_wasserstein(x, y, ...)`` with the generator in the same state."""
+
+    def __init__(
+        self, y: Tensor, projections: int = 256, generator: Generators = None, p: int = 2
+    ) -> None:
+        if p not in (1, 2):
+            raise ValueError(f"p must be 1 or 2, got {p}")
+        self.y = y.reshape(y.shape[0], -1).to(torch.float64)
+        g = generator if isinstance(generator, torch.Generator) else None
+        u = torch.randn(self.y.shape[1], projections, generator=g, dtype=torch.float64)
+        self.u, self.p = u / u.norm(dim=0, keepdim=True), p
+        self._sorted = (self.y @ self.u).sort(dim=0).values
+        self._cache: dict[int, Tensor] = {}
+
+    def _reference(self, n: int) -> Tensor:
+        if n not in self._cache:
+            self._cache[n] = _quantiles(self._sorted, n)
+        return self._cache[n]
+
+    def __call__(self, x: Tensor) -> float:
+        x = x.reshape(x.shape[0], -1).to(torch.float64)
+        if x.shape[1] != self.y.shape[1]:
+            raise ValueError(f"dimensions differ: {x.shape[1]} vs {self.y.shape[1]}")
+        n = max(x.shape[0], self.y.shape[0])
+        px, py = _quantiles(x @ self.u, n), self._reference(n)
+        if self.p == 1:
+            return float((px - py).abs().mean())
+        return math.sqrt(float(((px - py) ** 2).mean()))
 
 
 def sliced_wasserstein_floor(

@@ -20,7 +20,7 @@ import torch
 
 from reverie.bench.common import format_table, machine
 from reverie.grids import GRIDS, make_grid
-from reverie.metrics import mode_weight_error, sliced_wasserstein
+from reverie.metrics import SlicedWasserstein, mode_weight_error
 from reverie.process import VP
 from reverie.reference import GaussianMixture
 from reverie.samplers import SAMPLERS, State
@@ -119,11 +119,8 @@ def accuracy(args: argparse.Namespace) -> tuple[list[dict], float]:
     noise = torch.randn(
         n, args.dim, generator=torch.Generator().manual_seed(args.seed + 2), dtype=torch.float64
     )
-    proj = torch.Generator().manual_seed(args.seed + 3)
-
-    def sw(x: torch.Tensor) -> float:
-        proj.manual_seed(args.seed + 3)  # the same projections for every method
-        return sliced_wasserstein(x, ref, 256, proj)
+    # the same projections for every method; the reference is projected and sorted once
+    sw = SlicedWasserstein(ref, 256, torch.Generator().manual_seed(args.seed + 3))
 
     floor = statistics.mean(
         sw(gm.sample(n, torch.Generator().manual_seed(args.seed + 10 + k))) for k in range(3)
