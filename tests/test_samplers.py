@@ -247,6 +247,26 @@ def test_matches_diffusers(mixture, name, make):
     torch.testing.assert_close(ours.float(), ref, rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.parametrize("steps", [5, 8])
+def test_dpmpp_3m_matches_diffusers_below_15_steps(mixture, steps):
+    """Below 15 steps diffusers takes the second-to-last step at second order
+    (``lower_order_final``); reverie's default does the same, and ``legacy=True`` then matches
+    diffusers exactly. Without it the two differ (the test can fail)."""
+    import diffusers
+
+    proc = reverie.VP.linear()
+    den = mixture.denoiser(proc)
+    noise = torch.randn(256, 2, generator=gen(1), dtype=torch.float64)
+    make = diffusers.DPMSolverMultistepScheduler(
+        timestep_spacing="trailing", solver_order=3, solver_type="heun")
+    ref, sch = _diffusers_loop(make, den, noise.float(), steps)
+    grid = torch.cat([sch.timesteps.to(torch.float64), torch.tensor([-1.0], dtype=torch.float64)])
+    ours = run("dpmpp_3m", den, noise, grid, legacy=True).x0
+    torch.testing.assert_close(ours.float(), ref, rtol=2e-4, atol=2e-4)
+    full = run("dpmpp_3m", den, noise, grid, legacy=True, lower_order_final=False).x0
+    assert float((full.float() - ref).abs().max()) > 1e-2
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------------------------

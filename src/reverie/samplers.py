@@ -484,13 +484,17 @@ def dpmpp_2m_sde(denoiser, state, sch, *, generator, cond, eta, s_noise) -> Tran
     return Transition(mean, _sde_std(sch, i, j, eta) * s_noise, x0, (x0,))
 
 
-def _dpmpp_3m(denoiser, state, sch, *, cond, eta, s_noise, legacy) -> Transition:
+def _dpmpp_3m(
+    denoiser, state, sch, *, cond, eta, s_noise, legacy, lower_order_final=False
+) -> Transition:
     """DPM-Solver++(3M) with ``eta``-SDE noise (k-diffusion ``sample_dpmpp_3m_sde``).
 
     With ``D2 = (D1_0 - D1_1) / (r0 + r1) ~ h^2 x0'' / 2``, the Taylor expansion of the
     exponential integrator needs the term ``-2 phi_3 D2``; the reference implementations
     (dpm-solver, k-diffusion, diffusers) use ``-phi_3 D2``, which leaves an O(h^3) local error
-    (second order overall). ``legacy=True`` reproduces them exactly."""
+    (second order overall). ``legacy=True`` reproduces them exactly. ``lower_order_final``:
+    on grids of fewer than 15 steps the step before the final one is second order (diffusers'
+    ``lower_order_final``; third-order extrapolation over a few long steps is unstable)."""
     i, j, x = state.i, state.i + 1, state.x
     x0 = _model(denoiser, x, sch.t[i], cond)
     memory = (*state.memory[-1:], x0)
@@ -505,6 +509,8 @@ def _dpmpp_3m(denoiser, state, sch, *, cond, eta, s_noise, legacy) -> Transition
     hist = state.memory
     h1 = sch.h(i - 1) if len(hist) >= 1 else math.inf
     h2 = sch.h(i - 2) if len(hist) >= 2 else math.inf
+    if lower_order_final and sch.steps < 15 and j == sch.steps - 1:
+        h2 = math.inf  # second order onto the last point before the clean end
     if math.isfinite(h1) and math.isfinite(h2):  # third order: two past predictions
         r0, r1 = h1 / h, h2 / h
         d1_0 = (x0 - hist[-1]) / r0
@@ -540,12 +546,18 @@ def dpmpp_3m_sde(denoiser, state, sch, *, generator, cond, eta, s_noise, legacy)
     stochastic=False,
     grid="logsnr",
     legacy=False,
+    lower_order_final=True,
     description="DPM-Solver++(3M) (Lu et al. 2022): third-order multistep, data prediction",
 )
-def dpmpp_3m(denoiser, state, sch, *, generator, cond, legacy) -> Transition:
+def dpmpp_3m(
+    denoiser, state, sch, *, generator, cond, legacy, lower_order_final
+) -> Transition:
     """DPM-Solver++(3M), the deterministic (eta = 0) member of :func:`dpmpp_3m_sde`;
-    ``legacy=True`` reproduces diffusers' ``DPMSolverMultistepScheduler(solver_order=3)``."""
-    return _dpmpp_3m(denoiser, state, sch, cond=cond, eta=0.0, s_noise=1.0, legacy=legacy)
+    ``legacy=True`` reproduces diffusers' ``DPMSolverMultistepScheduler(solver_order=3)``.
+    ``lower_order_final`` (default, as diffusers): below 15 steps the step before the final
+    one is second order."""
+    return _dpmpp_3m(denoiser, state, sch, cond=cond, eta=0.0, s_noise=1.0, legacy=legacy,
+                     lower_order_final=lower_order_final)
 
 
 # ---------------------------------------------------------------------------------------------

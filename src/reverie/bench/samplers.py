@@ -95,6 +95,29 @@ def _diffusers_steps(name: str, nfe: int) -> int:
     return (nfe + 1) // 2 if name == "Heun" else nfe  # Heun: NFE = 2N - 1
 
 
+def diffusers_grids(proc: VP, label: str, steps: int, quick: bool) -> dict[str, torch.Tensor]:
+    """The time grids that diffusers' ``label`` scheduler walks for ``steps`` steps, one per
+    spacing option, as reverie grids (``sigma -> t`` through the process, then the clean end),
+    so that reverie's sampler can be run on exactly the grid the peer uses."""
+    out = {}
+    for vname, make in _diffusers_variants(quick)[label]:
+        try:
+            sch = make()
+            sch.set_timesteps(steps)
+        except Exception:  # noqa: BLE001 -- a configuration diffusers does not run
+            continue
+        sigmas = getattr(sch, "sigmas", None)
+        if label in ("Euler", "Heun") and sigmas is not None:
+            s = sigmas.to(torch.float64)
+            s = s[s > 0].unique_consecutive()  # Heun repeats its interior sigmas
+            t = proc.t_from_log_snr(-2 * torch.log(s))
+        else:  # DDIM and the multistep solvers: the model is called at these timesteps
+            t = sch.timesteps.to(torch.float64).unique_consecutive()
+        t = t.clamp(max=proc.t_max)
+        out[f"diffusers:{vname}"] = torch.cat([t, torch.tensor([proc.t_clean], dtype=t.dtype)])
+    return out
+
+
 def run_diffusers(make, eps_fn, noise: torch.Tensor, steps: int) -> tuple[torch.Tensor, int]:
     sch = make()
     sch.set_timesteps(steps)
@@ -132,8 +155,13 @@ def accuracy(args: argparse.Namespace) -> tuple[list[dict], float]:
         for nfe in args.nfe:
             steps = max(1, (nfe - 1) // info.nfe_per_step + 1)
             best = None
-            for grid in grids:
-                g = make_grid(proc, steps, grid)
+            candidates = {grid: make_grid(proc, steps, grid) for grid in grids}
+            if name in PAIRS:  # also the peer's own grids (a reverie grid is any tensor)
+                candidates |= diffusers_grids(
+                    proc, PAIRS[name], _diffusers_steps(PAIRS[name], nfe), args.quick)
+            for grid, g in candidates.items():
+                if len(g) - 1 != steps:
+                    continue  # a peer grid with another step count (e.g. deduplicated)
                 x_t = noise * float(proc.sigma(g[0]))
                 out = run_sampler(
                     info, den, x_t, g, generator=torch.Generator().manual_seed(args.seed + 4)
