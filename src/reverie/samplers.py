@@ -546,7 +546,7 @@ def dpmpp_3m_sde(denoiser, state, sch, *, generator, cond, eta, s_noise, legacy)
     stochastic=False,
     grid="logsnr",
     legacy=False,
-    lower_order_final=True,
+    lower_order_final=False,
     description="DPM-Solver++(3M) (Lu et al. 2022): third-order multistep, data prediction",
 )
 def dpmpp_3m(
@@ -554,8 +554,8 @@ def dpmpp_3m(
 ) -> Transition:
     """DPM-Solver++(3M), the deterministic (eta = 0) member of :func:`dpmpp_3m_sde`;
     ``legacy=True`` reproduces diffusers' ``DPMSolverMultistepScheduler(solver_order=3)``.
-    ``lower_order_final`` (default, as diffusers): below 15 steps the step before the final
-    one is second order."""
+    ``lower_order_final=True``: below 15 steps the step before the final one is second order,
+    as in diffusers (mixed on the benchmark mixture: better at 5 NFE, twice the error at 10)."""
     return _dpmpp_3m(denoiser, state, sch, cond=cond, eta=0.0, s_noise=1.0, legacy=legacy,
                      lower_order_final=lower_order_final)
 

@@ -107,11 +107,11 @@ def diffusers_grids(proc: VP, label: str, steps: int, quick: bool) -> dict[str, 
         except Exception:  # noqa: BLE001 -- a configuration diffusers does not run
             continue
         sigmas = getattr(sch, "sigmas", None)
-        if label in ("Euler", "Heun") and sigmas is not None:
+        if sigmas is not None:  # the solver's own noise levels (sigma / alpha)
             s = sigmas.to(torch.float64)
             s = s[s > 0].unique_consecutive()  # Heun repeats its interior sigmas
             t = proc.t_from_log_snr(-2 * torch.log(s))
-        else:  # DDIM and the multistep solvers: the model is called at these timesteps
+        else:  # DDIM: the model is called at these timesteps
             t = sch.timesteps.to(torch.float64).unique_consecutive()
         t = t.clamp(max=proc.t_max)
         out[f"diffusers:{vname}"] = torch.cat([t, torch.tensor([proc.t_clean], dtype=t.dtype)])
