@@ -278,6 +278,46 @@ def memory(dim: int) -> list[dict]:
     return rows
 
 
+def same_grid_checks(args: argparse.Namespace) -> list[dict]:
+    """reverie's ``ddim`` and ``dpmpp_3m`` (and its options) on exactly the grid of each
+    diffusers DDIM / DPM++(3M) configuration: where the algorithms coincide the errors agree,
+    so the remaining differences in the accuracy table are the algorithms'."""
+    gm = bench_mixture(args.dim, args.seed)
+    proc = VP.linear()
+    den = gm.denoiser(proc)
+    n = args.n
+    ref = gm.sample(4 * n, torch.Generator().manual_seed(args.seed + 1))
+    noise = torch.randn(
+        n, args.dim, generator=torch.Generator().manual_seed(args.seed + 2), dtype=torch.float64
+    )
+    sw = SlicedWasserstein(ref, 256, torch.Generator().manual_seed(args.seed + 3))
+    eps_fn = lambda x, t: den.eps(x.to(torch.float64), t).to(x.dtype)  # noqa: E731
+    ours = {
+        "DDIM": [("ddim", {})],
+        "DPM++3M": [
+            ("dpmpp_3m", {}), ("dpmpp_3m", {"lower_order_final": True}),
+            ("dpmpp_3m", {"legacy": True}),
+            ("dpmpp_3m", {"legacy": True, "lower_order_final": True}),
+        ],
+    }
+    out = []
+    for label, runs in ours.items():
+        for nfe in args.nfe:
+            grids = diffusers_grids(proc, label, nfe, args.quick)
+            for vname, make in _diffusers_variants(args.quick)[label]:
+                if f"diffusers:{vname}" not in grids:
+                    continue
+                g = grids[f"diffusers:{vname}"]
+                x0, _ = run_diffusers(make, eps_fn, noise.float(), nfe)
+                row = {"peer": label, "variant": vname, "nfe": nfe, "diffusers": sw(x0.double())}
+                for name, opts in runs:
+                    key = name + "".join(f" {k}={v}" for k, v in opts.items())
+                    x_t = noise * float(proc.sigma(g[0]))
+                    row[key] = sw(run_sampler(name, den, x_t, g, **opts).x0)
+                out.append(row)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -330,6 +370,11 @@ def run_bench(args: argparse.Namespace) -> dict:
         )
         checks[key] = round(ours_best["sw"] / theirs_best["sw"], 3)
 
+    same = same_grid_checks(args)
+    print("\n### Same grid: reverie on exactly the grid of each diffusers configuration\n")
+    cols = list(dict.fromkeys(k for r in same for k in r))
+    print(format_table(cols, [[r.get(c, "") if isinstance(r.get(c), (str, int)) else
+                               f"{r[c]:.4f}" if c in r else "" for c in cols] for r in same]))
     ov = overhead(rounds=3 if args.quick else 7)
     print(
         "\n### Per-step overhead (model that costs nothing, x of shape 1x4x64x64 float32, "
@@ -360,6 +405,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         "args": vars(args) | {"func": None},
         "floor": floor,
         "accuracy": rows,
+        "same_grid": same,
         "overhead": ov,
         "memory": mem,
         "checks": checks,
