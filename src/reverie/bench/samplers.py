@@ -133,17 +133,24 @@ def run_diffusers(make, eps_fn, noise: torch.Tensor, steps: int) -> tuple[torch.
 # ---------------------------------------------------------------------------------------------
 
 
-def accuracy(args: argparse.Namespace) -> tuple[list[dict], float]:
+def _problem(args: argparse.Namespace):
+    """The benchmark mixture, its process and exact denoiser, the shared noise, and the
+    distance to exact samples (the same projections for every method; the reference is
+    projected and sorted once)."""
     gm = bench_mixture(args.dim, args.seed)
     proc = VP.linear()
-    den = gm.denoiser(proc)
-    n = args.n
-    ref = gm.sample(4 * n, torch.Generator().manual_seed(args.seed + 1))
+    ref = gm.sample(4 * args.n, torch.Generator().manual_seed(args.seed + 1))
     noise = torch.randn(
-        n, args.dim, generator=torch.Generator().manual_seed(args.seed + 2), dtype=torch.float64
+        args.n, args.dim, generator=torch.Generator().manual_seed(args.seed + 2),
+        dtype=torch.float64,
     )
-    # the same projections for every method; the reference is projected and sorted once
     sw = SlicedWasserstein(ref, 256, torch.Generator().manual_seed(args.seed + 3))
+    return gm, proc, gm.denoiser(proc), noise, sw
+
+
+def accuracy(args: argparse.Namespace) -> tuple[list[dict], float]:
+    gm, proc, den, noise, sw = _problem(args)
+    n = args.n
 
     floor = statistics.mean(
         sw(gm.sample(n, torch.Generator().manual_seed(args.seed + 10 + k))) for k in range(3)
@@ -282,15 +289,7 @@ def same_grid_checks(args: argparse.Namespace) -> list[dict]:
     """reverie's ``ddim`` and ``dpmpp_3m`` (and its options) on exactly the grid of each
     diffusers DDIM / DPM++(3M) configuration: where the algorithms coincide the errors agree,
     so the remaining differences in the accuracy table are the algorithms'."""
-    gm = bench_mixture(args.dim, args.seed)
-    proc = VP.linear()
-    den = gm.denoiser(proc)
-    n = args.n
-    ref = gm.sample(4 * n, torch.Generator().manual_seed(args.seed + 1))
-    noise = torch.randn(
-        n, args.dim, generator=torch.Generator().manual_seed(args.seed + 2), dtype=torch.float64
-    )
-    sw = SlicedWasserstein(ref, 256, torch.Generator().manual_seed(args.seed + 3))
+    _, proc, den, noise, sw = _problem(args)
     eps_fn = lambda x, t: den.eps(x.to(torch.float64), t).to(x.dtype)  # noqa: E731
     ours = {
         "DDIM": [("ddim", {})],
