@@ -22,7 +22,12 @@ def test_grid_shape_and_ends(proc, name, steps):
         pytest.skip("infinite log-SNR at t_max")
     g = make_grid(proc, steps, name)
     assert g.dtype == torch.float64 and g.shape == (steps + 1,)
-    assert float(g[0]) == pytest.approx(proc.t_max)
+    if name == "leading":  # diffusers' leading spacing starts one stride below t_max
+        stride = float(g[-3] - g[-2]) if steps > 1 else 0.0
+        assert float(g[0]) == pytest.approx(proc.t_min + (steps - 1) * stride)
+        assert float(g[0]) <= proc.t_max and (steps == 1 or g[0] + stride > proc.t_max - steps)
+    else:
+        assert float(g[0]) == pytest.approx(proc.t_max)
     assert float(g[-1]) == proc.t_clean
     assert bool((g[1:] < g[:-1]).all())
     if name != "trailing" and steps > 1:
@@ -53,6 +58,38 @@ def test_trailing_grid_on_discrete_vp_matches_diffusers():
     sch.set_timesteps(10)
     g = make_grid(reverie.VP.linear(), 10, "trailing")
     torch.testing.assert_close(g[:-1], sch.timesteps.to(torch.float64))
+
+
+@pytest.mark.parametrize("steps", [5, 10, 30])
+def test_leading_grid_on_discrete_vp_matches_diffusers(steps):
+    from diffusers import DDIMScheduler
+
+    sch = DDIMScheduler(clip_sample=False)  # timestep_spacing="leading" is its default
+    sch.set_timesteps(steps)
+    g = make_grid(reverie.VP.linear(), steps, "leading")
+    torch.testing.assert_close(g[:-1], sch.timesteps.to(torch.float64))
+
+
+def test_default_grids_on_discrete_vp_follow_diffusers():
+    """DDIM-like first-order samplers walk diffusers' ``leading`` grid by default, multistep
+    solvers ``trailing``; one step always starts at t_max, and a leading grid that cannot fit
+    falls back to trailing."""
+    from reverie.samplers import SAMPLERS, resolve_grid
+
+    proc = reverie.VP.linear()
+    assert resolve_grid(SAMPLERS["ddim"], proc, 5, None).tolist() == [800, 600, 400, 200, 0, -1]
+    assert resolve_grid(SAMPLERS["dpmpp_2m"], proc, 5, None).tolist() == [
+        999, 799, 599, 399, 199, -1]
+    assert resolve_grid(SAMPLERS["dpmpp_2s"], proc, 3, None).tolist() == [999, 599, 199, -1]
+    for name in SAMPLERS:
+        assert float(resolve_grid(SAMPLERS[name], proc, 1, None)[0]) == proc.t_max
+    assert float(resolve_grid(SAMPLERS["ddim"], proc, 1500, None)[0]) == proc.t_max
+    # elsewhere the paper spacings stay: EDM's Karras grid for Euler, log-SNR for DPM-Solver++
+    edm = reverie.EDM()
+    torch.testing.assert_close(
+        resolve_grid(SAMPLERS["euler"], edm, 7, None), make_grid(edm, 7, "karras"))
+    torch.testing.assert_close(
+        resolve_grid(SAMPLERS["dpmpp_2m"], edm, 7, None), make_grid(edm, 7, "logsnr"))
 
 
 def test_flow_shift():

@@ -13,6 +13,7 @@ See :mod:`reverie.process`, :mod:`reverie.denoisers`, :mod:`reverie.grids` and
 
 from reverie._random import randn, seeded_generators
 from reverie.denoisers import PREDICTIONS, ClassifierFreeGuidance, Denoiser, DenoiserBase
+from reverie.grid_fit import optimize_grid
 from reverie.grids import GRIDS, make_grid
 from reverie.hub import load
 from reverie.process import (
@@ -50,6 +51,7 @@ __all__ = [
     "VPLinear",
     "load",
     "make_grid",
+    "optimize_grid",
     "randn",
     "run",
     "sample",

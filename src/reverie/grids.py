@@ -12,6 +12,10 @@ any grid, and a custom tensor is accepted wherever a grid name is.
 ``logsnr``     uniform in log-SNR between ``t_max`` and ``t_min``, then ``t_clean``
                (DPM-Solver's "logSNR" / diffusers ``use_lu_lambdas``)
 ``karras``     Karras et al. (2022) eq. 5 in ``sigma/alpha`` with ``rho = 7``, then ``t_clean``
+``leading``    ``t_min + k (t_max - t_clean) / steps`` for ``k = steps-1 .. 0``, then ``t_clean``
+               (diffusers' ``leading`` spacing, DDIM's default: the last evaluation at ``t_min``;
+               for a discrete-time :class:`~reverie.process.VP` the stride is rounded down to
+               whole training steps, as diffusers does)
 =============  =========================================================================
 
 For a :class:`~reverie.process.RectifiedFlow` with ``shift != 1`` the ``uniform`` and
@@ -29,7 +33,7 @@ from reverie.process import GaussianProcess
 
 __all__ = ["GRIDS", "make_grid", "check_grid"]
 
-GRIDS = ("uniform", "trailing", "logsnr", "karras")
+GRIDS = ("uniform", "trailing", "logsnr", "karras", "leading")
 
 
 def make_grid(
@@ -62,6 +66,16 @@ def make_grid(
         inner = _shift(process, inner)
     elif name == "uniform":
         inner = _shift(process, torch.linspace(hi, lo, steps, dtype=f64))
+    elif name == "leading":
+        stride = (hi - clean) / steps
+        if getattr(process, "num_train_timesteps", None) is not None:
+            stride = math.floor(stride)  # whole training steps (diffusers: T // steps)
+        if not lo + (steps - 1) * stride <= hi or stride <= 0:
+            raise ValueError(
+                f"the 'leading' grid cannot fit {steps} steps in [t_min={lo}, t_max={hi}]; "
+                f"use fewer steps or grid='trailing'"
+            )
+        inner = _shift(process, lo + stride * torch.arange(steps - 1, -1, -1, dtype=f64))
     else:
         lam_hi, lam_lo = float(process.log_snr(hi)), float(process.log_snr(lo))
         if not (math.isfinite(lam_hi) and math.isfinite(lam_lo)):

@@ -47,6 +47,7 @@ __all__ = [
     "run",
     "sample",
     "resolve_grid",
+    "default_grid_name",
 ]
 
 
@@ -136,14 +137,18 @@ TransitionFn = Callable[..., Transition]
 
 @dataclass(frozen=True)
 class Sampler:
-    """A registered sampler. Call it as the pure function
+    """A registered sampler. ``order`` is the global order measured against the exact ODE
+    solution of a Gaussian (tests/test_samplers.py::test_convergence_order), not the nominal
+    order of the method's formula. Call it as the pure function
     ``sampler(denoiser, x, grid, generator=None, cond=None, progress=False, **options) -> x0``."""
 
     name: str
     transition: TransitionFn
     order: int
     stochastic: bool
-    grid: str  # "logsnr" / "karras" / "process" (the process's default grid)
+    # the default grid: a name from GRIDS, "process" (the process's own default), or a mapping
+    # from process class names (or "*") to those, e.g. {"VP": "leading", "*": "karras"}
+    grid: str | Mapping[str, str]
     description: str
     nfe_per_step: int = 1  # model calls per step; the final step onto sigma = 0 costs one
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -206,7 +211,7 @@ def register(
     *,
     order: int,
     stochastic: bool,
-    grid: str,
+    grid: str | Mapping[str, str],
     description: str,
     nfe_per_step: int = 1,
     **options: Any,
@@ -298,6 +303,16 @@ def _churn(
     return x_hat, t_hat, a_hat, s_hat
 
 
+# Default grids. On a discrete-time VP (every diffusers DDPM-family model) a grid that evaluates
+# the model at t_min (sigma ~ 0.01: the log-SNR and Karras grids) wastes one of few evaluations;
+# the choices below are diffusers' own spacings or better on random mixtures (BENCHMARKS.md,
+# "samplers: defaults"): DDIM-like first-order steps want `leading` (last call at t = 0), the
+# multistep solvers `trailing` (last call near t = T / N, then one step to the clean end).
+# Elsewhere (continuous VP, VE, EDM, flows) each sampler keeps its paper's spacing.
+_LEADING_ON_VP = {"VP": "leading", "*": "process"}
+_TRAILING_ON_VP = {"VP": "trailing", "*": "logsnr"}
+
+
 # ---------------------------------------------------------------------------------------------
 # First-order samplers
 # ---------------------------------------------------------------------------------------------
@@ -307,7 +322,7 @@ def _churn(
     "ddim",
     order=1,
     stochastic=False,
-    grid="process",
+    grid=_LEADING_ON_VP,
     eta=0.0,
     description="DDIM (Song et al. 2021): x0 and eps re-noised; eta>0 adds DDPM-like noise",
 )
@@ -334,7 +349,7 @@ def ddim(denoiser, state, sch, *, generator, cond, eta: float = 0.0) -> Transiti
     "ddpm",
     order=1,
     stochastic=True,
-    grid="process",
+    grid=_LEADING_ON_VP,
     description="DDPM ancestral sampling (Ho et al. 2020): the exact Gaussian posterior step",
 )
 def ddpm(denoiser, state, sch, *, generator, cond) -> Transition:
@@ -347,7 +362,7 @@ def ddpm(denoiser, state, sch, *, generator, cond) -> Transition:
     "euler",
     order=1,
     stochastic=False,
-    grid="karras",
+    grid={"VP": "leading", "*": "karras"},
     s_churn=0.0,
     s_tmin=0.0,
     s_tmax=math.inf,
@@ -371,7 +386,7 @@ def euler(denoiser, state, sch, *, generator, cond, s_churn, s_tmin, s_tmax, s_n
     "heun",
     order=2,
     stochastic=False,
-    grid="karras",
+    grid={"VP": "trailing", "*": "karras"},
     nfe_per_step=2,
     s_churn=0.0,
     s_tmin=0.0,
@@ -410,7 +425,7 @@ def heun(denoiser, state, sch, *, generator, cond, s_churn, s_tmin, s_tmax, s_no
     "dpmpp_2m",
     order=2,
     stochastic=False,
-    grid="logsnr",
+    grid=_TRAILING_ON_VP,
     description="DPM-Solver++(2M) (Lu et al. 2022): second-order multistep, data prediction",
 )
 def dpmpp_2m(denoiser, state, sch, *, generator, cond) -> Transition:
@@ -432,7 +447,7 @@ def dpmpp_2m(denoiser, state, sch, *, generator, cond) -> Transition:
     "dpmpp_2s",
     order=2,
     stochastic=False,
-    grid="logsnr",
+    grid={"VP": "trailing/calls", "*": "logsnr"},
     nfe_per_step=2,
     description="DPM-Solver++(2S) (Lu et al. 2022): second-order single-step, midpoint in log-SNR",
 )
@@ -461,7 +476,7 @@ def dpmpp_2s(denoiser, state, sch, *, generator, cond) -> Transition:
     "dpmpp_2m_sde",
     order=2,
     stochastic=True,
-    grid="logsnr",
+    grid=_TRAILING_ON_VP,
     eta=1.0,
     s_noise=1.0,
     description="DPM-Solver++(2M) SDE (midpoint variant, as in k-diffusion)",
@@ -528,7 +543,7 @@ def _dpmpp_3m(
     "dpmpp_3m_sde",
     order=3,
     stochastic=True,
-    grid="logsnr",
+    grid=_TRAILING_ON_VP,
     eta=1.0,
     s_noise=1.0,
     legacy=False,
@@ -544,7 +559,7 @@ def dpmpp_3m_sde(denoiser, state, sch, *, generator, cond, eta, s_noise, legacy)
     "dpmpp_3m",
     order=3,
     stochastic=False,
-    grid="logsnr",
+    grid=_TRAILING_ON_VP,
     legacy=False,
     lower_order_final=False,
     description="DPM-Solver++(3M) (Lu et al. 2022): third-order multistep, data prediction",
@@ -623,9 +638,9 @@ def _unipc_update(
 
 @register(
     "unipc",
-    order=2,
+    order=3,  # measured: UniPC-2 with its corrector is third order (Zhao et al. 2023, Thm 3.1)
     stochastic=False,
-    grid="logsnr",
+    grid=_TRAILING_ON_VP,
     solver_order=2,
     variant="bh2",
     description="UniPC (Zhao et al. 2023): multistep predictor + corrector, B(h)=e^h-1 (bh2)",
@@ -673,9 +688,9 @@ _AB = {  # Adams-Bashforth coefficients, newest slope first
 
 @register(
     "ipndm",
-    order=4,
+    order=2,  # measured on log-SNR grids: the fixed AB weights are exact only on uniform steps
     stochastic=False,
-    grid="karras",
+    grid={"VP": "trailing", "*": "karras"},
     max_order=4,
     description="iPNDM (Zhang & Chen 2023): Adams-Bashforth up to 4th order on the EDM ODE",
 )
@@ -757,6 +772,17 @@ class SampleOutput:
     grid: Tensor
 
 
+def default_grid_name(sampler: Sampler, process: GaussianProcess) -> str:
+    """The grid name ``sampler`` walks on ``process`` when none is given: the entry for the
+    process's class (or a base class) in the sampler's ``grid`` mapping, else its ``"*"``
+    entry; ``"process"`` means the process's own default."""
+    spec = sampler.grid
+    if isinstance(spec, Mapping):
+        names = [cls.__name__ for cls in type(process).__mro__]
+        spec = next((spec[n] for n in names if n in spec), spec.get("*", "process"))
+    return process.default_grid if spec == "process" else spec
+
+
 def resolve_grid(
     sampler: Sampler, process: GaussianProcess, steps: int, grid: str | Tensor | None
 ) -> Tensor:
@@ -765,8 +791,9 @@ def resolve_grid(
     log-SNR is infinite at ``t_max``, e.g. a flow at t = 1)."""
     if isinstance(grid, Tensor):
         return check_grid(grid, process)
-    if grid is None:
-        grid = process.default_grid if sampler.grid == "process" else sampler.grid
+    default = grid is None
+    if default:
+        grid = default_grid_name(sampler, process)
         if grid in ("logsnr", "karras") and not math.isfinite(
             float(process.log_snr(process.t_max))
         ):
@@ -777,8 +804,23 @@ def resolve_grid(
             )
     if not isinstance(grid, str):
         raise TypeError(f"grid must be a name, a tensor or None, got {type(grid).__name__}")
-    if grid not in GRIDS:
+    if grid.removesuffix("/calls") not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; expected one of {', '.join(GRIDS)}")
+    if default and grid.endswith("/calls"):
+        # the named spacing over the model calls: for a sampler with k calls per step, a grid
+        # of k (steps - 1) + 1 intervals of which every k-th point is a step (the others are
+        # near the step's inner evaluations), so the last call sits where a one-call sampler's
+        # would (DPM-Solver's single-step schedules)
+        k = sampler.nfe_per_step
+        fine = make_grid(process, k * (steps - 1) + 1, grid.removesuffix("/calls"))
+        return torch.cat([fine[:-1][::k], fine[-1:]])
+    if grid == "leading" and default:
+        if steps == 1:  # one step starts at t_max, not at t_min
+            return make_grid(process, steps, "trailing")
+        try:
+            return make_grid(process, steps, grid)
+        except ValueError:  # more steps than whole training strides: the default falls back
+            grid = "trailing"
     return make_grid(process, steps, grid)
 
 

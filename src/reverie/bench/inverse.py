@@ -80,7 +80,7 @@ def benchmark_grid(process, op, sigma_y: float, steps: int) -> torch.Tensor:
     from reverie.inverse.methods import adapt_grid
     from reverie.samplers import SAMPLERS, resolve_grid
 
-    grid = resolve_grid(SAMPLERS["ddpm"], process, steps, None)
+    grid = resolve_grid(SAMPLERS["ddpm"], process, steps, process.default_grid)
     s = op.svd.s[op.svd.s > 0]
     tau = process.t_from_sigma_ve(sigma_y / s) if sigma_y > 0 else torch.empty(0)
     return adapt_grid(process, grid, tau)

@@ -1,11 +1,24 @@
-"""Samplers vs diffusers on an exact Gaussian mixture: error vs NFE, per-step overhead, memory.
+"""Samplers vs diffusers on exact Gaussian mixtures: defaults, tuned grids held out, fitted
+grids, per-step overhead, memory.
 
-Every sampler, reverie's and diffusers' schedulers alike, is driven in the same run by the same
-exact model (the closed-form denoiser of a Gaussian mixture under DDPM's discrete VP process)
-from the same noise. Accuracy is the sliced 2-Wasserstein distance to exact samples of the
-mixture (with the two-sample noise floor reported) and the total-variation error of the mode
-weights. Each side gets its best time spacing: every grid for reverie, every timestep spacing
-and sigma option for diffusers. Overhead is measured with a model that costs nothing.
+Every sampler, reverie's and diffusers' schedulers alike, is driven by the same exact model (the
+closed-form denoiser of a Gaussian mixture under DDPM's discrete VP process, linear betas) from
+the same noise, with the state in float32 on both sides. Accuracy is the sliced 2-Wasserstein
+distance (128 directions) to exact samples of the mixture, beside the two-sample floor. The
+mixtures are drawn at random (``random_mixture``) from seeds that no default or option was chosen
+on (``--mixtures``).
+
+Three tables:
+
+* **defaults** -- ``reverie.sample(den, noise, sampler=NAME, steps=N)`` with no grid against
+  each diffusers scheduler with its own constructor defaults (``clip_sample=False`` for DDIM and
+  DDPM): no selection at all.
+* **tuned, held out** -- both sides get the same candidate set, the grids of diffusers' spacing
+  options (``linspace``/``leading``/``trailing``, Karras and log-SNR sigmas where the scheduler
+  has them; reverie walks each as a tensor); the candidate is chosen on one noise seed and
+  reference set (A) and reported on another (B).
+* **fitted** -- ``reverie.optimize_grid`` per deterministic sampler, fitted from the model alone
+  (its own noise seed), reported on B; with its cost in model calls.
 """
 
 from __future__ import annotations
@@ -19,34 +32,75 @@ from typing import Any
 import torch
 
 from reverie.bench.common import format_table, machine
-from reverie.grids import GRIDS, make_grid
-from reverie.metrics import SlicedWasserstein, mode_weight_error
+from reverie.grid_fit import optimize_grid
+from reverie.grids import make_grid
+from reverie.metrics import SlicedWasserstein
 from reverie.process import VP
 from reverie.reference import GaussianMixture
 from reverie.samplers import SAMPLERS, State
 from reverie.samplers import run as run_sampler
 
-# reverie sampler -> the diffusers scheduler that implements the same method
-PAIRS = {
-    "ddim": "DDIM",
-    "dpmpp_2m": "DPM++2M",
-    "dpmpp_3m": "DPM++3M",
-    "unipc": "UniPC-2",
-    "euler": "Euler",
-    "heun": "Heun",
-}
+
+def _peers() -> dict[str, tuple[Callable[..., Any], dict[str, Any]]]:
+    """reverie sampler -> (diffusers scheduler class, the fixed options that make it the same
+    method); everything else is the scheduler's own default."""
+    import diffusers as d
+
+    return {
+        "ddim": (d.DDIMScheduler, {"clip_sample": False}),
+        "ddpm": (d.DDPMScheduler, {"clip_sample": False}),
+        "euler": (d.EulerDiscreteScheduler, {}),
+        "heun": (d.HeunDiscreteScheduler, {}),
+        "dpmpp_2m": (d.DPMSolverMultistepScheduler, {}),
+        "dpmpp_3m": (d.DPMSolverMultistepScheduler, {"solver_order": 3}),
+        "dpmpp_2m_sde": (d.DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
+        "dpmpp_3m_sde": (
+            d.DPMSolverMultistepScheduler,
+            {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+        ),
+        "dpmpp_2s": (d.DPMSolverSinglestepScheduler, {}),
+        "unipc": (d.UniPCMultistepScheduler, {}),
+    }
+
+
+# the spacing options a tuned comparison may choose from (the same set for both sides)
+SPACINGS = ("linspace", "leading", "trailing")
+SIGMA_OPTIONS = {"": {}, "karras": {"use_karras_sigmas": True}, "logsnr": {"use_lu_lambdas": True}}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small run: n=2000, NFE 5, 10")
-    parser.add_argument("--n", type=int, default=20000, help="samples per method")
+    parser.add_argument("--n", type=int, default=4000, help="samples per method and mixture")
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50])
-    parser.add_argument("--dim", type=int, default=8, help="dimension of the mixture")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dim", type=int, default=8, help="dimension of the mixtures")
+    parser.add_argument(
+        "--mixtures", type=int, nargs="+", default=[1000, 1001, 1002, 1003, 1004],
+        help="seeds of the random mixtures reported (no choice was made on them)",
+    )
+    parser.add_argument("--fit-n", type=int, default=2048, help="noises for optimize_grid")
+    parser.add_argument(
+        "--fit-nfe", type=int, nargs="+", default=[5, 10, 20],
+        help="NFE budgets at which optimize_grid is fitted and reported",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noises and references")
+
+
+def random_mixture(seed: int, dim: int = 8) -> GaussianMixture:
+    """A random mixture: 2-9 components, means of random scale, random full covariances of
+    random size, random weights."""
+    g = torch.Generator().manual_seed(seed)
+    k = int(torch.randint(2, 10, (1,), generator=g))
+    scale = float(torch.rand(1, generator=g)) * 1.5 + 0.5
+    means = torch.randn(k, dim, generator=g, dtype=torch.float64) * scale
+    a = torch.randn(k, dim, dim, generator=g, dtype=torch.float64) / dim**0.5
+    s = torch.rand(k, 1, 1, generator=g, dtype=torch.float64) * 0.3 + 0.02
+    covs = s * (a @ a.transpose(1, 2) + 0.1 * torch.eye(dim, dtype=torch.float64))
+    w = torch.rand(k, generator=g, dtype=torch.float64) + 0.3
+    return GaussianMixture(means, covs, w)
 
 
 def bench_mixture(dim: int, seed: int) -> GaussianMixture:
-    """Six anisotropic components at distance ~2 in ``dim`` dimensions, scaled like image data."""
+    """Six anisotropic components at distance ~2 in ``dim`` dimensions (memory table)."""
     g = torch.Generator().manual_seed(seed)
     k = 6
     means = torch.randn(k, dim, generator=g, dtype=torch.float64)
@@ -58,74 +112,105 @@ def bench_mixture(dim: int, seed: int) -> GaussianMixture:
 
 
 # ---------------------------------------------------------------------------------------------
-# diffusers side
+# the two sides
 # ---------------------------------------------------------------------------------------------
 
 
-def _diffusers_variants(quick: bool) -> dict[str, list[tuple[str, Callable[[], Any]]]]:
-    import diffusers as d
-
-    spacings = ["trailing"] if quick else ["linspace", "leading", "trailing"]
-    base = {"beta_schedule": "linear", "num_train_timesteps": 1000}
-
-    def variants(cls, extra_options, **fixed):
-        out = []
-        for sp in spacings:
-            for label, opts in extra_options:
-                kw = {**base, **fixed, "timestep_spacing": sp, **opts}
-                name = f"{sp}{'+' + label if label else ''}"
-                out.append((name, lambda cls=cls, kw=kw: cls(**kw)))
-        return out
-
-    sig = [("", {})] if quick else [("", {}), ("karras", {"use_karras_sigmas": True})]
-    dpm_sig = sig if quick else sig + [("logsnr", {"use_lu_lambdas": True})]
-    return {
-        "DDIM": variants(d.DDIMScheduler, [("", {})], clip_sample=False, set_alpha_to_one=True),
-        "DPM++2M": variants(d.DPMSolverMultistepScheduler, dpm_sig, solver_order=2),
-        "DPM++3M": variants(d.DPMSolverMultistepScheduler, dpm_sig, solver_order=3),
-        "UniPC-2": variants(d.UniPCMultistepScheduler, sig, solver_order=2),
-        "UniPC-3": variants(d.UniPCMultistepScheduler, sig, solver_order=3),
-        "DEIS-3": variants(d.DEISMultistepScheduler, sig, solver_order=3),
-        "Euler": variants(d.EulerDiscreteScheduler, sig),
-        "Heun": variants(d.HeunDiscreteScheduler, sig),
-    }
-
-
-def _diffusers_steps(name: str, nfe: int) -> int:
-    return (nfe + 1) // 2 if name == "Heun" else nfe  # Heun: NFE = 2N - 1
-
-
-def diffusers_grids(proc: VP, label: str, steps: int, quick: bool) -> dict[str, torch.Tensor]:
-    """The time grids that diffusers' ``label`` scheduler walks for ``steps`` steps, one per
-    spacing option, as reverie grids (``sigma -> t`` through the process, then the clean end),
-    so that reverie's sampler can be run on exactly the grid the peer uses."""
-    out = {}
-    for vname, make in _diffusers_variants(quick)[label]:
-        try:
-            sch = make()
-            sch.set_timesteps(steps)
-        except Exception:  # noqa: BLE001 -- a configuration diffusers does not run
-            continue
-        sigmas = getattr(sch, "sigmas", None)
-        if sigmas is not None:  # the solver's own noise levels (sigma / alpha)
-            s = sigmas.to(torch.float64)
-            s = s[s > 0].unique_consecutive()  # Heun repeats its interior sigmas
-            t = proc.t_from_log_snr(-2 * torch.log(s))
-        else:  # DDIM: the model is called at these timesteps
-            t = sch.timesteps.to(torch.float64).unique_consecutive()
-        t = t.clamp(max=proc.t_max)
-        out[f"diffusers:{vname}"] = torch.cat([t, torch.tensor([proc.t_clean], dtype=t.dtype)])
-    return out
-
-
-def run_diffusers(make, eps_fn, noise: torch.Tensor, steps: int) -> tuple[torch.Tensor, int]:
+def run_diffusers(make, eps_fn, noise: torch.Tensor, steps: int, seed: int = 0):
+    """Walk a diffusers scheduler; returns ``(x0, model calls)``."""
     sch = make()
     sch.set_timesteps(steps)
     x = noise * sch.init_noise_sigma
+    g = torch.Generator().manual_seed(seed)
+    stochastic = "generator" in sch.step.__code__.co_varnames
     for t in sch.timesteps:
         x_in = sch.scale_model_input(x, t)
-        x = sch.step(eps_fn(x_in, float(t)), t, x).prev_sample
+        kw = {"generator": g} if stochastic else {}
+        x = sch.step(eps_fn(x_in, float(t)), t, x, **kw).prev_sample
     return x, len(sch.timesteps)
+
+
+def _steps(name: str, nfe: int) -> int:
+    return max(1, (nfe - 1) // SAMPLERS[name].nfe_per_step + 1)
+
+
+def _peer_steps(name: str, nfe: int) -> int:
+    return (nfe + 1) // 2 if name == "heun" else nfe  # diffusers' Heun: NFE = 2N - 1
+
+
+def _variants(name: str) -> dict[str, Callable[[], Any]]:
+    """Every spacing option of the peer scheduler (the tuned candidate set)."""
+    cls, fixed = _peers()[name]
+    base = {"beta_schedule": "linear", "num_train_timesteps": 1000, **fixed}
+    sig = dict(SIGMA_OPTIONS)
+    if "DPMSolverMultistep" not in cls.__name__:
+        sig.pop("logsnr")
+    if cls.__name__ in ("DDIMScheduler", "DDPMScheduler"):
+        sig = {"": {}}
+    out = {}
+    for sp in SPACINGS:
+        for label, opts in sig.items():
+            kw = {**base, "timestep_spacing": sp, **opts}
+            out[sp + (f"+{label}" if label else "")] = lambda kw=kw: cls(**kw)
+    return out
+
+
+def peer_grid(proc: VP, make, steps: int) -> torch.Tensor | None:
+    """The time grid a diffusers scheduler walks, as a reverie grid (``sigma -> t`` through the
+    process, then the clean end); ``None`` where it is not a plain grid."""
+    sch = make()
+    sch.set_timesteps(steps)
+    sigmas = getattr(sch, "sigmas", None)
+    if sigmas is not None:  # the solver's own noise levels (sigma / alpha)
+        s = sigmas.to(torch.float64)
+        s = s[s > 0].unique_consecutive()  # Heun repeats its interior sigmas
+        t = proc.t_from_log_snr(-2 * torch.log(s))
+    else:  # DDIM / DDPM: the model is called at these timesteps
+        t = sch.timesteps.to(torch.float64).unique_consecutive()
+    t = t.clamp(max=proc.t_max)
+    if not bool((t[1:] < t[:-1]).all()):
+        return None
+    return torch.cat([t, torch.tensor([proc.t_clean], dtype=t.dtype)])
+
+
+class _Problem:
+    """One mixture: its exact denoiser, the noises and sliced-W2 references A (choose) and B
+    (report), and the two-sample floor on B."""
+
+    def __init__(self, seed: int, args: argparse.Namespace):
+        self.gm = gm = random_mixture(seed, args.dim)
+        self.proc = VP.linear()
+        exact = gm.denoiser(self.proc)
+        self.den = type(exact)(
+            lambda x, t: exact(x.double(), t).to(x.dtype), self.proc, "x0"
+        )
+        self.eps = lambda x, t: exact.eps(x.double(), t).to(x.dtype)
+        base = args.seed * 100 + seed * 10
+        gen = lambda k: torch.Generator().manual_seed(base + k)  # noqa: E731
+        n = args.n
+        self.noise = {
+            "A": torch.randn(n, args.dim, generator=gen(1)),
+            "B": torch.randn(n, args.dim, generator=gen(2)),
+        }
+        self.sw = {
+            "A": SlicedWasserstein(gm.sample(4 * n, gen(3)), 128, gen(4)),
+            "B": SlicedWasserstein(gm.sample(4 * n, gen(5)), 128, gen(6)),
+        }
+        self.floor = self.sw["B"](gm.sample(n, gen(7)))
+
+    def reverie(self, name: str, grid: torch.Tensor, split: str, **opts: Any) -> tuple[float, int]:
+        x = self.noise[split] * float(self.proc.sigma(grid[0]))
+        out = run_sampler(name, self.den, x, grid, generator=torch.Generator().manual_seed(11),
+                          **opts)
+        return _score(self.sw[split], out.x0), out.nfe
+
+    def diffusers(self, make, name: str, nfe: int, split: str) -> tuple[float, int]:
+        x0, used = run_diffusers(make, self.eps, self.noise[split], _peer_steps(name, nfe), 11)
+        return _score(self.sw[split], x0), used
+
+
+def _score(sw: SlicedWasserstein, x: torch.Tensor) -> float:
+    return sw(x) if bool(torch.isfinite(x).all()) else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,94 +218,135 @@ def run_diffusers(make, eps_fn, noise: torch.Tensor, steps: int) -> tuple[torch.
 # ---------------------------------------------------------------------------------------------
 
 
-def _problem(args: argparse.Namespace):
-    """The benchmark mixture, its process and exact denoiser, the shared noise, and the
-    distance to exact samples (the same projections for every method; the reference is
-    projected and sorted once)."""
-    gm = bench_mixture(args.dim, args.seed)
-    proc = VP.linear()
-    ref = gm.sample(4 * args.n, torch.Generator().manual_seed(args.seed + 1))
-    noise = torch.randn(
-        args.n, args.dim, generator=torch.Generator().manual_seed(args.seed + 2),
-        dtype=torch.float64,
-    )
-    sw = SlicedWasserstein(ref, 256, torch.Generator().manual_seed(args.seed + 3))
-    return gm, proc, gm.denoiser(proc), noise, sw
-
-
-def accuracy(args: argparse.Namespace) -> tuple[list[dict], float, dict]:
-    """Best row per (side, method, NFE), the two-sample floor, and every diffusers
-    configuration's distance by ``(label, variant, NFE)`` (reused by the same-grid checks)."""
-    gm, proc, den, noise, sw = _problem(args)
-    n = args.n
-
-    floor = statistics.mean(
-        sw(gm.sample(n, torch.Generator().manual_seed(args.seed + 10 + k))) for k in range(3)
-    )
-    rows: list[dict] = []
-    grids = ["logsnr", "karras"] if args.quick else list(GRIDS)
-    for name in SAMPLERS:
-        info = SAMPLERS[name]
+def defaults(problems: dict[int, _Problem], args: argparse.Namespace) -> list[dict]:
+    """No selection: each side's default at each NFE, on reference B."""
+    rows = []
+    for seed, pb in problems.items():
         for nfe in args.nfe:
-            steps = max(1, (nfe - 1) // info.nfe_per_step + 1)
-            best = None
-            candidates = {grid: make_grid(proc, steps, grid) for grid in grids}
-            if name in PAIRS:  # also the peer's own grids (a reverie grid is any tensor)
-                candidates |= diffusers_grids(
-                    proc, PAIRS[name], _diffusers_steps(PAIRS[name], nfe), args.quick)
-            for grid, g in candidates.items():
-                if len(g) - 1 != steps:
-                    continue  # a peer grid with another step count (e.g. deduplicated)
-                x_t = noise * float(proc.sigma(g[0]))
-                out = run_sampler(
-                    info, den, x_t, g, generator=torch.Generator().manual_seed(args.seed + 4)
+            for name in SAMPLERS:
+                steps = _steps(name, nfe)
+                ours, used = pb.reverie(name, _default_grid(pb, name, steps), "B")
+                row = {"mixture": seed, "nfe": nfe, "method": name, "reverie": ours,
+                       "reverie_nfe": used, "floor": pb.floor}
+                if name in _peers():
+                    cls, fixed = _peers()[name]
+                    theirs, _ = pb.diffusers(lambda c=cls, f=fixed: c(**f), name, nfe, "B")
+                    row["diffusers"] = theirs
+                rows.append(row)
+    return rows
+
+
+def _default_grid(pb: _Problem, name: str, steps: int) -> torch.Tensor:
+    from reverie.samplers import resolve_grid
+
+    return resolve_grid(SAMPLERS[name], pb.proc, steps, None)
+
+
+def tuned(problems: dict[int, _Problem], args: argparse.Namespace) -> list[dict]:
+    """Both sides choose among the same candidate grids on A and are reported on B."""
+    rows = []
+    for seed, pb in problems.items():
+        for nfe in args.nfe:
+            for name in _peers():
+                if name == "dpmpp_2s":
+                    continue  # single-step pairs: diffusers' grid is not a per-step grid
+                steps = _steps(name, nfe)
+                pick: dict[str, tuple[float, str]] = {}
+                for vname, make in _variants(name).items():
+                    try:
+                        grid = peer_grid(pb.proc, make, _peer_steps(name, nfe))
+                        theirs = pb.diffusers(make, name, nfe, "A")[0]
+                    except Exception:  # noqa: BLE001 -- an option diffusers does not run
+                        continue
+                    if theirs == theirs and theirs < pick.get("diffusers", (float("inf"),))[0]:
+                        pick["diffusers"] = (theirs, vname)
+                    if grid is None or len(grid) - 1 != steps:
+                        continue
+                    ours = pb.reverie(name, grid, "A")[0]
+                    if ours == ours and ours < pick.get("reverie", (float("inf"),))[0]:
+                        pick["reverie"] = (ours, vname)
+                row = {"mixture": seed, "nfe": nfe, "method": name, "floor": pb.floor}
+                variants = _variants(name)
+                if "reverie" in pick:
+                    vname = pick["reverie"][1]
+                    grid = peer_grid(pb.proc, variants[vname], _peer_steps(name, nfe))
+                    row["reverie"], row["reverie_choice"] = pb.reverie(name, grid, "B")[0], vname
+                if "diffusers" in pick:
+                    vname = pick["diffusers"][1]
+                    row["diffusers"] = pb.diffusers(variants[vname], name, nfe, "B")[0]
+                    row["diffusers_choice"] = vname
+                rows.append(row)
+    return rows
+
+
+def fitted(problems: dict[int, _Problem], args: argparse.Namespace) -> list[dict]:
+    """``optimize_grid`` for every deterministic sampler, fitted from the model alone."""
+    rows = []
+    for seed, pb in problems.items():
+        for nfe in args.fit_nfe:
+            for name, info in SAMPLERS.items():
+                if info.stochastic:
+                    continue
+                steps = _steps(name, nfe)
+                t0 = time.perf_counter()
+                grid, rep = optimize_grid(
+                    pb.den, name, steps, shape=(args.dim,), n=args.fit_n,
+                    generator=torch.Generator().manual_seed(args.seed * 100 + seed * 10 + 8),
+                    dtype=torch.float32, return_report=True,
                 )
-                row = {
-                    "side": "reverie",
-                    "method": name,
-                    "variant": grid,
-                    "nfe": out.nfe,
-                    "sw": sw(out.x0),
-                    "mode_tv": mode_weight_error(out.x0, gm),
-                }
-                if best is None or row["sw"] < best["sw"]:
-                    best = row
-            rows.append(best)
-    eps_fn = lambda x, t: den.eps(x.to(torch.float64), t).to(x.dtype)  # noqa: E731
-    peer: dict[tuple[str, str, int], float] = {}
-    for label, variants in _diffusers_variants(args.quick).items():
-        for nfe in args.nfe:
-            best = None
-            for vname, make in variants:
-                try:
-                    x0, used = run_diffusers(
-                        make, eps_fn, noise.float(), _diffusers_steps(label, nfe)
-                    )
-                except Exception as err:  # a diffusers configuration that does not run
-                    why = f"{type(err).__name__}: {err}"
-                    print(f"  diffusers {label} {vname} NFE {nfe}: skipped ({why})")
-                    continue
-                if not bool(torch.isfinite(x0).all()):
-                    continue
-                row = {
-                    "side": "diffusers",
-                    "method": label,
-                    "variant": vname,
-                    "nfe": used,
-                    "sw": sw(x0.double()),
-                    "mode_tv": mode_weight_error(x0.double(), gm),
-                }
-                peer[label, vname, nfe] = row["sw"]
-                if best is None or row["sw"] < best["sw"]:
-                    best = row
-            if best is not None:
-                rows.append(best)
-    return rows, floor, peer
+                secs = time.perf_counter() - t0
+                value, used = pb.reverie(name, grid, "B")
+                rows.append({"mixture": seed, "nfe": used, "method": name, "fitted": value,
+                             "source": rep.source, "fit_nfe": rep.nfe, "fit_s": secs,
+                             "floor": pb.floor})
+    return rows
+
+
+def targets(default_rows, fitted_rows, tuned_rows, args) -> dict[str, Any]:
+    """Per mixture and NFE: defaults never worse than the peer's default; at 5 NFE the best
+    reverie error's excess over the floor at most half of diffusers' best default's."""
+    out: dict[str, Any] = {}
+    losses = [r for r in default_rows if "diffusers" in r
+              and not r["reverie"] <= r["diffusers"] * 1.02 + 0.002]
+    paired = [r for r in default_rows if "diffusers" in r]
+    out["defaults: cells where reverie's default loses to diffusers' default by > 2%"] = (
+        f"{len(losses)} of {len(paired)}"
+        + (": " + ", ".join(f"{r['method']}@{r['nfe']} (mixture {r['mixture']}: "
+                            f"{r['reverie']:.4f} vs {r['diffusers']:.4f})" for r in losses)
+           if losses else "")
+    )
+    for seed in args.mixtures:
+        d5 = [r for r in default_rows if r["mixture"] == seed and r["nfe"] == 5]
+        f5 = [r for r in fitted_rows if r["mixture"] == seed and r["nfe"] == 5]
+        t5 = [r for r in tuned_rows if r["mixture"] == seed and r["nfe"] == 5 and "reverie" in r]
+        if not (d5 and f5):
+            continue
+        floor = d5[0]["floor"]
+        theirs = min((r for r in d5 if "diffusers" in r), key=lambda r: r["diffusers"])
+        cands = [(r["reverie"], f"{r['method']} default") for r in d5]
+        cands += [(r["fitted"], f"{r['method']} optimize_grid") for r in f5]
+        cands += [(r["reverie"], f"{r['method']} tuned {r['reverie_choice']}") for r in t5]
+        best = min(cands)
+        ratio = (best[0] - floor) / (theirs["diffusers"] - floor)
+        out[f"mixture {seed} @NFE5: best reverie ({best[1]}) excess / best diffusers default "
+            f"({theirs['method']}) excess (target <= 0.5)"] = round(ratio, 3)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # per-step overhead and memory
 # ---------------------------------------------------------------------------------------------
+
+
+# reverie sampler -> the diffusers scheduler timed against it
+PAIRS = {
+    "ddim": "DDIM",
+    "dpmpp_2m": "DPM++2M",
+    "dpmpp_3m": "DPM++3M",
+    "unipc": "UniPC-2",
+    "euler": "Euler",
+    "heun": "Heun",
+}
 
 
 def overhead(rounds: int) -> list[dict]:
@@ -289,120 +415,94 @@ def memory(dim: int) -> list[dict]:
     return rows
 
 
-def same_grid_checks(args: argparse.Namespace, peer: dict | None = None) -> list[dict]:
-    """reverie's ``ddim`` and ``dpmpp_3m`` (and its options) on exactly the grid of each
-    diffusers DDIM / DPM++(3M) configuration: where the algorithms coincide the errors agree,
-    so the remaining differences in the accuracy table are the algorithms'."""
-    _, proc, den, noise, sw = _problem(args)
-    eps_fn = lambda x, t: den.eps(x.to(torch.float64), t).to(x.dtype)  # noqa: E731
-    ours = {
-        "DDIM": [("ddim", {})],
-        "DPM++3M": [
-            ("dpmpp_3m", {}), ("dpmpp_3m", {"lower_order_final": True}),
-            ("dpmpp_3m", {"legacy": True}),
-            ("dpmpp_3m", {"legacy": True, "lower_order_final": True}),
-        ],
-    }
-    out = []
-    for label, runs in ours.items():
-        for nfe in args.nfe:
-            grids = diffusers_grids(proc, label, nfe, args.quick)
-            for vname, make in _diffusers_variants(args.quick)[label]:
-                if f"diffusers:{vname}" not in grids:
-                    continue
-                g = grids[f"diffusers:{vname}"]
-                if (label, vname, nfe) in (peer or {}):  # measured by accuracy() already
-                    theirs = peer[label, vname, nfe]
-                else:
-                    theirs = sw(run_diffusers(make, eps_fn, noise.float(), nfe)[0].double())
-                row = {"peer": label, "variant": vname, "nfe": nfe, "diffusers": theirs}
-                for name, opts in runs:
-                    key = name + "".join(f" {k}={v}" for k, v in opts.items())
-                    x_t = noise * float(proc.sigma(g[0]))
-                    row[key] = sw(run_sampler(name, den, x_t, g, **opts).x0)
-                out.append(row)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
+
+
+def _table(rows: list[dict], key: str, label: str, args) -> str:
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    out = []
+    for name in names:
+        cells = []
+        for nfe in args.nfe:
+            vals = [r for r in rows if r["method"] == name and r["nfe"] == nfe and key in r]
+            cells.append(statistics.mean(r[key] for r in vals) if vals else "-")
+        out.append([name, label, *cells])
+    return out
 
 
 def run_bench(args: argparse.Namespace) -> dict:
     if args.quick:
-        args.n, args.nfe = min(args.n, 2000), [5, 10]
+        args.n, args.nfe, args.mixtures = min(args.n, 2000), [5, 10], args.mixtures[:2]
+        args.fit_nfe, args.fit_n = [5], min(args.fit_n, 512)
     t0 = time.perf_counter()
-    rows, floor, peer = accuracy(args)
-    acc_s = time.perf_counter() - t0
-    print(
-        f"\n### Accuracy: sliced W2 to the exact mixture (dim {args.dim}, n = {args.n}; "
-        f"two-sample floor {floor:.4f}), best spacing per method\n"
-    )
-    methods = [(r["side"], r["method"]) for r in rows]
-    methods = list(dict.fromkeys(methods))
+    problems = {seed: _Problem(seed, args) for seed in args.mixtures}
+    floor = statistics.mean(pb.floor for pb in problems.values())
+    d_rows = defaults(problems, args)
+    headers = ["sampler", "side", *[f"NFE {n}" for n in args.nfe]]
+    print(f"\n### Defaults (no selection): sliced W2, mean over {len(problems)} held-out "
+          f"mixtures (dim {args.dim}, n = {args.n}, float32 state both sides; mean floor "
+          f"{floor:.4f})\n")
     table = []
-    for side, method in methods:
+    for name in SAMPLERS:
+        rows = [r for r in d_rows if r["method"] == name]
+        table += _table(rows, "reverie", "reverie", args)
+        if any("diffusers" in r for r in rows):
+            table += _table(rows, "diffusers", "diffusers", args)
+    print(format_table(headers, table))
+    print("\nPer mixture (reverie / diffusers, defaults):\n")
+    per = []
+    for seed in args.mixtures:
+        for name in _peers():
+            cells = []
+            for nfe in args.nfe:
+                r = next(r for r in d_rows if r["mixture"] == seed and r["method"] == name
+                         and r["nfe"] == nfe)
+                cells.append(f"{r['reverie']:.4f} / {r['diffusers']:.4f}")
+            per.append([seed, name, *cells])
+    print(format_table(["mixture", "sampler", *[f"NFE {n}" for n in args.nfe]], per))
+
+    t_rows = tuned(problems, args)
+    print("\n### Tuned, held out: the same candidate grids (diffusers' spacing options) for both "
+          "sides, chosen on seed A, reported on seed B (mean over mixtures)\n")
+    table = []
+    for name in dict.fromkeys(r["method"] for r in t_rows):
+        rows = [r for r in t_rows if r["method"] == name]
+        table += _table(rows, "reverie", "reverie", args)
+        table += _table(rows, "diffusers", "diffusers", args)
+    print(format_table(headers, table))
+
+    f_rows = fitted(problems, args)
+    print("\n### Fitted: reverie.optimize_grid from the model alone, reported on seed B "
+          "(mean over mixtures; fit cost in model calls on one sample)\n")
+    table = []
+    for name in dict.fromkeys(r["method"] for r in f_rows):
         cells = []
-        for nfe in args.nfe:
-            match = [
-                r
-                for r in rows
-                if r["side"] == side and r["method"] == method and nfe - 1 <= r["nfe"] <= nfe
-            ]
-            cells.append(f"{match[0]['sw']:.4f} ({match[0]['variant']})" if match else "-")
-        table.append([side, method, *cells])
-    print(format_table(["side", "method", *[f"NFE {n}" for n in args.nfe]], table))
+        for nfe in args.fit_nfe:
+            vals = [r for r in f_rows if r["method"] == name and nfe - 1 <= r["nfe"] <= nfe]
+            cells.append(
+                f"{statistics.mean(r['fitted'] for r in vals):.4f} "
+                f"({statistics.mean(r['fit_nfe'] for r in vals) / 1e3:.0f}k NFE, "
+                f"{statistics.mean(r['fit_s'] for r in vals):.1f} s)" if vals else "-"
+            )
+        table.append([name, *cells])
+    print(format_table(["sampler", *[f"NFE {n}" for n in args.fit_nfe]], table))
+    acc_s = time.perf_counter() - t0
 
-    checks = {}
-    for nfe in args.nfe:
-
-        def at(side, method=None, nfe=nfe):
-            return [
-                r
-                for r in rows
-                if r["side"] == side
-                and nfe - 1 <= r["nfe"] <= nfe
-                and (method is None or r["method"] == method)
-            ]
-
-        for ours, theirs in PAIRS.items():
-            a, b = at("reverie", ours), at("diffusers", theirs)
-            if a and b:
-                checks[f"{ours}<=diffusers {theirs} @NFE{nfe}"] = a[0]["sw"] <= b[0]["sw"] * 1.02
-        ours_best = min(at("reverie"), key=lambda r: r["sw"])
-        theirs_best = min(at("diffusers"), key=lambda r: r["sw"])
-        key = (
-            f"best reverie ({ours_best['method']}, {ours_best['variant']}) / best diffusers "
-            f"({theirs_best['method']}, {theirs_best['variant']}) sliced-W2 @NFE{nfe}"
-        )
-        checks[key] = round(ours_best["sw"] / theirs_best["sw"], 3)
-
-    same = same_grid_checks(args, peer)
-    print("\n### Same grid: reverie on exactly the grid of each diffusers configuration\n")
-    cols = list(dict.fromkeys(k for r in same for k in r))
-    print(format_table(cols, [[r.get(c, "") if isinstance(r.get(c), (str, int)) else
-                               f"{r[c]:.4f}" if c in r else "" for c in cols] for r in same]))
     ov = overhead(rounds=3 if args.quick else 7)
     print(
         "\n### Per-step overhead (model that costs nothing, x of shape 1x4x64x64 float32, "
         "50 steps, median of interleaved rounds)\n"
     )
-    print(
-        format_table(
-            ["reverie", "diffusers", "reverie us/step", "diffusers us/step", "ratio"],
-            [
-                [r["reverie"], r["diffusers"], r["reverie_us"], r["diffusers_us"], r["ratio"]]
-                for r in ov
-            ],
-        )
-    )
+    print(format_table(
+        ["reverie", "diffusers", "reverie us/step", "diffusers us/step", "ratio"],
+        [[r["reverie"], r["diffusers"], r["reverie_us"], r["diffusers_us"], r["ratio"]]
+         for r in ov],
+    ))
     mem = memory(args.dim)
     print("\n### Memory: copies of x held in the sampler state between steps\n")
-    print(
-        format_table(
-            ["sampler", "order", "history copies"],
-            [[r["method"], r["order"], r["history_copies"]] for r in mem],
-        )
-    )
+    print(format_table(["sampler", "order", "history copies"],
+                       [[r["method"], r["order"], r["history_copies"]] for r in mem]))
+    checks = targets(d_rows, f_rows, t_rows, args)
     print("\n### Targets\n")
     for k, v in checks.items():
         print(f"- {k}: {v}")
@@ -410,8 +510,9 @@ def run_bench(args: argparse.Namespace) -> dict:
     return {
         "args": vars(args) | {"func": None},
         "floor": floor,
-        "accuracy": rows,
-        "same_grid": same,
+        "defaults": d_rows,
+        "tuned": t_rows,
+        "fitted": f_rows,
         "overhead": ov,
         "memory": mem,
         "checks": checks,

@@ -315,7 +315,9 @@ def solve(
     if isinstance(generator, (list, tuple)) and len(generator) != n:
         raise ValueError(f"got {len(generator)} generators for n={n} samples")
     dtype = dtype or yb.dtype
-    g = resolve_grid(SAMPLERS["ddpm"], denoiser.process, steps, grid)
+    # the process's own default grid (posterior samplers start from pure noise at t_max)
+    proc = denoiser.process
+    g = resolve_grid(SAMPLERS["ddpm"], proc, steps, proc.default_grid if grid is None else grid)
     problem = _m.Problem(denoiser, operator, yb.to(dtype), noise, tuple(x_shape), dtype, g, {})
     if info.particles:
         options["particles"] = particles
