@@ -17,6 +17,7 @@ def run(args: argparse.Namespace) -> int:
     for name, s in SAMPLERS.items():
         kind = "SDE" if s.stochastic else "ODE"
         print(
-            f"{name:<{width}}  order {s.order} (measured)  {kind}  {s.nfe_per_step} NFE/step  {s.description}"
+            f"{name:<{width}}  order {s.order} (measured)  {kind}  "
+            f"{s.nfe_per_step} NFE/step  {s.description}"
         )
     return 0
