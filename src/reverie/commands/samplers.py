@@ -17,7 +17,8 @@ def run(args: argparse.Namespace) -> int:
     for name, s in SAMPLERS.items():
         kind = "SDE" if s.stochastic else "ODE"
         print(
-            f"{name:<{width}}  order {s.order} (measured)  {kind}  "
+            f"{name:<{width}}  order {s.order} ({'nominal' if s.stochastic else 'measured'})  "
+            f"{kind}  "
             f"{s.nfe_per_step} NFE/step  {s.description}"
         )
     return 0
