@@ -276,11 +276,16 @@ def test_non_linear_operator(method):
     ref = _grid_posterior(prior, loglik, 1000, 7)
     x = solve(prior.denoiser(PROC), f, y, sy, method=method, steps=50, n=1000, shape=(2,),
               generator=_gen(1))
-    assert _sw(x, ref) < 0.6 * _sw(prior.sample(1000, _gen(6)), ref)
+    bound = 0.6 * _sw(prior.sample(1000, _gen(6)), ref)  # 0.72; dps 0.61, tds 0.64, red_diff 0.34
+    assert _sw(x, ref) < bound
+    assert _sw(ref.mean(0).expand(1000, 2), ref) > bound  # the posterior mean (1.52) fails
 
 
 @pytest.mark.parametrize("method", ["dps", "tds"])
 def test_poisson_noise(method):
+    """Against a quadrature posterior. TDS (measured 0.06-0.10 over seeds 1-5) is held to 0.2,
+    which the posterior mean as a point estimate (0.31) and prior samples (1.39) fail; DPS
+    (0.61) does not beat that point estimate and is held to half the prior's distance."""
     prior = GaussianMixture(torch.tensor([[1.0, 3.0], [3.0, 1.0], [3.0, 3.0]], dtype=F64), 0.1)
     A = torch.tensor([[1.0, 0.2], [0.3, 1.0]], dtype=F64)
     noise = PoissonNoise(rate=4.0)
@@ -293,7 +298,12 @@ def test_poisson_noise(method):
     kw = {"scale": 0.3} if method == "dps" else {}
     x = solve(prior.denoiser(PROC), MatrixOperator(A), y, noise, method=method, steps=50, n=1000,
               generator=_gen(1), **kw)
-    assert _sw(x, ref) < 0.5 * _sw(prior.sample(1000, _gen(6)), ref)
+    prior_d = _sw(prior.sample(1000, _gen(6)), ref)
+    if method == "tds":
+        assert _sw(x, ref) < 0.2
+        assert _sw(ref.mean(0).expand(1000, 2), ref) > 0.2 and prior_d > 0.2  # wrong variants
+    else:
+        assert _sw(x, ref) < 0.5 * prior_d
 
 
 # ---- joint signal + structured noise --------------------------------------------------------
