@@ -1,6 +1,9 @@
 """Posterior samplers against exact posteriors (Gaussian and Gaussian-mixture priors)."""
 
+import functools
+import itertools
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -16,7 +19,7 @@ from reverie.inverse import (
     PoissonNoise,
     solve,
 )
-from reverie.metrics import mode_weights, sliced_wasserstein
+from reverie.metrics import SlicedWasserstein, sliced_wasserstein
 from reverie.reference import Gaussian, GaussianMixture, linear_gaussian_posterior
 
 PROC = reverie.VP.linear()
@@ -83,36 +86,168 @@ def _mixture():
     return GaussianMixture(means, 0.25, torch.tensor([0.1, 0.2, 0.3, 0.4]))
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "structured_noise"])
-def test_every_method_improves_on_the_prior(method):
-    prior = _mixture()
-    A = torch.tensor([[1.0, 0.3], [-0.2, 1.0]], dtype=F64)
-    y = torch.tensor([1.2, -0.5], dtype=F64)
-    post = linear_gaussian_posterior(prior, A, y, 0.5**2)
+@dataclass(frozen=True)
+class Case:
+    """A linear-Gaussian problem with its exact posterior and a distance to it."""
+
+    prior: Gaussian | GaussianMixture
+    A: torch.Tensor
+    y: torch.Tensor
+    noise_std: float
+    post: GaussianMixture
+    distance: SlicedWasserstein  # to 20000 exact posterior samples, fixed directions
+    options: dict  # extra solve() keywords (structured_noise's noise prior)
+
+
+def _make_case(prior, A, y, sy, exact_noise_var=None, **options):
+    post = linear_gaussian_posterior(prior, A, y, sy**2 if exact_noise_var is None
+                                     else exact_noise_var)
+    return Case(prior, A, y, sy, post, SlicedWasserstein(post.sample(20000, _gen(5)), 128,
+                                                         _gen(3)), options)
+
+
+@functools.cache
+def _case(name):
+    if name == "gauss":  # N(0, I) prior: a Gaussian posterior
+        return _make_case(Gaussian(torch.zeros(3), None), GAUSS_A, GAUSS_Y, GAUSS_SY)
+    if name == "mix":  # 4-mode prior, two measurements: two posterior modes (weights .88, .12)
+        return _make_case(_mixture(), torch.tensor([[1.0, 0.3], [-0.2, 1.0]], dtype=F64),
+                          torch.tensor([1.2, -0.5], dtype=F64), 0.5)
+    # structured noise N(0, q^2 I) + white sigma_y: exact with noise variance q^2 + sigma_y^2
+    q = 0.7
+    return _make_case(Gaussian(torch.zeros(3), None), GAUSS_A, GAUSS_Y, 0.2, q**2 + 0.2**2,
+                      noise_denoiser=Gaussian(torch.zeros(2), q**2).denoiser(PROC),
+                      noise_data_std=q)
+
+
+def posterior_distance(x, case):
+    """Sliced W2 of the samples ``x`` to the exact posterior of ``case``."""
+    return case.distance(x)
+
+
+def check_posterior(x, case, bound):
+    """The accuracy check: ``x`` is within ``bound`` of the exact posterior."""
+    return posterior_distance(x, case) < bound
+
+
+# Bounds, set from measurement: the largest distance over seeds 1-6 (n = 1000, 100 steps, SMC
+# methods in clouds of 100 particles), with ~30% margin. Every bound of a problem lies below the
+# distance of a point estimate (all samples at the posterior mean or the pseudo-inverse) and of
+# prior samples, so the check rejects both (test_the_posterior_check_rejects_...). Measured:
+#   gauss [posterior mean 0.60, pseudo-inverse 0.60, prior 0.97, two-sample floor 0.03]:
+#     dps 0.24-0.25 (approximate), pigdm 0.03-0.04, ddrm 0.10-0.12, red_diff 0.42-0.43 (no
+#     posterior spread: covariance error ~0.9), diffpir 0.18-0.20, tds 0.04-0.06,
+#     mcg_diff 0.06-0.09
+#   mix [posterior mean 0.57, pseudo-inverse 0.79, prior 1.86, floor 0.03]: pigdm 0.10-0.13,
+#     ddrm 0.24-0.26, tds 0.06-0.13, mcg_diff 0.06-0.14
+#   noise [posterior mean 0.71, pseudo-inverse 0.74, prior 0.74, floor 0.04]:
+#     structured_noise 0.04-0.07
+# DPS, RED-diff and DiffPIR do NOT beat a point estimate on the mixture (DPS 0.63-0.66, RED-diff
+# 0.73, DiffPIR 1.00-1.06 against 0.57 for the posterior mean: they miss the mode weights and
+# spread; DiffPIR's data weight lam = 7 is the paper's setting for images with tiny noise, here
+# lam = 1, zeta = 1 reaches 0.28); there they are held to what the docs claim of them, a
+# reconstruction: at most 0.6 of the prior's distance (RECONSTRUCTION_ONLY; DiffPIR is at 0.54).
+POSTERIOR_BOUNDS = {
+    "gauss": {"dps": 0.32, "pigdm": 0.06, "ddrm": 0.15, "red_diff": 0.5, "diffpir": 0.25,
+              "tds": 0.09, "mcg_diff": 0.12},
+    "mix": {"pigdm": 0.17, "ddrm": 0.33, "tds": 0.18, "mcg_diff": 0.19},
+    "noise": {"structured_noise": 0.09},
+}
+RECONSTRUCTION_ONLY = {"mix": ("dps", "red_diff", "diffpir")}
+ALL_CASES = [(c, m) for c in POSTERIOR_BOUNDS
+             for m in (*POSTERIOR_BOUNDS[c], *RECONSTRUCTION_ONLY.get(c, ()))]
+
+
+def _solve_case(case, method, seed=1, n=1000, steps=100):
+    kw = {"particles": 100} if METHODS[method].particles else {}
+    return solve(case.prior.denoiser(PROC), MatrixOperator(case.A), case.y, case.noise_std,
+                 method=method, steps=steps, n=n, generator=_gen(seed), return_info=True,
+                 **kw, **case.options)
+
+
+def test_every_registered_method_has_a_posterior_check():
+    """A method added to the registry must get a measured bound here."""
+    assert {m for _, m in ALL_CASES} == set(METHODS)
+    assert all(m in POSTERIOR_BOUNDS["gauss"] for m in METHODS if m != "structured_noise")
+
+
+@pytest.mark.parametrize("case,method", ALL_CASES)
+def test_every_method_matches_the_exact_posterior(case, method):
+    c = _case(case)
+    res = _solve_case(c, method)
+    n_calls = 2 if method == "structured_noise" else 1
+    assert res.samples.shape == (1000, c.A.shape[1])
+    assert res.nfe == 100 * n_calls and res.method == METHODS[method].name
+    d = posterior_distance(res.samples, c)
+    if method in RECONSTRUCTION_ONLY.get(case, ()):
+        assert d < 0.6 * posterior_distance(c.prior.sample(1000, _gen(6)), c), d
+    else:
+        assert check_posterior(res.samples, c, POSTERIOR_BOUNDS[case][method]), d
+
+
+@pytest.mark.parametrize("case", list(POSTERIOR_BOUNDS))
+def test_the_posterior_check_rejects_point_estimates_and_the_prior(case):
+    """The wrong variants -- every sample at the posterior mean, at the pseudo-inverse
+    ``A^+ y`` (point estimates), or drawn from the prior -- fail every bound of the problem,
+    while exact posterior samples pass the tightest one."""
+    c = _case(case)
     n = 1000
-    ref = post.sample(n, _gen(5))
-    res = solve(prior.denoiser(PROC), MatrixOperator(A), y, 0.5, method=method, steps=50, n=n,
-                generator=_gen(1), return_info=True)
-    assert res.samples.shape == (n, 2)
-    assert res.nfe == 50 and res.method == METHODS[method].name
-    assert _sw(res.samples, ref) < 0.6 * _sw(prior.sample(n, _gen(6)), ref)
+    loosest, tightest = max(POSTERIOR_BOUNDS[case].values()), min(POSTERIOR_BOUNDS[case].values())
+    wrong = {
+        "posterior mean": c.post.mean().expand(n, -1),
+        "pseudo-inverse": (torch.linalg.pinv(c.A) @ c.y).expand(n, -1),
+        "prior": c.prior.sample(n, _gen(6)),
+    }
+    for name, x in wrong.items():
+        assert not check_posterior(x, c, loosest), (name, posterior_distance(x, c))
+    assert check_posterior(c.post.sample(n, _gen(7)), c, tightest)
 
 
-@pytest.mark.parametrize("method", ["mcg_diff", "tds"])
-def test_smc_error_shrinks_as_particles_grow(method):
-    """A hard problem (one measurement of a bimodal posterior): the mode weights of
-    clouds of 2 particles are badly off; clouds of 256 get them nearly right."""
+# ---- SMC: asymptotically exact as the particles grow ---------------------------------------
+
+# one measurement of the 4-mode prior: a two-mode posterior (weights .82, .18) whose mode
+# weights a small cloud gets wrong
+SMC_A, SMC_Y = torch.tensor([[1.0, 0.3]], dtype=F64), torch.tensor([1.2], dtype=F64)
+SMC_LADDER = {"tds": ((2, 8, 32), 100), "mcg_diff": ((2, 8, 32, 128), 200)}
+
+
+def check_converges_to_floor(distances, floor, factor=3.0):
+    """Distances (as particles grow) decrease strictly and the last is within ``factor`` times
+    the two-sample floor."""
+    return all(b < a for a, b in itertools.pairwise(distances)) and distances[-1] < factor * floor
+
+
+@functools.cache
+def _smc_distances(method):
     prior = _mixture()
-    A = torch.tensor([[1.0, 0.3]], dtype=F64)
-    y = torch.tensor([1.2], dtype=F64)
-    post = linear_gaussian_posterior(prior, A, y, 0.5**2)
-    ref = mode_weights(post.sample(20000, _gen(5)), prior)
-    errs = []
-    for particles in (2, 256):
-        x = solve(prior.denoiser(PROC), MatrixOperator(A), y, 0.5, method=method, steps=30,
-                  n=1024, particles=particles, generator=_gen(1))
-        errs.append(float((mode_weights(x, prior) - ref).abs().sum()))
-    assert errs[1] < 0.5 * errs[0] and errs[1] < 0.15, errs
+    post = linear_gaussian_posterior(prior, SMC_A, SMC_Y, 0.5**2)
+    dist = SlicedWasserstein(post.sample(50000, _gen(5)), 128, _gen(3))
+    n = 4096
+    floor = sum(dist(post.sample(n, _gen(100 + i))) for i in range(5)) / 5
+    ladder, steps = SMC_LADDER[method]
+    ds = [dist(solve(prior.denoiser(PROC), MatrixOperator(SMC_A), SMC_Y, 0.5, method=method,
+                     steps=steps, n=n, particles=p, generator=_gen(1))) for p in ladder]
+    return ds, floor
+
+
+@pytest.mark.parametrize("method", list(SMC_LADDER))
+def test_smc_distance_falls_to_the_floor_as_particles_grow(method):
+    """4096 samples in clouds of 2 -> 8 -> 32 (-> 128 for MCGdiff, which needs more particles
+    and steps here) particles: the distance to the exact posterior falls monotonically to within
+    3x the two-sample floor (0.06). Measured over seeds 1-5: TDS 0.84-0.90 -> 0.17-0.36 ->
+    0.04-0.17; MCGdiff 1.09-1.16 -> 0.46-0.52 -> 0.12-0.29 -> 0.05-0.12."""
+    ds, floor = _smc_distances(method)
+    assert ds[0] > 10 * floor  # two particles are far off: the check can fail
+    assert check_converges_to_floor(ds, floor), (ds, floor)
+
+
+@pytest.mark.parametrize("method", list(SMC_LADDER))
+def test_the_convergence_check_rejects_no_convergence(method):
+    """Fed the ladder reversed (error growing with particles) or stopped at 8 particles (still
+    far from the floor), the check fails."""
+    ds, floor = _smc_distances(method)
+    assert not check_converges_to_floor(ds[::-1], floor)
+    assert not check_converges_to_floor(ds[:2], floor)
 
 
 def _grid_posterior(prior, loglik, n, seed, lim=5.0, size=401):
@@ -141,11 +276,16 @@ def test_non_linear_operator(method):
     ref = _grid_posterior(prior, loglik, 1000, 7)
     x = solve(prior.denoiser(PROC), f, y, sy, method=method, steps=50, n=1000, shape=(2,),
               generator=_gen(1))
-    assert _sw(x, ref) < 0.6 * _sw(prior.sample(1000, _gen(6)), ref)
+    bound = 0.6 * _sw(prior.sample(1000, _gen(6)), ref)  # 0.72; dps 0.61, tds 0.64, red_diff 0.34
+    assert _sw(x, ref) < bound
+    assert _sw(ref.mean(0).expand(1000, 2), ref) > bound  # the posterior mean (1.52) fails
 
 
 @pytest.mark.parametrize("method", ["dps", "tds"])
 def test_poisson_noise(method):
+    """Against a quadrature posterior. TDS (measured 0.06-0.10 over seeds 1-5) is held to 0.2,
+    which the posterior mean as a point estimate (0.31) and prior samples (1.39) fail; DPS
+    (0.61) does not beat that point estimate and is held to half the prior's distance."""
     prior = GaussianMixture(torch.tensor([[1.0, 3.0], [3.0, 1.0], [3.0, 3.0]], dtype=F64), 0.1)
     A = torch.tensor([[1.0, 0.2], [0.3, 1.0]], dtype=F64)
     noise = PoissonNoise(rate=4.0)
@@ -158,7 +298,12 @@ def test_poisson_noise(method):
     kw = {"scale": 0.3} if method == "dps" else {}
     x = solve(prior.denoiser(PROC), MatrixOperator(A), y, noise, method=method, steps=50, n=1000,
               generator=_gen(1), **kw)
-    assert _sw(x, ref) < 0.5 * _sw(prior.sample(1000, _gen(6)), ref)
+    prior_d = _sw(prior.sample(1000, _gen(6)), ref)
+    if method == "tds":
+        assert _sw(x, ref) < 0.2
+        assert _sw(ref.mean(0).expand(1000, 2), ref) > 0.2 and prior_d > 0.2  # wrong variants
+    else:
+        assert _sw(x, ref) < 0.5 * prior_d
 
 
 # ---- joint signal + structured noise --------------------------------------------------------

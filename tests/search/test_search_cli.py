@@ -61,7 +61,6 @@ def test_classifier_reward_is_a_differentiable_log_probability():
 
 
 def test_digit_classifier_trains_in_seconds_and_generalises():
-    pytest.importorskip("sklearn")
     from reverie.data import load_digits
     from reverie.rewards import digit_classifier, digit_judge
 
@@ -72,11 +71,42 @@ def test_digit_classifier_trains_in_seconds_and_generalises():
     assert float((digit_judge()(x) == y).float().mean()) > 0.93
 
 
-@pytest.mark.slow
 def test_cli_on_the_digits_model(tmp_path):
+    """The digits path of ``reverie search`` runs end to end (a model-loading failure fails
+    here); whether FK steers the digits model is checked by test_fk_steers_the_digits_model."""
     out = tmp_path / "digits"
     rc = main(["search", "--model", "digits", "--reward", "classifier:7", "--method", "fk",
-               "--budget", "80", "--n", "8", "--levels", "0", "--out", str(out), "--quiet"])
+               "--budget", "40", "--steps", "10", "--n", "4", "--levels", "0", "--out", str(out),
+               "--quiet"])
     assert rc == 0
     summary = json.loads((out / "result.json").read_text())
-    assert summary["levels"][-1]["accuracy"] >= 0.5
+    assert 0.0 <= summary["levels"][-1]["accuracy"] <= 1.0
+    assert summary["levels"][-1]["nfe"] <= 40
+
+
+def check_steers_to_seven(samples, judge):
+    """At least half the samples are judged (by the independent SVM) to be a 7."""
+    return float((judge(samples) == 7).double().mean()) >= 0.5
+
+
+def test_fk_steers_the_digits_model():
+    """FK steering of the bundled digits model by log p(7 | x) of the digit classifier, 4
+    particles x 20 steps, 16 samples. Measured: FK 69% sevens (mean reward -0.72); best-of-4
+    at the same NFE 38% (-6.12); the model itself (one trajectory) 6% (-20.6). The check
+    rejects best-of-N and the untilted model, and FK's reward is above best-of-N's."""
+    from reverie import hub, search
+    from reverie.rewards import ClassifierReward, digit_classifier, digit_judge
+
+    model, judge = hub.load("digits"), digit_judge()
+    reward = ClassifierReward(digit_classifier(), 7)
+
+    def run(method, budget):
+        return search.run(model, reward, method=method, budget=budget, n=16, steps=20,
+                          generator=torch.Generator().manual_seed(0))
+
+    fk, bon, plain = run("fk", 80), run("best_of_n", 80), run("best_of_n", 20)
+    assert fk.nfe <= 80
+    assert check_steers_to_seven(fk.samples, judge)
+    assert float(fk.rewards.mean()) > float(bon.rewards.mean()) + 2.0
+    assert not check_steers_to_seven(bon.samples, judge)
+    assert not check_steers_to_seven(plain.samples, judge)

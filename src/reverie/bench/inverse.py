@@ -106,7 +106,7 @@ def _interval(values: list[float]) -> tuple[float, float]:
 def run_mixture(args: argparse.Namespace) -> dict[str, Any]:
     import reverie
     from reverie.inverse import MatrixOperator, solve
-    from reverie.metrics import sliced_wasserstein
+    from reverie.metrics import SlicedWasserstein
     from reverie.reference import linear_gaussian_posterior
 
     quick = args.quick
@@ -137,11 +137,10 @@ def run_mixture(args: argparse.Namespace) -> dict[str, Any]:
                 op = MatrixOperator(a)
                 post = linear_gaussian_posterior(prior, a, y, sigma_y**2)
                 ref = post.sample(n, g)
-                sw_g = torch.Generator().manual_seed(seed + 7)
-
-                def sw(x: torch.Tensor, ref: torch.Tensor = ref, sw_g=sw_g) -> float:
-                    return sliced_wasserstein(x, ref, args.slices, sw_g, p=1)
-
+                # one set of random directions per problem, shared by every method, the floor
+                # and the prior (so all are scored on the same projections)
+                sw = SlicedWasserstein(ref, args.slices, torch.Generator().manual_seed(seed + 7),
+                                       p=1)
                 scores["floor"].append(sw(post.sample(n, g)))
                 scores["prior"].append(sw(prior.sample(n, g)))
                 grid = benchmark_grid(proc, op, sigma_y, args.steps)
