@@ -75,26 +75,15 @@ def test_few_steps_are_measurably_worse(mixture_and_floor):
 # Convergence order against the exact ODE solution of a Gaussian
 # ---------------------------------------------------------------------------------------------
 
-# Observed global order on a log-SNR grid. iPNDM uses fixed Adams-Bashforth coefficients, which
-# are exact only on uniform steps in sigma/alpha: on other grids it is second order. UniPC-2 with
-# its corrector is third order (Zhao et al. 2023, Thm 3.1). Our DPM-Solver++(3M) is third order
-# (the reference implementations' second-derivative term is half the Taylor coefficient, which
-# makes them second order; see docs/samplers.md).
-ORDER = {
-    "ddim": 1,
-    "euler": 1,
-    "heun": 2,
-    "dpmpp_2m": 2,
-    "dpmpp_2s": 2,
-    "dpmpp_3m": 3,
-    "unipc": 3,
-    "ipndm": 2,
-}
+# Observed global order on a log-SNR grid: the order `reverie samplers` prints
+# (SAMPLERS[name].order), measured with the default options. iPNDM uses fixed Adams-Bashforth
+# coefficients, which are exact only on uniform steps in sigma/alpha: on other grids it is
+# second order. UniPC-2 with its corrector is third order (Zhao et al. 2023, Thm 3.1).
+# DPM-Solver++(3M) is second order with the reference coefficient (legacy=True, the default)
+# and third order with the corrected one (legacy=False; see docs/samplers.md).
+ORDER = {name: info.order for name, info in SAMPLERS.items() if not info.stochastic}
 
-
-@pytest.mark.parametrize("proc", [reverie.EDM(), reverie.VP.linear()], ids=repr)
-@pytest.mark.parametrize("name", sorted(ORDER))
-def test_convergence_order(gaussian, proc, name):
+def _observed_order(gaussian, proc, name, **options):
     den = gaussian.denoiser(proc)
     noise = torch.randn(32, 2, generator=gen(0), dtype=torch.float64)
     errors = []
@@ -102,12 +91,27 @@ def test_convergence_order(gaussian, proc, name):
         grid = reverie.make_grid(proc, steps, "logsnr")
         x_t = noise * float(proc.sigma(grid[0]))
         states: list[State] = []
-        run(name, den, x_t, grid, callback=lambda s, sch, out=states: out.append(s))
+        run(name, den, x_t, grid, callback=lambda s, sch, out=states: out.append(s), **options)
         # the state on the last grid point before the clean end vs the exact ODE solution
         exact = gaussian.ode_map(x_t, float(grid[0]), float(grid[-2]), proc)
         errors.append(float((states[-2].x - exact).norm(dim=1).max()))
-    slope = math.log2(errors[-2] / errors[-1])
+    return math.log2(errors[-2] / errors[-1]), errors
+
+
+@pytest.mark.parametrize("proc", [reverie.EDM(), reverie.VP.linear()], ids=repr)
+def test_corrected_3m_coefficient_is_third_order(gaussian, proc):
+    slope, errors = _observed_order(gaussian, proc, "dpmpp_3m", legacy=False)
+    assert slope > 3 - 0.3, f"observed order {slope:.2f}, errors {errors}"
+    legacy, _ = _observed_order(gaussian, proc, "dpmpp_3m", legacy=True)
+    assert legacy < 2.6, "the reference coefficient is second order"
+
+
+@pytest.mark.parametrize("proc", [reverie.EDM(), reverie.VP.linear()], ids=repr)
+@pytest.mark.parametrize("name", sorted(ORDER))
+def test_convergence_order(gaussian, proc, name):
+    slope, errors = _observed_order(gaussian, proc, name)
     assert slope > ORDER[name] - 0.3, f"observed order {slope:.2f}, errors {errors}"
+    assert slope < ORDER[name] + 1.5, f"order {slope:.2f} well above the printed {ORDER[name]}"
     assert errors[-1] < errors[0]
 
 

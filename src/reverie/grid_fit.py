@@ -77,7 +77,8 @@ def optimize_grid(
 
     ``shape`` is the shape of one sample; ``n`` noises are drawn from ``generator`` (half fit,
     half validate); ``cond`` goes to every model call and ``options`` to the sampler. The
-    teacher is DPM-Solver++(3M) with ``teacher_steps`` steps (default ``max(200, 10 steps)``).
+    teacher is third-order DPM-Solver++(3M) (``legacy=False``) with ``teacher_steps`` steps
+    (default ``max(200, 10 steps)``).
     Returns the grid (float64, ending at the clean end), or ``(grid, GridFit)`` with
     ``return_report=True``. The cost is about ``n (teacher_steps + K nfe(steps))`` model calls
     for ``K`` ~ 30-60 candidate grids: seconds on an exact model, and worth lowering ``n`` to
@@ -108,7 +109,7 @@ def optimize_grid(
     # the target: a many-step third-order solve from the same noise
     m = teacher_steps or max(200, 10 * steps)
     teacher_grid = resolve_grid(SAMPLERS["dpmpp_3m"], proc, m, _teacher_grid_name(proc))
-    teacher = {k: solve("dpmpp_3m", teacher_grid, v) for k, v in halves.items()}
+    teacher = {k: solve("dpmpp_3m", teacher_grid, v, legacy=False) for k, v in halves.items()}
     teacher_nfe = cost["nfe"]
     flat = teacher["fit"].reshape(teacher["fit"].shape[0], -1).double()
     scale = float(flat.var(dim=0).mean().sqrt()) if flat.shape[0] > 1 else 1.0
