@@ -39,10 +39,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reverie._checks import check_options
 from reverie._random import Generators, randn_like
 from reverie.compose.energy import require_energy
 from reverie.denoisers import DenoiserBase
-from reverie.samplers import SAMPLERS, Schedule, State, resolve_grid
+from reverie.samplers import SAMPLERS, Schedule, State, resolve_grid, run
 
 __all__ = [
     "CORRECTORS",
@@ -345,10 +346,7 @@ def sample_with_corrector(
     if corrector is not None and corrector.needs_energy:
         require_energy(model, f"{type(corrector).__name__} (a Metropolis-adjusted corrector)")
     info = SAMPLERS[sampler] if isinstance(sampler, str) else sampler
-    unknown = set(options) - set(info.options)
-    if unknown:
-        raise ValueError(f"sampler {info.name!r} has no option(s) {sorted(unknown)}; "
-                         f"its options are {sorted(info.options) or 'none'}")
+    check_options("sampler", info.name, options, info.options)
     shape = getattr(model, "sample_shape", None)
     if not isinstance(noise, Tensor) or not noise.is_floating_point() or noise.ndim < 2:
         raise ValueError("noise must be a floating-point tensor [batch, *sample_shape]")
@@ -360,7 +358,6 @@ def sample_with_corrector(
     sch = Schedule.build(process, g)
     lo, hi = t_range if t_range is not None else (-math.inf, math.inf)
     cond = dict(cond or {})
-    state = State(noise * float(process.sigma(g[0])))
     acceptance: list[float] = []
     evals = 0
 
@@ -374,25 +371,11 @@ def sample_with_corrector(
         evals += res.evaluations
         return replace(st, x=res.x)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    def hook(st: State, sch: Schedule) -> State | None:
+        return correct(st, sch.t[st.i]) if sch.sigma[st.i] > 0 else None
 
-        bar = tqdm(total=sch.steps, desc=f"{info.name}+{corrector.name if corrector else 'none'}")
-    state = correct(state, sch.t[0])
-    with torch.no_grad():
-        for i in range(sch.steps):
-            state = info.step(model, state, sch, generator=generator, cond=cond, **options)
-            if sch.sigma[i + 1] > 0:
-                state = correct(state, sch.t[i + 1])
-            if not bool(torch.isfinite(state.x).all()):
-                raise ValueError(
-                    f"NaN or inf after step {i + 1}/{sch.steps} (t = {sch.t[i + 1]:.6g}); "
-                    f"lower the corrector's step_size"
-                )
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    return CorrectedSample(state.x, state.nfe, evals,
+    x = correct(State(noise * float(process.sigma(g[0]))), sch.t[0]).x
+    out = run(info, model, x, g, generator=generator, cond=cond, progress=progress, hook=hook,
+              **options)
+    return CorrectedSample(out.x0, out.nfe, evals,
                            torch.tensor(acceptance, dtype=torch.float64), g)

@@ -29,7 +29,7 @@ from reverie.inverse.guidance import (
 )
 from reverie.inverse.noise import GaussianNoise, NoiseModel
 from reverie.inverse.operators import SVD, LinearOperator
-from reverie.samplers import SAMPLERS, NonFiniteError, Schedule, State, run
+from reverie.samplers import SAMPLERS, Schedule, State, run, walk
 
 __all__ = ["Problem", "Cost", "adapt_grid"]
 
@@ -82,12 +82,13 @@ class Cost:
     vjp: int = 0
 
 
-def _check_finite(x: Tensor, name: str, i: int, sch: Schedule) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise NonFiniteError(
-            f"{name}: NaN or inf after step {i + 1}/{sch.steps} (t = {sch.t[i]:.6g}); try a "
-            f"smaller step size / guidance scale or more steps"
-        )
+_HINT = "try a smaller step size / guidance scale or more steps"
+
+
+def _walk(sch: Schedule, state: State, step: Callable[[State], State], name: str,
+          stop: int | None = None) -> State:
+    """The core sampler loop (:func:`reverie.samplers.walk`) with this module's advice."""
+    return walk(sch, state, step, name=name, stop=stop, hint=_HINT)
 
 
 def _time(sch: Schedule, i: int) -> float:
@@ -114,16 +115,18 @@ def dps(
     ddpm = SAMPLERS["ddpm"]
     state = State(problem.start(problem.n, generator, sch))
     y = problem.y
-    for i in range(sch.steps):
+
+    def step(state: State) -> State:
         xr = state.x.detach().requires_grad_(True)
         with torch.enable_grad():
-            x0 = den(xr, _time(sch, i))
+            x0 = den(xr, _time(sch, state.i))
             norm = problem.noise.dps_residual(y, problem.forward(x0)).norm(dim=1)
             (grad,) = torch.autograd.grad(norm.sum(), xr)
         with torch.no_grad():
             state = ddpm.step(Fixed(x0.detach(), den.process), state, sch, generator=generator)
-            state = replace(state, x=state.x - scale * grad)  # x_{i+1} = x'_{i+1} - zeta grad
-        _check_finite(state.x, "dps", i, sch)
+            return replace(state, x=state.x - scale * grad)  # x_{i+1} = x'_{i+1} - zeta grad
+
+    state = _walk(sch, state, step, "dps")
     return state.x, Cost(sch.steps, sch.steps)
 
 
@@ -179,13 +182,15 @@ def diffpir(
     )
     ddim = SAMPLERS["ddim"]
     state = State(problem.start(problem.n, generator, sch))
+
+    def step(state: State) -> State:
+        h = sch.h(state.i)
+        # DDIM's noise std is eta sigma_j sqrt(1 - e^{-2h}); set it to sqrt(zeta) sigma_j
+        eta = math.sqrt(zeta / -math.expm1(-2 * h)) if math.isfinite(h) else 0.0
+        return ddim.step(guided, state, sch, generator=generator, eta=eta)
+
     with torch.no_grad():
-        for i in range(sch.steps):
-            h = sch.h(i)
-            # DDIM's noise std is eta sigma_j sqrt(1 - e^{-2h}); set it to sqrt(zeta) sigma_j
-            eta = math.sqrt(zeta / -math.expm1(-2 * h)) if math.isfinite(h) else 0.0
-            state = ddim.step(guided, state, sch, generator=generator, eta=eta)
-            _check_finite(state.x, "diffpir", i, sch)
+        state = _walk(sch, state, step, "diffpir")
     return state.x, Cost(sch.steps)
 
 
@@ -232,7 +237,9 @@ def ddrm(
     z = randn((n, dim), generator, dtype=problem.dtype)
     start_obs = obs & (r <= sig0)
     xbar = torch.where(start_obs, ybar + torch.sqrt((sig0**2 - r**2).clamp(min=0)) * z, sig0 * z)
-    for i in range(sch.steps):
+
+    def step(state: State) -> State:  # state.x: xbar
+        i, xbar = state.i, state.x
         with torch.no_grad():
             x0 = svd.Vt(den(sch.alpha[i] * svd.V(xbar), _time(sch, i)))
         sc, sn = sch.sigma_ve[i], sch.sigma_ve[i + 1]
@@ -244,8 +251,9 @@ def ddrm(
         above = (
             (1 - eta_b) * x0 + eta_b * ybar + torch.sqrt((sn**2 - eta_b**2 * r**2).clamp(min=0)) * z
         )
-        xbar = torch.where(~obs, free, torch.where(sn < r, below, above))
-        _check_finite(xbar, "ddrm", i, sch)
+        return State(torch.where(~obs, free, torch.where(sn < r, below, above)), i + 1)
+
+    xbar = _walk(sch, State(xbar), step, "ddrm").x
     return svd.V(xbar) * sch.alpha[-1], Cost(sch.steps)
 
 
@@ -290,9 +298,9 @@ def red_diff(
     opt = torch.optim.Adam([mu], lr=lr, betas=(0.9, 0.99))
     m = y[0].numel()
     dims = tuple(range(1, mu.ndim))
-    for i in range(sch.steps):
-        if sch.sigma[i] == 0:
-            break
+
+    def step(state: State) -> State:  # state.x: mu, optimised in place
+        i = state.i
         a, s = sch.alpha[i], sch.sigma[i]
         eps = randn_like(mu, generator)
         with torch.no_grad():
@@ -308,7 +316,11 @@ def red_diff(
             opt.zero_grad()
             loss.backward()
         opt.step()
-        _check_finite(mu.detach(), "red_diff", i, sch)
+        return State(mu.detach(), i + 1)
+
+    # no step from a noiseless grid point
+    stop = next((i for i in range(sch.steps) if sch.sigma[i] == 0), sch.steps)
+    _walk(sch, State(mu.detach()), step, "red_diff", stop)
     return mu.detach(), Cost(sch.steps)
 
 
@@ -429,8 +441,10 @@ def tds(
     x = problem.start(total, generator, sch)
     x0, ll, g = twist(x, 0)
     logw = ll.clone()
-    state = State(x)
-    for i in range(sch.steps):
+
+    def step(state: State) -> State:
+        nonlocal x0, ll, g, logw
+        i = state.i
         idx, logw = _resample_clouds(logw, p, generator, resample_ess)
         if idx is not None:
             state, x0, ll, g = state.select(idx), x0[idx], ll[idx], g[idx]
@@ -440,7 +454,7 @@ def tds(
                 yb = y1.expand(total, *y1.shape[1:])
                 with torch.no_grad():
                     logw = logw + problem.noise.log_likelihood(yb, problem.forward(state.x)) - ll
-            break
+            return state
         a, s = sch.alpha[i], sch.sigma[i]
         twisted = Fixed(x0 + (s**2 / a) * g, den.process)  # Tweedie with the twist
         prop = ddpm.transition(twisted, state, sch, generator=generator, cond={})
@@ -457,8 +471,9 @@ def tds(
             - _log_normal(x_new, prop.mean, std**2)
         )
         ll = ll_new
-        state = State(x_new, i + 1, (), state.nfe + 1)
-        _check_finite(x_new, "tds", i, sch)
+        return State(x_new, i + 1, (), state.nfe + 1)
+
+    state = _walk(sch, State(x), step, "tds")
     idx, _ = _resample_clouds(logw, p, generator)
     samples = state.x[idx][: problem.n]
     return samples, Cost(sch.steps, sch.steps - 1)
@@ -561,8 +576,10 @@ def mcg_diff(
         z[:, early] = post_mean + post_var.sqrt() * z[:, early] / s0
     # the initial weight g_0(z_0) cancels against the first step's division by g_0
     logw = torch.zeros(total, dtype=dtype)
-    state = State(svd.V(z))
-    for i in range(sch.steps):
+
+    def step(state: State) -> State:
+        nonlocal logw
+        i = state.i
         j = i + 1
         with torch.no_grad():
             tr = ddim.transition(den, state, sch, generator=generator, cond={}, eta=eta)
@@ -599,8 +616,9 @@ def mcg_diff(
             z_new[:, pinned] = target[pinned]  # noiseless: exactly the observation
         # the next step divides by the current potential of the still-active coordinates
         logw = logw - _log_normal(z_new[:, active], target[active].expand(total, -1), var[active])
-        state = State(svd.V(z_new), j, (), state.nfe + 1)
-        _check_finite(z_new, "mcg_diff", i, sch)
+        return State(svd.V(z_new), j, (), state.nfe + 1)
+
+    state = _walk(sch, State(svd.V(z)), step, "mcg_diff")
     idx, _ = _resample_clouds(logw, p, generator)
     samples = state.x[idx][: problem.n]
     return samples, Cost(sch.steps)

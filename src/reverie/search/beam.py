@@ -41,11 +41,13 @@ def beam(ctx: Context, *, children: int = 4) -> tuple[Tensor, Tensor, Tensor, di
         tr = ctx.transition(state, gid)
         for _ in range(S - 1):
             kids = ctx.draw(select_transition(tr, parent), state.select(parent), rows)
+            ctx.check_finite(kids.x, state.i)
             ktr = ctx.transition(kids, rows)                  # scores and next kernels at once
             score = ctx.reward(ktr.x0)
             keep = (score.reshape(g, width).topk(B, dim=1).indices + offset).flatten()
             state, tr = kids.select(keep), select_transition(ktr, keep)
         final = ctx.draw(tr, state, gid)                      # the deterministic last step
+        ctx.check_finite(final.x, state.i)
         r = ctx.reward(final.x)
         best = r.reshape(g, B).argmax(1) + torch.arange(g) * B
         out_x[groups], out_r[groups] = final.x[best].to(ctx.dtype), r[best]

@@ -239,6 +239,7 @@ def _tree_search(
                 spent[a] += tr.nfe
                 f.store(a, nd, tr.mean, tr.std, tr.memory, j, C)
                 nxt = ctx.draw(tr, st, groups[a])
+                ctx.check_finite(nxt.x, j)
                 path[sel, j + 2] = f.add(a, nd, nxt.x, j + 1)
                 pend_i[sel] = j + 1
             # backup: leaf reward, then soft Bellman values and exhaustion up the path
