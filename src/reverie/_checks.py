@@ -1,11 +1,54 @@
-"""Argument checks shared by every entry point, with one wording for each kind of mistake."""
+"""Argument checks shared by every entry point, with one wording for each kind of mistake:
+a wrong type raises ``TypeError``, a value out of range ``ValueError``, and the message says
+what was expected and what was given."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["check_options"]
+__all__ = ["check_options", "integer", "positive_int", "positive", "in_range"]
+
+
+def integer(name: str, value: Any, low: int | None = None) -> int:
+    """``value`` if it is an ``int`` (not a bool) ``>= low``."""
+    want = "an integer" if low is None else f"an integer >= {low}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be {want}, got {type(value).__name__} {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be {want}, got {value!r}")
+    return value
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` if it is an integer ``>= 1``."""
+    return integer(name, value, 1)
+
+
+def positive(name: str, value: Any) -> float:
+    """``float(value)`` if it is a finite number ``> 0``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a positive number, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def in_range(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
+             hi_open: bool = False, none_ok: bool = False) -> Any:
+    """``value`` if it lies in the interval from ``lo`` to ``hi`` (closed unless ``lo_open`` /
+    ``hi_open``; ``None`` passes when ``none_ok``)."""
+    if value is None and none_ok:
+        return value
+    above = value > lo if lo_open else value >= lo
+    below = value < hi if hi_open else value <= hi
+    if not (above and below):
+        span = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ValueError(
+            f"{name} must lie in {span}{' or be None' if none_ok else ''}, got {value}"
+        )
+    return value
 
 
 def check_options(kind: str, name: str, given: Iterable[str] | Mapping[str, Any],

@@ -36,7 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from reverie._checks import in_range, positive_int
 from reverie._io import atomic_path
+from reverie._progress import progress_bar
 from reverie.nets.function import ModelFunction
 from reverie.process import EDM, VE, GaussianProcess, _bcast
 
@@ -150,8 +152,7 @@ def train(
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     if not isinstance(data, Tensor) or not data.is_floating_point() or data.ndim < 2:
         raise TypeError("data must be a floating-point tensor [N, ...] with at least 2 dimensions")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    positive_int("steps", steps)
     if batch_size < 1 or lr <= 0 or grad_clip <= 0 or not 0 <= ema_decay < 1:
         raise ValueError("need batch_size >= 1, lr > 0, grad_clip > 0 and 0 <= ema_decay < 1")
     if (labels is None) != (num_classes is None):
@@ -164,8 +165,7 @@ def train(
             raise ValueError(f"labels must have shape [{data.shape[0]}], got {tuple(labels.shape)}")
         if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
             raise ValueError(f"labels must lie in 0..{num_classes - 1}")
-        if not 0 <= label_dropout < 1:
-            raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
+        in_range("label_dropout", label_dropout, 0, 1, hi_open=True)
     if prediction == "edm":
         process = EDM(sigma_data=sigma_data) if process is None else process
         if not isinstance(process, VE):
@@ -212,9 +212,7 @@ def train(
                 ckpt,
             )
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=steps, initial=step, desc="train", unit="step", disable=not progress)
+    bar = progress_bar(steps, progress, "train", initial=step)
     t0, window = time.perf_counter(), []
     n = data.shape[0]
     net.train()

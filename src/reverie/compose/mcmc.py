@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from reverie._checks import check_options
+from reverie._checks import check_options, in_range, positive_int
 from reverie._random import Generators, randn_like
 from reverie.compose.energy import require_energy
 from reverie.denoisers import DenoiserBase
@@ -103,8 +103,7 @@ class Corrector(ABC):
         step_size: float | Callable[[float], float] = 0.05,
         data_variance: float = 1.0,
     ):
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        positive_int("steps", steps)
         if not callable(step_size) and not float(step_size) > 0:
             raise ValueError(f"step_size must be positive or a function of t, got {step_size!r}")
         if not data_variance >= 0:
@@ -216,11 +215,8 @@ class HMC(Corrector):
         data_variance: float = 1.0,
     ):
         super().__init__(steps, step_size, data_variance)
-        if (isinstance(leapfrog_steps, bool) or not isinstance(leapfrog_steps, int)
-                or leapfrog_steps < 1):
-            raise ValueError(f"leapfrog_steps must be an integer >= 1, got {leapfrog_steps!r}")
-        if not 0.0 <= damping < 1.0:
-            raise ValueError(f"damping must lie in [0, 1), got {damping}")
+        positive_int("leapfrog_steps", leapfrog_steps)
+        in_range("damping", damping, 0, 1, hi_open=True)
         self.leapfrog_steps = leapfrog_steps
         self.damping = float(damping)
         self.adjusted = bool(adjusted)

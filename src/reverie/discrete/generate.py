@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reverie._checks import check_options, integer
+from reverie._progress import progress_bar
 from reverie._random import Generators
 from reverie.discrete._sampling import check_generator, uniform
 from reverie.discrete.denoiser import TokenClassifierFreeGuidance, TokenDenoiserBase
@@ -199,14 +201,6 @@ def _resolve_sampler(sampler: str | TokenSampler) -> TokenSampler:
     return SAMPLERS[sampler]
 
 
-def _int_arg(name: str, value: Any, low: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if low is not None and value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
-
-
 def _prompt_tensor(
     model: TokenDenoiserBase, prompt: Any, n: int, length: int, device: torch.device
 ) -> Tensor:
@@ -294,20 +288,15 @@ def generate(
         raise ValueError(
             "masked-diffusion sampling needs a mask token, but the model has mask_id=None"
         )
-    length = _int_arg("length", length, 1)
-    n = _int_arg("n", n, 1)
+    length = integer("length", length, 1)
+    n = integer("n", n, 1)
     if (
         not isinstance(temperature, (int, float))
         or isinstance(temperature, bool)
         or not temperature >= 0
     ):
         raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
-    unknown = set(options) - set(info.options)
-    if unknown:
-        raise ValueError(
-            f"sampler {info.name!r} has no option(s) {sorted(unknown)}; its options are "
-            f"{sorted(info.options) or 'none'}"
-        )
+    check_options("sampler", info.name, options, info.options)
     opts = {**info.options, **options}
     if info.blocks == "adaptive" and opts.get("delimiters") is None:
         opts["delimiters"] = getattr(model, "delimiter_ids", None)
@@ -321,7 +310,7 @@ def generate(
             "prompts need a masked-diffusion model (the uniform process has no clean positions)"
         )
     if block_length is not None:
-        block_length = _int_arg("block_length", block_length, 1)
+        block_length = integer("block_length", block_length, 1)
         if length % block_length:
             raise ValueError(f"block_length={block_length} must divide length={length}")
         if kind == "uniform":
@@ -346,7 +335,7 @@ def generate(
         if kind == "uniform":
             raise ValueError("uniform-noise sampling needs steps=")
         steps = max(n_free, 1)
-    steps = _int_arg("steps", steps)
+    steps = integer("steps", steps)
     _check_steps(info, steps, n_free, len(gen_blocks) if info.blocks == "fixed" else 1, length)
     if guidance_scale != 1.0:
         model = TokenClassifierFreeGuidance(model, guidance_scale, plen)
@@ -356,7 +345,7 @@ def generate(
     run = _Run(model, info, opts, float(temperature), n, length, plen, generator, device)
     if layout is not None:
         run.template = layout.template.to(device)
-    bar = _progress(progress, n * (n_free if kind == "masked" else steps), info.name)
+    bar = progress_bar(n * (n_free if kind == "masked" else steps), progress, info.name, unit="tok")
     try:
         if kind == "masked":
             per_block = {
@@ -598,19 +587,3 @@ def _plan_adaptive_blocks(
         state.hi[r] = end
         size = int(((x[r] == mask_id) & (positions >= lo) & (positions < end)).sum())
         state.steps[r] = max(1, min(size, round(size * steps / max(n_gen, 1))))
-
-
-class _NoBar:
-    def update(self, k: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(enabled: bool, total: int, desc: str) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="tok")

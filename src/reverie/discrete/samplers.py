@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from reverie._checks import in_range
 from reverie._registry import Registry
 from reverie.discrete._sampling import sample_categorical
 from reverie.discrete.generate import Commit, StepContext, TokenSampler
@@ -200,8 +201,7 @@ def decide_theta_trapezoidal(ctx: StepContext) -> Commit:
     Two model calls per step; the last step (``s = 0``) draws every remaining position from
     ``p(x0 | x_t)`` with one call."""
     theta = float(ctx.options["theta"])
-    if not 0.0 < theta < 1.0:
-        raise ValueError(f"theta must lie in (0, 1), got {theta}")
+    in_range("theta", theta, 0, 1, lo_open=True, hi_open=True)
     a1 = 1.0 / (2.0 * theta * (1.0 - theta))
     a2 = ((1.0 - theta) ** 2 + theta**2) / (2.0 * theta * (1.0 - theta))
     u = ctx.uniform(4)

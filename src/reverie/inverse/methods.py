@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from reverie._checks import in_range
 from reverie._random import Generators, randn, randn_like
 from reverie.denoisers import DenoiserBase
 from reverie.inverse.guidance import (
@@ -174,8 +175,7 @@ def diffpir(
     data-consistent proximal point (:class:`~reverie.inverse.guidance.DiffPIRDenoiser`) and
     re-noised as ``alpha_{i+1} x0 + sigma_{i+1} (sqrt(1 - zeta) eps_hat + sqrt(zeta) z)`` -- the
     core DDIM step whose noise ``eta_i`` is chosen so that its fresh-noise share is ``zeta``."""
-    if not 0 <= zeta <= 1:
-        raise ValueError(f"zeta must lie in [0, 1], got {zeta}")
+    in_range("zeta", zeta, 0, 1)
     sch = problem.schedule()
     guided = DiffPIRDenoiser(
         problem.denoiser, problem.operator, problem.y, problem.noise_std, lam=lam

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reverie._checks import check_options, positive_int
 from reverie._random import Generators
 from reverie.denoisers import DenoiserBase
 from reverie.inverse import methods as _m
@@ -266,22 +267,15 @@ def solve(
         )
     if info.gaussian and not isinstance(noise, GaussianNoise):
         raise TypeError(f"method {info.name!r} needs Gaussian noise; got {noise!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    positive_int("steps", steps)
     if particles is not None:
         if not info.particles:
             raise ValueError(
                 f"method {info.name!r} does not use particles; the SMC methods are "
                 f"{', '.join(k for k, m in METHODS.items() if m.particles)}"
             )
-        if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
-            raise ValueError(f"particles must be an integer >= 1, got {particles!r}")
-    unknown = set(options) - set(info.options)
-    if unknown:
-        raise ValueError(
-            f"method {info.name!r} has no option(s) {sorted(unknown)}; its options are "
-            f"{list(info.options) or 'none'}"
-        )
+        positive_int("particles", particles)
+    check_options("method", info.name, options, info.options)
     # shapes
     if linear:
         x_shape = operator.in_shape
@@ -305,8 +299,7 @@ def solve(
             raise TypeError(f"y must be a floating-point tensor, got {type(y).__name__}")
         batched = out_shape is not None and y.ndim == len(out_shape) + 1
         n = y.shape[0] if batched else 1
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    positive_int("n", n)
     yb = _check_y(y, out_shape, n)
     if info.particles and yb.shape[0] > 1 and not bool((yb == yb[:1]).all()):
         raise ValueError(f"SMC method {info.name!r} samples one posterior: pass one measurement y")

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reverie._progress import progress_bar
 from reverie._random import randn as _randn_rows
 from reverie._registry import Registry
 from reverie.denoisers import DenoiserBase
@@ -169,13 +170,12 @@ class CountingDenoiser(DenoiserBase):
         self.process = inner.process
         self.chunk = chunk
         self.rows = 0
-        self.bar = bar
+        self.bar = bar if bar is not None else progress_bar(0, False, "")
 
     def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
         b = x.shape[0]
         self.rows += b
-        if self.bar is not None:
-            self.bar.update(b)
+        self.bar.update(b)
         if b <= self.chunk:
             return self.inner(x, t, **cond)
         outs = []

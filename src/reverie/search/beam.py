@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from reverie._checks import positive_int
 from reverie.samplers import State
 from reverie.search._core import Context, register, select_transition
 
@@ -22,8 +23,7 @@ def beam(ctx: Context, *, children: int = 4) -> tuple[Tensor, Tensor, Tensor, di
     kernel, so scoring is free), and the best ``B`` of the ``B * children`` successors are
     kept. The best clean sample is returned. ``B`` is the widest beam the budget pays for:
     ``B (c_0 + children (NFE(trajectory) - c_0)) <= budget``."""
-    if isinstance(children, bool) or not isinstance(children, int) or children < 1:
-        raise ValueError(f"children must be an integer >= 1, got {children!r}")
+    positive_int("children", children)
     S = ctx.steps
     per_beam = ctx.step_cost(0) + children * ctx.cost(1)
     ctx.need(per_beam, f"a beam of width 1 with {children} children per step")

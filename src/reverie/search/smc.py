@@ -9,6 +9,7 @@ import math
 import torch
 from torch import Tensor
 
+from reverie._checks import in_range
 from reverie.samplers import State
 from reverie.search._core import Context, register, select_transition
 
@@ -58,8 +59,7 @@ def fk(
         raise ValueError(
             f"unknown resampling {resampling!r}; expected one of {', '.join(RESAMPLING)}"
         )
-    if not 0 <= ess_threshold <= 1:
-        raise ValueError(f"ess_threshold must lie in [0, 1], got {ess_threshold}")
+    in_range("ess_threshold", ess_threshold, 0, 1)
     traj = ctx.trajectory_nfe
     ctx.need(traj, "one particle trajectory")
     k = ctx.budget // traj

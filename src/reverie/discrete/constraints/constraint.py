@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reverie._checks import positive_int
 from reverie.discrete.constraints.automaton import (
     TokenAutomaton,
     outlines_index,
@@ -185,10 +186,8 @@ class BlockDecoder:
             raise TypeError(f"automaton must be a TokenAutomaton, got {type(automaton).__name__}")
         if method not in DECODERS:
             raise ValueError(f"unknown method {method!r}; valid: {', '.join(DECODERS)}")
-        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-            raise ValueError(f"length must be a positive int, got {length!r}")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        positive_int("length", length)
+        positive_int("n", n)
         automaton.check_length(length)
         self.automaton = automaton
         self.length = length
