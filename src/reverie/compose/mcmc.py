@@ -34,13 +34,14 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 from reverie._checks import check_options, in_range, positive_int
 from reverie._random import Generators, randn_like
+from reverie._registry import Registry
 from reverie.compose.energy import require_energy
 from reverie.denoisers import DenoiserBase
 from reverie.samplers import SAMPLERS, Schedule, State, resolve_grid, run
@@ -151,6 +152,20 @@ class Corrector(ABC):
         return f"{type(self).__name__} x{self.steps} ({size}, dv {self.data_variance:g})"
 
 
+#: Corrector classes by name (filled by :func:`register`).
+CORRECTORS: Registry[type[Corrector]] = Registry("corrector", "CORRECTORS")
+
+C = TypeVar("C", bound=type)
+
+
+def register(cls: C) -> C:
+    """Class decorator: add a :class:`Corrector` subclass to :data:`CORRECTORS` under its
+    ``name``."""
+    CORRECTORS.add(cls, cls.name)
+    return cls
+
+
+@register
 class ULA(Corrector):
     """Unadjusted Langevin (Du et al. 2023, Alg. 1; Roberts & Tweedie 1996):
     ``x <- x + eta grad log q~_t(x) + sqrt(2 eta) xi``. Score only."""
@@ -167,6 +182,7 @@ class ULA(Corrector):
         return CorrectorResult(x, 1.0, self.steps)
 
 
+@register
 class MALA(Corrector):
     """Metropolis-adjusted Langevin (Du et al. 2023, sec. 4; Roberts & Tweedie 1996): the ULA
     proposal with a Metropolis-Hastings test. Needs the energy."""
@@ -196,6 +212,7 @@ class MALA(Corrector):
         return CorrectorResult(x, accepted / self.steps, self.steps + 1)
 
 
+@register
 class HMC(Corrector):
     """Hamiltonian Monte Carlo (Neal 2011; Du et al. 2023, sec. 4): ``leapfrog_steps``
     leapfrog steps of size ``sqrt(2 eta)`` with unit mass, momentum refreshed with
@@ -271,6 +288,7 @@ class HMC(Corrector):
                 f"adjusted={self.adjusted})")
 
 
+@register
 class UHMC(HMC):
     """Unadjusted HMC with partial momentum refresh (Du et al. 2023's "UHA"; score only):
     :class:`HMC` with ``adjusted=False`` and ``damping=0.5`` by default."""
@@ -289,14 +307,8 @@ class UHMC(HMC):
                          data_variance=data_variance)
 
 
-#: Corrector classes by name.
-CORRECTORS: dict[str, type[Corrector]] = {"ula": ULA, "mala": MALA, "hmc": HMC, "uhmc": UHMC}
-
-
 def make_corrector(name: str, **kwargs: Any) -> Corrector:
     """A corrector by name (``ula``, ``mala``, ``hmc``, ``uhmc``) with its keyword arguments."""
-    if name not in CORRECTORS:
-        raise ValueError(f"unknown corrector {name!r}; expected one of {', '.join(CORRECTORS)}")
     return CORRECTORS[name](**kwargs)
 
 

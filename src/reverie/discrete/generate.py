@@ -24,8 +24,8 @@ block. AdaBlock (Lu et al. 2025) chooses each block's end at a semantic delimite
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,6 +36,7 @@ from reverie._progress import progress_bar
 from reverie._random import Generators
 from reverie.discrete._sampling import check_generator, uniform
 from reverie.discrete.denoiser import TokenClassifierFreeGuidance, TokenDenoiserBase
+from reverie.discrete.samplers import SAMPLERS, Commit, StepContext, TokenSampler
 
 __all__ = [
     "Commit",
@@ -44,89 +45,6 @@ __all__ = [
     "GenerationOutput",
     "generate",
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# What a decision function sees and returns
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Commit:
-    """A sampler's decision at one step: write ``tokens`` at ``positions`` (both ``[n, L]``).
-
-    ``positions`` must lie inside ``ctx.active``. ``carry`` is any per-run state the decision
-    function wants back at the next step as ``ctx.carry`` (e.g. automaton states per row)."""
-
-    positions: Tensor
-    tokens: Tensor
-    carry: Any = None
-
-
-@dataclass
-class StepContext:
-    """Everything a decision function may use at one step (rows are samples).
-
-    * ``x`` -- the canvas ``[n, L]``; ``logp`` -- ``log p(x0 | x_t)`` at ``(x, t)``, ``[n, L, V]``
-      (SUBS applied: clean positions predict themselves, the mask is never predicted);
-    * ``t``, ``s`` -- current and next time per row (float64 ``[n]``; ``s = 0`` on a block's last
-      step, where every active position must be committed);
-    * ``active`` -- the positions this step may change ``[n, L]`` (masked positions of the
-      current block; for uniform-noise models, every generated position of the block);
-    * ``block_start``, ``block_end`` -- the current block per row ``[n]`` (``end`` exclusive);
-      ``step``, ``steps`` -- step index and number of steps of the current block per row;
-      ``new_block`` -- rows whose block starts at this step;
-    * ``count`` -- how many tokens the schedule asks to commit now per row (the confidence
-      samplers' ``k``; ``alpha`` of the schedule splits a block's tokens over its steps);
-    * ``temperature``, ``options`` (the sampler's options), ``model(x, t)`` (the cached
-      denoiser, for multi-stage samplers), ``uniform(*shape)`` (fresh ``U[0, 1)`` draws
-      ``[n, L, *shape]`` from the run's generator(s)), ``process``, ``mask_id``, ``denoiser``
-      (the token denoiser, for its ids) and ``carry``.
-    """
-
-    x: Tensor
-    logp: Tensor
-    t: Tensor
-    s: Tensor
-    active: Tensor
-    block_start: Tensor
-    block_end: Tensor
-    step: Tensor
-    steps: Tensor
-    new_block: Tensor
-    count: Tensor
-    temperature: float
-    options: Mapping[str, Any]
-    model: Callable[[Tensor, Tensor], Tensor]
-    uniform: Callable[..., Tensor]
-    process: Any
-    mask_id: int | None
-    denoiser: TokenDenoiserBase
-    carry: Any = None
-
-
-@dataclass(frozen=True)
-class TokenSampler:
-    """A registered token sampler.
-
-    ``decide`` -- the decision function (see :class:`StepContext`, :class:`Commit`);
-    ``clock`` -- ``"grid"`` (times ``1 - j / steps`` within a block) or ``"first_hitting"``;
-    ``blocks`` -- ``"fixed"`` (tiles of ``block_length``) or ``"adaptive"`` (AdaBlock);
-    ``steps_rule`` -- ``"any"`` (steps >= 1), ``"at_most_tokens"`` (at least one token per
-    step) or ``"tokens"`` (exactly one token per step); ``processes`` -- the process kinds it
-    supports; ``nfe_per_step`` -- model calls per step; ``options`` -- option defaults.
-    """
-
-    name: str
-    decide: Callable[[StepContext], Commit]
-    description: str
-    family: str
-    processes: tuple[str, ...] = ("masked",)
-    clock: str = "grid"
-    blocks: str = "fixed"
-    steps_rule: str = "any"
-    nfe_per_step: int = 1
-    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -192,8 +110,6 @@ class _CachedModel:
 
 
 def _resolve_sampler(sampler: str | TokenSampler) -> TokenSampler:
-    from reverie.discrete.samplers import SAMPLERS
-
     if isinstance(sampler, TokenSampler):
         return sampler
     if not isinstance(sampler, str):

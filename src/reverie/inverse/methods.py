@@ -11,6 +11,7 @@ transition, and the SMC methods reweight and resample the Gaussian kernels that
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from reverie._checks import in_range
 from reverie._random import Generators, randn, randn_like
+from reverie._registry import Registry
 from reverie.denoisers import DenoiserBase
 from reverie.inverse.guidance import (
     DiffPIRDenoiser,
@@ -32,7 +34,7 @@ from reverie.inverse.noise import GaussianNoise, NoiseModel
 from reverie.inverse.operators import SVD, LinearOperator
 from reverie.samplers import SAMPLERS, Schedule, State, run, walk
 
-__all__ = ["Problem", "Cost", "adapt_grid"]
+__all__ = ["Problem", "Cost", "Method", "METHODS", "register", "adapt_grid"]
 
 
 @dataclass
@@ -83,6 +85,54 @@ class Cost:
     vjp: int = 0
 
 
+@dataclass(frozen=True)
+class Method:
+    """A registered posterior sampler and what it needs."""
+
+    name: str
+    fn: Callable[..., tuple[Tensor, Cost]]
+    paper: str
+    linear: bool  # needs a LinearOperator
+    svd: bool  # needs the operator's SVD
+    gaussian: bool  # needs Gaussian noise
+    particles: bool  # an SMC method (uses ``particles``)
+    description: str
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The method's keyword options and their defaults are those of ``fn``."""
+        sig = inspect.signature(self.fn)
+        skip = {"problem", "steps", "generator", "particles", "_"}
+        return tuple(p for p in sig.parameters if p not in skip and not p.startswith("_"))
+
+
+#: All posterior samplers by name. ``list(METHODS)`` gives the names. Names are
+#: case-insensitive and ``-`` / ``_`` are ignored (so ``"RED-diff"`` finds ``red_diff``).
+METHODS: Registry[Method] = Registry(
+    "method", "METHODS", fold=lambda name: name.lower().replace("-", "").replace("_", "")
+)
+
+
+def register(
+    name: str,
+    *,
+    paper: str,
+    description: str,
+    linear: bool = False,
+    svd: bool = False,
+    gaussian: bool = False,
+    particles: bool = False,
+) -> Callable[[Callable[..., tuple[Tensor, Cost]]], Callable[..., tuple[Tensor, Cost]]]:
+    """Decorator: add a method to :data:`METHODS` with what it needs (a linear operator, its
+    SVD, Gaussian noise) and whether it is an SMC method using ``particles``."""
+
+    def wrap(fn: Callable[..., tuple[Tensor, Cost]]) -> Callable[..., tuple[Tensor, Cost]]:
+        METHODS.add(Method(name, fn, paper, linear, svd, gaussian, particles, description))
+        return fn
+
+    return wrap
+
+
 _HINT = "try a smaller step size / guidance scale or more steps"
 
 
@@ -101,6 +151,11 @@ def _time(sch: Schedule, i: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+@register(
+    "dps",
+    paper="Chung et al., ICLR 2023",
+    description="DPS: DDPM step + gradient of the residual norm through the network",
+)
 def dps(
     problem: Problem, *, steps: int, generator: Generators, scale: float = 1.0, **_: object
 ) -> tuple[Tensor, Cost]:
@@ -136,6 +191,14 @@ def dps(
 # ---------------------------------------------------------------------------------------------
 
 
+@register(
+    "pigdm",
+    paper="Song et al., ICLR 2023",
+    linear=True,
+    gaussian=True,
+    description="pseudoinverse-guided diffusion: Gaussian likelihood with "
+    "r_t^2 A A^T + sigma_y^2 I",
+)
 def pigdm(
     problem: Problem,
     *,
@@ -162,6 +225,13 @@ def pigdm(
     return out.x0, Cost(sch.steps, sch.steps)
 
 
+@register(
+    "diffpir",
+    paper="Zhu et al., CVPR 2023",
+    linear=True,
+    gaussian=True,
+    description="plug-and-play: proximal data step on the prediction, then DDIM re-noising",
+)
 def diffpir(
     problem: Problem,
     *,
@@ -209,6 +279,14 @@ def _spectral_measurement(svd: SVD, y: Tensor, noise_std: float) -> tuple[Tensor
     return obs, ybar, r
 
 
+@register(
+    "ddrm",
+    paper="Kawar et al., NeurIPS 2022",
+    linear=True,
+    svd=True,
+    gaussian=True,
+    description="denoising diffusion restoration models, in the operator's SVD coordinates",
+)
 def ddrm(
     problem: Problem,
     *,
@@ -262,6 +340,12 @@ def ddrm(
 # ---------------------------------------------------------------------------------------------
 
 
+@register(
+    "red_diff",
+    paper="Mardani et al., ICLR 2024",
+    description="variational: Adam on the data fit + a denoising regulariser, "
+    "one model call per step",
+)
 def red_diff(
     problem: Problem,
     *,
@@ -371,6 +455,12 @@ def _clouds(problem: Problem, particles: int | None) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 
 
+@register(
+    "tds",
+    paper="Wu et al., NeurIPS 2023",
+    particles=True,
+    description="twisted SMC for any likelihood and differentiable operator (asymptotically exact)",
+)
 def tds(
     problem: Problem,
     *,
@@ -505,6 +595,15 @@ def adapt_grid(process, grid: Tensor, times: Tensor) -> Tensor:
     return check_grid(g, process)
 
 
+@register(
+    "mcg_diff",
+    paper="Cardoso et al., ICLR 2024",
+    linear=True,
+    svd=True,
+    gaussian=True,
+    particles=True,
+    description="SVD-based SMC filter for linear-Gaussian problems (asymptotically exact)",
+)
 def mcg_diff(
     problem: Problem,
     *,
@@ -629,6 +728,13 @@ def mcg_diff(
 # ---------------------------------------------------------------------------------------------
 
 
+@register(
+    "structured_noise",
+    paper="Stevens et al., TMLR 2025",
+    linear=True,
+    gaussian=True,
+    description="joint posterior over signal and structured noise with two diffusion priors",
+)
 def structured_noise(
     problem: Problem,
     *,
@@ -681,3 +787,7 @@ def structured_noise(
     x, n = joint.split(out.x0)
     problem.extra["noise"] = n
     return x, Cost(2 * sch.steps, 2 * sch.steps)
+
+
+# the order in listings: the classic guided samplers first, then the SMC methods
+METHODS.reorder(["dps", "pigdm", "ddrm", "red_diff", "diffpir", "tds", "mcg_diff"])
