@@ -34,6 +34,7 @@ from reverie._checks import check_options
 from reverie._progress import progress_bar
 from reverie._random import Generators, randn_like, split_generators
 from reverie._registry import Registry
+from reverie._tensor import bcast
 from reverie.denoisers import DenoiserBase
 from reverie.grids import GRIDS, check_grid, make_grid
 from reverie.process import GaussianProcess
@@ -175,7 +176,7 @@ class Sampler:
         if not _is_zero(tr.std):
             std = tr.std
             if isinstance(std, Tensor):
-                std = std.reshape(std.shape + (1,) * (x.ndim - std.ndim)).to(x.dtype)
+                std = bcast(std, x).to(x.dtype)
             x = x + std * randn_like(x, generator)
         return State(x, state.i + 1, tr.memory, state.nfe + tr.nfe)
 

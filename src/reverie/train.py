@@ -39,8 +39,9 @@ from torch import Tensor, nn
 from reverie._checks import in_range, positive_int
 from reverie._io import atomic_path
 from reverie._progress import progress_bar
+from reverie._tensor import bcast
 from reverie.nets.function import ModelFunction
-from reverie.process import EDM, VE, GaussianProcess, _bcast
+from reverie.process import EDM, VE, GaussianProcess
 
 __all__ = ["TrainResult", "train", "train_bundled", "RECIPES", "OBJECTIVES", "TIME_SAMPLINGS"]
 
@@ -72,12 +73,12 @@ def _target(
         return eps
     if prediction == "x0":
         return x0
-    a = _bcast(process.alpha(t), x0).to(x0.dtype)
-    s = _bcast(process.sigma(t), x0).to(x0.dtype)
+    a = bcast(process.alpha(t), x0).to(x0.dtype)
+    s = bcast(process.sigma(t), x0).to(x0.dtype)
     if prediction == "v":  # Salimans & Ho (2022), eq. in Appendix D
         return a * eps - s * x0
-    da = _bcast(process.d_alpha(t), x0).to(x0.dtype)
-    ds = _bcast(process.d_sigma(t), x0).to(x0.dtype)
+    da = bcast(process.d_alpha(t), x0).to(x0.dtype)
+    ds = bcast(process.d_sigma(t), x0).to(x0.dtype)
     return da * x0 + ds * eps  # flow: d x_t / dt
 
 
@@ -229,7 +230,7 @@ def train(
         xt = process.add_noise(x0, eps, t)
         if prediction == "edm":
             # EDM eq. 8: lambda(sigma) |D(x0 + sigma eps; sigma) - x0|^2
-            sigma = _bcast(t, x0).to(x0.dtype)
+            sigma = bcast(t, x0).to(x0.dtype)
             weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
             loss = (weight * (model(xt, t, y) - x0) ** 2).mean()
         else:

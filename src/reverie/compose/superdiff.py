@@ -30,6 +30,7 @@ from torch import Tensor
 
 from reverie._checks import check_options
 from reverie._random import Generators, randn_like
+from reverie._tensor import bcast
 from reverie.compose.energy import check_same_process
 from reverie.compose.operators import _sample_shape
 from reverie.denoisers import DenoiserBase
@@ -41,7 +42,6 @@ from reverie.likelihood.ito import (
     ito_increment,
     score_from_x0,
 )
-from reverie.process import _bcast
 from reverie.samplers import SAMPLERS, Schedule, State, resolve_grid, walk
 
 __all__ = ["MODES", "Superposition", "superpose"]
@@ -64,7 +64,7 @@ class Superposition:
 
 def _combine(kappa: Tensor, parts: Sequence[Tensor]) -> Tensor:
     k = kappa.to(parts[0].dtype)
-    return sum(_bcast(k[j], parts[j]) * parts[j] for j in range(len(parts)))
+    return sum(bcast(k[j], parts[j]) * parts[j] for j in range(len(parts)))
 
 
 def _and_kappa(
@@ -195,7 +195,7 @@ def superpose(
 
 def _scaled_noise(std: float | Tensor, x: Tensor, generator: Generators) -> Tensor:
     if isinstance(std, Tensor):
-        std = std.reshape(std.shape + (1,) * (x.ndim - std.ndim)).to(x.dtype)
+        std = bcast(std, x).to(x.dtype)
     elif std == 0:
         return torch.zeros_like(x)
     return std * randn_like(x, generator)

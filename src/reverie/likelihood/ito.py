@@ -39,7 +39,8 @@ from torch import Tensor
 
 from reverie._checks import check_options
 from reverie._random import Generators
-from reverie.denoisers import DenoiserBase, _time_tensor
+from reverie._tensor import time_tensor
+from reverie.denoisers import DenoiserBase
 from reverie.likelihood.flow import check_data, gaussian_prior
 from reverie.process import GaussianProcess
 from reverie.samplers import SAMPLERS, Sampler, Schedule, State, resolve_grid, walk
@@ -149,7 +150,7 @@ class CachedDenoiser(DenoiserBase):
         self.fallback = fallback
 
     def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
-        tt = _time_tensor(t, x)
+        tt = time_tensor(t, x)
         same_t = bool((tt - self.t).abs().max() <= 1e-9 * max(1.0, abs(self.t)))
         if x is self.x and same_t:
             return self.x0

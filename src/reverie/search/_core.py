@@ -16,6 +16,7 @@ from torch import Tensor
 from reverie._progress import progress_bar
 from reverie._random import randn as _randn_rows
 from reverie._registry import Registry
+from reverie._tensor import bcast
 from reverie.denoisers import DenoiserBase
 from reverie.samplers import (
     Sampler,
@@ -288,7 +289,7 @@ class Context:
         if isinstance(std, Tensor):
             if bool((std != 0).any()):
                 z = self.rng.randn(groups, x.shape[1:], x.dtype, x.device)
-                x = x + std.reshape(std.shape + (1,) * (x.ndim - std.ndim)).to(x.dtype) * z
+                x = x + bcast(std, x).to(x.dtype) * z
         elif std != 0:
             x = x + std * self.rng.randn(groups, x.shape[1:], x.dtype, x.device)
         return State(x, state.i + 1, tr.memory, state.nfe + tr.nfe)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from reverie.discrete.constraints._vocabulary import Vocabulary
-from reverie.discrete.constraints.automaton import TokenAutomaton, schema_to_regex
+from reverie.discrete.constraints.automaton import TokenAutomaton, byte_dfa, schema_to_regex
 
 __all__ = ["Scaffold", "Slot", "json_scaffold", "single_slot"]
 
@@ -306,13 +306,11 @@ def _budgets(values: list[_Value], automata: dict[str, TokenAutomaton], free: in
 def _check_skeleton(parts: list[list[int] | _Value], automata: dict[str, TokenAutomaton],
                     vocab: Vocabulary, full_regex: str) -> None:
     """The skeleton filled with each value's shortest form must match the whole schema."""
-    from reverie.discrete.constraints.constraint import _byte_dfa
-
     ids: list[int] = []
     for p in parts:
         ids += p if isinstance(p, list) else automata[p.path].shortest()
     text = vocab.decode(ids, stop_at_eos=False)
-    trans, q, finals = _byte_dfa(full_regex)
+    trans, q, finals = byte_dfa(full_regex)
     for b in text.encode("utf-8"):
         q = trans.get(q, {}).get(b)
         if q is None:
