@@ -8,7 +8,14 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["check_options", "integer", "positive_int", "positive", "in_range"]
+__all__ = ["UserError", "check_options", "integer", "positive_int", "positive", "in_range"]
+
+
+class UserError(ValueError):
+    """Bad input from the user (an argument, a file, a command-line value): the command line
+    reports it in one line and exits with status 2. Library argument checks raise
+    ``ValueError`` / ``TypeError``, which the command line treats the same way; any other
+    exception (e.g. :class:`reverie.NonFiniteError`) is a failure and shows its traceback."""
 
 
 def integer(name: str, value: Any, low: int | None = None) -> int:
