@@ -23,7 +23,6 @@ block. AdaBlock (Lu et al. 2025) chooses each block's end at a semantic delimite
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from reverie._progress import progress_bar
 from reverie._random import Generators
 from reverie.discrete._sampling import check_generator, uniform
 from reverie.discrete.denoiser import TokenClassifierFreeGuidance, TokenDenoiserBase
+from reverie.discrete.policies import grid_times
 from reverie.discrete.samplers import SAMPLERS, Commit, StepContext, TokenSampler
 
 __all__ = [
@@ -214,8 +214,7 @@ def generate(
         raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
     check_options("sampler", info.name, options, info.options)
     opts = {**info.options, **options}
-    if info.blocks == "adaptive" and opts.get("delimiters") is None:
-        opts["delimiters"] = getattr(model, "delimiter_ids", None)
+    info.blocks.defaults(opts, model)
     check_generator(generator, n)
     device = torch.device(getattr(model, "device", "cpu"))
     prompt_t = _prompt_tensor(model, prompt, n, length, device)
@@ -231,9 +230,7 @@ def generate(
             raise ValueError(f"block_length={block_length} must divide length={length}")
         if kind == "uniform":
             raise ValueError("semi-autoregressive blocks need a masked-diffusion model")
-    if info.blocks == "adaptive" and block_length is None:
-        block_length = min(32, length)
-    fixed_bl = length if block_length is None or info.blocks == "adaptive" else block_length
+    block_length, fixed_bl = info.blocks.tile(block_length, length)
     # positions to decode: after the prompt, minus a constraint's fixed skeleton (scaffold)
     free = torch.arange(length) >= plen
     layout = None
@@ -252,7 +249,7 @@ def generate(
             raise ValueError("uniform-noise sampling needs steps=")
         steps = max(n_free, 1)
     steps = integer("steps", steps)
-    _check_steps(info, steps, n_free, len(gen_blocks) if info.blocks == "fixed" else 1, length)
+    _check_steps(info, steps, n_free, info.blocks.n_blocks(gen_blocks), length)
     if guidance_scale != 1.0:
         model = TokenClassifierFreeGuidance(model, guidance_scale, plen)
 
@@ -346,38 +343,22 @@ class _Run:
             if bool(new_block.any()):
                 # rows whose block is done move to the block holding their first masked position
                 first = torch.where(masked, pos, length).min(-1).values
-                if self.info.blocks == "fixed":
-                    lo = torch.div(first, fixed_bl, rounding_mode="floor") * fixed_bl
-                    rows.lo = torch.where(new_block, lo, rows.lo)
-                    rows.hi = torch.where(new_block, (lo + fixed_bl).clamp_max(length), rows.hi)
-                    k = torch.tensor(
-                        [per_block.get(int(b), 1) for b in lo.tolist()], device=self.device
-                    )
-                    rows.steps = torch.where(new_block, k, rows.steps)
-                else:
-                    rows.lo = torch.where(new_block, first, rows.lo)
-                    rows.hi = torch.where(new_block, torch.full_like(first, length), rows.hi)
+                self.info.blocks.start(rows, new_block, first, fixed_bl, per_block, length)
                 rows.step = torch.where(new_block, torch.zeros_like(rows.step), rows.step)
                 in_block = (pos >= rows.lo[:, None]) & (pos < rows.hi[:, None])
                 rows.start_masked = torch.where(
                     new_block, (masked & in_block).sum(-1), rows.start_masked
                 )
-            if self.info.clock == "first_hitting":
-                t, s = _first_hitting_clock(
-                    self.model.process, rows, masked & in_block, self.draw, new_block
-                )
-            else:
-                t, s = _grid_times(rows)
+            t, s = self.info.clock(self.model.process, rows, masked & in_block, self.draw,
+                                   new_block)
             logp = self.cached(x, t, need)
-            if self.info.blocks == "adaptive" and bool(new_block.any()):
-                _plan_adaptive_blocks(
-                    rows, new_block, logp, x, mask_id, self.opts, block_length, n_gen, steps, length
-                )
+            if self.info.blocks.plan(rows, new_block, logp, x, mask_id, self.opts, block_length,
+                                     n_gen, steps, length):
                 in_block = (pos >= rows.lo[:, None]) & (pos < rows.hi[:, None])
                 rows.start_masked = torch.where(
                     new_block, (masked & in_block).sum(-1), rows.start_masked
                 )
-                t, s = _grid_times(rows)
+                t, s = grid_times(rows)
             active = masked & in_block & need[:, None]
             x = self.step(x, rows, t, s, logp, active, need, new_block)
             left = (x == mask_id) & in_block
@@ -399,7 +380,7 @@ class _Run:
         active = torch.ones(n, length, dtype=torch.bool, device=self.device)
         for j in range(steps):
             rows.step[:] = j
-            t, s = _grid_times(rows)
+            t, s = grid_times(rows)
             logp = self.cached(x, t, need)
             x = self.step(x, rows, t, s, logp, active, need, need & (j == 0))
             bar.update(n)
@@ -440,26 +421,6 @@ def _check_steps(info: TokenSampler, steps: int, n_gen: int, n_blocks: int, leng
         )
 
 
-def _grid_times(state: _Rows) -> tuple[Tensor, Tensor]:
-    steps = state.steps.clamp_min(1).double()
-    t = 1.0 - state.step.double() / steps
-    s = (1.0 - (state.step.double() + 1.0) / steps).clamp_min(0.0)
-    return t, s
-
-
-def _first_hitting_clock(process, rows: _Rows, masked_in_block: Tensor, draw, new_block: Tensor):
-    """First-hitting times (Zheng et al. 2024; BD3-LM ``first_hitting``): with ``k`` masked tokens
-    at time ``t``, the next one is unmasked when ``1 - alpha`` falls to
-    ``(1 - alpha(t)) u^(1/k)``, ``u ~ U(0, 1)``. Returns that time and ``s`` (0 on the last)."""
-    u = draw(1)[:, 0, 0]
-    k = masked_in_block.sum(-1).clamp_min(1).double()
-    t_now = torch.where(new_block, torch.ones_like(rows.time), rows.time)
-    one_minus = (1.0 - process.alpha(t_now)) * u.clamp_min(1e-300) ** (1.0 / k)
-    tau = process.schedule.t_from_alpha(1.0 - one_minus).clamp(0.0, 1.0)
-    rows.time = tau
-    return tau, torch.where(k <= 1, torch.zeros_like(tau), tau)
-
-
 def _counts(process, state: _Rows, active: Tensor, s: Tensor) -> Tensor:
     """Tokens to commit now: the schedule's share ``round(N alpha(s))`` of the block's
     ``N`` tokens, minus those already committed in the block (LLaDA's
@@ -468,38 +429,3 @@ def _counts(process, state: _Rows, active: Tensor, s: Tensor) -> Tensor:
     done = state.start_masked - active.sum(-1)
     k = (target - done).clamp_min(0)
     return torch.where(s == 0, active.sum(-1), torch.minimum(k, active.sum(-1)))
-
-
-def _plan_adaptive_blocks(
-    state, new_block, logp, x, mask_id, opts, block_length, n_gen, steps, length
-) -> None:
-    """AdaBlock (Lu et al. 2025, ``compute_block_length``): in a window of
-    ``window * generated length`` positions after the block start, find the positions whose
-    argmax prediction is a delimiter; if the most confident of them has confidence at least
-    ``delimiter_threshold``, the block ends there (inclusive), else it is ``block_length`` long."""
-    delims = opts.get("delimiters")
-    if not delims:
-        raise ValueError(
-            "adablock needs the delimiter token ids: pass delimiters=[...] (e.g. the ids of '\\n' "
-            "or ','); models loaded with reverie.discrete.load_model supply their own"
-        )
-    delim = torch.as_tensor(list(delims), dtype=torch.long, device=x.device)
-    probs = logp.exp()
-    conf, pred = probs.max(-1)
-    positions = torch.arange(length, device=x.device)
-    window = max(1, int(math.ceil(float(opts["window"]) * n_gen)))
-    for r in new_block.nonzero().squeeze(-1).tolist():
-        lo = int(state.lo[r])
-        hi_w = min(length, lo + window)
-        sel = (
-            (positions >= lo) & (positions < hi_w) & (x[r] == mask_id) & torch.isin(pred[r], delim)
-        )
-        end = min(length, lo + block_length)
-        if bool(sel.any()):
-            c = torch.where(sel, conf[r], torch.full_like(conf[r], -1.0))
-            best = int(c.argmax())
-            if float(c[best]) >= float(opts["delimiter_threshold"]):
-                end = best + 1
-        state.hi[r] = end
-        size = int(((x[r] == mask_id) & (positions >= lo) & (positions < end)).sum())
-        state.steps[r] = max(1, min(size, round(size * steps / max(n_gen, 1))))

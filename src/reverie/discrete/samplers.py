@@ -33,6 +33,14 @@ from reverie._checks import in_range
 from reverie._registry import Registry
 from reverie.discrete._sampling import sample_categorical
 from reverie.discrete.denoiser import TokenDenoiserBase
+from reverie.discrete.policies import (
+    BLOCKS,
+    CLOCKS,
+    AdaptiveBlocks,
+    BlockPolicy,
+    Clock,
+    first_hitting_clock,
+)
 
 __all__ = [
     "SAMPLERS",
@@ -114,8 +122,11 @@ class TokenSampler:
     """A registered token sampler.
 
     ``decide`` -- the decision function (see :class:`StepContext`, :class:`Commit`);
-    ``clock`` -- ``"grid"`` (times ``1 - j / steps`` within a block) or ``"first_hitting"``;
-    ``blocks`` -- ``"fixed"`` (tiles of ``block_length``) or ``"adaptive"`` (AdaBlock);
+    ``clock`` -- the times of each step (:mod:`reverie.discrete.policies`): ``grid_clock``
+    (``1 - j / steps`` within a block) or ``first_hitting_clock`` (or their names ``"grid"``,
+    ``"first_hitting"``); ``blocks`` -- the block policy: ``FixedBlocks()`` (tiles of
+    ``block_length``) or ``AdaptiveBlocks()`` (AdaBlock), or the names ``"fixed"``,
+    ``"adaptive"``;
     ``steps_rule`` -- ``"any"`` (steps >= 1), ``"at_most_tokens"`` (at least one token per
     step) or ``"tokens"`` (exactly one token per step); ``processes`` -- the process kinds it
     supports; ``nfe_per_step`` -- model calls per step; ``options`` -- option defaults.
@@ -126,11 +137,24 @@ class TokenSampler:
     description: str
     family: str
     processes: tuple[str, ...] = ("masked",)
-    clock: str = "grid"
-    blocks: str = "fixed"
+    clock: Clock | str = "grid"
+    blocks: BlockPolicy | str = "fixed"
     steps_rule: str = "any"
     nfe_per_step: int = 1
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # the built-in policies may be given by name
+        if isinstance(self.clock, str):
+            object.__setattr__(self, "clock", _named(CLOCKS, self.clock, "clock"))
+        if isinstance(self.blocks, str):
+            object.__setattr__(self, "blocks", _named(BLOCKS, self.blocks, "block policy"))
+
+
+def _named(table: Mapping[str, Any], name: str, what: str) -> Any:
+    if name not in table:
+        raise ValueError(f"unknown {what} {name!r}; expected one of {', '.join(table)}")
+    return table[name]
 
 
 #: All token samplers by name (``list(SAMPLERS)`` gives the names), filled by :func:`register`.
@@ -187,7 +211,7 @@ def decide_ancestral(ctx: StepContext) -> Commit:
 @register(
     "first_hitting",
     family="first_hitting",
-    clock="first_hitting",
+    clock=first_hitting_clock,
     steps_rule="tokens",
     description="first-hitting sampler: one uniformly chosen token per step (exact simulation)",
 )
@@ -303,7 +327,7 @@ def decide_confidence(ctx: StepContext) -> Commit:
 @register(
     "adablock",
     family="threshold",
-    blocks="adaptive",
+    blocks=AdaptiveBlocks(),
     steps_rule="at_most_tokens",
     options={"threshold": 0.9, "delimiters": None, "delimiter_threshold": 0.3, "window": 0.25},
     description="AdaBlock: blocks end at a confident delimiter; threshold decoding inside",
