@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reverie._checks import integer
 from reverie.discrete.constraints._vocabulary import Vocabulary
 from reverie.discrete.constraints.automaton import TokenAutomaton, byte_dfa, schema_to_regex
 
@@ -270,10 +271,7 @@ def _budgets(values: list[_Value], automata: dict[str, TokenAutomaton], free: in
             f"{type(budget).__name__}"
         )
     for p, b in fixed.items():
-        if isinstance(b, bool) or not isinstance(b, int):
-            raise TypeError(f"the budget of {p!r} must be an int, got {b!r}")
-        if b < 0:
-            raise ValueError(f"the budget of {p!r} must be >= 0, got {b}")
+        integer(f"the budget of {p!r}", b, 0)
         if b < lo[p]:
             raise ValueError(f"field {p!r} needs at least {lo[p]} tokens but its budget is {b}")
     rest = [p for p in paths if p not in fixed]
