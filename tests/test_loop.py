@@ -80,3 +80,18 @@ def test_every_loop_raises_the_one_error(method):
             ito_log_density(den, noise, "ddpm", 10, generator=g)
     assert issubclass(NonFiniteError, FloatingPointError)
     assert not issubclass(NonFiniteError, ValueError)  # the CLI reports it as a bug, not input
+
+
+def test_inverse_output_check_raises_the_one_error(monkeypatch):
+    """solve() checks every method's samples; a method returning NaN raises NonFiniteError."""
+    from reverie.inverse import METHODS, MatrixOperator, solve
+    from reverie.inverse.methods import Cost
+
+    def nan_method(problem, **_):
+        return torch.full((problem.n, *problem.shape), float("nan"), dtype=problem.dtype), Cost(1)
+
+    monkeypatch.setitem(METHODS._items, "dps", replace(METHODS["dps"], fn=nan_method))
+    op = MatrixOperator(torch.tensor([[1.0, 0.5]], dtype=torch.float64))
+    y = torch.tensor([1.0], dtype=torch.float64)
+    with pytest.raises(NonFiniteError, match="dps: the samples contain NaN"):
+        solve(MIX.denoiser(PROC), op, y, 0.3, method="dps", steps=4, n=2)

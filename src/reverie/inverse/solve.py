@@ -16,7 +16,7 @@ from reverie.inverse import methods as _m
 from reverie.inverse.methods import METHODS, Method
 from reverie.inverse.noise import GaussianNoise, NoiseModel, as_noise_model
 from reverie.inverse.operators import LinearOperator
-from reverie.samplers import SAMPLERS, resolve_grid
+from reverie.samplers import SAMPLERS, NonFiniteError, resolve_grid
 
 __all__ = ["Method", "METHODS", "InverseResult", "solve", "measurement_consistency", "psnr"]
 
@@ -168,7 +168,7 @@ def solve(
         options["particles"] = particles
     samples, cost = info.fn(problem, steps=g.numel() - 1, generator=generator, **options)
     if not bool(torch.isfinite(samples).all()):
-        raise _m.NonFiniteError(f"{info.name}: the samples contain NaN or inf")
+        raise NonFiniteError(f"{info.name}: the samples contain NaN or inf")
     if not return_info:
         return samples
     return InverseResult(samples, info.name, cost.nfe, cost.vjp, g, dict(problem.extra))
