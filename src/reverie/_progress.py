@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator, Sized
+from typing import Any, TypeVar
 
-__all__ = ["progress_bar"]
+T = TypeVar("T")
+
+__all__ = ["progress_bar", "progress_iter"]
 
 
 class _NoBar:
@@ -26,3 +29,14 @@ def progress_bar(total: int, enabled: bool, desc: str, unit: str = "step", initi
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, initial=initial)
+
+
+def progress_iter(items: Sized, enabled: bool, desc: str, unit: str = "it") -> Iterator[Any]:
+    """The items of ``items``, advancing a :func:`progress_bar` after each one."""
+    bar = progress_bar(len(items), enabled, desc, unit=unit)
+    try:
+        for item in items:  # type: ignore[attr-defined]
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
