@@ -2,7 +2,7 @@
 
     python scripts/train_digits.py [--out src/reverie/models/digits] [--threads 1]
 
-Recipe (reverie.train.RECIPES["digits"]): diffusers UNet2DModel (32/64/64 channels,
+Recipe (reverie.train.recipes.RECIPES["digits"]): diffusers UNet2DModel (32/64/64 channels,
 attention at 4x4 and 2x2, 11 class embeddings), EDM objective with sigma_data = 0.75,
 label dropout 0.1, Adam lr 7e-4, batch 64, 3000 steps, EMA 0.999, gradient clip 1.
 About 37 minutes (2235 s) on the shared 2-core machine, busy with other jobs, 1 thread.

@@ -2,7 +2,7 @@
 
     python scripts/train_two_moons.py [--out src/reverie/models/two-moons] [--threads 1]
 
-Recipe (reverie.train.RECIPES["two-moons"]): residual MLP (hidden 128, depth 3, 3 class
+Recipe (reverie.train.recipes.RECIPES["two-moons"]): residual MLP (hidden 128, depth 3, 3 class
 embeddings), EDM objective with sigma_data = std of 20000 two-moons points, label dropout 0.1,
 Adam lr 1e-3, batch 512, 4000 steps, EMA 0.999. About 7 minutes (432 s) on the shared
 2-core machine, busy with other jobs, with 1 thread.

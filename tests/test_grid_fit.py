@@ -122,7 +122,7 @@ def test_bad_input():
     den = Gaussian(torch.zeros(2), 1.0).denoiser(proc)
     with pytest.raises(ValueError, match="steps"):
         optimize_grid(den, "ddim", 0, shape=(2,))
-    with pytest.raises(ValueError, match="n must be"):
+    with pytest.raises(ValueError, match="n .half fit, half validate. must be"):
         optimize_grid(den, "ddim", 3, shape=(2,), n=2)
     with pytest.raises(ValueError, match="unknown sampler"):
         optimize_grid(den, "no_such_sampler", 3, shape=(2,))

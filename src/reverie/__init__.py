@@ -11,6 +11,7 @@ See :mod:`reverie.process`, :mod:`reverie.denoisers`, :mod:`reverie.grids` and
 :mod:`reverie.samplers`.
 """
 
+from reverie._checks import UserError
 from reverie._random import randn, seeded_generators
 from reverie.denoisers import PREDICTIONS, ClassifierFreeGuidance, Denoiser, DenoiserBase
 from reverie.grid_fit import optimize_grid
@@ -47,6 +48,7 @@ __all__ = [
     "SampleOutput",
     "State",
     "Transition",
+    "UserError",
     "VPCosine",
     "VPLinear",
     "load",

@@ -11,8 +11,15 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import traceback
 
 from reverie import commands
+from reverie._checks import UserError
+
+#: Exceptions that mean bad input: UserError, and the ValueError / TypeError that argument
+#: checks raise (NonFiniteError is a FloatingPointError, so it is not among them), and files
+#: that cannot be read or written.
+USER_ERRORS = (UserError, ValueError, TypeError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,10 +44,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as err:
-        # User-facing errors: one clear line, no traceback.
+    except USER_ERRORS as err:
+        # the user's input (an argument, an option, a file): one clear line, no traceback
         print(f"reverie {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Exception:
+        # anything else is a failure of reverie (or of the model), e.g. NonFiniteError: the
+        # traceback says where
+        traceback.print_exc()
+        print(f"reverie {args.command}: internal error (the traceback above says where)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from reverie._checks import positive_int
+
 __all__ = ["load_digits", "two_moons", "DIGITS_SPLITS", "DIGITS_TEST_FRACTION", "DIGITS_SPLIT_SEED"]
 
 DIGITS_SPLITS = ("train", "test", "all")
@@ -83,8 +85,7 @@ def two_moons(
     with ``a`` uniform in ``[0, pi]``; Gaussian noise of std ``noise`` (before scaling) is added.
     The two moons have equal size (``n // 2`` and ``n - n // 2``), in random order.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    positive_int("n", n)
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
     labels = torch.cat([torch.zeros(n // 2), torch.ones(n - n // 2)]).long()

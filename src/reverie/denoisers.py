@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reverie.process import GaussianProcess, _bcast
+from reverie._tensor import bcast, time_tensor
+from reverie.process import GaussianProcess
 
 __all__ = [
     "PREDICTIONS",
@@ -71,10 +72,10 @@ def _coefs(process: GaussianProcess, t: Tensor, like: Tensor, derivatives: bool 
                 memo.clear()
             memo[key] = coefs
         return coefs
-    a, s = (_bcast(fn(t), like).to(like.dtype) for fn in (process.alpha, process.sigma))
+    a, s = (bcast(fn(t), like).to(like.dtype) for fn in (process.alpha, process.sigma))
     if not derivatives:
         return a, s, None, None
-    da, ds = (_bcast(fn(t), like).to(like.dtype) for fn in (process.d_alpha, process.d_sigma))
+    da, ds = (bcast(fn(t), like).to(like.dtype) for fn in (process.d_alpha, process.d_sigma))
     return a, s, da, ds
 
 
@@ -118,16 +119,6 @@ def from_x0(x0: Tensor, prediction: str, x: Tensor, t: Tensor, process: Gaussian
     return da * x0 + ds * eps
 
 
-def _time_tensor(t: float | Tensor, x: Tensor) -> Tensor:
-    """``t`` as a ``[batch]`` tensor; float64 for float64 states, float32 otherwise."""
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    t = torch.as_tensor(t, dtype=dtype, device=x.device)
-    if t.ndim == 0:
-        t = t.expand(x.shape[0])
-    elif t.shape != (x.shape[0],):
-        raise ValueError(f"t must be a scalar or have shape [{x.shape[0]}], got {tuple(t.shape)}")
-    return t
-
 
 class DenoiserBase(ABC):
     """The interface samplers use: ``__call__`` returns the data prediction.
@@ -143,17 +134,17 @@ class DenoiserBase(ABC):
 
     def eps(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
         """Predicted noise ``(x - alpha x0) / sigma``."""
-        t = _time_tensor(t, x)
+        t = time_tensor(t, x)
         return from_x0(self(x, t, **cond), "eps", x, t, self.process)
 
     def score(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
         """Score ``grad_x log p_t(x) = -(x - alpha x0) / sigma^2``."""
-        t = _time_tensor(t, x)
+        t = time_tensor(t, x)
         return from_x0(self(x, t, **cond), "score", x, t, self.process)
 
     def velocity(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
         """Probability-flow ODE velocity ``dx/dt = alpha' x0 + sigma' eps`` in process time."""
-        t = _time_tensor(t, x)
+        t = time_tensor(t, x)
         return from_x0(self(x, t, **cond), "flow", x, t, self.process)
 
 
@@ -193,7 +184,7 @@ class Denoiser(DenoiserBase):
         self.output_transform = output_transform
 
     def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
-        t = _time_tensor(t, x)
+        t = time_tensor(t, x)
         x_in = x if self.dtype is None else x.to(self.dtype)
         t_in = t if self.dtype is None or self.dtype == torch.float64 else t.float()
         out = self.fn(x_in, t_in, **cond)
@@ -238,7 +229,7 @@ class ClassifierFreeGuidance(DenoiserBase):
         self.interval = interval
 
     def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
-        t = _time_tensor(t, x)
+        t = time_tensor(t, x)
         active = self.scale != 1.0
         if self.interval is not None:
             lo, hi = self.interval

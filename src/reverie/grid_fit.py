@@ -31,11 +31,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reverie._checks import integer, positive_int
+from reverie._progress import progress_bar
 from reverie._random import randn
 from reverie.denoisers import DenoiserBase
 from reverie.grids import GRIDS, check_grid, make_grid
 from reverie.metrics import SlicedWasserstein
-from reverie.samplers import SAMPLERS, Sampler, _progress, resolve_grid, run
+from reverie.samplers import SAMPLERS, Sampler, resolve_grid, run
 
 __all__ = ["optimize_grid", "GridFit"]
 
@@ -85,10 +87,8 @@ def optimize_grid(
     64-256 for a network.
     """
     info = SAMPLERS[sampler] if isinstance(sampler, str) else sampler
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 4:
-        raise ValueError(f"n must be an integer >= 4 (half fit, half validate), got {n!r}")
+    positive_int("steps", steps)
+    integer("n (half fit, half validate)", n, 4)
     if not isinstance(denoiser, DenoiserBase):
         raise TypeError(f"denoiser must be a reverie denoiser, got {type(denoiser).__name__}")
     proc = denoiser.process
@@ -138,7 +138,7 @@ def optimize_grid(
             g = _angle_grid(proc, steps, mult * max(scale, 1e-6), p)
             if g is not None:
                 candidates[f"angle(c={mult:g}s, p={p:g})"] = g
-    bar = _progress(len(candidates), progress, "optimize_grid")
+    bar = progress_bar(len(candidates), progress, "optimize_grid", unit="grid")
     scores: dict[str, float] = {}
     for key, g in candidates.items():
         scores[key] = loss(g, "fit")

@@ -29,6 +29,7 @@ import math
 import torch
 from torch import Tensor
 
+from reverie._checks import positive_int
 from reverie.process import GaussianProcess
 
 __all__ = ["GRIDS", "make_grid", "check_grid"]
@@ -49,8 +50,7 @@ def make_grid(
 
     ``t_max``/``t_min`` default to the process's own range.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    positive_int("steps", steps)
     if name not in GRIDS:
         raise ValueError(f"unknown grid {name!r}; expected one of {', '.join(GRIDS)}")
     hi = process.t_max if t_max is None else float(t_max)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from reverie._checks import positive_int
 from reverie._random import randn, seeded_generators
 from reverie.denoisers import PREDICTIONS, ClassifierFreeGuidance, Denoiser, DenoiserBase
 from reverie.nets.function import ModelFunction
@@ -209,8 +210,7 @@ class LoadedModel:
         """
         from reverie.samplers import sample as _sample
 
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        positive_int("n", n)
         if labels is None:
             if cfg_scale != 1.0:
                 raise ValueError("cfg_scale needs labels (guidance pushes samples towards a class)")

@@ -27,6 +27,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from reverie._tensor import as64, bcast
+
 __all__ = [
     "GaussianProcess",
     "VP",
@@ -41,11 +43,6 @@ __all__ = [
 
 TensorLike = float | Tensor
 
-
-def _as64(t: TensorLike) -> Tensor:
-    if isinstance(t, Tensor):
-        return t.to(torch.float64)
-    return torch.tensor(float(t), dtype=torch.float64)
 
 
 class GaussianProcess(ABC):
@@ -73,12 +70,12 @@ class GaussianProcess(ABC):
     # ---- derived quantities ----------------------------------------------------------------
     def log_snr(self, t: TensorLike) -> Tensor:
         """``log(alpha^2 / sigma^2)``; +inf at the clean end, -inf where alpha vanishes."""
-        t = _as64(t)
+        t = as64(t)
         return 2.0 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
 
     def t_from_log_snr(self, log_snr: TensorLike) -> Tensor:
         """Inverse of :meth:`log_snr` (bisection on ``[t_clean, t_max]`` unless overridden)."""
-        target = _as64(log_snr)
+        target = as64(log_snr)
         lo = torch.full_like(target, float(self.t_clean))
         hi = torch.full_like(target, float(self.t_max))
         for _ in range(100):  # log-SNR decreases in t
@@ -90,12 +87,12 @@ class GaussianProcess(ABC):
 
     def sigma_ve(self, t: TensorLike) -> Tensor:
         """Noise level of the equivalent VE process: ``sigma / alpha = exp(-log_snr / 2)``."""
-        t = _as64(t)
+        t = as64(t)
         return self.sigma(t) / self.alpha(t)
 
     def t_from_sigma_ve(self, sigma_ve: TensorLike) -> Tensor:
         """Inverse of :meth:`sigma_ve`."""
-        return self.t_from_log_snr(-2.0 * torch.log(_as64(sigma_ve)))
+        return self.t_from_log_snr(-2.0 * torch.log(as64(sigma_ve)))
 
     def d_alpha(self, t: TensorLike) -> Tensor:
         """``d alpha / dt`` (autograd unless overridden)."""
@@ -110,7 +107,7 @@ class GaussianProcess(ABC):
 
         ``f = d log alpha / dt`` and ``g^2 = d sigma^2 / dt - 2 f sigma^2``.
         """
-        t = _as64(t)
+        t = as64(t)
         a, s = self.alpha(t), self.sigma(t)
         f = self.d_alpha(t) / a
         g2 = 2.0 * s * self.d_sigma(t) - 2.0 * f * s**2
@@ -118,13 +115,13 @@ class GaussianProcess(ABC):
 
     def add_noise(self, x0: Tensor, eps: Tensor, t: TensorLike) -> Tensor:
         """``alpha(t) x0 + sigma(t) eps`` with ``t`` a scalar or a ``[batch]`` tensor."""
-        a = _bcast(self.alpha(t), x0)
-        s = _bcast(self.sigma(t), x0)
+        a = bcast(self.alpha(t), x0)
+        s = bcast(self.sigma(t), x0)
         return (a * x0.to(torch.float64) + s * eps.to(torch.float64)).to(x0.dtype)
 
     def check_time(self, t: TensorLike, name: str = "t") -> None:
         """Raise ``ValueError`` if ``t`` lies outside ``[t_clean, t_max]``."""
-        t = _as64(t)
+        t = as64(t)
         lo, hi = min(self.t_clean, self.t_max), max(self.t_clean, self.t_max)
         if bool(((t < lo - 1e-9) | (t > hi + 1e-9)).any()):
             raise ValueError(
@@ -136,16 +133,9 @@ class GaussianProcess(ABC):
         return f"{type(self).__name__}()"
 
 
-def _bcast(v: Tensor, like: Tensor) -> Tensor:
-    """Broadcast a scalar or ``[batch]`` tensor against ``like`` (batch first)."""
-    v = v.to(like.device)
-    if v.ndim == 0:
-        return v
-    return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
-
 
 def _derivative(fn: Callable[[Tensor], Tensor], t: TensorLike) -> Tensor:
-    t = _as64(t).detach().clone().requires_grad_(True)
+    t = as64(t).detach().clone().requires_grad_(True)
     with torch.enable_grad():
         y = fn(t)
         (grad,) = torch.autograd.grad(y.sum(), t)
@@ -226,7 +216,7 @@ class VP(GaussianProcess):
         return (1 - w) * table[lo] + w * table[lo + 1]
 
     def sigma_ve(self, t: TensorLike) -> Tensor:
-        t = _as64(t)
+        t = as64(t)
         inside = torch.exp(self._log_sigma_ve(t))
         below = (t + 1.0).clamp(min=0.0) * torch.exp(self._log_sve[0])
         return torch.where(t >= 0, inside, below)
@@ -242,7 +232,7 @@ class VP(GaussianProcess):
         return -2.0 * torch.log(self.sigma_ve(t))
 
     def t_from_log_snr(self, log_snr: TensorLike) -> Tensor:
-        log_s = -0.5 * _as64(log_snr)
+        log_s = -0.5 * as64(log_snr)
         table = self._log_sve
         idx = torch.searchsorted(table, log_s.reshape(-1).contiguous()).reshape(log_s.shape)
         lo = (idx - 1).clamp(0, table.numel() - 2)
@@ -271,23 +261,23 @@ class VPLinear(GaussianProcess):
         return -0.5 * self.beta_min * t - 0.25 * (self.beta_max - self.beta_min) * t**2
 
     def alpha(self, t: TensorLike) -> Tensor:
-        return torch.exp(self._log_alpha(_as64(t)))
+        return torch.exp(self._log_alpha(as64(t)))
 
     def sigma(self, t: TensorLike) -> Tensor:
-        return torch.sqrt(-torch.expm1(2.0 * self._log_alpha(_as64(t))))
+        return torch.sqrt(-torch.expm1(2.0 * self._log_alpha(as64(t))))
 
     def log_snr(self, t: TensorLike) -> Tensor:
-        la2 = 2.0 * self._log_alpha(_as64(t))
+        la2 = 2.0 * self._log_alpha(as64(t))
         return la2 - torch.log(-torch.expm1(la2))
 
     def t_from_log_snr(self, log_snr: TensorLike) -> Tensor:
         # log alpha^2 = -softplus(-lambda); solve d/2 t^2 + b t + log alpha^2 = 0 for t >= 0.
-        la2 = -torch.nn.functional.softplus(-_as64(log_snr))
+        la2 = -torch.nn.functional.softplus(-as64(log_snr))
         d, b = self.beta_max - self.beta_min, self.beta_min
         return 2.0 * (-la2) / (b + torch.sqrt(b**2 - 2.0 * d * la2))
 
     def d_alpha(self, t: TensorLike) -> Tensor:
-        t = _as64(t)
+        t = as64(t)
         return self.alpha(t) * (-0.5 * self.beta_min - 0.5 * (self.beta_max - self.beta_min) * t)
 
     def __repr__(self) -> str:
@@ -311,13 +301,13 @@ class VPCosine(GaussianProcess):
         return (t + self.s) / (1 + self.s) * (math.pi / 2)
 
     def alpha(self, t: TensorLike) -> Tensor:
-        return torch.cos(self._angle(_as64(t))) / math.exp(0.5 * self._log_f0)
+        return torch.cos(self._angle(as64(t))) / math.exp(0.5 * self._log_f0)
 
     def sigma(self, t: TensorLike) -> Tensor:
         return torch.sqrt((1.0 - self.alpha(t) ** 2).clamp(min=0.0))
 
     def t_from_log_snr(self, log_snr: TensorLike) -> Tensor:
-        a2 = torch.sigmoid(_as64(log_snr))
+        a2 = torch.sigmoid(as64(log_snr))
         ang = torch.arccos(torch.sqrt(a2 * math.exp(self._log_f0)).clamp(max=1.0))
         return ang * (2 / math.pi) * (1 + self.s) - self.s
 
@@ -343,25 +333,25 @@ class VE(GaussianProcess):
         self.t_min, self.t_max, self.t_clean = float(sigma_min), float(sigma_max), 0.0
 
     def alpha(self, t: TensorLike) -> Tensor:
-        return torch.ones_like(_as64(t))
+        return torch.ones_like(as64(t))
 
     def sigma(self, t: TensorLike) -> Tensor:
-        return _as64(t).clone()
+        return as64(t).clone()
 
     def sigma_ve(self, t: TensorLike) -> Tensor:
-        return _as64(t).clone()
+        return as64(t).clone()
 
     def log_snr(self, t: TensorLike) -> Tensor:
-        return -2.0 * torch.log(_as64(t))
+        return -2.0 * torch.log(as64(t))
 
     def t_from_log_snr(self, log_snr: TensorLike) -> Tensor:
-        return torch.exp(-0.5 * _as64(log_snr))
+        return torch.exp(-0.5 * as64(log_snr))
 
     def d_alpha(self, t: TensorLike) -> Tensor:
-        return torch.zeros_like(_as64(t))
+        return torch.zeros_like(as64(t))
 
     def d_sigma(self, t: TensorLike) -> Tensor:
-        return torch.ones_like(_as64(t))
+        return torch.ones_like(as64(t))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sigma_min={self.t_min}, sigma_max={self.t_max})"
@@ -380,7 +370,7 @@ class EDM(VE):
         """EDM Table 1: ``(c_skip, c_out, c_in, c_noise)`` with
         ``D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)``."""
         sd = self.sigma_data
-        sigma = _as64(sigma)
+        sigma = as64(sigma)
         c_skip = sd**2 / (sigma**2 + sd**2)
         c_out = sigma * sd / torch.sqrt(sigma**2 + sd**2)
         c_in = 1.0 / torch.sqrt(sd**2 + sigma**2)
@@ -410,20 +400,20 @@ class RectifiedFlow(GaussianProcess):
         self.shift = float(shift)
 
     def alpha(self, t: TensorLike) -> Tensor:
-        return 1.0 - _as64(t)
+        return 1.0 - as64(t)
 
     def sigma(self, t: TensorLike) -> Tensor:
-        return _as64(t).clone()
+        return as64(t).clone()
 
     def t_from_log_snr(self, log_snr: TensorLike) -> Tensor:
         # alpha/sigma = (1-t)/t = exp(lambda/2)  =>  t = sigmoid(-lambda/2)
-        return torch.sigmoid(-0.5 * _as64(log_snr))
+        return torch.sigmoid(-0.5 * as64(log_snr))
 
     def d_alpha(self, t: TensorLike) -> Tensor:
-        return -torch.ones_like(_as64(t))
+        return -torch.ones_like(as64(t))
 
     def d_sigma(self, t: TensorLike) -> Tensor:
-        return torch.ones_like(_as64(t))
+        return torch.ones_like(as64(t))
 
     def __repr__(self) -> str:
         return f"RectifiedFlow(shift={self.shift})"
@@ -461,10 +451,10 @@ class Interpolant(GaussianProcess):
             raise ValueError("the log-SNR alpha^2/sigma^2 must decrease with t")
 
     def alpha(self, t: TensorLike) -> Tensor:
-        return self._alpha(_as64(t))
+        return self._alpha(as64(t))
 
     def sigma(self, t: TensorLike) -> Tensor:
-        return self._sigma(_as64(t))
+        return self._sigma(as64(t))
 
     def __repr__(self) -> str:
         return f"Interpolant(t in [{self.t_min}, {self.t_max}], t_clean={self.t_clean})"

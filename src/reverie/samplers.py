@@ -30,8 +30,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reverie._checks import check_options, positive_int
+from reverie._progress import progress_bar
 from reverie._random import Generators, randn_like, split_generators
 from reverie._registry import Registry
+from reverie._tensor import bcast
 from reverie.denoisers import DenoiserBase
 from reverie.grids import GRIDS, check_grid, make_grid
 from reverie.process import GaussianProcess
@@ -45,6 +48,8 @@ __all__ = [
     "SampleOutput",
     "NonFiniteError",
     "run",
+    "walk",
+    "check_finite",
     "sample",
     "resolve_grid",
     "default_grid_name",
@@ -176,7 +181,7 @@ class Sampler:
         if not _is_zero(tr.std):
             std = tr.std
             if isinstance(std, Tensor):
-                std = std.reshape(std.shape + (1,) * (x.ndim - std.ndim)).to(x.dtype)
+                std = bcast(std, x).to(x.dtype)
             x = x + std * randn_like(x, generator)
         return State(x, state.i + 1, tr.memory, state.nfe + tr.nfe)
 
@@ -827,6 +832,59 @@ def resolve_grid(
     return make_grid(process, steps, grid)
 
 
+Hook = Callable[[State, Schedule], "State | None"]
+
+
+def check_finite(x: Tensor, name: str, i: int, schedule: Schedule, hint: str = "") -> None:
+    """Raise :class:`NonFiniteError` if ``x`` (the state after step ``i``) holds NaN or inf."""
+    # one reduction (NaN and inf propagate through a sum); confirm before raising
+    x = x.detach()
+    if math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all()):
+        return
+    sch = schedule
+    raise NonFiniteError(
+        f"{name}: NaN or inf in the sample after step {i + 1}/{sch.steps} "
+        f"(t = {sch.t[i]:.6g} -> {sch.t[i + 1]:.6g}); "
+        + (hint or f"check the model's output at t = {sch.t[i]:.6g} and the input dtype")
+    )
+
+
+def walk(
+    schedule: Schedule,
+    state: State,
+    step: Callable[[State], State],
+    *,
+    name: str,
+    stop: int | None = None,
+    hook: Hook | None = None,
+    callback: Callable[[State, Schedule], None] | None = None,
+    progress: bool = False,
+    hint: str = "",
+) -> State:
+    """The sampler loop, the only one: from ``state`` (at grid index ``state.i``) to grid index
+    ``stop`` (default: the clean end). Each pass takes ``step(state)`` (the state one grid
+    point further), then ``hook(state, schedule)`` (a correction, resampling or guidance step;
+    a returned state replaces the current one), checks for NaN / inf (:class:`NonFiniteError`
+    naming the step, with ``hint`` as the advice), calls ``callback(state, schedule)`` and
+    advances the progress bar. Every method that walks a grid (samplers, correctors, SMC,
+    search, inverse solvers, density estimators) runs through here."""
+    stop = schedule.steps if stop is None else stop
+    bar = progress_bar(stop - state.i, progress, name)
+    try:
+        for i in range(state.i, stop):
+            state = step(state)
+            if hook is not None:
+                new = hook(state, schedule)
+                state = state if new is None else new
+            check_finite(state.x, name, i, schedule, hint)
+            if callback is not None:
+                callback(state, schedule)
+            bar.update(1)
+    finally:
+        bar.close()
+    return state
+
+
 def run(
     sampler: str | Sampler,
     denoiser: DenoiserBase,
@@ -837,10 +895,13 @@ def run(
     cond: Mapping[str, Any] | None = None,
     progress: bool = False,
     callback: Callable[[State, Schedule], None] | None = None,
+    hook: Hook | None = None,
     **options: Any,
 ) -> SampleOutput:
     """Walk ``grid`` from ``x`` (a sample at ``grid[0]``, not unit noise) with ``sampler``.
 
+    ``hook(state, schedule)`` runs after every step and may return a new state to continue
+    from (e.g. after an MCMC correction); ``callback(state, schedule)`` only observes.
     Raises :class:`NonFiniteError` naming the step where NaN or inf first appears.
     """
     info = SAMPLERS[sampler] if isinstance(sampler, str) else sampler
@@ -849,50 +910,24 @@ def run(
             f"denoiser must be a reverie denoiser (e.g. reverie.Denoiser(fn, process, "
             f"prediction)), got {type(denoiser).__name__}"
         )
-    unknown = set(options) - set(info.options)
-    if unknown:
-        raise ValueError(
-            f"sampler {info.name!r} has no option(s) {sorted(unknown)}; "
-            f"its options are {sorted(info.options) or 'none'}"
-        )
+    check_options("sampler", info.name, options, info.options)
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
         raise TypeError("x must be a floating-point tensor with the batch first")
     if isinstance(generator, (list, tuple)) and len(generator) != x.shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
     sch = Schedule.build(denoiser.process, grid)
-    state = State(x)
-    bar = _progress(sch.steps, progress, info.name)
+
+    def step(state: State) -> State:
+        return info.step(denoiser, state, sch, generator=generator, cond=cond, **options)
+
+    hint = "" if hook is None else (
+        "check the model's output, the input dtype and the hook's step (e.g. a corrector's "
+        "step size)"
+    )
     with torch.no_grad():
-        for i in range(sch.steps):
-            state = info.step(denoiser, state, sch, generator=generator, cond=cond, **options)
-            # one reduction (NaN and inf propagate through a sum); confirm before raising
-            if not math.isfinite(float(state.x.sum())) and not bool(torch.isfinite(state.x).all()):
-                raise NonFiniteError(
-                    f"{info.name}: NaN or inf in the sample after step {i + 1}/{sch.steps} "
-                    f"(t = {sch.t[i]:.6g} -> {sch.t[i + 1]:.6g}); check the model's output at "
-                    f"t = {sch.t[i]:.6g} and the input dtype"
-                )
-            if callback is not None:
-                callback(state, sch)
-            bar.update(1)
-    bar.close()
+        state = walk(sch, State(x), step, name=info.name, hook=hook, callback=callback,
+                     progress=progress, hint=hint)
     return SampleOutput(state.x, state.nfe, torch.tensor(sch.t, dtype=torch.float64))
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step")
 
 
 def sample(
@@ -917,8 +952,7 @@ def sample(
     ``eta`` for DDIM, ``s_churn`` for Heun). Returns the samples ``x0``.
     """
     info = SAMPLERS[sampler] if isinstance(sampler, str) else sampler
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    positive_int("steps", steps)
     g = resolve_grid(info, denoiser.process, steps, grid)
     if not isinstance(noise, Tensor) or not noise.is_floating_point():
         raise TypeError("noise must be a floating-point tensor (standard normal, batch first)")

@@ -44,7 +44,7 @@ def test_non_integer_arguments():
         generate(_model(), length=8, steps=2.5)
     with pytest.raises(TypeError, match="length must be an integer"):
         generate(_model(), length="8", steps=2)
-    with pytest.raises(ValueError, match="n must be >= 1"):
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
         generate(_model(), length=8, steps=2, n=0)
     with pytest.raises(ValueError, match="temperature"):
         generate(_model(), length=8, steps=2, temperature=-1.0)

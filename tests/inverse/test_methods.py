@@ -230,6 +230,10 @@ def _smc_distances(method):
     return ds, floor
 
 
+def test_every_particle_method_has_a_convergence_ladder():
+    assert set(SMC_LADDER) == {m for m in METHODS if METHODS[m].particles}
+
+
 @pytest.mark.parametrize("method", list(SMC_LADDER))
 def test_smc_distance_falls_to_the_floor_as_particles_grow(method):
     """4096 samples in clouds of 2 -> 8 -> 32 (-> 128 for MCGdiff, which needs more particles
@@ -421,7 +425,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="noise_std must be >= 0"):
         solve(den, op, y, -0.1, method="dps")
     comp = Composed(Downsample(2, (1, 4, 4)), Identity((1, 4, 4)))
-    for m in ("ddrm", "mcg_diff"):
+    for m in [k for k in METHODS if METHODS[k].svd]:
         with pytest.raises(ValueError, match=f"method '{m}' needs an operator with an SVD"):
             solve(den, comp, torch.ones(1, 2, 2, dtype=F64), 0.5, method=m)
     with pytest.raises(TypeError, match="needs a linear operator"):

@@ -25,9 +25,13 @@ from typing import Any
 
 import torch
 
+from reverie.inverse import METHODS
+
 DIMS = (8, 80, 800)
 DYS = (1, 2, 4)
-ALL = ("mcg_diff", "tds", "pigdm", "ddrm", "dps", "diffpir", "red_diff")
+# every single-prior method (structured_noise needs a second prior), the SMC methods first
+ALL = tuple(sorted((m for m in METHODS if m != "structured_noise"),
+                   key=lambda m: not METHODS[m].particles))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -202,7 +206,7 @@ def _table(result: dict[str, Any]) -> str:
 def _checks(result: dict[str, Any]) -> list[str]:
     """The targets: SMC beats DPS and DDRM at every (dx, dy); no NaN."""
     lines = []
-    smc = [m for m in ("mcg_diff", "tds") if m in result["methods"]]
+    smc = [m for m in result["methods"] if METHODS[m].particles]
     for row in result["rows"]:
         for s in smc:
             for b in ("dps", "ddrm"):
@@ -213,7 +217,7 @@ def _checks(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-DIGIT_METHODS = ("mcg_diff", "tds", "pigdm", "ddrm", "dps", "diffpir", "red_diff")
+DIGIT_METHODS = ALL
 
 
 def digits_task(task: str, shape: tuple[int, ...], generator: torch.Generator):

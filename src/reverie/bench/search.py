@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from reverie.search import METHODS
+
 #: (row label, method, options) of the exact part.
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("best_of_n", "best_of_n", {}),
@@ -265,7 +267,7 @@ def _digits_run(args: argparse.Namespace) -> dict:
     S = args.steps
     n = args.digits_n
     ks = [int(k) for k in args.digits_particles.split(",")]
-    methods = ["best_of_n", "fk", "dts", "dts_star", "beam", "paths", "zero_order", "rbf", "ditto"]
+    methods = list(METHODS)
     rows: dict[str, dict[int, dict[str, float]]] = {}
     print(f"\nDigits model steered by log p({label} | x) of the digit classifier "
           f"({n} samples per budget, {S} steps):")

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from reverie._io import write_text
+from reverie._progress import progress_iter
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,8 +85,6 @@ def _load_data(spec: str | None, model, n: int | None, seed: int) -> tuple[torch
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from reverie.commands._models import resolve
     from reverie.likelihood import bits_per_dim, log_likelihood
 
@@ -112,7 +111,8 @@ def _run(args: argparse.Namespace) -> int:
         args.divergence = "exact" if x[0].numel() <= 16 else "hutchinson"
     lls, nfes = [], []
     t0 = time.perf_counter()
-    for start in tqdm(range(0, x.shape[0], args.batch_size), desc="likelihood", unit="batch"):
+    starts = range(0, x.shape[0], args.batch_size)
+    for start in progress_iter(starts, True, "likelihood", unit="batch"):
         xb = x[start:start + args.batch_size]
         res = log_likelihood(
             model.denoiser, xb, args.divergence, probe=args.probe, n_probes=args.n_probes,

@@ -48,8 +48,8 @@ def _show(task: str, op, y):
 
 def _run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm.auto import tqdm
 
+    from reverie._progress import progress_iter
     from reverie.inverse import METHODS, solve
 
     method = METHODS[args.method].name  # unknown names list the valid ones
@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
     clean = op.A(x_true)
     y = clean + args.noise * torch.randn(clean.shape, generator=g)
     rows = []
-    for i in tqdm(range(args.images), desc=f"restore ({method})", unit="image"):
+    for i in progress_iter(range(args.images), True, f"restore ({method})", unit="image"):
         gen = torch.Generator().manual_seed(args.seed + i)
         kw = dict(method=method, steps=args.steps, generator=gen)
         if METHODS[method].particles:  # one sample from each of `samples` independent clouds

@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+from reverie.commands._options import add_option_argument, parse_options
+
 TENSOR_SUFFIXES = (".pt", ".npy")
 
 
@@ -46,13 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1.0,
         help="classifier-free guidance scale (1 = none; needs --label)",
     )
-    p.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="sampler option, e.g. eta=0.5 or s_churn=10 (repeatable)",
-    )
+    add_option_argument(p, "sampler option, e.g. eta=0.5, s_churn=10 or legacy=false")
     p.add_argument(
         "--dtype",
         choices=("float32", "float64"),
@@ -77,23 +73,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "busy machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
-
-
-def _parse_options(items: list[str]) -> dict[str, float | int | str]:
-    out: dict[str, float | int | str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
-        for cast in (int, float):
-            try:
-                out[key] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            out[key] = value
-    return out
 
 
 def _check_outputs(outs: list[str]) -> list[Path]:
@@ -165,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     info = SAMPLERS[args.sampler]  # unknown names list the valid ones
     outs = _check_outputs(args.out or ["samples.png"])
-    options = _parse_options(args.option)
+    options = parse_options(args.option)
     model = load(args.model)
     labels = _labels(args.label, model, args.n)
     if args.cfg != 1.0 and labels is None:

@@ -7,9 +7,9 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 from reverie._io import save_array, write_text
+from reverie.commands._options import add_option_argument, parse_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,31 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="sample k depends only on seed + k")
     p.add_argument("--levels", type=int, default=4,
                    help="also run budget/2, budget/4, ... (this many) for the reward-vs-NFE plot")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="method option, e.g. potential=max or max_children=8 (repeatable)")
+    add_option_argument(p, "method option, e.g. potential=max or max_children=8")
     p.add_argument("--chunk", type=int, default=2048, help="most rows per network call")
     p.add_argument("--out", default="out/search", help="output folder (default out/search)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
-
-
-def _value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"none": None, "true": True, "false": False}.get(text.lower(), text)
-
-
-def _options(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        key, sep, val = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = _value(val.strip())
-    return out
 
 
 def _load(name: str):
@@ -83,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from reverie.rewards import ClassifierReward, LinearReward, digit_judge, parse_reward
 
     method = search.METHODS[args.method].name
-    options = _options(args.option)
+    options = parse_options(args.option)
     model, shape, mixture = _load(args.model)
     spec = args.reward or ("classifier:7" if shape == (1, 8, 8) else
                            "linear:0.75,0.5" if shape == (2,) else None)

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from reverie.denoisers import DenoiserBase, _time_tensor, to_x0
+from reverie._tensor import time_tensor
+from reverie.denoisers import DenoiserBase, to_x0
 from reverie.process import GaussianProcess
 from reverie.reference.gaussian import GaussianMixture
 
@@ -100,7 +101,7 @@ class EnergyModel(EnergyDenoiser):
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
 
     def log_density(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
-        out = self.fn(x, _time_tensor(t, x), **cond)
+        out = self.fn(x, time_tensor(t, x), **cond)
         if not isinstance(out, Tensor) or out.shape != (x.shape[0],):
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"the log-density must return shape [{x.shape[0]}], got {got}")
@@ -119,7 +120,7 @@ class EnergyModel(EnergyDenoiser):
         return self.log_density_and_score(x, t, **cond)[1]
 
     def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
-        tt = _time_tensor(t, x)
+        tt = time_tensor(t, x)
         return to_x0(self.score(x, tt, **cond), "score", x, tt, self.process)
 
     def __repr__(self) -> str:
@@ -140,7 +141,7 @@ class MixtureEnergy(EnergyDenoiser):
         self.sample_shape = (mixture.dim,)
 
     def _coefs(self, x: Tensor, t: float | Tensor) -> tuple[Tensor, Tensor]:
-        tt = _time_tensor(t, x)
+        tt = time_tensor(t, x)
         return self.process.alpha(tt), self.process.sigma(tt)
 
     def log_density(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:

@@ -34,15 +34,17 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
+from reverie._checks import check_options, in_range, positive_int
 from reverie._random import Generators, randn_like
+from reverie._registry import Registry
 from reverie.compose.energy import require_energy
 from reverie.denoisers import DenoiserBase
-from reverie.samplers import SAMPLERS, Schedule, State, resolve_grid
+from reverie.samplers import SAMPLERS, Schedule, State, resolve_grid, run
 
 __all__ = [
     "CORRECTORS",
@@ -102,8 +104,7 @@ class Corrector(ABC):
         step_size: float | Callable[[float], float] = 0.05,
         data_variance: float = 1.0,
     ):
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        positive_int("steps", steps)
         if not callable(step_size) and not float(step_size) > 0:
             raise ValueError(f"step_size must be positive or a function of t, got {step_size!r}")
         if not data_variance >= 0:
@@ -151,6 +152,20 @@ class Corrector(ABC):
         return f"{type(self).__name__} x{self.steps} ({size}, dv {self.data_variance:g})"
 
 
+#: Corrector classes by name (filled by :func:`register`).
+CORRECTORS: Registry[type[Corrector]] = Registry("corrector", "CORRECTORS")
+
+C = TypeVar("C", bound=type)
+
+
+def register(cls: C) -> C:
+    """Class decorator: add a :class:`Corrector` subclass to :data:`CORRECTORS` under its
+    ``name``."""
+    CORRECTORS.add(cls, cls.name)
+    return cls
+
+
+@register
 class ULA(Corrector):
     """Unadjusted Langevin (Du et al. 2023, Alg. 1; Roberts & Tweedie 1996):
     ``x <- x + eta grad log q~_t(x) + sqrt(2 eta) xi``. Score only."""
@@ -167,6 +182,7 @@ class ULA(Corrector):
         return CorrectorResult(x, 1.0, self.steps)
 
 
+@register
 class MALA(Corrector):
     """Metropolis-adjusted Langevin (Du et al. 2023, sec. 4; Roberts & Tweedie 1996): the ULA
     proposal with a Metropolis-Hastings test. Needs the energy."""
@@ -196,6 +212,7 @@ class MALA(Corrector):
         return CorrectorResult(x, accepted / self.steps, self.steps + 1)
 
 
+@register
 class HMC(Corrector):
     """Hamiltonian Monte Carlo (Neal 2011; Du et al. 2023, sec. 4): ``leapfrog_steps``
     leapfrog steps of size ``sqrt(2 eta)`` with unit mass, momentum refreshed with
@@ -215,11 +232,8 @@ class HMC(Corrector):
         data_variance: float = 1.0,
     ):
         super().__init__(steps, step_size, data_variance)
-        if (isinstance(leapfrog_steps, bool) or not isinstance(leapfrog_steps, int)
-                or leapfrog_steps < 1):
-            raise ValueError(f"leapfrog_steps must be an integer >= 1, got {leapfrog_steps!r}")
-        if not 0.0 <= damping < 1.0:
-            raise ValueError(f"damping must lie in [0, 1), got {damping}")
+        positive_int("leapfrog_steps", leapfrog_steps)
+        in_range("damping", damping, 0, 1, hi_open=True)
         self.leapfrog_steps = leapfrog_steps
         self.damping = float(damping)
         self.adjusted = bool(adjusted)
@@ -274,6 +288,7 @@ class HMC(Corrector):
                 f"adjusted={self.adjusted})")
 
 
+@register
 class UHMC(HMC):
     """Unadjusted HMC with partial momentum refresh (Du et al. 2023's "UHA"; score only):
     :class:`HMC` with ``adjusted=False`` and ``damping=0.5`` by default."""
@@ -292,14 +307,8 @@ class UHMC(HMC):
                          data_variance=data_variance)
 
 
-#: Corrector classes by name.
-CORRECTORS: dict[str, type[Corrector]] = {"ula": ULA, "mala": MALA, "hmc": HMC, "uhmc": UHMC}
-
-
 def make_corrector(name: str, **kwargs: Any) -> Corrector:
     """A corrector by name (``ula``, ``mala``, ``hmc``, ``uhmc``) with its keyword arguments."""
-    if name not in CORRECTORS:
-        raise ValueError(f"unknown corrector {name!r}; expected one of {', '.join(CORRECTORS)}")
     return CORRECTORS[name](**kwargs)
 
 
@@ -345,10 +354,7 @@ def sample_with_corrector(
     if corrector is not None and corrector.needs_energy:
         require_energy(model, f"{type(corrector).__name__} (a Metropolis-adjusted corrector)")
     info = SAMPLERS[sampler] if isinstance(sampler, str) else sampler
-    unknown = set(options) - set(info.options)
-    if unknown:
-        raise ValueError(f"sampler {info.name!r} has no option(s) {sorted(unknown)}; "
-                         f"its options are {sorted(info.options) or 'none'}")
+    check_options("sampler", info.name, options, info.options)
     shape = getattr(model, "sample_shape", None)
     if not isinstance(noise, Tensor) or not noise.is_floating_point() or noise.ndim < 2:
         raise ValueError("noise must be a floating-point tensor [batch, *sample_shape]")
@@ -360,7 +366,6 @@ def sample_with_corrector(
     sch = Schedule.build(process, g)
     lo, hi = t_range if t_range is not None else (-math.inf, math.inf)
     cond = dict(cond or {})
-    state = State(noise * float(process.sigma(g[0])))
     acceptance: list[float] = []
     evals = 0
 
@@ -374,25 +379,11 @@ def sample_with_corrector(
         evals += res.evaluations
         return replace(st, x=res.x)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    def hook(st: State, sch: Schedule) -> State | None:
+        return correct(st, sch.t[st.i]) if sch.sigma[st.i] > 0 else None
 
-        bar = tqdm(total=sch.steps, desc=f"{info.name}+{corrector.name if corrector else 'none'}")
-    state = correct(state, sch.t[0])
-    with torch.no_grad():
-        for i in range(sch.steps):
-            state = info.step(model, state, sch, generator=generator, cond=cond, **options)
-            if sch.sigma[i + 1] > 0:
-                state = correct(state, sch.t[i + 1])
-            if not bool(torch.isfinite(state.x).all()):
-                raise ValueError(
-                    f"NaN or inf after step {i + 1}/{sch.steps} (t = {sch.t[i + 1]:.6g}); "
-                    f"lower the corrector's step_size"
-                )
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    return CorrectedSample(state.x, state.nfe, evals,
+    x = correct(State(noise * float(process.sigma(g[0]))), sch.t[0]).x
+    out = run(info, model, x, g, generator=generator, cond=cond, progress=progress, hook=hook,
+              **options)
+    return CorrectedSample(out.x0, out.nfe, evals,
                            torch.tensor(acceptance, dtype=torch.float64), g)

@@ -24,14 +24,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reverie._tensor import bcast, time_tensor
 from reverie.compose.energy import (
     EnergyDenoiser,
     check_same_process,
     has_energy,
     require_energy,
 )
-from reverie.denoisers import DenoiserBase, _time_tensor
-from reverie.process import _bcast
+from reverie.denoisers import DenoiserBase
 
 __all__ = ["Product", "Negation", "Mixture"]
 
@@ -71,28 +71,28 @@ class Product(EnergyDenoiser):
         return all(has_energy(m) for m in self.models)
 
     def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
-        tt = _time_tensor(t, x)
+        tt = time_tensor(t, x)
         total = sum(self.weights)
         out = sum(w * m(x, tt, **cond) for w, m in zip(self.weights, self.models))
         if total != 1.0:
-            a = _bcast(self.process.alpha(tt), x).to(x.dtype)
+            a = bcast(self.process.alpha(tt), x).to(x.dtype)
             out = out + (1.0 - total) * x / a
         return out
 
     def score(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
-        tt = _time_tensor(t, x)
+        tt = time_tensor(t, x)
         return sum(w * m.score(x, tt, **cond) for w, m in zip(self.weights, self.models))
 
     def log_density(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
         require_energy(self, "the log-density of a product")
-        tt = _time_tensor(t, x)
+        tt = time_tensor(t, x)
         return sum(w * m.log_density(x, tt, **cond) for w, m in zip(self.weights, self.models))
 
     def log_density_and_score(
         self, x: Tensor, t: float | Tensor, **cond: Any
     ) -> tuple[Tensor, Tensor]:
         require_energy(self, "the log-density of a product")
-        tt = _time_tensor(t, x)
+        tt = time_tensor(t, x)
         pairs = [m.log_density_and_score(x, tt, **cond) for m in self.models]
         ld = sum(w * p[0] for w, p in zip(self.weights, pairs))
         sc = sum(w * p[1] for w, p in zip(self.weights, pairs))
@@ -144,20 +144,20 @@ class Mixture(EnergyDenoiser):
 
     def _combine(self, kappa: Tensor, parts: list[Tensor]) -> Tensor:
         k = kappa.to(parts[0].dtype)
-        return sum(_bcast(k[i], parts[i]) * parts[i] for i in range(len(parts)))
+        return sum(bcast(k[i], parts[i]) * parts[i] for i in range(len(parts)))
 
     def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
-        tt = _time_tensor(t, x)
+        tt = time_tensor(t, x)
         kappa, _ = self._kappa(x, tt, cond)
         return self._combine(kappa, [m(x, tt, **cond) for m in self.models])
 
     def score(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
-        tt = _time_tensor(t, x)
+        tt = time_tensor(t, x)
         kappa, _ = self._kappa(x, tt, cond)
         return self._combine(kappa, [m.score(x, tt, **cond) for m in self.models])
 
     def log_density(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
-        return self._kappa(x, _time_tensor(t, x), cond)[1].to(x.dtype)
+        return self._kappa(x, time_tensor(t, x), cond)[1].to(x.dtype)
 
     def __repr__(self) -> str:
         return f"Mixture(weights={self.weights}, models={self.models!r})"

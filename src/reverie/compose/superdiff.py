@@ -28,7 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reverie._checks import check_options
 from reverie._random import Generators, randn_like
+from reverie._tensor import bcast
 from reverie.compose.energy import check_same_process
 from reverie.compose.operators import _sample_shape
 from reverie.denoisers import DenoiserBase
@@ -40,8 +42,7 @@ from reverie.likelihood.ito import (
     ito_increment,
     score_from_x0,
 )
-from reverie.process import _bcast
-from reverie.samplers import SAMPLERS, Schedule, State, resolve_grid
+from reverie.samplers import SAMPLERS, Schedule, State, resolve_grid, walk
 
 __all__ = ["MODES", "Superposition", "superpose"]
 
@@ -63,7 +64,7 @@ class Superposition:
 
 def _combine(kappa: Tensor, parts: Sequence[Tensor]) -> Tensor:
     k = kappa.to(parts[0].dtype)
-    return sum(_bcast(k[j], parts[j]) * parts[j] for j in range(len(parts)))
+    return sum(bcast(k[j], parts[j]) * parts[j] for j in range(len(parts)))
 
 
 def _and_kappa(
@@ -130,10 +131,7 @@ def superpose(
         raise ValueError(f"weights must be {K} positive numbers, got {om.tolist()}")
     log_om = torch.log(om / om.sum())
     info = SAMPLERS[sampler] if isinstance(sampler, str) else sampler
-    unknown = set(options) - set(info.options)
-    if unknown:
-        raise ValueError(f"sampler {info.name!r} has no option(s) {sorted(unknown)}; "
-                         f"its options are {sorted(info.options) or 'none'}")
+    check_options("sampler", info.name, options, info.options)
     opts = check_sde_sampler(info, options)
     check_data(noise, _sample_shape(models), "noise")
     g = resolve_grid(info, process, steps, grid)
@@ -147,54 +145,47 @@ def superpose(
     log_q = torch.stack([_initial_log_density(p, x, sigma0) for p in priors])  # [K, B]
     traced_q, traced_k = [], []
     kappa = torch.exp(log_om)[:, None].expand(K, x.shape[0]).clone()
-    state = State(x)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=sch.steps, desc=f"superpose ({mode})")
+    def step(state: State) -> State:
+        nonlocal log_q, kappa
+        i = state.i
+        t, t_next = sch.t[i], sch.t[i + 1]
+        x = state.x
+        preds = [m(x, t, **cond) for m in models]
+        final = sch.sigma[i + 1] == 0
+        if mode == "or" or final:
+            if mode == "or":
+                kappa = torch.softmax(log_q + log_om[:, None], 0)
+            noise_draw = None
+        else:
+            means = [info.transition(CachedDenoiser(x, t, p, process), state, sch,
+                                     generator=generator, cond=cond, **opts).mean
+                     for p in preds]
+            std = info.transition(CachedDenoiser(x, t, preds[0], process), state, sch,
+                                  generator=generator, cond=cond, **opts).std
+            noise_draw = _scaled_noise(std, x, generator)
+            scores = [score_from_x0(p, x, t, process) for p in preds]
+            kappa = _and_kappa(scores, means, x, noise_draw, t, t_next, process)
+        combined = _combine(kappa, preds)
+
+        def fallback(xx, tt, _k=kappa, **cc):
+            return _combine(_k, [m(xx, tt, **cc) for m in models])
+
+        tr = info.transition(CachedDenoiser(x, t, combined, process, fallback=fallback),
+                             state, sch, generator=generator, cond=cond, **opts)
+        if noise_draw is None:
+            noise_draw = _scaled_noise(tr.std, x, generator)
+        x_next = tr.mean + noise_draw
+        if not final:
+            traced_q.append(log_q)
+            traced_k.append(kappa)
+            log_q = log_q + torch.stack([
+                ito_increment(score_from_x0(p, x, t, process), x, x_next, t, t_next, process)
+                for p in preds])
+        return State(x_next, i + 1, tr.memory, state.nfe + K)
+
     with torch.no_grad():
-        for i in range(sch.steps):
-            t, t_next = sch.t[i], sch.t[i + 1]
-            x = state.x
-            preds = [m(x, t, **cond) for m in models]
-            final = sch.sigma[i + 1] == 0
-            if mode == "or" or final:
-                if mode == "or":
-                    kappa = torch.softmax(log_q + log_om[:, None], 0)
-                noise_draw = None
-            else:
-                means = [info.transition(CachedDenoiser(x, t, p, process), state, sch,
-                                         generator=generator, cond=cond, **opts).mean
-                         for p in preds]
-                std = info.transition(CachedDenoiser(x, t, preds[0], process), state, sch,
-                                      generator=generator, cond=cond, **opts).std
-                noise_draw = _scaled_noise(std, x, generator)
-                scores = [score_from_x0(p, x, t, process) for p in preds]
-                kappa = _and_kappa(scores, means, x, noise_draw, t, t_next, process)
-            combined = _combine(kappa, preds)
-
-            def fallback(xx, tt, _k=kappa, **cc):
-                return _combine(_k, [m(xx, tt, **cc) for m in models])
-
-            tr = info.transition(CachedDenoiser(x, t, combined, process, fallback=fallback),
-                                 state, sch, generator=generator, cond=cond, **opts)
-            if noise_draw is None:
-                noise_draw = _scaled_noise(tr.std, x, generator)
-            x_next = tr.mean + noise_draw
-            if not final:
-                traced_q.append(log_q)
-                traced_k.append(kappa)
-                log_q = log_q + torch.stack([
-                    ito_increment(score_from_x0(p, x, t, process), x, x_next, t, t_next, process)
-                    for p in preds])
-            if not bool(torch.isfinite(x_next).all()):
-                raise ValueError(f"NaN or inf in the sample after step {i + 1}/{sch.steps}")
-            state = State(x_next, i + 1, tr.memory, state.nfe + K)
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+        state = walk(sch, State(x), step, name=f"superpose ({mode})", progress=progress)
     n = len(traced_q)
     return Superposition(
         state.x, torch.tensor(sch.t[:n], dtype=torch.float64),
@@ -204,7 +195,7 @@ def superpose(
 
 def _scaled_noise(std: float | Tensor, x: Tensor, generator: Generators) -> Tensor:
     if isinstance(std, Tensor):
-        std = std.reshape(std.shape + (1,) * (x.ndim - std.ndim)).to(x.dtype)
+        std = bcast(std, x).to(x.dtype)
     elif std == 0:
         return torch.zeros_like(x)
     return std * randn_like(x, generator)

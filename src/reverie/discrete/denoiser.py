@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reverie._checks import integer
 from reverie.discrete.process import DiscreteProcess, MaskedProcess
 
 __all__ = ["TokenDenoiserBase", "TokenDenoiser", "TokenClassifierFreeGuidance", "subs"]
@@ -115,8 +116,7 @@ class TokenDenoiser(TokenDenoiserBase):
     ):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
-            raise ValueError(f"vocab_size must be an integer >= 2, got {vocab_size!r}")
+        integer("vocab_size", vocab_size, 2)
         if mask_id is not None and (
             isinstance(mask_id, bool)
             or not isinstance(mask_id, int)

@@ -23,17 +23,20 @@ block. AdaBlock (Lu et al. 2025) chooses each block's end at a semantic delimite
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from reverie._checks import check_options, integer
+from reverie._progress import progress_bar
 from reverie._random import Generators
 from reverie.discrete._sampling import check_generator, uniform
 from reverie.discrete.denoiser import TokenClassifierFreeGuidance, TokenDenoiserBase
+from reverie.discrete.policies import grid_times
+from reverie.discrete.samplers import SAMPLERS, Commit, StepContext, TokenSampler
 
 __all__ = [
     "Commit",
@@ -42,89 +45,6 @@ __all__ = [
     "GenerationOutput",
     "generate",
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# What a decision function sees and returns
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Commit:
-    """A sampler's decision at one step: write ``tokens`` at ``positions`` (both ``[n, L]``).
-
-    ``positions`` must lie inside ``ctx.active``. ``carry`` is any per-run state the decision
-    function wants back at the next step as ``ctx.carry`` (e.g. automaton states per row)."""
-
-    positions: Tensor
-    tokens: Tensor
-    carry: Any = None
-
-
-@dataclass
-class StepContext:
-    """Everything a decision function may use at one step (rows are samples).
-
-    * ``x`` -- the canvas ``[n, L]``; ``logp`` -- ``log p(x0 | x_t)`` at ``(x, t)``, ``[n, L, V]``
-      (SUBS applied: clean positions predict themselves, the mask is never predicted);
-    * ``t``, ``s`` -- current and next time per row (float64 ``[n]``; ``s = 0`` on a block's last
-      step, where every active position must be committed);
-    * ``active`` -- the positions this step may change ``[n, L]`` (masked positions of the
-      current block; for uniform-noise models, every generated position of the block);
-    * ``block_start``, ``block_end`` -- the current block per row ``[n]`` (``end`` exclusive);
-      ``step``, ``steps`` -- step index and number of steps of the current block per row;
-      ``new_block`` -- rows whose block starts at this step;
-    * ``count`` -- how many tokens the schedule asks to commit now per row (the confidence
-      samplers' ``k``; ``alpha`` of the schedule splits a block's tokens over its steps);
-    * ``temperature``, ``options`` (the sampler's options), ``model(x, t)`` (the cached
-      denoiser, for multi-stage samplers), ``uniform(*shape)`` (fresh ``U[0, 1)`` draws
-      ``[n, L, *shape]`` from the run's generator(s)), ``process``, ``mask_id``, ``denoiser``
-      (the token denoiser, for its ids) and ``carry``.
-    """
-
-    x: Tensor
-    logp: Tensor
-    t: Tensor
-    s: Tensor
-    active: Tensor
-    block_start: Tensor
-    block_end: Tensor
-    step: Tensor
-    steps: Tensor
-    new_block: Tensor
-    count: Tensor
-    temperature: float
-    options: Mapping[str, Any]
-    model: Callable[[Tensor, Tensor], Tensor]
-    uniform: Callable[..., Tensor]
-    process: Any
-    mask_id: int | None
-    denoiser: TokenDenoiserBase
-    carry: Any = None
-
-
-@dataclass(frozen=True)
-class TokenSampler:
-    """A registered token sampler.
-
-    ``decide`` -- the decision function (see :class:`StepContext`, :class:`Commit`);
-    ``clock`` -- ``"grid"`` (times ``1 - j / steps`` within a block) or ``"first_hitting"``;
-    ``blocks`` -- ``"fixed"`` (tiles of ``block_length``) or ``"adaptive"`` (AdaBlock);
-    ``steps_rule`` -- ``"any"`` (steps >= 1), ``"at_most_tokens"`` (at least one token per
-    step) or ``"tokens"`` (exactly one token per step); ``processes`` -- the process kinds it
-    supports; ``nfe_per_step`` -- model calls per step; ``options`` -- option defaults.
-    """
-
-    name: str
-    decide: Callable[[StepContext], Commit]
-    description: str
-    family: str
-    processes: tuple[str, ...] = ("masked",)
-    clock: str = "grid"
-    blocks: str = "fixed"
-    steps_rule: str = "any"
-    nfe_per_step: int = 1
-    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -190,21 +110,11 @@ class _CachedModel:
 
 
 def _resolve_sampler(sampler: str | TokenSampler) -> TokenSampler:
-    from reverie.discrete.samplers import SAMPLERS
-
     if isinstance(sampler, TokenSampler):
         return sampler
     if not isinstance(sampler, str):
         raise TypeError(f"sampler must be a name or a TokenSampler, got {type(sampler).__name__}")
     return SAMPLERS[sampler]
-
-
-def _int_arg(name: str, value: Any, low: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if low is not None and value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
 
 
 def _prompt_tensor(
@@ -294,23 +204,17 @@ def generate(
         raise ValueError(
             "masked-diffusion sampling needs a mask token, but the model has mask_id=None"
         )
-    length = _int_arg("length", length, 1)
-    n = _int_arg("n", n, 1)
+    length = integer("length", length, 1)
+    n = integer("n", n, 1)
     if (
         not isinstance(temperature, (int, float))
         or isinstance(temperature, bool)
         or not temperature >= 0
     ):
         raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
-    unknown = set(options) - set(info.options)
-    if unknown:
-        raise ValueError(
-            f"sampler {info.name!r} has no option(s) {sorted(unknown)}; its options are "
-            f"{sorted(info.options) or 'none'}"
-        )
+    check_options("sampler", info.name, options, info.options)
     opts = {**info.options, **options}
-    if info.blocks == "adaptive" and opts.get("delimiters") is None:
-        opts["delimiters"] = getattr(model, "delimiter_ids", None)
+    info.blocks.defaults(opts, model)
     check_generator(generator, n)
     device = torch.device(getattr(model, "device", "cpu"))
     prompt_t = _prompt_tensor(model, prompt, n, length, device)
@@ -321,14 +225,12 @@ def generate(
             "prompts need a masked-diffusion model (the uniform process has no clean positions)"
         )
     if block_length is not None:
-        block_length = _int_arg("block_length", block_length, 1)
+        block_length = integer("block_length", block_length, 1)
         if length % block_length:
             raise ValueError(f"block_length={block_length} must divide length={length}")
         if kind == "uniform":
             raise ValueError("semi-autoregressive blocks need a masked-diffusion model")
-    if info.blocks == "adaptive" and block_length is None:
-        block_length = min(32, length)
-    fixed_bl = length if block_length is None or info.blocks == "adaptive" else block_length
+    block_length, fixed_bl = info.blocks.tile(block_length, length)
     # positions to decode: after the prompt, minus a constraint's fixed skeleton (scaffold)
     free = torch.arange(length) >= plen
     layout = None
@@ -346,8 +248,8 @@ def generate(
         if kind == "uniform":
             raise ValueError("uniform-noise sampling needs steps=")
         steps = max(n_free, 1)
-    steps = _int_arg("steps", steps)
-    _check_steps(info, steps, n_free, len(gen_blocks) if info.blocks == "fixed" else 1, length)
+    steps = integer("steps", steps)
+    _check_steps(info, steps, n_free, info.blocks.n_blocks(gen_blocks), length)
     if guidance_scale != 1.0:
         model = TokenClassifierFreeGuidance(model, guidance_scale, plen)
 
@@ -356,7 +258,7 @@ def generate(
     run = _Run(model, info, opts, float(temperature), n, length, plen, generator, device)
     if layout is not None:
         run.template = layout.template.to(device)
-    bar = _progress(progress, n * (n_free if kind == "masked" else steps), info.name)
+    bar = progress_bar(n * (n_free if kind == "masked" else steps), progress, info.name, unit="tok")
     try:
         if kind == "masked":
             per_block = {
@@ -441,38 +343,22 @@ class _Run:
             if bool(new_block.any()):
                 # rows whose block is done move to the block holding their first masked position
                 first = torch.where(masked, pos, length).min(-1).values
-                if self.info.blocks == "fixed":
-                    lo = torch.div(first, fixed_bl, rounding_mode="floor") * fixed_bl
-                    rows.lo = torch.where(new_block, lo, rows.lo)
-                    rows.hi = torch.where(new_block, (lo + fixed_bl).clamp_max(length), rows.hi)
-                    k = torch.tensor(
-                        [per_block.get(int(b), 1) for b in lo.tolist()], device=self.device
-                    )
-                    rows.steps = torch.where(new_block, k, rows.steps)
-                else:
-                    rows.lo = torch.where(new_block, first, rows.lo)
-                    rows.hi = torch.where(new_block, torch.full_like(first, length), rows.hi)
+                self.info.blocks.start(rows, new_block, first, fixed_bl, per_block, length)
                 rows.step = torch.where(new_block, torch.zeros_like(rows.step), rows.step)
                 in_block = (pos >= rows.lo[:, None]) & (pos < rows.hi[:, None])
                 rows.start_masked = torch.where(
                     new_block, (masked & in_block).sum(-1), rows.start_masked
                 )
-            if self.info.clock == "first_hitting":
-                t, s = _first_hitting_clock(
-                    self.model.process, rows, masked & in_block, self.draw, new_block
-                )
-            else:
-                t, s = _grid_times(rows)
+            t, s = self.info.clock(self.model.process, rows, masked & in_block, self.draw,
+                                   new_block)
             logp = self.cached(x, t, need)
-            if self.info.blocks == "adaptive" and bool(new_block.any()):
-                _plan_adaptive_blocks(
-                    rows, new_block, logp, x, mask_id, self.opts, block_length, n_gen, steps, length
-                )
+            if self.info.blocks.plan(rows, new_block, logp, x, mask_id, self.opts, block_length,
+                                     n_gen, steps, length):
                 in_block = (pos >= rows.lo[:, None]) & (pos < rows.hi[:, None])
                 rows.start_masked = torch.where(
                     new_block, (masked & in_block).sum(-1), rows.start_masked
                 )
-                t, s = _grid_times(rows)
+                t, s = grid_times(rows)
             active = masked & in_block & need[:, None]
             x = self.step(x, rows, t, s, logp, active, need, new_block)
             left = (x == mask_id) & in_block
@@ -494,7 +380,7 @@ class _Run:
         active = torch.ones(n, length, dtype=torch.bool, device=self.device)
         for j in range(steps):
             rows.step[:] = j
-            t, s = _grid_times(rows)
+            t, s = grid_times(rows)
             logp = self.cached(x, t, need)
             x = self.step(x, rows, t, s, logp, active, need, need & (j == 0))
             bar.update(n)
@@ -535,26 +421,6 @@ def _check_steps(info: TokenSampler, steps: int, n_gen: int, n_blocks: int, leng
         )
 
 
-def _grid_times(state: _Rows) -> tuple[Tensor, Tensor]:
-    steps = state.steps.clamp_min(1).double()
-    t = 1.0 - state.step.double() / steps
-    s = (1.0 - (state.step.double() + 1.0) / steps).clamp_min(0.0)
-    return t, s
-
-
-def _first_hitting_clock(process, rows: _Rows, masked_in_block: Tensor, draw, new_block: Tensor):
-    """First-hitting times (Zheng et al. 2024; BD3-LM ``first_hitting``): with ``k`` masked tokens
-    at time ``t``, the next one is unmasked when ``1 - alpha`` falls to
-    ``(1 - alpha(t)) u^(1/k)``, ``u ~ U(0, 1)``. Returns that time and ``s`` (0 on the last)."""
-    u = draw(1)[:, 0, 0]
-    k = masked_in_block.sum(-1).clamp_min(1).double()
-    t_now = torch.where(new_block, torch.ones_like(rows.time), rows.time)
-    one_minus = (1.0 - process.alpha(t_now)) * u.clamp_min(1e-300) ** (1.0 / k)
-    tau = process.schedule.t_from_alpha(1.0 - one_minus).clamp(0.0, 1.0)
-    rows.time = tau
-    return tau, torch.where(k <= 1, torch.zeros_like(tau), tau)
-
-
 def _counts(process, state: _Rows, active: Tensor, s: Tensor) -> Tensor:
     """Tokens to commit now: the schedule's share ``round(N alpha(s))`` of the block's
     ``N`` tokens, minus those already committed in the block (LLaDA's
@@ -563,54 +429,3 @@ def _counts(process, state: _Rows, active: Tensor, s: Tensor) -> Tensor:
     done = state.start_masked - active.sum(-1)
     k = (target - done).clamp_min(0)
     return torch.where(s == 0, active.sum(-1), torch.minimum(k, active.sum(-1)))
-
-
-def _plan_adaptive_blocks(
-    state, new_block, logp, x, mask_id, opts, block_length, n_gen, steps, length
-) -> None:
-    """AdaBlock (Lu et al. 2025, ``compute_block_length``): in a window of
-    ``window * generated length`` positions after the block start, find the positions whose
-    argmax prediction is a delimiter; if the most confident of them has confidence at least
-    ``delimiter_threshold``, the block ends there (inclusive), else it is ``block_length`` long."""
-    delims = opts.get("delimiters")
-    if not delims:
-        raise ValueError(
-            "adablock needs the delimiter token ids: pass delimiters=[...] (e.g. the ids of '\\n' "
-            "or ','); models loaded with reverie.discrete.load_model supply their own"
-        )
-    delim = torch.as_tensor(list(delims), dtype=torch.long, device=x.device)
-    probs = logp.exp()
-    conf, pred = probs.max(-1)
-    positions = torch.arange(length, device=x.device)
-    window = max(1, int(math.ceil(float(opts["window"]) * n_gen)))
-    for r in new_block.nonzero().squeeze(-1).tolist():
-        lo = int(state.lo[r])
-        hi_w = min(length, lo + window)
-        sel = (
-            (positions >= lo) & (positions < hi_w) & (x[r] == mask_id) & torch.isin(pred[r], delim)
-        )
-        end = min(length, lo + block_length)
-        if bool(sel.any()):
-            c = torch.where(sel, conf[r], torch.full_like(conf[r], -1.0))
-            best = int(c.argmax())
-            if float(c[best]) >= float(opts["delimiter_threshold"]):
-                end = best + 1
-        state.hi[r] = end
-        size = int(((x[r] == mask_id) & (positions >= lo) & (positions < end)).sum())
-        state.steps[r] = max(1, min(size, round(size * steps / max(n_gen, 1))))
-
-
-class _NoBar:
-    def update(self, k: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(enabled: bool, total: int, desc: str) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="tok")

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from reverie._tensor import as64
 from reverie.discrete._sampling import uniform
 
 if TYPE_CHECKING:
@@ -57,11 +58,6 @@ __all__ = [
     "nelbo",
 ]
 
-
-def _t64(t: float | Tensor) -> Tensor:
-    if isinstance(t, Tensor):
-        return t.to(torch.float64)
-    return torch.tensor(float(t), dtype=torch.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,7 +86,7 @@ class MaskingSchedule(ABC):
     def weight(self, t: float | Tensor) -> Tensor:
         """The masked-diffusion ELBO weight and reverse unmasking hazard
         ``-alpha'(t) / (1 - alpha(t))`` (MD4, MDLM)."""
-        t = _t64(t)
+        t = as64(t)
         return -self.d_alpha(t) / (1.0 - self.alpha(t))
 
     def __repr__(self) -> str:
@@ -103,13 +99,13 @@ class LinearSchedule(MaskingSchedule):
     name = "linear"
 
     def alpha(self, t: float | Tensor) -> Tensor:
-        return 1.0 - _t64(t)
+        return 1.0 - as64(t)
 
     def d_alpha(self, t: float | Tensor) -> Tensor:
-        return -torch.ones_like(_t64(t))
+        return -torch.ones_like(as64(t))
 
     def t_from_alpha(self, alpha: float | Tensor) -> Tensor:
-        return 1.0 - _t64(alpha)
+        return 1.0 - as64(alpha)
 
 
 class CosineSchedule(MaskingSchedule):
@@ -118,13 +114,13 @@ class CosineSchedule(MaskingSchedule):
     name = "cosine"
 
     def alpha(self, t: float | Tensor) -> Tensor:
-        return 1.0 - torch.cos(0.5 * math.pi * (1.0 - _t64(t)))
+        return 1.0 - torch.cos(0.5 * math.pi * (1.0 - as64(t)))
 
     def d_alpha(self, t: float | Tensor) -> Tensor:
-        return -0.5 * math.pi * torch.sin(0.5 * math.pi * (1.0 - _t64(t)))
+        return -0.5 * math.pi * torch.sin(0.5 * math.pi * (1.0 - as64(t)))
 
     def t_from_alpha(self, alpha: float | Tensor) -> Tensor:
-        c = (1.0 - _t64(alpha)).clamp(-1.0, 1.0)
+        c = (1.0 - as64(alpha)).clamp(-1.0, 1.0)
         return 1.0 - torch.arccos(c) / (0.5 * math.pi)
 
 
@@ -138,13 +134,13 @@ class PolynomialSchedule(MaskingSchedule):
         self.name = f"poly{k:g}"
 
     def alpha(self, t: float | Tensor) -> Tensor:
-        return 1.0 - _t64(t) ** self.k
+        return 1.0 - as64(t) ** self.k
 
     def d_alpha(self, t: float | Tensor) -> Tensor:
-        return -self.k * _t64(t) ** (self.k - 1.0)
+        return -self.k * as64(t) ** (self.k - 1.0)
 
     def t_from_alpha(self, alpha: float | Tensor) -> Tensor:
-        return (1.0 - _t64(alpha)).clamp_min(0.0) ** (1.0 / self.k)
+        return (1.0 - as64(alpha)).clamp_min(0.0) ** (1.0 / self.k)
 
     def __repr__(self) -> str:
         return f"PolynomialSchedule(k={self.k:g})"
@@ -359,9 +355,10 @@ def nelbo(
     the mean integrand over those times, not an integral estimate unless ``t ~ U(0, 1)``).
     The result keeps gradients (it is the training loss of MDLM / MD4 when divided by ``L``).
     """
-    from reverie.discrete.denoiser import TokenDenoiserBase
-
-    if not isinstance(denoiser, TokenDenoiserBase):
+    # a token denoiser is a callable carrying its discrete process (checked without importing
+    # reverie.discrete.denoiser, which builds on this module)
+    if not callable(denoiser) or not isinstance(getattr(denoiser, "process", None),
+                                                DiscreteProcess):
         raise TypeError(f"denoiser must be a TokenDenoiser, got {type(denoiser).__name__}")
     if not isinstance(x0, Tensor) or x0.dtype != torch.long or x0.ndim != 2:
         raise TypeError("x0 must be a LongTensor [batch, length]")

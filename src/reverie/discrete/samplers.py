@@ -22,15 +22,32 @@ Families:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from reverie._checks import in_range
 from reverie._registry import Registry
 from reverie.discrete._sampling import sample_categorical
-from reverie.discrete.generate import Commit, StepContext, TokenSampler
+from reverie.discrete.denoiser import TokenDenoiserBase
+from reverie.discrete.policies import (
+    BLOCKS,
+    CLOCKS,
+    AdaptiveBlocks,
+    BlockPolicy,
+    Clock,
+    first_hitting_clock,
+)
 
 __all__ = [
     "SAMPLERS",
+    "Commit",
+    "StepContext",
+    "TokenSampler",
+    "register",
     "decide_ancestral",
     "decide_first_hitting",
     "decide_confidence",
@@ -42,10 +59,135 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------
+# What a decision function sees and returns
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Commit:
+    """A sampler's decision at one step: write ``tokens`` at ``positions`` (both ``[n, L]``).
+
+    ``positions`` must lie inside ``ctx.active``. ``carry`` is any per-run state the decision
+    function wants back at the next step as ``ctx.carry`` (e.g. automaton states per row)."""
+
+    positions: Tensor
+    tokens: Tensor
+    carry: Any = None
+
+
+@dataclass
+class StepContext:
+    """Everything a decision function may use at one step (rows are samples).
+
+    * ``x`` -- the canvas ``[n, L]``; ``logp`` -- ``log p(x0 | x_t)`` at ``(x, t)``, ``[n, L, V]``
+      (SUBS applied: clean positions predict themselves, the mask is never predicted);
+    * ``t``, ``s`` -- current and next time per row (float64 ``[n]``; ``s = 0`` on a block's last
+      step, where every active position must be committed);
+    * ``active`` -- the positions this step may change ``[n, L]`` (masked positions of the
+      current block; for uniform-noise models, every generated position of the block);
+    * ``block_start``, ``block_end`` -- the current block per row ``[n]`` (``end`` exclusive);
+      ``step``, ``steps`` -- step index and number of steps of the current block per row;
+      ``new_block`` -- rows whose block starts at this step;
+    * ``count`` -- how many tokens the schedule asks to commit now per row (the confidence
+      samplers' ``k``; ``alpha`` of the schedule splits a block's tokens over its steps);
+    * ``temperature``, ``options`` (the sampler's options), ``model(x, t)`` (the cached
+      denoiser, for multi-stage samplers), ``uniform(*shape)`` (fresh ``U[0, 1)`` draws
+      ``[n, L, *shape]`` from the run's generator(s)), ``process``, ``mask_id``, ``denoiser``
+      (the token denoiser, for its ids) and ``carry``.
+    """
+
+    x: Tensor
+    logp: Tensor
+    t: Tensor
+    s: Tensor
+    active: Tensor
+    block_start: Tensor
+    block_end: Tensor
+    step: Tensor
+    steps: Tensor
+    new_block: Tensor
+    count: Tensor
+    temperature: float
+    options: Mapping[str, Any]
+    model: Callable[[Tensor, Tensor], Tensor]
+    uniform: Callable[..., Tensor]
+    process: Any
+    mask_id: int | None
+    denoiser: TokenDenoiserBase
+    carry: Any = None
+
+
+@dataclass(frozen=True)
+class TokenSampler:
+    """A registered token sampler.
+
+    ``decide`` -- the decision function (see :class:`StepContext`, :class:`Commit`);
+    ``clock`` -- the times of each step (:mod:`reverie.discrete.policies`): ``grid_clock``
+    (``1 - j / steps`` within a block) or ``first_hitting_clock`` (or their names ``"grid"``,
+    ``"first_hitting"``); ``blocks`` -- the block policy: ``FixedBlocks()`` (tiles of
+    ``block_length``) or ``AdaptiveBlocks()`` (AdaBlock), or the names ``"fixed"``,
+    ``"adaptive"``;
+    ``steps_rule`` -- ``"any"`` (steps >= 1), ``"at_most_tokens"`` (at least one token per
+    step) or ``"tokens"`` (exactly one token per step); ``processes`` -- the process kinds it
+    supports; ``nfe_per_step`` -- model calls per step; ``options`` -- option defaults.
+    """
+
+    name: str
+    decide: Callable[[StepContext], Commit]
+    description: str
+    family: str
+    processes: tuple[str, ...] = ("masked",)
+    clock: Clock | str = "grid"
+    blocks: BlockPolicy | str = "fixed"
+    steps_rule: str = "any"
+    nfe_per_step: int = 1
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # the built-in policies may be given by name
+        if isinstance(self.clock, str):
+            object.__setattr__(self, "clock", _named(CLOCKS, self.clock, "clock"))
+        if isinstance(self.blocks, str):
+            object.__setattr__(self, "blocks", _named(BLOCKS, self.blocks, "block policy"))
+
+
+def _named(table: Mapping[str, Any], name: str, what: str) -> Any:
+    if name not in table:
+        raise ValueError(f"unknown {what} {name!r}; expected one of {', '.join(table)}")
+    return table[name]
+
+
+#: All token samplers by name (``list(SAMPLERS)`` gives the names), filled by :func:`register`.
+SAMPLERS: Registry[TokenSampler] = Registry("sampler", "SAMPLERS")
+
+Decide = Callable[[StepContext], Commit]
+
+
+def register(
+    name: str, *, family: str, description: str, **fields: Any
+) -> Callable[[Decide], Decide]:
+    """Decorator: register the decision function as the token sampler ``name`` (the other
+    :class:`TokenSampler` fields as keywords). Stack it to register one function under several
+    names (e.g. with different options)."""
+
+    def wrap(decide: Decide) -> Decide:
+        SAMPLERS.add(TokenSampler(name, decide, description, family, **fields))
+        return decide
+
+    return wrap
+
+
+# ---------------------------------------------------------------------------------------------
 # ancestral
 # ---------------------------------------------------------------------------------------------
 
 
+@register(
+    "ancestral",
+    family="ancestral",
+    processes=("masked", "uniform"),
+    description="MD4/MDLM ancestral sampling (exact posterior step; cached model calls)",
+)
 def decide_ancestral(ctx: StepContext) -> Commit:
     """Ancestral step ``t -> s`` (MD4 / MDLM; D3PM's posterior for uniform noise)."""
     u = ctx.uniform(2)
@@ -66,6 +208,13 @@ def decide_ancestral(ctx: StepContext) -> Commit:
 # ---------------------------------------------------------------------------------------------
 
 
+@register(
+    "first_hitting",
+    family="first_hitting",
+    clock=first_hitting_clock,
+    steps_rule="tokens",
+    description="first-hitting sampler: one uniformly chosen token per step (exact simulation)",
+)
 def decide_first_hitting(ctx: StepContext) -> Commit:
     """First-hitting sampler (Zheng et al. 2024): unmask one masked position chosen
     uniformly at random, into ``x0 ~ p(x0 | x_t)``. With exact conditionals this draws the
@@ -125,6 +274,34 @@ def _candidates(ctx: StepContext, u: Tensor) -> Tensor:
     return sample_categorical(ctx.logp, u, ctx.temperature, where=ctx.active)
 
 
+@register(
+    "low_confidence",
+    family="confidence",
+    steps_rule="at_most_tokens",
+    options={"score": "confidence", "alg_temp": 0.0},
+    description="LLaDA low-confidence remasking (Dream maskgit_plus)",
+)
+@register(
+    "topk_margin",
+    family="confidence",
+    steps_rule="at_most_tokens",
+    options={"score": "margin", "alg_temp": 0.0},
+    description="Dream top-k margin confidence",
+)
+@register(
+    "entropy",
+    family="confidence",
+    steps_rule="at_most_tokens",
+    options={"score": "entropy", "alg_temp": 0.0},
+    description="Dream negative-entropy confidence",
+)
+@register(
+    "random",
+    family="confidence",
+    steps_rule="at_most_tokens",
+    options={"score": "random", "alg_temp": 0.0},
+    description="random remasking: k uniformly chosen positions per step",
+)
 def decide_confidence(ctx: StepContext) -> Commit:
     """Confidence remasking (LLaDA ``low_confidence``, Dream ``alg``): draw a candidate token
     for every masked position of the block, score them (option ``score``), commit the
@@ -140,6 +317,21 @@ def decide_confidence(ctx: StepContext) -> Commit:
     return Commit(_top_k(score, ctx.count) & ctx.active, cand, ctx.carry)
 
 
+@register(
+    "threshold",
+    family="threshold",
+    steps_rule="at_most_tokens",
+    options={"threshold": 0.9},
+    description="Fast-dLLM parallel decoding above a confidence threshold",
+)
+@register(
+    "adablock",
+    family="threshold",
+    blocks=AdaptiveBlocks(),
+    steps_rule="at_most_tokens",
+    options={"threshold": 0.9, "delimiters": None, "delimiter_threshold": 0.3, "window": 0.25},
+    description="AdaBlock: blocks end at a confident delimiter; threshold decoding inside",
+)
 def decide_threshold(ctx: StepContext) -> Commit:
     """Fast-dLLM threshold decoding (Wu et al. 2025, ``get_transfer_index``):
     commit every masked position of the block whose candidate has confidence >= ``threshold``,
@@ -169,6 +361,12 @@ def _leap(
     return jump, tokens
 
 
+@register(
+    "tau_leaping",
+    family="rates",
+    processes=("masked", "uniform"),
+    description="tau-leaping with the rates frozen at the start of each step (first order)",
+)
 def decide_tau_leaping(ctx: StepContext) -> Commit:
     """Tau-leaping (Campbell et al. 2022): freeze the model's reverse rates at ``t``
     over ``[s, t]``. For masked models a masked position unmasks with probability
@@ -186,6 +384,14 @@ def decide_tau_leaping(ctx: StepContext) -> Commit:
     return Commit(jump, tokens, ctx.carry)
 
 
+@register(
+    "theta_trapezoidal",
+    family="rates",
+    processes=("masked", "uniform"),
+    nfe_per_step=2,
+    options={"theta": 0.5},
+    description="theta-trapezoidal second-order solver (2 model calls per step)",
+)
 def decide_theta_trapezoidal(ctx: StepContext) -> Commit:
     """theta-trapezoidal step (Ren et al. 2025, arXiv 2502.00234; proved second
     order in KL there):
@@ -200,8 +406,7 @@ def decide_theta_trapezoidal(ctx: StepContext) -> Commit:
     Two model calls per step; the last step (``s = 0``) draws every remaining position from
     ``p(x0 | x_t)`` with one call."""
     theta = float(ctx.options["theta"])
-    if not 0.0 < theta < 1.0:
-        raise ValueError(f"theta must lie in (0, 1), got {theta}")
+    in_range("theta", theta, 0, 1, lo_open=True, hi_open=True)
     a1 = 1.0 / (2.0 * theta * (1.0 - theta))
     a2 = ((1.0 - theta) ** 2 + theta**2) / (2.0 * theta * (1.0 - theta))
     u = ctx.uniform(4)
@@ -234,87 +439,6 @@ def decide_theta_trapezoidal(ctx: StepContext) -> Commit:
     return Commit(ctx.active & (out != ctx.x), out, ctx.carry)
 
 
-# ---------------------------------------------------------------------------------------------
-# Registry
-# ---------------------------------------------------------------------------------------------
-
-
-#: All token samplers by name (``list(SAMPLERS)`` gives the names).
-SAMPLERS: Registry[TokenSampler] = Registry("sampler", "SAMPLERS")
-
-SAMPLERS.add(
-    TokenSampler(
-        "ancestral",
-        decide_ancestral,
-        family="ancestral",
-        processes=("masked", "uniform"),
-        description="MD4/MDLM ancestral sampling (exact posterior step; cached model calls)",
-    )
-)
-SAMPLERS.add(
-    TokenSampler(
-        "first_hitting",
-        decide_first_hitting,
-        family="first_hitting",
-        clock="first_hitting",
-        steps_rule="tokens",
-        description="first-hitting sampler: one uniformly chosen token per step (exact simulation)",
-    )
-)
-for _name, _score, _desc in [
-    ("low_confidence", "confidence", "LLaDA low-confidence remasking (Dream maskgit_plus)"),
-    ("topk_margin", "margin", "Dream top-k margin confidence"),
-    ("entropy", "entropy", "Dream negative-entropy confidence"),
-    ("random", "random", "random remasking: k uniformly chosen positions per step"),
-]:
-    SAMPLERS.add(
-        TokenSampler(
-            _name,
-            decide_confidence,
-            family="confidence",
-            steps_rule="at_most_tokens",
-            options={"score": _score, "alg_temp": 0.0},
-            description=_desc,
-        )
-    )
-SAMPLERS.add(
-    TokenSampler(
-        "threshold",
-        decide_threshold,
-        family="threshold",
-        steps_rule="at_most_tokens",
-        options={"threshold": 0.9},
-        description="Fast-dLLM parallel decoding above a confidence threshold",
-    )
-)
-SAMPLERS.add(
-    TokenSampler(
-        "adablock",
-        decide_threshold,
-        family="threshold",
-        blocks="adaptive",
-        steps_rule="at_most_tokens",
-        options={"threshold": 0.9, "delimiters": None, "delimiter_threshold": 0.3, "window": 0.25},
-        description="AdaBlock: blocks end at a confident delimiter; threshold decoding inside",
-    )
-)
-SAMPLERS.add(
-    TokenSampler(
-        "tau_leaping",
-        decide_tau_leaping,
-        family="rates",
-        processes=("masked", "uniform"),
-        description="tau-leaping with the rates frozen at the start of each step (first order)",
-    )
-)
-SAMPLERS.add(
-    TokenSampler(
-        "theta_trapezoidal",
-        decide_theta_trapezoidal,
-        family="rates",
-        processes=("masked", "uniform"),
-        nfe_per_step=2,
-        options={"theta": 0.5},
-        description="theta-trapezoidal second-order solver (2 model calls per step)",
-    )
-)
+# listing order: exact samplers first, then the confidence family, then the CTMC solvers
+SAMPLERS.reorder(["ancestral", "first_hitting", "low_confidence", "topk_margin", "entropy",
+                  "random", "threshold", "adablock", "tau_leaping", "theta_trapezoidal"])

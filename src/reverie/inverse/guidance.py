@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from reverie.denoisers import DenoiserBase, _time_tensor
+from reverie._tensor import bcast, time_tensor
+from reverie.denoisers import DenoiserBase
 from reverie.inverse.operators import LinearOperator
-from reverie.process import GaussianProcess, _bcast
+from reverie.process import GaussianProcess
 
 __all__ = ["PiGDMDenoiser", "DiffPIRDenoiser", "JointNoiseDenoiser", "Fixed"]
 
@@ -47,8 +48,8 @@ class Fixed(DenoiserBase):
 
 
 def _coefs(process: GaussianProcess, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-    a = _bcast(process.alpha(t), like).to(like.dtype)
-    s = _bcast(process.sigma(t), like).to(like.dtype)
+    a = bcast(process.alpha(t), like).to(like.dtype)
+    s = bcast(process.sigma(t), like).to(like.dtype)
     return a, s
 
 
@@ -98,7 +99,7 @@ class PiGDMDenoiser(DenoiserBase):
         self.noise_std, self.scale, self.data_std = float(noise_std), float(scale), float(data_std)
 
     def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
-        t = _time_tensor(t, x)
+        t = time_tensor(t, x)
         xr, x0 = _predict_with_grad(self.denoiser, x, t, cond)
         a, s = _coefs(self.process, t, x)
         r2 = posterior_variance(self.process, t, self.data_std).to(x.dtype)
@@ -133,7 +134,7 @@ class DiffPIRDenoiser(DenoiserBase):
         self.noise_std, self.lam = float(noise_std), float(lam)
 
     def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
-        t = _time_tensor(t, x)
+        t = time_tensor(t, x)
         x0 = self.denoiser(x, t, **cond)
         rho = (self.lam * self.noise_std**2 / self.process.sigma_ve(t) ** 2).to(x.dtype)
         op = self.operator
@@ -180,7 +181,7 @@ class JointNoiseDenoiser(DenoiserBase):
         return x, n
 
     def __call__(self, z: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
-        t = _time_tensor(t, z)
+        t = time_tensor(t, z)
         x, n = self.split(z)
         xr, x0 = _predict_with_grad(self.denoiser, x, t, cond)
         nr, n0 = _predict_with_grad(self.noise_denoiser, n, t, cond)
@@ -192,6 +193,6 @@ class JointNoiseDenoiser(DenoiserBase):
         gx, gn = torch.autograd.grad((x0, n0), (xr, nr), (op.AT(v), v))
         a, s = _coefs(self.process, t, z)
         w = (s**2 / a).reshape(-1)
-        x0 = x0.detach() + self.lam * _bcast(w, x0) * gx
-        n0 = n0.detach() + self.kappa * _bcast(w, n0) * gn
+        x0 = x0.detach() + self.lam * bcast(w, x0) * gx
+        n0 = n0.detach() + self.kappa * bcast(w, n0) * gn
         return torch.cat([x0.reshape(z.shape[0], -1), n0.reshape(z.shape[0], -1)], dim=1)

@@ -11,6 +11,7 @@ transition, and the SMC methods reweight and resample the Gaussian kernels that
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -18,7 +19,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from reverie._checks import in_range
 from reverie._random import Generators, randn, randn_like
+from reverie._registry import Registry
 from reverie.denoisers import DenoiserBase
 from reverie.inverse.guidance import (
     DiffPIRDenoiser,
@@ -29,9 +32,9 @@ from reverie.inverse.guidance import (
 )
 from reverie.inverse.noise import GaussianNoise, NoiseModel
 from reverie.inverse.operators import SVD, LinearOperator
-from reverie.samplers import SAMPLERS, NonFiniteError, Schedule, State, run
+from reverie.samplers import SAMPLERS, Schedule, State, run, walk
 
-__all__ = ["Problem", "Cost", "adapt_grid"]
+__all__ = ["Problem", "Cost", "Method", "METHODS", "register", "adapt_grid"]
 
 
 @dataclass
@@ -82,12 +85,61 @@ class Cost:
     vjp: int = 0
 
 
-def _check_finite(x: Tensor, name: str, i: int, sch: Schedule) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise NonFiniteError(
-            f"{name}: NaN or inf after step {i + 1}/{sch.steps} (t = {sch.t[i]:.6g}); try a "
-            f"smaller step size / guidance scale or more steps"
-        )
+@dataclass(frozen=True)
+class Method:
+    """A registered posterior sampler and what it needs."""
+
+    name: str
+    fn: Callable[..., tuple[Tensor, Cost]]
+    paper: str
+    linear: bool  # needs a LinearOperator
+    svd: bool  # needs the operator's SVD
+    gaussian: bool  # needs Gaussian noise
+    particles: bool  # an SMC method (uses ``particles``)
+    description: str
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The method's keyword options and their defaults are those of ``fn``."""
+        sig = inspect.signature(self.fn)
+        skip = {"problem", "steps", "generator", "particles", "_"}
+        return tuple(p for p in sig.parameters if p not in skip and not p.startswith("_"))
+
+
+#: All posterior samplers by name. ``list(METHODS)`` gives the names. Names are
+#: case-insensitive and ``-`` / ``_`` are ignored (so ``"RED-diff"`` finds ``red_diff``).
+METHODS: Registry[Method] = Registry(
+    "method", "METHODS", fold=lambda name: name.lower().replace("-", "").replace("_", "")
+)
+
+
+def register(
+    name: str,
+    *,
+    paper: str,
+    description: str,
+    linear: bool = False,
+    svd: bool = False,
+    gaussian: bool = False,
+    particles: bool = False,
+) -> Callable[[Callable[..., tuple[Tensor, Cost]]], Callable[..., tuple[Tensor, Cost]]]:
+    """Decorator: add a method to :data:`METHODS` with what it needs (a linear operator, its
+    SVD, Gaussian noise) and whether it is an SMC method using ``particles``."""
+
+    def wrap(fn: Callable[..., tuple[Tensor, Cost]]) -> Callable[..., tuple[Tensor, Cost]]:
+        METHODS.add(Method(name, fn, paper, linear, svd, gaussian, particles, description))
+        return fn
+
+    return wrap
+
+
+_HINT = "try a smaller step size / guidance scale or more steps"
+
+
+def _walk(sch: Schedule, state: State, step: Callable[[State], State], name: str,
+          stop: int | None = None) -> State:
+    """The core sampler loop (:func:`reverie.samplers.walk`) with this module's advice."""
+    return walk(sch, state, step, name=name, stop=stop, hint=_HINT)
 
 
 def _time(sch: Schedule, i: int) -> float:
@@ -99,6 +151,11 @@ def _time(sch: Schedule, i: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+@register(
+    "dps",
+    paper="Chung et al., ICLR 2023",
+    description="DPS: DDPM step + gradient of the residual norm through the network",
+)
 def dps(
     problem: Problem, *, steps: int, generator: Generators, scale: float = 1.0, **_: object
 ) -> tuple[Tensor, Cost]:
@@ -114,16 +171,18 @@ def dps(
     ddpm = SAMPLERS["ddpm"]
     state = State(problem.start(problem.n, generator, sch))
     y = problem.y
-    for i in range(sch.steps):
+
+    def step(state: State) -> State:
         xr = state.x.detach().requires_grad_(True)
         with torch.enable_grad():
-            x0 = den(xr, _time(sch, i))
+            x0 = den(xr, _time(sch, state.i))
             norm = problem.noise.dps_residual(y, problem.forward(x0)).norm(dim=1)
             (grad,) = torch.autograd.grad(norm.sum(), xr)
         with torch.no_grad():
             state = ddpm.step(Fixed(x0.detach(), den.process), state, sch, generator=generator)
-            state = replace(state, x=state.x - scale * grad)  # x_{i+1} = x'_{i+1} - zeta grad
-        _check_finite(state.x, "dps", i, sch)
+            return replace(state, x=state.x - scale * grad)  # x_{i+1} = x'_{i+1} - zeta grad
+
+    state = _walk(sch, state, step, "dps")
     return state.x, Cost(sch.steps, sch.steps)
 
 
@@ -132,6 +191,14 @@ def dps(
 # ---------------------------------------------------------------------------------------------
 
 
+@register(
+    "pigdm",
+    paper="Song et al., ICLR 2023",
+    linear=True,
+    gaussian=True,
+    description="pseudoinverse-guided diffusion: Gaussian likelihood with "
+    "r_t^2 A A^T + sigma_y^2 I",
+)
 def pigdm(
     problem: Problem,
     *,
@@ -158,6 +225,13 @@ def pigdm(
     return out.x0, Cost(sch.steps, sch.steps)
 
 
+@register(
+    "diffpir",
+    paper="Zhu et al., CVPR 2023",
+    linear=True,
+    gaussian=True,
+    description="plug-and-play: proximal data step on the prediction, then DDIM re-noising",
+)
 def diffpir(
     problem: Problem,
     *,
@@ -171,21 +245,22 @@ def diffpir(
     data-consistent proximal point (:class:`~reverie.inverse.guidance.DiffPIRDenoiser`) and
     re-noised as ``alpha_{i+1} x0 + sigma_{i+1} (sqrt(1 - zeta) eps_hat + sqrt(zeta) z)`` -- the
     core DDIM step whose noise ``eta_i`` is chosen so that its fresh-noise share is ``zeta``."""
-    if not 0 <= zeta <= 1:
-        raise ValueError(f"zeta must lie in [0, 1], got {zeta}")
+    in_range("zeta", zeta, 0, 1)
     sch = problem.schedule()
     guided = DiffPIRDenoiser(
         problem.denoiser, problem.operator, problem.y, problem.noise_std, lam=lam
     )
     ddim = SAMPLERS["ddim"]
     state = State(problem.start(problem.n, generator, sch))
+
+    def step(state: State) -> State:
+        h = sch.h(state.i)
+        # DDIM's noise std is eta sigma_j sqrt(1 - e^{-2h}); set it to sqrt(zeta) sigma_j
+        eta = math.sqrt(zeta / -math.expm1(-2 * h)) if math.isfinite(h) else 0.0
+        return ddim.step(guided, state, sch, generator=generator, eta=eta)
+
     with torch.no_grad():
-        for i in range(sch.steps):
-            h = sch.h(i)
-            # DDIM's noise std is eta sigma_j sqrt(1 - e^{-2h}); set it to sqrt(zeta) sigma_j
-            eta = math.sqrt(zeta / -math.expm1(-2 * h)) if math.isfinite(h) else 0.0
-            state = ddim.step(guided, state, sch, generator=generator, eta=eta)
-            _check_finite(state.x, "diffpir", i, sch)
+        state = _walk(sch, state, step, "diffpir")
     return state.x, Cost(sch.steps)
 
 
@@ -204,6 +279,14 @@ def _spectral_measurement(svd: SVD, y: Tensor, noise_std: float) -> tuple[Tensor
     return obs, ybar, r
 
 
+@register(
+    "ddrm",
+    paper="Kawar et al., NeurIPS 2022",
+    linear=True,
+    svd=True,
+    gaussian=True,
+    description="denoising diffusion restoration models, in the operator's SVD coordinates",
+)
 def ddrm(
     problem: Problem,
     *,
@@ -232,7 +315,9 @@ def ddrm(
     z = randn((n, dim), generator, dtype=problem.dtype)
     start_obs = obs & (r <= sig0)
     xbar = torch.where(start_obs, ybar + torch.sqrt((sig0**2 - r**2).clamp(min=0)) * z, sig0 * z)
-    for i in range(sch.steps):
+
+    def step(state: State) -> State:  # state.x: xbar
+        i, xbar = state.i, state.x
         with torch.no_grad():
             x0 = svd.Vt(den(sch.alpha[i] * svd.V(xbar), _time(sch, i)))
         sc, sn = sch.sigma_ve[i], sch.sigma_ve[i + 1]
@@ -244,8 +329,9 @@ def ddrm(
         above = (
             (1 - eta_b) * x0 + eta_b * ybar + torch.sqrt((sn**2 - eta_b**2 * r**2).clamp(min=0)) * z
         )
-        xbar = torch.where(~obs, free, torch.where(sn < r, below, above))
-        _check_finite(xbar, "ddrm", i, sch)
+        return State(torch.where(~obs, free, torch.where(sn < r, below, above)), i + 1)
+
+    xbar = _walk(sch, State(xbar), step, "ddrm").x
     return svd.V(xbar) * sch.alpha[-1], Cost(sch.steps)
 
 
@@ -254,6 +340,12 @@ def ddrm(
 # ---------------------------------------------------------------------------------------------
 
 
+@register(
+    "red_diff",
+    paper="Mardani et al., ICLR 2024",
+    description="variational: Adam on the data fit + a denoising regulariser, "
+    "one model call per step",
+)
 def red_diff(
     problem: Problem,
     *,
@@ -290,9 +382,9 @@ def red_diff(
     opt = torch.optim.Adam([mu], lr=lr, betas=(0.9, 0.99))
     m = y[0].numel()
     dims = tuple(range(1, mu.ndim))
-    for i in range(sch.steps):
-        if sch.sigma[i] == 0:
-            break
+
+    def step(state: State) -> State:  # state.x: mu, optimised in place
+        i = state.i
         a, s = sch.alpha[i], sch.sigma[i]
         eps = randn_like(mu, generator)
         with torch.no_grad():
@@ -308,7 +400,11 @@ def red_diff(
             opt.zero_grad()
             loss.backward()
         opt.step()
-        _check_finite(mu.detach(), "red_diff", i, sch)
+        return State(mu.detach(), i + 1)
+
+    # no step from a noiseless grid point
+    stop = next((i for i in range(sch.steps) if sch.sigma[i] == 0), sch.steps)
+    _walk(sch, State(mu.detach()), step, "red_diff", stop)
     return mu.detach(), Cost(sch.steps)
 
 
@@ -359,6 +455,12 @@ def _clouds(problem: Problem, particles: int | None) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 
 
+@register(
+    "tds",
+    paper="Wu et al., NeurIPS 2023",
+    particles=True,
+    description="twisted SMC for any likelihood and differentiable operator (asymptotically exact)",
+)
 def tds(
     problem: Problem,
     *,
@@ -429,8 +531,10 @@ def tds(
     x = problem.start(total, generator, sch)
     x0, ll, g = twist(x, 0)
     logw = ll.clone()
-    state = State(x)
-    for i in range(sch.steps):
+
+    def step(state: State) -> State:
+        nonlocal x0, ll, g, logw
+        i = state.i
         idx, logw = _resample_clouds(logw, p, generator, resample_ess)
         if idx is not None:
             state, x0, ll, g = state.select(idx), x0[idx], ll[idx], g[idx]
@@ -440,7 +544,7 @@ def tds(
                 yb = y1.expand(total, *y1.shape[1:])
                 with torch.no_grad():
                     logw = logw + problem.noise.log_likelihood(yb, problem.forward(state.x)) - ll
-            break
+            return state
         a, s = sch.alpha[i], sch.sigma[i]
         twisted = Fixed(x0 + (s**2 / a) * g, den.process)  # Tweedie with the twist
         prop = ddpm.transition(twisted, state, sch, generator=generator, cond={})
@@ -457,8 +561,9 @@ def tds(
             - _log_normal(x_new, prop.mean, std**2)
         )
         ll = ll_new
-        state = State(x_new, i + 1, (), state.nfe + 1)
-        _check_finite(x_new, "tds", i, sch)
+        return State(x_new, i + 1, (), state.nfe + 1)
+
+    state = _walk(sch, State(x), step, "tds")
     idx, _ = _resample_clouds(logw, p, generator)
     samples = state.x[idx][: problem.n]
     return samples, Cost(sch.steps, sch.steps - 1)
@@ -490,6 +595,15 @@ def adapt_grid(process, grid: Tensor, times: Tensor) -> Tensor:
     return check_grid(g, process)
 
 
+@register(
+    "mcg_diff",
+    paper="Cardoso et al., ICLR 2024",
+    linear=True,
+    svd=True,
+    gaussian=True,
+    particles=True,
+    description="SVD-based SMC filter for linear-Gaussian problems (asymptotically exact)",
+)
 def mcg_diff(
     problem: Problem,
     *,
@@ -561,8 +675,10 @@ def mcg_diff(
         z[:, early] = post_mean + post_var.sqrt() * z[:, early] / s0
     # the initial weight g_0(z_0) cancels against the first step's division by g_0
     logw = torch.zeros(total, dtype=dtype)
-    state = State(svd.V(z))
-    for i in range(sch.steps):
+
+    def step(state: State) -> State:
+        nonlocal logw
+        i = state.i
         j = i + 1
         with torch.no_grad():
             tr = ddim.transition(den, state, sch, generator=generator, cond={}, eta=eta)
@@ -599,8 +715,9 @@ def mcg_diff(
             z_new[:, pinned] = target[pinned]  # noiseless: exactly the observation
         # the next step divides by the current potential of the still-active coordinates
         logw = logw - _log_normal(z_new[:, active], target[active].expand(total, -1), var[active])
-        state = State(svd.V(z_new), j, (), state.nfe + 1)
-        _check_finite(z_new, "mcg_diff", i, sch)
+        return State(svd.V(z_new), j, (), state.nfe + 1)
+
+    state = _walk(sch, State(svd.V(z)), step, "mcg_diff")
     idx, _ = _resample_clouds(logw, p, generator)
     samples = state.x[idx][: problem.n]
     return samples, Cost(sch.steps)
@@ -611,6 +728,13 @@ def mcg_diff(
 # ---------------------------------------------------------------------------------------------
 
 
+@register(
+    "structured_noise",
+    paper="Stevens et al., TMLR 2025",
+    linear=True,
+    gaussian=True,
+    description="joint posterior over signal and structured noise with two diffusion priors",
+)
 def structured_noise(
     problem: Problem,
     *,
@@ -663,3 +787,7 @@ def structured_noise(
     x, n = joint.split(out.x0)
     problem.extra["noise"] = n
     return x, Cost(2 * sch.steps, 2 * sch.steps)
+
+
+# the order in listings: the classic guided samplers first, then the SMC methods
+METHODS.reorder(["dps", "pigdm", "ddrm", "red_diff", "diffpir", "tds", "mcg_diff"])

@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor
 
+from reverie._checks import positive
 from reverie._random import Generators, randn_like
 
 __all__ = ["NoiseModel", "GaussianNoise", "PoissonNoise", "as_noise_model"]
@@ -70,9 +71,7 @@ class PoissonNoise(NoiseModel):
     A(x) / rate``); ``A(x)`` must be non-negative (it is clamped at ``eps``)."""
 
     def __init__(self, rate: float, eps: float = 1e-6):
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
-            raise ValueError(f"rate must be a positive number, got {rate!r}")
-        self.rate = float(rate)
+        self.rate = positive("rate", rate)
         self.eps = float(eps)
 
     def sample(self, ax: Tensor, generator: Generators = None) -> Tensor:

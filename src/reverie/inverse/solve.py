@@ -2,168 +2,23 @@
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from reverie._checks import check_options, positive_int
 from reverie._random import Generators
 from reverie.denoisers import DenoiserBase
 from reverie.inverse import methods as _m
+from reverie.inverse.methods import METHODS, Method
 from reverie.inverse.noise import GaussianNoise, NoiseModel, as_noise_model
 from reverie.inverse.operators import LinearOperator
-from reverie.samplers import SAMPLERS, resolve_grid
+from reverie.samplers import SAMPLERS, NonFiniteError, resolve_grid
 
 __all__ = ["Method", "METHODS", "InverseResult", "solve", "measurement_consistency", "psnr"]
-
-
-@dataclass(frozen=True)
-class Method:
-    """A registered posterior sampler and what it needs."""
-
-    name: str
-    fn: Callable[..., tuple[Tensor, _m.Cost]]
-    paper: str
-    linear: bool  # needs a LinearOperator
-    svd: bool  # needs the operator's SVD
-    gaussian: bool  # needs Gaussian noise
-    particles: bool  # an SMC method (uses ``particles``)
-    description: str
-
-    @property
-    def options(self) -> tuple[str, ...]:
-        """The method's keyword options and their defaults are those of ``fn``."""
-        sig = inspect.signature(self.fn)
-        skip = {"problem", "steps", "generator", "particles", "_"}
-        return tuple(p for p in sig.parameters if p not in skip and not p.startswith("_"))
-
-
-class _Methods(Mapping[str, Method]):
-    """Name -> :class:`Method`. Names are case-insensitive and ``-`` equals ``_`` (so
-    ``"RED-diff"`` finds ``red_diff``); unknown names raise a ``ValueError`` listing the valid
-    ones."""
-
-    def __init__(self, items: Sequence[Method]):
-        self._items = {m.name: m for m in items}
-
-    @staticmethod
-    def _key(name: str) -> str:
-        return name.lower().replace("-", "_")
-
-    def __getitem__(self, name: str) -> Method:
-        if not isinstance(name, str):
-            raise TypeError(f"method must be a name (str), got {type(name).__name__}")
-        key = self._key(name)
-        for k, m in self._items.items():
-            if k == key or k.replace("_", "") == key.replace("_", ""):
-                return m
-        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(self._items)}")
-
-    def __contains__(self, name: object) -> bool:
-        try:
-            self[name]  # type: ignore[index]
-        except (ValueError, TypeError):
-            return False
-        return True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"METHODS({', '.join(self._items)})"
-
-
-#: All posterior samplers by name. ``list(METHODS)`` gives the names.
-METHODS = _Methods(
-    [
-        Method(
-            "dps",
-            _m.dps,
-            "Chung et al., ICLR 2023",
-            False,
-            False,
-            False,
-            False,
-            "DPS: DDPM step + gradient of the residual norm through the network",
-        ),
-        Method(
-            "pigdm",
-            _m.pigdm,
-            "Song et al., ICLR 2023",
-            True,
-            False,
-            True,
-            False,
-            "pseudoinverse-guided diffusion: Gaussian likelihood with r_t^2 A A^T + sigma_y^2 I",
-        ),
-        Method(
-            "ddrm",
-            _m.ddrm,
-            "Kawar et al., NeurIPS 2022",
-            True,
-            True,
-            True,
-            False,
-            "denoising diffusion restoration models, in the operator's SVD coordinates",
-        ),
-        Method(
-            "red_diff",
-            _m.red_diff,
-            "Mardani et al., ICLR 2024",
-            False,
-            False,
-            False,
-            False,
-            "variational: Adam on the data fit + a denoising regulariser, one model call per step",
-        ),
-        Method(
-            "diffpir",
-            _m.diffpir,
-            "Zhu et al., CVPR 2023",
-            True,
-            False,
-            True,
-            False,
-            "plug-and-play: proximal data step on the prediction, then DDIM re-noising",
-        ),
-        Method(
-            "tds",
-            _m.tds,
-            "Wu et al., NeurIPS 2023",
-            False,
-            False,
-            False,
-            True,
-            "twisted SMC for any likelihood and differentiable operator (asymptotically exact)",
-        ),
-        Method(
-            "mcg_diff",
-            _m.mcg_diff,
-            "Cardoso et al., ICLR 2024",
-            True,
-            True,
-            True,
-            True,
-            "SVD-based SMC filter for linear-Gaussian problems (asymptotically exact)",
-        ),
-        Method(
-            "structured_noise",
-            _m.structured_noise,
-            "Stevens et al., TMLR 2025",
-            True,
-            False,
-            True,
-            False,
-            "joint posterior over signal and structured noise with two diffusion priors",
-        ),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -266,22 +121,15 @@ def solve(
         )
     if info.gaussian and not isinstance(noise, GaussianNoise):
         raise TypeError(f"method {info.name!r} needs Gaussian noise; got {noise!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    positive_int("steps", steps)
     if particles is not None:
         if not info.particles:
             raise ValueError(
                 f"method {info.name!r} does not use particles; the SMC methods are "
                 f"{', '.join(k for k, m in METHODS.items() if m.particles)}"
             )
-        if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
-            raise ValueError(f"particles must be an integer >= 1, got {particles!r}")
-    unknown = set(options) - set(info.options)
-    if unknown:
-        raise ValueError(
-            f"method {info.name!r} has no option(s) {sorted(unknown)}; its options are "
-            f"{list(info.options) or 'none'}"
-        )
+        positive_int("particles", particles)
+    check_options("method", info.name, options, info.options)
     # shapes
     if linear:
         x_shape = operator.in_shape
@@ -305,8 +153,7 @@ def solve(
             raise TypeError(f"y must be a floating-point tensor, got {type(y).__name__}")
         batched = out_shape is not None and y.ndim == len(out_shape) + 1
         n = y.shape[0] if batched else 1
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    positive_int("n", n)
     yb = _check_y(y, out_shape, n)
     if info.particles and yb.shape[0] > 1 and not bool((yb == yb[:1]).all()):
         raise ValueError(f"SMC method {info.name!r} samples one posterior: pass one measurement y")
@@ -323,7 +170,7 @@ def solve(
         options["particles"] = particles
     samples, cost = info.fn(problem, steps=g.numel() - 1, generator=generator, **options)
     if not bool(torch.isfinite(samples).all()):
-        raise _m.NonFiniteError(f"{info.name}: the samples contain NaN or inf")
+        raise NonFiniteError(f"{info.name}: the samples contain NaN or inf")
     if not return_info:
         return samples
     return InverseResult(samples, info.name, cost.nfe, cost.vjp, g, dict(problem.extra))

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reverie._checks import positive_int
 from reverie._random import Generators, randn
 from reverie.denoisers import DenoiserBase
 from reverie.likelihood.ode import TABLEAUS, solve_ode
@@ -190,8 +191,7 @@ def log_likelihood(
         )
     if probe not in PROBES:
         raise ValueError(f"unknown probe {probe!r}; expected one of {', '.join(PROBES)}")
-    if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
-        raise ValueError(f"n_probes must be an integer >= 1, got {n_probes!r}")
+    positive_int("n_probes", n_probes)
     if method not in TABLEAUS:
         raise ValueError(f"unknown ODE method {method!r}; expected one of {', '.join(TABLEAUS)}")
     shape = sample_shape if sample_shape is not None else getattr(denoiser, "sample_shape", None)

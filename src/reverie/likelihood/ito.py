@@ -37,11 +37,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from reverie._random import Generators, randn_like
-from reverie.denoisers import DenoiserBase, _time_tensor
+from reverie._checks import check_options
+from reverie._random import Generators
+from reverie._tensor import time_tensor
+from reverie.denoisers import DenoiserBase
 from reverie.likelihood.flow import check_data, gaussian_prior
 from reverie.process import GaussianProcess
-from reverie.samplers import SAMPLERS, Sampler, Schedule, State, resolve_grid
+from reverie.samplers import SAMPLERS, Sampler, Schedule, State, resolve_grid, walk
 
 __all__ = [
     "ItoTrace",
@@ -148,7 +150,7 @@ class CachedDenoiser(DenoiserBase):
         self.fallback = fallback
 
     def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
-        tt = _time_tensor(t, x)
+        tt = time_tensor(t, x)
         same_t = bool((tt - self.t).abs().max() <= 1e-9 * max(1.0, abs(self.t)))
         if x is self.x and same_t:
             return self.x0
@@ -196,10 +198,7 @@ def ito_log_density(
         raise TypeError(f"denoiser must be a reverie DenoiserBase, got {type(denoiser).__name__}")
     info = SAMPLERS[sampler] if isinstance(sampler, str) else sampler
     opts = check_sde_sampler(info, options)
-    unknown = set(options) - set(info.options)
-    if unknown:
-        raise ValueError(f"sampler {info.name!r} has no option(s) {sorted(unknown)}; "
-                         f"its options are {sorted(info.options) or 'none'}")
+    check_options("sampler", info.name, options, info.options)
     check_data(noise, sample_shape if sample_shape is not None
                else getattr(denoiser, "sample_shape", None), "noise")
     process = denoiser.process
@@ -209,29 +208,24 @@ def ito_log_density(
     x = noise * float(process.sigma(g[0]))
     log_q = _initial_log_density(prior, x, float(process.sigma(g[0])))
     traced, path = [log_q], [x] if keep_path else None
-    state = State(x)
+
+    def step(state: State) -> State:
+        nonlocal log_q
+        i = state.i
+        t, t_next = sch.t[i], sch.t[i + 1]
+        x0 = denoiser(state.x, t, **cond)
+        cached = CachedDenoiser(state.x, t, x0, process, fallback=denoiser)
+        new = info.step(cached, state, sch, generator=generator, cond=cond, **opts)
+        if sch.sigma[i + 1] > 0:
+            score = score_from_x0(x0, state.x, t, process)
+            log_q = log_q + ito_increment(score, state.x, new.x, t, t_next, process)
+            traced.append(log_q)
+            if path is not None:
+                path.append(new.x)
+        return new
+
     with torch.no_grad():
-        for i in range(sch.steps):
-            t, t_next = sch.t[i], sch.t[i + 1]
-            x0 = denoiser(state.x, t, **cond)
-            cached = CachedDenoiser(state.x, t, x0, process, fallback=denoiser)
-            tr = info.transition(cached, state, sch, generator=generator, cond=cond, **opts)
-            x_next = tr.mean
-            std = tr.std
-            if not (isinstance(std, float) and std == 0.0):
-                if isinstance(std, Tensor):
-                    std = std.reshape(std.shape + (1,) * (x_next.ndim - std.ndim)).to(x_next.dtype)
-                x_next = x_next + std * randn_like(x_next, generator)
-            nfe = state.nfe + tr.nfe
-            if sch.sigma[i + 1] > 0:
-                score = score_from_x0(x0, state.x, t, process)
-                log_q = log_q + ito_increment(score, state.x, x_next, t, t_next, process)
-                traced.append(log_q)
-                if path is not None:
-                    path.append(x_next)
-            if not bool(torch.isfinite(x_next).all()):
-                raise ValueError(f"NaN or inf in the sample after step {i + 1}/{sch.steps}")
-            state = State(x_next, i + 1, tr.memory, nfe)
+        state = walk(sch, State(x), step, name="ito_log_density")
     return ItoTrace(
         state.x,
         torch.tensor(sch.t[:-1], dtype=torch.float64),

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reverie.process import GaussianProcess, _bcast
+from reverie._tensor import bcast
+from reverie.process import GaussianProcess
 
 __all__ = ["ModelFunction", "TIME_INPUTS"]
 
@@ -122,7 +123,7 @@ class ModelFunction(nn.Module):
         if self.precondition is None:
             return self.call_net(x, self.time_features(t), class_labels)
         # EDM (Karras et al. 2022) eq. 7: D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)
-        sigma = _bcast(self.process.sigma_ve(t.to(torch.float64)), x)
+        sigma = bcast(self.process.sigma_ve(t.to(torch.float64)), x)
         sd2 = self.sigma_data**2
         c_skip = (sd2 / (sigma**2 + sd2)).to(x.dtype)
         c_out = (self.output_sign * sigma * self.sigma_data / torch.sqrt(sigma**2 + sd2)).to(

@@ -19,8 +19,9 @@ import torch
 from torch import Tensor
 
 from reverie._random import Generators, randn
+from reverie._tensor import as64
 from reverie.denoisers import Denoiser
-from reverie.process import GaussianProcess, _as64
+from reverie.process import GaussianProcess
 
 __all__ = ["GaussianMixture", "Gaussian"]
 
@@ -147,8 +148,8 @@ class GaussianMixture:
     def _at(self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float):
         """``(alpha, loglik, r, var)`` of :meth:`_components` for ``x`` of any shape [B, ...]."""
         x64 = _flat64(x, self.dim)
-        alpha = _as64(alpha).to(x64.device)
-        loglik, r, var = self._components(x64, alpha, _as64(sigma).to(x64.device))
+        alpha = as64(alpha).to(x64.device)
+        loglik, r, var = self._components(x64, alpha, as64(sigma).to(x64.device))
         return alpha, loglik, r, var
 
     def log_prob_at(self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
@@ -183,8 +184,8 @@ class GaussianMixture:
         only (no ``[B, K, D]`` tensors): ``|x - a mu_k|^2 = |x|^2 - 2 a x.mu_k + a^2 |mu_k|^2``
         and ``sum_k p_k (mu_k + g_k (x - a mu_k))`` with ``g_k = a v_k / (a^2 v_k + s^2)``."""
         x64 = _flat64(x, self.dim)
-        a = _as64(alpha).to(x64.device).reshape(-1, 1)                      # [B|1, 1]
-        s = _as64(sigma).to(x64.device).reshape(-1, 1)
+        a = as64(alpha).to(x64.device).reshape(-1, 1)                      # [B|1, 1]
+        s = as64(sigma).to(x64.device).reshape(-1, 1)
         v = self.evals[:, 0][None]                                            # [1, K]
         var = a**2 * v + s**2                                                 # [B|1, K]
         sq = ((x64**2).sum(1, keepdim=True) - 2 * a * (x64 @ self.means.T)

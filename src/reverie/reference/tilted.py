@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from reverie._checks import positive_int
 from reverie._random import Generators
 from reverie.denoisers import Denoiser
 from reverie.process import GaussianProcess
@@ -107,13 +108,13 @@ class TiltedMixture:
 
     def best_of_n_reward_cdf(self, r: Tensor | float, n: int) -> Tensor:
         """CDF of the reward of the best of ``n`` independent samples of ``p``: ``F(r)^n``."""
-        return self.reward_cdf(r) ** _positive_int(n, "n")
+        return self.reward_cdf(r) ** positive_int("n", n)
 
     def best_of_n_reward_moments(self, n: int, points: int = 40001) -> tuple[float, float]:
         """Mean and standard deviation of the best-of-``n`` reward, by quadrature of
         ``E[X] = a + int_a^b (1 - F^n)`` and ``E[X^2]`` on ``[a, b]`` covering all components
         to 12 standard deviations."""
-        n = _positive_int(n, "n")
+        n = positive_int("n", n)
         std = self._reward_vars.sqrt()
         lo = float((self._reward_means - 12 * std).min()) - 1e-9
         hi = float((self._reward_means + 12 * std).max()) + 1e-9
@@ -147,8 +148,3 @@ class TiltedMixture:
             f"temperature={self.temperature})"
         )
 
-
-def _positive_int(n: int, name: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
-    return n

@@ -43,6 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reverie._checks import check_options, positive_int
+from reverie._progress import progress_bar
 from reverie.denoisers import DenoiserBase
 from reverie.samplers import SAMPLERS
 from reverie.search import beam as _beam  # noqa: F401  (registers methods)
@@ -119,10 +121,10 @@ def run(
         )
     if budget is None:
         raise ValueError("pass budget=, the number of network evaluations allowed per sample")
-    _check_int(budget, "budget")
-    _check_int(n, "n")
-    _check_int(steps, "steps")
-    _check_int(chunk, "chunk")
+    positive_int("budget", budget)
+    positive_int("n", n)
+    positive_int("steps", steps)
+    positive_int("chunk", chunk)
     try:
         temperature = float(temperature)
     except (TypeError, ValueError):
@@ -130,22 +132,12 @@ def run(
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     shape = _resolve_shape(shape, options.pop("sample_shape", None), denoiser, reward)
-    unknown = set(options) - set(info.options)
-    if unknown:
-        raise ValueError(
-            f"method {method!r} has no option(s) {sorted(unknown)}; its options are "
-            f"{info.options or 'none'}"
-        )
+    check_options("method", method, options, info.options)
     smp = SAMPLERS[sampler if sampler is not None else info.sampler]
     s_opts = dict(sampler_options or {})
     if sampler is None and info.sampler_options is not None:
         s_opts = {**info.sampler_options(denoiser), **s_opts}
-    unknown_s = set(s_opts) - set(smp.options)
-    if unknown_s:
-        raise ValueError(
-            f"sampler {smp.name!r} has no option(s) {sorted(unknown_s)}; its options are "
-            f"{sorted(smp.options) or 'none'}"
-        )
+    check_options("sampler", smp.name, s_opts, smp.options)
     s_opts = {**smp.options, **s_opts}
     stochastic = (
         smp.stochastic or float(s_opts.get("eta", 0.0)) > 0 or float(s_opts.get("s_churn", 0.0)) > 0
@@ -162,7 +154,7 @@ def run(
         )
     rng = Rng(generator, n)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    bar = _bar(progress, n * budget, method)
+    bar = progress_bar(n * budget, progress, f"search {method}", unit="NFE")
     ctx = Context(
         denoiser=denoiser, reward=reward, method=info, budget=budget, n=n,
         temperature=temperature, rng=rng, shape=tuple(shape), sampler=smp, sampler_options=s_opts,
@@ -171,8 +163,7 @@ def run(
     try:
         samples, rewards, spent, extra = info.fn(ctx, **options)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     nfe = int(spent.max())
     if nfe > budget:  # pragma: no cover - an internal accounting error, never user input
         raise RuntimeError(f"method {method!r} spent {nfe} NFE on a sample, over budget={budget}")
@@ -180,10 +171,6 @@ def run(
     return SearchResult(samples.detach(), rewards.detach().to(torch.float64), nfe,
                         int(spent.sum()), method, budget, extra)
 
-
-def _check_int(v: Any, name: str) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
 
 
 def _resolve_shape(shape: Any, alias: Any, denoiser: DenoiserBase, reward: Any) -> tuple[int, ...]:
@@ -204,12 +191,4 @@ def _resolve_shape(shape: Any, alias: Any, denoiser: DenoiserBase, reward: Any) 
     if not shape or any(s < 1 for s in shape):
         raise ValueError(f"shape must be a non-empty tuple of positive sizes, got {shape}")
     return shape
-
-
-def _bar(enabled: bool, total: int, desc: str) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"search {desc}", unit="NFE")
 

@@ -13,16 +13,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reverie._progress import progress_bar
 from reverie._random import randn as _randn_rows
 from reverie._registry import Registry
+from reverie._tensor import bcast
 from reverie.denoisers import DenoiserBase
 from reverie.samplers import (
-    NonFiniteError,
     Sampler,
     Schedule,
     State,
     Transition,
+    check_finite,
     resolve_grid,
+    walk,
 )
 
 Reward = Callable[[Tensor], Tensor]
@@ -168,13 +171,12 @@ class CountingDenoiser(DenoiserBase):
         self.process = inner.process
         self.chunk = chunk
         self.rows = 0
-        self.bar = bar
+        self.bar = bar if bar is not None else progress_bar(0, False, "")
 
     def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
         b = x.shape[0]
         self.rows += b
-        if self.bar is not None:
-            self.bar.update(b)
+        self.bar.update(b)
         if b <= self.chunk:
             return self.inner(x, t, **cond)
         outs = []
@@ -280,26 +282,29 @@ class Context:
             )
 
     def draw(self, tr: Transition, state: State, groups: Tensor) -> State:
-        """``x_{i+1} = mean + std z``: a draw from the transition's Gaussian kernel."""
+        """``x_{i+1} = mean + std z``: a draw from the transition's Gaussian kernel (not
+        checked for NaN / inf: :meth:`walk` checks, other callers use :meth:`check_finite`)."""
         x = tr.mean
         std = tr.std
         if isinstance(std, Tensor):
             if bool((std != 0).any()):
                 z = self.rng.randn(groups, x.shape[1:], x.dtype, x.device)
-                x = x + std.reshape(std.shape + (1,) * (x.ndim - std.ndim)).to(x.dtype) * z
+                x = x + bcast(std, x).to(x.dtype) * z
         elif std != 0:
             x = x + std * self.rng.randn(groups, x.shape[1:], x.dtype, x.device)
-        new = State(x, state.i + 1, tr.memory, state.nfe + tr.nfe)
-        self.check_finite(new.x, state.i)
-        return new
+        return State(x, state.i + 1, tr.memory, state.nfe + tr.nfe)
+
+    @property
+    def name(self) -> str:
+        return f"search {self.method.name!r}"
 
     def check_finite(self, x: Tensor, i: int) -> None:
-        if not bool(torch.isfinite(x).all()):
-            sch = self.schedule
-            raise NonFiniteError(
-                f"search {self.method.name!r}: NaN or inf in the particles after step "
-                f"{i + 1}/{self.steps} (t = {sch.t[i]:.6g} -> {sch.t[i + 1]:.6g})"
-            )
+        """:class:`~reverie.samplers.NonFiniteError` if ``x`` (after step ``i``) is not finite."""
+        check_finite(x, self.name, i, self.schedule)
+
+    def walk(self, state: State, step: Callable[[State], State], stop: int | None = None) -> State:
+        """The core sampler loop (:func:`reverie.samplers.walk`) from ``state`` to ``stop``."""
+        return walk(self.schedule, state, step, name=self.name, stop=stop)
 
     def trajectory(
         self, x: Tensor, groups: Tensor, start: int = 0, stop: int | None = None,
@@ -307,13 +312,14 @@ class Context:
     ) -> tuple[State, Transition | None]:
         """Walk the grid from index ``start`` to ``stop`` (default the clean end). Returns the
         final state and the last transition (its ``x0`` is the newest data prediction)."""
-        stop = self.steps if stop is None else stop
-        state = State(x, start, memory)
-        tr = None
-        for _ in range(start, stop):
-            tr = self.transition(state, groups)
-            state = self.draw(tr, state, groups)
-        return state, tr
+        last: list[Transition] = []
+
+        def step(state: State) -> State:
+            last[:] = [self.transition(state, groups)]
+            return self.draw(last[0], state, groups)
+
+        state = self.walk(State(x, start, memory), step, stop)
+        return state, (last[0] if last else None)
 
     # ---- rewards ------------------------------------------------------------------------------
     def reward(self, x: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from reverie._checks import positive_int
 from reverie.samplers import State
 from reverie.search._core import Context, register, select_transition
 
@@ -22,8 +23,7 @@ def beam(ctx: Context, *, children: int = 4) -> tuple[Tensor, Tensor, Tensor, di
     kernel, so scoring is free), and the best ``B`` of the ``B * children`` successors are
     kept. The best clean sample is returned. ``B`` is the widest beam the budget pays for:
     ``B (c_0 + children (NFE(trajectory) - c_0)) <= budget``."""
-    if isinstance(children, bool) or not isinstance(children, int) or children < 1:
-        raise ValueError(f"children must be an integer >= 1, got {children!r}")
+    positive_int("children", children)
     S = ctx.steps
     per_beam = ctx.step_cost(0) + children * ctx.cost(1)
     ctx.need(per_beam, f"a beam of width 1 with {children} children per step")
@@ -41,11 +41,13 @@ def beam(ctx: Context, *, children: int = 4) -> tuple[Tensor, Tensor, Tensor, di
         tr = ctx.transition(state, gid)
         for _ in range(S - 1):
             kids = ctx.draw(select_transition(tr, parent), state.select(parent), rows)
+            ctx.check_finite(kids.x, state.i)
             ktr = ctx.transition(kids, rows)                  # scores and next kernels at once
             score = ctx.reward(ktr.x0)
             keep = (score.reshape(g, width).topk(B, dim=1).indices + offset).flatten()
             state, tr = kids.select(keep), select_transition(ktr, keep)
         final = ctx.draw(tr, state, gid)                      # the deterministic last step
+        ctx.check_finite(final.x, state.i)
         r = ctx.reward(final.x)
         best = r.reshape(g, B).argmax(1) + torch.arange(g) * B
         out_x[groups], out_r[groups] = final.x[best].to(ctx.dtype), r[best]

@@ -81,15 +81,16 @@ def _checkpointed_sample(ctx: Context, z: Tensor, groups: Tensor) -> Tensor:
     """The deterministic sampler from ``sigma(t_0) z`` to the clean end, differentiable in
     ``z``, one checkpoint per step (the network runs twice per step, once under backward)."""
     sch, smp, opts = ctx.schedule, ctx.sampler, ctx.sampler_options
-    state = State(z * sch.sigma[0])
-    for i in range(ctx.steps):
 
-        def step(x: Tensor, *memory: Tensor, i: int = i) -> tuple[Tensor, ...]:
+    def step(state: State) -> State:
+        i = state.i
+
+        def transition(x: Tensor, *memory: Tensor) -> tuple[Tensor, ...]:
             tr = smp.transition(ctx.model, State(x, i, memory), sch, generator=None, cond={},
                                 **opts)
             return (tr.mean, *tr.memory)
 
-        out = checkpoint(step, state.x, *state.memory, use_reentrant=False)
-        state = State(out[0], i + 1, tuple(out[1:]))
-        ctx.check_finite(state.x.detach(), i)
-    return state.x
+        out = checkpoint(transition, state.x, *state.memory, use_reentrant=False)
+        return State(out[0], i + 1, tuple(out[1:]))
+
+    return ctx.walk(State(z * sch.sigma[0]), step).x

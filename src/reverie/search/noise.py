@@ -10,6 +10,7 @@ import math
 import torch
 from torch import Tensor
 
+from reverie._checks import in_range, positive_int
 from reverie.search._core import Context, group_argmax, register, renoise
 
 
@@ -64,10 +65,8 @@ def zero_order(
     Neighbours are preconditioned Crank-Nicolson moves ``sqrt(1 - step^2) pivot + step z``,
     which keep every candidate a standard normal noise (the paper samples on a sphere of
     radius ``step`` around the pivot)."""
-    if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1:
-        raise ValueError(f"neighbours must be an integer >= 1, got {neighbours!r}")
-    if not 0 < step <= 1:
-        raise ValueError(f"step must lie in (0, 1], got {step}")
+    positive_int("neighbours", neighbours)
+    in_range("step", step, 0, 1, lo_open=True)
     traj = ctx.trajectory_nfe
     ctx.need(traj, "one trajectory for the pivot")
     iters = (ctx.budget - traj) // (neighbours * traj)
@@ -113,13 +112,11 @@ def paths(
     prediction and keep the best ``N``; at the clean end return the best path. ``N`` is the
     largest number of paths the budget pays for."""
     for name, v in (("copies", copies), ("forward", forward), ("backward", backward)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        positive_int(name, v)
     if backward <= forward:
         raise ValueError(f"backward must exceed forward (the path must advance), got "
                          f"backward={backward}, forward={forward}")
-    if not 0 <= start < 1:
-        raise ValueError(f"start must lie in [0, 1), got {start}")
+    in_range("start", start, 0, 1, hi_open=True)
     S = ctx.steps
     i0 = min(int(round(start * S)), S - 1)
     rounds = []  # (current index, re-noised index, new index)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reverie._checks import positive_int
 from reverie.denoisers import DenoiserBase
 from reverie.process import RectifiedFlow
 from reverie.samplers import State
@@ -84,8 +85,7 @@ def rbf(ctx: Context, *, initial: int | None = None) -> tuple[Tensor, Tensor, Te
     S = ctx.steps
     if initial is None:
         initial = max(1, round(0.05 * ctx.budget))
-    if isinstance(initial, bool) or not isinstance(initial, int) or initial < 1:
-        raise ValueError(f"initial must be an integer >= 1, got {initial!r}")
+    positive_int("initial", initial)
     c0 = ctx.step_cost(0)
     ctx.need(initial * c0 + ctx.cost(1), f"{initial} starting noises and one candidate per step")
     quota = (ctx.budget - initial * c0) // max(S - 1, 1)

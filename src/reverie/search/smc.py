@@ -9,6 +9,7 @@ import math
 import torch
 from torch import Tensor
 
+from reverie._checks import in_range
 from reverie.samplers import State
 from reverie.search._core import Context, register, select_transition
 
@@ -58,64 +59,18 @@ def fk(
         raise ValueError(
             f"unknown resampling {resampling!r}; expected one of {', '.join(RESAMPLING)}"
         )
-    if not 0 <= ess_threshold <= 1:
-        raise ValueError(f"ess_threshold must lie in [0, 1], got {ess_threshold}")
+    in_range("ess_threshold", ess_threshold, 0, 1)
     traj = ctx.trajectory_nfe
     ctx.need(traj, "one particle trajectory")
     k = ctx.budget // traj
-    T = ctx.temperature
-    S = ctx.steps
     out_x = torch.zeros((ctx.n, *ctx.shape), dtype=ctx.dtype)
     out_r = torch.zeros(ctx.n, dtype=torch.float64)
     resamples, final_ess = [], []
     for groups in ctx.group_chunks(k):
-        g = groups.numel()
-        rows = groups.repeat_interleave(k)                 # the group of every particle
-        offset = torch.arange(g)[:, None] * k
-        state = _initial(ctx, rows)
-        logw = torch.zeros(g * k, dtype=torch.float64)    # log weight since the last resampling
-        log_g = torch.zeros(g * k, dtype=torch.float64)   # sum of log potentials along ancestry
-        r_prev = torch.zeros(g * k, dtype=torch.float64)
-        r_max = torch.full((g * k,), -math.inf, dtype=torch.float64)
-        r_sum = torch.zeros(g * k, dtype=torch.float64)
-        count = torch.zeros(g, dtype=torch.long)
-        for i in range(S):
-            tr = ctx.transition(state, rows)
-            if i < S - 1:
-                r = ctx.reward(tr.x0)                      # reward of the data prediction at x_i
-                r_max, r_sum = torch.maximum(r_max, r), r_sum + r
-                if potential == "difference":
-                    lp = (r - r_prev) / T
-                elif potential == "max":
-                    lp = r_max / T
-                elif potential == "sum":
-                    lp = r_sum / T
-                else:
-                    lp = r / T
-                r_prev = r
-                logw, log_g = logw + lp, log_g + lp
-                w = torch.softmax(logw.reshape(g, k), dim=1)
-                ess = 1.0 / (w * w).sum(1)
-                need = ess < ess_threshold * k
-                # drawn at every step, so each group's random stream ignores the other groups
-                u = ctx.rng.uniform(groups, 1 if resampling == "systematic" else k)
-                if bool(need.any()):
-                    anc = _resample(w, u, resampling) + offset
-                    keep = torch.arange(k)[None, :].expand(g, k) + offset
-                    idx = torch.where(need[:, None], anc, keep).flatten()
-                    state, tr = state.select(idx), select_transition(tr, idx)
-                    log_g, r_prev, r_max, r_sum = log_g[idx], r_prev[idx], r_max[idx], r_sum[idx]
-                    logw = torch.where(need.repeat_interleave(k), torch.zeros_like(logw), logw[idx])
-                    count += need.long()
-            state = ctx.draw(tr, state, rows)
-        r = ctx.reward(state.x)
-        logw = logw + r / T - log_g                        # the last potential: exp(r/T) / prod G
-        w = torch.softmax(logw.reshape(g, k), dim=1)
-        final_ess.append(1.0 / (w * w).sum(1))
-        pick = _draw_one(w, ctx.rng.uniform(groups, 1)[:, 0])         # the returned particle
-        chosen = pick + offset[:, 0]
-        out_x[groups], out_r[groups] = state.x[chosen].to(ctx.dtype), r[chosen]
+        x, r, count, ess = _steer(ctx, groups, k, potential, ess_threshold, resampling)
+        out_x[groups], out_r[groups] = x, r
         resamples.append(count)
+        final_ess.append(ess)
     spent = torch.full((ctx.n,), k * traj, dtype=torch.long)
     info = {
         "particles": k,
@@ -124,6 +79,63 @@ def fk(
         "potential": potential,
     }
     return out_x, out_r, spent, info
+
+
+def _steer(
+    ctx: Context, groups: Tensor, k: int, potential: str, ess_threshold: float, resampling: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """FK steering of ``k`` particles for each group of ``groups``: the returned particles,
+    their rewards, the resamplings per group and the final effective sample sizes."""
+    T, S = ctx.temperature, ctx.steps
+    g = groups.numel()
+    rows = groups.repeat_interleave(k)                 # the group of every particle
+    offset = torch.arange(g)[:, None] * k
+    logw = torch.zeros(g * k, dtype=torch.float64)    # log weight since the last resampling
+    log_g = torch.zeros(g * k, dtype=torch.float64)   # sum of log potentials along ancestry
+    r_prev = torch.zeros(g * k, dtype=torch.float64)
+    r_max = torch.full((g * k,), -math.inf, dtype=torch.float64)
+    r_sum = torch.zeros(g * k, dtype=torch.float64)
+    count = torch.zeros(g, dtype=torch.long)
+
+    def step(state: State) -> State:
+        nonlocal logw, log_g, r_prev, r_max, r_sum, count
+        i = state.i
+        tr = ctx.transition(state, rows)
+        if i < S - 1:
+            r = ctx.reward(tr.x0)                      # reward of the data prediction at x_i
+            r_max, r_sum = torch.maximum(r_max, r), r_sum + r
+            if potential == "difference":
+                lp = (r - r_prev) / T
+            elif potential == "max":
+                lp = r_max / T
+            elif potential == "sum":
+                lp = r_sum / T
+            else:
+                lp = r / T
+            r_prev = r
+            logw, log_g = logw + lp, log_g + lp
+            w = torch.softmax(logw.reshape(g, k), dim=1)
+            ess = 1.0 / (w * w).sum(1)
+            need = ess < ess_threshold * k
+            # drawn at every step, so each group's random stream ignores the other groups
+            u = ctx.rng.uniform(groups, 1 if resampling == "systematic" else k)
+            if bool(need.any()):
+                anc = _resample(w, u, resampling) + offset
+                keep = torch.arange(k)[None, :].expand(g, k) + offset
+                idx = torch.where(need[:, None], anc, keep).flatten()
+                state, tr = state.select(idx), select_transition(tr, idx)
+                log_g, r_prev, r_max, r_sum = log_g[idx], r_prev[idx], r_max[idx], r_sum[idx]
+                logw = torch.where(need.repeat_interleave(k), torch.zeros_like(logw), logw[idx])
+                count += need.long()
+        return ctx.draw(tr, state, rows)
+
+    state = ctx.walk(_initial(ctx, rows), step)
+    r = ctx.reward(state.x)
+    logw = logw + r / T - log_g                        # the last potential: exp(r/T) / prod G
+    w = torch.softmax(logw.reshape(g, k), dim=1)
+    pick = _draw_one(w, ctx.rng.uniform(groups, 1)[:, 0])         # the returned particle
+    chosen = pick + offset[:, 0]
+    return state.x[chosen].to(ctx.dtype), r[chosen], count, 1.0 / (w * w).sum(1)
 
 
 def _initial(ctx: Context, rows: Tensor) -> State:

@@ -40,6 +40,7 @@ import math
 import torch
 from torch import Tensor
 
+from reverie._checks import in_range, positive_int
 from reverie.samplers import State
 from reverie.search._core import Context, logmeanexp, register
 
@@ -186,10 +187,8 @@ def _tree_search(
     ctx: Context, C: int, greedy: bool, widening: float | None, uniform: bool = False,
     backup: str = "mean", exploration: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor, dict]:
-    if isinstance(C, bool) or not isinstance(C, int) or C < 1:
-        raise ValueError(f"max_children must be an integer >= 1, got {C!r}")
-    if widening is not None and not 0 < widening <= 1:
-        raise ValueError(f"widening must lie in (0, 1] or be None, got {widening}")
+    positive_int("max_children", C)
+    in_range("widening", widening, 0, 1, lo_open=True, none_ok=True)
     traj = ctx.trajectory_nfe
     ctx.need(traj, "one rollout from the root")
     S, T, budget = ctx.steps, ctx.temperature, ctx.budget
@@ -239,6 +238,7 @@ def _tree_search(
                 spent[a] += tr.nfe
                 f.store(a, nd, tr.mean, tr.std, tr.memory, j, C)
                 nxt = ctx.draw(tr, st, groups[a])
+                ctx.check_finite(nxt.x, j)
                 path[sel, j + 2] = f.add(a, nd, nxt.x, j + 1)
                 pend_i[sel] = j + 1
             # backup: leaf reward, then soft Bellman values and exhaustion up the path

@@ -652,3 +652,9 @@ def _build_from_regex(cls: type[TokenAutomaton], pattern: str, vocab: Vocabulary
     if not automaton.is_live(0):
         raise ValueError(f"regular expression {pattern!r} accepts no string over this vocabulary")
     return automaton
+
+
+def byte_dfa(pattern: str) -> tuple[dict[int, dict[int, int]], int, frozenset[int]]:
+    """The pattern's byte-level DFA: outlines-core's index over the 256 one-byte tokens."""
+    trans, start, finals = outlines_index(pattern, {bytes([b]): [b] for b in range(256)}, 256)
+    return trans, start, frozenset(finals)

@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reverie._checks import positive_int
 from reverie.discrete.constraints.automaton import (
     TokenAutomaton,
-    outlines_index,
+    byte_dfa,
     schema_to_regex,
 )
 from reverie.discrete.constraints.decode import (
@@ -20,7 +21,7 @@ from reverie.discrete.constraints.decode import (
     per_token_block,
     sample_block,
 )
-from reverie.discrete.constraints.scaffold import Scaffold, single_slot
+from reverie.discrete.constraints.scaffold import Scaffold, _is_object, json_scaffold, single_slot
 
 __all__ = ["DECODERS", "BlockDecoder", "Constraint", "JsonSchema", "Regex"]
 
@@ -38,7 +39,7 @@ class Constraint:
         if not isinstance(regex, str):
             raise TypeError(f"the pattern must be a str, got {type(regex).__name__}")
         self.regex = regex
-        self._bytes_dfa = _byte_dfa(regex)  # validates the pattern now, before any model call
+        self._bytes_dfa = byte_dfa(regex)  # validates the pattern now, before any model call
 
     def automaton(self, vocabulary: Any) -> TokenAutomaton:
         """The token automaton over ``vocabulary`` (built once, cached)."""
@@ -113,8 +114,6 @@ class JsonSchema(Constraint):
     ) -> None:
         import json
 
-        from reverie.discrete.constraints.scaffold import _is_object
-
         regex = schema_to_regex(schema, whitespace_pattern=whitespace_pattern)
         self.schema = json.loads(schema) if isinstance(schema, str) else schema
         self.whitespace_pattern = whitespace_pattern
@@ -138,8 +137,6 @@ class JsonSchema(Constraint):
         one slot over the whole canvas."""
         if not self.scaffold:
             return super().layout(vocabulary, length, encode=encode)
-        from reverie.discrete.constraints.scaffold import json_scaffold
-
         return json_scaffold(self.schema, vocabulary, length, budget=self.budget,
                              whitespace_pattern=self.whitespace_pattern, encode=encode,
                              full_regex=self.regex)
@@ -147,12 +144,6 @@ class JsonSchema(Constraint):
     def __repr__(self) -> str:
         extra = f", scaffold=True, budget={self.budget!r}" if self.scaffold else ""
         return f"JsonSchema({self.schema!r}{extra})"
-
-
-def _byte_dfa(pattern: str) -> tuple[dict[int, dict[int, int]], int, frozenset[int]]:
-    """The pattern's byte-level DFA: outlines-core's index over the 256 one-byte tokens."""
-    trans, start, finals = outlines_index(pattern, {bytes([b]): [b] for b in range(256)}, 256)
-    return trans, start, frozenset(finals)
 
 
 class BlockDecoder:
@@ -185,10 +176,8 @@ class BlockDecoder:
             raise TypeError(f"automaton must be a TokenAutomaton, got {type(automaton).__name__}")
         if method not in DECODERS:
             raise ValueError(f"unknown method {method!r}; valid: {', '.join(DECODERS)}")
-        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-            raise ValueError(f"length must be a positive int, got {length!r}")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        positive_int("length", length)
+        positive_int("n", n)
         automaton.check_length(length)
         self.automaton = automaton
         self.length = length

@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reverie._checks import integer
 from reverie.discrete.constraints._vocabulary import Vocabulary
-from reverie.discrete.constraints.automaton import TokenAutomaton, schema_to_regex
+from reverie.discrete.constraints.automaton import TokenAutomaton, byte_dfa, schema_to_regex
 
 __all__ = ["Scaffold", "Slot", "json_scaffold", "single_slot"]
 
@@ -270,10 +271,7 @@ def _budgets(values: list[_Value], automata: dict[str, TokenAutomaton], free: in
             f"{type(budget).__name__}"
         )
     for p, b in fixed.items():
-        if isinstance(b, bool) or not isinstance(b, int):
-            raise TypeError(f"the budget of {p!r} must be an int, got {b!r}")
-        if b < 0:
-            raise ValueError(f"the budget of {p!r} must be >= 0, got {b}")
+        integer(f"the budget of {p!r}", b, 0)
         if b < lo[p]:
             raise ValueError(f"field {p!r} needs at least {lo[p]} tokens but its budget is {b}")
     rest = [p for p in paths if p not in fixed]
@@ -306,13 +304,11 @@ def _budgets(values: list[_Value], automata: dict[str, TokenAutomaton], free: in
 def _check_skeleton(parts: list[list[int] | _Value], automata: dict[str, TokenAutomaton],
                     vocab: Vocabulary, full_regex: str) -> None:
     """The skeleton filled with each value's shortest form must match the whole schema."""
-    from reverie.discrete.constraints.constraint import _byte_dfa
-
     ids: list[int] = []
     for p in parts:
         ids += p if isinstance(p, list) else automata[p.path].shortest()
     text = vocab.decode(ids, stop_at_eos=False)
-    trans, q, finals = _byte_dfa(full_regex)
+    trans, q, finals = byte_dfa(full_regex)
     for b in text.encode("utf-8"):
         q = trans.get(q, {}).get(b)
         if q is None:
