@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50])
     parser.add_argument("--dim", type=int, default=8, help="dimension of the mixtures")
     parser.add_argument(
-        "--mixtures", type=int, nargs="+", default=[1000, 1001, 1002, 1003, 1004],
+        "--mixtures", type=int, nargs="+", default=[2000, 2001, 2002, 2003, 2004],
         help="seeds of the random mixtures reported (no choice was made on them)",
     )
     parser.add_argument("--fit-n", type=int, default=2048, help="noises for optimize_grid")
