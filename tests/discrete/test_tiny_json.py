@@ -166,3 +166,40 @@ def test_bench_reference_part_runs(tmp_path, capsys):
     names = {r["sampler"] for r in res["reference"]["rows"]}
     assert names == {"first_hitting", "ancestral"}
     assert "TV / floor" in capsys.readouterr().out
+
+
+def test_bench_speed_is_warm_interleaved_and_median(tmp_path, monkeypatch):
+    """Every tiny-json cell runs once untimed (its accuracy run, the warm-up) before any timed
+    run; then each round times every sampler at steps = L once, alternating the order; the
+    reported tokens/s is n L / the median of the rounds."""
+    import statistics
+
+    import reverie.discrete
+
+    calls = []
+    real = reverie.discrete.generate
+
+    def spy(model, **kw):
+        if kw["length"] == 64:  # the tiny-json part (the reference part has L = 8)
+            calls.append((kw["sampler"], kw["steps"]))
+        return real(model, **kw)
+
+    monkeypatch.setattr(reverie.discrete, "generate", spy)
+    out = tmp_path / "discrete.json"
+    rc = cli.main(["bench", "discrete", "--n-ref", "50", "--n-json", "4", "--rounds", "3",
+                   "--samplers", "threshold,ancestral", "--out", str(out)])
+    assert rc == 0
+    assert len(calls) == 8 + 3 * 2
+    warm, timed = calls[:8], calls[8:]
+    assert sorted(warm) == [(s, k) for s in ("ancestral", "threshold") for k in (8, 16, 32, 64)]
+    pair = [("ancestral", 64), ("threshold", 64)]
+    assert timed == pair + pair[::-1] + pair
+    res = json.loads(out.read_text())["tiny_json"]
+    assert res["dtype"] == {"network": "float32", "draws": "float64"}
+    for row in res["rows"]:
+        if row["steps"] == 64:
+            assert len(row["seconds_per_round"]) == 3
+            median = statistics.median(row["seconds_per_round"])
+            assert row["tokens_per_s"] == pytest.approx(4 * 64 / median)
+        else:
+            assert row["tokens_per_s"] is None
