@@ -2,13 +2,48 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from reverie.cli import main
+from reverie.data import TWO_MOONS_CENTER, TWO_MOONS_SCALE, two_moons
 from reverie.hub import BUNDLED, bundled_path
 from reverie.samplers import SAMPLERS
+
+
+def moon_distances(x) -> torch.Tensor:
+    """``[n, 2]``: each point's distance to the noise-free upper (0) and lower (1) moon."""
+    a = torch.linspace(0, math.pi, 2001, dtype=torch.float64)
+    arcs = [torch.stack([torch.cos(a), torch.sin(a)], 1),
+            torch.stack([1 - torch.cos(a), 0.5 - torch.sin(a)], 1)]
+    c = torch.tensor(TWO_MOONS_CENTER, dtype=torch.float64)
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    return torch.stack([torch.cdist(x, (m - c) * TWO_MOONS_SCALE).min(1).values for m in arcs], 1)
+
+
+def near_two_moons(x) -> bool:
+    """Median distance to the moons below 0.1 (the data's own: 0.035; Gaussian points with
+    the data's mean and spread: 0.32) and at least a quarter of the points on each moon."""
+    d = moon_distances(x)
+    share = (d.argmin(1) == 0).double().mean()
+    return float(d.min(1).values.median()) < 0.1 and 0.25 < float(share) < 0.75
+
+
+def on_their_moons(x, labels) -> bool:
+    """At least 95% of the rows lie on the moon of their own label (0 upper, 1 lower)."""
+    return float((moon_distances(x).argmin(1) == torch.as_tensor(labels)).double().mean()) >= 0.95
+
+
+def test_two_moons_checks_reject_wrong_samples():
+    x, moon = two_moons(200, generator=torch.Generator().manual_seed(0))
+    assert near_two_moons(x) and on_their_moons(x, moon)
+    gauss = torch.randn(200, 2, generator=torch.Generator().manual_seed(1)) * x.std(0) + x.mean(0)
+    assert not near_two_moons(gauss)
+    assert not near_two_moons(x[moon == 0])  # one moon only
+    assert not on_their_moons(x, moon[torch.randperm(200, generator=torch.Generator())])
 
 
 def test_samplers_lists_every_sampler_with_its_description(capsys):
@@ -37,7 +72,7 @@ def test_sample_two_moons_writes_picture_and_arrays(tmp_path, capsys):
             "--n",
             "50",
             "--steps",
-            "4",
+            "10",
             "--seed",
             "3",
             "--quiet",
@@ -52,7 +87,7 @@ def test_sample_two_moons_writes_picture_and_arrays(tmp_path, capsys):
     assert rc == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
     x = np.load(npy)
-    assert x.shape == (50, 2) and np.isfinite(x).all()
+    assert x.shape == (50, 2) and near_two_moons(x)  # measured median distance 0.05
     assert torch.equal(torch.load(pt), torch.from_numpy(x))
     # the same seed gives the same samples
     main(
@@ -63,7 +98,7 @@ def test_sample_two_moons_writes_picture_and_arrays(tmp_path, capsys):
             "--n",
             "50",
             "--steps",
-            "4",
+            "10",
             "--seed",
             "3",
             "--quiet",
@@ -73,19 +108,25 @@ def test_sample_two_moons_writes_picture_and_arrays(tmp_path, capsys):
     )
     assert np.array_equal(np.load(tmp_path / "again.npy"), x)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.npy", "m.npy", "m.png", "m.pt"]
+    # one step returns D(x_T), near the data mean: the check rejects it (median distance 0.43)
+    main(["sample", "--model", "two-moons", "--n", "50", "--steps", "1", "--seed", "3",
+          "--quiet", "--out", str(tmp_path / "one.npy")])
+    assert not near_two_moons(np.load(tmp_path / "one.npy"))
 
 
-def test_sample_trajectories_and_sampler_options(tmp_path):
-    out = tmp_path / "t.png"
+def test_sample_trajectories_and_per_sample_labels(tmp_path):
+    """``--label all`` gives row ``i`` the label ``i % 2``: with guidance every row lands on
+    its own moon (measured 40 of 40), which the same rows with the labels shuffled fail."""
+    out, arr = tmp_path / "t.png", tmp_path / "t.npy"
     rc = main(
         [
             "sample",
             "--model",
             "two-moons",
             "--n",
-            "20",
+            "40",
             "--steps",
-            "5",
+            "10",
             "--quiet",
             "--sampler",
             "ddim",
@@ -98,13 +139,23 @@ def test_sample_trajectories_and_sampler_options(tmp_path):
             "--trajectories",
             "--out",
             str(out),
+            "--out",
+            str(arr),
         ]
     )
-    assert rc == 0 and out.exists()
+    assert rc == 0 and out.read_bytes()[:4] == b"\x89PNG"
+    x, labels = np.load(arr), torch.arange(40) % 2
+    assert near_two_moons(x) and on_their_moons(x, labels)
+    assert not on_their_moons(x, labels[torch.randperm(40, generator=torch.Generator())])
+    assert not on_their_moons(x, 1 - labels)
 
 
 @pytest.mark.skipif(not bundled_path("digits").is_dir(), reason="digits weights not bundled")
 def test_sample_digits_with_label_and_cfg(tmp_path):
+    """The requested digit, by a 3-NN classifier on the training digits (measured 8 of 8)."""
+    neighbors = pytest.importorskip("sklearn.neighbors")
+    from reverie.data import load_digits
+
     out, arr = tmp_path / "d.png", tmp_path / "d.npy"
     rc = main(
         [
@@ -127,7 +178,12 @@ def test_sample_digits_with_label_and_cfg(tmp_path):
         ]
     )
     assert rc == 0 and out.read_bytes()[:4] == b"\x89PNG"
-    assert np.load(arr).shape == (8, 1, 8, 8)
+    x = np.load(arr)
+    assert x.shape == (8, 1, 8, 8)
+    x_tr, y_tr = load_digits("train")
+    knn = neighbors.KNeighborsClassifier(3).fit(x_tr.reshape(len(x_tr), -1), y_tr)
+    predicted = torch.as_tensor(knn.predict(x.reshape(8, -1)))
+    assert int((predicted == 3).sum()) >= 7 and int((predicted == 5).sum()) <= 1
 
 
 @pytest.mark.parametrize(
@@ -155,42 +211,34 @@ def test_sample_errors_are_clear_and_write_nothing(tmp_path, capsys, args, messa
     assert list(tmp_path.rglob("*")) == []
 
 
+def _label_rows_ok(x, labels) -> bool:
+    """The data law: x ~ N(1, 0.3^2 I), label = [x_0 > 1]; at least 85% of the rows on their
+    label's side of x_0 = 1 and the other coordinate's mean within 0.15 of 1."""
+    x = torch.as_tensor(x)
+    side = float(((x[:, 0] > 1).long() == labels).double().mean())
+    return side >= 0.85 and abs(float(x[:, 1].mean()) - 1.0) < 0.15
+
+
 def test_train_then_sample_a_data_file(tmp_path, capsys):
-    data = torch.randn(256, 2) * 0.3 + 1.0
+    """Training 300 steps learns the conditional law: per-sample labels (``--label all``: row
+    ``i`` gets ``i % 2``) put 96% of the rows on their side (measured); flipped labels and a
+    30-step model fail the same check."""
+    data = torch.randn(256, 2, generator=torch.Generator().manual_seed(0)) * 0.3 + 1.0
     torch.save({"x": data, "labels": (data[:, 0] > 1).long()}, tmp_path / "d.pt")
-    model = tmp_path / "model"
-    rc = main(
-        [
-            "train",
-            str(tmp_path / "d.pt"),
-            "--out",
-            str(model),
-            "--steps",
-            "30",
-            "--batch-size",
-            "64",
-            "--quiet",
-        ]
-    )
-    assert rc == 0 and (model / "reverie.json").exists() and (model / "model.safetensors").exists()
-    rc = main(
-        [
-            "sample",
-            "--model",
-            str(model),
-            "--n",
-            "10",
-            "--steps",
-            "3",
-            "--label",
-            "1",
-            "--cfg",
-            "1.5",
-            "--quiet",
-            "--out",
-            str(tmp_path / "s.npy"),
-        ]
-    )
-    assert rc == 0 and np.load(tmp_path / "s.npy").shape == (10, 2)
+    labels = torch.arange(100) % 2
+    samples = {}
+    for steps in ("300", "30"):
+        model = tmp_path / f"model{steps}"
+        rc = main(["train", str(tmp_path / "d.pt"), "--out", str(model), "--steps", steps,
+                   "--batch-size", "64", "--quiet"])
+        assert rc == 0 and (model / "reverie.json").exists()
+        assert (model / "model.safetensors").exists()
+        rc = main(["sample", "--model", str(model), "--n", "100", "--steps", "10", "--label",
+                   "all", "--cfg", "1.5", "--quiet", "--out", str(tmp_path / f"s{steps}.npy")])
+        samples[steps] = np.load(tmp_path / f"s{steps}.npy")
+        assert rc == 0 and samples[steps].shape == (100, 2)
+    assert _label_rows_ok(samples["300"], labels)
+    assert not _label_rows_ok(samples["300"], 1 - labels)
+    assert not _label_rows_ok(samples["30"], labels)
     rc = main(["train", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m2")])
     assert rc == 2 and "no data file" in capsys.readouterr().err

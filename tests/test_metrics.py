@@ -32,7 +32,13 @@ def test_reference_object_matches_the_function_for_any_sizes():
     for n in (1000, 4000, 6000):
         x = torch.randn(n, 4, generator=_gen(n), dtype=torch.float64) * 1.3
         assert sw(x) == pytest.approx(sliced_wasserstein(x, ref, 32, _gen(3)), rel=1e-12)
-        assert sw(x) == sw(x)  # the cached reference quantiles are reused unchanged
+    # after the cache holds other sizes, a shifted copy of the reference is at the closed-form
+    # distance sqrt(mean_u (u.m)^2) along the object's own directions (and a 10% longer shift
+    # is not)
+    m = torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=torch.float64)
+    exact = math.sqrt(float(((m @ sw.u) ** 2).mean()))
+    assert sw(ref + m) == pytest.approx(exact, rel=1e-12)
+    assert sw(ref + 1.1 * m) == pytest.approx(1.1 * exact, rel=1e-12)
     with pytest.raises(ValueError, match="dimensions differ"):
         sw(torch.zeros(10, 5))
     with pytest.raises(ValueError, match="p must be 1 or 2"):

@@ -46,6 +46,25 @@ def test_first_hitting_reproduces_the_exact_joint(chain):
     assert E.tv(E.empirical(x, 3), p) < E.tv_tolerance(p, N)
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"sampler": "first_hitting", "steps": L, "temperature": 0.85},
+        {"sampler": "first_hitting", "steps": L, "temperature": 1.15},
+        {"sampler": "ancestral", "steps": L // 2},
+        {"sampler": "low_confidence", "steps": L},
+    ],
+    ids=str,
+)
+def test_exact_joint_check_rejects_wrong_samplers(chain, kw):
+    """The TV check above (tolerance 0.024 at N = 20000; first-hitting measures 0.006) rejects
+    first-hitting at temperature 0.85 / 1.15 (TV 0.071 / 0.075), two tokens per ancestral step
+    (0.086) and low-confidence ordering (mode seeking, 0.12)."""
+    _, p = chain.joint(L)
+    x = generate(chain.denoiser(), length=L, n=N, generator=_gen(), **kw)
+    assert E.tv(E.empirical(x, 3), p) > E.tv_tolerance(p, N)
+
+
 @pytest.mark.parametrize("sampler", ["first_hitting", "random"])
 def test_one_token_per_step_in_blocks_is_exact(chain, sampler):
     """Semi-autoregressive blocks keep a valid chain-rule order: still the exact joint."""

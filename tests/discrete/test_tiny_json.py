@@ -1,12 +1,15 @@
 """The bundled tiny-json model, its loader, the `reverie generate` command and the benchmark."""
 
+import copy
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from reverie import cli
 from reverie.discrete import ReverieLM, generate, load_model
+from reverie.discrete.samplers import SAMPLERS
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +47,55 @@ def test_prompted_samples_keep_the_prompt_and_mostly_parse(model):
     assert ok >= 8  # a regression guard; the measured rates are in BENCHMARKS.md
 
 
+def adablock_blocks(model) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]]:
+    """Run AdaBlock (a local copy whose decision function records each new block) and return
+    the tokens and ``(row, start, end, predicted token at end - 1 when it was planned)``."""
+    base = SAMPLERS["adablock"]
+    blocks: list[tuple[int, int, int, int]] = []
+
+    def decide(ctx):
+        pred = ctx.logp.argmax(-1)
+        for r in ctx.new_block.nonzero().flatten().tolist():
+            lo, hi = int(ctx.block_start[r]), int(ctx.block_end[r])
+            blocks.append((r, lo, hi, int(pred[r, hi - 1])))
+        return base.decide(ctx)
+
+    # a wider window and a lower confidence bar than the defaults: the bundled model predicts
+    # a comma confidently only a few positions ahead
+    out = generate(model, length=64, steps=48, sampler=replace(base, decide=decide), n=4,
+                   generator=torch.Generator().manual_seed(1), window=0.5,
+                   delimiter_threshold=0.1)
+    return out, blocks
+
+
+def blocks_end_at(blocks, delimiters, block_length: int = 32, length: int = 64) -> bool:
+    """Every block shorter than ``block_length`` (and not cut by the canvas end) ends at a
+    predicted delimiter, and at least 8 blocks are such."""
+    short = [b for b in blocks if b[2] - b[1] < block_length and b[2] < length]
+    return len(short) >= 8 and all(tok in delimiters for *_, tok in short)
+
+
 def test_adablock_uses_the_models_delimiters(model):
-    out = generate(
-        model,
-        length=64,
-        steps=64,
-        sampler="adablock",
-        n=2,
-        return_stats=True,
-        generator=torch.Generator().manual_seed(1),
-    )
-    assert bool((out.tokens != model.mask_id).all())
+    out, blocks = adablock_blocks(model)
+    assert bool((out != model.mask_id).all())
+    assert blocks_end_at(blocks, model.delimiter_ids), blocks
+    # mostly the sample has the comma where its block was planned to end (measured 8 of 12)
+    comma = model.encode(",")[0]
+    ends = [(r, hi - 1) for r, _, hi, tok in blocks if tok == comma]
+    assert sum(int(out[r, i]) == comma for r, i in ends) >= len(ends) // 2
+
+
+def test_adablock_segmentation_follows_the_delimiter_set(model):
+    """The same model with ':' as its delimiter segments differently (blocks end after the
+    keys), and the check for ',' rejects those blocks."""
+    colon = copy.copy(model)
+    colon.delimiter_ids = model.encode(":")
+    _, own = adablock_blocks(model)
+    _, other = adablock_blocks(colon)
+    assert blocks_end_at(other, colon.delimiter_ids), other
+    assert not blocks_end_at(other, model.delimiter_ids)
+    assert not blocks_end_at(own, colon.delimiter_ids)
+    assert sorted(b[:3] for b in own) != sorted(b[:3] for b in other)
 
 
 def test_load_model_errors(tmp_path):
@@ -125,3 +166,40 @@ def test_bench_reference_part_runs(tmp_path, capsys):
     names = {r["sampler"] for r in res["reference"]["rows"]}
     assert names == {"first_hitting", "ancestral"}
     assert "TV / floor" in capsys.readouterr().out
+
+
+def test_bench_speed_is_warm_interleaved_and_median(tmp_path, monkeypatch):
+    """Every tiny-json cell runs once untimed (its accuracy run, the warm-up) before any timed
+    run; then each round times every sampler at steps = L once, alternating the order; the
+    reported tokens/s is n L / the median of the rounds."""
+    import statistics
+
+    import reverie.discrete
+
+    calls = []
+    real = reverie.discrete.generate
+
+    def spy(model, **kw):
+        if kw["length"] == 64:  # the tiny-json part (the reference part has L = 8)
+            calls.append((kw["sampler"], kw["steps"]))
+        return real(model, **kw)
+
+    monkeypatch.setattr(reverie.discrete, "generate", spy)
+    out = tmp_path / "discrete.json"
+    rc = cli.main(["bench", "discrete", "--n-ref", "50", "--n-json", "4", "--rounds", "3",
+                   "--samplers", "threshold,ancestral", "--out", str(out)])
+    assert rc == 0
+    assert len(calls) == 8 + 3 * 2
+    warm, timed = calls[:8], calls[8:]
+    assert sorted(warm) == [(s, k) for s in ("ancestral", "threshold") for k in (8, 16, 32, 64)]
+    pair = [("ancestral", 64), ("threshold", 64)]
+    assert timed == pair + pair[::-1] + pair
+    res = json.loads(out.read_text())["tiny_json"]
+    assert res["dtype"] == {"network": "float32", "draws": "float64"}
+    for row in res["rows"]:
+        if row["steps"] == 64:
+            assert len(row["seconds_per_round"]) == 3
+            median = statistics.median(row["seconds_per_round"])
+            assert row["tokens_per_s"] == pytest.approx(4 * 64 / median)
+        else:
+            assert row["tokens_per_s"] is None

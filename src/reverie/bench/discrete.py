@@ -9,15 +9,18 @@ independent sets); the issue's target compares two exact-sample sets of the same
 we report too.
 
 Part 2 -- tiny-json. For every sampler and steps in {L/8, L/4, L/2, L} (L = 64): the fraction
-of unconstrained samples that parse as JSON, the model calls, and tokens per second (wall
-clock, as a ratio to ancestral sampling at the same steps measured in the same run).
+of unconstrained samples that parse as JSON and the model calls. Tokens per second at steps = L
+are measured warm and interleaved: the accuracy run of every cell is its (untimed) warm-up, then
+``--rounds`` timed rounds each run every sampler once, alternating forward and reverse order,
+and the median per sampler is reported (also as a ratio to ancestral sampling). Every sampler
+and the ancestral baseline run the same float32 network; categorical draws are float64.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import statistics
 from typing import Any
 
 import torch
@@ -33,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-json", action="store_true", help="only the exact-reference part")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--temperature", type=float, default=1.0, help="for the tiny-json part")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="timed rounds of the tiny-json speed (median)"
+    )
+
+
+def _or_dash(value: float | None) -> float | str:
+    return "—" if value is None else value
 
 
 def _parse_rate(model, x: torch.Tensor) -> float:
@@ -111,40 +121,56 @@ def _reference_part(names, args) -> tuple[list[dict], dict]:
 def _json_part(names, args) -> list[dict]:
     from reverie.discrete import SAMPLERS, generate, load_model
 
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
     model = load_model("tiny-json")
     L, n = model.length, args.n_json
-    rows = []
-    base: dict[int, float] = {}
-    for name in ["ancestral"] + [s for s in names if s != "ancestral"]:
-        info = SAMPLERS[name]
-        for steps in (L // 8, L // 4, L // 2, L):
-            if not _steps_ok(info, steps, L):
-                continue
+    order = ["ancestral"] + [s for s in names if s != "ancestral"]
+    cells = [
+        (name, steps)
+        for name in order
+        for steps in (L // 8, L // 4, L // 2, L)
+        if _steps_ok(SAMPLERS[name], steps, L)
+    ]
+
+    def draw(name: str, steps: int):
+        return generate(
+            model,
+            length=L,
+            steps=steps,
+            sampler=name,
+            n=n,
+            return_stats=True,
+            temperature=args.temperature,
+            generator=torch.Generator().manual_seed(args.seed + steps),
+        )
+
+    outs = {cell: draw(*cell) for cell in cells}  # accuracy; also each cell's warm-up run
+    timed = [cell for cell in cells if cell[1] == L]
+    seconds: dict[tuple[str, int], list[float]] = {cell: [] for cell in timed}
+    for r in range(args.rounds):  # interleaved: every sampler once per round
+        for cell in timed if r % 2 == 0 else timed[::-1]:
             with Timer() as tm:
-                out = generate(
-                    model,
-                    length=L,
-                    steps=steps,
-                    sampler=name,
-                    n=n,
-                    return_stats=True,
-                    temperature=args.temperature,
-                    generator=torch.Generator().manual_seed(args.seed + steps),
-                )
-            tps = n * L / tm.seconds
-            if name == "ancestral":
-                base[steps] = tps
-            rows.append(
-                {
-                    "sampler": name,
-                    "steps": steps,
-                    "nfe": out.nfe,
-                    "row_evals": out.row_evals,
-                    "parse_rate": _parse_rate(model, out.tokens),
-                    "tokens_per_s": tps,
-                    "speed_vs_ancestral": tps / base[steps] if steps in base else math.nan,
-                }
-            )
+                draw(*cell)
+            seconds[cell].append(tm.seconds)
+    tps = {cell: n * L / statistics.median(seconds[cell]) for cell in timed}
+    rows = []
+    for cell, out in outs.items():
+        name, steps = cell
+        rows.append(
+            {
+                "sampler": name,
+                "steps": steps,
+                "nfe": out.nfe,
+                "row_evals": out.row_evals,
+                "parse_rate": _parse_rate(model, out.tokens),
+                "tokens_per_s": tps.get(cell),
+                "speed_vs_ancestral": (
+                    tps[cell] / tps[("ancestral", L)] if cell in tps else None
+                ),
+                "seconds_per_round": seconds.get(cell),
+            }
+        )
     return [r for r in rows if r["sampler"] in names]
 
 
@@ -195,7 +221,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         json_rows = _json_part(names, args)
         print(
             f"\n## tiny-json: L = 64, n = {args.n_json} unconstrained samples per run, "
-            f"temperature {args.temperature}\n"
+            f"temperature {args.temperature}; tokens/s at steps = L: median of {args.rounds} "
+            "warm interleaved rounds (float32 network, float64 draws)\n"
         )
         print(
             format_table(
@@ -206,13 +233,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         r["steps"],
                         r["nfe"],
                         r["parse_rate"],
-                        r["tokens_per_s"],
-                        r["speed_vs_ancestral"],
+                        _or_dash(r["tokens_per_s"]),
+                        _or_dash(r["speed_vs_ancestral"]),
                     ]
                     for r in json_rows
                 ],
             )
         )
-        result["tiny_json"] = {"n": args.n_json, "temperature": args.temperature, "rows": json_rows}
+        result["tiny_json"] = {
+            "n": args.n_json,
+            "temperature": args.temperature,
+            "rounds": args.rounds,
+            "dtype": {"network": "float32", "draws": "float64"},
+            "rows": json_rows,
+        }
     print(f"\nmachine: {machine()}")
     return result
