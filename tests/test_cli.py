@@ -10,7 +10,7 @@ import torch
 
 from reverie.cli import main
 from reverie.data import TWO_MOONS_CENTER, TWO_MOONS_SCALE, two_moons
-from reverie.hub import BUNDLED, bundled_path
+from reverie.hub import BUNDLED
 from reverie.samplers import SAMPLERS
 
 
@@ -150,10 +150,10 @@ def test_sample_trajectories_and_per_sample_labels(tmp_path):
     assert not on_their_moons(x, 1 - labels)
 
 
-@pytest.mark.skipif(not bundled_path("digits").is_dir(), reason="digits weights not bundled")
 def test_sample_digits_with_label_and_cfg(tmp_path):
     """The requested digit, by a 3-NN classifier on the training digits (measured 8 of 8)."""
-    neighbors = pytest.importorskip("sklearn.neighbors")
+    import sklearn.neighbors as neighbors
+
     from reverie.data import load_digits
 
     out, arr = tmp_path / "d.png", tmp_path / "d.npy"

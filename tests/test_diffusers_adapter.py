@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 
+import diffusers  # noqa: E402 -- a dev dependency: a missing install fails, not skips
 import pytest
 import torch
 
 import reverie
 from reverie.diffusers_adapter import alphas_cumprod_from_config, scheduler_spec
 from reverie.hub import load
-
-diffusers = pytest.importorskip("diffusers")
 
 
 def tiny_unet(seed: int = 0, **kw) -> torch.nn.Module:

@@ -77,8 +77,14 @@ def test_conditional_and_cfg_formula(tmp_path):
     assert torch.allclose(model.conditional(1)(x, t), d_c)
     guided = model.conditional(1, cfg_scale=3.0)(x, t)
     assert torch.allclose(guided, d_u + 3.0 * (d_c - d_u), atol=1e-5)
-    per_sample = model.conditional(torch.tensor([0, 1, 0, 1, 0, 1]), cfg_scale=2.0)(x, t)
-    assert per_sample.shape == x.shape
+    labels = torch.tensor([0, 1, 0, 1, 0, 1])
+    per_sample = model.conditional(labels, cfg_scale=2.0)(x, t)
+    d_0 = model.denoiser(x, t, class_labels=torch.zeros(6, dtype=torch.long))
+    # each row guided toward its own label: d_u + 2 (d_label - d_u)
+    expected = torch.where((labels == 1)[:, None], d_u + 2.0 * (d_c - d_u), d_u + 2.0 * (d_0 - d_u))
+    assert torch.allclose(per_sample, expected, atol=1e-5)
+    swapped = model.conditional(1 - labels, cfg_scale=2.0)(x, t)
+    assert not torch.allclose(swapped, expected, atol=1e-3)  # the check sees wrong labels
     with pytest.raises(ValueError, match="out of range"):
         model.conditional(2)
     with pytest.raises(ValueError, match="out of range"):
@@ -130,7 +136,7 @@ def test_unknown_names_and_missing_folders(tmp_path):
 
 def test_hub_ids_download_then_load(tmp_path, monkeypatch):
     """A hub id goes through huggingface_hub.snapshot_download (patched: no network here)."""
-    hf = pytest.importorskip("huggingface_hub")
+    import huggingface_hub as hf
     _, folder = _tiny_native(tmp_path, "hubmodel")
     calls = {}
 
@@ -209,8 +215,8 @@ def test_bundled_digits_loads_and_follows_labels():
     """The bundled digits model is a diffusers folder with EDM preconditioning; with CFG its
     samples are classified as the requested digit by a k-NN on the real training digits
     (which itself scores ~98% on the held-out digits)."""
-    pytest.importorskip("diffusers")
-    sklearn_neighbors = pytest.importorskip("sklearn.neighbors")
+    import sklearn.neighbors as sklearn_neighbors
+
     from reverie.data import load_digits
 
     model = load("digits")

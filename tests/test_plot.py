@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import matplotlib  # noqa: E402,F401 -- a dev dependency: a missing install fails
 import numpy as np
 import pytest
 import torch
-
-pytest.importorskip("matplotlib")
 
 from reverie import plot  # noqa: E402
 

@@ -4,11 +4,10 @@ import types
 
 import pytest
 import torch
+import transformers  # noqa: E402 -- a dev dependency: a missing install fails
 
 from reverie.discrete import MaskedLM, TokenClassifierFreeGuidance, generate, load_model
 from reverie.discrete.hf import shift_logits
-
-transformers = pytest.importorskip("transformers")
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefgh")
 
