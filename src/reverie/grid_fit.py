@@ -178,16 +178,7 @@ def _angle_grid(proc, steps: int, c: float, p: float) -> Tensor | None:
     theta_max = math.atan(s_max / c) if math.isfinite(s_max) else math.pi / 2
     s_min = float(proc.sigma_ve(torch.tensor(proc.t_min, dtype=torch.float64)))
     u = (1 - torch.arange(1, steps, dtype=torch.float64) / steps) ** p
-    sig = (c * torch.tan(u * theta_max)).clamp(min=s_min)
-    inner = proc.t_from_sigma_ve(sig).to(torch.float64)
-    grid = torch.cat(
-        [torch.tensor([proc.t_max], dtype=torch.float64), inner,
-         torch.tensor([proc.t_clean], dtype=torch.float64)]
-    )
-    try:
-        return check_grid(grid, proc)
-    except ValueError:
-        return None
+    return _grid_from_sigmas(proc, (c * torch.tan(u * theta_max)).clamp(min=s_min))
 
 
 def _refine(proc, grid: Tensor, best: float, loss, sweeps: int = 3) -> tuple[Tensor, float]:
@@ -216,7 +207,13 @@ def _refine(proc, grid: Tensor, best: float, loss, sweeps: int = 3) -> tuple[Ten
 
 
 def _from_log_sigma(proc, log_s: Tensor) -> Tensor | None:
-    inner = proc.t_from_sigma_ve(torch.exp(log_s[1:])).to(torch.float64)
+    return _grid_from_sigmas(proc, torch.exp(log_s[1:]))
+
+
+def _grid_from_sigmas(proc, sigma_ve: Tensor) -> Tensor | None:
+    """``t_max``, the times of the interior noise levels ``sigma_ve``, the clean end; ``None``
+    if that is not a valid grid (points out of order)."""
+    inner = proc.t_from_sigma_ve(sigma_ve).to(torch.float64)
     grid = torch.cat(
         [torch.tensor([proc.t_max], dtype=torch.float64), inner,
          torch.tensor([proc.t_clean], dtype=torch.float64)]
