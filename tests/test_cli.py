@@ -242,3 +242,23 @@ def test_train_then_sample_a_data_file(tmp_path, capsys):
     assert not _label_rows_ok(samples["30"], labels)
     rc = main(["train", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m2")])
     assert rc == 2 and "no data file" in capsys.readouterr().err
+
+
+def test_sample_with_a_fitted_grid(tmp_path, capsys):
+    """``--grid fit`` fits a grid to the model (reverie.optimize_grid), prints it with its
+    validation loss next to the default's, and samples on it; a too small --fit-n is a user
+    error."""
+    out = tmp_path / "x.npy"
+    assert main(["sample", "--model", "two-moons", "--sampler", "dpmpp_2m", "--steps", "3",
+                 "--n", "16", "--grid", "fit", "--fit-n", "16", "--quiet",
+                 "--out", str(out)]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("fitted grid"))
+    grid = [float(v) for v in line.split(": ")[-1].strip("[]").split(",")]
+    loss, default = (float(line.split(f"{k} ")[1].split()[0].rstrip(";"))
+                     for k in ("validation loss", "vs default"))
+    assert len(grid) == 4 and grid[-1] == 0.0 and grid == sorted(grid, reverse=True)
+    assert loss <= default
+    assert np.load(out).shape == (16, 2)
+    assert main(["sample", "--model", "two-moons", "--grid", "fit", "--fit-n", "2",
+                 "--out", str(tmp_path / "y.npy")]) == 2
+    assert "--fit-n must be >= 4" in capsys.readouterr().err

@@ -30,8 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--grid",
         default=None,
-        help="time grid: uniform, trailing, logsnr or karras (default: the sampler's)",
+        help="time grid: uniform, trailing, leading, logsnr or karras, or 'fit' to fit one to "
+        "the model with reverie.optimize_grid (default: the sampler's default for the model)",
     )
+    p.add_argument("--fit-n", type=int, default=256,
+                   help="noises used by --grid fit (half fit, half validate; default 256)")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument(
         "--seed", type=int, default=0, help="seed; sample k depends only on seed + k (default 0)"
@@ -126,6 +129,27 @@ def _write_tensor(x, path: Path) -> None:
     save_array(x, path)
 
 
+def _fit_grid(model, info, args, labels, dtype, options):
+    """``--grid fit``: a grid fitted to this model (and labels / guidance) and sampler."""
+    import torch
+
+    from reverie.grid_fit import optimize_grid
+
+    n = args.fit_n + args.fit_n % 2  # two equal halves
+    if labels is not None and isinstance(labels, torch.Tensor) and labels.ndim > 0:
+        labels = labels.repeat(n // (2 * len(labels)) + 1)[: n // 2]  # the labels' mix
+    den = model.denoiser if labels is None else model.conditional(labels, args.cfg)
+    grid, report = optimize_grid(
+        den, info, args.steps, shape=model.sample_shape, n=n,
+        generator=torch.Generator().manual_seed(args.seed + 2_000_003), dtype=dtype,
+        return_report=True, progress=not args.quiet, **options,
+    )
+    print(f"fitted grid ({report.source}; validation loss {report.val_loss:.4g} vs default "
+          f"{report.default_val_loss:.4g}; {report.nfe} model calls): "
+          f"{[round(float(t), 4) for t in grid]}")
+    return grid
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -142,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.fit_n < 4:
+        raise ValueError(f"--fit-n must be >= 4, got {args.fit_n}")
     info = SAMPLERS[args.sampler]  # unknown names list the valid ones
     outs = _check_outputs(args.out or ["samples.png"])
     options = parse_options(args.option)
@@ -154,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
     path_points = []
 
     t0 = time.perf_counter()
+    if args.grid == "fit":
+        args.grid = _fit_grid(model, info, args, labels, dtype, options)
     if args.trajectories:
         if not is_2d:
             raise ValueError("--trajectories is for 2-D models (e.g. --model two-moons)")
