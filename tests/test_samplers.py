@@ -497,3 +497,32 @@ def test_nan_from_the_model_names_the_step(mixture):
     den = reverie.Denoiser(fn, proc, prediction="x0")
     with pytest.raises(NonFiniteError, match=r"after step \d+/10 \(t = 0\.\d+"):
         reverie.sample(den, torch.randn(4, 2, dtype=torch.float64), "dpmpp_2m", steps=10)
+
+
+@pytest.mark.parametrize("steps", [3, 6])
+def test_heun_on_a_flow_matches_diffusers_flow_match_heun(steps):
+    """From t = 1 (alpha = 0) Heun steps in t on dx/dt = v: on diffusers' own sigmas reverie's
+    heun equals FlowMatchHeunDiscreteScheduler path by path, with the same number of model
+    calls (2N - 1); taking the first step as an Euler step (the old behaviour) does not."""
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    proc = reverie.RectifiedFlow()
+    mix = reverie.reference.GaussianMixture([[-1.0, 0.5], [1.5, -0.5]], 0.1)
+    den = mix.denoiser(proc)
+    noise = torch.randn(64, 2, generator=gen(0), dtype=torch.float64)
+    sch = FlowMatchHeunDiscreteScheduler()
+    sch.set_timesteps(steps)
+    grid = torch.cat([sch.sigmas[:-1].unique_consecutive().double(),
+                      torch.zeros(1, dtype=torch.float64)])
+    x = noise.clone()
+    for t in sch.timesteps:
+        tt = float(t) / 1000
+        x = sch.step(((x - den(x, tt)) / tt).float().double(), t, x).prev_sample
+    out = run("heun", den, noise, grid)
+    assert out.nfe == len(sch.timesteps) == 2 * steps - 1
+    torch.testing.assert_close(out.x0, x, atol=1e-5, rtol=1e-5)
+    # the wrong variant (the old behaviour): an Euler first step from t = 1, then Heun
+    sch0 = Schedule.build(proc, grid)
+    after_euler = SAMPLERS["euler"].step(den, State(noise), sch0).x
+    wrong = run("heun", den, after_euler, grid[1:]).x0
+    assert float((wrong - x).abs().max()) > 1e-2

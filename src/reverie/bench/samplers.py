@@ -36,7 +36,7 @@ from reverie.bench.common import format_table, machine
 from reverie.grid_fit import optimize_grid
 from reverie.grids import make_grid
 from reverie.metrics import SlicedWasserstein
-from reverie.process import VP
+from reverie.process import VP, RectifiedFlow
 from reverie.reference import GaussianMixture
 from reverie.samplers import SAMPLERS, State
 from reverie.samplers import run as run_sampler
@@ -84,6 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="NFE budgets at which optimize_grid is fitted and reported",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the noises and references")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
 
 
 def random_mixture(seed: int, dim: int = 8) -> GaussianMixture:
@@ -178,9 +180,9 @@ class _Problem:
     """One mixture: its exact denoiser, the noises and sliced-W2 references A (choose) and B
     (report), and the two-sample floor on B."""
 
-    def __init__(self, seed: int, args: argparse.Namespace):
+    def __init__(self, seed: int, args: argparse.Namespace, process=None):
         self.gm = gm = random_mixture(seed, args.dim)
-        self.proc = VP.linear()
+        self.proc = VP.linear() if process is None else process
         exact = gm.denoiser(self.proc)
         self.den = type(exact)(
             lambda x, t: exact(x.double(), t).to(x.dtype), self.proc, "x0"
@@ -317,6 +319,33 @@ def fitted(problems: dict[int, _Problem], args: argparse.Namespace) -> list[dict
     return rows
 
 
+def flows(args: argparse.Namespace) -> list[dict]:
+    """A rectified flow (SD3 / Flux's process, ``shift = 1``): reverie's defaults against
+    diffusers' flow-matching schedulers with their own defaults, on the same mixtures."""
+    import diffusers as d
+
+    from reverie.samplers import resolve_grid
+
+    peers = {"euler": d.FlowMatchEulerDiscreteScheduler, "heun": d.FlowMatchHeunDiscreteScheduler}
+    rows = []
+    for seed in args.mixtures:
+        pb = _Problem(seed, args, RectifiedFlow())
+        for nfe in args.nfe:
+            for name, cls in peers.items():
+                grid = resolve_grid(SAMPLERS[name], pb.proc, _steps(name, nfe), None)
+                ours, used = pb.reverie(name, grid, "B")
+                sch = cls()
+                sch.set_timesteps(_peer_steps(name, nfe))
+                x = pb.noise["B"].clone()
+                for t in sch.timesteps:
+                    tt = float(t) / sch.config.num_train_timesteps  # = sigma (shift 1)
+                    x = sch.step((x - pb.den(x, tt)) / tt, t, x).prev_sample  # v = eps - x0
+                rows.append({"mixture": seed, "nfe": nfe, "method": name, "reverie": ours,
+                             "reverie_nfe": used, "diffusers": _score(pb.sw["B"], x),
+                             "diffusers_nfe": len(sch.timesteps), "floor": pb.floor})
+    return rows
+
+
 def targets(default_rows, fitted_rows, tuned_rows, args) -> dict[str, Any]:
     """Per mixture and NFE: defaults never worse than the peer's default; at 5 NFE the best
     reverie error's excess over the floor at most half of diffusers' best default's."""
@@ -445,93 +474,115 @@ def _table(rows: list[dict], key: str, label: str, args) -> str:
     return out
 
 
+PARTS = ("defaults", "tuned", "fitted", "flows", "overhead", "memory")
+
+
 def run_bench(args: argparse.Namespace) -> dict:
     if args.quick:
         args.n, args.nfe, args.mixtures = min(args.n, 2000), [5, 10], args.mixtures[:2]
         args.fit_nfe, args.fit_n = [5], min(args.fit_n, 512)
+    parts = [p.strip() for p in args.parts.split(",")]
+    if unknown := set(parts) - set(PARTS):
+        raise ValueError(f"unknown part(s) {sorted(unknown)}; expected some of {PARTS}")
     t0 = time.perf_counter()
-    problems = {seed: _Problem(seed, args) for seed in args.mixtures}
-    floor = statistics.mean(pb.floor for pb in problems.values())
-    d_rows = defaults(problems, args)
+    result: dict[str, Any] = {"args": vars(args) | {"func": None}}
     headers = ["sampler", "side", *[f"NFE {n}" for n in args.nfe]]
-    print(f"\n### Defaults (no selection): sliced W2, mean over {len(problems)} held-out "
-          f"mixtures (dim {args.dim}, n = {args.n}, float32 state both sides; mean floor "
-          f"{floor:.4f})\n")
-    table = []
-    for name in SAMPLERS:
-        rows = [r for r in d_rows if r["method"] == name]
-        table += _table(rows, "reverie", "reverie", args)
-        if any("diffusers" in r for r in rows):
+    problems = {}
+    if {"defaults", "tuned", "fitted"} & set(parts):
+        problems = {seed: _Problem(seed, args) for seed in args.mixtures}
+        result["floor"] = statistics.mean(pb.floor for pb in problems.values())
+    d_rows = t_rows = f_rows = []
+    if "defaults" in parts:
+        d_rows = result["defaults"] = defaults(problems, args)
+        print(f"\n### Defaults (no selection): sliced W2, mean over {len(problems)} held-out "
+              f"mixtures (dim {args.dim}, n = {args.n}, float32 state both sides; mean floor "
+              f"{result['floor']:.4f})\n")
+        table = []
+        for name in SAMPLERS:
+            rows = [r for r in d_rows if r["method"] == name]
+            table += _table(rows, "reverie", "reverie", args)
+            if any("diffusers" in r for r in rows):
+                table += _table(rows, "diffusers", "diffusers", args)
+        print(format_table(headers, table))
+        print("\nPer mixture (reverie / diffusers, defaults):\n")
+        print(_per_mixture(d_rows, args))
+    if "tuned" in parts:
+        t_rows = result["tuned"] = tuned(problems, args)
+        print("\n### Tuned, held out: the same candidate grids (diffusers' spacing options) for "
+              "both sides, chosen on seed A, reported on seed B (mean over mixtures)\n")
+        table = []
+        for name in dict.fromkeys(r["method"] for r in t_rows):
+            rows = [r for r in t_rows if r["method"] == name]
+            table += _table(rows, "reverie", "reverie", args)
             table += _table(rows, "diffusers", "diffusers", args)
-    print(format_table(headers, table))
-    print("\nPer mixture (reverie / diffusers, defaults):\n")
-    per = []
-    for seed in args.mixtures:
-        for name in _peers():
+        print(format_table(headers, table))
+    if "fitted" in parts:
+        f_rows = result["fitted"] = fitted(problems, args)
+        print("\n### Fitted: reverie.optimize_grid from the model alone, reported on seed B "
+              "(mean over mixtures; fit cost in model calls on one sample)\n")
+        table = []
+        for name in dict.fromkeys(r["method"] for r in f_rows):
             cells = []
-            for nfe in args.nfe:
-                r = next(r for r in d_rows if r["mixture"] == seed and r["method"] == name
-                         and r["nfe"] == nfe)
-                cells.append(f"{r['reverie']:.4f} / {r['diffusers']:.4f}")
-            per.append([seed, name, *cells])
-    print(format_table(["mixture", "sampler", *[f"NFE {n}" for n in args.nfe]], per))
-
-    t_rows = tuned(problems, args)
-    print("\n### Tuned, held out: the same candidate grids (diffusers' spacing options) for both "
-          "sides, chosen on seed A, reported on seed B (mean over mixtures)\n")
-    table = []
-    for name in dict.fromkeys(r["method"] for r in t_rows):
-        rows = [r for r in t_rows if r["method"] == name]
-        table += _table(rows, "reverie", "reverie", args)
-        table += _table(rows, "diffusers", "diffusers", args)
-    print(format_table(headers, table))
-
-    f_rows = fitted(problems, args)
-    print("\n### Fitted: reverie.optimize_grid from the model alone, reported on seed B "
-          "(mean over mixtures; fit cost in model calls on one sample)\n")
-    table = []
-    for name in dict.fromkeys(r["method"] for r in f_rows):
-        cells = []
-        for nfe in args.fit_nfe:
-            vals = [r for r in f_rows if r["method"] == name and nfe - 1 <= r["nfe"] <= nfe]
-            cells.append(
-                f"{statistics.mean(r['fitted'] for r in vals):.4f} "
-                f"({statistics.mean(r['fit_nfe'] for r in vals) / 1e3:.0f}k NFE, "
-                f"{statistics.mean(r['fit_s'] for r in vals):.1f} s)" if vals else "-"
-            )
-        table.append([name, *cells])
-    print(format_table(["sampler", *[f"NFE {n}" for n in args.fit_nfe]], table))
+            for nfe in args.fit_nfe:
+                vals = [r for r in f_rows if r["method"] == name and nfe - 1 <= r["nfe"] <= nfe]
+                cells.append(
+                    f"{statistics.mean(r['fitted'] for r in vals):.4f} "
+                    f"({statistics.mean(r['fit_nfe'] for r in vals) / 1e3:.0f}k NFE, "
+                    f"{statistics.mean(r['fit_s'] for r in vals):.1f} s)" if vals else "-"
+                )
+            table.append([name, *cells])
+        print(format_table(["sampler", *[f"NFE {n}" for n in args.fit_nfe]], table))
+    if "flows" in parts:
+        fl_rows = result["flows"] = flows(args)
+        print("\n### Flows: RectifiedFlow defaults vs diffusers' FlowMatch schedulers' defaults "
+              "(reverie / diffusers, float32 both sides)\n")
+        table = []
+        for name in dict.fromkeys(r["method"] for r in fl_rows):
+            rows = [r for r in fl_rows if r["method"] == name]
+            table += _table(rows, "reverie", "reverie", args)
+            table += _table(rows, "diffusers", "diffusers", args)
+        print(format_table(headers, table))
+        print(_per_mixture(fl_rows, args))
     acc_s = time.perf_counter() - t0
-
-    ov = overhead(rounds=3 if args.quick else 7)
-    print(
-        "\n### Per-step overhead (model that costs nothing, x of shape 1x4x64x64 float32, "
-        "50 steps, median of interleaved rounds)\n"
-    )
-    print(format_table(
-        ["reverie", "diffusers", "reverie us/step", "diffusers us/step", "ratio"],
-        [[r["reverie"], r["diffusers"], r["reverie_us"], r["diffusers_us"], r["ratio"]]
-         for r in ov],
-    ))
-    mem = memory(args.dim)
-    print("\n### Memory: copies of x held in the sampler state between steps\n")
-    print(format_table(["sampler", "order", "history copies"],
-                       [[r["method"], r["order"], r["history_copies"]] for r in mem]))
-    checks = targets(d_rows, f_rows, t_rows, args)
+    if "overhead" in parts:
+        ov = result["overhead"] = overhead(rounds=3 if args.quick else 7)
+        print(
+            "\n### Per-step overhead (model that costs nothing, x of shape 1x4x64x64 float32, "
+            "50 steps, median of interleaved rounds)\n"
+        )
+        print(format_table(
+            ["reverie", "diffusers", "reverie us/step", "diffusers us/step", "ratio"],
+            [[r["reverie"], r["diffusers"], r["reverie_us"], r["diffusers_us"], r["ratio"]]
+             for r in ov],
+        ))
+    if "memory" in parts:
+        mem = result["memory"] = memory(args.dim)
+        print("\n### Memory: copies of x held in the sampler state between steps\n")
+        print(format_table(["sampler", "order", "history copies"],
+                           [[r["method"], r["order"], r["history_copies"]] for r in mem]))
+    checks = result["checks"] = targets(d_rows, f_rows, t_rows, args) if d_rows else {}
+    if "flows" in parts:
+        lost = [r for r in result["flows"] if not r["reverie"] <= r["diffusers"] * 1.02 + 0.002]
+        checks["flows: cells where reverie's default loses to diffusers' by > 2%"] = (
+            f"{len(lost)} of {len(result['flows'])}")
     print("\n### Targets\n")
     for k, v in checks.items():
         print(f"- {k}: {v}")
-    print(f"\nmachine: {machine()}; accuracy part took {acc_s:.0f} s")
-    return {
-        "args": vars(args) | {"func": None},
-        "floor": floor,
-        "defaults": d_rows,
-        "tuned": t_rows,
-        "fitted": f_rows,
-        "overhead": ov,
-        "memory": mem,
-        "checks": checks,
-    }
+    print(f"\nmachine: {machine()}; accuracy parts took {acc_s:.0f} s")
+    return result
+
+
+def _per_mixture(rows: list[dict], args: argparse.Namespace) -> str:
+    out = []
+    for seed in args.mixtures:
+        for name in dict.fromkeys(r["method"] for r in rows if "diffusers" in r):
+            cells = []
+            for nfe in args.nfe:
+                r = next(r for r in rows if r["mixture"] == seed and r["method"] == name
+                         and r["nfe"] == nfe)
+                cells.append(f"{r['reverie']:.4f} / {r['diffusers']:.4f}")
+            out.append([seed, name, *cells])
+    return format_table(["mixture", "sampler", *[f"NFE {n}" for n in args.nfe]], out)
 
 
 run = run_bench
