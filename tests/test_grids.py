@@ -86,6 +86,15 @@ def test_default_grids_on_discrete_vp_follow_diffusers():
     for name in SAMPLERS:
         assert float(resolve_grid(SAMPLERS[name], proc, 1, None)[0]) == proc.t_max
     assert float(resolve_grid(SAMPLERS["ddim"], proc, 1500, None)[0]) == proc.t_max
+    # on a flow (log-SNR -inf at t = 1) exponential integrators start a thousandth below t = 1,
+    # as diffusers' flow sigmas do; Euler starts at t = 1, Heun walks FlowMatchHeun's grid
+    flow = reverie.RectifiedFlow()
+    assert resolve_grid(SAMPLERS["dpmpp_2m"], flow, 5, None).tolist() == pytest.approx(
+        [0.999, 0.7992, 0.5994, 0.3996, 0.1998, 0.0])
+    assert resolve_grid(SAMPLERS["euler"], flow, 5, None).tolist() == pytest.approx(
+        [1.0, 0.8, 0.6, 0.4, 0.2, 0.0])
+    torch.testing.assert_close(
+        resolve_grid(SAMPLERS["heun"], flow, 3, None), make_grid(flow, 3, "uniform"))
     # elsewhere the paper spacings stay: EDM's Karras grid for Euler, log-SNR for DPM-Solver++
     edm = reverie.EDM()
     torch.testing.assert_close(

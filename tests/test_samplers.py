@@ -392,8 +392,8 @@ def test_matches_diffusers(mixture, name, make):
 @pytest.mark.parametrize("steps", [5, 8])
 def test_dpmpp_3m_matches_diffusers_below_15_steps(mixture, steps):
     """Below 15 steps diffusers takes the second-to-last step at second order
-    (``lower_order_final``); with that option and ``legacy=True`` reverie matches diffusers
-    exactly. Without it the two differ (the test can fail)."""
+    (``lower_order_final``); with that option and ``legacy=True`` (both defaults) reverie
+    matches diffusers exactly. Without it the two differ (the test can fail)."""
     import diffusers
 
     proc = reverie.VP.linear()
@@ -403,9 +403,9 @@ def test_dpmpp_3m_matches_diffusers_below_15_steps(mixture, steps):
         timestep_spacing="trailing", solver_order=3, solver_type="heun")
     ref, sch = _diffusers_loop(make, den, noise.float(), steps)
     grid = torch.cat([sch.timesteps.to(torch.float64), torch.tensor([-1.0], dtype=torch.float64)])
-    ours = run("dpmpp_3m", den, noise, grid, legacy=True, lower_order_final=True).x0
+    ours = run("dpmpp_3m", den, noise, grid).x0
     torch.testing.assert_close(ours.float(), ref, rtol=2e-4, atol=2e-4)
-    full = run("dpmpp_3m", den, noise, grid, legacy=True).x0
+    full = run("dpmpp_3m", den, noise, grid, lower_order_final=False).x0
     assert float((full.float() - ref).abs().max()) > 1e-2
 
 

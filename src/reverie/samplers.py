@@ -600,19 +600,19 @@ def dpmpp_3m_sde(denoiser, state, sch, *, generator, cond, eta, s_noise, legacy)
     stochastic=False,
     grid=_TRAILING_ON_VP,
     legacy=True,
-    lower_order_final=False,
+    lower_order_final=True,
     description="DPM-Solver++(3M) (Lu et al. 2022): third-order multistep, data prediction",
 )
 def dpmpp_3m(
     denoiser, state, sch, *, generator, cond, legacy, lower_order_final
 ) -> Transition:
     """DPM-Solver++(3M), the deterministic (eta = 0) member of :func:`dpmpp_3m_sde`;
-    ``legacy=True`` (the default) reproduces diffusers' ``DPMSolverMultistepScheduler(
-    solver_order=3)`` coefficient, which is second order; ``legacy=False`` is third order on
-    single trajectories but 1-3% worse in distribution error at 20 NFE on random mixtures
-    (docs/samplers.md), so it is not the default.
-    ``lower_order_final=True``: below 15 steps the step before the final one is second order,
-    as in diffusers (mixed on the benchmark mixture: better at 5 NFE, twice the error at 10)."""
+    the defaults (``legacy=True``, ``lower_order_final=True``) are diffusers'
+    ``DPMSolverMultistepScheduler(solver_order=3)``: its coefficient, which is second order,
+    and its second-order step before the final one below 15 steps. ``legacy=False`` is third
+    order on single trajectories but 1-3% worse in distribution error at 20 NFE on random
+    mixtures, and ``lower_order_final=False`` better at 5 NFE on a VP but worse at 10 on flows
+    (docs/samplers.md), so neither is the default."""
     return _dpmpp_3m(denoiser, state, sch, cond=cond, eta=0.0, s_noise=1.0, legacy=legacy,
                      lower_order_final=lower_order_final)
 
@@ -839,6 +839,13 @@ def resolve_grid(
         if grid in ("logsnr", "karras") and not math.isfinite(
             float(process.log_snr(process.t_max))
         ):
+            if grid == "logsnr":
+                # an exponential integrator's multistep extrapolation is lost from a start at
+                # log-SNR = -inf (a flow at t = 1); start a thousandth below, as diffusers'
+                # flow sigmas do (measured: never worse than diffusers' DPM-Solver++ / UniPC
+                # on flows; from t = 1 up to 6% worse at 5 NFE)
+                top = process.t_max - (process.t_max - process.t_clean) / 1000
+                return make_grid(process, steps, "trailing", t_max=top)
             grid = (
                 process.default_grid
                 if process.default_grid not in ("logsnr", "karras")

@@ -326,7 +326,14 @@ def flows(args: argparse.Namespace) -> list[dict]:
 
     from reverie.samplers import resolve_grid
 
-    peers = {"euler": d.FlowMatchEulerDiscreteScheduler, "heun": d.FlowMatchHeunDiscreteScheduler}
+    flow = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 1.0}
+    peers = {
+        "euler": d.FlowMatchEulerDiscreteScheduler,
+        "heun": d.FlowMatchHeunDiscreteScheduler,
+        "dpmpp_2m": lambda: d.DPMSolverMultistepScheduler(**flow),
+        "dpmpp_3m": lambda: d.DPMSolverMultistepScheduler(solver_order=3, **flow),
+        "unipc": lambda: d.UniPCMultistepScheduler(**flow),
+    }
     rows = []
     for seed in args.mixtures:
         pb = _Problem(seed, args, RectifiedFlow())
@@ -338,7 +345,7 @@ def flows(args: argparse.Namespace) -> list[dict]:
                 sch.set_timesteps(_peer_steps(name, nfe))
                 x = pb.noise["B"].clone()
                 for t in sch.timesteps:
-                    tt = float(t) / sch.config.num_train_timesteps  # = sigma (shift 1)
+                    tt = float(t) / 1000  # diffusers' flow timesteps: 1000 sigma (shift 1)
                     x = sch.step((x - pb.den(x, tt)) / tt, t, x).prev_sample  # v = eps - x0
                 rows.append({"mixture": seed, "nfe": nfe, "method": name, "reverie": ours,
                              "reverie_nfe": used, "diffusers": _score(pb.sw["B"], x),
