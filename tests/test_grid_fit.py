@@ -126,5 +126,7 @@ def test_bad_input():
         optimize_grid(den, "ddim", 3, shape=(2,), n=2)
     with pytest.raises(ValueError, match="unknown sampler"):
         optimize_grid(den, "no_such_sampler", 3, shape=(2,))
+    with pytest.raises(ValueError, match="objective"):
+        optimize_grid(den, "ddim", 3, shape=(2,), objective="kl")
     with pytest.raises(TypeError, match="denoiser"):
         optimize_grid(lambda x, t: x, "ddim", 3, shape=(2,))
