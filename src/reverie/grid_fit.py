@@ -16,9 +16,10 @@ output closest to it. The search is over
 
 The objective is the mean squared distance to the teacher (deterministic samplers) or the
 sliced 2-Wasserstein distance to the teacher's samples (stochastic samplers, with common random
-numbers so that candidates are compared on the same noise; ``objective="sw"`` for any sampler). Half of the ``n`` noises fit; the
-other half validate: the fitted grid is returned only if it beats the sampler's default grid on
-the validation half, otherwise the default is returned.
+numbers so that candidates are compared on the same noise; ``objective="sw"`` for any
+sampler). Half of the ``n`` noises fit; the other half validate: the fitted grid is returned
+only if it beats the sampler's default grid on the validation half, otherwise the default is
+returned.
 """
 
 from __future__ import annotations
