@@ -182,6 +182,8 @@ def test_denoiser_with_other_samplers_and_vae(sd_folder):
     assert z.shape == (2, 4, 8, 8)
     pil = p.sample(PROMPT, steps=2, n=2, generator=torch.Generator().manual_seed(0))
     assert len(pil) == 2 and pil[0].size == (16, 16)
+    z = p.sample([PROMPT, "a cat"], steps=2, n=3, height=8, width=12, output_type="latent")
+    assert z.shape == (6, 4, 4, 6) and p.sample_shape == (4, 8, 8)
 
 
 def test_bad_input(sd_folder, tmp_path):
@@ -192,6 +194,10 @@ def test_bad_input(sd_folder, tmp_path):
         p.sample(PROMPT, steps=2, latents=torch.zeros(1, 4, 4, 4))
     with pytest.raises(ValueError, match="output_type"):
         p.sample(PROMPT, steps=2, output_type="jpeg")
+    with pytest.raises(ValueError, match="multiples of the VAE factor 2, got 16x9"):
+        p.encode_image(torch.zeros(1, 3, 16, 9))
+    with pytest.raises(ValueError, match="needs negative prompt embeddings"):
+        p.denoiser(p.encode_prompt(PROMPT)[0], guidance_scale=2.0)
     with pytest.warns(UserWarning, match="truncated to 77 tokens"):
         long_pos, _ = p.encode_prompt("the red " * 60)
     assert long_pos.shape == (1, 77, 32)
@@ -199,16 +205,19 @@ def test_bad_input(sd_folder, tmp_path):
     # pickle-only weights: refused unless trusted
     pick = tmp_path / "pickled"
     shutil.copytree(sd_folder, pick)
-    st = pick / "unet" / "diffusion_pytorch_model.safetensors"
     from safetensors.torch import load_file
 
-    torch.save(load_file(str(st)), pick / "unet" / "diffusion_pytorch_model.bin")
-    st.unlink()
-    with pytest.raises(ValueError, match="trust_pickle=True"):
+    for part, stem in [("unet", "diffusion_pytorch_model"), ("text_encoder", "model")]:
+        st = pick / part / f"{stem}.safetensors"
+        bin_name = "pytorch_model.bin" if part == "text_encoder" else f"{stem}.bin"
+        torch.save(load_file(str(st)), pick / part / bin_name)
+        st.unlink()
+    with pytest.raises(ValueError, match="only pickled weights.*trust_pickle=True"):
         reverie.load(pick)
     trusted = reverie.load(pick, trust_pickle=True)
     x = torch.randn(1, 4, 8, 8)
     emb = p.encode_prompt(PROMPT)[0]
+    assert torch.equal(trusted.encode_prompt(PROMPT)[0], emb)
     assert torch.equal(trusted.denoiser(emb)(x, 500.0), p.denoiser(emb)(x, 500.0))
 
     # a missing component, an unknown component, an unsupported pipeline class
@@ -222,6 +231,11 @@ def test_bad_input(sd_folder, tmp_path):
     index = json.loads((unknown / "model_index.json").read_text())
     (unknown / "model_index.json").write_text(json.dumps({**index, "controlnet": ["x", "Y"]}))
     with pytest.raises(ValueError, match="unknown component 'controlnet'"):
+        reverie.load(unknown)
+    (unknown / "model_index.json").write_text(
+        json.dumps({**index, "unet": ["diffusers", "UNet2DModel"]})
+    )
+    with pytest.raises(ValueError, match="'unet' is a 'UNet2DModel'; expected UNet2DCondition"):
         reverie.load(unknown)
     (unknown / "model_index.json").write_text(
         json.dumps({**index, "_class_name": "StableDiffusionXLPipeline"})

@@ -39,7 +39,9 @@ def is_latent_pipeline(folder: Path) -> bool:
         return True
     parts = {k for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[1]}
     unet = index.get("unet")
-    conditional_unet = isinstance(unet, list) and len(unet) == 2 and unet[1] != "UNet2DModel"
+    conditional_unet = (
+        isinstance(unet, list) and len(unet) == 2 and unet[1] not in (None, "UNet2DModel")
+    )
     return bool(parts & set(_LATENT_PARTS)) or conditional_unet
 
 

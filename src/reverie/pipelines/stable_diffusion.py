@@ -122,7 +122,8 @@ class StableDiffusion:
     Attributes: ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``process`` and
     ``prediction`` (from the scheduler config), ``base_denoiser`` (the unguided latent
     denoiser, taking ``encoder_hidden_states=``), ``vae_scale_factor``, ``latent_channels``,
-    ``scaling_factor``, ``scheduler_config``.
+    ``scaling_factor``, ``sample_shape`` (the latent shape at the default size),
+    ``scheduler_config``.
     """
 
     def __init__(
@@ -147,6 +148,8 @@ class StableDiffusion:
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_channels = int(unet.config.in_channels)
         self.scaling_factor = float(vae.config.scaling_factor)
+        size = int(unet.config.sample_size)
+        self.sample_shape = (self.latent_channels, size, size)
 
     def __repr__(self) -> str:
         return (
