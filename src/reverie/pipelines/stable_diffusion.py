@@ -167,9 +167,10 @@ class StableDiffusion:
         """CLIP's last hidden state of ``texts`` padded to ``model_max_length`` (diffusers)."""
         tok = self.tokenizer
         length = int(tok.model_max_length)
-        ids = tok(
+        enc = tok(
             texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
-        ).input_ids
+        )
+        ids = enc.input_ids
         full = tok(texts, padding="longest", return_tensors="pt").input_ids
         if full.shape[-1] > length:  # what truncation removed (diffusers' warning)
             removed = tok.batch_decode(full[:, length - 1 : -1])
@@ -177,9 +178,9 @@ class StableDiffusion:
                 f"the prompt was truncated to {length} tokens (CLIP's limit); removed: {removed}",
                 stacklevel=3,
             )
-        mask = None
+        mask = None  # SD's CLIP attends to the padding too, unless its config says otherwise
         if getattr(self.text_encoder.config, "use_attention_mask", False):
-            mask = (ids != tok.pad_token_id).long().to(self.device)
+            mask = enc.attention_mask.to(self.device)
         with torch.no_grad():
             return self.text_encoder(ids.to(self.device), attention_mask=mask)[0]
 
