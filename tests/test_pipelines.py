@@ -186,6 +186,17 @@ def test_denoiser_with_other_samplers_and_vae(sd_folder):
     assert z.shape == (6, 4, 4, 6) and p.sample_shape == (4, 8, 8)
 
 
+def test_bfloat16_model_under_float32_state(sd_folder):
+    """A bfloat16 model (UNet, VAE, text encoder) samples finite images close to float32's."""
+    latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    ref = reverie.load(sd_folder).sample(PROMPT, steps=4, latents=latents, output_type="np")
+    p = reverie.load(sd_folder, dtype=torch.bfloat16)
+    assert p.unet.dtype == p.vae.dtype == p.text_encoder.dtype == torch.bfloat16
+    out = p.sample(PROMPT, steps=4, latents=latents, output_type="np")
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    assert 0 < float(np.abs(out - ref).max()) < 0.05
+
+
 def test_bad_input(sd_folder, tmp_path):
     p = reverie.load(sd_folder)
     with pytest.raises(ValueError, match="multiples of the VAE factor 2"):

@@ -406,13 +406,14 @@ def load_stable_diffusion(
             modules[key] = getattr(transformers, cls_name).from_pretrained(part)
         else:
             safe = _check_weights(part, trust_pickle)
-            lib = diffusers if key != "text_encoder" else transformers
-            try:
-                model = getattr(lib, cls_name).from_pretrained(part, use_safetensors=safe)
+            text = key == "text_encoder"
+            lib, kw = (transformers, {}) if text else (diffusers, {"torch_dtype": dtype})
+            try:  # diffusers casts with torch_dtype itself (keeping its float32-only modules)
+                model = getattr(lib, cls_name).from_pretrained(part, use_safetensors=safe, **kw)
             except Exception as err:
                 raise ValueError(f"could not load the {cls_name} in {part}: {err}") from err
             model.eval().requires_grad_(False)
-            modules[key] = model.to(dtype) if dtype is not None else model
+            modules[key] = model.to(dtype) if dtype is not None and not kw else model
     spec = scheduler_spec(modules["scheduler"])
     if process is None and (spec.time_input != "process" or spec.precondition is not None):
         raise ValueError(
