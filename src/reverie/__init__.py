@@ -17,6 +17,7 @@ from reverie.denoisers import PREDICTIONS, ClassifierFreeGuidance, Denoiser, Den
 from reverie.grid_fit import optimize_grid
 from reverie.grids import GRIDS, make_grid
 from reverie.hub import load
+from reverie.pipelines import StableDiffusion
 from reverie.process import (
     EDM,
     VE,
@@ -46,6 +47,7 @@ __all__ = [
     "NonFiniteError",
     "RectifiedFlow",
     "SampleOutput",
+    "StableDiffusion",
     "State",
     "Transition",
     "UserError",

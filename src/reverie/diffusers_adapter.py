@@ -237,8 +237,9 @@ def load_unet(folder: str | Path, dtype: torch.dtype | None = None) -> nn.Module
     cls_name = config.get("_class_name")
     if cls_name != "UNet2DModel":
         raise ValueError(
-            f"{cfg_path} describes a {cls_name!r}; reverie loads pixel-space UNet2DModel "
-            "checkpoints (text-conditioned and latent models are not supported)"
+            f"{cfg_path} describes a {cls_name!r}; a lone model folder must be a pixel-space "
+            "UNet2DModel (load a text-conditioned UNet through its whole "
+            "StableDiffusionPipeline folder)"
         )
     try:
         from diffusers import UNet2DModel

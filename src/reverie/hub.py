@@ -482,8 +482,15 @@ def load(
     dtype: torch.dtype | None = None,
     process: GaussianProcess | None = None,
     prediction: str | None = None,
-) -> LoadedModel:
+    trust_pickle: bool = False,
+) -> Any:
     """Load a bundled model, a local folder or a Hugging Face Hub checkpoint (module docstring).
+
+    A Stable Diffusion 1.x/2.x pipeline folder (``StableDiffusionPipeline``: VAE, conditional
+    UNet, CLIP text encoder) comes back as a :class:`reverie.pipelines.StableDiffusion`
+    (``sample(prompt, ...)``, ``encode_prompt``, ``denoiser``, ``encode_image``, ``decode``);
+    its pickled weights are read only with ``trust_pickle=True``. Other latent or
+    text-conditioned pipelines (SDXL, SD3, Flux, PixArt, DiT) are refused.
 
     Masked-diffusion language models (the bundled ``tiny-json``, folders saved by
     :mod:`reverie.discrete`) load through :func:`reverie.discrete.load_model` and come back as
@@ -504,6 +511,8 @@ def load(
 
         return load_model(text if text in _discrete_bundled() else path)
     if path.exists():
+        if _is_latent_pipeline(path):
+            return _load_latent(path, None, dtype, process, prediction, trust_pickle)
         return _load_folder(path, None, dtype, process, prediction)
     if text in BUNDLED:
         folder = bundled_path(text)
@@ -514,11 +523,39 @@ def load(
             )
         return _load_folder(folder, text, dtype, process, prediction)
     if _HUB_ID.match(text) and not text.startswith("."):
-        return _load_folder(_download(text), text, dtype, process, prediction)
+        local = _download(text)
+        if _is_latent_pipeline(local):
+            return _load_latent(local, text, dtype, process, prediction, trust_pickle)
+        return _load_folder(local, text, dtype, process, prediction)
     raise ValueError(
         f"unknown model {text!r}: not a bundled model "
         f"({', '.join([*BUNDLED, *_discrete_bundled()])}), not an existing "
         "folder, and not a Hugging Face Hub id (owner/name)"
+    )
+
+
+def _is_latent_pipeline(folder: Path) -> bool:
+    """A diffusers pipeline folder with a VAE, a text encoder or a transformer."""
+    if not (folder / "model_index.json").is_file():
+        return False
+    from reverie.pipelines import is_latent_pipeline
+
+    return is_latent_pipeline(folder)
+
+
+def _load_latent(
+    folder: Path,
+    name: str | None,
+    dtype: torch.dtype | None,
+    process: GaussianProcess | None,
+    prediction: str | None,
+    trust_pickle: bool,
+) -> Any:
+    from reverie.pipelines import load_pipeline
+
+    return load_pipeline(
+        folder, name=name, dtype=dtype, process=process, prediction=prediction,
+        trust_pickle=trust_pickle,
     )
 
 

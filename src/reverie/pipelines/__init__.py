@@ -1,0 +1,57 @@
+"""Latent, text-conditioned diffusers pipelines as reverie objects.
+
+``reverie.load(folder)`` sends a diffusers pipeline folder whose ``model_index.json`` names a
+VAE, a text encoder or a transformer here. Supported now: :data:`SUPPORTED` (Stable Diffusion
+1.x/2.x, :class:`~reverie.pipelines.stable_diffusion.StableDiffusion`). SDXL, SD3, Flux,
+PixArt and DiT folders are refused with a message saying so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from reverie.pipelines.stable_diffusion import StableDiffusion, load_stable_diffusion
+
+__all__ = ["SUPPORTED", "StableDiffusion", "is_latent_pipeline", "load_pipeline"]
+
+#: diffusers pipeline class -> reverie loader.
+SUPPORTED = {"StableDiffusionPipeline": load_stable_diffusion}
+
+#: model_index.json components that make a folder a latent / text-conditioned pipeline.
+_LATENT_PARTS = ("vae", "vqvae", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer")
+
+
+def _index(folder: Path) -> dict[str, Any]:
+    path = folder / "model_index.json"
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+
+
+def is_latent_pipeline(folder: Path) -> bool:
+    """Whether a pipeline folder is for this module (latent or text-conditioned), not for the
+    pixel-space ``UNet2DModel`` loader."""
+    index = _index(folder)
+    if index.get("_class_name") in SUPPORTED:
+        return True
+    parts = {k for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[1]}
+    unet = index.get("unet")
+    conditional_unet = (
+        isinstance(unet, list) and len(unet) == 2 and unet[1] not in (None, "UNet2DModel")
+    )
+    return bool(parts & set(_LATENT_PARTS)) or conditional_unet
+
+
+def load_pipeline(folder: Path, **kwargs: Any) -> StableDiffusion:
+    """Load a latent pipeline folder with the loader for its ``_class_name``."""
+    name = _index(folder).get("_class_name")
+    if name not in SUPPORTED:
+        raise ValueError(
+            f"{folder} is a {name!r}, which reverie cannot load yet; supported pipeline "
+            f"classes: {', '.join(SUPPORTED)} (SDXL, SD3, Flux, PixArt and DiT are not yet "
+            "supported)"
+        )
+    return SUPPORTED[name](folder, **kwargs)
