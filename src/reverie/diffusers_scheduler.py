@@ -207,8 +207,9 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         return self.spec.process
 
     def _model_time(self, t: Tensor) -> Tensor:
-        """Process times -> the model's time input (as :class:`ModelFunction` computes it)."""
-        t64 = t.to(torch.float64)
+        """Process times -> the model's time input, as reverie's ``Denoiser`` over a
+        ``ModelFunction`` computes it for a float32 state (``t`` rounded to float32 first)."""
+        t64 = t.to(torch.float32).to(torch.float64)
         if self.spec.time_input == "process":
             out = t64
         elif self.spec.time_input == "scaled":

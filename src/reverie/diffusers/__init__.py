@@ -4,6 +4,11 @@
 (see :mod:`reverie.diffusers_scheduler`). Importing this package imports diffusers.
 """
 
-from reverie.diffusers_scheduler import ONE_CALL_SAMPLERS, Scheduler, SchedulerMixin, SchedulerOutput
+from reverie.diffusers_scheduler import (
+    ONE_CALL_SAMPLERS,
+    Scheduler,
+    SchedulerMixin,
+    SchedulerOutput,
+)
 
 __all__ = ["ONE_CALL_SAMPLERS", "Scheduler", "SchedulerMixin", "SchedulerOutput"]
