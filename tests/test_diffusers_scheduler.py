@@ -203,6 +203,14 @@ def test_contract_and_add_noise():
     ref = diffusers.DDPMScheduler(beta_schedule="linear")
     t = torch.tensor([10, 500])
     assert torch.allclose(s.add_noise(x, x, t), ref.add_noise(x, x, t), atol=1e-6)
+    # half precision: the step runs in float32 and returns the sample's dtype
+    s.set_timesteps(5)
+    s.step(x.half(), s.timesteps[0], x.half())
+    half = s.step(x.half(), s.timesteps[1], x.half()).prev_sample
+    s.set_timesteps(5)
+    s.step(x.half().float(), s.timesteps[0], x.half().float())
+    full = s.step(x.half().float(), s.timesteps[1], x.half().float()).prev_sample
+    assert half.dtype == torch.float16 and torch.equal(half, full.half())
     again = reverie.diffusers.Scheduler.from_config(s.config)  # its own config round-trips
     assert again.sampler == "unipc" and "unipc" in repr(again)
 

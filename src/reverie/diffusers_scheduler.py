@@ -39,10 +39,9 @@ from reverie.grids import GRIDS, check_grid
 from reverie.process import GaussianProcess
 from reverie.samplers import SAMPLERS, Sampler, Schedule, State, resolve_grid
 
-__all__ = ["Scheduler", "SchedulerOutput", "ONE_CALL_SAMPLERS"]
-
-# diffusers looks base classes up by name in the module that defines a saved component
-__all__ += ["SchedulerMixin"]
+# SchedulerMixin is re-exported: diffusers looks a saved component's base classes up by name
+# in the module that defines it (DiffusionPipeline.from_pretrained)
+__all__ = ["Scheduler", "SchedulerOutput", "ONE_CALL_SAMPLERS", "SchedulerMixin"]
 
 
 def _one_call() -> list[str]:
@@ -340,15 +339,17 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         there; returns ``prev_sample`` (and ``pred_original_sample``, the data prediction)."""
         i = self._index(timestep)
         sch = self._schedule
-        x0 = self._x0(model_output, sample, i)
-        # the transition calls the model at (sample, sch.t[i]): the pipeline's call, replayed
-        den = _Replay(self.process, sample, sch.t[i], x0, self.sampler)
-        state = State(sample, i, self._memory)
+        # half-precision pipelines: the step and the sampler's memory run in float32
+        x = sample.float() if sample.dtype in (torch.float16, torch.bfloat16) else sample
+        x0 = self._x0(model_output, x, i)
+        # the transition calls the model at (x, sch.t[i]): the pipeline's call, replayed
+        den = _Replay(self.process, x, sch.t[i], x0, self.sampler)
         with torch.no_grad():
-            new = self.info.step(den, state, sch, generator=generator, **self.options)
+            new = self.info.step(den, State(x, i, self._memory), sch, generator=generator,
+                                 **self.options)
         self._memory = new.memory
         self._step_index = i + 1
-        prev = new.x.to(sample.dtype)
+        prev, x0 = new.x.to(sample.dtype), x0.to(sample.dtype)
         if not return_dict:
             return prev, x0
         return SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
