@@ -213,6 +213,10 @@ def test_contract_and_add_noise():
     assert half.dtype == torch.float16 and torch.equal(half, full.half())
     again = reverie.diffusers.Scheduler.from_config(s.config)  # its own config round-trips
     assert again.sampler == "unipc" and "unipc" in repr(again)
+    ddim = reverie.diffusers.Scheduler.from_config(config, sampler="ddim", eta=0.5)
+    assert reverie.diffusers.Scheduler.from_config(ddim.config).options == {"eta": 0.5}
+    assert reverie.diffusers.Scheduler.from_config(ddim.config, eta=0.0).options == {"eta": 0.0}
+    assert reverie.diffusers.Scheduler.from_config(ddim.config, sampler="ipndm").options == {}
 
 
 def test_bad_input():

@@ -188,15 +188,12 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         """``Scheduler.from_config(pipe.scheduler.config, sampler="unipc")`` (diffusers' swap
         idiom); a config saved by this class restores its sampler, steps, grid and options."""
         cfg = dict(config or {})
-        opts = {**(cfg.get("sampler_options") or {}), **kwargs.pop("sampler_options", {})}
-        sched = cls(
-            sampler=kwargs.pop("sampler", cfg.get("sampler", "ipndm")),
-            config=cfg,
-            steps=kwargs.pop("steps", cfg.get("steps")),
-            grid=kwargs.pop("grid", cfg.get("grid")),
-            **opts,
-            **kwargs,
-        )
+        sampler = kwargs.pop("sampler", cfg.get("sampler") or "ipndm")
+        # saved options belong to the saved sampler; keyword options override them
+        saved = (cfg.get("sampler_options") or {}) if sampler == cfg.get("sampler") else {}
+        opts = {**saved, **kwargs.pop("sampler_options", {})}
+        steps, grid = kwargs.pop("steps", cfg.get("steps")), kwargs.pop("grid", cfg.get("grid"))
+        sched = cls(sampler=sampler, config=cfg, steps=steps, grid=grid, **{**opts, **kwargs})
         return (sched, {}) if return_unused_kwargs else sched
 
     # -- time conversions ---------------------------------------------------------------------
