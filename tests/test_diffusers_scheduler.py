@@ -245,10 +245,6 @@ def test_bad_input():
     fixed = reverie.diffusers.Scheduler("ipndm", config, grid=[999, 500, 0])
     with pytest.raises(ValueError, match="num_inference_steps=3"):
         fixed.set_timesteps(10)
-    with pytest.raises(ValueError, match="dynamic"):
-        reverie.diffusers.Scheduler(
-            "euler", diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).config
-        )
 
 
 def test_stable_diffusion_pipeline_with_cfg():
@@ -296,3 +292,36 @@ def test_stable_diffusion_pipeline_with_cfg():
     eps = dict(ddim.config) | {"prediction_type": "epsilon"}
     wrong = run(reverie.diffusers.Scheduler("ddim", eps, grid=ddim.timesteps))
     assert (wrong - ref).abs().max() > 1e-2 * ref.abs().max()
+
+
+def test_dynamic_shift_flow_as_flux_calls_it():
+    """A Flux-like FlowMatch config (use_dynamic_shifting): set_timesteps(sigmas=..., mu=...)
+    through diffusers' own retrieve_timesteps, then Euler, equals FlowMatch Euler; another mu
+    does not, and without mu the error says what to pass."""
+    import numpy as np
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+    unet, n, steps = tiny_unet(1), 2, 6
+    fm = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    sigmas = np.linspace(1.0, 1 / steps, steps)
+    noise = torch.randn((n, 1, 8, 8), generator=torch.Generator().manual_seed(5))
+
+    def loop(s, mu):
+        retrieve_timesteps(s, steps, "cpu", sigmas=sigmas, mu=mu)  # Flux's exact call
+        x = noise.clone()
+        with torch.no_grad():
+            for t in s.timesteps:
+                x = s.step(unet(x, t.expand(n)).sample, t, x).prev_sample
+        return x
+
+    mu = calculate_shift(256)  # Flux's mu for a 256-token image (0.5)
+    ref = loop(fm, mu)
+    ours = reverie.diffusers.Scheduler("euler", fm.config)
+    assert (loop(ours, mu) - ref).abs().max() < 1e-5 * ref.abs().max()
+    assert (loop(ours, 1.15) - ref).abs().max() > 1e-3 * ref.abs().max()
+    with pytest.raises(ValueError, match="pass mu="):
+        ours.set_timesteps(steps)
+    with pytest.raises(ValueError, match="flow-matching configs only"):
+        reverie.diffusers.Scheduler("euler", diffusers.DDPMScheduler().config).set_timesteps(
+            sigmas=sigmas
+        )

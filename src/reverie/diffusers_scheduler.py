@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -35,8 +35,8 @@ from reverie._checks import check_options, positive_int
 from reverie._tensor import bcast, time_tensor
 from reverie.denoisers import DenoiserBase, to_x0
 from reverie.diffusers_adapter import SchedulerSpec, scheduler_spec
-from reverie.grids import GRIDS, check_grid
-from reverie.process import GaussianProcess
+from reverie.grids import GRIDS, _shift, check_grid
+from reverie.process import GaussianProcess, RectifiedFlow
 from reverie.samplers import SAMPLERS, Sampler, Schedule, State, resolve_grid
 
 # SchedulerMixin is re-exported: diffusers looks a saved component's base classes up by name
@@ -115,7 +115,7 @@ class Scheduler(SchedulerMixin, ConfigMixin):
     ``Scheduler(sampler="ipndm", config=pipe.scheduler.config, steps=None, grid=None,
     **options)``: ``config`` is the pipeline's scheduler config (it says the noising process
     and prediction type, e.g. a DDPM-family config with any beta schedule and
-    ``prediction_type``, flow matching with a static ``shift``, or EDM); ``grid`` is a name
+    ``prediction_type``, flow matching with a static or dynamic shift, or EDM); ``grid`` is a name
     from :data:`reverie.GRIDS` (default: the sampler's own spacing on that process) or a
     decreasing sequence of model timesteps in the pipeline's units (the clean end is appended);
     ``steps`` is used when ``set_timesteps`` gets no step count; ``options`` go to the sampler
@@ -154,7 +154,11 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         if config is None:
             raise ValueError("pass config=pipe.scheduler.config (the pipeline's scheduler config)")
         source = _source_config(config)
-        self.spec: SchedulerSpec = scheduler_spec(source)  # raises on unsupported configs
+        # a flow config with dynamic (resolution-dependent) shifting: the shift comes with
+        # set_timesteps(mu=...) (Flux); until then the process is the unshifted flow
+        self._dynamic = bool(source.get("use_dynamic_shifting"))
+        static = {**source, "use_dynamic_shifting": False} if self._dynamic else source
+        self.spec: SchedulerSpec = scheduler_spec(static)  # raises on unsupported configs
         if steps is not None:
             positive_int("steps", steps)
         if isinstance(grid, str) and grid not in GRIDS:
@@ -238,11 +242,37 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         timesteps: list[float] | Tensor | None = None,
+        sigmas: list[float] | Tensor | None = None,
+        mu: float | None = None,
     ) -> None:
         """Build the grid: ``timesteps`` (model time inputs, decreasing) if given, else the
-        constructor's grid, with ``num_inference_steps`` (or the constructor's ``steps``)."""
+        constructor's grid, with ``num_inference_steps`` (or the constructor's ``steps``).
+
+        Flow-matching configs also take diffusers' FlowMatch arguments: ``mu`` (required with
+        ``use_dynamic_shifting``: the shift is ``e^mu``, or ``mu`` for
+        ``time_shift_type="linear"``) and ``sigmas`` (unshifted, without the final 0, as Flux
+        passes them; they are shifted like diffusers does)."""
+        if self._dynamic:
+            if mu is None:
+                raise ValueError(
+                    "this flow config uses dynamic shifting (use_dynamic_shifting=True); pass "
+                    "mu= to set_timesteps, as Flux and SD3 pipelines do"
+                )
+            linear = self.config.get("time_shift_type", "exponential") == "linear"
+            shift = float(mu) if linear else math.exp(float(mu))
+            n_train = float(self.config.get("num_train_timesteps", 1000))
+            self.spec = replace(self.spec, process=RectifiedFlow(1.0 / n_train, shift=shift))
+        elif mu is not None:
+            raise ValueError("mu= is for flow configs with use_dynamic_shifting=True")
         grid = self.grid if timesteps is None else torch.as_tensor(timesteps).flatten()
-        if isinstance(grid, Tensor):
+        t: Tensor | None = None  # the grid's process times, without the clean end
+        if sigmas is not None:
+            if not isinstance(self.process, RectifiedFlow) or timesteps is not None:
+                raise ValueError(
+                    "sigmas= is taken for flow-matching configs only (and not with timesteps=)"
+                )
+            t = _shift(self.process, torch.as_tensor(sigmas, dtype=torch.float64).flatten())
+        elif isinstance(grid, Tensor):
             if num_inference_steps is not None and timesteps is None and (
                 int(num_inference_steps) != grid.numel()
             ):
@@ -254,6 +284,7 @@ class Scheduler(SchedulerMixin, ConfigMixin):
             t = self._process_time(grid)
             t_max = self.process.t_max  # float32 timesteps may land a rounding above t_max
             t = torch.where((t > t_max) & (t < t_max + 1e-5 * max(1.0, abs(t_max))), t_max, t)
+        if t is not None:
             full = check_grid(torch.cat([t, t.new_tensor([self.process.t_clean])]), self.process)
         else:
             n = num_inference_steps if num_inference_steps is not None else self.steps
