@@ -32,6 +32,15 @@ from reverie.samplers import SAMPLERS, NonFiniteError, SampleOutput, State, Tran
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):  # reverie.diffusers imports diffusers, so only on first use
+    if name == "diffusers":
+        import importlib
+
+        return importlib.import_module("reverie.diffusers")
+    raise AttributeError(f"module 'reverie' has no attribute {name!r}")
+
+
 __all__ = [
     "EDM",
     "GRIDS",
