@@ -211,3 +211,18 @@ def test_bad_checkpoints(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no model"):
         load(tmp_path / "empty")
+
+
+def test_scheduler_spec_reads_live_configs_without_a_class_name():
+    """A live ``scheduler.config`` has no ``_class_name`` (diffusers adds it on saving): the
+    family is recognised from its keys, so a flow or EDM config is not read as DDPM."""
+    from diffusers import EDMEulerScheduler, FlowMatchEulerDiscreteScheduler
+
+    from reverie.diffusers_adapter import scheduler_spec
+
+    flow = scheduler_spec(dict(FlowMatchEulerDiscreteScheduler(shift=3.0).config))
+    assert isinstance(flow.process, reverie.RectifiedFlow) and flow.process.shift == 3.0
+    edm = scheduler_spec(dict(EDMEulerScheduler().config))
+    assert isinstance(edm.process, reverie.EDM)
+    ddpm = scheduler_spec(dict(diffusers.DDPMScheduler().config))
+    assert isinstance(ddpm.process, reverie.VP)

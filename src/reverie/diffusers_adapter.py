@@ -154,12 +154,26 @@ def _prediction(config: Mapping[str, Any], default: str = "epsilon") -> str:
     return PREDICTION_TYPES[ptype]
 
 
+def guess_scheduler_class(config: Mapping[str, Any]) -> str:
+    """The scheduler family of a config without ``_class_name`` (a live ``scheduler.config``:
+    diffusers adds the name only on saving), from the keys each family's config always has."""
+    if "beta_schedule" in config or "trained_betas" in config:
+        return "DDPMScheduler"
+    if "sigma_data" in config:
+        return "EDMEulerScheduler"
+    if "shift" in config or "use_dynamic_shifting" in config:
+        return "FlowMatchEulerDiscreteScheduler"
+    if "snr" in config and "sigma_max" in config:
+        return "ScoreSdeVeScheduler"
+    return ""
+
+
 def scheduler_spec(config: Mapping[str, Any]) -> SchedulerSpec:
     """Turn a diffusers scheduler config (a dict, e.g. ``scheduler_config.json``) into the
     process, prediction type and time input of the model it belongs to (table above)."""
     if not isinstance(config, Mapping):
         raise TypeError(f"a scheduler config must be a mapping, got {type(config).__name__}")
-    name = str(config.get("_class_name", ""))
+    name = str(config.get("_class_name", "") or guess_scheduler_class(config))
     n_train = float(config.get("num_train_timesteps", 1000))
     if (
         name in _FLOW

@@ -34,7 +34,7 @@ from torch import Tensor
 from reverie._checks import check_options, positive_int
 from reverie._tensor import bcast, time_tensor
 from reverie.denoisers import DenoiserBase, to_x0
-from reverie.diffusers_adapter import SchedulerSpec, scheduler_spec
+from reverie.diffusers_adapter import SchedulerSpec, guess_scheduler_class, scheduler_spec
 from reverie.grids import GRIDS, _shift, check_grid
 from reverie.process import GaussianProcess, RectifiedFlow
 from reverie.samplers import SAMPLERS, Sampler, Schedule, State, resolve_grid
@@ -94,16 +94,7 @@ def _source_config(config: Any) -> dict[str, Any]:
         )
     source = dict(config)
     name = source.pop("process_class", None) or source.get("_class_name")
-    if not name:  # infer from the keys each family's config always has
-        if "beta_schedule" in source or "trained_betas" in source:
-            name = "DDPMScheduler"
-        elif "sigma_data" in source:
-            name = "EDMEulerScheduler"
-        elif "shift" in source or "use_dynamic_shifting" in source:
-            name = "FlowMatchEulerDiscreteScheduler"
-        elif "snr" in source and "sigma_max" in source:
-            name = "ScoreSdeVeScheduler"
-    source["_class_name"] = name or ""
+    source["_class_name"] = name or guess_scheduler_class(source)
     for key in ("sampler", "steps", "grid", "sampler_options"):  # this class's own keys
         source.pop(key, None)
     return source
