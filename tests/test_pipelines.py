@@ -254,3 +254,32 @@ def test_bad_input(sd_folder, tmp_path):
     with pytest.raises(ValueError, match="StableDiffusionXLPipeline.*supported pipeline classes: "
                        "StableDiffusionPipeline"):
         reverie.load(unknown)
+
+
+def test_cli_text_to_image(sd_folder, tmp_path, capsys):
+    """``reverie sample --model FOLDER --prompt ...`` writes the images the Python API gives for
+    the same seed and options (a picture and the raw tensor); another prompt gives other images;
+    text-only flags on a non-text model and a text model without a prompt are user errors."""
+    import numpy as np
+
+    from reverie.cli import main
+
+    out = tmp_path / "x.npy"
+    args = ["sample", "--model", str(sd_folder), "--prompt", "a red circle", "--steps", "3",
+            "--n", "2", "--seed", "5", "--cfg", "3", "--quiet"]
+    assert main([*args, "--out", str(out), "--out", str(tmp_path / "x.png")]) == 0
+    assert (tmp_path / "x.png").stat().st_size > 0
+    p = reverie.load(sd_folder)
+    api = p.sample("a red circle", steps=3, n=2, guidance_scale=3.0, output_type="pt",
+                   generator=torch.Generator().manual_seed(5))
+    cli = np.load(out)
+    assert cli.shape == tuple(api.shape) and np.allclose(cli, api.numpy(), atol=1e-6)
+    assert main([*args[:4], "a blue square", *args[5:], "--out", str(tmp_path / "y.npy")]) == 0
+    assert not np.allclose(np.load(tmp_path / "y.npy"), cli, atol=1e-3)
+    capsys.readouterr()
+    assert main(["sample", "--model", str(sd_folder), "--out", str(tmp_path / "z.png")]) == 2
+    assert "pass --prompt" in capsys.readouterr().err
+    assert main(["sample", "--model", "two-moons", "--prompt", "x",
+                 "--out", str(tmp_path / "m.png")]) == 2
+    assert "text-to-image" in capsys.readouterr().err
+    assert main([*args, "--size", "17x16", "--out", str(tmp_path / "w.png")]) == 2

@@ -48,9 +48,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cfg",
         type=float,
-        default=1.0,
-        help="classifier-free guidance scale (1 = none; needs --label)",
+        default=None,
+        help="classifier-free guidance scale (1 = none; needs --label or --prompt; default 1, "
+        "7.5 for text-to-image pipelines)",
     )
+    p.add_argument("--prompt", default=None,
+                   help="text-to-image pipelines (e.g. a Stable Diffusion folder): the prompt")
+    p.add_argument("--negative-prompt", default=None,
+                   help="text-to-image pipelines: the negative prompt (default: empty)")
+    p.add_argument("--size", default=None, metavar="HxW",
+                   help="text-to-image pipelines: image size, e.g. 512x512 (default: the model's)")
     add_option_argument(p, "sampler option, e.g. eta=0.5, s_churn=10 or legacy=false")
     p.add_argument(
         "--dtype",
@@ -150,6 +157,54 @@ def _fit_grid(model, info, args, labels, dtype, options):
     return grid
 
 
+def _is_text_to_image(model) -> bool:
+    from reverie.pipelines.stable_diffusion import StableDiffusion
+
+    return isinstance(model, StableDiffusion)
+
+
+def _size(spec: str | None) -> tuple[int | None, int | None]:
+    if spec is None:
+        return None, None
+    try:
+        h, w = (int(v) for v in spec.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size expects HEIGHTxWIDTH, e.g. 512x512, got {spec!r}") from None
+    return h, w
+
+
+def _text_to_image(model, args, info, outs, options) -> int:
+    """``reverie sample --model SD_FOLDER --prompt ...``: text to image with any sampler."""
+    import torch
+
+    from reverie import plot
+
+    if args.prompt is None:
+        raise ValueError(f"{args.model!r} is a text-to-image pipeline: pass --prompt")
+    if args.label is not None or args.trajectories or args.grid == "fit":
+        raise ValueError("--label, --trajectories and --grid fit are not available for "
+                         "text-to-image pipelines")
+    height, width = _size(args.size)
+    cfg = 7.5 if args.cfg is None else args.cfg
+    t0 = time.perf_counter()
+    images = model.sample(
+        args.prompt, args.negative_prompt, sampler=info.name, steps=args.steps, grid=args.grid,
+        guidance_scale=cfg, height=height, width=width, n=args.n,
+        generator=torch.Generator().manual_seed(args.seed), output_type="pt",
+        dtype=torch.float64 if args.dtype == "float64" else torch.float32, **options,
+    ).detach().cpu()
+    seconds = time.perf_counter() - t0
+    what = f"{args.prompt!r}, {info.name}, {args.steps} steps, cfg {cfg:g}"
+    for path in outs:
+        if path.suffix.lower() in TENSOR_SUFFIXES:
+            _write_tensor(images, path)
+        else:
+            plot.image_grid(images, path, value_range=(0.0, 1.0), title=what, scale=1.5)
+        print(f"wrote {path}")
+    print(f"{args.n} images of {what} in {seconds:.1f} s")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -172,6 +227,12 @@ def run(args: argparse.Namespace) -> int:
     outs = _check_outputs(args.out or ["samples.png"])
     options = parse_options(args.option)
     model = load(args.model)
+    if _is_text_to_image(model):
+        return _text_to_image(model, args, info, outs, options)
+    if args.prompt is not None or args.negative_prompt is not None or args.size is not None:
+        raise ValueError(f"--prompt, --negative-prompt and --size are for text-to-image "
+                         f"pipelines; {args.model!r} is not one")
+    args.cfg = 1.0 if args.cfg is None else args.cfg
     labels = _labels(args.label, model, args.n)
     if args.cfg != 1.0 and labels is None:
         raise ValueError("--cfg needs --label (guidance pushes samples towards a class)")
