@@ -49,3 +49,9 @@ def test_the_tie_check_fails_on_another_grid():
 def test_unknown_part_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown part"):
         bench.run_bench(_args(parts="defaults,nope"))
+
+
+def test_defaults_plot(result, tmp_path):
+    out = tmp_path / "defaults.png"
+    bench.plot_defaults(result, str(out))
+    assert out.read_bytes()[:4] == b"\x89PNG"

@@ -25,6 +25,7 @@ Three tables:
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -84,6 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="NFE budgets at which optimize_grid is fitted and reported",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the noises and references")
+    parser.add_argument("--plot", default=None, metavar="PATH",
+                        help="also draw the defaults table as error-vs-NFE panels")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
 
@@ -581,7 +584,53 @@ def run_bench(args: argparse.Namespace) -> dict:
     for k, v in checks.items():
         print(f"- {k}: {v}")
     print(f"\nmachine: {machine()}; accuracy parts took {acc_s:.0f} s")
+    if getattr(args, "plot", None) and d_rows:
+        plot_defaults(result, args.plot)
+        print(f"wrote {args.plot}")
     return result
+
+
+def plot_defaults(result: dict, path: str) -> None:
+    """Error vs NFE of the defaults table (mean over mixtures): reverie solid, diffusers dashed,
+    ``optimize_grid`` dotted, the floor grey; one panel per sampler that has a peer."""
+    from reverie.plot import _figure, save_figure
+
+    rows, fitted_rows = result["defaults"], result.get("fitted", [])
+    names = [m for m in dict.fromkeys(r["method"] for r in rows) if any(
+        "diffusers" in r for r in rows if r["method"] == m)]
+    cols = 5
+    fig = _figure(3.0 * cols, 2.6 * math.ceil(len(names) / cols))
+    floor = statistics.mean(r["floor"] for r in rows)
+    for k, name in enumerate(names):
+        ax = fig.add_subplot(math.ceil(len(names) / cols), cols, k + 1)
+        for key, style, label in (("reverie", "-o", "reverie default"),
+                                  ("diffusers", "--s", "diffusers default")):
+            nfes = sorted({r["nfe"] for r in rows if r["method"] == name})
+            ys = [statistics.mean(r[key] for r in rows if r["method"] == name and r["nfe"] == n)
+                  for n in nfes]
+            ax.plot(nfes, ys, style, ms=3, label=label)
+        fit = [r for r in fitted_rows if r["method"] == name]
+        if fit:
+            nfes = sorted({r["nfe"] for r in fit})
+            ax.plot(nfes, [statistics.mean(r["fitted"] for r in fit if r["nfe"] == n)
+                           for n in nfes], ":^", ms=3, label="optimize_grid")
+        ax.axhline(floor, color="0.6", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.minorticks_off()
+        ticks = sorted({r["nfe"] for r in rows})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        lo, hi = ax.get_ylim()
+        yt = [v for v in (0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0) if lo <= v <= hi]
+        ax.set_yticks(yt, [f"{v:g}" for v in yt])
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+        if k == 0:
+            ax.legend(fontsize=6)
+    fig.suptitle("sliced W2 to exact samples vs NFE (mean over held-out mixtures; grey: floor)",
+                 fontsize=9)
+    fig.subplots_adjust(hspace=0.4, wspace=0.3)
+    save_figure(fig, path)
 
 
 def _per_mixture(rows: list[dict], args: argparse.Namespace) -> str:
