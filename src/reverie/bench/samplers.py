@@ -39,7 +39,7 @@ from reverie.grids import make_grid
 from reverie.metrics import SlicedWasserstein
 from reverie.process import VP, RectifiedFlow
 from reverie.reference import GaussianMixture
-from reverie.samplers import SAMPLERS, State
+from reverie.samplers import SAMPLERS, State, resolve_grid
 from reverie.samplers import run as run_sampler
 
 
@@ -258,8 +258,6 @@ def defaults(problems: dict[int, _Problem], args: argparse.Namespace) -> list[di
 
 
 def _default_grid(pb: _Problem, name: str, steps: int) -> torch.Tensor:
-    from reverie.samplers import resolve_grid
-
     return resolve_grid(SAMPLERS[name], pb.proc, steps, None)
 
 
@@ -327,8 +325,6 @@ def flows(args: argparse.Namespace) -> list[dict]:
     """A rectified flow (SD3 / Flux's process, ``shift = 1``): reverie's defaults against
     diffusers' flow-matching schedulers with their own defaults, on the same mixtures."""
     import diffusers as d
-
-    from reverie.samplers import resolve_grid
 
     flow = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 1.0}
     peers = {
@@ -477,16 +473,21 @@ def memory(dim: int) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _table(rows: list[dict], key: str, label: str, args) -> str:
-    names = list(dict.fromkeys(r["method"] for r in rows))
-    out = []
-    for name in names:
-        cells = []
-        for nfe in args.nfe:
-            vals = [r for r in rows if r["method"] == name and r["nfe"] == nfe and key in r]
-            cells.append(statistics.mean(r[key] for r in vals) if vals else "-")
-        out.append([name, label, *cells])
-    return out
+def _side_by_side(rows: list[dict], args) -> list[list]:
+    """Per sampler (in the rows' order), its reverie row and, where measured, its diffusers row:
+    the mean over mixtures at each NFE ("-" where none)."""
+    table = []
+    for name in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == name]
+        for side in ("reverie", "diffusers"):
+            if not any(side in r for r in mine):
+                continue
+            cells = []
+            for nfe in args.nfe:
+                vals = [r[side] for r in mine if r["nfe"] == nfe and side in r]
+                cells.append(statistics.mean(vals) if vals else "-")
+            table.append([name, side, *cells])
+    return table
 
 
 PARTS = ("defaults", "tuned", "fitted", "flows", "overhead", "memory")
@@ -512,25 +513,14 @@ def run_bench(args: argparse.Namespace) -> dict:
         print(f"\n### Defaults (no selection): sliced W2, mean over {len(problems)} held-out "
               f"mixtures (dim {args.dim}, n = {args.n}, float32 state both sides; mean floor "
               f"{result['floor']:.4f})\n")
-        table = []
-        for name in SAMPLERS:
-            rows = [r for r in d_rows if r["method"] == name]
-            table += _table(rows, "reverie", "reverie", args)
-            if any("diffusers" in r for r in rows):
-                table += _table(rows, "diffusers", "diffusers", args)
-        print(format_table(headers, table))
+        print(format_table(headers, _side_by_side(d_rows, args)))
         print("\nPer mixture (reverie / diffusers, defaults):\n")
         print(_per_mixture(d_rows, args))
     if "tuned" in parts:
         t_rows = result["tuned"] = tuned(problems, args)
         print("\n### Tuned, held out: the same candidate grids (diffusers' spacing options) for "
               "both sides, chosen on seed A, reported on seed B (mean over mixtures)\n")
-        table = []
-        for name in dict.fromkeys(r["method"] for r in t_rows):
-            rows = [r for r in t_rows if r["method"] == name]
-            table += _table(rows, "reverie", "reverie", args)
-            table += _table(rows, "diffusers", "diffusers", args)
-        print(format_table(headers, table))
+        print(format_table(headers, _side_by_side(t_rows, args)))
     if "fitted" in parts:
         f_rows = result["fitted"] = fitted(problems, args)
         print("\n### Fitted: reverie.optimize_grid from the model alone, reported on seed B "
@@ -551,12 +541,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         fl_rows = result["flows"] = flows(args)
         print("\n### Flows: RectifiedFlow defaults vs diffusers' FlowMatch schedulers' defaults "
               "(reverie / diffusers, float32 both sides)\n")
-        table = []
-        for name in dict.fromkeys(r["method"] for r in fl_rows):
-            rows = [r for r in fl_rows if r["method"] == name]
-            table += _table(rows, "reverie", "reverie", args)
-            table += _table(rows, "diffusers", "diffusers", args)
-        print(format_table(headers, table))
+        print(format_table(headers, _side_by_side(fl_rows, args)))
         print(_per_mixture(fl_rows, args))
     acc_s = time.perf_counter() - t0
     if "overhead" in parts:
