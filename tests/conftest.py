@@ -39,3 +39,23 @@ def gaussian() -> Gaussian:
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def tiny_unet(seed: int = 0, **kw) -> torch.nn.Module:
+    """A tiny random diffusers ``UNet2DModel`` (8x8, one channel); ``kw`` overrides its config."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    cfg = dict(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        attention_head_dim=4,
+    )
+    cfg.update(kw)
+    return diffusers.UNet2DModel(**cfg).eval()

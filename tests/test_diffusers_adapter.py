@@ -7,27 +7,11 @@ import json
 import diffusers  # noqa: E402 -- a dev dependency: a missing install fails, not skips
 import pytest
 import torch
+from tests.conftest import tiny_unet
 
 import reverie
 from reverie.diffusers_adapter import alphas_cumprod_from_config, scheduler_spec
 from reverie.hub import load
-
-
-def tiny_unet(seed: int = 0, **kw) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    cfg = dict(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        attention_head_dim=4,
-    )
-    cfg.update(kw)
-    return diffusers.UNet2DModel(**cfg).eval()
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import diffusers  # noqa: E402 -- a dev dependency: a missing install fails, not skips
 import pytest
 import torch
+from tests.conftest import tiny_unet
 
 import reverie
 from reverie.diffusers_adapter import unet_function
@@ -12,21 +13,6 @@ from reverie.samplers import SAMPLERS, resolve_grid
 
 ONE_CALL = ["ddim", "ddpm", "euler", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm", "dpmpp_2m_sde",
             "dpmpp_3m_sde", "euler_maruyama"]
-
-
-def tiny_unet(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        attention_head_dim=4,
-    ).eval()
 
 
 @pytest.fixture(scope="module")

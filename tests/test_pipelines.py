@@ -12,29 +12,16 @@ import torch
 import transformers
 
 import reverie
+from reverie.discrete.constraints._vocabulary import _BYTE_LEVEL
 from reverie.pipelines import StableDiffusion
 
 PROMPT = "the red thing on a blue table"
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (what CLIP's byte-level BPE uses)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    extra = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
 def tiny_tokenizer(folder) -> transformers.CLIPTokenizer:
     """A CLIP tokenizer from a written vocabulary: the 256 bytes, the same with ``</w>``, a few
     merges, then the start/end tokens (end last, as in CLIP): 520 tokens."""
-    chars = list(_bytes_to_unicode().values())
+    chars = list(_BYTE_LEVEL)  # GPT-2's byte-level characters, CLIP's BPE alphabet
     merges = ["t h", "th e</w>", "r e", "re d</w>", "o n</w>", "a n"]
     vocab = chars + [c + "</w>" for c in chars] + [m.replace(" ", "") for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
