@@ -610,9 +610,9 @@ def dpmpp_3m(
     the defaults (``legacy=True``, ``lower_order_final=True``) are diffusers'
     ``DPMSolverMultistepScheduler(solver_order=3)``: its coefficient, which is second order,
     and its second-order step before the final one below 15 steps. ``legacy=False`` is third
-    order on single trajectories but 1-3% worse in distribution error at 20 NFE on random
-    mixtures, and ``lower_order_final=False`` better at 5 NFE on a VP but worse at 10 on flows
-    (docs/samplers.md), so neither is the default."""
+    order on single trajectories but was 1-3% worse in distribution error at 20 NFE on the
+    tuning mixtures, and ``lower_order_final=False`` better at 5 NFE on a VP but worse at 10 on
+    flows (docs/samplers.md), so neither is the default."""
     return _dpmpp_3m(denoiser, state, sch, cond=cond, eta=0.0, s_noise=1.0, legacy=legacy,
                      lower_order_final=lower_order_final)
 
@@ -842,8 +842,9 @@ def resolve_grid(
             if grid == "logsnr":
                 # an exponential integrator's multistep extrapolation is lost from a start at
                 # log-SNR = -inf (a flow at t = 1); start a thousandth below, as diffusers'
-                # flow sigmas do (measured: never worse than diffusers' DPM-Solver++ / UniPC
-                # on flows; from t = 1 up to 6% worse at 5 NFE)
+                # flow sigmas do (BENCHMARKS.md "flows": within 2% of diffusers' DPM-Solver++ /
+                # UniPC in 99 of 100 cells; from t = 1 up to 6% worse at 5 NFE on the tuning
+                # mixtures)
                 top = process.t_max - (process.t_max - process.t_clean) / 1000
                 return make_grid(process, steps, "trailing", t_max=top)
             grid = (

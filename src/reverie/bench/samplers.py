@@ -80,6 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seeds of the random mixtures reported (no choice was made on them)",
     )
     parser.add_argument("--fit-n", type=int, default=2048, help="noises for optimize_grid")
+    parser.add_argument("--fit-objective", choices=("auto", "mse", "sw"), default="auto",
+                        help="optimize_grid's objective (default: its own default)")
     parser.add_argument(
         "--fit-nfe", type=int, nargs="+", default=[5, 10, 20],
         help="NFE budgets at which optimize_grid is fitted and reported",
@@ -312,6 +314,7 @@ def fitted(problems: dict[int, _Problem], args: argparse.Namespace) -> list[dict
                     pb.den, name, steps, shape=(args.dim,), n=args.fit_n,
                     generator=torch.Generator().manual_seed(args.seed * 100 + seed * 10 + 8),
                     dtype=torch.float32, return_report=True,
+                    objective=getattr(args, "fit_objective", "auto"),
                 )
                 secs = time.perf_counter() - t0
                 value, used = pb.reverie(name, grid, "B")
