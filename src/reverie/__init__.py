@@ -17,7 +17,7 @@ from reverie.denoisers import PREDICTIONS, ClassifierFreeGuidance, Denoiser, Den
 from reverie.grid_fit import optimize_grid
 from reverie.grids import GRIDS, make_grid
 from reverie.hub import load
-from reverie.pipelines import StableDiffusion
+from reverie.pipelines import LatentPipeline, StableDiffusion
 from reverie.process import (
     EDM,
     VE,
@@ -53,6 +53,7 @@ __all__ = [
     "DenoiserBase",
     "GaussianProcess",
     "Interpolant",
+    "LatentPipeline",
     "NonFiniteError",
     "RectifiedFlow",
     "SampleOutput",

@@ -218,7 +218,10 @@ class LoadedModel:
         else:
             den = self.conditional(labels, cfg_scale)
         gens = seeded_generators(seed, n)
-        noise = randn((n, *self.sample_shape), gens, dtype=dtype)
+        noise = randn((n, *self.sample_shape), gens, dtype=dtype)  # drawn on CPU: same everywhere
+        param = next(self.net.parameters(), None)
+        if param is not None:
+            noise = noise.to(param.device)
         stochastic_gens = seeded_generators(seed + 1_000_003, n)
         return _sample(
             den,
@@ -483,6 +486,7 @@ def load(
     process: GaussianProcess | None = None,
     prediction: str | None = None,
     trust_pickle: bool = False,
+    device: str | torch.device | None = None,
 ) -> Any:
     """Load a bundled model, a local folder or a Hugging Face Hub checkpoint (module docstring).
 
@@ -497,7 +501,8 @@ def load(
     token denoisers for :func:`reverie.discrete.generate`; transformers masked LMs load with
     that function directly.
 
-    ``dtype`` casts the network (the solver state keeps its own dtype). ``process`` and
+    ``dtype`` casts the network (the solver state keeps its own dtype); ``device`` places it
+    (default: CPU). ``process`` and
     ``prediction`` override what the checkpoint's config says (e.g. for a scheduler reverie
     cannot read). Errors: an unknown name lists the bundled models; a missing, corrupt or
     mismatched checkpoint says which file and why.
@@ -506,13 +511,46 @@ def load(
         raise TypeError(f"expected a model name or a folder, got {type(name_or_path).__name__}")
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
+    if device is not None:
+        device = _check_device(device, dtype)
+    model = _load(text, path, dtype, process, prediction, trust_pickle, device)
+    if device is not None and isinstance(model, LoadedModel):
+        model.net.to(device)
+    elif device is not None and isinstance(getattr(model, "model", None), nn.Module):
+        model.model.to(device)  # a token denoiser
+    return model
+
+
+def _check_device(device: str | torch.device, dtype: torch.dtype | None) -> torch.device:
+    """``device`` as a torch device that exists here and can hold ``dtype``."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; expected e.g. cpu, cuda, cuda:1 or mps")\
+            from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} asked for, but MPS is not available here")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {device!r}; expected cpu, cuda or mps")
+    if dtype is not None:
+        try:  # a dtype the device cannot compute in fails here, not mid-sampling
+            (torch.ones(2, 2, device=dev, dtype=dtype) @ torch.ones(2, 2, device=dev,
+                                                                   dtype=dtype)).sum().item()
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"{dtype} is not supported on {dev}: {err}") from None
+    return dev
+
+
+def _load(text, path, dtype, process, prediction, trust_pickle, device) -> Any:
     if _is_discrete(text, path):
         from reverie.discrete import load_model
 
         return load_model(text if text in _discrete_bundled() else path)
     if path.exists():
         if _is_latent_pipeline(path):
-            return _load_latent(path, None, dtype, process, prediction, trust_pickle)
+            return _load_latent(path, None, dtype, process, prediction, trust_pickle, device)
         return _load_folder(path, None, dtype, process, prediction)
     if text in BUNDLED:
         folder = bundled_path(text)
@@ -525,7 +563,7 @@ def load(
     if _HUB_ID.match(text) and not text.startswith("."):
         local = _download(text)
         if _is_latent_pipeline(local):
-            return _load_latent(local, text, dtype, process, prediction, trust_pickle)
+            return _load_latent(local, text, dtype, process, prediction, trust_pickle, device)
         return _load_folder(local, text, dtype, process, prediction)
     raise ValueError(
         f"unknown model {text!r}: not a bundled model "
@@ -550,12 +588,13 @@ def _load_latent(
     process: GaussianProcess | None,
     prediction: str | None,
     trust_pickle: bool,
+    device: torch.device | None = None,
 ) -> Any:
     from reverie.pipelines import load_pipeline
 
     return load_pipeline(
         folder, name=name, dtype=dtype, process=process, prediction=prediction,
-        trust_pickle=trust_pickle,
+        trust_pickle=trust_pickle, device=device,
     )
 
 

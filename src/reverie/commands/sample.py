@@ -61,10 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_option_argument(p, "sampler option, e.g. eta=0.5, s_churn=10 or legacy=false")
     p.add_argument(
         "--dtype",
-        choices=("float32", "float64"),
+        choices=("float32", "float64", "float16", "bfloat16"),
         default="float32",
-        help="solver state dtype (default float32)",
+        help="float32 / float64: the solver state's dtype (the network stays as saved); "
+        "float16 / bfloat16: the network's weights, under a float32 solver state "
+        "(default float32)",
     )
+    p.add_argument("--device", default=None,
+                   help="device to run on, e.g. cpu, cuda, cuda:1, mps (default cpu)")
     p.add_argument(
         "--trajectories",
         action="store_true",
@@ -158,9 +162,18 @@ def _fit_grid(model, info, args, labels, dtype, options):
 
 
 def _is_text_to_image(model) -> bool:
-    from reverie.pipelines.stable_diffusion import StableDiffusion
+    from reverie.pipelines import LatentPipeline
 
-    return isinstance(model, StableDiffusion)
+    return isinstance(model, LatentPipeline)
+
+
+def _dtypes(name: str):
+    """``--dtype`` -> (solver state dtype, network dtype or None to keep the saved one)."""
+    import torch
+
+    if name in ("float16", "bfloat16"):
+        return torch.float32, getattr(torch, name)
+    return getattr(torch, name), None
 
 
 def _size(spec: str | None) -> tuple[int | None, int | None]:
@@ -185,13 +198,13 @@ def _text_to_image(model, args, info, outs, options) -> int:
         raise ValueError("--label, --trajectories and --grid fit are not available for "
                          "text-to-image pipelines")
     height, width = _size(args.size)
-    cfg = 7.5 if args.cfg is None else args.cfg
+    cfg = model.default_guidance if args.cfg is None else args.cfg
     t0 = time.perf_counter()
     images = model.sample(
         args.prompt, args.negative_prompt, sampler=info.name, steps=args.steps, grid=args.grid,
         guidance_scale=cfg, height=height, width=width, n=args.n,
         generator=torch.Generator().manual_seed(args.seed), output_type="pt",
-        dtype=torch.float64 if args.dtype == "float64" else torch.float32, **options,
+        dtype=_dtypes(args.dtype)[0], progress=not args.quiet, **options,
     ).detach().cpu()
     seconds = time.perf_counter() - t0
     what = f"{args.prompt!r}, {info.name}, {args.steps} steps, cfg {cfg:g}"
@@ -226,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
     info = SAMPLERS[args.sampler]  # unknown names list the valid ones
     outs = _check_outputs(args.out or ["samples.png"])
     options = parse_options(args.option)
-    model = load(args.model)
+    state_dtype, net_dtype = _dtypes(args.dtype)
+    model = load(args.model, dtype=net_dtype, device=args.device)
     if _is_text_to_image(model):
         return _text_to_image(model, args, info, outs, options)
     if args.prompt is not None or args.negative_prompt is not None or args.size is not None:
@@ -236,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     labels = _labels(args.label, model, args.n)
     if args.cfg != 1.0 and labels is None:
         raise ValueError("--cfg needs --label (guidance pushes samples towards a class)")
-    dtype = torch.float64 if args.dtype == "float64" else torch.float32
+    dtype = state_dtype
     is_2d = model.sample_shape == (2,)
     path_points = []
 

@@ -2,8 +2,9 @@
 
 ``reverie.load(folder)`` sends a diffusers pipeline folder whose ``model_index.json`` names a
 VAE, a text encoder or a transformer here. Supported now: :data:`SUPPORTED` (Stable Diffusion
-1.x/2.x, :class:`~reverie.pipelines.stable_diffusion.StableDiffusion`). SDXL, SD3, Flux,
-PixArt and DiT folders are refused with a message saying so.
+1.x/2.x, :class:`~reverie.pipelines.stable_diffusion.StableDiffusion`); every family is a
+:class:`~reverie.pipelines._base.LatentPipeline`. Other pipeline classes are refused with a
+message naming the supported ones.
 """
 
 from __future__ import annotations
@@ -12,9 +13,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from reverie.pipelines._base import Conditioned, LatentPipeline
 from reverie.pipelines.stable_diffusion import StableDiffusion, load_stable_diffusion
 
-__all__ = ["SUPPORTED", "StableDiffusion", "is_latent_pipeline", "load_pipeline"]
+__all__ = [
+    "SUPPORTED",
+    "Conditioned",
+    "LatentPipeline",
+    "StableDiffusion",
+    "is_latent_pipeline",
+    "load_pipeline",
+]
 
 #: diffusers pipeline class -> reverie loader.
 SUPPORTED = {"StableDiffusionPipeline": load_stable_diffusion}
@@ -45,13 +54,12 @@ def is_latent_pipeline(folder: Path) -> bool:
     return bool(parts & set(_LATENT_PARTS)) or conditional_unet
 
 
-def load_pipeline(folder: Path, **kwargs: Any) -> StableDiffusion:
+def load_pipeline(folder: Path, **kwargs: Any) -> LatentPipeline:
     """Load a latent pipeline folder with the loader for its ``_class_name``."""
     name = _index(folder).get("_class_name")
     if name not in SUPPORTED:
         raise ValueError(
             f"{folder} is a {name!r}, which reverie cannot load yet; supported pipeline "
-            f"classes: {', '.join(SUPPORTED)} (SDXL, SD3, Flux, PixArt and DiT are not yet "
-            "supported)"
+            f"classes: {', '.join(SUPPORTED)}"
         )
     return SUPPORTED[name](folder, **kwargs)
