@@ -272,3 +272,26 @@ def test_cli_text_to_image(sd_folder, tmp_path, capsys):
                  "--out", str(tmp_path / "m.png")]) == 2
     assert "text-to-image" in capsys.readouterr().err
     assert main([*args, "--size", "17x16", "--out", str(tmp_path / "w.png")]) == 2
+
+
+def test_cli_dtype_and_device(sd_folder, tmp_path, capsys):
+    """``--dtype bfloat16`` loads the networks in bfloat16 under a float32 state: finite images
+    close to float32's but not equal (so the flag reached the weights); an unknown or absent
+    device is a one-line user error, and nothing is written."""
+    import numpy as np
+
+    from reverie.cli import main
+
+    base = ["sample", "--model", str(sd_folder), "--prompt", "a red circle", "--steps", "3",
+            "--n", "1", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "f32.npy")]) == 0
+    assert main([*base, "--dtype", "bfloat16", "--out", str(tmp_path / "bf16.npy")]) == 0
+    f32, bf16 = np.load(tmp_path / "f32.npy"), np.load(tmp_path / "bf16.npy")
+    assert np.isfinite(bf16).all() and 0 < float(np.abs(bf16 - f32).max()) < 0.05
+    capsys.readouterr()
+    for device, message in [("foo", "unknown device 'foo'"), ("cuda:7", "CUDA is not available")]:
+        if device.startswith("cuda") and torch.cuda.is_available():
+            continue
+        out = tmp_path / f"{device}.npy"
+        assert main([*base, "--device", device, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err and not out.exists()

@@ -280,8 +280,8 @@ def load_unet(folder: str | Path, dtype: torch.dtype | None = None) -> nn.Module
         except Exception as err:
             raise ValueError(f"could not load the UNet2DModel in {folder}: {err}") from err
     unet.eval().requires_grad_(False)
-    if dtype is not None:
-        unet = unet.to(dtype)
+    if dtype is not None:  # nn.Module.to: a UNet2DModel keeps no module in float32, so
+        unet = nn.Module.to(unet, dtype)  # diffusers' warning about such modules is moot
     return unet
 
 
