@@ -295,3 +295,15 @@ def test_cli_dtype_and_device(sd_folder, tmp_path, capsys):
         out = tmp_path / f"{device}.npy"
         assert main([*base, "--device", device, "--out", str(out)]) == 2
         assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_decode_in_slices_and_nan_named(sd_folder):
+    """Decoding in slices gives the images of decoding all at once; NaN latents raise
+    NonFiniteError instead of writing black images."""
+    p = reverie.load(sd_folder)
+    z = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    whole = p.decode(z, batch_size=None)
+    assert torch.allclose(p.decode(z, batch_size=2), whole, atol=1e-6)
+    assert not torch.allclose(p.decode(z.flip(0), batch_size=2), whole, atol=1e-3)
+    with pytest.raises(reverie.NonFiniteError, match="VAE decoder"):
+        p.decode(torch.full_like(z, float("nan")))
