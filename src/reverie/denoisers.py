@@ -201,6 +201,30 @@ class Denoiser(DenoiserBase):
         return f"Denoiser(prediction={self.prediction!r}, process={self.process!r})"
 
 
+def both_branches(
+    denoiser: DenoiserBase, uncond: Mapping[str, Any], x: Tensor, t: Tensor, cond: Mapping[str, Any]
+) -> tuple[Tensor, Tensor]:
+    """``(D(x | cond), D(x | uncond))``: the conditional and unconditional predictions, where
+    ``uncond`` maps conditioning keywords to their null values. When every value is a tensor
+    with the batch first, both run in one batched call (as diffusers' pipelines do)."""
+    keys = set(cond) | set(uncond)
+    both = {k: (cond.get(k), uncond.get(k)) for k in keys}
+    batchable = all(
+        isinstance(c, Tensor)
+        and isinstance(u, Tensor)
+        and c.shape == u.shape
+        and c.ndim > 0
+        and c.shape[0] == x.shape[0]
+        for c, u in both.values()
+    )
+    if batchable:
+        merged = {k: torch.cat([c, u]) for k, (c, u) in both.items()}
+        d_c, d_u = denoiser(torch.cat([x, x]), torch.cat([t, t]), **merged).chunk(2)
+        return d_c, d_u
+    d_c = denoiser(x, t, **cond)
+    return d_c, denoiser(x, t, **{k: u for k, (_, u) in both.items() if u is not None})
+
+
 class ClassifierFreeGuidance(DenoiserBase):
     """Classifier-free guidance (Ho & Salimans 2022) as a denoiser combinator:
     ``D = D(x | uncond) + scale * (D(x | cond) - D(x | uncond))``.
@@ -236,22 +260,7 @@ class ClassifierFreeGuidance(DenoiserBase):
             active = active and bool(((t >= lo) & (t <= hi)).all())
         if not active:
             return self.denoiser(x, t, **cond)
-        keys = set(cond) | set(self.uncond)
-        both = {k: (cond.get(k), self.uncond.get(k)) for k in keys}
-        batchable = all(
-            isinstance(c, Tensor)
-            and isinstance(u, Tensor)
-            and c.shape == u.shape
-            and c.ndim > 0
-            and c.shape[0] == x.shape[0]
-            for c, u in both.values()
-        )
-        if batchable:
-            merged = {k: torch.cat([c, u]) for k, (c, u) in both.items()}
-            d_c, d_u = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), **merged).chunk(2)
-        else:
-            d_c = self.denoiser(x, t, **cond)
-            d_u = self.denoiser(x, t, **{k: u for k, (_, u) in both.items() if u is not None})
+        d_c, d_u = both_branches(self.denoiser, self.uncond, x, t, cond)
         return d_u + self.scale * (d_c - d_u)
 
     def __repr__(self) -> str:

@@ -957,6 +957,7 @@ def run(
         raise TypeError("x must be a floating-point tensor with the batch first")
     if isinstance(generator, (list, tuple)) and len(generator) != x.shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+    hook = _with_denoiser_hook(denoiser, info, hook)
     sch = Schedule.build(denoiser.process, grid)
 
     def step(state: State) -> State:
@@ -970,6 +971,28 @@ def run(
         state = walk(sch, State(x), step, name=info.name, hook=hook, callback=callback,
                      progress=progress, hint=hint)
     return SampleOutput(state.x, state.nfe, torch.tensor(sch.t, dtype=torch.float64))
+
+
+def _with_denoiser_hook(denoiser: DenoiserBase, info: Sampler, hook: Hook | None) -> Hook | None:
+    """A denoiser that changes the update itself (e.g. CFG++ guidance) carries a ``step_hook``
+    and the samplers it is exact for (``samplers``); it runs before the caller's ``hook``."""
+    own = getattr(denoiser, "step_hook", None)
+    if own is None:
+        return hook
+    allowed = getattr(denoiser, "samplers", None)
+    if allowed is not None and info.name not in allowed:
+        raise ValueError(f"{denoiser!r} changes the sampler's update and works with "
+                         f"{', '.join(allowed)}, not {info.name!r}")
+    if hook is None:
+        return own
+
+    def both(state: State, schedule: Schedule) -> State | None:
+        new = own(state, schedule)
+        state = state if new is None else new
+        again = hook(state, schedule)
+        return state if again is None else again
+
+    return both
 
 
 def sample(

@@ -6,6 +6,8 @@
   under a linear-Gaussian measurement.
 * :class:`TiltedMixture` -- a mixture tilted by a linear reward, ``p(x) exp(r(x)/T)``, with its
   exact soft value ``V_t``.
+* :class:`LabelledMixture` -- a mixture with a class per component: exact class-conditional
+  laws, time-dependent classifier and CFG targets (for :mod:`reverie.guidance`).
 * :func:`mixture_product`, :func:`mixture_union` -- exact products and unions of mixtures
   (targets for :mod:`reverie.compose`).
 * :class:`MarkovChain`, :class:`HiddenMarkovModel` -- small sequence models with exact
@@ -13,6 +15,7 @@
 """
 
 from reverie.reference.gaussian import Gaussian, GaussianMixture
+from reverie.reference.labelled import LabelledMixture
 from reverie.reference.operations import mixture_product, mixture_union
 from reverie.reference.posterior import linear_gaussian_posterior
 from reverie.reference.sequence import HiddenMarkovModel, MarkovChain
@@ -22,6 +25,7 @@ __all__ = [
     "Gaussian",
     "GaussianMixture",
     "HiddenMarkovModel",
+    "LabelledMixture",
     "MarkovChain",
     "TiltedMixture",
     "linear_gaussian_posterior",
