@@ -238,9 +238,9 @@ def test_bad_input(sd_folder, tmp_path):
     with pytest.raises(ValueError, match="'unet' is a 'UNet2DModel'; expected UNet2DCondition"):
         reverie.load(unknown)
     (unknown / "model_index.json").write_text(
-        json.dumps({**index, "_class_name": "StableDiffusionXLPipeline"})
+        json.dumps({**index, "_class_name": "KandinskyV22Pipeline"})
     )
-    with pytest.raises(ValueError, match="StableDiffusionXLPipeline.*supported pipeline classes: "
+    with pytest.raises(ValueError, match="KandinskyV22Pipeline.*supported pipeline classes: "
                        "StableDiffusionPipeline"):
         reverie.load(unknown)
 

@@ -492,9 +492,11 @@ def load(
 
     A Stable Diffusion 1.x/2.x pipeline folder (``StableDiffusionPipeline``: VAE, conditional
     UNet, CLIP text encoder) comes back as a :class:`reverie.pipelines.StableDiffusion`
-    (``sample(prompt, ...)``, ``encode_prompt``, ``denoiser``, ``encode_image``, ``decode``);
-    its pickled weights are read only with ``trust_pickle=True``. Other latent or
-    text-conditioned pipelines (SDXL, SD3, Flux, PixArt, DiT) are refused.
+    (``sample(prompt, ...)``, ``encode_prompt``, ``denoiser``, ``encode_image``, ``decode``),
+    an SDXL one (``StableDiffusionXLPipeline``) as a
+    :class:`reverie.pipelines.StableDiffusionXL`; pickled weights are read only with
+    ``trust_pickle=True``. Other latent or text-conditioned pipelines (SD3, Flux, PixArt, DiT)
+    are refused.
 
     Masked-diffusion language models (the bundled ``tiny-json``, folders saved by
     :mod:`reverie.discrete`) load through :func:`reverie.discrete.load_model` and come back as

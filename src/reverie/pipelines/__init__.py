@@ -2,7 +2,8 @@
 
 ``reverie.load(folder)`` sends a diffusers pipeline folder whose ``model_index.json`` names a
 VAE, a text encoder or a transformer here. Supported now: :data:`SUPPORTED` (Stable Diffusion
-1.x/2.x, :class:`~reverie.pipelines.stable_diffusion.StableDiffusion`); every family is a
+1.x/2.x, :class:`~reverie.pipelines.stable_diffusion.StableDiffusion`; SDXL,
+:class:`~reverie.pipelines.sdxl.StableDiffusionXL`); every family is a
 :class:`~reverie.pipelines._base.LatentPipeline`. Other pipeline classes are refused with a
 message naming the supported ones.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reverie.pipelines._base import Conditioned, LatentPipeline
+from reverie.pipelines.sdxl import StableDiffusionXL, load_sdxl
 from reverie.pipelines.stable_diffusion import StableDiffusion, load_stable_diffusion
 
 __all__ = [
@@ -21,12 +23,14 @@ __all__ = [
     "Conditioned",
     "LatentPipeline",
     "StableDiffusion",
+    "StableDiffusionXL",
     "is_latent_pipeline",
     "load_pipeline",
 ]
 
 #: diffusers pipeline class -> reverie loader.
 SUPPORTED = {"StableDiffusionPipeline": load_stable_diffusion}
+SUPPORTED["StableDiffusionXLPipeline"] = load_sdxl
 
 #: model_index.json components that make a folder a latent / text-conditioned pipeline.
 _LATENT_PARTS = ("vae", "vqvae", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer")

@@ -45,15 +45,18 @@ COMPONENTS: dict[str, tuple[str, ...] | None] = {
 
 
 class _UNetFunction(nn.Module):
-    """``fn(x, t, encoder_hidden_states)``: the UNet at discrete VP times (its step index)."""
+    """``fn(x, t, encoder_hidden_states, **added)``: the UNet at discrete VP times (its step
+    index); ``added`` (SDXL's ``text_embeds``, ``time_ids``) go in as ``added_cond_kwargs``."""
 
     def __init__(self, unet: nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, x: Tensor, t: Tensor, encoder_hidden_states: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, encoder_hidden_states: Tensor,
+                **added: Tensor) -> Tensor:
         ehs = encoder_hidden_states.to(x.dtype)
-        return self.unet(x, t, encoder_hidden_states=ehs, return_dict=False)[0]
+        return self.unet(x, t, encoder_hidden_states=ehs, added_cond_kwargs=added or None,
+                         return_dict=False)[0]
 
 
 class StableDiffusion(LatentPipeline):
