@@ -135,6 +135,9 @@ class LatentPipeline:
     default_guidance: float = 7.5
     #: decode this many latents at a time (``None``: all at once); see :meth:`decode`.
     vae_batch_size: int | None = 8
+    #: keywords of :meth:`encode_prompt` (and ``sample``) that shape the conditioning beyond the
+    #: prompt, passed on to :meth:`_conditioning` (e.g. SDXL's micro-conditioning sizes).
+    prompt_options: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -189,10 +192,12 @@ class LatentPipeline:
         raise NotImplementedError
 
     def _conditioning(
-        self, prompts: list[str], negatives: list[str] | None, height: int, width: int
+        self, prompts: list[str], negatives: list[str] | None, height: int, width: int,
+        **prompt_options: Any,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
         """The network's conditioning keywords for ``prompts`` and for the negative prompts
-        (``None``: the family's default negative, or none)."""
+        (``None``: the family's default negative, or none); ``prompt_options`` are the
+        family's :attr:`prompt_options` that were given."""
         raise NotImplementedError
 
     def _pack(self, latents: Tensor) -> Tensor:
@@ -212,15 +217,22 @@ class LatentPipeline:
         *,
         height: int | None = None,
         width: int | None = None,
+        **prompt_options: Any,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
         """``(cond, negative)``: the network's conditioning keywords for each prompt (a dict of
         tensors with one row per prompt), as diffusers' ``encode_prompt`` computes them, and
-        those of the negative prompts (the family's default when ``None``)."""
+        those of the negative prompts (the family's default when ``None``). The family's
+        :attr:`prompt_options` may be given too."""
+        unknown = set(prompt_options) - set(self.prompt_options)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.encode_prompt got unknown keywords "
+                            f"{sorted(unknown)}; it takes {list(self.prompt_options) or 'none'}")
         prompts = _texts("prompt", prompt)
         dh, dw = self.default_size()
+        given = {k: v for k, v in prompt_options.items() if v is not None}
         with torch.no_grad():
             return self._conditioning(prompts, _negatives(prompts, negative_prompt),
-                                      height or dh, width or dw)
+                                      height or dh, width or dw, **given)
 
     def denoiser(
         self,
@@ -333,7 +345,9 @@ class LatentPipeline:
         height, width = height or dh, width or dw
         self.check_size(height, width)
         guidance_scale = self.default_guidance if guidance_scale is None else guidance_scale
-        cond, negative = self.encode_prompt(prompt, negative_prompt, height=height, width=width)
+        extra = {k: options.pop(k) for k in self.prompt_options if k in options}
+        cond, negative = self.encode_prompt(prompt, negative_prompt, height=height, width=width,
+                                            **extra)
         cond = {k: v.repeat_interleave(n, 0) for k, v in cond.items()}  # n per prompt
         if negative is not None:
             negative = {k: v.repeat_interleave(n, 0) for k, v in negative.items()}

@@ -23,7 +23,6 @@ Not supported yet: a second prompt for ``text_encoder_2`` (``prompt_2``), ``clip
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +60,9 @@ class StableDiffusionXL(LatentPipeline):
     """
 
     default_guidance = 5.0  # diffusers' SDXL default
+    #: SDXL's micro-conditioning (diffusers' names; the sizes default to the output's
+    #: ``(height, width)``), taken by ``encode_prompt`` and ``sample``; see :meth:`time_ids`.
+    prompt_options = ("original_size", "crops_coords_top_left", "target_size")
 
     def __init__(
         self,
@@ -93,7 +95,6 @@ class StableDiffusionXL(LatentPipeline):
         self.latents_mean, self.latents_std = (
             [torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in stats] if both
             else (None, None))
-        self._micro: tuple[Size | None, ...] = (None, None, None)  # set by sample/encode_prompt
 
     def default_size(self) -> tuple[int, int]:
         size = int(self.unet.config.sample_size) * self.vae_scale_factor  # default_sample_size
@@ -129,9 +130,9 @@ class StableDiffusionXL(LatentPipeline):
                              f"pairs (height, width) / (top, left), got {ids}")
         return torch.tensor([ids], dtype=torch.float32)
 
-    def _conditioning(self, prompts, negatives, height, width):
+    def _conditioning(self, prompts, negatives, height, width, **micro):
         hidden, pooled = self._embed(prompts)
-        time_ids = self.time_ids(height, width, *self._micro).expand(len(prompts), 6)
+        time_ids = self.time_ids(height, width, **micro).expand(len(prompts), 6)
         cond = {"encoder_hidden_states": hidden, "text_embeds": pooled, "time_ids": time_ids}
         if negatives is None and self.force_zeros_for_empty_prompt:
             neg = {k: torch.zeros_like(v) for k, v in cond.items() if k != "time_ids"}
@@ -139,48 +140,6 @@ class StableDiffusionXL(LatentPipeline):
             neg_hidden, neg_pooled = self._embed(negatives or [""] * len(prompts))
             neg = {"encoder_hidden_states": neg_hidden, "text_embeds": neg_pooled}
         return cond, {**neg, "time_ids": time_ids}  # negative micro-conditioning: the same
-
-    @contextmanager
-    def _micro_conditioning(self, *micro: Size | None):
-        """Within: :meth:`_conditioning` uses these micro-conditioning sizes (if any given)."""
-        saved = self._micro
-        if any(m is not None for m in micro):
-            self._micro = micro
-        try:
-            yield
-        finally:
-            self._micro = saved
-
-    def encode_prompt(
-        self,
-        prompt: str | list[str],
-        negative_prompt: str | list[str] | None = None,
-        *,
-        height: int | None = None,
-        width: int | None = None,
-        original_size: Size | None = None,
-        crops_coords_top_left: Size | None = None,
-        target_size: Size | None = None,
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
-        """``(cond, negative)`` as :meth:`LatentPipeline.encode_prompt`, with SDXL's
-        micro-conditioning (:meth:`time_ids`; sizes default to ``(height, width)``)."""
-        with self._micro_conditioning(original_size, crops_coords_top_left, target_size):
-            return super().encode_prompt(prompt, negative_prompt, height=height, width=width)
-
-    def sample(
-        self,
-        prompt: str | list[str],
-        negative_prompt: str | list[str] | None = None,
-        *,
-        original_size: Size | None = None,
-        crops_coords_top_left: Size | None = None,
-        target_size: Size | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """:meth:`LatentPipeline.sample` with SDXL's micro-conditioning (diffusers' names; the
-        sizes default to the output's ``(height, width)``). ``guidance_scale`` defaults to 5."""
-        with self._micro_conditioning(original_size, crops_coords_top_left, target_size):
-            return super().sample(prompt, negative_prompt, **kwargs)
 
     # -- VAE: per-channel standardisation on top of the scaling factor ---------------------
 
