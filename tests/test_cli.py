@@ -192,7 +192,7 @@ def test_sample_digits_with_label_and_cfg(tmp_path):
         (["--model", "nope"], "digits, two-moons"),
         (["--model", "two-moons", "--label", "2"], "out of range"),
         (["--model", "two-moons", "--label", "x"], "--label expects"),
-        (["--model", "two-moons", "--cfg", "2"], "--cfg needs --label"),
+        (["--model", "two-moons", "--cfg", "2"], "--cfg / --guidance need --label"),
         (["--model", "two-moons", "--sampler", "nope"], "unknown sampler"),
         (["--model", "two-moons", "--option", "eta"], "KEY=VALUE"),
         (["--model", "two-moons", "--option", "nope=1"], "no option"),

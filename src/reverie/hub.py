@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from reverie._checks import positive_int
 from reverie._random import randn, seeded_generators
-from reverie.denoisers import PREDICTIONS, ClassifierFreeGuidance, Denoiser, DenoiserBase
+from reverie.denoisers import PREDICTIONS, Denoiser, DenoiserBase
 from reverie.nets.function import ModelFunction
 from reverie.process import (
     EDM,
@@ -83,16 +83,33 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class _Conditioned(DenoiserBase):
-    """A denoiser with class labels bound, optionally under classifier-free guidance."""
+    """A denoiser with class labels bound, optionally guided against the null class by a
+    classifier-free method of :data:`reverie.guidance.METHODS` (default ``"cfg"``)."""
 
     def __init__(
-        self, base: DenoiserBase, labels: int | Tensor, null_label: int | None, scale: float
+        self,
+        base: DenoiserBase,
+        labels: int | Tensor,
+        null_label: int | None,
+        scale: float,
+        guidance: str = "cfg",
+        guidance_options: Mapping[str, Any] | None = None,
     ):
+        from reverie.guidance import guide
+
         self.base = base
         self.process = base.process
         self.labels = labels
         self.null_label = null_label
         self.scale = float(scale)
+        self.guided: DenoiserBase | None = None
+        if self.scale != 1.0 or guidance != "cfg" or guidance_options:
+            null = torch.tensor([null_label])  # one row serves any batch
+            self.guided = guide(base, guidance, self.scale, uncond={"class_labels": null},
+                                **dict(guidance_options or {}))
+        # a method that changes the sampler's update (CFG++) hands its hook to the sampler
+        self.step_hook = getattr(self.guided, "step_hook", None)
+        self.samplers = getattr(self.guided, "samplers", None)
 
     def _labels_for(self, x: Tensor) -> Tensor:
         if isinstance(self.labels, int):
@@ -112,11 +129,8 @@ class _Conditioned(DenoiserBase):
             raise ValueError("this denoiser already has its class labels bound; call "
                              "model.conditional(...) with the labels you want instead")
         labels = self._labels_for(x)
-        if self.scale == 1.0:
-            return self.base(x, t, class_labels=labels, **cond)
-        null = torch.full_like(labels, self.null_label)
-        cfg = ClassifierFreeGuidance(self.base, self.scale, {"class_labels": null})
-        return cfg(x, t, class_labels=labels, **cond)
+        return (self.base if self.guided is None else self.guided)(x, t, class_labels=labels,
+                                                                   **cond)
 
     def __repr__(self) -> str:
         return f"Conditioned(labels={self.labels!r}, cfg_scale={self.scale}, {self.base!r})"
@@ -170,19 +184,29 @@ class LoadedModel:
             )
         return labels
 
-    def conditional(self, labels: int | Tensor, cfg_scale: float = 1.0) -> DenoiserBase:
+    def conditional(
+        self,
+        labels: int | Tensor,
+        cfg_scale: float = 1.0,
+        *,
+        guidance: str = "cfg",
+        guidance_options: Mapping[str, Any] | None = None,
+    ) -> DenoiserBase:
         """The denoiser with ``labels`` bound (an int for every sample, or ``LongTensor[B]``);
         ``cfg_scale != 1`` applies classifier-free guidance (Ho & Salimans 2022) against the
-        null class through :class:`reverie.ClassifierFreeGuidance`."""
+        null class, or another classifier-free ``guidance`` method of
+        :data:`reverie.guidance.METHODS` (``"apg"``, ``"cfg_zero_star"``, ...) with
+        ``guidance_options``."""
         labels = self.check_labels(labels)
         cfg_scale = float(cfg_scale)
-        if cfg_scale != 1.0 and not self.has_null_class:
+        guided = cfg_scale != 1.0 or guidance != "cfg" or bool(guidance_options)
+        if guided and not self.has_null_class:
             raise ValueError(
                 f"model {self.name!r} has no null class, so classifier-free guidance "
-                "(cfg_scale != 1) is not available"
+                "(cfg_scale != 1, or a guidance method) is not available"
             )
         null = self.num_classes if self.has_null_class else None
-        return _Conditioned(self.denoiser, labels, null, cfg_scale)
+        return _Conditioned(self.denoiser, labels, null, cfg_scale, guidance, guidance_options)
 
     def noise(self, n: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> Tensor:
         """Unit noise ``[n, *sample_shape]``; sample ``k`` depends only on ``seed + k``."""
@@ -200,12 +224,15 @@ class LoadedModel:
         cfg_scale: float = 1.0,
         dtype: torch.dtype = torch.float32,
         progress: bool = False,
+        guidance: str = "cfg",
+        guidance_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> Tensor:
         """``n`` samples ``[n, *sample_shape]`` with any reverie sampler.
 
         Sample ``k`` depends only on ``seed + k`` (its noise and, for stochastic samplers, its
-        own generator), not on ``n``. ``labels``/``cfg_scale`` as in :meth:`conditional`;
+        own generator), not on ``n``. ``labels``/``cfg_scale``/``guidance``/
+        ``guidance_options`` as in :meth:`conditional`;
         without labels a class-conditional model samples unconditionally (null class).
         """
         from reverie.samplers import sample as _sample
@@ -216,7 +243,8 @@ class LoadedModel:
                 raise ValueError("cfg_scale needs labels (guidance pushes samples towards a class)")
             den: DenoiserBase = self.denoiser
         else:
-            den = self.conditional(labels, cfg_scale)
+            den = self.conditional(labels, cfg_scale, guidance=guidance,
+                                   guidance_options=guidance_options)
         gens = seeded_generators(seed, n)
         noise = randn((n, *self.sample_shape), gens, dtype=dtype)  # drawn on CPU: same everywhere
         param = next(self.net.parameters(), None)

@@ -981,8 +981,8 @@ def _with_denoiser_hook(denoiser: DenoiserBase, info: Sampler, hook: Hook | None
         return hook
     allowed = getattr(denoiser, "samplers", None)
     if allowed is not None and info.name not in allowed:
-        raise ValueError(f"{denoiser!r} changes the sampler's update and works with "
-                         f"{', '.join(allowed)}, not {info.name!r}")
+        raise ValueError(f"this denoiser's guidance changes the sampler's update and works "
+                         f"with {', '.join(allowed)}, not {info.name!r}")
     if hook is None:
         return own
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from reverie._checks import UserError
 
-__all__ = ["parse_value", "parse_options", "add_option_argument"]
+__all__ = ["parse_value", "parse_options", "add_option_argument", "split_options"]
 
 _WORDS = {"true": True, "false": False, "none": None, "null": None, "inf": math.inf,
           "+inf": math.inf, "-inf": -math.inf, "infinity": math.inf, "-infinity": -math.inf,
@@ -40,7 +40,7 @@ def parse_options(items: list[str], flag: str = "--option") -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip()
-        if not sep or not key.isidentifier():
+        if not sep or not all(part.isidentifier() for part in key.split(".", 1)):
             raise UserError(f"{flag} expects KEY=VALUE with KEY a name (e.g. eta=0.5), "
                             f"got {item!r}")
         if key in out:
@@ -54,3 +54,24 @@ def add_option_argument(parser: Any, help: str) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help=help + "; values are Python literals: 0.5, 10, true, none, "
                         "inf, 'text', [1, 2] (repeatable)")
+
+
+def split_options(options: dict[str, Any], owners: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Route ``--option`` keys to their owners (e.g. ``{"sampler": {"eta": 0.0}, "guidance":
+    {"eta": 0.0, "momentum": -0.75}}``: owner -> its known options). ``owner.key`` names the
+    owner; a bare key goes to the one owner that has it. A key no owner has, or that two
+    owners have without a prefix, is a :class:`~reverie.UserError`."""
+    out: dict[str, dict[str, Any]] = {name: {} for name in owners}
+    for key, value in options.items():
+        prefix, dot, name = key.partition(".")
+        if dot:
+            if prefix not in owners:
+                raise UserError(f"--option {key}: {prefix!r} is not one of {', '.join(owners)}")
+            out[prefix][name] = value  # the owner checks the name itself
+            continue
+        having = [o for o, known in owners.items() if key in known]
+        if len(having) > 1:
+            raise UserError(f"--option {key} is an option of both the {' and the '.join(having)};"
+                            f" write {having[0]}.{key}=... or {having[1]}.{key}=...")
+        out[having[0] if having else next(iter(owners))][key] = value
+    return out

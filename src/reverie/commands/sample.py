@@ -47,10 +47,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--cfg",
+        "--guidance-scale",
+        dest="cfg",
         type=float,
         default=None,
-        help="classifier-free guidance scale (1 = none; needs --label or --prompt; default 1, "
-        "7.5 for text-to-image pipelines)",
+        help="guidance scale (1 = none; needs --label or --prompt; default 1, the pipeline's "
+        "default for text-to-image pipelines, e.g. 7.5 for Stable Diffusion)",
+    )
+    p.add_argument(
+        "--guidance",
+        default="cfg",
+        help="classifier-free guidance method of reverie.guidance.METHODS: cfg, cfg_rescale, "
+        "apg, cfg_zero_star, cfg_pp (ddim only), with its options as --option KEY=VALUE "
+        "(write guidance.KEY=... where the sampler has the same option; default cfg)",
     )
     p.add_argument("--prompt", default=None,
                    help="text-to-image pipelines (e.g. a Stable Diffusion folder): the prompt")
@@ -58,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="text-to-image pipelines: the negative prompt (default: empty)")
     p.add_argument("--size", default=None, metavar="HxW",
                    help="text-to-image pipelines: image size, e.g. 512x512 (default: the model's)")
-    add_option_argument(p, "sampler option, e.g. eta=0.5, s_churn=10 or legacy=false")
+    add_option_argument(p, "sampler or guidance option, e.g. eta=0.5, s_churn=10, legacy=false "
+                           "or momentum=-0.5 (prefix sampler. or guidance. where both have it)")
     p.add_argument(
         "--dtype",
         choices=("float32", "float64", "float16", "bfloat16"),
@@ -149,7 +159,8 @@ def _fit_grid(model, info, args, labels, dtype, options):
     n = args.fit_n + args.fit_n % 2  # two equal halves
     if labels is not None and isinstance(labels, torch.Tensor) and labels.ndim > 0:
         labels = labels.repeat(n // (2 * len(labels)) + 1)[: n // 2]  # the labels' mix
-    den = model.denoiser if labels is None else model.conditional(labels, args.cfg)
+    den = model.denoiser if labels is None else model.conditional(
+        labels, args.cfg, guidance=args.guidance, guidance_options=args.guidance_options)
     grid, report = optimize_grid(
         den, info, args.steps, shape=model.sample_shape, n=n,
         generator=torch.Generator().manual_seed(args.seed + 2_000_003), dtype=dtype,
@@ -159,6 +170,25 @@ def _fit_grid(model, info, args, labels, dtype, options):
           f"{report.default_val_loss:.4g}; {report.nfe} model calls): "
           f"{[round(float(t), 4) for t in grid]}")
     return grid
+
+
+def _route_options(args: argparse.Namespace, info, options: dict) -> dict:
+    """Split ``--option`` between the sampler and the ``--guidance`` method; the guidance
+    method's part lands in ``args.guidance_options``; returns the sampler's."""
+    from reverie.commands._options import split_options
+    from reverie.guidance import COMMON_OPTIONS, METHODS
+
+    method = METHODS[args.guidance]  # unknown names list the valid ones
+    args.guidance = method.name
+    if method.family != "cfg" or method.name == "autoguidance":
+        raise ValueError(f"--guidance {method.name} needs a classifier, a loss or a second "
+                         "model, which the command line cannot give; use reverie.guidance.guide "
+                         "in Python (the command line takes cfg, cfg_rescale, apg, "
+                         "cfg_zero_star and cfg_pp)")
+    parts = split_options(options, {"sampler": info.options,
+                                    "guidance": {**COMMON_OPTIONS, **method.options}})
+    args.guidance_options = parts["guidance"]
+    return parts["sampler"]
 
 
 def _is_text_to_image(model) -> bool:
@@ -202,12 +232,13 @@ def _text_to_image(model, args, info, outs, options) -> int:
     t0 = time.perf_counter()
     images = model.sample(
         args.prompt, args.negative_prompt, sampler=info.name, steps=args.steps, grid=args.grid,
-        guidance_scale=cfg, height=height, width=width, n=args.n,
+        guidance_scale=cfg, guidance=args.guidance, guidance_options=args.guidance_options,
+        height=height, width=width, n=args.n,
         generator=torch.Generator().manual_seed(args.seed), output_type="pt",
         dtype=_dtypes(args.dtype)[0], progress=not args.quiet, **options,
     ).detach().cpu()
     seconds = time.perf_counter() - t0
-    what = f"{args.prompt!r}, {info.name}, {args.steps} steps, cfg {cfg:g}"
+    what = f"{args.prompt!r}, {info.name}, {args.steps} steps, {args.guidance} {cfg:g}"
     for path in outs:
         if path.suffix.lower() in TENSOR_SUFFIXES:
             _write_tensor(images, path)
@@ -238,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--fit-n must be >= 4, got {args.fit_n}")
     info = SAMPLERS[args.sampler]  # unknown names list the valid ones
     outs = _check_outputs(args.out or ["samples.png"])
-    options = parse_options(args.option)
+    options = _route_options(args, info, parse_options(args.option))
     state_dtype, net_dtype = _dtypes(args.dtype)
     model = load(args.model, dtype=net_dtype, device=args.device)
     if _is_text_to_image(model):
@@ -248,8 +279,10 @@ def run(args: argparse.Namespace) -> int:
                          f"pipelines; {args.model!r} is not one")
     args.cfg = 1.0 if args.cfg is None else args.cfg
     labels = _labels(args.label, model, args.n)
-    if args.cfg != 1.0 and labels is None:
-        raise ValueError("--cfg needs --label (guidance pushes samples towards a class)")
+    guided = args.cfg != 1.0 or args.guidance != "cfg" or args.guidance_options
+    if guided and labels is None:
+        raise ValueError("--cfg / --guidance need --label (guidance pushes samples towards a "
+                         "class)")
     dtype = state_dtype
     is_2d = model.sample_shape == (2,)
     path_points = []
@@ -262,7 +295,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--trajectories is for 2-D models (e.g. --model two-moons)")
         from reverie._random import randn, seeded_generators
 
-        den = model.denoiser if labels is None else model.conditional(labels, args.cfg)
+        den = model.denoiser if labels is None else model.conditional(
+            labels, args.cfg, guidance=args.guidance, guidance_options=args.guidance_options)
         grid = resolve_grid(info, model.process, args.steps, args.grid)
         noise = randn((args.n, 2), seeded_generators(args.seed, args.n), dtype=dtype)
         x = noise * float(model.process.sigma(grid[0]))
@@ -292,6 +326,8 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             labels=labels,
             cfg_scale=args.cfg,
+            guidance=args.guidance,
+            guidance_options=args.guidance_options,
             dtype=dtype,
             progress=not args.quiet,
             **options,
@@ -302,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
 
     what = f"{model.name}, {args.sampler}, {args.steps} steps ({nfe} NFE)"
     if labels is not None:
-        what += f", label {args.label}" + (f", cfg {args.cfg:g}" if args.cfg != 1.0 else "")
+        what += f", label {args.label}" + (f", {args.guidance} {args.cfg:g}" if guided else "")
     for path in outs:
         suffix = path.suffix.lower()
         if suffix in TENSOR_SUFFIXES:

@@ -179,7 +179,15 @@ def _pair(guided: Guided, x: Tensor, t: Tensor, cond: dict[str, Any]) -> tuple[T
     if isinstance(uncond, DenoiserBase):
         weak = guided.method.name == "autoguidance"  # the weak model sees the same condition
         return den(x, t, **cond), uncond(x, t, **(cond if weak else {}))
+    # null values bound once with one row (e.g. a null class or a negative prompt) serve any batch
+    uncond = {k: _rows_for(v, x) for k, v in uncond.items()}
     return both_branches(den, uncond, x, t, cond)
+
+
+def _rows_for(value: Any, x: Tensor) -> Any:
+    if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == 1 != x.shape[0]:
+        return value.to(x.device).expand(x.shape[0], *value.shape[1:])
+    return value.to(x.device) if isinstance(value, Tensor) else value
 
 
 class Guided(DenoiserBase):

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reverie.denoisers import ClassifierFreeGuidance, DenoiserBase
+from reverie.denoisers import DenoiserBase
 from reverie.process import GaussianProcess
 from reverie.samplers import NonFiniteError
 
@@ -60,9 +60,10 @@ def _batch(value: Tensor, n: int, key: str) -> Tensor:
 
 class Conditioned(DenoiserBase):
     """A latent denoiser with its conditioning keywords bound (prompt embeddings, pooled
-    embeddings, time ids, class labels, ...); ``guidance_scale != 1`` with ``negative``
-    conditioning applies classifier-free guidance (Ho & Salimans 2022) through
-    :class:`reverie.ClassifierFreeGuidance`, both branches in one batched call."""
+    embeddings, time ids, class labels, ...). With ``negative`` conditioning and
+    ``guidance_scale != 1`` (or a ``guidance`` method other than ``"cfg"``), it is guided by
+    :func:`reverie.guidance.guide` with the negative as the unconditional branch (both
+    branches in one batched call); ``guidance_options`` go to the method."""
 
     def __init__(
         self,
@@ -70,12 +71,24 @@ class Conditioned(DenoiserBase):
         cond: Cond,
         negative: Cond | None = None,
         guidance_scale: float = 1.0,
+        guidance: str = "cfg",
+        guidance_options: Mapping[str, Any] | None = None,
     ):
+        from reverie.guidance import guide
+
         self.base = base
         self.process = base.process
         self.cond = dict(cond)
         self.negative = None if negative is None else dict(negative)
         self.guidance_scale = float(guidance_scale)
+        self.guided: DenoiserBase | None = None
+        if self.negative is not None and (self.guidance_scale != 1.0 or guidance != "cfg"
+                                          or guidance_options):
+            self.guided = guide(base, guidance, self.guidance_scale, uncond=self.negative,
+                                **dict(guidance_options or {}))
+        # a method that changes the sampler's update (CFG++) hands its hook to the sampler
+        self.step_hook = getattr(self.guided, "step_hook", None)
+        self.samplers = getattr(self.guided, "samplers", None)
 
     def _bound(self, cond: Cond, x: Tensor) -> dict[str, Tensor]:
         return {k: _batch(v.to(x.device), x.shape[0], k) for k, v in cond.items()}
@@ -85,10 +98,7 @@ class Conditioned(DenoiserBase):
             raise ValueError(f"this denoiser already has {sorted(set(extra) & set(self.cond))} "
                              "bound")
         pos = self._bound(self.cond, x)
-        if self.guidance_scale == 1.0 or self.negative is None:
-            return self.base(x, t, **pos, **extra)
-        cfg = ClassifierFreeGuidance(self.base, self.guidance_scale, self._bound(self.negative, x))
-        return cfg(x, t, **pos, **extra)
+        return (self.base if self.guided is None else self.guided)(x, t, **pos, **extra)
 
     def __repr__(self) -> str:
         return f"Conditioned(guidance_scale={self.guidance_scale}, {self.base!r})"
@@ -239,18 +249,23 @@ class LatentPipeline:
         cond: Mapping[str, Tensor] | Tensor | tuple[Any, Any],
         negative: Mapping[str, Tensor] | Tensor | None = None,
         guidance_scale: float = 1.0,
+        guidance: str = "cfg",
+        guidance_options: Mapping[str, Any] | None = None,
     ) -> Conditioned:
         """The latent denoiser with ``cond`` bound (a dict from :meth:`encode_prompt`, or the
         ``(cond, negative)`` pair itself; a bare tensor means ``encoder_hidden_states``).
-        ``guidance_scale != 1`` needs negative conditioning and applies classifier-free
-        guidance (``1``: the conditional model; ``0``: the negative one)."""
+        ``guidance_scale != 1`` needs negative conditioning and applies ``guidance`` (a
+        classifier-free method of :data:`reverie.guidance.METHODS`, default ``"cfg"``:
+        scale ``1`` is the conditional model, ``0`` the negative one) with
+        ``guidance_options``."""
         if isinstance(cond, tuple):
             cond, neg = cond
             negative = neg if negative is None else negative
         cond, negative = _as_cond(cond, "cond"), _as_cond(negative, "negative")
         if float(guidance_scale) != 1.0 and negative is None:
             raise ValueError("guidance_scale != 1 needs negative conditioning")
-        return Conditioned(self.base_denoiser, cond, negative, guidance_scale)
+        return Conditioned(self.base_denoiser, cond, negative, guidance_scale, guidance,
+                           guidance_options)
 
     # -- VAE -------------------------------------------------------------------------------
 
@@ -318,6 +333,8 @@ class LatentPipeline:
         output_type: str = "pil",
         dtype: torch.dtype = torch.float32,
         progress: bool = False,
+        guidance: str = "cfg",
+        guidance_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> Any:
         """Text to image with any reverie sampler (diffusers' ``__call__`` names).
@@ -331,9 +348,11 @@ class LatentPipeline:
         unit-variance data: 1 for VP and flows); otherwise they are drawn with ``generator`` as
         diffusers does. ``dtype`` is the solver state's (the network runs in its own).
         Classifier-free guidance is applied for any ``guidance_scale != 1`` (diffusers: only
-        ``> 1``). ``output_type``: ``"pil"`` (a list of PIL images), ``"np"`` (``[B, H, W,
-        3]`` floats in [0, 1]), ``"pt"`` (``[B, 3, H, W]``) or ``"latent"`` (VAE latents).
-        ``options`` go to the sampler.
+        ``> 1``), by ``guidance`` (a classifier-free method of :data:`reverie.guidance.METHODS`,
+        e.g. ``"apg"``) with ``guidance_options``. ``output_type``: ``"pil"`` (a list of PIL
+        images), ``"np"`` (``[B, H, W, 3]`` floats in [0, 1]), ``"pt"`` (``[B, 3, H, W]``) or
+        ``"latent"`` (VAE latents). ``options`` go to the sampler, except the family's
+        :attr:`prompt_options`, which go to :meth:`encode_prompt`.
         """
         from reverie.samplers import SAMPLERS, resolve_grid, run
 
@@ -364,7 +383,7 @@ class LatentPipeline:
         g = resolve_grid(info, self.process, steps, grid)
         t0 = g[0].to(torch.float64)
         scale = math.sqrt(float(self.process.alpha(t0)) ** 2 + float(self.process.sigma(t0)) ** 2)
-        den = self.denoiser(cond, negative, guidance_scale)
+        den = self.denoiser(cond, negative, guidance_scale, guidance, guidance_options)
         x = self._pack(latents.to(self.device, dtype) * scale)
         x = run(info, den, x, g, generator=generator, progress=progress, **options).x0
         x = self._unpack(x, height, width)
