@@ -518,13 +518,11 @@ def load(
 ) -> Any:
     """Load a bundled model, a local folder or a Hugging Face Hub checkpoint (module docstring).
 
-    A Stable Diffusion 1.x/2.x pipeline folder (``StableDiffusionPipeline``: VAE, conditional
-    UNet, CLIP text encoder) comes back as a :class:`reverie.pipelines.StableDiffusion`
-    (``sample(prompt, ...)``, ``encode_prompt``, ``denoiser``, ``encode_image``, ``decode``),
-    an SDXL one (``StableDiffusionXLPipeline``) as a
-    :class:`reverie.pipelines.StableDiffusionXL`; pickled weights are read only with
-    ``trust_pickle=True``. Other latent or text-conditioned pipelines (SD3, Flux, PixArt, DiT)
-    are refused.
+    A diffusers latent pipeline folder comes back as a :class:`reverie.LatentPipeline` of its
+    family (``sample(prompt, ...)``, ``encode_prompt``, ``denoiser``, ``encode_image``,
+    ``decode``): see :data:`reverie.pipelines.SUPPORTED` (Stable Diffusion 1.x/2.x, SDXL, SD3,
+    Flux, ...); pickled weights are read only with ``trust_pickle=True``. Other latent or
+    text-conditioned pipeline classes are refused with the list of supported ones.
 
     Masked-diffusion language models (the bundled ``tiny-json``, folders saved by
     :mod:`reverie.discrete`) load through :func:`reverie.discrete.load_model` and come back as

@@ -3,7 +3,9 @@
 ``reverie.load(folder)`` sends a diffusers pipeline folder whose ``model_index.json`` names a
 VAE, a text encoder or a transformer here. Supported now: :data:`SUPPORTED` (Stable Diffusion
 1.x/2.x, :class:`~reverie.pipelines.stable_diffusion.StableDiffusion`; SDXL,
-:class:`~reverie.pipelines.sdxl.StableDiffusionXL`); every family is a
+:class:`~reverie.pipelines.sdxl.StableDiffusionXL`; SD3,
+:class:`~reverie.pipelines.sd3.StableDiffusion3`; Flux, :class:`~reverie.pipelines.flux.Flux`);
+every family is a
 :class:`~reverie.pipelines._base.LatentPipeline`. Other pipeline classes are refused with a
 message naming the supported ones.
 """
@@ -15,22 +17,30 @@ from pathlib import Path
 from typing import Any
 
 from reverie.pipelines._base import Conditioned, LatentPipeline
+from reverie.pipelines.flux import Flux, load_flux
+from reverie.pipelines.sd3 import StableDiffusion3, load_sd3
 from reverie.pipelines.sdxl import StableDiffusionXL, load_sdxl
 from reverie.pipelines.stable_diffusion import StableDiffusion, load_stable_diffusion
 
 __all__ = [
     "SUPPORTED",
     "Conditioned",
+    "Flux",
     "LatentPipeline",
     "StableDiffusion",
+    "StableDiffusion3",
     "StableDiffusionXL",
     "is_latent_pipeline",
     "load_pipeline",
 ]
 
 #: diffusers pipeline class -> reverie loader.
-SUPPORTED = {"StableDiffusionPipeline": load_stable_diffusion}
-SUPPORTED["StableDiffusionXLPipeline"] = load_sdxl
+SUPPORTED = {
+    "StableDiffusionPipeline": load_stable_diffusion,
+    "StableDiffusionXLPipeline": load_sdxl,
+    "StableDiffusion3Pipeline": load_sd3,
+    "FluxPipeline": load_flux,
+}
 
 #: model_index.json components that make a folder a latent / text-conditioned pipeline.
 _LATENT_PARTS = ("vae", "vqvae", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer")

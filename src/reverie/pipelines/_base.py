@@ -148,6 +148,8 @@ class LatentPipeline:
     #: keywords of :meth:`encode_prompt` (and ``sample``) that shape the conditioning beyond the
     #: prompt, passed on to :meth:`_conditioning` (e.g. SDXL's micro-conditioning sizes).
     prompt_options: tuple[str, ...] = ()
+    #: keywords of ``sample`` that go to :meth:`denoiser` (e.g. Flux's ``true_cfg_scale``).
+    denoiser_options: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -352,7 +354,8 @@ class LatentPipeline:
         e.g. ``"apg"``) with ``guidance_options``. ``output_type``: ``"pil"`` (a list of PIL
         images), ``"np"`` (``[B, H, W, 3]`` floats in [0, 1]), ``"pt"`` (``[B, 3, H, W]``) or
         ``"latent"`` (VAE latents). ``options`` go to the sampler, except the family's
-        :attr:`prompt_options`, which go to :meth:`encode_prompt`.
+        :attr:`prompt_options`, which go to :meth:`encode_prompt`, and its
+        :attr:`denoiser_options`, which go to :meth:`denoiser`.
         """
         from reverie.samplers import SAMPLERS, resolve_grid, run
 
@@ -365,6 +368,7 @@ class LatentPipeline:
         self.check_size(height, width)
         guidance_scale = self.default_guidance if guidance_scale is None else guidance_scale
         extra = {k: options.pop(k) for k in self.prompt_options if k in options}
+        den_extra = {k: options.pop(k) for k in self.denoiser_options if k in options}
         cond, negative = self.encode_prompt(prompt, negative_prompt, height=height, width=width,
                                             **extra)
         cond = {k: v.repeat_interleave(n, 0) for k, v in cond.items()}  # n per prompt
@@ -383,7 +387,8 @@ class LatentPipeline:
         g = resolve_grid(info, self.process, steps, grid)
         t0 = g[0].to(torch.float64)
         scale = math.sqrt(float(self.process.alpha(t0)) ** 2 + float(self.process.sigma(t0)) ** 2)
-        den = self.denoiser(cond, negative, guidance_scale, guidance, guidance_options)
+        den = self.denoiser(cond, negative, guidance_scale, guidance, guidance_options,
+                            **den_extra)
         x = self._pack(latents.to(self.device, dtype) * scale)
         x = run(info, den, x, g, generator=generator, progress=progress, **options).x0
         x = self._unpack(x, height, width)
@@ -492,8 +497,11 @@ def load_components(
         except Exception as err:
             raise ValueError(f"could not load the {cls_name} in {part}: {err}") from err
         model.eval().requires_grad_(False)
-        if dtype is not None and not kw:
-            model = model.to(dtype)
+        keep32 = getattr(model, "_keep_in_fp32_modules", None)
+        if dtype is not None and (not kw or (not keep32 and model.dtype != dtype)):
+            # diffusers 0.42 ignores torch_dtype when a model's first state entry (e.g. the
+            # float32 pos_embed buffer of SD3's and PixArt's PatchEmbed) has the file's dtype
+            model = nn.Module.to(model, dtype)
         modules[key] = model if device is None else model.to(device)
     return modules
 
