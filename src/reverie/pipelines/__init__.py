@@ -2,9 +2,10 @@
 
 ``reverie.load(folder)`` sends a diffusers pipeline folder whose ``model_index.json`` names a
 VAE, a text encoder or a transformer here. Supported now: :data:`SUPPORTED` (Stable Diffusion
-1.x/2.x, :class:`~reverie.pipelines.stable_diffusion.StableDiffusion`); every family is a
-:class:`~reverie.pipelines._base.LatentPipeline`. Other pipeline classes are refused with a
-message naming the supported ones.
+1.x/2.x, :class:`~reverie.pipelines.stable_diffusion.StableDiffusion`; PixArt-alpha/sigma,
+:class:`~reverie.pipelines.pixart.PixArt`; DiT, :class:`~reverie.pipelines.dit.DiT`); every
+family is a :class:`~reverie.pipelines._base.LatentPipeline`. Other pipeline classes are
+refused with a message naming the supported ones.
 """
 
 from __future__ import annotations
@@ -14,19 +15,28 @@ from pathlib import Path
 from typing import Any
 
 from reverie.pipelines._base import Conditioned, LatentPipeline
+from reverie.pipelines.dit import DiT, load_dit
+from reverie.pipelines.pixart import PixArt, load_pixart
 from reverie.pipelines.stable_diffusion import StableDiffusion, load_stable_diffusion
 
 __all__ = [
     "SUPPORTED",
     "Conditioned",
+    "DiT",
     "LatentPipeline",
+    "PixArt",
     "StableDiffusion",
     "is_latent_pipeline",
     "load_pipeline",
 ]
 
 #: diffusers pipeline class -> reverie loader.
-SUPPORTED = {"StableDiffusionPipeline": load_stable_diffusion}
+SUPPORTED = {
+    "StableDiffusionPipeline": load_stable_diffusion,
+    "PixArtAlphaPipeline": load_pixart,
+    "PixArtSigmaPipeline": load_pixart,
+    "DiTPipeline": load_dit,
+}
 
 #: model_index.json components that make a folder a latent / text-conditioned pipeline.
 _LATENT_PARTS = ("vae", "vqvae", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer")
