@@ -6,9 +6,10 @@ A folder with ``model_index.json`` (optionally an ``id2label`` table of class na
 place of the prompt everywhere:
 
 * ``p.sample([207, 360])`` (or ``p.sample(class_labels=...)``): one image per label (``n`` per
-  label with ``n=``); a label is a class id (``0 <= id < num_classes``) or a word of the
-  folder's ``id2label`` table, looked up as diffusers' ``get_label_ids`` does
-  (``p.sample(["golden retriever"])``; :attr:`DiT.labels` lists them);
+  label with ``n=``); a label is a class id (``0 <= id < num_classes``, an int or a string of
+  digits) or a word of the folder's ``id2label`` table, looked up as diffusers'
+  ``get_label_ids`` does (``p.sample(["golden retriever"])``; :attr:`DiT.labels` lists them),
+  so ``reverie sample --model DIT_FOLDER --prompt "golden retriever"`` works too;
 * :meth:`~DiT.encode_prompt` gives ``({"class_labels": ids}, {"class_labels": null})``: the
   negative branch of classifier-free guidance is the null class (``num_classes``, the extra
   row of the label embedding; diffusers hard-codes 1000, the ImageNet value) unless other
@@ -77,7 +78,8 @@ class DiT(TransformerPipeline):
         super().__init__(transformer=transformer, fn=_DiTFunction(transformer), **kwargs)
 
     def label_ids(self, labels: Labels) -> Tensor:
-        """Class ids ``[B]`` (int64) of labels: ids or ``id2label`` words."""
+        """Class ids ``[B]`` (int64) of labels: ids (ints or digit strings) or ``id2label``
+        words."""
         if isinstance(labels, Tensor):
             labels = labels.reshape(-1).tolist()
         items = [labels] if isinstance(labels, (int, str)) else labels
@@ -86,13 +88,15 @@ class DiT(TransformerPipeline):
                             f"them, got {labels!r}")
         ids = []
         for v in items:
-            if isinstance(v, str):
-                if v not in self.labels:
-                    known = (f"one of the {len(self.labels)} words of id2label (DiT.labels)"
-                             if self.labels else "a class id (this folder has no id2label)")
-                    raise ValueError(f"unknown class label {v!r}; expected {known}")
+            if isinstance(v, str) and v in self.labels:
                 v = self.labels[v]
-            elif isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < self.num_classes:
+            elif isinstance(v, str) and v.strip().isdigit():  # "207", e.g. from the CLI
+                v = int(v)
+            elif isinstance(v, str):
+                known = (f"one of the {len(self.labels)} words of id2label (DiT.labels)"
+                         if self.labels else "a class id (this folder has no id2label)")
+                raise ValueError(f"unknown class label {v!r}; expected {known}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < self.num_classes:
                 raise ValueError(f"class labels must be ids in [0, {self.num_classes}) or label "
                                  f"words, got {v!r}")
             ids.append(v)
