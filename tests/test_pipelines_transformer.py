@@ -187,17 +187,17 @@ def test_pixart_conditioning(folders):
 
 def test_scheduler_inside_pixart_pipeline(folders):
     """reverie.diffusers.Scheduler driving diffusers' PixArtAlphaPipeline equals reverie's own
-    run with the same sampler and steps (another sampler does not); with one step the pipeline
-    reads step(...)[1], which is the data prediction."""
+    run with the same sampler and steps (another sampler or a 15%-off guidance scale does not);
+    with one step the pipeline reads step(...)[1], which is the data prediction."""
     folder = folders / "alpha"
     pipe, p = _diffusers(folder), reverie.load(folder)
     config = pipe.scheduler.config
     latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
 
-    def theirs(sampler, steps):
+    def theirs(sampler, steps, w=3.0):
         pipe.scheduler = reverie.diffusers.Scheduler(sampler, config=config)
         return pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps,
-                    guidance_scale=3.0, latents=latents, output_type="latent",
+                    guidance_scale=w, latents=latents, output_type="latent",
                     use_resolution_binning=False, clean_caption=False).images
 
     def ours(sampler, steps):
@@ -208,7 +208,8 @@ def test_scheduler_inside_pixart_pipeline(folders):
         ref = ours(sampler, steps)  # latents far from unit scale: a relative tolerance
         assert _err(theirs(sampler, steps), ref) < 1e-6 * float(ref.abs().max())
     ref = ours("dpmpp_2m", 4)
-    assert _err(theirs("ipndm", 4), ref) > 1e-3 * float(ref.abs().max())
+    for sibling in (theirs("ddim", 4), theirs("dpmpp_2m", 4, w=0.85 * 3.0)):
+        assert _err(sibling, ref) > 1e-3 * float(ref.abs().max())
     # step(..., return_dict=False) is (prev_sample, pred_original_sample): x0 of the eps given
     s = reverie.diffusers.Scheduler("ddim", config=config)
     s.set_timesteps(1)
