@@ -304,6 +304,7 @@ def test_bad_input(folders, tmp_path):
         dit.sample(["dog"], steps=2)
     with pytest.raises(ValueError, match=r"ids in \[0, 1000\) or label words, got 1000"):
         dit.encode_prompt([1000])
+    assert dit.label_ids(np.array([3, 207])).tolist() == [3, 207]  # numpy ints are ids too
     with pytest.raises(TypeError, match="class labels must be"):
         dit.encode_prompt([])
     with pytest.raises(ValueError, match="2 negative labels for 3 labels"):
@@ -317,6 +318,9 @@ def test_bad_input(folders, tmp_path):
     index = json.loads((legacy / "model_index.json").read_text())
     index["transformer"] = ["diffusers", "Transformer2DModel"]
     (legacy / "model_index.json").write_text(json.dumps(index))
+    config = json.loads((legacy / "transformer" / "config.json").read_text())
+    (legacy / "transformer" / "config.json").write_text(
+        json.dumps({**config, "_class_name": "Transformer2DModel"}))
     assert isinstance(reverie.load(legacy).transformer, diffusers.DiTTransformer2DModel)
     shutil.rmtree(legacy / "vae")
     with pytest.raises(FileNotFoundError, match="lacks the 'vae' component.*transformer, vae"):

@@ -25,6 +25,7 @@ than 1. Its images are ``sample_size`` latents square; reverie also samples othe
 from __future__ import annotations
 
 import json
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ COMPONENTS: dict[str, tuple[str, ...] | None] = {
     "scheduler": None,
 }
 
-Labels = int | str | list[int | str] | Tensor
+Labels = int | str | list[int | str] | Tensor  # or a numpy array of ids
 
 
 class _DiTFunction(nn.Module):
@@ -80,26 +81,27 @@ class DiT(TransformerPipeline):
     def label_ids(self, labels: Labels) -> Tensor:
         """Class ids ``[B]`` (int64) of labels: ids (ints or digit strings) or ``id2label``
         words."""
-        if isinstance(labels, Tensor):
-            labels = labels.reshape(-1).tolist()
+        if hasattr(labels, "tolist"):  # a tensor or numpy array of ids
+            labels = labels.tolist()
         items = [labels] if isinstance(labels, (int, str)) else labels
         if not isinstance(items, (list, tuple)) or not items:
             raise TypeError(f"class labels must be an int, a label word or a non-empty list of "
                             f"them, got {labels!r}")
         ids = []
         for v in items:
-            if isinstance(v, str) and v in self.labels:
-                v = self.labels[v]
-            elif isinstance(v, str) and v.strip().isdigit():  # "207", e.g. from the CLI
-                v = int(v)
-            elif isinstance(v, str):
-                known = (f"one of the {len(self.labels)} words of id2label (DiT.labels)"
-                         if self.labels else "a class id (this folder has no id2label)")
-                raise ValueError(f"unknown class label {v!r}; expected {known}")
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < self.num_classes:
+            if isinstance(v, str):
+                if v in self.labels:
+                    v = self.labels[v]
+                elif v.strip().isdigit():  # "207", e.g. from the command line
+                    v = int(v)
+                else:
+                    known = (f"one of the {len(self.labels)} words of id2label (DiT.labels)"
+                             if self.labels else "a class id (this folder has no id2label)")
+                    raise ValueError(f"unknown class label {v!r}; expected {known}")
+            if isinstance(v, bool) or not isinstance(v, Integral) or not 0 <= v < self.num_classes:
                 raise ValueError(f"class labels must be ids in [0, {self.num_classes}) or label "
                                  f"words, got {v!r}")
-            ids.append(v)
+            ids.append(int(v))
         return torch.tensor(ids, dtype=torch.long)
 
     def encode_prompt(
