@@ -298,6 +298,17 @@ def test_bfloat16_model_under_float32_state(folders, name):
     assert 0 < _err(out, ref) < 0.05, _err(out, ref)
 
 
+def test_float16_t5_keeps_float32_output_layers(folders):
+    """A float16 load keeps T5's feed-forward output layers (``wo``) in float32, as diffusers'
+    loader does (T5 overflows float16 there), and encodes finite states."""
+    p = reverie.load(folders / "alpha", dtype=torch.float16)
+    wo = {n: w.dtype for n, w in p.text_encoder.named_parameters() if n.endswith("wo.weight")}
+    assert wo and set(wo.values()) == {torch.float32}
+    assert p.transformer.dtype == p.text_encoder.dtype == torch.float16
+    cond, _ = p.encode_prompt(PROMPT)
+    assert bool(torch.isfinite(cond["encoder_hidden_states"]).all())
+
+
 def test_bad_input(folders, tmp_path):
     dit, pixart = reverie.load(folders / "dit"), reverie.load(folders / "alpha")
     with pytest.raises(ValueError, match="unknown class label 'dog'; expected one of the 4"):

@@ -453,14 +453,13 @@ def load_components(
             continue
         safe = _check_weights(part, trust_pickle)
         from_transformers = hasattr(transformers, cls_name) and not hasattr(diffusers, cls_name)
-        lib, kw = (transformers, {}) if from_transformers else (diffusers, {"torch_dtype": dtype})
-        try:  # diffusers casts with torch_dtype itself (keeping its float32-only modules)
+        lib = transformers if from_transformers else diffusers
+        kw = {} if dtype is None else {"dtype" if from_transformers else "torch_dtype": dtype}
+        try:  # both cast themselves, keeping their float32-only modules (T5's wo in float16)
             model = getattr(lib, cls_name).from_pretrained(part, use_safetensors=safe, **kw)
         except Exception as err:
             raise ValueError(f"could not load the {cls_name} in {part}: {err}") from err
         model.eval().requires_grad_(False)
-        if dtype is not None and not kw:
-            model = model.to(dtype)
         modules[key] = model if device is None else model.to(device)
     return modules
 
