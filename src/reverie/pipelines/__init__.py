@@ -4,8 +4,9 @@
 VAE, a text encoder or a transformer here. Supported now: :data:`SUPPORTED` (Stable Diffusion
 1.x/2.x, :class:`~reverie.pipelines.stable_diffusion.StableDiffusion`; SDXL,
 :class:`~reverie.pipelines.sdxl.StableDiffusionXL`; SD3,
-:class:`~reverie.pipelines.sd3.StableDiffusion3`; Flux, :class:`~reverie.pipelines.flux.Flux`);
-every family is a
+:class:`~reverie.pipelines.sd3.StableDiffusion3`; Flux, :class:`~reverie.pipelines.flux.Flux`;
+PixArt-alpha/sigma, :class:`~reverie.pipelines.pixart.PixArt`; DiT,
+:class:`~reverie.pipelines.dit.DiT`); every family is a
 :class:`~reverie.pipelines._base.LatentPipeline`. Other pipeline classes are refused with a
 message naming the supported ones.
 """
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from reverie.pipelines._base import Conditioned, LatentPipeline
+from reverie.pipelines.dit import DiT, load_dit
 from reverie.pipelines.flux import Flux, load_flux
+from reverie.pipelines.pixart import PixArt, load_pixart
 from reverie.pipelines.sd3 import StableDiffusion3, load_sd3
 from reverie.pipelines.sdxl import StableDiffusionXL, load_sdxl
 from reverie.pipelines.stable_diffusion import StableDiffusion, load_stable_diffusion
@@ -25,8 +28,10 @@ from reverie.pipelines.stable_diffusion import StableDiffusion, load_stable_diff
 __all__ = [
     "SUPPORTED",
     "Conditioned",
+    "DiT",
     "Flux",
     "LatentPipeline",
+    "PixArt",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",
@@ -40,6 +45,9 @@ SUPPORTED = {
     "StableDiffusionXLPipeline": load_sdxl,
     "StableDiffusion3Pipeline": load_sd3,
     "FluxPipeline": load_flux,
+    "PixArtAlphaPipeline": load_pixart,
+    "PixArtSigmaPipeline": load_pixart,
+    "DiTPipeline": load_dit,
 }
 
 #: model_index.json components that make a folder a latent / text-conditioned pipeline.

@@ -491,14 +491,15 @@ def load_components(
             continue
         safe = _check_weights(part, trust_pickle)
         from_transformers = hasattr(transformers, cls_name) and not hasattr(diffusers, cls_name)
-        lib, kw = (transformers, {}) if from_transformers else (diffusers, {"torch_dtype": dtype})
-        try:  # diffusers casts with torch_dtype itself (keeping its float32-only modules)
+        lib = transformers if from_transformers else diffusers
+        kw = {} if dtype is None else {"dtype" if from_transformers else "torch_dtype": dtype}
+        try:  # both cast themselves, keeping their float32-only modules (T5's wo in float16)
             model = getattr(lib, cls_name).from_pretrained(part, use_safetensors=safe, **kw)
         except Exception as err:
             raise ValueError(f"could not load the {cls_name} in {part}: {err}") from err
         model.eval().requires_grad_(False)
-        keep32 = getattr(model, "_keep_in_fp32_modules", None)
-        if dtype is not None and (not kw or (not keep32 and model.dtype != dtype)):
+        if (dtype is not None and not from_transformers and model.dtype != dtype
+                and not getattr(model, "_keep_in_fp32_modules", None)):
             # diffusers 0.42 ignores torch_dtype when a model's first state entry (e.g. the
             # float32 pos_embed buffer of SD3's and PixArt's PatchEmbed) has the file's dtype
             model = nn.Module.to(model, dtype)

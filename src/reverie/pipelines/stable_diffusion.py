@@ -106,18 +106,20 @@ class StableDiffusion(LatentPipeline):
                 {"encoder_hidden_states": self._embed(negatives)})
 
 
-def clip_ids(tokenizer: Any, texts: list[str], length: int | None = None) -> tuple[Tensor, Tensor]:
-    """Token ids and attention mask of ``texts`` padded to ``length`` (default: the tokenizer's
-    ``model_max_length``; T5 takes the pipeline's ``max_sequence_length``), truncated with a
-    warning that names what was removed (diffusers)."""
-    length = int(tokenizer.model_max_length if length is None else length)
+def clip_ids(
+    tokenizer: Any, texts: list[str], max_length: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Token ids and attention mask of ``texts`` padded to ``max_length`` (default: the
+    tokenizer's ``model_max_length``), truncated with a warning that names what was removed
+    (diffusers)."""
+    length = int(max_length or tokenizer.model_max_length)
     enc = tokenizer(texts, padding="max_length", max_length=length, truncation=True,
                     return_tensors="pt")
     full = tokenizer(texts, padding="longest", return_tensors="pt").input_ids
     if full.shape[-1] > length:  # what truncation removed (diffusers' warning)
         removed = tokenizer.batch_decode(full[:, length - 1 : -1])
-        warnings.warn(f"the prompt was truncated to {length} tokens (the text encoder's "
-                      f"limit); removed: {removed}", stacklevel=4)
+        warnings.warn(f"the prompt was truncated to {length} tokens (the encoder's limit); "
+                      f"removed: {removed}", stacklevel=4)
     return enc.input_ids, enc.attention_mask
 
 
