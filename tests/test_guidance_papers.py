@@ -56,7 +56,8 @@ def test_density_guidance_hits_the_requested_log_density(mix, noise):
     """Density guidance on a rectified flow: every output's exact log-density equals the
     requested value (the 20% and 50% quantiles of log p under the data) up to the ODE
     solver's error; the unguided sampler's outputs do not (they spread over the whole law).
-    Measured with Heun, 40 steps: 99% within 0.05 (unguided: 3-6%)."""
+    Measured with Heun, 40 steps: 99% within 0.05 (unguided: 3-6%); with 4 Hutchinson probes
+    for the divergence 89% within 0.05, mean error 0.001."""
     proc = reverie.RectifiedFlow()
     den = mix.denoiser(proc)
     ref = mix.log_prob(mix.sample(50_000, gen(1)))
@@ -68,6 +69,11 @@ def test_density_guidance_hits_the_requested_log_density(mix, noise):
         err = (mix.log_prob(out) - target).abs()
         assert float((err < 0.05).double().mean()) > 0.95, (q, err.median())
         assert float(((plain - target).abs() < 0.05).double().mean()) < 0.15
+    # Hutchinson's divergence (for large data): unbiased, a wider spread
+    out = reverie.sample(guide(den, "density", 1.0, log_density=target, probes=4), noise[:400],
+                         sampler="heun", steps=40)
+    err = mix.log_prob(out) - target
+    assert abs(float(err.mean())) < 0.02 and float((err.abs() < 0.25).double().mean()) > 0.95
     # a target per row: each output hits its own
     targets = torch.linspace(-3.5, -2.0, 400, dtype=torch.float64)
     out = reverie.sample(guide(den, "density", 1.0, log_density=targets), noise[:400],

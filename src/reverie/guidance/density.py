@@ -9,7 +9,7 @@ score, the smallest change that moves the log-density) gives ``d log p_t(x_t) / 
 ``phi = b_t + div u_t``. With noise orthogonal to the score, ``dx = v dt + gamma P dW``
 (``P = I - s s^T / |s|^2``), the log-density stays deterministic and the Ito term
 ``gamma^2 tr(P H) / 2`` (``H`` the Hessian of ``log p_t``) enters ``phi`` (the stochastic
-variant, sec. 5 of the paper).
+variant of the paper).
 
 The rate: the log-density moves linearly in ``t`` from its value at the start of the walk
 (the Gaussian prior ``N(0, sigma^2 I)`` at the first time; exact for a flow, where
@@ -135,7 +135,7 @@ _OPTIONS = {"log_density": None, "probes": 0, "seed": 0}
 
 @register("density", family="density", needs=(), options=_OPTIONS,
           paper="Karczewski, Heinonen & Garg 2025 (Devil is in the details: density guidance "
-          "for detail-aware generation with flow models), sec. 4",
+          "for detail-aware generation with flow models)",
           description="density guidance: the ODE velocity plus phi s / |s|^2 so that the "
           "log-density of the sample follows a set rate exactly: a straight line in t to "
           "log_density= (the target log p of the outputs)")
@@ -164,8 +164,8 @@ def _sde_hook(guided):
 
 @register("density_sde", family="density", needs=(), options={**_OPTIONS, "noise": 0.5},
           hook=_sde_hook, samplers=("euler", "ddim"),
-          paper="Karczewski, Heinonen & Garg 2025 (Devil is in the details), sec. 5 "
-          "(stochastic density guidance)",
+          paper="Karczewski, Heinonen & Garg 2025 (Devil is in the details), stochastic "
+          "density guidance",
           description="stochastic density guidance: density guidance plus noise orthogonal to "
           "the score (gamma^2 = noise^2 d sigma^2 / dt), with its Ito term in the rate; the "
           "log-density is still set exactly (a step hook; Euler / DDIM steps)")

@@ -33,6 +33,8 @@ __all__ = ["dreamguider"]
           "rescales each gradient to unit root-mean-square")
 def dreamguider(call: Call, w: float, normalize: bool) -> Tensor:
     d = call.conditional().detach()
+    if w == 0:
+        return d
     with torch.enable_grad():
         x0 = d.clone().requires_grad_(True)
         value = _rows(call.guided.loss(x0), x0, "loss")

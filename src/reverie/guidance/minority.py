@@ -29,7 +29,7 @@ __all__ = ["minority"]
           options={"perturb": 0.8, "samples": 1, "norm": 2.0, "normalize": True, "every": 1,
                    "seed": 0},
           paper="Um & Ye 2024 (Self-guided generation of minority samples using diffusion "
-          "models), sec. 3",
+          "models)",
           description="self-guided minority guidance: ascend the reconstruction loss "
           "|D(x) - D(perturbed D(x))| of the sample's own data prediction (the minority "
           "score); negative scales steer towards the majority")
@@ -39,7 +39,7 @@ def minority(call: Call, w: float, perturb: float, samples: int, norm: float, no
         raise ValueError(f"perturb must lie in (0, 1], got {perturb!r}")
     calls = call.memory.get("minority_calls", 0)
     call.memory["minority_calls"] = calls + 1
-    if calls % int(every):  # intermittent guidance: only every n-th model call
+    if w == 0 or calls % int(every):  # intermittent guidance: only every n-th model call
         return call.conditional()
     gen = call.memory.setdefault("minority_generator", torch.Generator().manual_seed(seed))
     proc, guided = call.process, call.guided

@@ -62,11 +62,13 @@ def _steered_hook(guided):
 @register("steered", family="gradient", needs=("loss",), hook=_steered_hook,
           samplers=("ddpm", "ddim"),
           paper="Nair et al. 2023 (Steered Diffusion: a generalized framework for plug-and-play "
-          "conditional image synthesis), sec. 3",
+          "conditional image synthesis)",
           description="steered diffusion: after each model step, x_t' -= w grad_x L(D(x_t)) "
           "for a loss of the data prediction (weighted_losses for several conditions; a step "
           "hook, DDPM / DDIM)")
 def steered(call: Call, w: float) -> Tensor:
+    if w == 0:  # no step for the hook to move (its record is of another time)
+        return call.conditional()
     d, grad = _loss_gradient(call, call.guided.loss)
     call.memory["steered_last"] = (float(call.t.reshape(-1)[0]), w * grad)
     return d
@@ -78,6 +80,8 @@ def steered(call: Call, w: float) -> Tensor:
           description="implicit steered diffusion: the data prediction moved against the loss "
           "gradient, D(x) - w sigma_t grad_x L(D(x)); any sampler")
 def steered_implicit(call: Call, w: float) -> Tensor:
+    if w == 0:
+        return call.conditional()
     d, grad = _loss_gradient(call, call.guided.loss)
     _, s = call.coefs()
     return d - (w * s) * grad.to(d.dtype)

@@ -46,7 +46,7 @@ def _expert(call: Call, expert) -> Tensor:
 @register("unite_and_conquer", family="product", needs=("uncond",),
           options={"experts": (), "reliability": None},
           paper="Nair, Bandara & Patel 2023 (Unite and Conquer: cross dataset multimodal "
-          "synthesis using diffusion models), sec. 3",
+          "synthesis using diffusion models)",
           description="several conditions (from one model or several) combined as a product "
           "of experts: D_u + w sum_i lambda_i (D_i - D_u) over the caller's conditional and "
           "experts=, with reliability= the lambda_i (default 1 each)")
