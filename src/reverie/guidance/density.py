@@ -155,7 +155,8 @@ def _sde_hook(guided):
         _, s, gamma2, gen = last
         xi = torch.randn(state.x.shape, generator=gen, dtype=state.x.dtype)
         flat, sf = xi.flatten(1), s.flatten(1)
-        xi = flat - sf * (flat * sf).sum(1, keepdim=True) / (sf**2).sum(1, keepdim=True)
+        xi = flat - sf * (flat * sf).sum(1, keepdim=True) / (sf**2).sum(1, keepdim=True).clamp_min(
+            1e-12)
         step = math.sqrt(gamma2 * abs(schedule.t[i + 1] - schedule.t[i]))
         return replace(state, x=state.x + step * xi.view_as(state.x).to(state.x.device))
 

@@ -9,7 +9,9 @@ are the rare ones, so guidance ascends ``l``: ``score + w grad_x l`` (the paper'
 scaled step on the DDPM mean), with the gradient divided by its largest entry per sample
 (``normalize``, the paper's default) and applied at every ``every``-th model call
 (intermittent guidance). A negative scale steers towards the majority instead. ``perturb``
-sets ``t_s`` as a fraction of the process's time range (the paper's ``p_ratio``, 0.8).
+sets ``t_s`` as a fraction of the process's time range (the paper's ``p_ratio``, 0.8). At
+``alpha = 0`` (a flow's pure-noise end) a score term has no finite data prediction; there the
+plain model is used.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def minority(call: Call, w: float, perturb: float, samples: int, norm: float, no
     calls = call.memory.get("minority_calls", 0)
     call.memory["minority_calls"] = calls + 1
     if w == 0 or calls % int(every):  # intermittent guidance: only every n-th model call
+        return call.conditional()
+    if bool(torch.as_tensor(call.coefs()[0]).eq(0).any()):  # pure noise: a score term is infinite
         return call.conditional()
     gen = call.memory.setdefault("minority_generator", torch.Generator().manual_seed(seed))
     proc, guided = call.process, call.guided
