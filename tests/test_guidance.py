@@ -274,3 +274,17 @@ def test_cli_guidance_on_digits(tmp_path, capsys):
                  str(tmp_path / "x.png")]) == 2
     assert "works with ddim, not 'dpmpp_2m'" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_gradient_guidance_on_a_flow_from_pure_noise():
+    """On a rectified flow the walk starts at alpha = 0, where a score term has no data
+    prediction: the gradient methods return the plain prediction there and guide afterwards
+    (finite samples, and a reward still moves the mean)."""
+    mix = GaussianMixture([[-1.0, 0.0], [1.0, 0.0]], 0.2)
+    proc = reverie.RectifiedFlow()
+    den = mix.denoiser(proc)
+    noise = torch.randn(400, 2, generator=gen(2), dtype=torch.float64)
+    plain = reverie.sample(den, noise, sampler="euler", steps=20)
+    up = reverie.sample(guide(den, "reward", 0.5, reward=lambda x0: x0[:, 0]), noise,
+                        sampler="euler", steps=20)
+    assert bool(torch.isfinite(up).all()) and up[:, 0].mean() > plain[:, 0].mean() + 0.2

@@ -28,8 +28,14 @@ def _rows(value: Tensor, x: Tensor, what: str) -> Tensor:
 
 
 def _shift(call: Call, d: Tensor, grad: Tensor, w: float) -> Tensor:
-    """``D + w (sigma^2 / alpha) grad``: a score term ``w grad`` as a data prediction."""
+    """``D + w (sigma^2 / alpha) grad``: a score term ``w grad`` as a data prediction. Where
+    ``alpha = 0`` (a flow's pure-noise end) a score term has no finite data prediction and the
+    plain ``D`` is returned (the guidance acts from the next step on)."""
     a, s = call.coefs()
+    if not isinstance(a, float):
+        return d + torch.where(a == 0, 0.0, w * s**2 / a.clamp_min(1e-300)) * grad.to(d.dtype)
+    if a == 0.0:
+        return d
     return d + (w * s**2 / a) * grad.to(d.dtype)
 
 
