@@ -260,9 +260,11 @@ class Scheduler(SchedulerMixin, ConfigMixin):
             return pending
 
     def _evaluation_plan(self) -> list[tuple[int, int, float]]:
-        """Every model call of a run, in order, as ``(step, call within the step, t)``: the
-        sampler's steps replayed with a zero model on a one-element state (the evaluation
-        times depend on the grid only)."""
+        """Every model call of a run, in order, as ``(step, call within the step, t)``: for a
+        two-call sampler, its steps replayed with a zero model on a one-element state (the
+        evaluation times depend on the grid only)."""
+        if self.info.nfe_per_step == 1:  # its one call is at the step's start (no churn)
+            return [(i, 0, t) for i, t in enumerate(self._schedule.t[:-1])]
         plan: list[tuple[int, int, float]] = []
         memory: tuple[Tensor, ...] = ()
         probe = torch.Generator().manual_seed(0)  # stochastic samplers: not the global RNG
