@@ -180,40 +180,52 @@ def _latents(folder: Path, dtype: torch.dtype) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
 
 
+#: key prefix -> clock: wall-clock time, and this process's CPU time (all threads), which a
+#: shared machine's other jobs do not inflate
+CLOCKS = {"": time.perf_counter, "cpu_": time.process_time}
+
+
 class _ForwardClock:
-    """Seconds spent in the forward passes of a side's model parts (forward hooks)."""
+    """Seconds spent in the forward passes of a side's model parts (forward hooks), on each
+    clock: ``seconds["cpu_unet"]``."""
 
     def __init__(self, side: _Side):
-        self.seconds = dict.fromkeys(side.modules, 0.0)
+        self.parts = list(side.modules)
+        self.reset()
         for part, modules in side.modules.items():
             for m in modules:
                 m.register_forward_pre_hook(self._start)
                 m.register_forward_hook(lambda *_, part=part: self._stop(part))
 
     def _start(self, *_: Any) -> None:
-        self._t0 = time.perf_counter()
+        self._t0 = {c: clock() for c, clock in CLOCKS.items()}
 
     def _stop(self, part: str) -> None:
-        self.seconds[part] += time.perf_counter() - self._t0
+        for c, clock in CLOCKS.items():
+            self.seconds[c + part] += clock() - self._t0[c]
 
     def reset(self) -> None:
-        self.seconds = dict.fromkeys(self.seconds, 0.0)
+        self.seconds = {c + p: 0.0 for c in CLOCKS for p in self.parts}
 
 
 def _timed(side: _Side, clock: _ForwardClock, latents: torch.Tensor, steps: int) -> dict:
-    """One call: milliseconds per step in total, in each model part, and the rest."""
+    """One call: milliseconds per step, on each clock, in total, in each model part, and the
+    rest (``overhead``)."""
     clock.reset()
-    t0 = time.perf_counter()
+    t0 = {c: f() for c, f in CLOCKS.items()}
     images = side.call(latents)
-    total = time.perf_counter() - t0
-    model = sum(clock.seconds.values())
-    ms = {f"{k}_ms": 1e3 * v / steps for k, v in clock.seconds.items()}
-    return {"total_ms": 1e3 * total / steps, **ms, "overhead_ms": 1e3 * (total - model) / steps,
-            "images": images}
+    out: dict[str, Any] = {"images": images}
+    for c, f in CLOCKS.items():
+        total = f() - t0[c]
+        model = sum(clock.seconds[c + p] for p in clock.parts)
+        out[f"{c}total_ms"] = 1e3 * total / steps
+        out.update({f"{c}{p}_ms": 1e3 * clock.seconds[c + p] / steps for p in clock.parts})
+        out[f"{c}overhead_ms"] = 1e3 * (total - model) / steps
+    return out
 
 
 def scheduler_alone(folder: Path, steps: int, rounds: int = 20) -> dict[str, Any]:
-    """Microseconds per model call of ``set_timesteps`` + ``step`` alone (a fixed model output
+    """CPU microseconds per model call of ``set_timesteps`` + ``step`` alone (a fixed model output
     on the pipeline's latent shape), ``reverie.diffusers.Scheduler`` vs the folder's
     ``DPMSolverMultistepScheduler``, interleaved, medians: all that differs between the
     ``scheduler`` and ``diffusers`` sides, measured without the model's noise."""
@@ -227,20 +239,20 @@ def scheduler_alone(folder: Path, steps: int, rounds: int = 20) -> dict[str, Any
     x = _latents(folder, torch.float32)
     out = 0.1 * x.flip(-1)  # a stand-in model output
 
-    def per_call(s: Any) -> float:
-        t0 = time.perf_counter()
+    def per_call(s: Any) -> float:  # CPU microseconds per model call
+        t0 = time.process_time()
         s.set_timesteps(steps)
         y = x
         for t in s.timesteps:
             y = s.step(out, t, y).prev_sample
-        return 1e6 * (time.perf_counter() - t0) / len(s.timesteps)
+        return 1e6 * (time.process_time() - t0) / len(s.timesteps)
 
     times: dict[str, list[float]] = {"reverie": [], "diffusers": []}
     for _ in range(rounds):
         times["reverie"].append(per_call(ours))
         times["diffusers"].append(per_call(dpm))
     us = {k: statistics.median(v) for k, v in times.items()}
-    return {"reverie_us": us["reverie"], "diffusers_us": us["diffusers"],
+    return {"reverie_cpu_us": us["reverie"], "diffusers_cpu_us": us["diffusers"],
             "ratio": us["reverie"] / us["diffusers"]}
 
 
@@ -334,14 +346,15 @@ def run(args: argparse.Namespace) -> dict:
     for name in SIDES:
         keys = [k for k in runs[name][0] if k.endswith("_ms")]
         row = {k: statistics.median(run[k] for run in runs[name]) for k in keys}
-        row["overhead_ms_runs"] = [run["overhead_ms"] for run in runs[name]]
+        for key in ("overhead_ms", "cpu_overhead_ms"):
+            row[f"{key}_runs"] = [run[key] for run in runs[name]]
         row["max_abs_diff_vs_diffusers"] = float((torch.as_tensor(images[name]) - ref).abs().max())
         row.update({f"memory_{k}": v for k, v in memory.get(name, {}).items()})
         rows[name] = row
     base = rows["diffusers"]
     for row in rows.values():
-        row["overhead_ratio"] = row["overhead_ms"] / base["overhead_ms"]
-        row["total_ratio"] = row["total_ms"] / base["total_ms"]
+        for key in ("overhead", "cpu_overhead", "total", "cpu_total"):
+            row[f"{key}_ratio"] = row[f"{key}_ms"] / base[f"{key}_ms"]
         if memory:
             row["memory_ratio"] = row["memory_peak_mib"] / base["memory_peak_mib"]
             row["loop_memory_ratio"] = row["memory_loop_peak_mib"] / base["memory_loop_peak_mib"]
@@ -354,15 +367,17 @@ def run(args: argparse.Namespace) -> dict:
         "sides": rows,
         "scheduler_alone": alone,
     }
-    headers = ["side", "total ms/step", "UNet ms/step", "overhead ms/step", "overhead ratio",
-               "total ratio", "peak MiB", "loop peak MiB", "max |diff|"]
+    headers = ["side", "CPU ms/step", "UNet CPU ms/step", "overhead CPU ms/step",
+               "overhead CPU ratio", "overhead wall ms/step", "overhead wall ratio",
+               "peak MiB", "loop peak MiB", "max |diff|"]
     nan = float("nan")
-    table = [[n, r["total_ms"], r["unet_ms"], r["overhead_ms"], r["overhead_ratio"],
-              r["total_ratio"], r.get("memory_peak_mib", nan), r.get("memory_loop_peak_mib", nan),
+    table = [[n, r["cpu_total_ms"], r["cpu_unet_ms"], r["cpu_overhead_ms"],
+              r["cpu_overhead_ratio"], r["overhead_ms"], r["overhead_ratio"],
+              r.get("memory_peak_mib", nan), r.get("memory_loop_peak_mib", nan),
               r["max_abs_diff_vs_diffusers"]] for n, r in rows.items()]
     print(f"{machine()}; {result['config']}")
     print(format_table(headers, table))
-    print(f"scheduler alone (set_timesteps + step, us per model call): reverie.diffusers."
-          f"Scheduler {alone['reverie_us']:.4g}, DPMSolverMultistepScheduler "
-          f"{alone['diffusers_us']:.4g} (ratio {alone['ratio']:.3g})")
+    print(f"scheduler alone (set_timesteps + step, CPU us per model call): reverie.diffusers."
+          f"Scheduler {alone['reverie_cpu_us']:.4g}, DPMSolverMultistepScheduler "
+          f"{alone['diffusers_cpu_us']:.4g} (ratio {alone['ratio']:.3g})")
     return result
