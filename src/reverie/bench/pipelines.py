@@ -137,6 +137,14 @@ class _Side:
         self.call, self.modules = call, modules
 
 
+def _dpm(folder: Path) -> Any:
+    """diffusers' DPM-Solver++(2M) on the folder's scheduler config."""
+    import diffusers
+
+    cls = diffusers.DPMSolverMultistepScheduler
+    return cls.from_config(cls.load_config(folder, subfolder="scheduler"))
+
+
 def _make_side(name: str, folder: Path, steps: int, dtype: torch.dtype) -> _Side:
     """Load ``folder`` for side ``name`` (module docstring)."""
     import diffusers
@@ -147,7 +155,7 @@ def _make_side(name: str, folder: Path, steps: int, dtype: torch.dtype) -> _Side
     def parts(unet, text, vae) -> dict[str, list[Any]]:
         return {"unet": [unet], "text": [text], "vae": [vae.post_quant_conv, vae.decoder]}
 
-    dpm = diffusers.DPMSolverMultistepScheduler.from_pretrained(folder, subfolder="scheduler")
+    dpm = _dpm(folder)
     dpm.set_timesteps(steps)
     timesteps = dpm.timesteps  # diffusers' grid, which every side walks
     if name == "reverie":
@@ -163,6 +171,8 @@ def _make_side(name: str, folder: Path, steps: int, dtype: torch.dtype) -> _Side
         raise ValueError(f"unknown side {name!r}; expected one of {', '.join(SIDES)}")
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
+    # the folder's own scheduler may be another (SD 1.5 ships PNDM): DPM-Solver++ on its config
+    pipe.scheduler = _dpm(folder)
     if name == "scheduler":
         pipe.scheduler = Scheduler("dpmpp_2m", config=pipe.scheduler.config, grid=timesteps)
 
@@ -229,11 +239,10 @@ def scheduler_alone(folder: Path, steps: int, rounds: int = 20) -> dict[str, Any
     on the pipeline's latent shape), ``reverie.diffusers.Scheduler`` vs the folder's
     ``DPMSolverMultistepScheduler``, interleaved, medians: all that differs between the
     ``scheduler`` and ``diffusers`` sides, measured without the model's noise."""
-    import diffusers
 
     from reverie.diffusers import Scheduler
 
-    dpm = diffusers.DPMSolverMultistepScheduler.from_pretrained(folder, subfolder="scheduler")
+    dpm = _dpm(folder)
     dpm.set_timesteps(steps)
     ours = Scheduler("dpmpp_2m", config=dpm.config, grid=dpm.timesteps)
     x = _latents(folder, torch.float32)
