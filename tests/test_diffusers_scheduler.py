@@ -1,4 +1,4 @@
-"""reverie.diffusers.Scheduler: any one-call reverie sampler inside a real diffusers pipeline."""
+"""reverie.diffusers.Scheduler: any reverie sampler inside a real diffusers pipeline."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from reverie.samplers import SAMPLERS, resolve_grid
 
 ONE_CALL = ["ddim", "ddpm", "euler", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm", "dpmpp_2m_sde",
             "dpmpp_3m_sde", "euler_maruyama"]
+TWO_CALL = ["heun", "dpmpp_2s"]
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +47,22 @@ def pipeline_images(pipe, scheduler, steps: int, n: int = 2, seed: int = 0) -> t
     return last["x"]
 
 
-def reverie_images(pipe, config, sampler, steps, grid=None, n=2, seed=0, **options):
+def reverie_run(pipe, config, sampler, steps, grid=None, n=2, seed=0, **options):
     """reverie's own loop on the same UNet from the pipeline's initial noise, with the same
-    generator continuing into the sampler's noise draws."""
+    generator continuing into the sampler's noise draws (the SampleOutput)."""
     spec = reverie.diffusers.Scheduler("ddim", config).spec  # scheduler_spec, class inferred
     den = reverie.Denoiser(unet_function(pipe.unet, spec), spec.process, spec.prediction)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((n, 1, 8, 8), generator=g)  # DDPMPipeline's randn_tensor draw
     grid = resolve_grid(SAMPLERS[sampler], spec.process, steps, grid)
-    return reverie.run(sampler, den, x, grid, generator=g, **options).x0
+    return reverie.run(sampler, den, x, grid, generator=g, **options)
 
 
-@pytest.mark.parametrize("sampler", ONE_CALL)
+def reverie_images(pipe, config, sampler, steps, grid=None, n=2, seed=0, **options):
+    return reverie_run(pipe, config, sampler, steps, grid, n, seed, **options).x0
+
+
+@pytest.mark.parametrize("sampler", ONE_CALL + TWO_CALL)
 def test_pipeline_equals_reverie_run(pipe, sampler):
     """In DDPMPipeline, Scheduler(sampler) gives exactly reverie.run(sampler) on the same model,
     noise and default grid (stochastic samplers: the pipeline's generator)."""
@@ -209,11 +214,9 @@ def test_bad_input():
     config = diffusers.DDPMScheduler().config
     with pytest.raises(ValueError, match="unknown sampler 'nope'"):
         reverie.diffusers.Scheduler("nope", config)
-    for two in ("heun", "dpmpp_2s"):
-        with pytest.raises(ValueError, match="2 model calls per step.*ipndm"):
-            reverie.diffusers.Scheduler(two, config)
-    with pytest.raises(ValueError, match="s_churn"):
-        reverie.diffusers.Scheduler("euler", config, s_churn=1.0)
+    for sampler in ("euler", "heun"):
+        with pytest.raises(ValueError, match="s_churn > 0 starts each step at a freshly"):
+            reverie.diffusers.Scheduler(sampler, config, s_churn=1.0)
     with pytest.raises(ValueError, match="has no option"):
         reverie.diffusers.Scheduler("ipndm", config, eta=1.0)
     with pytest.raises(ValueError, match="config=pipe.scheduler.config"):
@@ -311,3 +314,154 @@ def test_dynamic_shift_flow_as_flux_calls_it():
         reverie.diffusers.Scheduler("euler", diffusers.DDPMScheduler().config).set_timesteps(
             sigmas=sigmas
         )
+
+
+# -- samplers with two model calls per step -----------------------------------------------------
+
+
+def count_calls(module: torch.nn.Module) -> list[int]:
+    """A one-element list that counts ``module``'s forward calls."""
+    calls = [0]
+    module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("sampler", TWO_CALL)
+def test_two_call_samplers_timesteps_and_nfe(sampler):
+    """Heun and DPM-Solver++(2S) list every model evaluation in ``timesteps`` (order 2: Heun's
+    corrector point repeated, 2S's log-SNR midpoint as an exact float time), and a pipeline
+    calls the model exactly as often as reverie.run does; the equality with reverie.run is in
+    test_pipeline_equals_reverie_run, its siblings in test_two_call_siblings_are_rejected."""
+    unet = tiny_unet()
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    config = diffusers.DDPMScheduler(beta_schedule="linear").config
+    steps = 5
+    sched = reverie.diffusers.Scheduler(sampler, config)
+    sched.set_timesteps(steps)
+    ts = sched.timesteps
+    assert sched.order == 2 and len(ts) == 2 * steps - 1 == SAMPLERS[sampler].nfe(steps)
+    assert bool((ts[1:] <= ts[:-1]).all())
+    if sampler == "heun":  # [t0, t1, t1, ..., t4]: the corrector runs at the next grid point
+        assert torch.equal(ts[1::2], ts[2::2]) and torch.equal(ts, ts.round())
+    else:  # [t0, m0, t1, m1, ...]: midpoints strictly inside, not rounded to training steps
+        assert bool((ts[1::2] < ts[:-1:2]).all()) and bool((ts[1::2] > ts[2::2]).all())
+        assert not torch.equal(ts[1::2], ts[1::2].round())
+    calls = count_calls(unet)
+    pipeline_images(pipe, sched, steps)
+    assert calls[0] == reverie_run(pipe, config, sampler, steps).nfe == 2 * steps - 1
+
+
+def test_two_call_siblings_are_rejected(pipe):
+    """The pipeline equals reverie.run for Heun and 2S (above); the wrong variants do not:
+    Heun with its corrector skipped (Euler on the same steps), 2S with its midpoint call
+    replaced by the step's start (DPM-Solver++(2M) on the same steps) or made at the midpoint
+    rounded to a training step (the model called at an integer time)."""
+    config = diffusers.DDPMScheduler(beta_schedule="linear").config
+    steps = 5
+    heun = pipeline_images(pipe, reverie.diffusers.Scheduler("heun", config), steps)
+    scale = heun.abs().max()
+    assert (heun - reverie_images(pipe, config, "heun", steps)).abs().max() < 1e-5 * scale
+    grid = resolve_grid(SAMPLERS["heun"], reverie.diffusers.Scheduler("heun", config).process,
+                        steps, None)
+    euler = pipeline_images(pipe, reverie.diffusers.Scheduler("euler", config, grid=grid[:-1]),
+                            steps)
+    assert (heun - euler).abs().max() > 1e-2 * scale
+
+    two_s = reverie.diffusers.Scheduler("dpmpp_2s", config)
+    ours = pipeline_images(pipe, two_s, steps)
+    scale = ours.abs().max()
+    assert (ours - reverie_images(pipe, config, "dpmpp_2s", steps)).abs().max() < 1e-5 * scale
+    steps_grid = two_s.timesteps[::2]  # the step starts
+    multistep = reverie.diffusers.Scheduler("dpmpp_2m", config, grid=steps_grid)
+    assert (pipeline_images(pipe, multistep, steps) - ours).abs().max() > 1e-2 * scale
+    forward = pipe.unet.forward
+    pipe.unet.forward = lambda x, t, *a, **k: forward(x, t.round(), *a, **k)
+    try:
+        rounded = pipeline_images(pipe, reverie.diffusers.Scheduler("dpmpp_2s", config), steps)
+    finally:
+        del pipe.unet.forward
+    assert (rounded - ours).abs().max() > 1e-4 * scale  # 7e-4 measured; equality: 0
+
+
+def test_two_call_begin_index_and_half_precision():
+    """img2img's ``set_begin_index(t_start * order)`` starts at a step (equal to reverie.run on
+    the rest of the grid); an index inside a step is refused; a float16 sample steps in
+    float32 and comes back float16."""
+    unet, n = tiny_unet(1), 2
+    config = diffusers.DDPMScheduler(beta_schedule="linear").config
+    sched = reverie.diffusers.Scheduler("heun", config)
+    sched.set_timesteps(4)
+    x = torch.randn((n, 1, 8, 8), generator=torch.Generator().manual_seed(3))
+
+    def loop(s, x, start):
+        s.set_begin_index(start)
+        with torch.no_grad():
+            for t in s.timesteps[start:]:
+                x = s.step(unet(x, t.expand(n)).sample, t, x).prev_sample
+        return x
+
+    spec = sched.spec
+    den = reverie.Denoiser(unet_function(unet, spec), spec.process, spec.prediction)
+    grid = torch.tensor(sched._schedule.t, dtype=torch.float64)
+    ref = reverie.run("heun", den, x, grid[2:]).x0
+    ours = loop(sched, x, 2 * sched.order)
+    assert (ours - ref).abs().max() < 1e-5 * ref.abs().max()
+    assert (ours - reverie.run("heun", den, x, grid[1:]).x0).abs().max() > 1e-3 * ref.abs().max()
+    sched.set_timesteps(4)
+    with pytest.raises(ValueError, match="inner model call of a step.*multiple of.*order \\(2\\)"):
+        loop(sched, x, 3)
+    sched.set_timesteps(4)
+    t0, t1 = sched.timesteps[:2]
+    mid = sched.step(unet(x, t0.expand(n)).sample.half(), t0, x.half()).prev_sample
+    assert mid.dtype == torch.float16
+    assert sched.step(unet(mid.float(), t1.expand(n)).sample, t1, mid).prev_sample.dtype == (
+        torch.float16
+    )
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    from tests.test_pipelines import tiny_sd
+
+    folder = tmp_path_factory.mktemp("sd") / "pipe"
+    tiny_sd(folder)
+    return folder
+
+
+@pytest.mark.parametrize("sampler", TWO_CALL)
+def test_two_call_samplers_in_stable_diffusion(sd_folder, sampler):
+    """In a tiny StableDiffusionPipeline (prompt, CFG 7.5, given latents) with ``pipe.scheduler
+    = Scheduler(sampler, config=pipe.scheduler.config)``, Heun and 2S give reverie's own
+    ``reverie.load(folder).sample`` latents. Heun also equals diffusers' HeunDiscreteScheduler
+    on the same (trailing) grid -- the same method, last step Euler included -- once its start
+    is matched: with trailing / linspace spacing diffusers' Heun sets init_noise_sigma =
+    sigma_max, not sqrt(sigma_max^2 + 1), so its x_T is a factor sigma / sqrt(sigma^2 + 1) off."""
+    from tests.test_pipelines import PROMPT
+
+    steps, w = 4, 7.5
+    latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(1))
+    sd = diffusers.StableDiffusionPipeline.from_pretrained(sd_folder)
+    sd.set_progress_bar_config(disable=True)
+
+    def run(scheduler, latents=latents):
+        sd.scheduler = scheduler
+        return sd(PROMPT, num_inference_steps=steps, guidance_scale=w, latents=latents,
+                  output_type="latent").images
+
+    config = sd.scheduler.config
+    ours = run(reverie.diffusers.Scheduler(sampler, config=config))
+    ref = reverie.load(sd_folder).sample(PROMPT, sampler=sampler, steps=steps, guidance_scale=w,
+                                         latents=latents, output_type="latent")
+    scale = ref.abs().max()
+    assert (ours - ref).abs().max() < 1e-5 * scale
+    other = run(reverie.diffusers.Scheduler(sampler, config=config, grid="uniform"))
+    assert (other - ref).abs().max() > 1e-3 * scale  # another grid: the check can fail
+    if sampler != "heun":
+        return
+    heun = diffusers.HeunDiscreteScheduler.from_config(config, timestep_spacing="trailing")
+    heun.set_timesteps(steps)
+    s0 = float(heun.sigmas[0])
+    diff = run(heun, latents * ((s0**2 + 1) ** 0.5 / s0))
+    assert (diff - ref).abs().max() < 1e-4 * scale
+    assert (run(heun) - ref).abs().max() > 1e-4 * scale  # diffusers' own start: a bit off

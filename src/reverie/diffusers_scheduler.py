@@ -14,8 +14,20 @@ transition with a denoiser that *replays* that prediction, so the pipeline compu
 Conventions: the pipeline's ``sample`` *is* reverie's ``x_t`` (``scale_model_input`` is the
 identity except for EDM configs, where it is EDM's ``c_in x``); ``timesteps`` are the model's
 time inputs (the training-step index on a DDPM-family VP, ``1000 t`` on flow matching, EDM's
-``log(sigma) / 4``), float32. Samplers with two model calls per step (``heun``, ``dpmpp_2s``)
-and Euler with churn evaluate the model at points the pipeline never sees, so they are refused.
+``log(sigma) / 4``), float32.
+
+Samplers with two model calls per step (``heun``, ``dpmpp_2s``) work as diffusers'
+``HeunDiscreteScheduler`` does: ``timesteps`` lists every model evaluation (``order = 2``: a
+step's inner point follows its start, e.g. ``[t0, t1, t1, t2, t2, ..., t_{N-1}]`` for Heun, the
+log-SNR midpoints for DPM-Solver++(2S)), ``step`` is called once per model call and returns the
+next point to evaluate at as ``prev_sample``. No sampler is rewritten for this: each ``step``
+re-runs the sampler's transition from the step's start with a denoiser that *replays* the data
+predictions the pipeline's calls gave so far and stops (:class:`_Pending`) at the first point
+it has no prediction for; that point is the next model input. The same replay with a zero
+model lists the evaluation times in ``set_timesteps``. Euler / Heun with churn (``s_churn >
+0``) are refused: a churned step's first model call is at a freshly re-noised point, not at the
+pipeline's latents (its very first input is the pipeline's own draw), and replaying such a step
+would redraw its noise.
 """
 
 from __future__ import annotations
@@ -43,13 +55,9 @@ from reverie.samplers import SAMPLERS, Sampler, Schedule, State, resolve_grid
 # in the module that defines it (DiffusionPipeline.from_pretrained)
 __all__ = ["Scheduler", "SchedulerOutput", "ONE_CALL_SAMPLERS", "SchedulerMixin"]
 
-
-def _one_call() -> list[str]:
-    return [n for n, s in SAMPLERS.items() if s.nfe_per_step == 1]
-
-
-#: The samplers a pipeline can drive (one model call per step).
-ONE_CALL_SAMPLERS = tuple(_one_call())
+#: The samplers with one model call per step (all registered samplers work in a pipeline; the
+#: others take ``order`` entries of ``timesteps`` per step).
+ONE_CALL_SAMPLERS = tuple(n for n, s in SAMPLERS.items() if s.nfe_per_step == 1)
 
 
 @dataclass
@@ -60,24 +68,35 @@ class SchedulerOutput(BaseOutput):
     pred_original_sample: Tensor | None = None
 
 
-class _Replay(DenoiserBase):
-    """A denoiser that returns the data prediction the pipeline's model call gave, and refuses
-    any other evaluation point (a sampler that wants a second call)."""
+class _Pending(Exception):
+    """Raised by :class:`_Replay` at the first model call it has no prediction for: the point
+    ``(x, t)`` the pipeline must evaluate next."""
 
-    def __init__(self, process: GaussianProcess, x: Tensor, t: float, x0: Tensor, sampler: str):
-        self.process, self.x, self.t, self.x0, self.sampler = process, x, t, x0, sampler
-        self.calls = 0
+    def __init__(self, x: Tensor, t: float):
+        super().__init__(t)
+        self.x, self.t = x, t
+
+
+class _Replay(DenoiserBase):
+    """A denoiser that answers a step's model calls, in order, with the data predictions
+    ``calls = [(t, x0), ...]`` the pipeline's calls gave, and raises :class:`_Pending` at the
+    first call beyond them."""
+
+    def __init__(self, process: GaussianProcess, calls: list[tuple[float, Tensor]]):
+        self.process, self.calls, self.n = process, calls, 0
 
     def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
         t0 = float(t.reshape(-1)[0]) if isinstance(t, Tensor) else float(t)
-        if x is not self.x or t0 != self.t or self.calls:
-            raise RuntimeError(
-                f"sampler {self.sampler!r} evaluates the model at a point the pipeline did not "
-                f"(t = {t0:.6g}, the pipeline's call was at t = {self.t:.6g}); use one of "
-                f"{', '.join(ONE_CALL_SAMPLERS)} without churn"
+        if self.n == len(self.calls):
+            raise _Pending(x, t0)
+        t_made, x0 = self.calls[self.n]
+        if t0 != t_made:  # a step that is not a function of its start (never for a registered
+            raise RuntimeError(  # sampler without churn)
+                f"the sampler's model call {self.n + 1} of this step is at t = {t0:.6g}, the "
+                f"pipeline's was at t = {t_made:.6g}"
             )
-        self.calls += 1
-        return self.x0
+        self.n += 1
+        return x0
 
 
 def _source_config(config: Any) -> dict[str, Any]:
@@ -112,10 +131,12 @@ class Scheduler(SchedulerMixin, ConfigMixin):
     ``steps`` is used when ``set_timesteps`` gets no step count; ``options`` go to the sampler
     (e.g. ``eta`` for DDIM). Then ``pipe.scheduler = Scheduler(...)`` and call the pipeline as
     usual; a stochastic sampler draws from the ``generator`` the pipeline passes to ``step``.
+    Two-call samplers (``heun``, ``dpmpp_2s``) have ``order = 2``: ``timesteps`` holds
+    ``2 N - 1`` model calls for ``N`` steps (module docstring); ``s_churn > 0`` is refused.
     """
 
     config_name = "scheduler_config.json"
-    order = 1  # one model call per entry of `timesteps`
+    order = 1  # entries of `timesteps` per step (the sampler's model calls per step)
 
     def __init__(
         self,
@@ -126,22 +147,17 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         **options: Any,
     ):
         if not isinstance(sampler, str) or sampler not in SAMPLERS:
-            raise ValueError(
-                f"unknown sampler {sampler!r}; expected one of {', '.join(ONE_CALL_SAMPLERS)}"
-            )
+            raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
         info: Sampler = SAMPLERS[sampler]
-        if info.nfe_per_step != 1:
-            raise ValueError(
-                f"sampler {sampler!r} makes {info.nfe_per_step} model calls per step, which a "
-                f"diffusers pipeline (one call per timestep) cannot drive here; use one of "
-                f"{', '.join(ONE_CALL_SAMPLERS)}"
-            )
         check_options("sampler", sampler, options, info.options)
         if float(options.get("s_churn", 0.0)) != 0.0:
             raise ValueError(
-                "s_churn > 0 evaluates the model at a re-noised point the pipeline never sees; "
-                "use s_churn=0 or a stochastic sampler (ddpm, dpmpp_2m_sde, euler_maruyama, ...)"
+                "s_churn > 0 starts each step at a freshly re-noised point, which a diffusers "
+                "pipeline cannot hand to its model (its first input is its own latents); use "
+                "s_churn=0 or a stochastic sampler (ddpm, dpmpp_2m_sde, euler_maruyama, ...)"
             )
+        if info.stochastic and info.nfe_per_step > 1:  # replaying its step would redraw noise
+            raise ValueError(f"sampler {sampler!r} is stochastic with two model calls per step")
         if config is None:
             raise ValueError("pass config=pipe.scheduler.config (the pipeline's scheduler config)")
         source = _source_config(config)
@@ -159,6 +175,7 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         self.sampler, self.info, self.steps, self.grid, self.options = (
             sampler, info, steps, grid, dict(options),
         )
+        self.order = info.nfe_per_step
         # the pipeline-facing config: the source's keys (pipelines read e.g.
         # num_train_timesteps, use_dynamic_shifting) plus this scheduler's own settings
         own = {
@@ -173,6 +190,9 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps: int | None = None
         self.init_noise_sigma = 1.0
         self._schedule: Schedule | None = None
+        # per entry of `timesteps`: (grid index of its step, model call within the step,
+        # process time)
+        self._plan: list[tuple[int, int, float]] = []
         self._begin_index: int | None = None
         self._reset()
 
@@ -221,8 +241,43 @@ class Scheduler(SchedulerMixin, ConfigMixin):
     # -- the scheduler contract ---------------------------------------------------------------
 
     def _reset(self) -> None:
-        self._step_index: int | None = None
-        self._memory: tuple[Tensor, ...] = ()
+        self._step_index: int | None = None  # the entry of `timesteps` the next call is at
+        self._memory: tuple[Tensor, ...] = ()  # the sampler's memory between steps
+        self._x: Tensor | None = None  # the current step's start (float32 for half pipelines)
+        self._calls: list[tuple[float, Tensor]] = []  # (t, x0) of the step's calls so far
+        self._pending: Tensor | None = None  # the point the next call of the step evaluates
+
+    def _advance(
+        self, state: State, calls: list[tuple[float, Tensor]], generator: Any = None
+    ) -> State | _Pending:
+        """The sampler's step from ``state`` with the step's model calls so far (``calls``)
+        replayed: the next state, or the next point the model must be evaluated at."""
+        try:
+            with torch.no_grad():
+                return self.info.step(_Replay(self.process, calls), state, self._schedule,
+                                      generator=generator, **self.options)
+        except _Pending as pending:
+            return pending
+
+    def _evaluation_plan(self) -> list[tuple[int, int, float]]:
+        """Every model call of a run, in order, as ``(step, call within the step, t)``: for a
+        two-call sampler, its steps replayed with a zero model on a one-element state (the
+        evaluation times depend on the grid only)."""
+        if self.info.nfe_per_step == 1:  # its one call is at the step's start (no churn)
+            return [(i, 0, t) for i, t in enumerate(self._schedule.t[:-1])]
+        plan: list[tuple[int, int, float]] = []
+        memory: tuple[Tensor, ...] = ()
+        probe = torch.Generator().manual_seed(0)  # stochastic samplers: not the global RNG
+        for i in range(self._schedule.steps):
+            state, calls = State(torch.zeros(1, 1), i, memory), []
+            while isinstance(out := self._advance(state, calls, probe), _Pending):
+                if not calls and out.t != self._schedule.t[i]:
+                    raise RuntimeError(f"sampler {self.sampler!r} does not start its step at "
+                                       "the grid point (churn?)")
+                plan.append((i, len(calls), out.t))
+                calls.append((out.t, torch.zeros_like(out.x)))
+            memory = out.memory
+        return plan
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start at ``timesteps[begin_index]`` (img2img pipelines skip the first steps)."""
@@ -285,7 +340,9 @@ class Scheduler(SchedulerMixin, ConfigMixin):
             full = resolve_grid(self.info, self.process, int(n), grid)
         self._schedule = Schedule.build(self.process, full)
         self.num_inference_steps = self._schedule.steps
-        self.timesteps = self._model_time(full[:-1]).to(device or "cpu")
+        self._plan = self._evaluation_plan()
+        times = torch.tensor([t for _, _, t in self._plan], dtype=torch.float64)
+        self.timesteps = self._model_time(times).to(device or "cpu")
         a0, s0 = self._schedule.alpha[0], self._schedule.sigma[0]
         # the std of x at the first grid point for unit-variance data (VP and flows: 1;
         # EDM: sqrt(sigma^2 + 1), as diffusers' EDM schedulers), which pipelines multiply in
@@ -294,7 +351,7 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         self._reset()
 
     def _index(self, timestep: float | Tensor) -> int:
-        """The grid index of this call; checks it is the timestep the loop is at."""
+        """The entry of ``timesteps`` this call is at; checks it is the one the loop is at."""
         if self._schedule is None or self.timesteps is None:
             raise RuntimeError("call set_timesteps(num_inference_steps) before step()")
         t = float(torch.as_tensor(timestep).reshape(-1)[0])
@@ -304,31 +361,36 @@ class Scheduler(SchedulerMixin, ConfigMixin):
             else:
                 hits = (self.timesteps.cpu() - t).abs().argmin()
                 self._step_index = int(hits)
-        i = self._step_index
-        if i >= self._schedule.steps:
+            if self._step_index < len(self._plan) and self._plan[self._step_index][1]:
+                raise ValueError(
+                    f"begin index {self._step_index} is the inner model call of a step; start "
+                    f"at a multiple of scheduler.order ({self.order})"
+                )
+        k = self._step_index
+        if k >= len(self._plan):
             raise RuntimeError(
-                f"step() called after the last of {self._schedule.steps} timesteps; "
+                f"step() called after the last of {len(self._plan)} timesteps; "
                 "call set_timesteps again"
             )
-        expected = float(self.timesteps[i])
+        expected = float(self.timesteps[k])
         if abs(t - expected) > 1e-4 * max(1.0, abs(expected)):
             raise ValueError(
-                f"step() got timestep {t:.6g}, expected {expected:.6g} (entry {i} of "
+                f"step() got timestep {t:.6g}, expected {expected:.6g} (entry {k} of "
                 "scheduler.timesteps); pass the scheduler's timesteps in order"
             )
-        return i
+        return k
 
     def scale_model_input(self, sample: Tensor, timestep: float | Tensor | None = None) -> Tensor:
         """The model's input: ``sample`` itself, or EDM's ``c_in sample`` for EDM configs."""
         if self.spec.precondition != "edm":
             return sample
-        i = self._index(timestep) if timestep is not None else (self._step_index or 0)
-        sigma = bcast(self.process.sigma_ve(time_tensor(self._schedule.t[i], sample).double()),
+        k = self._index(timestep) if timestep is not None else (self._step_index or 0)
+        sigma = bcast(self.process.sigma_ve(time_tensor(self._plan[k][2], sample).double()),
                       sample)
         return torch.rsqrt(sigma**2 + self.spec.sigma_data**2).to(sample.dtype) * sample
 
-    def _x0(self, out: Tensor, sample: Tensor, i: int) -> Tensor:
-        """The data prediction from the model output at grid point ``i`` (as reverie's
+    def _x0(self, out: Tensor, sample: Tensor, t: float) -> Tensor:
+        """The data prediction from the model output at ``(sample, t)`` (as reverie's
         ``Denoiser`` over a ``ModelFunction`` computes it)."""
         if out.ndim == sample.ndim and out.shape[1] == 2 * sample.shape[1]:
             out = out[:, : sample.shape[1]]  # learned variance: keep the mean channels
@@ -336,7 +398,7 @@ class Scheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"model_output has shape {tuple(out.shape)}, the sample {tuple(sample.shape)}"
             )
-        t = time_tensor(self._schedule.t[i], sample)
+        t = time_tensor(t, sample)
         if self.spec.precondition == "edm":  # D = c_skip x + c_out F (EDM eq. 7)
             sigma = bcast(self.process.sigma_ve(t.to(torch.float64)), sample)
             sd2 = self.spec.sigma_data**2
@@ -354,21 +416,27 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple[Tensor, Tensor]:
-        """One step of the sampler from ``sample`` at ``timestep`` with the model's output
-        there; returns ``prev_sample`` (and ``pred_original_sample``, the data prediction)."""
-        i = self._index(timestep)
-        sch = self._schedule
-        # half-precision pipelines: the step and the sampler's memory run in float32
-        x = sample.float() if sample.dtype in (torch.float16, torch.bfloat16) else sample
-        x0 = self._x0(model_output, x, i)
-        # the transition calls the model at (x, sch.t[i]): the pipeline's call, replayed
-        den = _Replay(self.process, x, sch.t[i], x0, self.sampler)
-        with torch.no_grad():
-            new = self.info.step(den, State(x, i, self._memory), sch, generator=generator,
-                                 **self.options)
-        self._memory = new.memory
-        self._step_index = i + 1
-        prev, x0 = new.x.to(sample.dtype), x0.to(sample.dtype)
+        """One model call's worth of the sampler from ``sample`` at ``timestep`` with the
+        model's output there: ``prev_sample`` is the next step's start or, inside a two-call
+        step, the point of its next model call; ``pred_original_sample`` is the data prediction
+        of this call. Inside a step, the ``sample`` handed back is not read: the step goes on
+        from its own (float32) copy of that point."""
+        k = self._index(timestep)
+        i, call, t = self._plan[k]
+        if call == 0:  # a step's first call, at the pipeline's sample
+            # half-precision pipelines: the step and the sampler's memory run in float32
+            half = sample.dtype in (torch.float16, torch.bfloat16)
+            self._x, self._calls = (sample.float() if half else sample), []
+        x = self._x if call == 0 else self._pending
+        x0 = self._x0(model_output, x, t)
+        self._calls.append((t, x0))
+        out = self._advance(State(self._x, i, self._memory), self._calls, generator)
+        if isinstance(out, _Pending):  # the step's next model call
+            self._pending = nxt = out.x
+        else:
+            self._memory, nxt = out.memory, out.x
+        self._step_index = k + 1
+        prev, x0 = nxt.to(sample.dtype), x0.to(sample.dtype)
         if not return_dict:
             return prev, x0
         return SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
