@@ -282,13 +282,13 @@ def _chat_prompts(model: TokenDenoiserBase, prompt: Any) -> list[list[int]]:
     return out
 
 
-def _pad_id(model: TokenDenoiserBase) -> int:
-    """The id left padding (and text cut at a stop string) is filled with."""
+def _pad_id(model: TokenDenoiserBase) -> int | None:
+    """The model's padding id (its ``pad_id`` or its tokenizer's ``pad_token_id``), else None."""
     for value in (getattr(model, "pad_id", None),
                   getattr(getattr(model, "tokenizer", None), "pad_token_id", None)):
         if isinstance(value, int) and not isinstance(value, bool) and value != model.mask_id:
             return value
-    return 1 if model.mask_id == 0 else 0
+    return None
 
 
 def _stops(stop: str | Sequence[str] | None) -> list[str]:
@@ -491,8 +491,10 @@ def generate(
     run = _Run(model, info, opts, float(temperature), n, width, generator, device,
                pad if bool(pad.any()) else None)
     x = torch.full((n, width), model.mask_id if kind == "masked" else 0, dtype=torch.long)
+    fill = _pad_id(model)  # left padding (never seen by the model): its pad, else any id
+    fill = fill if fill is not None else 1 if model.mask_id == 0 else 0
     for r, p in enumerate(prompts):
-        x[r, : int(pad[r])] = _pad_id(model)
+        x[r, : int(pad[r])] = fill
         x[r, int(pad[r]) : int(gen_start[r])] = p
     if layout is not None:
         x[:, width - n_gens[0] :] = layout.template
@@ -715,6 +717,9 @@ class _Ends:
         self.stops = stops
         self.track = track  # check at every step (EOS, stop strings or streaming asked for)
         self.decode = decode  # whether to decode text (needs a tokenizer)
+        # what replaces the tokens a stop string cut: EOS, else padding, else the mask
+        pad = _pad_id(model)
+        self.fill = eos_id if eos_id is not None else pad if pad is not None else model.mask_id
         n = start.shape[0]
         self.done = torch.zeros(n, dtype=torch.bool, device=start.device)
         self.cut: dict[int, tuple[int, int]] = {}  # row -> (column its output ends at, fill id)
@@ -722,13 +727,17 @@ class _Ends:
         self.sent = [0] * n  # characters of the text already streamed
         self.seen = start.tolist()  # committed prefix end already examined
 
-    def update(self, x: Tensor, rows: Tensor, final: bool = False) -> list[Piece]:
-        """Examine the committed prefixes of ``rows`` (bool ``[n]``) that grew; returns the
-        new pieces. ``final``: the canvas is complete, every examined row ends."""
+    def committed(self, x: Tensor) -> list[int]:
+        """Per row, the column its committed prefix ends at (its first masked generated one)."""
         width = x.shape[1]
         pos = torch.arange(width, device=x.device)
         pending = (x == self.model.mask_id) & (pos >= self.start[:, None])
-        upto = torch.where(pending, pos, width).min(-1).values.tolist()
+        return torch.where(pending, pos, width).min(-1).values.tolist()
+
+    def update(self, x: Tensor, rows: Tensor, final: bool = False) -> list[Piece]:
+        """Examine the committed prefixes of ``rows`` (bool ``[n]``) that grew; returns the
+        new pieces. ``final``: the canvas is complete, every examined row ends."""
+        upto = self.committed(x)
         pieces = []
         for r in rows.nonzero().squeeze(-1).tolist():
             if upto[r] <= self.seen[r] and not final:
@@ -736,26 +745,26 @@ class _Ends:
             self.seen[r] = upto[r]
             a = int(self.start[r])
             seg = x[r, a : upto[r]].tolist()
-            end = None  # column where the output ends, and the id after it
+            end = (x.shape[1], 0) if final else None  # (column the output ends at, fill id)
             if self.eos_id is not None and self.eos_id in seg:
                 k = seg.index(self.eos_id)
                 seg, end = seg[:k], (a + k + 1, self.eos_id)
             text = self.model.decode(seg) if self.decode else ""
-            hit = [i for i in (text.find(st) for st in self.stops) if i >= 0]
-            if hit:
-                text = text[: min(hit)]
-                end = (a + _tokens_within(self.model, seg, text), _pad_id(self.model))
-            if end is None and final:
-                end = (width, 0)  # the canvas ended the row: nothing is cut
-            safe = len(text)
-            if end is None:  # hold back what a later token may still change
-                safe -= max((k for st in self.stops for k in range(1, len(st))
+            # a tail of the text that may begin a stop string (and characters a later token
+            # may complete) is not final until the text ends or grows past it
+            hold = len(text)
+            if end is None:
+                hold -= max((k for st in self.stops for k in range(1, len(st))
                              if text.endswith(st[:k])), default=0)
-                while safe > self.sent[r] and text[safe - 1] == "\ufffd":
-                    safe -= 1
-            if safe > self.sent[r]:
-                pieces.append(Piece(text[self.sent[r] : safe], r))
-                self.sent[r] = safe
+                while hold > self.sent[r] and text[hold - 1] == "\ufffd":
+                    hold -= 1
+            hit = min((i for i in (text.find(st) for st in self.stops) if i >= 0), default=-1)
+            if 0 <= hit <= hold:  # the first stop string: no other can start before it
+                text, hold = text[:hit], hit
+                end = (a + _tokens_within(self.model, seg, text), self.fill)
+            if hold > self.sent[r]:
+                pieces.append(Piece(text[self.sent[r] : hold], r))
+                self.sent[r] = hold
             self.text[r] = text
             if end is not None:
                 self.done[r] = True
