@@ -161,6 +161,8 @@ def test_chat_templates(bert, capsys):
     folder, model, tok = bert
     with pytest.raises(ValueError, match="has none"):
         generate(MaskedLM(model, tok), "a", max_new_tokens=2, chat=True)
+    with pytest.raises(ValueError, match="more than this model's length 32"):
+        generate(MaskedLM(model, tok), "a", max_new_tokens=40)
     lm = load_model(str(folder))
     x = generate(lm, ["a b", "c"], max_new_tokens=3, chat=True, temperature=0)
     want = lm.tokenizer.apply_chat_template([{"role": "user", "content": "c"}],
@@ -171,6 +173,8 @@ def test_chat_templates(bert, capsys):
     messages = [{"role": "user", "content": "c"}]
     alone = generate(lm, messages, max_new_tokens=3, chat=True, temperature=0)[0]
     assert torch.equal(alone, x[1, -len(alone) :])  # one conversation: the same row
+    with pytest.raises(ValueError, match="texts or lists of"):
+        generate(lm, [[5, 6]], max_new_tokens=3, chat=True)
     assert cli.main(["generate", "--model", str(folder), "--chat", "--prompt", "c",
                      "--max-new-tokens", "3", "--temperature", "0", "--stream"]) == 0
     assert capsys.readouterr().out.strip() == lm.decode(x[1, -3:])
@@ -334,6 +338,7 @@ def test_single_row_stream_joins_to_a_string(tiny):
     (dict(stop=["}", ""]), ValueError, "non-empty"),
     (dict(stop="}"), ValueError, "needs a tokenizer"),
     (dict(eos_id=3), ValueError, "eos_id"),
+    (dict(stream=True, return_stats=True), ValueError, "stream=True returns"),
     (dict(chat=True, prompt="a"), ValueError, "chat template"),
 ])
 def test_bad_input_is_a_clear_error(chain, kw, err, match):

@@ -275,6 +275,13 @@ def _chat_prompts(model: TokenDenoiserBase, prompt: Any) -> list[list[int]]:
         messages = [{"role": "user", "content": conv}] if isinstance(conv, str) else conv
         if isinstance(messages, dict):
             messages = [messages]
+        if not isinstance(messages, (list, tuple)) or not all(
+            isinstance(m, dict) for m in messages
+        ):
+            raise ValueError(
+                "chat=True takes texts or lists of {'role', 'content'} messages, got "
+                f"{type(conv).__name__}"
+            )
         ids = tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
         if not isinstance(ids, (list, tuple, Tensor)) and "input_ids" in ids:
             ids = ids["input_ids"]  # transformers >= 5 returns a BatchEncoding
@@ -395,6 +402,8 @@ def generate(
                 f"eos_id must be a token id in [0, {model.vocab_size}) other than the mask, "
                 f"got {eos_id}"
             )
+    if stream and return_stats:
+        raise ValueError("stream=True returns the text pieces; return_stats needs stream=False")
     if (stops or stream) and getattr(model, "tokenizer", None) is None:
         raise ValueError("stop strings and streaming decode text: the model needs a tokenizer")
     device = torch.device(getattr(model, "device", "cpu"))
@@ -416,7 +425,9 @@ def generate(
             )
         rows_len = torch.full_like(plens, length)
     width = int(rows_len.max())
-    limit = getattr(model, "length", None)
+    limit = getattr(model, "length", None)  # tiny-json's canvas; a transformers model's limit
+    if limit is None:
+        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if isinstance(limit, int) and width > limit:
         raise ValueError(
             f"the canvas needs {width} tokens (longest prompt {int(plens.max())} + "
@@ -489,7 +500,7 @@ def generate(
         model = TokenClassifierFreeGuidance(model, guidance_scale, int(gen_start[0]))
 
     run = _Run(model, info, opts, float(temperature), n, width, generator, device,
-               pad if bool(pad.any()) else None)
+               pad.to(device) if bool(pad.any()) else None)
     x = torch.full((n, width), model.mask_id if kind == "masked" else 0, dtype=torch.long)
     fill = _pad_id(model)  # left padding (never seen by the model): its pad, else any id
     fill = fill if fill is not None else 1 if model.mask_id == 0 else 0
