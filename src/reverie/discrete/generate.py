@@ -528,7 +528,7 @@ def generate(
         pass
     if return_stats:
         return GenerationOutput(run.x, run.cached.nfe, run.cached.row_evals, run.iters,
-                                run.ends.texts(run.x))
+                                run.ends.texts())
     return run.x
 
 
@@ -792,7 +792,7 @@ class _Ends:
                 x[r, col:] = fill
         return x, pieces
 
-    def texts(self, x: Tensor) -> list[str] | None:
+    def texts(self) -> list[str] | None:
         """Each row's generated text (``None`` without a tokenizer)."""
         return list(self.text) if self.decode else None
 
