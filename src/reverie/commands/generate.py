@@ -17,9 +17,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default="tiny-json",
                    help="bundled name (tiny-json), a saved folder, or a transformers folder/hub id")
-    p.add_argument("--prompt", default=None, help="text the samples start with")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="text the samples start with; repeat it for a batch of prompts of any "
+                        "lengths (left padded; --n samples each)")
     p.add_argument("--length", type=int, default=None,
                    help="canvas length in tokens, prompt included (default: the model's)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="tokens generated after each prompt (instead of --length)")
+    p.add_argument("--stop", action="append", default=None,
+                   help="end a sample where its text first holds this string, cut before it "
+                        "(repeatable)")
+    p.add_argument("--eos", action="store_true",
+                   help="end a sample at the model's end token (tiny-json: its padding) once "
+                        "everything before it is decided; finished samples leave the batch")
+    p.add_argument("--stream", action="store_true",
+                   help="print committed text as it is decided (one sample at a time on "
+                        "the terminal: pieces of other samples are printed when theirs ends)")
+    p.add_argument("--chat", action="store_true",
+                   help="wrap each prompt with the tokenizer's chat template (transformers "
+                        "tokenizers that have one)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: one per token)")
     p.add_argument("--sampler", default="low_confidence",
                    help="a name from reverie.discrete.SAMPLERS (default: LLaDA low-confidence)")
@@ -53,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from reverie._random import seeded_generators
     from reverie.discrete import SAMPLERS, generate, load_model
+    from reverie.discrete.generate import end_token_id
 
     if args.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {args.sampler!r}; expected one of {', '.join(SAMPLERS)}")
@@ -61,26 +78,76 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     options = _constraint_options(args)  # a bad pattern fails before the model is loaded
+    if args.max_new_tokens is not None and args.length is not None:
+        raise ValueError("pass --length or --max-new-tokens, not both")
     kw = {"trust_remote_code": True} if args.trust_remote_code else {}
     model = load_model(args.model, **kw)
-    length = args.length if args.length is not None else getattr(model, "length", None)
-    if length is None:
-        raise ValueError("this model has no default length; pass --length")
+    size: dict = {"max_new_tokens": args.max_new_tokens}
+    if args.max_new_tokens is None:
+        length = args.length if args.length is not None else getattr(model, "length", None)
+        size = {"length": length}
+        if size["length"] is None:
+            raise ValueError("this model has no default length; pass --length or --max-new-tokens")
     if args.threshold is not None:
         options["threshold"] = args.threshold
-    x = generate(
-        model, prompt=args.prompt, length=length, steps=args.steps, sampler=args.sampler,
-        block_length=args.block_length, temperature=args.temperature, n=args.n,
-        generator=seeded_generators(args.seed, args.n), guidance_scale=args.guidance_scale,
-        progress=not args.no_progress, **options,
+    prompts = args.prompt or [None]
+    if len(prompts) > 1:  # --n samples of each prompt, prompt by prompt
+        prompts = [p for p in prompts for _ in range(args.n)]
+    rows = len(prompts) if len(prompts) > 1 else args.n
+    if args.eos:
+        eos = end_token_id(model)
+        if eos is None:
+            raise ValueError("--eos: this model names no end token (eos_id, pad_id)")
+        options["eos_id"] = eos
+    out = generate(
+        model, prompt=prompts if len(prompts) > 1 else prompts[0], steps=args.steps,
+        sampler=args.sampler, block_length=args.block_length, temperature=args.temperature,
+        n=1 if len(prompts) > 1 else args.n, generator=seeded_generators(args.seed, rows),
+        guidance_scale=args.guidance_scale, progress=not args.no_progress and not args.stream,
+        return_stats=not args.stream, stop=args.stop, stream=args.stream, chat=args.chat,
+        **size, **options,
     )
-    texts = [model.decode(row) for row in x]
+    # with --stop / --eos / --stream the text is the prompt (not with --chat) + the generated
+    # text cut at the end; otherwise the whole decoded canvas, as before
+    heads = [("" if args.chat or p is None else p) for p in prompts]
+    if len(heads) < rows:
+        heads = heads * rows
+    if args.stream:
+        texts = _print_stream(out, heads)
+        if args.out:
+            write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), args.out)
+        return 0
+    x = out.tokens
+    if args.stop or args.eos:
+        texts = [h + t for h, t in zip(heads, out.texts)]
+    else:
+        texts = [model.decode(row) for row in x]
     for text in texts:
         print(text)
     if args.out:
         write_text("".join(json.dumps({"text": t, "tokens": r}) + "\n"
                            for t, r in zip(texts, x.tolist())), args.out)
     return 0
+
+
+def _print_stream(pieces, heads: list[str]) -> list[str]:
+    """Print sample 0's text as its pieces come (flushed), then the other samples' texts, one
+    per line, once the stream has ended (their pieces arrive interleaved)."""
+    import sys
+
+    texts = list(heads)
+    sys.stdout.write(texts[0])
+    sys.stdout.flush()
+    for piece in pieces:
+        texts[piece.row] += piece
+        if piece.row == 0:
+            sys.stdout.write(str(piece))
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+    for text in texts[1:]:
+        sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+    return texts
 
 
 def _constraint_options(args: argparse.Namespace) -> dict:

@@ -11,12 +11,22 @@
 * :class:`TokenDenoiser` (any ``fn(x, t) -> logits``, SUBS applied),
   :class:`TokenClassifierFreeGuidance`, :class:`MaskedLM` (transformers models);
 * :func:`generate` and the registry :data:`SAMPLERS`; each sampler family's decision
-  function is public (``SAMPLERS[name].decide``) so constraints can restrict it;
+  function is public (``SAMPLERS[name].decide``) so constraints can restrict it; ragged
+  prompt batches, ``max_new_tokens``, EOS exit (:func:`end_token_id`), stop strings,
+  streaming (:class:`Piece`) and chat templates;
 * :func:`load_model` for the bundled ``tiny-json`` model or a saved folder.
 """
 
 from reverie.discrete.denoiser import TokenClassifierFreeGuidance, TokenDenoiser, TokenDenoiserBase
-from reverie.discrete.generate import Commit, GenerationOutput, StepContext, TokenSampler, generate
+from reverie.discrete.generate import (
+    Commit,
+    GenerationOutput,
+    Piece,
+    StepContext,
+    TokenSampler,
+    end_token_id,
+    generate,
+)
 from reverie.discrete.hf import MaskedLM
 from reverie.discrete.loading import BUNDLED, ReverieLM, load_model
 from reverie.discrete.process import (
@@ -49,6 +59,7 @@ __all__ = [
     "LinearSchedule",
     "MaskedProcess",
     "MaskingSchedule",
+    "Piece",
     "PolynomialSchedule",
     "StepContext",
     "TokenClassifierFreeGuidance",
@@ -56,6 +67,7 @@ __all__ = [
     "TokenDenoiserBase",
     "TokenSampler",
     "UniformProcess",
+    "end_token_id",
     "generate",
     "make_schedule",
     "nelbo",

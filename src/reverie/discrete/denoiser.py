@@ -64,6 +64,11 @@ class TokenDenoiserBase(ABC):
     ``process`` (the discrete process the model was trained for), ``time_conditioned`` (whether
     the output depends on ``t``; when it does not, samplers skip the network for rows whose input
     did not change -- MDLM's cache) and optionally ``tokenizer`` with ``encode``/``decode``.
+
+    ``takes_padding``: whether ``__call__`` also accepts ``attention_mask`` (bool ``[B, L]``,
+    True = a real token) for left-padded rows of a ragged batch, giving each row the output it
+    gives alone; :func:`~reverie.discrete.generate` calls other models on each row's unpadded
+    part instead.
     """
 
     mask_id: int | None
@@ -71,6 +76,7 @@ class TokenDenoiserBase(ABC):
     process: DiscreteProcess
     time_conditioned: bool = True
     tokenizer: Any = None
+    takes_padding: bool = False
 
     @abstractmethod
     def __call__(self, x: Tensor, t: float | Tensor) -> Tensor:
@@ -102,6 +108,8 @@ class TokenDenoiser(TokenDenoiserBase):
     ``t`` reaches ``fn`` as float32 ``[B]`` in ``[0, 1]`` (1 = all masked). Pass
     ``time_conditioned=False`` for models that ignore ``t`` (MDLM without time conditioning,
     LLaDA, Dream): samplers then reuse the last output for rows whose input did not change.
+    ``padding=True``: ``fn`` also takes ``attention_mask=`` (bool ``[B, L]``, True = a real
+    token; passed only for padded batches), see :attr:`TokenDenoiserBase.takes_padding`.
     """
 
     def __init__(
@@ -113,6 +121,7 @@ class TokenDenoiser(TokenDenoiserBase):
         process: DiscreteProcess | None = None,
         time_conditioned: bool = True,
         tokenizer: Any = None,
+        padding: bool = False,
     ):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -140,13 +149,21 @@ class TokenDenoiser(TokenDenoiserBase):
         self.process = process
         self.time_conditioned = bool(time_conditioned)
         self.tokenizer = tokenizer
+        self.takes_padding = bool(padding)
 
-    def logits(self, x: Tensor, t: float | Tensor) -> Tensor:
+    def logits(
+        self, x: Tensor, t: float | Tensor, attention_mask: Tensor | None = None
+    ) -> Tensor:
         """The raw network logits ``[B, L, V]`` (validated), before SUBS."""
         if not isinstance(x, Tensor) or x.dtype != torch.long or x.ndim != 2:
             got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
             raise TypeError(f"x must be a LongTensor [batch, length], got {got}")
-        out = self.fn(x, _time(t, x))
+        if attention_mask is None:
+            out = self.fn(x, _time(t, x))
+        elif not self.takes_padding:
+            raise TypeError("this denoiser takes no attention_mask (build it with padding=True)")
+        else:
+            out = self.fn(x, _time(t, x), attention_mask=attention_mask)
         if not isinstance(out, Tensor) and hasattr(out, "logits"):
             out = out.logits
         if not isinstance(out, Tensor) or out.ndim != 3 or out.shape[:2] != x.shape:
@@ -164,8 +181,10 @@ class TokenDenoiser(TokenDenoiserBase):
             raise FloatingPointError("the model returned NaN or +inf logits")
         return out
 
-    def __call__(self, x: Tensor, t: float | Tensor) -> Tensor:
-        return subs(self.logits(x, t), x, self.mask_id)
+    def __call__(
+        self, x: Tensor, t: float | Tensor, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        return subs(self.logits(x, t, attention_mask), x, self.mask_id)
 
     def __repr__(self) -> str:
         return (

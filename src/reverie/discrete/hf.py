@@ -11,7 +11,10 @@ checkpoints) or a LLaDA / Dream model loaded with ``trust_remote_code`` into a
   (``logits = cat([logits[:, :1], logits[:, :-1]])``, Dream's ``generation_utils.py``).
   This is on by default when ``config.model_type`` is ``"Dream"``;
 * the SUBS rules (never predict the mask, keep clean tokens) are applied by
-  :class:`~reverie.discrete.TokenDenoiser`; the model is not time conditioned.
+  :class:`~reverie.discrete.TokenDenoiser`; the model is not time conditioned;
+* left-padded rows of a ragged batch get ``attention_mask`` and, when the model's ``forward``
+  takes them, ``position_ids`` counted from each row's first real token (RoBERTa-style
+  models, whose positions start after ``pad_token_id``, get that offset).
 
 Classifier-free guidance is :class:`~reverie.discrete.TokenClassifierFreeGuidance` (or
 ``generate(..., guidance_scale=...)``).
@@ -19,6 +22,7 @@ Classifier-free guidance is :class:`~reverie.discrete.TokenClassifierFreeGuidanc
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -28,6 +32,10 @@ from reverie.discrete.denoiser import TokenDenoiser, TokenDenoiserBase
 from reverie.discrete.process import DiscreteProcess, MaskedProcess
 
 __all__ = ["MaskedLM", "shift_logits"]
+
+# model types whose learned positions start at pad_token_id + 1 (transformers'
+# ``create_position_ids_from_input_ids``)
+_PAD_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "data2vec-text", "xmod")
 
 
 def shift_logits(logits: Tensor) -> Tensor:
@@ -79,6 +87,15 @@ class MaskedLM(TokenDenoiserBase):
         self.model = model
         self.shift = bool(shift)
         self.config = config
+        try:
+            params = inspect.signature(model.forward).parameters
+        except (TypeError, ValueError, AttributeError):
+            params = {}
+        self._kwargs = {k for k in ("attention_mask", "position_ids") if k in params}
+        kind = str(getattr(config, "model_type", "")).lower()
+        self._position_offset = (
+            int(getattr(config, "pad_token_id", 0) or 0) + 1 if kind in _PAD_OFFSET_POSITIONS else 0
+        )
         self._inner = TokenDenoiser(
             self._logits,
             mask_id=int(mask_id),
@@ -86,7 +103,9 @@ class MaskedLM(TokenDenoiserBase):
             process=MaskedProcess() if process is None else process,
             time_conditioned=False,
             tokenizer=tokenizer,
+            padding="attention_mask" in self._kwargs,
         )
+        self.takes_padding = self._inner.takes_padding
         self.mask_id = self._inner.mask_id
         self.vocab_size = self._inner.vocab_size
         self.process = self._inner.process
@@ -95,16 +114,39 @@ class MaskedLM(TokenDenoiserBase):
         param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
         self.device = param.device if param is not None else torch.device("cpu")
 
-    def _logits(self, x: Tensor, t: Tensor) -> Tensor:
+    def _logits(self, x: Tensor, t: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        kw: dict[str, Tensor] = {}
+        if attention_mask is not None:
+            real = attention_mask.to(device=self.device, dtype=torch.long)
+            kw["attention_mask"] = real
+            if "position_ids" in self._kwargs:  # each row counts from its first real token
+                kw["position_ids"] = (real.cumsum(-1) - 1).clamp_min(0) + self._position_offset
         with torch.no_grad():
-            out = self.model(input_ids=x.to(self.device))
+            out = self.model(input_ids=x.to(self.device), **kw)
         logits = out.logits if hasattr(out, "logits") else out[0]
         if self.shift:
-            logits = shift_logits(logits)
+            shifted = shift_logits(logits)
+            if attention_mask is not None:  # a row's first real position keeps its own row
+                real = kw["attention_mask"].bool()
+                first = real & ~torch.cat([torch.zeros_like(real[:, :1]), real[:, :-1]], 1)
+                shifted = torch.where(first[..., None], logits, shifted)
+            logits = shifted
         return logits.float()
 
-    def __call__(self, x: Tensor, t: float | Tensor) -> Tensor:
-        return self._inner(x, t)
+    def __call__(
+        self, x: Tensor, t: float | Tensor, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        return self._inner(x, t, attention_mask)
+
+    @property
+    def pad_id(self) -> int | None:
+        """The tokenizer's padding id (left padding of ragged batches), else ``None``."""
+        return getattr(self.tokenizer, "pad_token_id", None)
+
+    @property
+    def eos_id(self) -> int | None:
+        """The tokenizer's end-of-sequence id, else ``None``."""
+        return getattr(self.tokenizer, "eos_token_id", None)
 
     def encode(self, text: str) -> list[int]:
         if self.tokenizer is None:

@@ -52,6 +52,7 @@ class ReverieLM(TokenDenoiser):
             process=proc,
             time_conditioned=bool(config.get("time_conditioned", False)),
             tokenizer=tokenizer,
+            padding=True,  # TinyTransformer takes attention_mask= for left-padded rows
         )
         self.network = network
         self.config = config
@@ -60,9 +61,11 @@ class ReverieLM(TokenDenoiser):
         self.delimiter_ids = [tokenizer.encode(d)[0] for d in config.get("delimiters", [])]
         self.device = next(network.parameters()).device
 
-    def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, t: float | torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         with torch.no_grad():
-            return super().__call__(x, t)
+            return super().__call__(x, t, attention_mask)
 
     def __repr__(self) -> str:
         return (

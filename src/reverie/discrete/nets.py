@@ -31,13 +31,14 @@ class _Block(nn.Module):
         )
         self.dropout = dropout
 
-    def forward(self, h: Tensor) -> Tensor:
+    def forward(self, h: Tensor, keys: Tensor | None = None) -> Tensor:
         b, n, d = h.shape
         q, k, v = self.qkv(self.norm1(h)).reshape(b, n, 3, self.heads, d // self.heads).unbind(2)
         a = F.scaled_dot_product_attention(
             q.transpose(1, 2),
             k.transpose(1, 2),
             v.transpose(1, 2),
+            attn_mask=keys,  # [B, 1, 1, L] True = a real token (padding is never attended)
             dropout_p=self.dropout if self.training else 0.0,
         )  # bidirectional: no causal mask
         h = h + F.dropout(
@@ -47,9 +48,13 @@ class _Block(nn.Module):
 
 
 class TinyTransformer(nn.Module):
-    """``forward(x: LongTensor[B, L], t=None) -> logits[B, L, vocab_size]`` for ``L <= length``.
+    """``forward(x: LongTensor[B, L], t=None, attention_mask=None) -> logits[B, L, vocab_size]``
+    for ``L <= length``.
 
     ``t`` is accepted and ignored (no time conditioning, as MDLM recommends with SUBS).
+    ``attention_mask`` (bool ``[B, L]``, True = a real token) serves left-padded rows: padding
+    is never attended to and each row's positions count from its first real token, so a
+    padded row gives the logits it gives alone.
     """
 
     def __init__(
@@ -81,13 +86,21 @@ class TinyTransformer(nn.Module):
         self.head = nn.Linear(dim, vocab_size)
         nn.init.normal_(self.tok.weight, std=0.02)
 
-    def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
         n = x.shape[1]
         if n > self.pos.shape[0]:
             raise ValueError(f"sequence length {n} exceeds this model's length {self.pos.shape[0]}")
-        h = self.tok(x) + self.pos[:n]
+        keys = None
+        if attention_mask is None:
+            h = self.tok(x) + self.pos[:n]
+        else:
+            real = attention_mask.to(device=x.device, dtype=torch.bool)
+            h = self.tok(x) + self.pos[(real.long().cumsum(-1) - 1).clamp_min(0)]  # own positions
+            keys = real[:, None, None, :]
         for blk in self.blocks:
-            h = blk(h)
+            h = blk(h, keys)
         return self.head(self.norm(h))
 
     @classmethod

@@ -73,11 +73,15 @@ class BlockPolicy:
     def start(self, rows, new_block: Tensor, first: Tensor, tile: int,
               per_block: dict[int, int], length: int) -> None:
         """Rows in ``new_block`` move to the tile holding their first masked position, with the
-        steps ``per_block`` gives that tile."""
-        lo = torch.div(first, tile, rounding_mode="floor") * tile
+        steps ``per_block`` gives that tile (one dict, or one per row). Tiles start at each
+        row's ``rows.origin`` (0 unless rows of a ragged batch are padded)."""
+        origin = getattr(rows, "origin", 0)
+        lo = origin + torch.div(first - origin, tile, rounding_mode="floor") * tile
         rows.lo = torch.where(new_block, lo, rows.lo)
         rows.hi = torch.where(new_block, (lo + tile).clamp_max(length), rows.hi)
-        k = torch.tensor([per_block.get(int(b), 1) for b in lo.tolist()], device=first.device)
+        plans = per_block if isinstance(per_block, list) else [per_block] * len(lo)
+        k = torch.tensor([p.get(int(b), 1) for p, b in zip(plans, lo.tolist())],
+                         device=first.device)
         rows.steps = torch.where(new_block, k, rows.steps)
 
     def plan(self, rows, new_block: Tensor, logp: Tensor, x: Tensor, mask_id: int,

@@ -53,6 +53,7 @@ class HiddenMarkovModel(TokenDenoiserBase):
     """
 
     time_conditioned = False
+    takes_padding = True  # left-padded rows: the chain starts at each row's first real token
 
     def __init__(
         self,
@@ -76,9 +77,13 @@ class HiddenMarkovModel(TokenDenoiserBase):
         self.mask_id = self._masked.mask_id
         self.process = self._masked.process
 
-    def __call__(self, x: Tensor, t: float | Tensor) -> Tensor:
-        """Exact ``log p(x0 | x_t)`` for masked diffusion (SUBS applied), ``[B, L, V]``."""
-        return self._masked(x, t)
+    def __call__(
+        self, x: Tensor, t: float | Tensor, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Exact ``log p(x0 | x_t)`` for masked diffusion (SUBS applied), ``[B, L, V]``; with
+        ``attention_mask`` (True = a real token) left padding is skipped, so a padded row gets
+        the conditionals of its real part alone."""
+        return self._masked(x, t, attention_mask)
 
     @property
     def num_states(self) -> int:
@@ -154,22 +159,24 @@ class HiddenMarkovModel(TokenDenoiserBase):
         return 0.5 * float(torch.sqrt(2.0 * p * (1.0 - p) / (math.pi * n)).sum())
 
     # ---- conditionals ----------------------------------------------------------------------
-    def posterior(self, evidence: Tensor) -> Tensor:
+    def posterior(self, evidence: Tensor, real: Tensor | None = None) -> Tensor:
         """``p(x^i = v | all evidence)`` for per-position likelihoods ``evidence[b, i, v] =
-        p(observation_i | x^i = v)``, ``[B, L, V]`` float64 (forward-backward)."""
+        p(observation_i | x^i = v)``, ``[B, L, V]`` float64 (forward-backward). ``real``
+        (bool ``[B, L]``): positions of the sequence; the others (left padding) are skipped."""
         ev = torch.as_tensor(evidence, dtype=torch.float64)
         if ev.ndim != 3 or ev.shape[-1] != self.vocab_size:
             raise ValueError(
                 f"evidence must have shape [B, L, {self.vocab_size}], got {list(ev.shape)}"
             )
-        pred, _, _ = self._forward(ev)
+        pred, _, _ = self._forward(ev, real)
         back = self._backward(ev)
         w = pred * back  # p(z_i, evidence except at i), up to a constant per position
         post = (w @ self.emission) * ev  # sum_z w(z) E(z, v) e_i(v)
         return post / post.sum(-1, keepdim=True)
 
-    def conditionals(self, x: Tensor, mask_id: int) -> Tensor:
-        """``p(x0^i = v | the unmasked positions of x)`` for every position, ``[B, L, V]``."""
+    def conditionals(self, x: Tensor, mask_id: int, real: Tensor | None = None) -> Tensor:
+        """``p(x0^i = v | the unmasked positions of x)`` for every position, ``[B, L, V]``
+        (``real``: see :meth:`posterior`)."""
         masked = x == mask_id
         xv = torch.where(masked, torch.zeros_like(x), x)
         self._check_tokens(xv)
@@ -177,7 +184,7 @@ class HiddenMarkovModel(TokenDenoiserBase):
             -1, xv.unsqueeze(-1), 1.0
         )
         ev[masked] = 1.0
-        return self.posterior(ev)
+        return self.posterior(ev, real)
 
     def denoiser(self, process=None, *, mask_id: int | None = None):
         """The exact token denoiser for ``process`` (default: masked diffusion, linear schedule).
@@ -199,11 +206,12 @@ class HiddenMarkovModel(TokenDenoiserBase):
                     f"the exact model's mask token is the extra id {v}, got mask_id={mid}"
                 )
 
-            def fn(x: Tensor, t: Tensor) -> Tensor:
-                return torch.log(self.conditionals(x, mid)).float()
+            def fn(x: Tensor, t: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+                return torch.log(self.conditionals(x, mid, attention_mask)).float()
 
             return TokenDenoiser(
-                fn, mask_id=mid, vocab_size=v, process=process, time_conditioned=False
+                fn, mask_id=mid, vocab_size=v, process=process, time_conditioned=False,
+                padding=True,
             )
 
         def fn_uniform(x: Tensor, t: Tensor) -> Tensor:
@@ -227,9 +235,10 @@ class HiddenMarkovModel(TokenDenoiserBase):
             )
         return x
 
-    def _forward(self, ev: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _forward(self, ev: Tensor, real: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Scaled forward pass: ``pred[:, i] ∝ p(z_i | evidence before i)``, the filtered
-        ``alpha``, and ``log p(all evidence)``."""
+        ``alpha``, and ``log p(all evidence)``; positions outside ``real`` (left padding) pass
+        the initial law on unchanged."""
         b, n, _ = ev.shape
         k = self.num_states
         eh = ev @ self.emission.T  # [B, L, K]: p(obs_i | z_i)
@@ -241,9 +250,15 @@ class HiddenMarkovModel(TokenDenoiserBase):
             pred[:, i] = p
             a = p * eh[:, i]
             s = a.sum(-1, keepdim=True)
-            log_z = log_z + torch.log(s.squeeze(-1))
             filt[:, i] = a / s
-            p = filt[:, i] @ self.transition
+            nxt = filt[:, i] @ self.transition
+            log_s = torch.log(s.squeeze(-1))
+            if real is not None:  # padding: no emission, no step of the chain
+                pad = ~real[:, i].to(torch.bool)
+                log_s = torch.where(pad, torch.zeros_like(log_s), log_s)
+                nxt = torch.where(pad[:, None], p, nxt)
+            log_z = log_z + log_s
+            p = nxt
         return pred, filt, log_z
 
     def _backward(self, ev: Tensor) -> Tensor:
