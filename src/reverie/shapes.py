@@ -79,6 +79,7 @@ HELD_OUT = tuple(
 TRAIN_COMBOS = tuple(c for c in COMBOS if c not in HELD_OUT)
 
 JITTER, RADIUS, COLOUR_JITTER, SUPERSAMPLE = 1.0, (4.5, 6.5), 0.08, 4
+MAX_OFFSET = 2.5  # px from the anchor (drawn within 1.0 per axis, so within 1.42)
 THRESHOLD = 0.4  # foreground: brightest channel above this (background 0, colours >= 0.72)
 # triangle: centroid below the box centre by over this share of the box height (1/6 drawn);
 # otherwise square when fill (share of the box covered: square 1, circle pi/4) plus the
@@ -182,7 +183,7 @@ class Detection:
         lo, hi = 0.6 * math.pi * RADIUS[0] ** 2 * 0.5, 1.3 * math.pi * RADIUS[1] ** 2
         return (
             (self.area >= lo) & (self.area <= hi) & (self.largest_part >= 0.9)
-            & (self.anchor_distance <= 4.0) & (self.colour_error <= 0.35)
+            & (self.anchor_distance <= MAX_OFFSET) & (self.colour_error <= 0.35)
         )
 
 
