@@ -17,6 +17,8 @@ Writes a diffusers ``StableDiffusionPipeline`` folder (safetensors) trained on
    prompts (caption dropout, for classifier-free guidance), AdamW 1e-3 with warm-up and
    linear decay to a tenth, batch 64, 4000 steps, gradient clip 1, EMA 0.999 (the EMA weights
    are saved).
+3. The decoder fine-tuned on the frozen encoder's latents (1500 steps, Adam 5e-4, MSE + L1 +
+   L1 of image gradients: sharper edges; the latents, hence the UNet, are unaffected).
 
 The ``CLIPTokenizer`` is written here: GPT-2's 256 byte-level characters (and their ``</w>``
 forms), merges that make each prompt word one token, then the start/end tokens. With
@@ -110,18 +112,21 @@ class Run:
         self.vae, self.unet, self.text = build_models(len(self.tok), *ids)
         self.ema_unet, self.ema_text = copy.deepcopy(self.unet), copy.deepcopy(self.text)
         self.opt_vae = torch.optim.Adam(self.vae.parameters(), lr=args.vae_lr)
+        self.opt_dec = torch.optim.Adam(decoder_parameters(self.vae), lr=args.decoder_lr)
         params = [*self.unet.parameters(), *self.text.parameters()]
         self.opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
         self.gen = torch.Generator().manual_seed(args.seed)
-        self.vae_step = self.step = 0
+        self.dec_gen = torch.Generator().manual_seed(args.seed + 1)  # stage 3's own draws
+        self.vae_step = self.step = self.dec_step = 0
         self.scaling = 1.0
         self.seconds = 0.0
         self.log: list[dict] = []
 
     def state(self) -> dict:
-        keys = ("vae", "unet", "text", "ema_unet", "ema_text", "opt_vae", "opt")
+        keys = ("vae", "unet", "text", "ema_unet", "ema_text", "opt_vae", "opt", "opt_dec")
         return {**{k: getattr(self, k).state_dict() for k in keys},
-                "gen": self.gen.get_state(), "vae_step": self.vae_step, "step": self.step,
+                "gen": self.gen.get_state(), "dec_gen": self.dec_gen.get_state(),
+                "vae_step": self.vae_step, "step": self.step, "dec_step": self.dec_step,
                 "scaling": self.scaling, "seconds": self.seconds, "log": self.log}
 
     def save(self, path: Path) -> None:
@@ -134,11 +139,15 @@ class Run:
             getattr(self, k).load_state_dict(state[k])
         self.gen.set_state(state["gen"])
         self.vae_step, self.step = state["vae_step"], state["step"]
+        if "dec_step" in state:  # stage 3 started
+            self.opt_dec.load_state_dict(state["opt_dec"])
+            self.dec_gen.set_state(state["dec_gen"])
+            self.dec_step = state["dec_step"]
         self.scaling, self.seconds, self.log = state["scaling"], state["seconds"], state["log"]
 
-    def batch(self, n: int) -> tuple[torch.Tensor, list[str]]:
+    def batch(self, n: int, gen: torch.Generator | None = None) -> tuple[torch.Tensor, list[str]]:
         """``n`` training images in [-1, 1] and their prompts, from the run's generator."""
-        seed = int(torch.randint(2**62, (1,), generator=self.gen))
+        seed = int(torch.randint(2**62, (1,), generator=gen or self.gen))
         images, prompts, _ = shapes.sample(n, seed)
         return 2 * images - 1, prompts
 
@@ -204,6 +213,39 @@ def train_unet(run: Run, every) -> None:
         every(run, "unet", run.step, loss.item())
 
 
+def decoder_parameters(vae: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
+
+
+def train_decoder(run: Run, every) -> None:
+    """Stage 3: sharpen the decoder on the frozen encoder's latents (as Stable Diffusion's
+    ft-MSE VAE): MSE + L1 + L1 of the image gradients, so the latents the UNet learned from
+    are unchanged. Uses its own generator, so it may equally run before stage 2."""
+    a = run.args
+    vae = run.vae
+    params = decoder_parameters(vae)
+    for p_ in params:
+        p_.requires_grad_(True)
+    vae.decoder.train()
+    while run.dec_step < a.decoder_steps:
+        for group in run.opt_dec.param_groups:
+            group["lr"] = lr_at(run.dec_step, a.decoder_steps, a.decoder_lr, warmup=50)
+        x, _ = run.batch(a.vae_batch, run.dec_gen)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(run.dec_gen)
+        rec = vae.decode(z).sample
+        err = rec - x
+        edges = sum((torch.diff(err, dim=d)).abs().mean() for d in (-1, -2))
+        loss = err.pow(2).mean() + err.abs().mean() + edges
+        run.opt_dec.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        run.opt_dec.step()
+        run.dec_step += 1
+        every(run, "decoder", run.dec_step, loss.item())
+    vae.eval().requires_grad_(False)
+
+
 def save(run: Run, out: Path, tok_dir: Path) -> None:
     vae = copy.deepcopy(run.vae)
     vae.register_to_config(scaling_factor=run.scaling)
@@ -227,6 +269,7 @@ def save(run: Run, out: Path, tok_dir: Path) -> None:
         "training": {
             "script": "scripts/train_shapes.py", "seed": a.seed, "threads": a.threads,
             "vae_steps": run.vae_step, "vae_batch": a.vae_batch, "vae_lr": a.vae_lr,
+            "decoder_steps": run.dec_step, "decoder_lr": a.decoder_lr,
             "steps": run.step, "batch_size": a.batch, "lr": a.lr, "ema": a.ema,
             "caption_dropout": a.caption_dropout, "scaling_factor": run.scaling,
             "seconds": round(run.seconds, 1),
@@ -267,6 +310,8 @@ def main() -> None:
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, default=4000, help="UNet + text encoder steps")
+    p.add_argument("--decoder-steps", type=int, default=1500, help="decoder fine-tuning steps")
+    p.add_argument("--decoder-lr", type=float, default=5e-4)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ema", type=float, default=0.999)
@@ -281,7 +326,8 @@ def main() -> None:
         if ckpt is None or not ckpt.exists():
             raise SystemExit(f"--resume/--export need an existing --checkpoint, got {ckpt}")
         run.load(ckpt)
-        print(f"resumed at vae step {run.vae_step}, unet step {run.step}", flush=True)
+        print(f"resumed at vae step {run.vae_step}, unet step {run.step}, decoder step "
+              f"{run.dec_step}", flush=True)
     if args.export:
         run.vae.eval()
         save(run, out, tok_dir)
@@ -303,6 +349,7 @@ def main() -> None:
 
     train_vae(run, every)
     train_unet(run, every)
+    train_decoder(run, every)
     run.seconds = time.perf_counter() - start
     save(run, out, tok_dir)
     print(f"wrote {out} after {run.seconds:.0f} s", flush=True)

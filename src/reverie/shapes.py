@@ -15,9 +15,9 @@ channel exceeds 0.4; the colour is the palette colour nearest the foreground's m
 the place the anchor nearest the foreground's centroid (shapes are drawn centred on their
 centroid), the shape from the bounding box: a triangle's centroid sits 1/6 of the box height
 below the box's middle; a square fills ~all of its box (a circle ~pi/4) and reaches ~sqrt 2
-further along the diagonals than along the axes (a circle as far). :func:`prompt_follows` also requires one object (the largest
-connected part holds >= 90% of the foreground) of a drawable size, near its anchor, in a colour
-close to the palette. On the real data it is right 100% of the time (tests/test_shapes.py).
+further along the diagonals than along the axes (a circle as far). :func:`prompt_follows`
+also requires one object (the largest connected part holds >= 90% of the foreground) of a
+drawable size, within 2.5 px of its anchor, in a colour close to the palette. On the real data it is right 100% of the time (tests/test_shapes.py).
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ COMBOS = tuple(itertools.product(range(len(COLOURS)), range(len(SHAPES)), range(
 #: 10 combinations never used for training: two per place, each colour and shape still seen
 #: at that place with other partners.
 HELD_OUT = tuple(
-    combo for k in range(len(PLACES)) for combo in ((k % 4, k % 3, k), ((k + 2) % 4, (k + 1) % 3, k))
+    combo
+    for k in range(len(PLACES))
+    for combo in ((k % 4, k % 3, k), ((k + 2) % 4, (k + 1) % 3, k))
 )
 TRAIN_COMBOS = tuple(c for c in COMBOS if c not in HELD_OUT)
 
