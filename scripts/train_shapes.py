@@ -273,7 +273,7 @@ def save(run: Run, out: Path, tok_dir: Path) -> None:
             "steps": run.step, "batch_size": a.batch, "lr": a.lr, "ema": a.ema,
             "caption_dropout": a.caption_dropout, "scaling_factor": run.scaling,
             "seconds": round(run.seconds, 1),
-            "final_loss": run.log[-1]["loss"] if run.log else None,
+            "final_loss": {e["stage"]: e["loss"] for e in run.log},  # last logged, per stage
             "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "machine": platform.machine(),
             "processor": _cpu(),

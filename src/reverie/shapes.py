@@ -17,7 +17,8 @@ centroid), the shape from the bounding box: a triangle's centroid sits 1/6 of th
 below the box's middle; a square fills ~all of its box (a circle ~pi/4) and reaches ~sqrt 2
 further along the diagonals than along the axes (a circle as far). :func:`prompt_follows`
 also requires one object (the largest connected part holds >= 90% of the foreground) of a
-drawable size, within 2.5 px of its anchor, in a colour close to the palette. On the real data it is right 100% of the time (tests/test_shapes.py).
+drawable size, within 2.5 px of its anchor, in a colour close to the palette. On the real data
+it is right 100% of the time (tests/test_shapes.py).
 """
 
 from __future__ import annotations
