@@ -11,7 +11,7 @@ from reverie.cli import main
 from reverie.pipelines import StableDiffusion
 
 #: the guidance scale `reverie bench shapes` selected (benchmarks/results/shapes.json)
-GUIDANCE = 3.0
+GUIDANCE = 1.5
 
 
 @pytest.fixture(scope="module")
