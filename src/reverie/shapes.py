@@ -169,7 +169,7 @@ class Detection:
     """What :func:`detect` reads off a batch of images (one entry per image)."""
 
     colour: Tensor  # nearest palette colour of the median foreground colour
-    shape: Tensor  # by centroid drop (triangle) and fill (square) of the bounding box
+    shape: Tensor  # bounding box: centroid drop (triangle), fill + diagonal reach (square)
     place: Tensor  # nearest anchor to the foreground centroid
     area: Tensor  # foreground pixels
     centroid: Tensor  # [B, 2] (x, y)
@@ -183,7 +183,9 @@ class Detection:
 
     def valid(self) -> Tensor:
         """Whether each image holds one drawable object near an anchor in a palette colour."""
-        lo, hi = 0.6 * math.pi * RADIUS[0] ** 2 * 0.5, 1.3 * math.pi * RADIUS[1] ** 2
+        # area bounds around the drawn range (the smallest triangle ~1.8 r^2, the largest
+        # circle pi r^2; real images span 32..140 px): 0.3 pi r_min^2 .. 1.3 pi r_max^2
+        lo, hi = 0.3 * math.pi * RADIUS[0] ** 2, 1.3 * math.pi * RADIUS[1] ** 2
         return (
             (self.area >= lo) & (self.area <= hi) & (self.largest_part >= 0.9)
             & (self.anchor_distance <= MAX_OFFSET) & (self.colour_error <= 0.35)
@@ -290,7 +292,9 @@ def prompt_follows(images: Tensor, prompts: str | list[str]) -> Tensor:
 def features(images: Tensor) -> Tensor:
     """Per-image features ``[B, 11]`` for a Frechet distance: centroid (2), area, bounding box
     (2), fill, median colour (3), soft-edge share and largest-part share -- the quantities the
-    data is drawn from (place, size, shape, colour) plus two that see blur and clutter."""
+    data is drawn from (place, size, shape, colour) plus two that see blur and clutter. Fixed
+    units, each spreading over ~1-5 on real data: pixels (centroid, box), tens of pixels
+    (area), tenths (fill, colour, the two shares)."""
     d = detect(images)
     return torch.cat(
         [d.centroid, d.area[:, None] / 10, d.box, d.fill[:, None] * 10, d.median_rgb * 10,
