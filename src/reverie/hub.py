@@ -4,7 +4,8 @@
 prediction type and a ready :class:`~reverie.denoisers.Denoiser`, plus what a sampler needs
 to know (sample shape, number of classes). It accepts
 
-* a bundled name (:data:`BUNDLED`: ``digits``, ``two-moons``), shipped inside the package;
+* a bundled name (:data:`BUNDLED`: ``digits``, ``two-moons``, the text-to-image ``shapes``),
+  shipped inside the package;
 * a local folder holding a reverie model (``reverie.json`` + ``model.safetensors``), a
   diffusers ``DiffusionPipeline`` (``model_index.json``, ``unet/``, ``scheduler/``) or a lone
   diffusers ``UNet2DModel`` (``config.json`` + ``diffusion_pytorch_model.safetensors``);
@@ -67,6 +68,8 @@ BUNDLED: dict[str, str] = {
     "with a null class for CFG; EDM",
     "two-moons": "2-D two moons, class-conditional (upper/lower moon, null class) residual MLP; "
     "EDM",
+    "shapes": "text-to-image StableDiffusionPipeline (VAE, UNet2DConditionModel, CLIP): 32x32 "
+    "coloured shapes, e.g. 'a red circle on the left'; VP, epsilon",
 }
 
 CONFIG_NAME = "reverie.json"
@@ -585,8 +588,10 @@ def _load(text, path, dtype, process, prediction, trust_pickle, device) -> Any:
         if not folder.is_dir():
             raise FileNotFoundError(
                 f"the bundled model {text!r} is missing from the installation ({folder}); "
-                "reinstall reverie or retrain it with scripts/train_digits.py"
+                f"reinstall reverie or retrain it with scripts/train_{text.replace('-', '_')}.py"
             )
+        if _is_latent_pipeline(folder):  # the text-to-image ``shapes``
+            return _load_latent(folder, text, dtype, process, prediction, trust_pickle)
         return _load_folder(folder, text, dtype, process, prediction)
     if _HUB_ID.match(text) and not text.startswith("."):
         local = _download(text)
