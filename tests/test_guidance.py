@@ -115,11 +115,13 @@ def test_cfg_family_formulas(setup):
     assert torch.allclose(zero(x, t - 1, class_labels=labels), later)  # then CFG-Zero*
 
 
-def test_cfg_pp_is_ddim_renoised_with_the_unconditional_noise(setup):
+@pytest.mark.parametrize("lam", [0.6, 1.0])
+def test_cfg_pp_is_ddim_renoised_with_the_unconditional_noise(setup, lam):
     """CFG++ through reverie's DDIM and its step hook equals the paper's update written out:
-    x' = alpha' x0_w + sigma' eps_u; plain CFG at the same scale does not."""
+    x' = alpha' x0_w + sigma' eps_u (also at lambda = 1, which is not the conditional model);
+    plain CFG at the same scale does not."""
     lm, proc, base, _, _, _, _ = setup
-    n, lam = 16, 0.6
+    n = 16
     labels, null = torch.zeros(n, dtype=torch.long), torch.full((n,), lm.null_class)
     noise = torch.randn(n, 2, generator=gen(8), dtype=torch.float64)
     grid = reverie.samplers.resolve_grid(reverie.SAMPLERS["ddim"], proc, 8, None)
