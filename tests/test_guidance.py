@@ -143,6 +143,24 @@ def test_cfg_pp_is_ddim_renoised_with_the_unconditional_noise(setup, lam):
         reverie.samplers.run("heun", den, x, grid, cond={"class_labels": labels})
 
 
+def test_cfg_pp_in_float32_on_a_grid_float32_rounds(setup):
+    """The CFG++ hook finds its step's call when the state is float32 (times rounded): the
+    float32 walk on an EDM grid equals the float64 one, and differs from plain CFG."""
+    lm, _, _, _, _, _, _ = setup
+    proc = reverie.EDM()
+    base = lm.denoiser(proc)
+    labels, null = torch.zeros(16, dtype=torch.long), {"class_labels": torch.tensor([2])}
+    noise = torch.randn(16, 2, generator=gen(8), dtype=torch.float64)
+    out = {}
+    for method, dtype in (("cfg_pp", torch.float64), ("cfg_pp", torch.float32),
+                          ("cfg", torch.float32)):
+        den = guide(base, method, 0.6, uncond=null)
+        out[method, dtype] = reverie.sample(den, noise.to(dtype), sampler="ddim", steps=8,
+                                            cond={"class_labels": labels}).double()
+    assert torch.allclose(out["cfg_pp", torch.float32], out["cfg_pp", torch.float64], atol=1e-4)
+    assert (out["cfg", torch.float32] - out["cfg_pp", torch.float64]).abs().max() > 1e-2
+
+
 def test_schedules_and_interval(setup):
     """Each schedule averages to the scale over the walk (in log-SNR), rises from the noisy to
     the clean end, and the interval switches guidance off outside it."""
