@@ -475,7 +475,6 @@ def plot_digits(curves: dict[str, list[dict]], cfg2: dict, path: str) -> None:
         if log:
             ax.set_xscale("log")
             ax.invert_xaxis()  # stronger guidance to the right in both panels
-        ax.set_yscale("log")
         ax.set_xlabel(label, fontsize=8)
         ax.set_ylabel("Frechet distance (MLP features)", fontsize=8)
         ax.tick_params(labelsize=7)
