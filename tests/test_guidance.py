@@ -115,6 +115,19 @@ def test_cfg_family_formulas(setup):
     assert torch.allclose(zero(x, t - 1, class_labels=labels), later)  # then CFG-Zero*
 
 
+def test_apg_norm_threshold_on_images():
+    """APG's norm cap on image-shaped predictions [B, C, H, W]: the update D_c - D_u is
+    capped to norm_threshold per sample (a 2-norm over all of C, H, W)."""
+    proc = reverie.VP.linear()
+    x = torch.randn(3, 2, 4, 4, generator=gen(2), dtype=torch.float64)
+    den = reverie.Denoiser(lambda x, t, c: x * (0.5 + c.reshape(-1, 1, 1, 1)), proc, "x0")
+    c, null = torch.ones(3), {"c": torch.zeros(1)}
+    capped = guide(den, "apg", 3.0, uncond=null, momentum=0.0, eta=1.0, norm_threshold=0.1)
+    # D_c = 1.5 x, D_u = 0.5 x: the update x is capped to 0.1 x / |x|, eta = 1 keeps all of it
+    want = 1.5 * x + 2.0 * 0.1 * x / x.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)
+    assert torch.allclose(capped(x, 300.0, c=c), want)
+
+
 @pytest.mark.parametrize("lam", [0.6, 1.0])
 def test_cfg_pp_is_ddim_renoised_with_the_unconditional_noise(setup, lam):
     """CFG++ through reverie's DDIM and its step hook equals the paper's update written out:

@@ -75,7 +75,7 @@ def apg(call: Call, w: float, eta: float, momentum: float, norm_threshold: float
         call.memory["apg_average"] = diff
     dims = _dims(diff)
     if norm_threshold > 0:
-        norm = diff.norm(dim=dims, keepdim=True)
+        norm = torch.linalg.vector_norm(diff, dim=dims, keepdim=True)  # any number of dims
         diff = diff * torch.clamp(norm_threshold / norm, max=1.0)
     unit = torch.nn.functional.normalize(d_c.double().flatten(1), dim=1).view_as(d_c)
     parallel = ((diff.double() * unit).sum(dim=dims, keepdim=True) * unit).to(diff.dtype)
