@@ -47,7 +47,7 @@ TARGET_REDUCTION = 0.20
 #: the methods the target names.
 TARGET_METHODS = ("apg", "cfg_zero_star", "cfg_pp")
 #: APG options tried by --tune (momentum, norm_threshold); the first is the default.
-APG_GRID = ((-0.75, 0.0), (0.0, 0.0), (-0.5, 0.0), (-0.75, 2.0), (-0.75, 4.0))
+APG_GRID = ((-0.75, 0.0), (0.0, 0.0), (-0.5, 0.0), (-0.75, 1.0), (0.0, 1.0))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
