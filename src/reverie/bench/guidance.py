@@ -9,9 +9,10 @@ All methods sample from the same noise with the same sampler (DDIM, ``--steps`` 
 because CFG++ is exact only for it). Sliced W1 (64 directions) against 5x larger exact sets;
 the floor is mean + 4 sd of the distance of independent exact sets of the same size.
 
-* gradient family at scale 1: with the exact time-dependent classifier, classifier guidance
-  is the exact conditional law (distance to ``p(x | c)`` at the floor); the x0-based methods
-  (universal; reward, fed the loss ``-log p(c | x0)``) are measured against the same answer;
+* gradient family at scale 1 (and at ``--gradient-scales``): with the exact time-dependent
+  classifier, classifier guidance is the exact conditional law (distance to ``p(x | c)`` at the
+  floor); the x0-based methods (universal; reward, fed the loss ``-log p(c | x0)``) are
+  measured against the same answer;
 * classifier-free family at each ``--scales`` w (methods whose scales lie in [0, 1], i.e.
   CFG++, at ``--lambdas``): the distance to the tilted target ``p(x|c)^w p(x)^(1-w)`` (exact
   grid samples) and to ``p(x | c)``, and the mode weights (the fraction of samples whose most
@@ -55,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=4000, help="mixture samples per row")
     parser.add_argument("--steps", type=int, default=100, help="DDIM steps (mixture)")
     parser.add_argument("--scales", default="1.5,2,3,5", help="guidance scales (mixture)")
+    parser.add_argument("--gradient-scales", default="0.1,0.2,0.5,1",
+                        help="scales of the gradient family (mixture; 1 is always run)")
     parser.add_argument("--lambdas", default="0.02,0.05,0.1,0.2",
                         help="scales of methods whose range is [0, 1] (CFG++; mixture)")
     parser.add_argument("--sweep-steps", default="10,25,50,100,200",
@@ -182,12 +185,13 @@ def run_mixture(args: argparse.Namespace) -> dict[str, Any]:
             kw = ({"classifier": clean} if "classifier" in needs
                   else {"loss": lambda x0: -log_p_clean(x0)})
             fed = "exact classifier" if "classifier" in kw else "loss = -log p(c | x0)"
-            x = draw(guide(uncond, name, 1.0, **kw))
-            row = {"method": name, "scale": 1.0, "fed": fed, "sw_cond": cond_target.sw(x),
-                   "modes": mode_weights(lm, x)}
-            gradient_rows.append(row)
-            print(f"  {name} (w = 1, {fed}): W1 to p(x|c) {row['sw_cond']:.4f} "
-                  f"(floor {cond_target.floor:.4f})", flush=True)
+            for w in sorted(set(_floats(args.gradient_scales)) | {1.0}):  # 1 is exact
+                x = draw(guide(uncond, name, w, **kw))
+                row = {"method": name, "scale": w, "fed": fed, "sw_cond": cond_target.sw(x),
+                       "modes": mode_weights(lm, x)}
+                gradient_rows.append(row)
+                print(f"  {name} (w = {w:g}, {fed}): W1 to p(x|c) {row['sw_cond']:.4f} "
+                      f"(floor {cond_target.floor:.4f})", flush=True)
             continue
         helper = weak if name == "autoguidance" else null
         own_range = info.scale_range[1] <= 1.0  # CFG++: lambda in [0, 1], no w to match
@@ -244,7 +248,7 @@ def _mixture_report(lm, c, steps, n, cond_target, tilted, scales, skipped, gradi
          "mode weights"],
         [[r["method"], r["scale"], *[r["sw_tilted"][w] for w in scales], r["sw_cond"],
           fmt(r["modes"])] for r in own])
-    print("\ngradient family at scale 1 (target: the exact class-conditional law)")
+    print("\ngradient family (target at scale 1: the exact class-conditional law)")
     print(grad_table)
     print("\nclassifier-free family at scale w (target: p(x|c)^w p(x)^(1-w))")
     print(cfg_table)
@@ -416,16 +420,16 @@ def _digits_report(d, curves, cfg2, skipped, tuned, plot) -> dict[str, Any]:
         cells = []
         for key in ("accuracy", "p_label"):
             if m[key] is None:
-                cells += ["not reached", "-", "-"]
+                cells += ["not reached", "-", "-", "-"]
                 continue
-            fd = m[key]["frechet"]
+            fd, own = m[key]["frechet"], cfg_own[key]["frechet"]
             cells += [f"{fd:.4g}" + ("" if m[key]["exact"] else " (first point)"),
-                      f"{1 - fd / cfg2['frechet']:+.1%}",
-                      f"{m[key]['scale']:.3g}"]
+                      f"{m[key]['scale']:.3g}", f"{1 - fd / cfg2['frechet']:+.1%}",
+                      f"{1 - fd / own:+.1%}"]
         mrows.append([name, *cells])
     match_table = format_table(
-        ["method", "FD at CFG(2)'s acc.", "vs CFG(2) FD", "at scale", "FD at CFG(2)'s "
-         "p(label)", "vs CFG(2) FD", "at scale"], mrows)
+        ["method", "FD at CFG(2)'s acc.", "at scale", "below CFG(2)", "below CFG's curve",
+         "FD at CFG(2)'s p(label)", "at scale", "below CFG(2)", "below CFG's curve"], mrows)
     met = [name for name in matched if name.split()[0] in TARGET_METHODS
            and matched[name]["accuracy"] is not None and matched[name]["accuracy"]["exact"]
            and matched[name]["accuracy"]["frechet"] <= (1 - TARGET_REDUCTION) * cfg2["frechet"]]
@@ -496,7 +500,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         args.n, args.steps, args.digits_n, args.digits_steps = 300, 20, 60, 4
         args.scales, args.digits_scales, args.digits_lambdas = "2,3", "1,2,3", "0.8,1.0"
-        args.lambdas, args.sweep_steps = "0.1", "10"
+        args.lambdas, args.sweep_steps, args.gradient_scales = "0.1", "10", "1"
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     result: dict[str, Any] = {"parts": parts, "seed": args.seed, "dtype": (
