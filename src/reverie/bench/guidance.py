@@ -490,8 +490,12 @@ def plot_digits(curves: dict[str, list[dict]], cfg2: dict, n: int, path: str) ->
         ax.plot([fx(cfg2)], [cfg2["frechet"]], "k*", ms=10, label="CFG at scale 2")
         ax.axhline((1 - TARGET_REDUCTION) * cfg2["frechet"], color="0.5", ls=":", lw=1,
                    label="20% below CFG at 2")
-        ax.set_xscale(scale, **({"linthresh": 1.0} if scale == "symlog" else {}))
-        ax.invert_xaxis()  # stronger guidance to the right
+        if scale == "symlog":  # counts from 0 (no error) up, 0 at the right edge
+            ax.set_xscale(scale, linthresh=1.0)
+            ax.set_xlim(1.5 * max(fx(p) for c in curves.values() for p in c) + 1, -0.2)
+        else:
+            ax.set_xscale(scale)
+            ax.invert_xaxis()  # stronger guidance to the right
         ax.set_xlabel(label, fontsize=8)
         ax.set_ylabel("Frechet distance (MLP features)", fontsize=8)
         ax.tick_params(labelsize=7)
