@@ -115,11 +115,26 @@ def test_cfg_family_formulas(setup):
     assert torch.allclose(zero(x, t - 1, class_labels=labels), later)  # then CFG-Zero*
 
 
-def test_cfg_pp_is_ddim_renoised_with_the_unconditional_noise(setup):
+def test_apg_norm_threshold_on_images():
+    """APG's norm cap on image-shaped predictions [B, C, H, W]: the update D_c - D_u is
+    capped to norm_threshold per sample (a 2-norm over all of C, H, W)."""
+    proc = reverie.VP.linear()
+    x = torch.randn(3, 2, 4, 4, generator=gen(2), dtype=torch.float64)
+    den = reverie.Denoiser(lambda x, t, c: x * (0.5 + c.reshape(-1, 1, 1, 1)), proc, "x0")
+    c, null = torch.ones(3), {"c": torch.zeros(1)}
+    capped = guide(den, "apg", 3.0, uncond=null, momentum=0.0, eta=1.0, norm_threshold=0.1)
+    # D_c = 1.5 x, D_u = 0.5 x: the update x is capped to 0.1 x / |x|, eta = 1 keeps all of it
+    want = 1.5 * x + 2.0 * 0.1 * x / x.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)
+    assert torch.allclose(capped(x, 300.0, c=c), want)
+
+
+@pytest.mark.parametrize("lam", [0.6, 1.0])
+def test_cfg_pp_is_ddim_renoised_with_the_unconditional_noise(setup, lam):
     """CFG++ through reverie's DDIM and its step hook equals the paper's update written out:
-    x' = alpha' x0_w + sigma' eps_u; plain CFG at the same scale does not."""
+    x' = alpha' x0_w + sigma' eps_u (also at lambda = 1, which is not the conditional model);
+    plain CFG at the same scale does not."""
     lm, proc, base, _, _, _, _ = setup
-    n, lam = 16, 0.6
+    n = 16
     labels, null = torch.zeros(n, dtype=torch.long), torch.full((n,), lm.null_class)
     noise = torch.randn(n, 2, generator=gen(8), dtype=torch.float64)
     grid = reverie.samplers.resolve_grid(reverie.SAMPLERS["ddim"], proc, 8, None)
@@ -139,6 +154,24 @@ def test_cfg_pp_is_ddim_renoised_with_the_unconditional_noise(setup):
     assert (other - ref).abs().max() > 1e-3
     with pytest.raises(ValueError, match="works with ddim, not 'heun'"):
         reverie.samplers.run("heun", den, x, grid, cond={"class_labels": labels})
+
+
+def test_cfg_pp_in_float32_on_a_grid_float32_rounds(setup):
+    """The CFG++ hook finds its step's call when the state is float32 (times rounded): the
+    float32 walk on an EDM grid equals the float64 one, and differs from plain CFG."""
+    lm, _, _, _, _, _, _ = setup
+    proc = reverie.EDM()
+    base = lm.denoiser(proc)
+    labels, null = torch.zeros(16, dtype=torch.long), {"class_labels": torch.tensor([2])}
+    noise = torch.randn(16, 2, generator=gen(8), dtype=torch.float64)
+    out = {}
+    for method, dtype in (("cfg_pp", torch.float64), ("cfg_pp", torch.float32),
+                          ("cfg", torch.float32)):
+        den = guide(base, method, 0.6, uncond=null)
+        out[method, dtype] = reverie.sample(den, noise.to(dtype), sampler="ddim", steps=8,
+                                            cond={"class_labels": labels}).double()
+    assert torch.allclose(out["cfg_pp", torch.float32], out["cfg_pp", torch.float64], atol=1e-4)
+    assert (out["cfg", torch.float32] - out["cfg_pp", torch.float64]).abs().max() > 1e-2
 
 
 def test_schedules_and_interval(setup):

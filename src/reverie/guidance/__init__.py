@@ -246,7 +246,12 @@ class Guided(DenoiserBase):
         self._last_t = tf
         call = Call(self, x, t, cond)
         w = self.scale_at(t)
-        if self.method.family == "cfg" and w == 1.0 and self.method.name != "cfg_zero_star":
+        off = self.interval is not None and not (
+            self.interval[0] <= float(t.reshape(-1)[0]) <= self.interval[1])
+        # w = 1 is the conditional model, except for CFG++ (lambda = 1 still renoises with the
+        # unconditional noise) and CFG-Zero* (zero-init); outside the interval it is for all
+        if self.method.family == "cfg" and (off or w == 1.0 and self.method.name not in (
+                "cfg_zero_star", "cfg_pp")):
             out = call.conditional()
         else:
             out = self.method.fn(call, w, **self.options)

@@ -9,6 +9,7 @@ projections, optimised scales) work in the space their paper defines them in, ch
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
@@ -74,7 +75,7 @@ def apg(call: Call, w: float, eta: float, momentum: float, norm_threshold: float
         call.memory["apg_average"] = diff
     dims = _dims(diff)
     if norm_threshold > 0:
-        norm = diff.norm(dim=dims, keepdim=True)
+        norm = torch.linalg.vector_norm(diff, dim=dims, keepdim=True)  # any number of dims
         diff = diff * torch.clamp(norm_threshold / norm, max=1.0)
     unit = torch.nn.functional.normalize(d_c.double().flatten(1), dim=1).view_as(d_c)
     parallel = ((diff.double() * unit).sum(dim=dims, keepdim=True) * unit).to(diff.dtype)
@@ -107,7 +108,8 @@ def _cfg_pp_hook(guided):
     def hook(state, schedule):
         last = guided.memory.get("cfg_pp_last")
         i = state.i - 1  # the step just taken went from grid index i to i + 1
-        if last is None or last[0] != schedule.t[i]:
+        # the step's own call (its time was cast to the state's dtype: float32 rounds it)
+        if last is None or not math.isclose(last[0], float(schedule.t[i]), rel_tol=1e-6):
             return None
         _, x0_w, x0_u = last
         a, s, s_next = schedule.alpha[i], schedule.sigma[i], schedule.sigma[i + 1]
