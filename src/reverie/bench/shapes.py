@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     floors = {name: _floor(p, args.seed + 5000) for name, p in sets.items()}
     rows, results, kept = [], [], {}
     for name, prompts in sets.items():
-        for label, s in [("selected", best), ("default", 7.5), ("no guidance", 1.0),
+        for label, s in [("selected", best), ("SD default", 7.5), ("no guidance", 1.0),
                          ("unconditional", 0.0)]:
             if label != "selected" and s == best:
                 continue

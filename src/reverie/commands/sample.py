@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="bundled model name (see `reverie models`), model folder or hub id (default: digits)",
     )
     p.add_argument("--sampler", default="dpmpp_2m", help="sampler name (see `reverie samplers`)")
-    p.add_argument("--steps", type=int, default=10, help="number of steps (default 10)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="number of steps (default 10; 20 for text-to-image pipelines)")
     p.add_argument(
         "--grid",
         default=None,
@@ -263,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.fit_n < 4:
         raise ValueError(f"--fit-n must be >= 4, got {args.fit_n}")
@@ -273,7 +274,9 @@ def run(args: argparse.Namespace) -> int:
     state_dtype, net_dtype = _dtypes(args.dtype)
     model = load(args.model, dtype=net_dtype, device=args.device)
     if _is_text_to_image(model):
+        args.steps = 20 if args.steps is None else args.steps
         return _text_to_image(model, args, info, outs, options)
+    args.steps = 10 if args.steps is None else args.steps
     if args.prompt is not None or args.negative_prompt is not None or args.size is not None:
         raise ValueError(f"--prompt, --negative-prompt and --size are for text-to-image "
                          f"pipelines; {args.model!r} is not one")

@@ -77,11 +77,19 @@ def is_latent_pipeline(folder: Path) -> bool:
 
 
 def load_pipeline(folder: Path, **kwargs: Any) -> LatentPipeline:
-    """Load a latent pipeline folder with the loader for its ``_class_name``."""
+    """Load a latent pipeline folder with the loader for its ``_class_name``. A
+    ``reverie.json`` beside ``model_index.json`` may set the pipeline's ``default_guidance``
+    (the bundled ``shapes`` model does: its scale selected on held-in prompts)."""
     name = _index(folder).get("_class_name")
     if name not in SUPPORTED:
         raise ValueError(
             f"{folder} is a {name!r}, which reverie cannot load yet; supported pipeline "
             f"classes: {', '.join(SUPPORTED)}"
         )
-    return SUPPORTED[name](folder, **kwargs)
+    pipeline = SUPPORTED[name](folder, **kwargs)
+    meta = folder / "reverie.json"
+    if meta.is_file():
+        guidance = json.loads(meta.read_text()).get("default_guidance")
+        if guidance is not None:
+            pipeline.default_guidance = float(guidance)
+    return pipeline

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -440,6 +441,27 @@ def _check_weights(part: Path, trust_pickle: bool) -> bool:
     return False
 
 
+@contextmanager
+def _quiet():
+    """Silence transformers' and diffusers' loading chatter (per-weight progress bars, the
+    advice to install accelerate); their errors still raise."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    levels = dlog.get_verbosity(), tlog.get_verbosity()
+    bars = tlog.is_progress_bar_enabled()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(levels[0])
+        tlog.set_verbosity(levels[1])
+        if bars:
+            tlog.enable_progress_bar()
+
+
 def load_components(
     folder: Path,
     components: Mapping[str, tuple[str, ...] | None],
@@ -494,7 +516,8 @@ def load_components(
         lib = transformers if from_transformers else diffusers
         kw = {} if dtype is None else {"dtype" if from_transformers else "torch_dtype": dtype}
         try:  # both cast themselves, keeping their float32-only modules (T5's wo in float16)
-            model = getattr(lib, cls_name).from_pretrained(part, use_safetensors=safe, **kw)
+            with _quiet():
+                model = getattr(lib, cls_name).from_pretrained(part, use_safetensors=safe, **kw)
         except Exception as err:
             raise ValueError(f"could not load the {cls_name} in {part}: {err}") from err
         model.eval().requires_grad_(False)
