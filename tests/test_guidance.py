@@ -229,6 +229,8 @@ def test_bad_input(setup):
         guide(uncond, "universal", 2.0)
     with pytest.raises(ValueError, match="has no option"):
         guide(base, "cfg", 2.0, uncond=null, momentum=0.5)
+    with pytest.raises(ValueError, match="cfg_pp takes no schedule or interval"):
+        guide(base, "cfg_pp", 0.5, uncond=null, schedule="linear")
     with pytest.raises(ValueError, match="unknown schedule"):
         guide(base, "cfg", 2.0, uncond=null, schedule="exp")
     with pytest.raises(TypeError, match="autoguidance needs uncond= a weaker denoiser"):

@@ -181,6 +181,9 @@ def run_mixture(args: argparse.Namespace) -> dict[str, Any]:
         reason = _skip_sampler(info, "ddim")
         if reason is None and info.family not in ("gradient", "cfg"):
             reason = f"family {info.family!r}: the benchmark has no input for it"
+        if reason is None and info.family == "gradient" and not set(info.needs) & {
+                "classifier", "loss", "loss|classifier"}:
+            reason = "not a class guidance (no classifier or loss): measured in its own test"
         if reason:
             skipped[name] = reason
             print(f"  skip {name}: {reason}")
@@ -212,7 +215,9 @@ def run_mixture(args: argparse.Namespace) -> dict[str, Any]:
                   f"{', '.join(f'{m:.3f}' for m in row['modes'])}", flush=True)
     # a method that changes the update (a step hook): its strength against the step count
     sweep = []
-    for name in [m for m, info in METHODS.items() if info.hook is not None and m not in skipped]:
+    hooked = [m for m, info in METHODS.items()
+              if info.hook is not None and info.family == "cfg" and m not in skipped]
+    for name in hooked:  # (the gradient family's hooks take a loss: measured above)
         for s in _ints(args.sweep_steps):
             for method, w in ((name, args.sweep_lambda), ("cfg", 2.0)):
                 x = draw(guide(base, method, w, uncond=null), {"class_labels": labels}, s)

@@ -104,6 +104,7 @@ class Method:
     options: Mapping[str, Any] = field(default_factory=dict)
     hook: Callable[[Guided], Callable] | None = None
     samplers: tuple[str, ...] | None = None
+    schedulable: bool = True  # whether the common schedule / interval options apply
 
 
 #: Guidance methods by name (lower case with underscores).
@@ -121,13 +122,14 @@ def register(
     options: Mapping[str, Any] | None = None,
     hook: Callable | None = None,
     samplers: Sequence[str] | None = None,
+    schedulable: bool = True,
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Decorator: register ``fn(call, scale, **options) -> x0`` as a guidance method."""
 
     def deco(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         METHODS.add(Method(name, fn, family, tuple(needs), description, paper, scale_range,
                            dict(options or {}), hook, None if samplers is None else
-                           tuple(samplers)))
+                           tuple(samplers), schedulable))
         return fn
 
     return deco
@@ -297,6 +299,10 @@ def guide(
         raise ValueError(f"{info.name} takes a scale in [{lo:g}, {hi:g}], got {scale:g}")
     check_options("guidance method", info.name, options, {**COMMON_OPTIONS, **info.options})
     _check_common(options)
+    if not info.schedulable and (options.get("schedule", "constant") != "constant"
+                                 or options.get("interval") is not None):
+        raise ValueError(f"{info.name} takes no schedule or interval (its scale has no "
+                         "'no guidance' value that a schedule could start from)")
     if reward is not None:
         if loss is not None:
             raise ValueError("give a loss or a reward, not both")

@@ -119,7 +119,8 @@ def _cfg_pp_hook(guided):
 
 
 @register("cfg_pp", family="cfg", needs=("uncond",), scale_range=(0.0, 1.0),
-          hook=_cfg_pp_hook, samplers=("ddim",), paper="Chung et al. 2025 (CFG++)",
+          hook=_cfg_pp_hook, samplers=("ddim",), schedulable=False,
+          paper="Chung et al. 2025 (CFG++)",
           description="CFG++: the data prediction is guided at a scale lambda in [0, 1], the "
           "update renoises with the unconditional noise (a step hook; exact for deterministic "
           "ddim)")
