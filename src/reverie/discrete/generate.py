@@ -164,6 +164,7 @@ def generate(
     constraint_method: str = "dingo",
     progress: bool = False,
     return_stats: bool = False,
+    cache: str | None = None,
     **options: Any,
 ) -> Tensor | GenerationOutput:
     """Sample ``n`` sequences of ``length`` tokens from a masked-diffusion language model.
@@ -186,8 +187,18 @@ def generate(
     first writes the schema's skeleton into the canvas and decodes only the values (S3);
     ``steps`` then defaults to the number of value positions. See docs/constraints.md.
     ``options`` -- sampler options (e.g. ``threshold`` for ``threshold``/``adablock``).
+    ``cache`` -- ``None``, ``"prefix"`` or ``"dual"``: KV caches (:mod:`reverie.discrete.cache`;
+    exact on block-causal models, Fast-dLLM's approximate ones on bidirectional models).
     Returns ``LongTensor[n, length]`` (or a :class:`GenerationOutput` with ``return_stats``).
     """
+    # --- block diffusion and KV caches (reverie.discrete.block / cache) ---
+    if hasattr(model, "generate_canvases"):  # a model with its own canvas loop (DiffusionGemma)
+        return model.generate_canvases(
+            prompt, length, steps, sampler, block_length, n, generator, cache=cache,
+            return_stats=return_stats, **options,
+        )
+    block_length = _check_cache(model, cache, block_length, sampler, guidance_scale)
+    # --- end ---
     info = _resolve_sampler(sampler)
     if not isinstance(model, TokenDenoiserBase):
         raise TypeError(
@@ -258,6 +269,10 @@ def generate(
     run = _Run(model, info, opts, float(temperature), n, length, plen, generator, device)
     if layout is not None:
         run.template = layout.template.to(device)
+    if cache is not None:  # the cache stands in for the model (reverie.discrete.cache)
+        from reverie.discrete.cache import make_cache
+
+        run.cached = make_cache(cache, model, n, length, fixed_bl)
     bar = progress_bar(n * (n_free if kind == "masked" else steps), progress, info.name, unit="tok")
     try:
         if kind == "masked":
@@ -398,6 +413,32 @@ class _Rows:
         self.steps = torch.ones_like(z)
         self.start_masked = z.clone()
         self.time = torch.ones(n, dtype=torch.float64, device=device)
+
+
+def _check_cache(model, cache, block_length, sampler, guidance_scale) -> int | None:
+    """Checks of ``cache=`` and of a block-causal model's block length; returns the block
+    length (a block-causal model's defaults to its block size)."""
+    from reverie.discrete.block import BlockCausalLM
+
+    if cache is not None and cache not in ("prefix", "dual"):
+        raise ValueError(f"cache must be None, 'prefix' or 'dual', got {cache!r}")
+    if isinstance(model, BlockCausalLM):
+        block_length = model.block_size if block_length is None else block_length
+        if not isinstance(block_length, int) or block_length % model.block_size:
+            raise ValueError(
+                f"block_length must be a multiple of the model's block size "
+                f"({model.block_size}), got {block_length!r}"
+            )
+    if cache is not None:
+        info = _resolve_sampler(sampler)
+        if getattr(getattr(model, "process", None), "kind", None) != "masked":
+            raise ValueError(f"cache={cache!r} needs a masked-diffusion model")
+        if info.blocks.name != "fixed":
+            raise ValueError(f"cache={cache!r} needs fixed blocks; sampler {info.name!r} "
+                             "chooses its own")
+        if guidance_scale != 1.0:
+            raise ValueError(f"cache={cache!r} does not support guidance_scale != 1 yet")
+    return block_length
 
 
 def _check_steps(info: TokenSampler, steps: int, n_gen: int, n_blocks: int, length: int) -> None:
