@@ -95,9 +95,9 @@ class TinyBlockTransformer(TinyTransformer):
     ``block_size`` positions. The mask token is an extra input id ``vocab_size`` without a
     logit (MD4 style), so the network never predicts it.
 
-    ``forward(x, t=None)`` -> logits ``[B, L, vocab_size]``; called as
-    ``model(input_ids=..., attention_mask=2D, position_ids=...)`` (diffusers'
-    ``LLaDA2Pipeline``) it returns an object with ``.logits``; key positions with attention
+    ``forward(x, t=None)`` -> logits ``[B, L, vocab_size]``; called with ``input_ids=``,
+    ``attention_mask=`` (2D) or ``position_ids=`` (diffusers' ``LLaDA2Pipeline``) it returns an
+    object with ``.logits``; key positions with attention
     mask 0 are hidden. ``forward_cached`` is the KV-cache path (:class:`BlockCausalLM`)."""
 
     def __init__(self, vocab_size: int, length: int, block_size: int, **kw: Any):
@@ -106,6 +106,14 @@ class TinyBlockTransformer(TinyTransformer):
         self.config["block_size"] = self.block_size
         self.tok = nn.Embedding(vocab_size + 1, self.config["dim"])  # + the mask's input id
         nn.init.normal_(self.tok.weight, std=0.02)
+
+    @property
+    def device(self) -> torch.device:  # what diffusers pipelines ask their modules
+        return self.pos.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pos.dtype
 
     def forward(  # type: ignore[override]
         self,
@@ -125,7 +133,8 @@ class TinyBlockTransformer(TinyTransformer):
         if attention_mask is not None:  # hide padded keys: [B, 1, n, n]
             mask = mask[None, None] & attention_mask.bool()[:, None, None, :]
         logits, _ = run_layers(self, ids, pos, mask=mask)
-        return logits if x is not None else SimpleNamespace(logits=logits)
+        plain = input_ids is None and attention_mask is None and position_ids is None
+        return logits if plain else SimpleNamespace(logits=logits)
 
     def forward_cached(
         self, cache: KVCache, rows: Tensor, tokens: Tensor, start: int, write: bool

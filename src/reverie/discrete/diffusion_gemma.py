@@ -50,8 +50,8 @@ class DiffusionGemmaLM(TokenDenoiserBase):
     """A ``DiffusionGemmaForBlockDiffusion`` (``model``) with its tokenizer (optional).
 
     ``block_size`` is ``config.canvas_length``; ``mask_id`` is ``None`` (uniform noise).
-    Called as a token denoiser (``lm(x, t)``) it returns the decoder's log-probabilities for a
-    canvas ``x`` ``[B, canvas_length]`` with no context and no self-conditioning."""
+    It is sampled through :func:`reverie.discrete.generate` (:meth:`generate_canvases`) only;
+    the per-step ``lm(x, t)`` call of token denoisers is refused (the decoder needs a context)."""
 
     attention = "encoder_decoder"
 
@@ -84,9 +84,10 @@ class DiffusionGemmaLM(TokenDenoiserBase):
         return cls(model, tokenizer)
 
     def __call__(self, x: Tensor, t: float | Tensor) -> Tensor:
-        with torch.no_grad():
-            ctx = torch.zeros(x.shape[0], 0, dtype=torch.long, device=x.device)
-            return torch.log_softmax(self._decode(x, None, self._encode(ctx, None, 0), 0), -1)
+        raise TypeError(
+            "DiffusionGemma denoises a canvas against an encoded context; sample with "
+            "reverie.discrete.generate(model, prompt, ...)"
+        )
 
     def encode(self, text: str) -> list[int]:
         if self.tokenizer is None:
