@@ -10,7 +10,7 @@ are those of the full-canvas run (same seeds); only rounding differs (3.6e-7 in 
 
 * :class:`BlockCausalLM` -- the model interface: a token denoiser (its ``__call__`` is the
   uncached full-canvas reference) with ``block_size`` and ``forward_cached(cache, rows, tokens,
-  start, write)``;
+  start, commit)``;
 * :class:`TinyBlockTransformer` -- a small reference network with that path (and the
   ``model(input_ids, attention_mask, position_ids).logits`` contract of diffusers'
   ``LLaDA2Pipeline``);
@@ -137,17 +137,19 @@ class TinyBlockTransformer(TinyTransformer):
         return logits if plain else SimpleNamespace(logits=logits)
 
     def forward_cached(
-        self, cache: KVCache, rows: Tensor, tokens: Tensor, start: int, write: bool
+        self, cache: KVCache, rows: Tensor, tokens: Tensor, start: int, commit: int = 0
     ) -> Tensor:
         """Logits of ``tokens`` ``[r, n]`` at positions ``start..start+n`` of the cached
-        ``rows``, given their cache of positions ``[0, start)``; ``write`` stores the window's
-        keys and values there (the commit of finished blocks)."""
+        ``rows``, given their cache of positions ``[0, start)``. The first ``commit`` tokens
+        are finished: their keys and values are stored (the commit of finished blocks, fused
+        with the next block's first step; they attend only to earlier blocks, so they are what
+        a separate commit forward would store)."""
         pos = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         keys = torch.arange(start + tokens.shape[1], device=tokens.device)
         mask = block_causal_mask(pos, keys, self.block_size)
         logits, fresh = run_layers(self, tokens, pos, cache.read(rows, 0, start), mask=mask)
-        if write:
-            cache.write(rows, start, fresh)
+        if commit:
+            cache.write(rows, start, [(k[:, :, :commit], v[:, :, :commit]) for k, v in fresh])
         return logits
 
     def new_cache(self, n: int, capacity: int) -> KVCache:
@@ -200,7 +202,7 @@ class BlockCausalLM(TokenDenoiser):
     """A block-causal masked-diffusion LM as a token denoiser.
 
     ``network`` -- called as ``network(x)`` on the whole canvas (the uncached reference) and,
-    for ``cache="prefix"``, providing ``forward_cached(cache, rows, tokens, start, write)`` and
+    for ``cache="prefix"``, providing ``forward_cached(cache, rows, tokens, start, commit)`` and
     ``new_cache(n, capacity)`` (see :class:`TinyBlockTransformer`). ``block_size`` -- the
     model's attention block (default ``network.block_size``); generation blocks must be a
     multiple of it. ``mask_id`` -- default ``vocab_size`` (an extra input id, as
@@ -240,9 +242,9 @@ class BlockCausalLM(TokenDenoiser):
 class ExactPrefixCache:
     """Stands in for the model inside :func:`reverie.discrete.generate` (``cache="prefix"``
     on a :class:`BlockCausalLM`): each row's current block is the fixed tile holding its first
-    masked position; before it is denoised, the clean tokens between the cached length and the
-    block start are encoded once (the commit forward); then only the block is run, against the
-    cache. ``nfe`` counts model calls (commits included), ``row_evals`` rows processed."""
+    masked position; the clean tokens between the cached length and the block start are
+    encoded once, in the forward of the block's first step (a fused commit), and otherwise
+    only the block is run against the cache. ``nfe`` counts model calls, ``row_evals`` rows."""
 
     exact = True
 
@@ -279,30 +281,18 @@ class ExactPrefixCache:
         lo = (first // bl) * bl  # the tile holding the first masked position
         # rows whose input changed (a model without time conditioning repeats itself otherwise)
         rows = need & (x != self.last_x).any(-1)
+        filled = self.cache.length.to(x.device)
         with torch.no_grad():
-            for start in lo[rows].unique().tolist():
-                group = (rows & (lo == start)).nonzero().squeeze(-1)
-                self._commit(x, group, start)
+            # one forward per (block start, cached length): the finished tokens between them
+            # are committed in the same forward that denoises the block
+            for start, f in torch.stack([lo, filled], -1)[rows].unique(dim=0).tolist():
+                group = (rows & (lo == start) & (filled == f)).nonzero().squeeze(-1)
                 end = min(start + bl, length)
                 logits = self.model.network.forward_cached(
-                    self.cache, group, x[group, start:end], start, write=False
+                    self.cache, group, x[group, f:end], f, commit=start - f
                 )
+                self.logp[group, f:end] = subs(logits, x[group, f:end], mask_id)
                 self.nfe += 1
                 self.row_evals += len(group)
-                self.logp[group, start:end] = subs(logits, x[group, start:end], mask_id)
         self.last_x[rows] = x[rows]
         return self.logp
-
-    def _commit(self, x: Tensor, group: Tensor, start: int) -> None:
-        """Encode the finished tokens ``[cached length, start)`` of the rows in ``group``."""
-        filled = self.cache.length[group.cpu()]
-        for f in filled.unique().tolist():
-            if f >= start:
-                continue
-            sub = group[(filled == f).to(group.device)]
-            logits = self.model.network.forward_cached(self.cache, sub, x[sub, f:start], f,
-                                                       write=True)
-            # finished positions predict themselves (SUBS carry-over)
-            self.logp[sub, f:start] = subs(logits, x[sub, f:start], self.model.mask_id)
-            self.nfe += 1
-            self.row_evals += len(sub)
