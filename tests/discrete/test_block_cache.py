@@ -204,3 +204,17 @@ def test_bad_cache_input(block_lm, tiny_json):
                           time_conditioned=False)
     with pytest.raises(ValueError, match="TinyTransformer"):
         generate(plain, length=8, steps=4, cache="dual")
+
+
+def test_bench_discrete_cache_runs(tmp_path, capsys):
+    import json
+
+    from reverie import cli
+
+    out = tmp_path / "cache.json"
+    rc = cli.main(["bench", "discrete-cache", "--lengths", "64", "--batches", "1", "--rounds",
+                   "1", "--skip-json", "--out", str(out)])
+    assert rc == 0
+    (row,) = json.loads(out.read_text())["block_causal"]
+    assert row["identical"] and row["cache_mib"] > 0
+    assert "prefix tok/s" in capsys.readouterr().out
