@@ -29,6 +29,25 @@ class _Bidirectional(TinyBlockTransformer):
         return run_layers(self, x, torch.arange(x.shape[1]))[0]
 
 
+def _cached_logits(net, x, block):
+    """Each block's logits from the cache path (commit fused with the next block)."""
+    cache, rows, out = net.new_cache(x.shape[0], x.shape[1]), torch.arange(x.shape[0]), []
+    for b in range(0, x.shape[1], block):
+        f = int(cache.length[0])
+        out.append(net.forward_cached(cache, rows, x[:, f : b + block], f, commit=b - f)[:, b - f:])
+    return torch.cat(out, 1)
+
+
+def test_cached_logits_equal_the_full_canvas_logits(block_lm):
+    x = torch.randint(0, 17, (2, 64), generator=torch.Generator().manual_seed(0))
+    net = block_lm.network
+    with torch.no_grad():
+        assert (_cached_logits(net, x, 8) - net(x)).abs().max() < 1e-12
+        bidir = _Bidirectional(16, 64, 8, dim=32, depth=2, heads=2).double().eval()
+        bidir.load_state_dict(net.state_dict())
+        assert (_cached_logits(bidir, x, 8) - bidir(x)).abs().max() > 1e-3  # stale prefix
+
+
 @pytest.mark.parametrize("sampler", ["ancestral", "low_confidence", "threshold"])
 def test_exact_prefix_cache_gives_the_uncached_tokens(block_lm, sampler):
     kw = dict(prompt=[1, 2, 3, 4, 5], length=64, steps=32, sampler=sampler, n=3,
