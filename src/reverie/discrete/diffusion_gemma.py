@@ -120,18 +120,23 @@ class DiffusionGemmaLM(TokenDenoiserBase):
         return hf.model.encoder(input_ids=ids, attention_mask=masks, cache=cache,
                                 position_ids=pos).cache
 
-    def _decode(self, canvas: Tensor, self_cond: Tensor | None, cache: Any, start: int) -> Tensor:
-        """Decoder logits of ``canvas`` at positions ``start..`` given the context ``cache``."""
-        hf = self.model
+    def _decoder_mask(self, canvas: Tensor, cache: Any, start: int) -> Any:
+        """The decoder's attention masks for a canvas at ``start`` over the context ``cache``."""
         n, c = canvas.shape
-        full = torch.ones(n, start + c, dtype=torch.bool, device=canvas.device)
-        mask = hf.model.decoder.create_diffusion_decoder_attention_mask(
+        return self.model.model.decoder.create_diffusion_decoder_attention_mask(
             config=self.config, inputs_embeds=canvas.unsqueeze(-1), cache=cache,
-            decoder_attention_mask=full,
+            decoder_attention_mask=torch.ones(n, start + c, dtype=torch.bool,
+                                              device=canvas.device),
         )
+
+    def _decode(self, canvas: Tensor, self_cond: Tensor | None, cache: Any, start: int,
+                mask: Any) -> Tensor:
+        """Decoder logits of ``canvas`` at positions ``start..`` given the context ``cache``."""
+        c = canvas.shape[1]
         pos = torch.arange(start, start + c, dtype=torch.int32, device=canvas.device)[None]
-        return hf(decoder_input_ids=canvas, self_conditioning_logits=self_cond,
-                  decoder_attention_mask=mask, cache=cache, decoder_position_ids=pos).logits
+        return self.model(decoder_input_ids=canvas, self_conditioning_logits=self_cond,
+                          decoder_attention_mask=mask, cache=cache,
+                          decoder_position_ids=pos).logits
 
     # ---- generation ----------------------------------------------------------------------
     def generate_canvases(
@@ -203,11 +208,16 @@ class DiffusionGemmaLM(TokenDenoiserBase):
                     nfe += 1
                 canvas = torch.randint(0, v, (n, c), device=dev, generator=generator)
                 argmax, self_cond = canvas, None
+                mask = self._decoder_mask(canvas, enc, start) if cache == "prefix" else None
                 finished = torch.zeros(n, dtype=torch.bool, device=dev)
                 stop.reset()
                 for k in range(steps, 0, -1):
-                    ctx = enc if cache == "prefix" else self._encode(ids, None, 0)
-                    logits = self._decode(canvas, self_cond, ctx, start)
+                    if cache == "prefix":
+                        ctx = enc
+                    else:  # uncached: the whole context again, into a fresh cache
+                        ctx = self._encode(ids, None, 0)
+                        mask = self._decoder_mask(canvas, ctx, start)
+                    logits = self._decode(canvas, self_cond, ctx, start, mask)
                     nfe += 1 if cache == "prefix" else 2
                     temp = opts["t_min"] + (opts["t_max"] - opts["t_min"]) * (k / steps)
                     z = logits / temp
