@@ -180,6 +180,8 @@ def test_diffusion_gemma_bad_input(gemma_folder):
         generate(lm, [2, 3], length=10, steps=2, sampler="low_confidence")
     with pytest.raises(ValueError, match="dual"):
         generate(lm, [2, 3], length=10, steps=2, cache="dual")
+    with pytest.raises(ValueError, match="temperature schedule"):
+        generate(lm, [2, 3], length=10, steps=2, temperature=0.5)
 
 
 # ---------------------------------------------------------------------------------------------

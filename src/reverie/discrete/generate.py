@@ -193,6 +193,11 @@ def generate(
     """
     # --- block diffusion and KV caches (reverie.discrete.block / cache) ---
     if hasattr(model, "generate_canvases"):  # a model with its own canvas loop (DiffusionGemma)
+        if constraint is not None or guidance_scale != 1.0 or temperature != 1.0:
+            raise ValueError(
+                f"{type(model).__name__} takes no constraint, guidance_scale or temperature "
+                "(its sampler has its own temperature schedule: t_min=, t_max=)"
+            )
         return model.generate_canvases(
             prompt, length, steps, sampler, block_length, n, generator, cache=cache,
             return_stats=return_stats, **options,
