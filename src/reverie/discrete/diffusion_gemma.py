@@ -69,7 +69,10 @@ class DiffusionGemmaLM(TokenDenoiserBase):
         self.process = UniformProcess()
         self.time_conditioned = False
         self.tokenizer = tokenizer
-        self.device = next(model.parameters()).device
+
+    @property
+    def device(self) -> torch.device:  # follows the module (reverie.load(..., device=) moves it)
+        return next(self.model.parameters()).device
 
     @classmethod
     def from_pretrained(cls, folder: str, **kwargs: Any) -> DiffusionGemmaLM:

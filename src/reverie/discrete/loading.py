@@ -131,7 +131,6 @@ def load_model(
             lm = DiffusionGemmaLM.from_pretrained(str(path), **kwargs)
             if device is not None:
                 lm.model.to(device)
-                lm.device = torch.device(device)
             return lm
     elif path.exists():
         raise ValueError(f"{path} is not a model folder (no config.json)")
