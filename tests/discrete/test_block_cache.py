@@ -139,7 +139,7 @@ def gemma_folder(tmp_path_factory):
     return folder
 
 
-def test_diffusion_gemma_matches_transformers_generate_cached_and_uncached(gemma_folder):
+def test_diffusion_gemma_matches_transformers_generate(gemma_folder):
     lm = reverie.load(gemma_folder)  # a saved block-diffusion transformers folder
     ids = torch.tensor([[2, 10, 11, 12, 13]] * 2)
     torch.manual_seed(1)  # transformers draws from the global generator
