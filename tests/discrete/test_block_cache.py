@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import reverie
-from reverie.discrete import TokenDenoiser, UniformProcess, generate, load_model
+from reverie.discrete import SAMPLERS, TokenDenoiser, UniformProcess, generate, load_model
 from reverie.discrete import cache as cache_mod
 from reverie.discrete.block import BlockCausalLM, TinyBlockTransformer, run_layers
 
@@ -48,9 +48,14 @@ def test_cached_logits_equal_the_full_canvas_logits(block_lm):
         assert (_cached_logits(bidir, x, 8) - bidir(x)).abs().max() > 1e-3  # stale prefix
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "low_confidence", "threshold"])
+FIXED_BLOCKS = [s for s in SAMPLERS if SAMPLERS[s].blocks.name == "fixed"]
+
+
+@pytest.mark.parametrize("sampler", FIXED_BLOCKS)
 def test_exact_prefix_cache_gives_the_uncached_tokens(block_lm, sampler):
-    kw = dict(prompt=[1, 2, 3, 4, 5], length=64, steps=32, sampler=sampler, n=3,
+    """Every sampler with fixed blocks (multi-stage ones call the uncached model inside)."""
+    steps = 59 if SAMPLERS[sampler].steps_rule == "tokens" else 32
+    kw = dict(prompt=[1, 2, 3, 4, 5], length=64, steps=steps, sampler=sampler, n=3,
               return_stats=True)
     ref = generate(block_lm, generator=_gens(3), **kw)
     out = generate(block_lm, generator=_gens(3), cache="prefix", **kw)
