@@ -244,3 +244,21 @@ def test_bench_discrete_cache_runs(tmp_path, capsys):
     (row,) = json.loads(out.read_text())["block_causal"]
     assert row["identical"] and row["cache_mib"] > 0
     assert "prefix tok/s" in capsys.readouterr().out
+
+
+def test_llada2_style_module_runs_uncached_and_refuses_a_cache_it_lacks(block_lm):
+    """A module with the LLaDA2 contract (``model(input_ids).logits``) and no KV-cache path."""
+
+    class HFStyle(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            return self.net(input_ids=input_ids, attention_mask=attention_mask)
+
+    lm = BlockCausalLM(HFStyle(block_lm.network), vocab_size=16, block_size=8)
+    kw = dict(prompt=[1, 2, 3], length=32, steps=8, sampler="low_confidence", temperature=0)
+    assert torch.equal(generate(lm, **kw), generate(block_lm, **kw))
+    with pytest.raises(ValueError, match="no KV-cache path|has none"):
+        generate(lm, cache="prefix", **kw)

@@ -224,8 +224,8 @@ class BlockCausalLM(TokenDenoiser):
             raise ValueError("a block-causal model needs its block_size (the network has none)")
         self.block_size = integer("block_size", block_size, 1)
         mask_id = vocab_size if mask_id is None else mask_id
-        super().__init__(network, mask_id=mask_id, vocab_size=vocab_size, time_conditioned=False,
-                         tokenizer=tokenizer)
+        super().__init__(self._full, mask_id=mask_id, vocab_size=vocab_size,
+                         time_conditioned=False, tokenizer=tokenizer)
         self.network = network
         param = next(iter(network.parameters()), None)
         self.device = param.device if param is not None else torch.device("cpu")
@@ -233,6 +233,11 @@ class BlockCausalLM(TokenDenoiser):
     def __call__(self, x: Tensor, t: float | Tensor) -> Tensor:
         with torch.no_grad():
             return super().__call__(x, t)
+
+    def _full(self, x: Tensor, t: Tensor) -> Any:
+        """The whole canvas, uncached (no ``t``: a second positional argument of a transformers
+        model would be its attention mask)."""
+        return self.network(x.to(self.device))
 
     @property
     def has_cache_path(self) -> bool:
