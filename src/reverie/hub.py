@@ -638,15 +638,19 @@ def _discrete_bundled() -> tuple[str, ...]:
 
 
 def _is_discrete(text: str, path: Path) -> bool:
-    """A bundled discrete name, or a folder whose config says ``reverie-discrete``."""
+    """A bundled discrete name, or a folder whose config says ``reverie-discrete`` (or a
+    block-diffusion transformers model, e.g. DiffusionGemma)."""
     if text in _discrete_bundled():
         return True
     cfg = path / "config.json"
     if path.is_dir() and cfg.is_file():
         try:
-            return json.loads(cfg.read_text()).get("format") == "reverie-discrete"
+            config = json.loads(cfg.read_text())
         except (ValueError, OSError):
             return False
+        from reverie.discrete.loading import is_block_diffusion
+
+        return config.get("format") == "reverie-discrete" or is_block_diffusion(config)
     return False
 
 

@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default="low_confidence",
                    help="a name from reverie.discrete.SAMPLERS (default: LLaDA low-confidence)")
     p.add_argument("--block-length", type=int, default=None, help="semi-autoregressive blocks")
+    p.add_argument("--cache", choices=["prefix", "dual"], default=None,
+                   help="KV cache: exact prefix cache on block-causal models; Fast-dLLM's "
+                   "approximate prefix / dual caches on bidirectional ones (default: none)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--n", type=int, default=1, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="sample k uses seed + k")
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         n=1 if len(prompts) > 1 else args.n, generator=seeded_generators(args.seed, rows),
         guidance_scale=args.guidance_scale, progress=not args.no_progress and not args.stream,
         return_stats=not args.stream, stop=args.stop, stream=args.stream, chat=args.chat,
-        **size, **options,
+        cache=args.cache, **size, **options,
     )
     # with --stop / --eos / --stream the text is the prompt (not with --chat) + the generated
     # text cut at the end; otherwise the whole decoded canvas, as before

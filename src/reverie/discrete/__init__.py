@@ -17,7 +17,9 @@
 * :func:`load_model` for the bundled ``tiny-json`` model or a saved folder.
 """
 
+from reverie.discrete.block import BlockCausalLM, TinyBlockTransformer
 from reverie.discrete.denoiser import TokenClassifierFreeGuidance, TokenDenoiser, TokenDenoiserBase
+from reverie.discrete.diffusion_gemma import DiffusionGemmaLM
 from reverie.discrete.generate import (
     Commit,
     GenerationOutput,
@@ -46,6 +48,9 @@ from reverie.discrete.tokenizer import CharTokenizer
 
 __all__ = [
     "BUNDLED",
+    "BlockCausalLM",
+    "DiffusionGemmaLM",
+    "TinyBlockTransformer",
     "MaskedLM",
     "ReverieLM",
     "load_model",

@@ -331,6 +331,7 @@ def generate(
     eos_id: int | None = None,
     stream: bool = False,
     chat: bool = False,
+    cache: str | None = None,
     **options: Any,
 ) -> Tensor | GenerationOutput | Iterator[Piece]:
     """Sample ``n`` sequences of ``length`` tokens from a masked-diffusion language model.
@@ -366,8 +367,28 @@ def generate(
     iterator of :class:`Piece` (committed text as it grows, per row; their concatenation is the
     row's text). ``chat`` -- apply the tokenizer's chat template to the prompt(s).
     ``options`` -- sampler options (e.g. ``threshold`` for ``threshold``/``adablock``).
+    ``cache`` -- ``None``, ``"prefix"`` or ``"dual"``: KV caches (:mod:`reverie.discrete.cache`;
+    exact on block-causal models, Fast-dLLM's approximate ones on bidirectional models).
     Returns ``LongTensor[n, length]`` (or a :class:`GenerationOutput` with ``return_stats``).
     """
+    # --- block diffusion and KV caches (reverie.discrete.block / cache) ---
+    if hasattr(model, "generate_canvases"):  # a model with its own canvas loop (DiffusionGemma)
+        if constraint is not None or guidance_scale != 1.0 or temperature != 1.0:
+            raise ValueError(
+                f"{type(model).__name__} takes no constraint, guidance_scale or temperature "
+                "(its sampler has its own temperature schedule: t_min=, t_max=)"
+            )
+        unsupported = {"max_new_tokens": max_new_tokens, "stop": stop, "eos_id": eos_id,
+                       "stream": stream or None, "chat": chat or None}
+        given = [k for k, v in unsupported.items() if v is not None]
+        if given:
+            raise ValueError(f"{type(model).__name__} does not take {', '.join(given)} yet")
+        return model.generate_canvases(
+            prompt, 64 if length is None else length, steps, sampler, block_length, n,
+            generator, cache=cache, return_stats=return_stats, **options,
+        )
+    block_length = _check_cache(model, cache, block_length, sampler, guidance_scale)
+    # --- end ---
     info = _resolve_sampler(sampler)
     if not isinstance(model, TokenDenoiserBase):
         raise TypeError(
@@ -513,6 +534,13 @@ def generate(
     texts = getattr(model, "tokenizer", None) is not None and (track or return_stats)
     run.ends = _Ends(model, gen_start.to(device), eos_id, stops, track, texts)
     run.origin = origin.to(device)
+    if cache is not None:  # the cache stands in for the model (reverie.discrete.cache)
+        from reverie.discrete.cache import make_cache
+
+        if run.pad is not None:
+            raise ValueError("cache= needs prompts of one length for now (left-padded rows "
+                             "would need per-row block ids); pass length= or equal prompts")
+        run.cached = make_cache(cache, model, n, width, fixed_bl)
     x = x.to(device)
     if kind == "masked":
         bar = progress_bar(sum(n_free), progress, info.name, unit="tok")
@@ -680,6 +708,32 @@ class _Rows:
         self.start_masked = z.clone()
         self.time = torch.ones(n, dtype=torch.float64, device=device)
         self.origin = z.clone()  # the column each row's fixed blocks tile from
+
+
+def _check_cache(model, cache, block_length, sampler, guidance_scale) -> int | None:
+    """Checks of ``cache=`` and of a block-causal model's block length; returns the block
+    length (a block-causal model's defaults to its block size)."""
+    from reverie.discrete.block import BlockCausalLM
+
+    if cache is not None and cache not in ("prefix", "dual"):
+        raise ValueError(f"cache must be None, 'prefix' or 'dual', got {cache!r}")
+    if isinstance(model, BlockCausalLM):
+        block_length = model.block_size if block_length is None else block_length
+        if not isinstance(block_length, int) or block_length % model.block_size:
+            raise ValueError(
+                f"block_length must be a multiple of the model's block size "
+                f"({model.block_size}), got {block_length!r}"
+            )
+    if cache is not None:
+        info = _resolve_sampler(sampler)
+        if getattr(getattr(model, "process", None), "kind", None) != "masked":
+            raise ValueError(f"cache={cache!r} needs a masked-diffusion model")
+        if info.blocks.name != "fixed":
+            raise ValueError(f"cache={cache!r} needs fixed blocks; sampler {info.name!r} "
+                             "chooses its own")
+        if guidance_scale != 1.0:
+            raise ValueError(f"cache={cache!r} does not support guidance_scale != 1 yet")
+    return block_length
 
 
 def _check_steps(info: TokenSampler, steps: int, n_gen: int, n_blocks: int, length: int) -> None:

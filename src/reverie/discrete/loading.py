@@ -97,6 +97,11 @@ def _load_reverie_folder(path: Path, device: str | torch.device | None) -> Rever
     return ReverieLM(net, config, tok)
 
 
+def is_block_diffusion(config: dict[str, Any]) -> bool:
+    """A transformers config of a block-diffusion model reverie adapts (DiffusionGemma)."""
+    return "DiffusionGemmaForBlockDiffusion" in (config.get("architectures") or [])
+
+
 def load_model(
     name_or_path: str | Path,
     *,
@@ -123,6 +128,13 @@ def load_model(
         config = json.loads((path / "config.json").read_text())
         if config.get("format") == "reverie-discrete":
             return _load_reverie_folder(path, device)
+        if is_block_diffusion(config):  # transformers DiffusionGemma (discrete.diffusion_gemma)
+            from reverie.discrete.diffusion_gemma import DiffusionGemmaLM
+
+            lm = DiffusionGemmaLM.from_pretrained(str(path), **kwargs)
+            if device is not None:
+                lm.model.to(device)
+            return lm
     elif path.exists():
         raise ValueError(f"{path} is not a model folder (no config.json)")
     from reverie.discrete.hf import MaskedLM
