@@ -75,7 +75,7 @@ class Conditioned(DenoiserBase):
         guidance: str = "cfg",
         guidance_options: Mapping[str, Any] | None = None,
     ):
-        from reverie.guidance import guide
+        from reverie.guidance import METHODS, guide
 
         self.base = base
         self.process = base.process
@@ -83,8 +83,10 @@ class Conditioned(DenoiserBase):
         self.negative = None if negative is None else dict(negative)
         self.guidance_scale = float(guidance_scale)
         self.guided: DenoiserBase | None = None
-        if self.negative is not None and (self.guidance_scale != 1.0 or guidance != "cfg"
-                                          or guidance_options):
+        # a method that needs no unconditional branch (the perturbed family) guides without one
+        free = "uncond" not in METHODS[guidance].needs
+        if (self.negative is not None or free) and (self.guidance_scale != 1.0
+                                                    or guidance != "cfg" or guidance_options):
             self.guided = guide(base, guidance, self.guidance_scale, uncond=self.negative,
                                 **dict(guidance_options or {}))
         # a method that changes the sampler's update (CFG++) hands its hook to the sampler
@@ -267,8 +269,12 @@ class LatentPipeline:
         cond, negative = _as_cond(cond, "cond"), _as_cond(negative, "negative")
         if float(guidance_scale) != 1.0 and negative is None:
             raise ValueError("guidance_scale != 1 needs negative conditioning")
+        from reverie.guidance.attention import pipeline_options
+
+        # the perturbed family (guidance="pag") gets its perturbation of this pipeline's network
+        options = pipeline_options(self.network, guidance, dict(guidance_options or {}))
         return Conditioned(self.base_denoiser, cond, negative, guidance_scale, guidance,
-                           guidance_options)
+                           options)
 
     # -- VAE -------------------------------------------------------------------------------
 

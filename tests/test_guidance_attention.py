@@ -1,0 +1,74 @@
+"""Attention-perturbation guidance (PAG) equals diffusers' StableDiffusionPAGPipeline."""
+
+from __future__ import annotations
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from tests.test_pipelines import PROMPT, tiny_sd
+
+import reverie
+from reverie.guidance import guide
+from reverie.guidance.attention import perturbation, self_attention_layers
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sdpag") / "pipe"
+    tiny_sd(folder)
+    return folder
+
+
+def diffusers_pag(folder, latents, layers, **kw):
+    """diffusers' PAG images and the timesteps its scheduler used."""
+    pipe = diffusers.StableDiffusionPAGPipeline.from_pretrained(folder, pag_applied_layers=layers)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(PROMPT, num_inference_steps=5, latents=latents, output_type="np", **kw).images
+    grid = torch.cat([pipe.scheduler.timesteps.double(), torch.tensor([-1.0], dtype=torch.float64)])
+    return images, grid
+
+
+@pytest.mark.parametrize("w", [1.0, 5.0])
+def test_pag_matches_diffusers(sd_folder, w):
+    """reverie's DPM++(2M) with guidance="pag" (mid-block self-attention, pag_scale 3, with and
+    without CFG) gives diffusers' PAG images; the siblings (another layer, no perturbation, a
+    15%-off pag scale) do not."""
+    latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(1))
+    ref, grid = diffusers_pag(sd_folder, latents, ["mid"], guidance_scale=w, pag_scale=3.0)
+    p = reverie.load(sd_folder)
+
+    def ours(layers="mid", pag_scale=3.0, guidance="pag"):
+        options = {"layers": layers, "pag_scale": pag_scale} if guidance == "pag" else {}
+        return p.sample(PROMPT, sampler="dpmpp_2m", grid=grid, guidance_scale=w, latents=latents,
+                        output_type="np", guidance=guidance, guidance_options=options)
+
+    err = float(np.abs(ours() - ref).max())
+    assert err < 1e-4, err
+    for sibling in (ours(layers="up_blocks.0"), ours(guidance="cfg"), ours(pag_scale=3.0 * 0.85)):
+        assert float(np.abs(sibling - ref).max()) > 1e-3
+
+
+def test_perturbation_restores_and_rejects(sd_folder):
+    """The processors come back after the context; unknown layers, kinds and a missing
+    perturbation or unconditional branch are clear errors."""
+    p = reverie.load(sd_folder)
+    unet = p.network
+    assert self_attention_layers(unet, "mid") == [
+        "mid_block.attentions.0.transformer_blocks.0.attn1"]
+    before = {k: type(v) for k, v in unet.attn_processors.items()}
+    perturb = perturbation(unet, "pag", ["mid", "up_blocks.0"])
+    with perturb():
+        changed = [k for k, v in unet.attn_processors.items() if type(v) is not before[k]]
+    assert len(changed) == 3 and all("attn1" in k for k in changed)
+    assert {k: type(v) for k, v in unet.attn_processors.items()} == before
+    with pytest.raises(ValueError, match="selects no self-attention"):
+        perturbation(unet, "pag", "down_blocks.0")
+    with pytest.raises(ValueError, match="unknown perturbation kind"):
+        perturbation(unet, "blur")
+    cond, neg = p.encode_prompt(PROMPT)
+    x = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match="needs perturb="):
+        guide(p.denoiser(cond), "pag", 1.0)(x, 500.0)
+    with pytest.raises(ValueError, match="needs uncond="):
+        guide(p.denoiser(cond), "pag", 3.0, perturb=perturb)(x, 500.0)
