@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from tests.test_pipelines import PROMPT, tiny_sd
+from tests.test_pipelines_flow import tiny_sd3
 
 import reverie
 from reverie.guidance import guide
@@ -72,3 +73,42 @@ def test_perturbation_restores_and_rejects(sd_folder):
         guide(p.denoiser(cond), "pag", 1.0)(x, 500.0)
     with pytest.raises(ValueError, match="needs uncond="):
         guide(p.denoiser(cond), "pag", 3.0, perturb=perturb)(x, 500.0)
+
+
+@pytest.fixture(scope="module")
+def sd3_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sd3slg") / "pipe"
+    tiny_sd3(folder)
+    return folder
+
+
+def test_slg_matches_sd3_pipeline(sd3_folder):
+    """reverie's Euler with guidance="slg" (block 0 skipped, scale 2.8, CFG 5, the perturbed
+    term at steps 1 and 2 of 4 as diffusers' window start 0.01 / stop 0.6 selects) gives the
+    latents of StableDiffusion3Pipeline(skip_guidance_layers=[0]); siblings (block 1, no
+    skipping, a 15%-off slg scale, the term at every step) do not."""
+    pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(sd3_folder)
+    pipe.set_progress_bar_config(disable=True)
+    z = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(1))
+    ref = pipe(PROMPT, num_inference_steps=4, guidance_scale=5.0, latents=z,
+               output_type="latent", skip_guidance_layers=[0], skip_layer_guidance_scale=2.8,
+               skip_layer_guidance_start=0.01, skip_layer_guidance_stop=0.6).images
+    grid = pipe.scheduler.sigmas.double()
+    window = (float(grid[2] + grid[3]) / 2, float(grid[0] + grid[1]) / 2)  # steps 1 and 2
+    p = reverie.load(sd3_folder)
+
+    def ours(layers=(0,), slg_scale=2.8, interval=window, guidance="slg"):
+        options = {"layers": list(layers), "slg_scale": slg_scale,
+                   "perturb_interval": interval} if guidance == "slg" else {}
+        return p.sample(PROMPT, sampler="euler", grid=grid, guidance_scale=5.0, latents=z,
+                        output_type="latent", guidance=guidance, guidance_options=options)
+
+    err = float((ours() - ref).abs().max())
+    assert err < 1e-4, err
+    for sibling in (ours(layers=(1,)), ours(guidance="cfg"), ours(slg_scale=2.8 * 0.85),
+                    ours(interval=None)):
+        assert float((sibling - ref).abs().max()) > 1e-3
+    with pytest.raises(TypeError, match="block indices"):
+        perturbation(p.network, "slg", "mid")
+    with pytest.raises(ValueError):
+        perturbation(p.network, "slg", [5])

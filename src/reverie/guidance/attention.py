@@ -6,14 +6,17 @@ network, with chosen self-attention layers degraded: ``D = D_cfg(w) + s (D_c - D
 (``w = 1``: the conditional model, no unconditional branch needed) and ``s`` the option
 ``pag_scale``. The perturbation is an option ``perturb``: a callable returning a context
 manager inside which the denoiser computes ``D_p`` (the network's attention processors
-swapped); :func:`perturbation` builds one for any diffusers UNet / transformer, and the latent
-pipelines build it themselves for ``guidance="pag"`` (``guidance_options={"layers": [...]}``).
+swapped); :func:`perturbation` builds one for a diffusers UNet / transformer, and the latent
+pipelines build it themselves for ``guidance="pag"`` / ``"slg"`` (``guidance_options=
+{"layers": [...]}``). ``perturb_interval=(t_lo, t_hi)`` keeps the perturbed term to those times.
 
 * ``pag`` (Ahn et al. 2024, perturbed-attention guidance): the self-attention map of the chosen
   layers is replaced by the identity (each token attends to itself only: the output is the
   value projection), as diffusers' ``StableDiffusionPAGPipeline``.
+* ``slg`` (skip-layer guidance, SD3.5): the chosen transformer blocks are skipped (return their
+  inputs), as ``skip_guidance_layers`` of diffusers' ``StableDiffusion3Pipeline``.
 
-Layers are selected as diffusers does: a layer id (``"mid"``, ``"down_blocks.1"``,
+PAG's layers are selected as diffusers does: a layer id (``"mid"``, ``"down_blocks.1"``,
 ``"up_blocks.0.attentions.1"``, ...) is a regular expression searched in the names of the
 network's self-attention modules (``attn1``), with diffusers' exclusion of a name and an id
 that both end in the same number.
@@ -30,10 +33,11 @@ from torch import Tensor, nn
 
 from reverie.guidance import Call, register
 
-__all__ = ["KINDS", "perturbation", "self_attention_layers", "pag", "pipeline_options"]
+__all__ = ["KINDS", "DEFAULT_LAYERS", "perturbation", "self_attention_layers", "pipeline_options",
+           "pag", "slg"]
 
 #: the perturbation each method of the family applies.
-KINDS = ("pag",)
+KINDS = ("pag", "slg")
 
 
 def self_attention_layers(network: nn.Module, layers: str | Sequence[str]) -> list[str]:
@@ -82,10 +86,14 @@ class IdentityAttention:
 
 
 def perturbation(network: nn.Module, kind: str = "pag",
-                 layers: str | Sequence[str] = "mid") -> Callable[[], Any]:
-    """``perturb`` for the perturbed family: a callable whose context swaps the attention
-    processors of ``network``'s self-attention ``layers`` for the ``kind`` perturbation and
-    restores them on exit."""
+                 layers: str | Sequence[str] | Sequence[int] = "mid",
+                 fqn: str = "transformer_blocks") -> Callable[[], Any]:
+    """``perturb`` for the perturbed family: a callable whose context perturbs ``network`` and
+    restores it on exit. ``pag``: the self-attention ``layers`` (ids, module docstring) get the
+    identity attention map; ``slg``: the transformer blocks numbered ``layers`` in the block
+    list ``fqn`` are skipped (each returns its inputs, as ``skip_layers`` in diffusers' SD3)."""
+    if kind == "slg":
+        return _skip_layers(network, layers, fqn)
     if kind not in KINDS:
         raise ValueError(f"unknown perturbation kind {kind!r}; expected one of {KINDS}")
     names = self_attention_layers(network, layers)
@@ -105,44 +113,122 @@ def perturbation(network: nn.Module, kind: str = "pag",
     return perturb
 
 
+def _skip_layers(network: nn.Module, layers: Any, fqn: str) -> Callable[[], Any]:
+    # which argument is hidden_states / encoder_hidden_states and where each block returns them
+    # (diffusers' registry; its own layer-skip hook returns the pair in the wrong order for
+    # SD3's JointTransformerBlock in diffusers 0.42, so it is not used)
+    from diffusers.hooks._helpers import TransformerBlockRegistry
+
+    indices = [layers] if isinstance(layers, int) else layers
+    if (isinstance(indices, str) or not indices
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in indices)):
+        raise TypeError(f"slg takes layers= block indices (ints), got {layers!r}")
+    blocks = network.get_submodule(fqn) if fqn else None
+    if not isinstance(blocks, nn.ModuleList):
+        raise ValueError(f"fqn {fqn!r} names no block list of {type(network).__name__} (e.g. "
+                         "'transformer_blocks')")
+    bad = [i for i in indices if not -len(blocks) <= i < len(blocks)]
+    if bad:
+        raise ValueError(f"slg layers {bad} out of range: {fqn} has {len(blocks)} blocks")
+    chosen = [blocks[i] for i in indices]
+    metas = [TransformerBlockRegistry.get(type(b)) for b in chosen]  # unknown class: an error
+
+    def skipped(meta: Any) -> Callable[..., Any]:
+        def forward(*args: Any, **kwargs: Any) -> Any:  # the block returns its inputs
+            h = meta._get_parameter_from_args_kwargs(meta.hidden_states_argument_name, args,
+                                                     kwargs)
+            if meta.return_encoder_hidden_states_index is None:
+                return h
+            out: list[Any] = [None, None]
+            out[meta.return_hidden_states_index] = h
+            out[meta.return_encoder_hidden_states_index] = meta._get_parameter_from_args_kwargs(
+                meta.encoder_hidden_states_argument_name, args, kwargs)
+            return tuple(out)
+
+        return forward
+
+    @contextmanager
+    def perturb() -> Iterator[None]:
+        try:
+            for block, meta in zip(chosen, metas):
+                block.forward = skipped(meta)  # an instance attribute shadows the method
+            yield
+        finally:
+            for block in chosen:
+                block.__dict__.pop("forward", None)
+
+    return perturb
+
+
 def pipeline_options(network: nn.Module, method: str, options: dict[str, Any]) -> dict[str, Any]:
     """A pipeline's guidance options for ``method``: for the perturbed family, ``layers``
-    (default ``"mid"``) becomes ``perturb`` on ``network``; other methods' are unchanged."""
+    (default: :data:`DEFAULT_LAYERS`) and ``fqn`` become ``perturb`` on ``network``; other
+    methods' are unchanged."""
     from reverie.guidance import METHODS
 
     info = METHODS[method]
     if info.family != "perturbed" or "perturb" in options:
         return options
     options = dict(options)
-    options["perturb"] = perturbation(network, info.name, options.pop("layers", "mid"))
+    layers = options.pop("layers", DEFAULT_LAYERS[info.name])
+    options["perturb"] = perturbation(network, info.name, layers,
+                                      options.pop("fqn", "transformer_blocks"))
     return options
 
 
-def _perturbed_guidance(call: Call, w: float, s: float, perturb: Callable[[], Any]) -> Tensor:
-    """``D_cfg(w) + s (D_c - D_p)``."""
+#: the layers a pipeline perturbs when ``guidance_options`` name none (diffusers' defaults:
+#: PAG on the mid block; SLG on SD3.5-medium's blocks 7, 8, 9).
+DEFAULT_LAYERS: dict[str, Any] = {"pag": "mid", "slg": [7, 8, 9]}
+
+
+def _perturbed_guidance(call: Call, w: float, s: float, perturb: Callable[[], Any],
+                        interval: tuple[float, float] | None) -> Tensor:
+    """``D_cfg(w) + s (D_c - D_p)``; the second term only for ``t`` in ``interval``."""
+    name = call.guided.method.name
     if perturb is None or not callable(perturb):
-        raise ValueError(f"{call.guided.method.name} needs perturb= a callable returning a "
-                         "context manager (reverie.guidance.attention.perturbation), got "
-                         f"{perturb!r}")
+        raise ValueError(f"{name} needs perturb= a callable returning a context manager "
+                         f"(reverie.guidance.attention.perturbation), got {perturb!r}")
     if w == 1.0:
         d_c = guided = call.conditional()
     elif call.guided.uncond is None:
-        raise ValueError(f"{call.guided.method.name} at scale {w:g} != 1 needs uncond= (the "
-                         "classifier-free branch)")
+        raise ValueError(f"{name} at scale {w:g} != 1 needs uncond= (the classifier-free "
+                         "branch)")
     else:
         d_c, d_u = call.pair()
         guided = d_u + w * (d_c - d_u)
+    tf = float(call.t.reshape(-1)[0])
+    if s == 0.0 or interval is not None and not interval[0] <= tf <= interval[1]:
+        return guided
     with perturb():
         d_p = call.guided.denoiser(call.x, call.t, **call.cond)
     return guided + s * (d_c - d_p)
 
 
+_INTERVAL_DOC = ("; perturb_interval=(t_lo, t_hi): the perturbed term only there (process "
+                 "time)")
+
+
 @register("pag", family="perturbed", needs=(), schedulable=False,
-          options={"pag_scale": 3.0, "perturb": None},
+          options={"pag_scale": 3.0, "perturb": None, "perturb_interval": None},
           paper="Ahn et al. 2024 (Self-rectifying diffusion sampling with perturbed-attention "
           "guidance)",
           description="perturbed-attention guidance: D_cfg(w) + pag_scale (D_c - D_p), D_p "
           "with the self-attention maps of the chosen layers replaced by the identity "
-          "(perturb=, see reverie.guidance.attention.perturbation); w = 1: no CFG")
-def pag(call: Call, w: float, pag_scale: float, perturb: Callable[[], Any]) -> Tensor:
-    return _perturbed_guidance(call, w, float(pag_scale), perturb)
+          "(perturb=, see reverie.guidance.attention.perturbation); w = 1: no CFG"
+          + _INTERVAL_DOC)
+def pag(call: Call, w: float, pag_scale: float, perturb: Callable[[], Any],
+        perturb_interval: tuple[float, float] | None) -> Tensor:
+    return _perturbed_guidance(call, w, float(pag_scale), perturb, perturb_interval)
+
+
+@register("slg", family="perturbed", needs=(), schedulable=False,
+          options={"slg_scale": 2.8, "perturb": None, "perturb_interval": None},
+          paper="Stability AI 2024 (skip-layer guidance, SD3.5); diffusers' "
+          "StableDiffusion3Pipeline skip_guidance_layers",
+          description="skip-layer guidance: D_cfg(w) + slg_scale (D_c - D_p), D_p with the "
+          "chosen transformer blocks skipped (perturb=, see "
+          "reverie.guidance.attention.perturbation(kind='slg')); w = 1: no CFG"
+          + _INTERVAL_DOC)
+def slg(call: Call, w: float, slg_scale: float, perturb: Callable[[], Any],
+        perturb_interval: tuple[float, float] | None) -> Tensor:
+    return _perturbed_guidance(call, w, float(slg_scale), perturb, perturb_interval)
