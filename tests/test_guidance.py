@@ -6,6 +6,7 @@ unconditional denoisers, and exact CFG targets p(x|c)^w p(x)^(1-w) (sampled on a
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 
 import pytest
@@ -253,7 +254,10 @@ def test_every_method_registered_runs_with_a_sampler(setup):
     weak = lm.conditional(0)  # stands in for "a weaker model of the same data"
     for name, info in METHODS.items():
         kw: dict = {"log_density": -2.5} if "log_density" in info.options else {}
-        if info.family == "cfg" or "uncond" in info.needs:
+        if info.family == "perturbed":  # a perturbation that changes nothing: D_p = D_c
+            den, cond = base, {"class_labels": labels}
+            kw.update(uncond={"class_labels": null}, perturb=contextlib.nullcontext)
+        elif info.family == "cfg" or "uncond" in info.needs:
             den, cond = base, {"class_labels": labels}
             kw["uncond"] = ({"class_labels": null} if name != "autoguidance"
                             else _ignore_labels(weak.denoiser(proc)))

@@ -307,7 +307,8 @@ def guide(
         if loss is not None:
             raise ValueError("give a loss or a reward, not both")
         loss = _negated(reward)
-    given = {"uncond": uncond, "classifier": classifier, "loss": loss}
+    given = {"uncond": uncond, "classifier": classifier, "loss": loss,
+             "perturb": options.get("perturb")}  # the perturbed family's perturbation
     for need in info.needs:
         alternatives = need.split("|")
         if all(given.get(a) is None for a in alternatives):
@@ -357,3 +358,5 @@ from reverie.guidance import gradient as _gradient  # noqa: E402,F401
 from reverie.guidance import minority as _minority  # noqa: E402,F401
 from reverie.guidance import steered as _steered  # noqa: E402,F401
 from reverie.guidance import unite as _unite  # noqa: E402,F401
+
+METHODS.reorder([n for n, m in METHODS.items() if m.family != "perturbed"])  # those last

@@ -208,7 +208,7 @@ _INTERVAL_DOC = ("; perturb_interval=(t_lo, t_hi): the perturbed term only there
                  "time)")
 
 
-@register("pag", family="perturbed", needs=(), schedulable=False,
+@register("pag", family="perturbed", needs=("perturb",), schedulable=False,
           options={"pag_scale": 3.0, "perturb": None, "perturb_interval": None},
           paper="Ahn et al. 2024 (Self-rectifying diffusion sampling with perturbed-attention "
           "guidance)",
@@ -221,7 +221,7 @@ def pag(call: Call, w: float, pag_scale: float, perturb: Callable[[], Any],
     return _perturbed_guidance(call, w, float(pag_scale), perturb, perturb_interval)
 
 
-@register("slg", family="perturbed", needs=(), schedulable=False,
+@register("slg", family="perturbed", needs=("perturb",), schedulable=False,
           options={"slg_scale": 2.8, "perturb": None, "perturb_interval": None},
           paper="Stability AI 2024 (skip-layer guidance, SD3.5); diffusers' "
           "StableDiffusion3Pipeline skip_guidance_layers",
