@@ -1,4 +1,4 @@
-"""Attention-perturbation guidance (PAG) equals diffusers' StableDiffusionPAGPipeline."""
+"""Attention-perturbation guidance (PAG, SLG, SEG) against diffusers' pipelines and hooks."""
 
 from __future__ import annotations
 
@@ -112,3 +112,53 @@ def test_slg_matches_sd3_pipeline(sd3_folder):
         perturbation(p.network, "slg", "mid")
     with pytest.raises(ValueError):
         perturbation(p.network, "slg", [5])
+
+
+def test_seg_blur_and_perturbed_prediction_match_diffusers(sd_folder):
+    """SEG's query blur equals diffusers' ``_gaussian_blur_2d`` (its blur branch at a finite
+    sigma, its mean branch at infinity: diffusers 0.42 swaps which sigma takes which); the
+    guided prediction with guidance="seg" equals D_u + w (D_c - D_u) + s (D_c - D_p) with D_p
+    from the UNet under diffusers' SEG hook; another sigma or layer gives another D_p."""
+    from diffusers.hooks import HookRegistry
+    from diffusers.hooks.smoothed_energy_guidance_utils import (
+        SmoothedEnergyGuidanceConfig,
+        _apply_smoothed_energy_guidance_hook,
+        _gaussian_blur_2d,
+    )
+
+    from reverie.guidance.attention import blur_queries
+
+    q = torch.randn(2, 16 + 3, 6, generator=torch.Generator().manual_seed(0))
+    for sigma, k in ((0.7, 5), (1.0, 7), (30.0, 181)):
+        ref = _gaussian_blur_2d(q.clone(), k, sigma, -1.0)  # threshold -1: its blur branch
+        assert float((blur_queries(q, sigma) - ref).abs().max()) < 1e-6
+    mean = _gaussian_blur_2d(q.clone(), 7, 1.0, float("inf"))  # its mean branch
+    assert float((blur_queries(q, float("inf")) - mean).abs().max()) < 1e-6
+    assert float((blur_queries(q, 1.0) - mean).abs().max()) > 1e-2
+
+    p = reverie.load(sd_folder)
+    cond, neg = p.encode_prompt(PROMPT)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    t, sigma, w, s = torch.tensor([500.0]), 2.0, 5.0, 3.0
+    config = SmoothedEnergyGuidanceConfig([0], fqn="mid_block.attentions.0.transformer_blocks")
+    _apply_smoothed_energy_guidance_hook(p.network, config, 1e5 * sigma, name="ref")  # blur
+    with torch.no_grad():
+        d_p_big = p.denoiser(cond)(x, t)
+    HookRegistry.check_if_exists_or_initialize(p.network).remove_hook("ref", recurse=True)
+    with torch.no_grad():
+        d_c, d_u = p.denoiser(cond)(x, t), p.denoiser(neg)(x, t)
+        ref = d_u + w * (d_c - d_u) + s * (d_c - d_p_big)
+
+        def ours(**over):
+            opts = {"layers": "mid", "seg_scale": s, "blur_sigma": 1e5 * sigma, **over}
+            return p.denoiser(cond, neg, w, guidance="seg", guidance_options=opts)(x, t)
+
+        err = float((ours() - ref).abs().max())  # |ref| ~ 6: float32 rounding
+        assert err < 5e-5, err
+        for sibling in (ours(blur_sigma=sigma), ours(layers="up_blocks.0"),
+                        ours(seg_scale=0.85 * s)):
+            assert float((sibling - ref).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="blur_sigma must be > 0"):
+        perturbation(p.network, "seg", "mid", blur_sigma=0.0)
+    with pytest.raises(ValueError, match="blur_sigma"):
+        p.denoiser(cond, neg, w, guidance="pag", guidance_options={"blur_sigma": 1.0})

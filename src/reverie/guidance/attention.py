@@ -7,7 +7,7 @@ network, with chosen self-attention layers degraded: ``D = D_cfg(w) + s (D_c - D
 ``pag_scale``. The perturbation is an option ``perturb``: a callable returning a context
 manager inside which the denoiser computes ``D_p`` (the network's attention processors
 swapped); :func:`perturbation` builds one for a diffusers UNet / transformer, and the latent
-pipelines build it themselves for ``guidance="pag"`` / ``"slg"`` (``guidance_options=
+pipelines build it themselves for ``guidance="pag"`` / ``"slg"`` / ``"seg"`` (``guidance_options=
 {"layers": [...]}``). ``perturb_interval=(t_lo, t_hi)`` keeps the perturbed term to those times.
 
 * ``pag`` (Ahn et al. 2024, perturbed-attention guidance): the self-attention map of the chosen
@@ -15,8 +15,10 @@ pipelines build it themselves for ``guidance="pag"`` / ``"slg"`` (``guidance_opt
   value projection), as diffusers' ``StableDiffusionPAGPipeline``.
 * ``slg`` (skip-layer guidance, SD3.5): the chosen transformer blocks are skipped (return their
   inputs), as ``skip_guidance_layers`` of diffusers' ``StableDiffusion3Pipeline``.
+* ``seg`` (Hong 2024, smoothed-energy guidance): the queries of the chosen self-attention
+  layers are Gaussian-blurred over the token grid (``blur_sigma``; ``inf``: their mean).
 
-PAG's layers are selected as diffusers does: a layer id (``"mid"``, ``"down_blocks.1"``,
+PAG's and SEG's layers are selected as diffusers' PAG does: a layer id (``"mid"``, ``"down_blocks.1"``,
 ``"up_blocks.0.attentions.1"``, ...) is a regular expression searched in the names of the
 network's self-attention modules (``attn1``), with diffusers' exclusion of a name and an id
 that both end in the same number.
@@ -24,20 +26,23 @@ that both end in the same number.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reverie.guidance import Call, register
 
 __all__ = ["KINDS", "DEFAULT_LAYERS", "perturbation", "self_attention_layers", "pipeline_options",
-           "pag", "slg"]
+           "blur_queries", "pag", "slg", "seg"]
 
 #: the perturbation each method of the family applies.
-KINDS = ("pag", "slg")
+KINDS = ("pag", "slg", "seg")
 
 
 def self_attention_layers(network: nn.Module, layers: str | Sequence[str]) -> list[str]:
@@ -87,17 +92,22 @@ class IdentityAttention:
 
 def perturbation(network: nn.Module, kind: str = "pag",
                  layers: str | Sequence[str] | Sequence[int] = "mid",
-                 fqn: str = "transformer_blocks") -> Callable[[], Any]:
+                 fqn: str = "transformer_blocks", blur_sigma: float = math.inf
+                 ) -> Callable[[], Any]:
     """``perturb`` for the perturbed family: a callable whose context perturbs ``network`` and
     restores it on exit. ``pag``: the self-attention ``layers`` (ids, module docstring) get the
     identity attention map; ``slg``: the transformer blocks numbered ``layers`` in the block
-    list ``fqn`` are skipped (each returns its inputs, as ``skip_layers`` in diffusers' SD3)."""
+    list ``fqn`` are skipped (each returns its inputs, as ``skip_layers`` in diffusers' SD3);
+    ``seg``: the queries of the self-attention ``layers`` are blurred by :func:`blur_queries`
+    with ``blur_sigma``."""
     if kind == "slg":
         return _skip_layers(network, layers, fqn)
     if kind not in KINDS:
         raise ValueError(f"unknown perturbation kind {kind!r}; expected one of {KINDS}")
     names = self_attention_layers(network, layers)
     modules = dict(network.named_modules())
+    if kind == "seg":
+        return _blurred_queries([modules[n] for n in names], float(blur_sigma))
 
     @contextmanager
     def perturb() -> Iterator[None]:
@@ -109,6 +119,49 @@ def perturbation(network: nn.Module, kind: str = "pag",
         finally:
             for n, proc in saved.items():
                 modules[n].processor = proc
+
+    return perturb
+
+
+def blur_queries(q: Tensor, sigma: float) -> Tensor:
+    """SEG's smoothing (Hong 2024, as the released SEG-SDXL code): the first ``side^2`` tokens
+    of queries ``[B, N, C]`` seen as a ``side x side`` image are blurred by a Gaussian of
+    standard deviation ``sigma`` tokens (kernel ``ceil(6 sigma) + 1`` rounded to odd, at most
+    ``side`` (odd: ``side + 1``), reflect padding); ``sigma = inf`` replaces them by their
+    mean (the limit). diffusers 0.42's copy swaps the two branches (its finite sigmas take the
+    mean)."""
+    b, n, c = q.shape
+    side = math.isqrt(n)
+    img = q[:, : side * side].transpose(1, 2).reshape(b, c, side, side)
+    if math.isinf(sigma):
+        img = img.mean(dim=(-2, -1), keepdim=True).expand_as(img)
+    else:
+        k = math.ceil(6 * sigma) + 1 - math.ceil(6 * sigma) % 2
+        k = min(k, side - (side % 2 - 1))  # diffusers' / SEG-SDXL's cap
+        x = torch.linspace(-(k - 1) / 2, (k - 1) / 2, k)
+        g = torch.exp(-0.5 * (x / sigma) ** 2)
+        g = (g / g.sum()).to(q)
+        kernel = (g[:, None] * g[None, :]).expand(c, 1, k, k)
+        img = F.conv2d(F.pad(img, [k // 2] * 4, mode="reflect"), kernel, groups=c)
+    blurred = img.reshape(b, c, side * side).transpose(1, 2)
+    return torch.cat([blurred, q[:, side * side:]], dim=1)
+
+
+def _blurred_queries(modules: list[nn.Module], sigma: float) -> Callable[[], Any]:
+    if not sigma > 0:
+        raise ValueError(f"blur_sigma must be > 0 (math.inf: the mean), got {sigma!r}")
+
+    def hook(module: nn.Module, args: Any, out: Tensor) -> Tensor:
+        return blur_queries(out, sigma)
+
+    @contextmanager
+    def perturb() -> Iterator[None]:
+        handles = [m.to_q.register_forward_hook(hook) for m in modules]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     return perturb
 
@@ -162,8 +215,8 @@ def _skip_layers(network: nn.Module, layers: Any, fqn: str) -> Callable[[], Any]
 
 def pipeline_options(network: nn.Module, method: str, options: dict[str, Any]) -> dict[str, Any]:
     """A pipeline's guidance options for ``method``: for the perturbed family, ``layers``
-    (default: :data:`DEFAULT_LAYERS`) and ``fqn`` become ``perturb`` on ``network``; other
-    methods' are unchanged."""
+    (default: :data:`DEFAULT_LAYERS`), ``fqn`` (slg) and ``blur_sigma`` (seg) become
+    ``perturb`` on ``network``; other methods' are unchanged."""
     from reverie.guidance import METHODS
 
     info = METHODS[method]
@@ -171,14 +224,15 @@ def pipeline_options(network: nn.Module, method: str, options: dict[str, Any]) -
         return options
     options = dict(options)
     layers = options.pop("layers", DEFAULT_LAYERS[info.name])
+    extra = {"blur_sigma": options.pop("blur_sigma", math.inf)} if info.name == "seg" else {}
     options["perturb"] = perturbation(network, info.name, layers,
-                                      options.pop("fqn", "transformer_blocks"))
+                                      options.pop("fqn", "transformer_blocks"), **extra)
     return options
 
 
 #: the layers a pipeline perturbs when ``guidance_options`` name none (diffusers' defaults:
-#: PAG on the mid block; SLG on SD3.5-medium's blocks 7, 8, 9).
-DEFAULT_LAYERS: dict[str, Any] = {"pag": "mid", "slg": [7, 8, 9]}
+#: PAG on the mid block; SLG on SD3.5-medium's blocks 7, 8, 9; SEG as PAG).
+DEFAULT_LAYERS: dict[str, Any] = {"pag": "mid", "slg": [7, 8, 9], "seg": "mid"}
 
 
 def _perturbed_guidance(call: Call, w: float, s: float, perturb: Callable[[], Any],
@@ -232,3 +286,15 @@ def pag(call: Call, w: float, pag_scale: float, perturb: Callable[[], Any],
 def slg(call: Call, w: float, slg_scale: float, perturb: Callable[[], Any],
         perturb_interval: tuple[float, float] | None) -> Tensor:
     return _perturbed_guidance(call, w, float(slg_scale), perturb, perturb_interval)
+
+
+@register("seg", family="perturbed", needs=("perturb",), schedulable=False,
+          options={"seg_scale": 3.0, "perturb": None, "perturb_interval": None},
+          paper="Hong 2024 (Smoothed energy guidance)",
+          description="smoothed-energy guidance: D_cfg(w) + seg_scale (D_c - D_p), D_p with "
+          "the queries of the chosen self-attention layers Gaussian-blurred (blur_sigma; inf: "
+          "their mean) (perturb=, see reverie.guidance.attention.perturbation(kind='seg')); "
+          "w = 1: no CFG" + _INTERVAL_DOC)
+def seg(call: Call, w: float, seg_scale: float, perturb: Callable[[], Any],
+        perturb_interval: tuple[float, float] | None) -> Tensor:
+    return _perturbed_guidance(call, w, float(seg_scale), perturb, perturb_interval)
