@@ -1,13 +1,13 @@
 """Attention-perturbation guidance: the "perturbed" family.
 
 A method of this family guides away from a *perturbed* prediction ``D_p(x)`` of the same
-network, with chosen self-attention layers degraded: ``D = D_cfg(w) + s (D_c - D_p)``, with
+network, with chosen layers degraded: ``D = D_cfg(w) + s (D_c - D_p)``, with
 ``D_cfg(w) = D_u + w (D_c - D_u)`` classifier-free guidance at the method's scale ``w``
 (``w = 1``: the conditional model, no unconditional branch needed) and ``s`` the option
-``pag_scale``. The perturbation is an option ``perturb``: a callable returning a context
-manager inside which the denoiser computes ``D_p`` (the network's attention processors
-swapped); :func:`perturbation` builds one for a diffusers UNet / transformer, and the latent
-pipelines build it themselves for ``guidance="pag"`` / ``"slg"`` / ``"seg"`` (``guidance_options=
+``pag_scale`` / ``slg_scale`` / ``seg_scale``. The perturbation is the option ``perturb``: a
+callable returning a context manager inside which the denoiser computes ``D_p``;
+:func:`perturbation` builds one for a diffusers UNet / transformer, and the latent pipelines
+build it themselves for ``guidance="pag"`` / ``"slg"`` / ``"seg"`` (``guidance_options=
 {"layers": [...]}``). ``perturb_interval=(t_lo, t_hi)`` keeps the perturbed term to those times.
 
 * ``pag`` (Ahn et al. 2024, perturbed-attention guidance): the self-attention map of the chosen
@@ -18,10 +18,10 @@ pipelines build it themselves for ``guidance="pag"`` / ``"slg"`` / ``"seg"`` (``
 * ``seg`` (Hong 2024, smoothed-energy guidance): the queries of the chosen self-attention
   layers are Gaussian-blurred over the token grid (``blur_sigma``; ``inf``: their mean).
 
-PAG's and SEG's layers are selected as diffusers' PAG does: a layer id (``"mid"``, ``"down_blocks.1"``,
-``"up_blocks.0.attentions.1"``, ...) is a regular expression searched in the names of the
-network's self-attention modules (``attn1``), with diffusers' exclusion of a name and an id
-that both end in the same number.
+PAG's and SEG's layers are selected as diffusers' PAG does: a layer id (``"mid"``,
+``"down_blocks.1"``, ``"up_blocks.0.attentions.1"``, ...) is a regular expression searched in
+the names of the network's self-attention modules (``attn1``), with diffusers' exclusion of a
+name and an id that both end in the same number.
 """
 
 from __future__ import annotations
