@@ -108,6 +108,10 @@ def perturbation(network: nn.Module, kind: str = "pag",
     modules = dict(network.named_modules())
     if kind == "seg":
         return _blurred_queries([modules[n] for n in names], float(blur_sigma))
+    joint = [n for n in names if getattr(modules[n], "add_q_proj", None) is not None]
+    if joint:  # SD3 / Flux attend over image and text tokens together: another processor
+        raise ValueError(f"pag on joint (image + text) attention is not implemented; "
+                         f"{joint[0]} is one")
 
     @contextmanager
     def perturb() -> Iterator[None]:
@@ -224,9 +228,10 @@ def pipeline_options(network: nn.Module, method: str, options: dict[str, Any]) -
         return options
     options = dict(options)
     layers = options.pop("layers", DEFAULT_LAYERS[info.name])
-    extra = {"blur_sigma": options.pop("blur_sigma", math.inf)} if info.name == "seg" else {}
-    options["perturb"] = perturbation(network, info.name, layers,
-                                      options.pop("fqn", "transformer_blocks"), **extra)
+    # each kind's own settings; another kind's stay in options and are refused by guide
+    extra = ({"blur_sigma": options.pop("blur_sigma", math.inf)} if info.name == "seg" else
+             {"fqn": options.pop("fqn", "transformer_blocks")} if info.name == "slg" else {})
+    options["perturb"] = perturbation(network, info.name, layers, **extra)
     return options
 
 

@@ -64,7 +64,8 @@ class Conditioned(DenoiserBase):
     embeddings, time ids, class labels, ...). With ``negative`` conditioning and
     ``guidance_scale != 1`` (or a ``guidance`` method other than ``"cfg"``), it is guided by
     :func:`reverie.guidance.guide` with the negative as the unconditional branch (both
-    branches in one batched call); ``guidance_options`` go to the method."""
+    branches in one batched call); ``guidance_options`` go to the method. A method that
+    needs no unconditional branch (the perturbed family at scale 1) is applied without one."""
 
     def __init__(
         self,
@@ -262,7 +263,9 @@ class LatentPipeline:
         ``guidance_scale != 1`` needs negative conditioning and applies ``guidance`` (a
         classifier-free method of :data:`reverie.guidance.METHODS`, default ``"cfg"``:
         scale ``1`` is the conditional model, ``0`` the negative one) with
-        ``guidance_options``."""
+        ``guidance_options``. The perturbed family (``"pag"``, ``"slg"``, ``"seg"``, see
+        :mod:`reverie.guidance.attention`) gets its ``perturb`` built on :attr:`network` from
+        the options ``layers`` (and ``fqn`` / ``blur_sigma``)."""
         if isinstance(cond, tuple):
             cond, neg = cond
             negative = neg if negative is None else negative
