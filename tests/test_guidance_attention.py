@@ -162,3 +162,27 @@ def test_seg_blur_and_perturbed_prediction_match_diffusers(sd_folder):
         perturbation(p.network, "seg", "mid", blur_sigma=0.0)
     with pytest.raises(ValueError, match="blur_sigma"):
         p.denoiser(cond, neg, w, guidance="pag", guidance_options={"blur_sigma": 1.0})
+
+
+def test_cli_pag_on_the_shapes_pipeline(tmp_path, capsys):
+    """``reverie sample --model shapes --guidance pag --option layers=[...]`` gives the images of
+    ``p.sample(..., guidance="pag", guidance_options=...)``; plain CFG gives others; PAG on a
+    model without attention layers to perturb is a one-line error."""
+    from reverie.cli import main
+
+    base = ["sample", "--model", "shapes", "--prompt", "a red circle on the right", "--n", "2",
+            "--steps", "4", "--quiet", "--seed", "3"]
+    opts = ["--guidance", "pag", "--option", "layers=['up_blocks.0']", "--option", "pag_scale=2"]
+    assert main([*base, *opts, "--out", str(tmp_path / "pag.npy")]) == 0
+    p = reverie.load("shapes")
+    api = p.sample("a red circle on the right", steps=4, n=2, output_type="pt",
+                   generator=torch.Generator().manual_seed(3), guidance="pag",
+                   guidance_options={"layers": ["up_blocks.0"], "pag_scale": 2.0})
+    cli = np.load(tmp_path / "pag.npy")
+    assert np.allclose(cli, api.numpy(), atol=1e-6)
+    assert main([*base, "--out", str(tmp_path / "cfg.npy")]) == 0
+    assert not np.allclose(np.load(tmp_path / "cfg.npy"), cli, atol=1e-3)
+    capsys.readouterr()
+    assert main(["sample", "--model", "digits", "--label", "3", "--guidance", "pag",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "is not one" in capsys.readouterr().err

@@ -58,8 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--guidance",
         default="cfg",
-        help="classifier-free guidance method of reverie.guidance.METHODS: cfg, cfg_rescale, "
-        "apg, cfg_zero_star, cfg_pp (ddim only), with its options as --option KEY=VALUE "
+        help="guidance method of reverie.guidance.METHODS: cfg, cfg_rescale, apg, "
+        "cfg_zero_star, cfg_pp (ddim only); on pipelines also pag, seg, slg (e.g. --option "
+        "\"layers=['mid']\"); its options as --option KEY=VALUE "
         "(write guidance.KEY=... where the sampler has the same option; default cfg)",
     )
     p.add_argument("--prompt", default=None,
@@ -181,13 +182,15 @@ def _route_options(args: argparse.Namespace, info, options: dict) -> dict:
 
     method = METHODS[args.guidance]  # unknown names list the valid ones
     args.guidance = method.name
-    if method.family != "cfg" or method.name == "autoguidance":
+    if method.family not in ("cfg", "perturbed") or method.name == "autoguidance":
         raise ValueError(f"--guidance {method.name} needs a classifier, a loss or a second "
                          "model, which the command line cannot give; use reverie.guidance.guide "
                          "in Python (the command line takes cfg, cfg_rescale, apg, "
-                         "cfg_zero_star and cfg_pp)")
-    parts = split_options(options, {"sampler": info.options,
-                                    "guidance": {**COMMON_OPTIONS, **method.options}})
+                         "cfg_zero_star and cfg_pp, and pag, seg and slg on pipelines)")
+    known = {**COMMON_OPTIONS, **method.options}
+    if method.family == "perturbed":  # a pipeline builds `perturb` from these
+        known = {**known, "layers": None, "fqn": None, "blur_sigma": None}
+    parts = split_options(options, {"sampler": info.options, "guidance": known})
     args.guidance_options = parts["guidance"]
     return parts["sampler"]
 
@@ -277,6 +280,11 @@ def run(args: argparse.Namespace) -> int:
         args.steps = 20 if args.steps is None else args.steps
         return _text_to_image(model, args, info, outs, options)
     args.steps = 10 if args.steps is None else args.steps
+    from reverie.guidance import METHODS
+
+    if METHODS[args.guidance].family == "perturbed":
+        raise ValueError(f"--guidance {args.guidance} perturbs the attention layers of a "
+                         f"diffusers pipeline; {args.model!r} is not one")
     if args.prompt is not None or args.negative_prompt is not None or args.size is not None:
         raise ValueError(f"--prompt, --negative-prompt and --size are for text-to-image "
                          f"pipelines; {args.model!r} is not one")
