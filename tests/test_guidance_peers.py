@@ -196,6 +196,22 @@ def test_fdg_equals_diffusers(fdg_guider):
     assert gap(reverie_outputs("cfg", 1.0, walk), near) > 0.1
 
 
+def test_fdg_samples_images_and_refuses_points():
+    """fdg runs under a sampler on latents [B, 4, 8, 8] (finite, and not CFG's samples); on
+    points [B, 2] it is a one-line error naming the shapes it takes."""
+    proc = reverie.VP.linear()
+    net = reverie.Denoiser(lambda x, t, label: 0.1 * x + label.view(-1, *[1] * (x.ndim - 1)),
+                           proc)
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    cond, null = {"label": torch.ones(SHAPE[0])}, {"label": torch.zeros(1)}
+    x = reverie.sample(guide(net, "fdg", 4.0, uncond=null, low_scales=1.5), noise, steps=5,
+                       cond=cond)
+    plain = reverie.sample(guide(net, "cfg", 4.0, uncond=null), noise, steps=5, cond=cond)
+    assert bool(torch.isfinite(x).all()) and float((x - plain).abs().max()) > 0.01
+    with pytest.raises(ValueError, match=r"images \[B, C, H, W\]"):
+        guide(net, "fdg", 4.0, uncond=null)(torch.zeros(3, 2), 500.0, label=torch.ones(3))
+
+
 def test_laplacian_pyramid_equals_kornia():
     """reverie's pyramid inverts exactly and equals kornia's (measured: 0.0 difference with
     kornia 0.9.0 at 8x8 and 16x16; kornia pads sides that are not powers of two, reverie

@@ -63,11 +63,12 @@ def cfg_rescale(call: Call, w: float, rescale: float, space: str) -> Tensor:
 
 
 @register("apg", family="cfg", needs=("uncond",), options={"eta": 0.0, "momentum": -0.75,
-          "norm_threshold": 0.0, "space": "x0"}, paper="Sadat et al. 2025 (Eliminating oversaturation and "
-          "artifacts of high guidance scales), Alg. 1",
+          "norm_threshold": 0.0, "space": "x0"}, paper="Sadat et al. 2025 (Eliminating "
+          "oversaturation and artifacts of high guidance scales), Alg. 1",
           description="adaptive projected guidance: the update D_c - D_u, averaged with "
           "(negative) momentum over the walk and capped in norm, keeps eta times its part "
-          "parallel to D_c and all of its orthogonal part: D_c + (w - 1) (perp + eta par)")
+          "parallel to D_c and all of its orthogonal part: D_c + (w - 1) (perp + eta par), in "
+          "the data prediction (the paper's) or space= eps / v / flow (diffusers': the model's)")
 def apg(call: Call, w: float, eta: float, momentum: float, norm_threshold: float,
         space: str) -> Tensor:
     space = _space(space)
