@@ -59,8 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--guidance",
         default="cfg",
         help="classifier-free guidance method of reverie.guidance.METHODS: cfg, cfg_rescale, "
-        "apg, cfg_zero_star, cfg_pp (ddim only), with its options as --option KEY=VALUE "
-        "(write guidance.KEY=... where the sampler has the same option; default cfg)",
+        "apg, cfg_zero_star, cfg_pp (ddim only), tcfg, mambo_g, fdg (images), with its options "
+        "as --option KEY=VALUE (write guidance.KEY=... where the sampler has the same option; "
+        "default cfg)",
     )
     p.add_argument("--prompt", default=None,
                    help="text-to-image pipelines (e.g. a Stable Diffusion folder): the prompt")
@@ -185,7 +186,7 @@ def _route_options(args: argparse.Namespace, info, options: dict) -> dict:
         raise ValueError(f"--guidance {method.name} needs a classifier, a loss or a second "
                          "model, which the command line cannot give; use reverie.guidance.guide "
                          "in Python (the command line takes cfg, cfg_rescale, apg, "
-                         "cfg_zero_star and cfg_pp)")
+                         "cfg_zero_star, cfg_pp, tcfg, mambo_g and fdg)")
     parts = split_options(options, {"sampler": info.options,
                                     "guidance": {**COMMON_OPTIONS, **method.options}})
     args.guidance_options = parts["guidance"]
