@@ -62,6 +62,12 @@ def cfg_rescale(call: Call, w: float, rescale: float, space: str) -> Tensor:
     return call.back(rescale * guided * ratio + (1 - rescale) * guided, space)
 
 
+def _parallel(v: Tensor, d: Tensor) -> Tensor:
+    """The part of ``v`` along ``d``, per sample (in float64, as APG's Algorithm 1)."""
+    unit = torch.nn.functional.normalize(d.double().flatten(1), dim=1).view_as(d)
+    return ((v.double() * unit).sum(dim=_dims(v), keepdim=True) * unit).to(v.dtype)
+
+
 @register("apg", family="cfg", needs=("uncond",), options={"eta": 0.0, "momentum": -0.75,
           "norm_threshold": 0.0, "space": "x0"}, paper="Sadat et al. 2025 (Eliminating "
           "oversaturation and artifacts of high guidance scales), Alg. 1",
@@ -81,8 +87,7 @@ def apg(call: Call, w: float, eta: float, momentum: float, norm_threshold: float
     if norm_threshold > 0:
         norm = torch.linalg.vector_norm(diff, dim=dims, keepdim=True)  # any number of dims
         diff = diff * torch.clamp(norm_threshold / norm, max=1.0)
-    unit = torch.nn.functional.normalize(d_c.double().flatten(1), dim=1).view_as(d_c)
-    parallel = ((diff.double() * unit).sum(dim=dims, keepdim=True) * unit).to(diff.dtype)
+    parallel = _parallel(diff, d_c)
     return call.back(d_c + (w - 1.0) * (diff - parallel + eta * parallel), space)
 
 
@@ -233,8 +238,6 @@ def fdg(call: Call, w: float, low_scales, parallel, space: str) -> Tensor:
                           laplacian_pyramid(d_u, len(scales)), scales, weights):
         diff = c - u
         if p != 1.0:  # keep p times the update's part along this level of D_c
-            unit = torch.nn.functional.normalize(c.double().flatten(1), dim=1).view_as(c)
-            par = ((diff.double() * unit).sum(dim=_dims(c), keepdim=True) * unit).to(c.dtype)
-            diff = diff - (1.0 - p) * par
+            diff = diff - (1.0 - p) * _parallel(diff, c)
         levels.append(u + s * diff)
     return call.back(from_pyramid(levels), space)
