@@ -202,6 +202,13 @@ def run_mixture(args: argparse.Namespace) -> dict[str, Any]:
                       f"(floor {cond_target.floor:.4f})", flush=True)
             continue
         helper = weak if name == "autoguidance" else null
+        try:  # a method for images only (fdg's pyramid) refuses 2-d points
+            guide(base, name, min(2.0, info.scale_range[1]), uncond=helper)(
+                noise[:1], proc.t_max, class_labels=labels[:1])
+        except ValueError as err:
+            skipped[name] = str(err)
+            print(f"  skip {name}: {err}")
+            continue
         own_range = info.scale_range[1] <= 1.0  # CFG++: lambda in [0, 1], no w to match
         for w in _scales_for(info, scales, lambdas):
             x = draw(guide(base, name, w, uncond=helper), {"class_labels": labels})

@@ -59,8 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--guidance",
         default="cfg",
         help="guidance method of reverie.guidance.METHODS: cfg, cfg_rescale, apg, "
-        "cfg_zero_star, cfg_pp (ddim only); on pipelines also pag, seg, slg (e.g. --option "
-        "\"layers=['mid']\"); its options as --option KEY=VALUE "
+        "cfg_zero_star, cfg_pp (ddim only), tcfg, mambo_g, fdg (images); on pipelines also pag, "
+        "seg, slg (e.g. --option \"layers=['mid']\"); its options as --option KEY=VALUE "
         "(write guidance.KEY=... where the sampler has the same option; default cfg)",
     )
     p.add_argument("--prompt", default=None,
@@ -186,7 +186,8 @@ def _route_options(args: argparse.Namespace, info, options: dict) -> dict:
         raise ValueError(f"--guidance {method.name} needs a classifier, a loss or a second "
                          "model, which the command line cannot give; use reverie.guidance.guide "
                          "in Python (the command line takes cfg, cfg_rescale, apg, "
-                         "cfg_zero_star and cfg_pp, and pag, seg and slg on pipelines)")
+                         "cfg_zero_star, cfg_pp, tcfg, mambo_g and fdg, and pag, seg and slg "
+                         "on pipelines)")
     known = {**COMMON_OPTIONS, **method.options}
     if method.family == "perturbed":  # a pipeline builds `perturb` from these
         known = {**known, "layers": None, "fqn": None, "blur_sigma": None}

@@ -5,11 +5,12 @@
 solver walks like the original. The methods are in :data:`METHODS`:
 
 * classifier-free family (:mod:`reverie.guidance.cfg`): ``cfg``, ``cfg_rescale``, ``apg``,
-  ``cfg_zero_star``, ``cfg_pp``, ``autoguidance``. They combine a conditional prediction
-  ``D(x | c)`` (``denoiser`` called with the caller's conditioning keywords) and an
-  unconditional one: ``uncond`` maps each conditioning keyword to its null value (both branches
-  run in one batched call) or is a separate denoiser (an unconditional model, or for
-  autoguidance a weaker model of the same data, called with the same keywords);
+  ``cfg_zero_star``, ``cfg_pp``, ``autoguidance``, ``tcfg``, ``mambo_g``, ``fdg``. They
+  combine a conditional prediction ``D(x | c)`` (``denoiser`` called with the caller's
+  conditioning keywords) and an unconditional one: ``uncond`` maps each conditioning keyword
+  to its null value (both branches run in one batched call) or is a separate denoiser (an
+  unconditional model, or for autoguidance a weaker model of the same data, called with the
+  same keywords);
 * gradient family (:mod:`reverie.guidance.gradient`): ``classifier`` (a time-dependent
   classifier ``(x, t) -> log p(c | x_t)`` per row), ``universal`` (a differentiable ``loss``
   of the data prediction, ``x0 -> loss`` per row) and ``reward`` (``x0 -> reward`` per row,
@@ -251,9 +252,10 @@ class Guided(DenoiserBase):
         off = self.interval is not None and not (
             self.interval[0] <= float(t.reshape(-1)[0]) <= self.interval[1])
         # w = 1 is the conditional model, except for CFG++ (lambda = 1 still renoises with the
-        # unconditional noise) and CFG-Zero* (zero-init); outside the interval it is for all
+        # unconditional noise), CFG-Zero* (zero-init) and FDG (its coarser levels have their
+        # own scales); outside the interval it is for all
         if self.method.family == "cfg" and (off or w == 1.0 and self.method.name not in (
-                "cfg_zero_star", "cfg_pp")):
+                "cfg_zero_star", "cfg_pp", "fdg")):
             out = call.conditional()
         else:
             out = self.method.fn(call, w, **self.options)
