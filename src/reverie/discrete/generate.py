@@ -416,6 +416,9 @@ def generate(
     opts = {**info.options, **options}
     info.blocks.defaults(opts, model)
     stops = _stops(stop)
+    if info.revises and (constraint is not None or eos_id is not None or stops or stream):
+        raise ValueError(f"sampler {info.name!r} changes decided tokens: it cannot take a "
+                         "constraint, eos_id, stop or stream=True (a decided prefix is not final)")
     if eos_id is not None:
         eos_id = integer("eos_id", eos_id, 0)
         if eos_id >= model.vocab_size or eos_id == model.mask_id:
@@ -491,9 +494,6 @@ def generate(
                 "constraints and adaptive blocks need the same number of new tokens in every "
                 "row: pass max_new_tokens= for prompts of different lengths"
             )
-    if info.revises and (constraint is not None or eos_id is not None or stops or stream):
-        raise ValueError(f"sampler {info.name!r} changes decided tokens: it cannot take a "
-                         "constraint, eos_id, stop or stream=True (a decided prefix is not final)")
     if constraint is not None:  # built and checked before any model call
         from reverie.discrete.constraints.sampler import constrain_sampler, prepare_constraint
 

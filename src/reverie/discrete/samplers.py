@@ -19,6 +19,8 @@ Families:
 * ``remasking`` -- RDM's re-masking of decoded tokens (Zheng et al. 2023, reparameterized
   discrete diffusion, ``_reparam_decoding``): decoded tokens whose score falls below that of
   a candidate not yet committed are masked again (they return through :attr:`Commit.revise`).
+* ``editing`` -- LLaDA2.1 token editing: a decided token is replaced when the model is
+  confident (above ``edit_threshold``) in another one.
 * ``rates`` -- tau-leaping on the reverse CTMC (Campbell et al. 2022) and the
   second-order theta-trapezoidal scheme (Ren et al. 2025, arXiv 2502.00234).
 """
@@ -56,6 +58,8 @@ __all__ = [
     "decide_confidence",
     "decide_threshold",
     "decide_rdm",
+    "decide_token_edit",
+    "leave_one_out",
     "decide_tau_leaping",
     "decide_theta_trapezoidal",
     "confidence_scores",
@@ -365,6 +369,14 @@ def decide_threshold(ctx: StepContext) -> Commit:
 
 
 @register(
+    "rcr",
+    family="remasking",
+    steps_rule="at_most_tokens",
+    revises=True,
+    options={"max_remask": None},
+    description="MDPO running-confidence remasking (training-free RCR; rdm's routing)",
+)
+@register(
     "rdm",
     family="remasking",
     steps_rule="at_most_tokens",
@@ -381,7 +393,13 @@ def decide_rdm(ctx: StepContext) -> Commit:
     ``low_confidence``), then swap while the lowest decided score is below the best candidate
     left: that token is masked again, the candidate committed. ``max_remask`` caps the swaps
     per step (``0``: exactly ``low_confidence``, token for token; ``None``: no cap). No
-    re-masking on a block's last step."""
+    re-masking on a block's last step.
+
+    Registered twice: ``rdm`` and ``rcr``, MDPO's training-free running-confidence remasking
+    (He et al. 2025; ``generate_dlm(..., overtime_conf=True)``): it commits every masked
+    candidate, records each token's confidence when committed, then masks again the lowest
+    recorded ones until the schedule's count is left -- the same top ``D + k`` routing
+    (MDPO's code also reaches back into finished blocks; here only the current block)."""
     u = ctx.uniform(3)  # the draws of decide_confidence, so max_remask=0 reproduces it
     cand = _candidates(ctx, u[..., 0])
     fresh = confidence_scores("confidence", ctx.logp, cand, ctx.active, u[..., 1])
@@ -405,6 +423,48 @@ def decide_rdm(ctx: StepContext) -> Commit:
     # scores of decided tokens: fresh for those committed now; -inf once masked again
     stored = torch.where(commit, fresh, torch.where(remask, -torch.inf, stored))
     return Commit(commit, tokens, stored, revise=remask)
+
+
+def leave_one_out(ctx: StepContext, where: Tensor) -> Tensor:
+    """``log p(x0_i | x with only position i masked)`` at the positions ``where`` ``[n, L]``
+    (``ctx.logp`` elsewhere): the model's belief about a decided token given all the others,
+    in one batched model call of ``where.sum()`` canvases. (SUBS hides it otherwise: a clean
+    position predicts itself.)"""
+    rows, cols = where.nonzero(as_tuple=True)
+    out = ctx.logp.clone()
+    if rows.numel() == 0:
+        return out
+    i = torch.arange(rows.numel(), device=rows.device)
+    xb = ctx.x[rows].clone()
+    xb[i, cols] = ctx.mask_id  # one canvas per decided position, that position masked
+    out[rows, cols] = ctx.model(xb, ctx.t[rows], rows)[i, cols].to(out.dtype)
+    return out
+
+
+@register(
+    "token_edit",
+    family="editing",
+    steps_rule="at_most_tokens",
+    revises=True,
+    options={"threshold": 0.9, "edit_threshold": 0.9},
+    description="LLaDA2.1-style token editing on top of threshold decoding (extra model call)",
+)
+def decide_token_edit(ctx: StepContext) -> Commit:
+    """Token editing (LLaDA2.1's joint threshold decoding: mask-to-token plus token-to-token):
+    masked positions are committed as by ``threshold`` (Fast-dLLM); a token decided at an
+    earlier step of the block is replaced by the model's most likely token there when that
+    differs and its probability exceeds ``edit_threshold``. The model's belief about a decided
+    token is its leave-one-out conditional (:func:`leave_one_out`, one extra batched call per
+    step; LLaDA2.1 reads its T2T-trained logits at clean positions instead).
+    ``edit_threshold >= 1`` never edits: exactly ``threshold``, token for token."""
+    edit_th = float(ctx.options["edit_threshold"])
+    in_range("edit_threshold", edit_th, 0, 1)
+    commit = decide_threshold(ctx)
+    if edit_th >= 1 or not bool(ctx.decided.any()):
+        return commit
+    best_lp, best = leave_one_out(ctx, ctx.decided).max(-1)  # the model's choice now
+    edit = ctx.decided & (best != ctx.x) & (best_lp.exp() > edit_th)
+    return Commit(commit.positions, torch.where(edit, best, commit.tokens), commit.carry, edit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,4 +564,5 @@ def decide_theta_trapezoidal(ctx: StepContext) -> Commit:
 
 # listing order: exact samplers first, then the confidence family, then the CTMC solvers
 SAMPLERS.reorder(["ancestral", "first_hitting", "low_confidence", "topk_margin", "entropy",
-                  "random", "threshold", "adablock", "rdm", "tau_leaping", "theta_trapezoidal"])
+                  "random", "threshold", "adablock", "rdm", "rcr", "token_edit", "tau_leaping",
+                  "theta_trapezoidal"])
