@@ -18,11 +18,13 @@ N = 400
 CASES = {
     "rdm": ({}, "low_confidence", {"max_remask": 0}),
     "rcr": ({}, "low_confidence", {"max_remask": 0}),
+    # a low M2T threshold commits inconsistent neighbours in parallel: edits fix some
     "token_edit": (
-        {"threshold": 0.5, "edit_threshold": 0.5}, "threshold", {"threshold": 0.5,
+        {"threshold": 0.1, "edit_threshold": 0.5}, "threshold", {"threshold": 0.1,
                                                                   "edit_threshold": 1.0},
     ),
 }
+KW = dict(length=L, steps=4, n=N, block_length=L)  # 4 steps in one block of 8
 
 
 def _gen(seed=0):
@@ -59,7 +61,7 @@ def test_revision_off_equals_the_base_sampler_and_on_differs(model, name):
     """At the edge value (max_remask=0, edit_threshold=1) the sampler is its base sampler token
     for token; with revision on the same draws give other sequences (the check can fail)."""
     on, base, off = CASES[name]
-    kw = dict(length=L, steps=L, n=N, block_length=4)
+    kw = KW
     ref = generate(model, sampler=base, generator=_gen(), **{**kw, **{
         k: v for k, v in off.items() if k in SAMPLERS[base].options}})
     same = generate(model, sampler=name, generator=_gen(), **kw, **off)
@@ -74,8 +76,7 @@ def test_revisions_happen_and_are_counted(model, name):
     """Decided tokens are actually masked again (rdm, rcr) or changed (token_edit)."""
     on = CASES[name][0]
     log = []
-    x = generate(model, length=L, steps=L, n=N, block_length=4,
-                 sampler=_counting(name, log), generator=_gen(), **on)
+    x = generate(model, sampler=_counting(name, log), generator=_gen(), **KW, **on)
     remasked, edited = map(sum, zip(*log))
     assert (edited if name == "token_edit" else remasked) > 0
     assert (remasked if name == "token_edit" else edited) == 0
