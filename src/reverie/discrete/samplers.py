@@ -437,7 +437,7 @@ def leave_one_out(ctx: StepContext, where: Tensor) -> Tensor:
     i = torch.arange(rows.numel(), device=rows.device)
     xb = ctx.x[rows].clone()
     xb[i, cols] = ctx.mask_id  # one canvas per decided position, that position masked
-    out[rows, cols] = ctx.model(xb, ctx.t[rows], rows)[i, cols].to(out.dtype)
+    out[rows, cols] = ctx.model(xb, ctx.t[rows])[i, cols].to(out.dtype)
     return out
 
 
@@ -446,6 +446,7 @@ def leave_one_out(ctx: StepContext, where: Tensor) -> Tensor:
     family="editing",
     steps_rule="at_most_tokens",
     revises=True,
+    nfe_per_step=2,  # the leave-one-out call (so left-padded prompts are refused)
     options={"threshold": 0.9, "edit_threshold": 0.9},
     description="LLaDA2.1-style token editing on top of threshold decoding (extra model call)",
 )
