@@ -416,6 +416,9 @@ def generate(
     opts = {**info.options, **options}
     info.blocks.defaults(opts, model)
     stops = _stops(stop)
+    if info.revises and (constraint is not None or eos_id is not None or stops or stream):
+        raise ValueError(f"sampler {info.name!r} changes decided tokens: it cannot take a "
+                         "constraint, eos_id, stop or stream=True (a decided prefix is not final)")
     if eos_id is not None:
         eos_id = integer("eos_id", eos_id, 0)
         if eos_id >= model.vocab_size or eos_id == model.mask_id:
@@ -534,6 +537,7 @@ def generate(
     texts = getattr(model, "tokenizer", None) is not None and (track or return_stats)
     run.ends = _Ends(model, gen_start.to(device), eos_id, stops, track, texts)
     run.origin = origin.to(device)
+    run.free = free.to(device)
     if cache is not None:  # the cache stands in for the model (reverie.discrete.cache)
         from reverie.discrete.cache import make_cache
 
@@ -591,6 +595,7 @@ class _Run:
         self.origin = torch.zeros(n, dtype=torch.long, device=device)  # where blocks tile from
         self.ends: _Ends | None = None
         self.x: Tensor | None = None  # the canvas, once the loop has run
+        self.free: Tensor | None = None  # the positions generation decides [n, L]
 
     def draw(self, *shape: int) -> Tensor:
         if self.pad is None or not isinstance(self.generator, (list, tuple)):
@@ -604,8 +609,9 @@ class _Run:
             rows.append(torch.cat([u[:1].expand(p, *shape), u]).to(self.device))
         return torch.stack(rows)
 
-    def step(self, x, rows: _Rows, t, s, logp, active, need, new_block) -> Tensor:
-        """Build the context, ask the decision function, write the commit."""
+    def step(self, x, rows: _Rows, t, s, logp, active, need, new_block, decided=None) -> Tensor:
+        """Build the context, ask the decision function, write the commit (and its
+        revisions of decided tokens, for samplers that revise)."""
         count = _counts(self.model.process, rows, active, s)
         ctx = StepContext(
             x=x,
@@ -627,11 +633,20 @@ class _Run:
             mask_id=self.model.mask_id,
             denoiser=self.model,
             carry=self.carry,
+            decided=decided,
         )
         commit = self.info.decide(ctx)
         self.carry = commit.carry
         self.iters += 1
-        return torch.where(commit.positions & active, commit.tokens, x)
+        out = torch.where(commit.positions & active, commit.tokens, x)
+        if commit.revise is None or decided is None:
+            return out
+        if not self.info.revises:
+            raise RuntimeError(f"sampler {self.info.name!r} revised decided tokens but is not "
+                               "registered with revises=True")
+        # masking again is not allowed on a block's last step (s = 0): the block must finish
+        ok = decided & ((commit.tokens != self.model.mask_id) | (s > 0)[:, None])
+        return torch.where(commit.revise & ok, commit.tokens, out)
 
     def masked(self, x, fixed_bl, per_block, block_length, steps, n_gen, bar):
         mask_id, pos, ends = self.model.mask_id, self.positions, self.ends
@@ -664,7 +679,8 @@ class _Run:
                 )
                 t, s = grid_times(rows)
             active = masked & in_block & need[:, None]
-            x = self.step(x, rows, t, s, logp, active, need, new_block)
+            decided = ~masked & in_block & self.free & need[:, None] if self.info.revises else None
+            x = self.step(x, rows, t, s, logp, active, need, new_block, decided)
             left = (x == mask_id) & in_block
             if bool(((s == 0) & need & left.any(-1)).any()):
                 raise RuntimeError(

@@ -16,6 +16,11 @@ Families:
 * ``threshold`` -- Fast-dLLM parallel decoding (Wu et al. 2025, ``get_transfer_index``):
   commit every candidate with confidence >= ``threshold``, and at least the schedule's ``k``;
   also used inside AdaBlock's adaptive blocks (Lu et al. 2025).
+* ``remasking`` -- RDM's re-masking of decoded tokens (Zheng et al. 2023, reparameterized
+  discrete diffusion, ``_reparam_decoding``): decoded tokens whose score falls below that of
+  a candidate not yet committed are masked again (they return through :attr:`Commit.revise`).
+* ``editing`` -- LLaDA2.1 token editing: a decided token is replaced when the model is
+  confident (above ``edit_threshold``) in another one.
 * ``rates`` -- tau-leaping on the reverse CTMC (Campbell et al. 2022) and the
   second-order theta-trapezoidal scheme (Ren et al. 2025, arXiv 2502.00234).
 """
@@ -52,6 +57,9 @@ __all__ = [
     "decide_first_hitting",
     "decide_confidence",
     "decide_threshold",
+    "decide_rdm",
+    "decide_token_edit",
+    "leave_one_out",
     "decide_tau_leaping",
     "decide_theta_trapezoidal",
     "confidence_scores",
@@ -68,11 +76,16 @@ class Commit:
     """A sampler's decision at one step: write ``tokens`` at ``positions`` (both ``[n, L]``).
 
     ``positions`` must lie inside ``ctx.active``. ``carry`` is any per-run state the decision
-    function wants back at the next step as ``ctx.carry`` (e.g. automaton states per row)."""
+    function wants back at the next step as ``ctx.carry`` (e.g. automaton states per row).
+    ``revise`` (optional, ``[n, L]``) -- positions of ``ctx.decided`` (tokens decided at
+    earlier steps of the block) that also get ``tokens``: ``ctx.mask_id`` masks them again
+    (RDM re-masking), another id changes them; masking again is ignored on a block's last step
+    (``s = 0``). Only samplers registered with ``revises=True`` may use it."""
 
     positions: Tensor
     tokens: Tensor
     carry: Any = None
+    revise: Tensor | None = None
 
 
 @dataclass
@@ -87,7 +100,9 @@ class StepContext:
       current block; for uniform-noise models, every generated position of the block);
     * ``block_start``, ``block_end`` -- the current block per row ``[n]`` (``end`` exclusive);
       ``step``, ``steps`` -- step index and number of steps of the current block per row;
-      ``new_block`` -- rows whose block starts at this step;
+      ``new_block`` -- rows whose block starts at this step; ``decided`` -- the generated
+      positions of the current block already decided (not masked, not prompt or scaffold),
+      which a revising sampler may change (:attr:`Commit.revise`; ``None`` for uniform noise);
     * ``count`` -- how many tokens the schedule asks to commit now per row (the confidence
       samplers' ``k``; ``alpha`` of the schedule splits a block's tokens over its steps);
     * ``temperature``, ``options`` (the sampler's options), ``model(x, t)`` (the cached
@@ -115,6 +130,7 @@ class StepContext:
     mask_id: int | None
     denoiser: TokenDenoiserBase
     carry: Any = None
+    decided: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -129,7 +145,9 @@ class TokenSampler:
     ``"adaptive"``;
     ``steps_rule`` -- ``"any"`` (steps >= 1), ``"at_most_tokens"`` (at least one token per
     step) or ``"tokens"`` (exactly one token per step); ``processes`` -- the process kinds it
-    supports; ``nfe_per_step`` -- model calls per step; ``options`` -- option defaults.
+    supports; ``nfe_per_step`` -- model calls per step; ``options`` -- option defaults;
+    ``revises`` -- whether it changes decided tokens (:attr:`Commit.revise`; such samplers
+    cannot stream, stop early or take constraints: a decided prefix is not final).
     """
 
     name: str
@@ -142,6 +160,7 @@ class TokenSampler:
     steps_rule: str = "any"
     nfe_per_step: int = 1
     options: Mapping[str, Any] = field(default_factory=dict)
+    revises: bool = False
 
     def __post_init__(self) -> None:
         # the built-in policies may be given by name
@@ -345,6 +364,111 @@ def decide_threshold(ctx: StepContext) -> Commit:
 
 
 # ---------------------------------------------------------------------------------------------
+# re-masking of decoded tokens
+# ---------------------------------------------------------------------------------------------
+
+
+@register(
+    "rcr",
+    family="remasking",
+    steps_rule="at_most_tokens",
+    revises=True,
+    options={"max_remask": None},
+    description="MDPO running-confidence remasking (training-free RCR; rdm's routing)",
+)
+@register(
+    "rdm",
+    family="remasking",
+    steps_rule="at_most_tokens",
+    revises=True,
+    options={"max_remask": None},
+    description="RDM: low-confidence decoding that re-masks decoded tokens scored below new ones",
+)
+def decide_rdm(ctx: StepContext) -> Commit:
+    """RDM's routing (Zheng et al. 2023, ``_reparam_decoding`` with top-k routing): after a
+    step the block keeps decided the ``D + k`` best-scored positions among its ``D`` decided
+    ones and its masked ones (``k = ctx.count``). A masked position's score is its candidate's
+    confidence now; a decided token's is its confidence when it was decided (RDM's
+    ``output_scores``; carried). Equivalently: commit the ``k`` best candidates (as
+    ``low_confidence``), then swap while the lowest decided score is below the best candidate
+    left: that token is masked again, the candidate committed. ``max_remask`` caps the swaps
+    per step (``0``: exactly ``low_confidence``, token for token; ``None``: no cap). No
+    re-masking on a block's last step.
+
+    Registered twice: ``rdm`` and ``rcr``, MDPO's training-free running-confidence remasking
+    (He et al. 2025; ``generate_dlm(..., overtime_conf=True)``): it commits every masked
+    candidate, records each token's confidence when committed, then masks again the lowest
+    recorded ones until the schedule's count is left -- the same top ``D + k`` routing
+    (MDPO's code also reaches back into finished blocks; here only the current block)."""
+    u = ctx.uniform(3)  # the draws of decide_confidence, so max_remask=0 reproduces it
+    cand = _candidates(ctx, u[..., 0])
+    fresh = confidence_scores("confidence", ctx.logp, cand, ctx.active, u[..., 1])
+    commit = _top_k(fresh, ctx.count) & ctx.active
+    stored = ctx.carry if isinstance(ctx.carry, Tensor) else torch.zeros_like(fresh)
+    cap = ctx.options["max_remask"]
+    cap = ctx.x.shape[1] if cap is None else int(cap)
+    if cap < 0:
+        raise ValueError(f"max_remask must be None or an integer >= 0, got {cap}")
+    decided = ctx.decided & (ctx.s > 0)[:, None]  # never re-mask on a block's last step
+    low, low_at = torch.where(decided, stored, torch.inf).sort(-1)  # weakest decided first
+    high, high_at = torch.where(ctx.active & ~commit, fresh, -torch.inf).sort(-1, descending=True)
+    # swap j: the j-th weakest decided token for the j-th best candidate left, while it helps
+    # (low ascends and high descends, so the swaps are a prefix)
+    j = torch.arange(low.shape[-1], device=low.device)
+    swap = (low < high) & (j < cap)
+    swap = swap.long().cumprod(-1).bool()
+    remask = torch.zeros_like(commit).scatter(-1, low_at, swap)
+    commit = commit | torch.zeros_like(commit).scatter(-1, high_at, swap)
+    tokens = torch.where(remask, torch.full_like(cand, ctx.mask_id), cand)
+    # scores of decided tokens: fresh for those committed now; -inf once masked again
+    stored = torch.where(commit, fresh, torch.where(remask, -torch.inf, stored))
+    return Commit(commit, tokens, stored, revise=remask)
+
+
+def leave_one_out(ctx: StepContext, where: Tensor) -> Tensor:
+    """``log p(x0_i | x with only position i masked)`` at the positions ``where`` ``[n, L]``
+    (``ctx.logp`` elsewhere): the model's belief about a decided token given all the others,
+    in one batched model call of ``where.sum()`` canvases. (SUBS hides it otherwise: a clean
+    position predicts itself.)"""
+    rows, cols = where.nonzero(as_tuple=True)
+    out = ctx.logp.clone()
+    if rows.numel() == 0:
+        return out
+    i = torch.arange(rows.numel(), device=rows.device)
+    xb = ctx.x[rows].clone()
+    xb[i, cols] = ctx.mask_id  # one canvas per decided position, that position masked
+    out[rows, cols] = ctx.model(xb, ctx.t[rows])[i, cols].to(out.dtype)
+    return out
+
+
+@register(
+    "token_edit",
+    family="editing",
+    steps_rule="at_most_tokens",
+    revises=True,
+    nfe_per_step=2,  # the leave-one-out call (so left-padded prompts are refused)
+    options={"threshold": 0.9, "edit_threshold": 0.9},
+    description="LLaDA2.1-style token editing on top of threshold decoding (extra model call)",
+)
+def decide_token_edit(ctx: StepContext) -> Commit:
+    """Token editing (LLaDA2.1's joint threshold decoding: mask-to-token plus token-to-token):
+    masked positions are committed as by ``threshold`` (Fast-dLLM); a token decided at an
+    earlier step of the block is replaced by the model's most likely token there when that
+    differs and its probability exceeds ``edit_threshold``. The model's belief about a decided
+    token is its leave-one-out conditional (:func:`leave_one_out`, one extra batched call per
+    step; LLaDA2.1 reads its T2T-trained logits at clean positions instead).
+    ``edit_threshold >= 1`` never edits: exactly ``threshold``, token for token."""
+    edit_th = float(ctx.options["edit_threshold"])
+    in_range("edit_threshold", edit_th, 0, 1)
+    commit = decide_threshold(ctx)
+    if edit_th >= 1 or not bool(ctx.decided.any()):
+        return commit
+    best_lp, best = leave_one_out(ctx, ctx.decided).max(-1)  # the model's choice now
+    edit = ctx.decided & (best != ctx.x) & (best_lp.exp() > edit_th)
+    return Commit(commit.positions, torch.where(edit, best, commit.tokens), commit.carry, edit)
+
+
+# ---------------------------------------------------------------------------------------------
 # tau-leaping and theta-trapezoidal
 # ---------------------------------------------------------------------------------------------
 
@@ -441,4 +565,5 @@ def decide_theta_trapezoidal(ctx: StepContext) -> Commit:
 
 # listing order: exact samplers first, then the confidence family, then the CTMC solvers
 SAMPLERS.reorder(["ancestral", "first_hitting", "low_confidence", "topk_margin", "entropy",
-                  "random", "threshold", "adablock", "tau_leaping", "theta_trapezoidal"])
+                  "random", "threshold", "adablock", "rdm", "rcr", "token_edit", "tau_leaping",
+                  "theta_trapezoidal"])
