@@ -15,6 +15,20 @@ Runtime on the shared 2-core AMD EPYC machine (CPU only, one torch thread, the d
 minutes under a load average of ~10 from other jobs; the final evaluation adds ~2 minutes.
 Two OpenMP threads were more than 10x slower on the busy machine, hence ``--threads 1``. The
 run is deterministic: both runs ended at the same training loss (0.3321 nats/token).
+
+``--init FOLDER`` continues training a saved model (same architecture) instead of starting
+from scratch, and ``--ema DECAY`` saves and evaluates an exponential moving average of the
+weights. A two-stage continuation of the bundled model (not bundled; 2026-11-30, lightly
+loaded machine), ancestral parse rate at steps = L measured as in :func:`evaluate`:
+
+    --init src/reverie/models/tiny-json --steps 2600 --lr 6e-4 --ema 0.998 --out /tmp/tj1
+    --init /tmp/tj1 --steps 4500 --lr 5e-4 --ema 0.999 --out /tmp/tj3
+
+took 7.3 + 11.4 minutes and lowered the held-out NELBO from 0.3324 to 0.3166, then 0.3051
+nats/token; the ancestral parse rate went 0.426 -> 0.438 -> 0.492 (256 samples, seed 11;
+0.379 -> 0.516 on 512 samples with seed 5), low-confidence stays at 1.0. Far from 0.9: the
+failures are misaligned characters (``"city":""Lagos"``, ``"vaue"``) -- the model mixes
+record lengths in its per-position marginals.
 """
 
 from __future__ import annotations
@@ -229,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval", type=int, default=256, help="samples for the final parse-rate check")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--save-every", type=int, default=0, help="also save checkpoints (pilots)")
+    p.add_argument("--init", default=None, help="start from the weights of this model folder")
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0: off)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -245,6 +261,18 @@ def main(argv: list[str] | None = None) -> int:
         time_conditioned=False,
         tokenizer=tok,
     )
+    if args.init:  # continue training a saved model (same architecture)
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(str(Path(args.init) / "model.safetensors")))
+    # exponential moving average of the weights: what is saved and evaluated when --ema > 0
+    avg = (
+        torch.optim.swa_utils.AveragedModel(
+            net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)
+        )
+        if args.ema
+        else None
+    )
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = min(300, args.steps // 10)
 
@@ -259,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         f"tiny-json: {n_params / 1e6:.2f}M parameters, vocab {tok.vocab_size}, length {LENGTH}",
         flush=True,
     )
+
+    def final() -> TinyTransformer:  # the weights a checkpoint saves
+        return avg.module if avg is not None else net
+
     start = time.time()
     ema = None
     net.train()
@@ -276,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
+        if avg is not None:
+            avg.update_parameters(net)
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if (step + 1) % args.log_every == 0 or step == 0:
             el = time.time() - start
@@ -285,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            save(net, tok, Path(args.out) / f"step{step + 1}", {"steps": step + 1})
+            save(final(), tok, Path(args.out) / f"step{step + 1}", {"steps": step + 1})
     train_seconds = time.time() - start
+    if avg is not None:  # the averaged weights become the model
+        net.load_state_dict(avg.module.state_dict())
     net.eval()
 
     training = {
@@ -299,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         "depth": args.depth,
         "heads": args.heads,
         "threads": args.threads,
+        "init": args.init,  # None: trained from scratch
+        "ema": args.ema,
         "train_seconds": round(train_seconds, 1),
         "final_nelbo_per_token": round(ema, 4),
     }
