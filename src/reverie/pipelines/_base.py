@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,7 +135,7 @@ def _negatives(prompts: list[str], negative_prompt: str | list[str] | None) -> l
     return negatives
 
 
-class LatentPipeline:
+class LatentPipeline(ABC):
     """A diffusers latent pipeline in reverie's terms (module docstring).
 
     Attributes: ``network`` (the UNet or transformer), ``vae``, ``process`` and ``prediction``
@@ -203,10 +204,11 @@ class LatentPipeline:
 
     # -- to implement ----------------------------------------------------------------------
 
+    @abstractmethod
     def default_size(self) -> tuple[int, int]:
         """``(height, width)`` in pixels when ``sample`` is given none."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _conditioning(
         self, prompts: list[str], negatives: list[str] | None, height: int, width: int,
         **prompt_options: Any,
@@ -214,7 +216,6 @@ class LatentPipeline:
         """The network's conditioning keywords for ``prompts`` and for the negative prompts
         (``None``: the family's default negative, or none); ``prompt_options`` are the
         family's :attr:`prompt_options` that were given."""
-        raise NotImplementedError
 
     def _pack(self, latents: Tensor) -> Tensor:
         """VAE latents ``[B, C, h, w]`` -> the sampler's state (identity but for Flux)."""

@@ -114,11 +114,15 @@ class DiT(TransformerPipeline):
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """``({"class_labels": ids}, {"class_labels": negative ids})``; the negative defaults
         to the null class (unconditional), one per label. ``height`` / ``width`` are unused."""
-        ids = self.label_ids(prompt)
-        if negative_prompt is None:
+        return self._conditioning(prompt, negative_prompt, height, width)
+
+    def _conditioning(self, prompts, negatives, height, width):
+        # labels (ids or words), not texts: encode_prompt hands them over unchanged
+        ids = self.label_ids(prompts)
+        if negatives is None:
             neg = torch.full_like(ids, self.null_class)
         else:
-            neg = self.label_ids(negative_prompt)
+            neg = self.label_ids(negatives)
             neg = neg.expand_as(ids) if neg.numel() == 1 else neg  # one for all
             if neg.shape != ids.shape:
                 raise ValueError(f"{neg.numel()} negative labels for {ids.numel()} labels; give "
