@@ -201,7 +201,7 @@ def run_mixture(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"  {name} (w = {w:g}, {fed}): W1 to p(x|c) {row['sw_cond']:.4f} "
                       f"(floor {cond_target.floor:.4f})", flush=True)
             continue
-        helper = weak if name == "autoguidance" else null
+        helper = weak if info.weak_model else null
         try:  # a method for images only (fdg's pyramid) refuses 2-d points
             guide(base, name, min(2.0, info.scale_range[1]), uncond=helper)(
                 noise[:1], proc.t_max, class_labels=labels[:1])

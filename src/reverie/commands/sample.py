@@ -182,7 +182,7 @@ def _route_options(args: argparse.Namespace, info, options: dict) -> dict:
 
     method = METHODS[args.guidance]  # unknown names list the valid ones
     args.guidance = method.name
-    if method.family not in ("cfg", "perturbed") or method.name == "autoguidance":
+    if method.family not in ("cfg", "perturbed") or method.weak_model:
         raise ValueError(f"--guidance {method.name} needs a classifier, a loss or a second "
                          "model, which the command line cannot give; use reverie.guidance.guide "
                          "in Python (the command line takes cfg, cfg_rescale, apg, "

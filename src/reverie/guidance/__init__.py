@@ -106,6 +106,11 @@ class Method:
     hook: Callable[[Guided], Callable] | None = None
     samplers: tuple[str, ...] | None = None
     schedulable: bool = True  # whether the common schedule / interval options apply
+    #: classifier-free family: whether scale 1 is the conditional model (then it alone runs)
+    conditional_at_one: bool = True
+    #: ``uncond`` is a weaker denoiser of the same data, called with the caller's conditioning
+    #: (autoguidance), not an unconditional branch
+    weak_model: bool = False
 
 
 #: Guidance methods by name (lower case with underscores).
@@ -124,13 +129,16 @@ def register(
     hook: Callable | None = None,
     samplers: Sequence[str] | None = None,
     schedulable: bool = True,
+    conditional_at_one: bool = True,
+    weak_model: bool = False,
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Decorator: register ``fn(call, scale, **options) -> x0`` as a guidance method."""
 
     def deco(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         METHODS.add(Method(name, fn, family, tuple(needs), description, paper, scale_range,
                            dict(options or {}), hook, None if samplers is None else
-                           tuple(samplers), schedulable))
+                           tuple(samplers), schedulable,
+                           conditional_at_one, weak_model))
         return fn
 
     return deco
@@ -180,7 +188,7 @@ class Call:
 def _pair(guided: Guided, x: Tensor, t: Tensor, cond: dict[str, Any]) -> tuple[Tensor, Tensor]:
     den, uncond = guided.denoiser, guided.uncond
     if isinstance(uncond, DenoiserBase):
-        weak = guided.method.name == "autoguidance"  # the weak model sees the same condition
+        weak = guided.method.weak_model  # a weak model sees the same condition
         return den(x, t, **cond), uncond(x, t, **(cond if weak else {}))
     # null values bound once with one row (e.g. a null class or a negative prompt) serve any batch
     uncond = {k: _rows_for(v, x) for k, v in uncond.items()}
@@ -251,11 +259,9 @@ class Guided(DenoiserBase):
         w = self.scale_at(t)
         off = self.interval is not None and not (
             self.interval[0] <= float(t.reshape(-1)[0]) <= self.interval[1])
-        # w = 1 is the conditional model, except for CFG++ (lambda = 1 still renoises with the
-        # unconditional noise), CFG-Zero* (zero-init) and FDG (its coarser levels have their
-        # own scales); outside the interval it is for all
-        if self.method.family == "cfg" and (off or w == 1.0 and self.method.name not in (
-                "cfg_zero_star", "cfg_pp", "fdg")):
+        # the classifier-free family is the conditional model outside the interval, and at
+        # w = 1 for the methods that say so (Method.conditional_at_one)
+        if self.method.family == "cfg" and (off or w == 1.0 and self.method.conditional_at_one):
             out = call.conditional()
         else:
             out = self.method.fn(call, w, **self.options)
@@ -319,8 +325,8 @@ def guide(
     if uncond is not None and not isinstance(uncond, (DenoiserBase, Mapping)):
         raise TypeError("uncond must map conditioning keywords to their null values, or be a "
                         f"denoiser; got {type(uncond).__name__}")
-    if info.name == "autoguidance" and not isinstance(uncond, DenoiserBase):
-        raise TypeError("autoguidance needs uncond= a weaker denoiser of the same data (e.g. a "
+    if info.weak_model and not isinstance(uncond, DenoiserBase):
+        raise TypeError(f"{info.name} needs uncond= a weaker denoiser of the same data (e.g. a "
                         "smaller or less trained model)")
     for name, fn in (("classifier", classifier), ("loss", loss)):
         if fn is not None and not callable(fn):

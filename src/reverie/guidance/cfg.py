@@ -40,7 +40,8 @@ def cfg(call: Call, w: float) -> Tensor:
     return d_u + w * (d_c - d_u)
 
 
-@register("autoguidance", family="cfg", needs=("uncond",), paper="Karras et al. 2024",
+@register("autoguidance", family="cfg", needs=("uncond",), weak_model=True,
+          paper="Karras et al. 2024",
           description="guide with a weaker model of the same data, given as uncond=: "
           "D_weak + w (D - D_weak), both with the caller's conditioning")
 def autoguidance(call: Call, w: float) -> Tensor:
@@ -92,7 +93,8 @@ def apg(call: Call, w: float, eta: float, momentum: float, norm_threshold: float
 
 
 @register("cfg_zero_star", family="cfg", needs=("uncond",), options={"zero_steps": 0,
-          "space": "flow"}, paper="Fan et al. 2025 (CFG-Zero*)",
+          "space": "flow"}, conditional_at_one=False,  # its zero-init applies at w = 1 too
+          paper="Fan et al. 2025 (CFG-Zero*)",
           description="CFG with the unconditional prediction scaled by its optimal factor "
           "s* = <D_c, D_u> / |D_u|^2 (per sample, in the velocity space by default): "
           "s* D_u + w (D_c - s* D_u); zero_steps: the first model calls return a zero "
@@ -129,6 +131,7 @@ def _cfg_pp_hook(guided):
 
 @register("cfg_pp", family="cfg", needs=("uncond",), scale_range=(0.0, 1.0),
           hook=_cfg_pp_hook, samplers=("ddim",), schedulable=False,
+          conditional_at_one=False,  # lambda = 1 still renoises with the unconditional noise
           paper="Chung et al. 2025 (CFG++)",
           description="CFG++: the data prediction is guided at a scale lambda in [0, 1], the "
           "update renoises with the unconditional noise (a step hook; exact for deterministic "
@@ -216,6 +219,7 @@ def from_pyramid(pyramid: list[Tensor]) -> Tensor:
 
 
 @register("fdg", family="cfg", needs=("uncond",), schedulable=False,
+          conditional_at_one=False,  # its coarser levels have their own scales
           options={"low_scales": None, "parallel": 1.0, "space": "x0"},
           paper="Sadat et al. 2025 (Guidance in the frequency domain enables high-fidelity "
           "sampling at low CFG scales)",
