@@ -43,6 +43,7 @@ from reverie import shapes
 from reverie._io import atomic_path
 from reverie.discrete.constraints._vocabulary import _BYTE_LEVEL
 from reverie.hub import atomic_dir
+from reverie.pipelines.tokenizers import write_clip_tokenizer
 from reverie.train.loop import ema_update
 
 MAX_LENGTH = 16  # tokens per prompt (the longest prompt has 8 with start and end)
@@ -52,26 +53,14 @@ SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_
 
 def build_tokenizer(folder: Path) -> transformers.CLIPTokenizer:
     """A CLIP BPE tokenizer whose merges turn each prompt word into one token."""
-    chars = list(_BYTE_LEVEL)
     merges: list[str] = []
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def make() -> transformers.CLIPTokenizer:
-        vocab = chars + [c + "</w>" for c in chars] + [m.replace(" ", "") for m in merges]
-        vocab += ["<|startoftext|>", "<|endoftext|>"]
-        (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-        (folder / "merges.txt").write_text("".join(f"{m}\n" for m in ["#version: 0.2", *merges]))
-        return transformers.CLIPTokenizer(vocab=str(folder / "vocab.json"),
-                                          merges=str(folder / "merges.txt"),
-                                          model_max_length=MAX_LENGTH)
-
-    tok = make()
+    tok = write_clip_tokenizer(folder, list(_BYTE_LEVEL), merges, MAX_LENGTH)
     while True:  # merge the first two pieces of a word that is still split, until none is
         split = [p for w in shapes.words() if len(p := tok.tokenize(w)) > 1]
         if not split:
             return tok
         merges.append(f"{split[0][0]} {split[0][1]}")
-        tok = make()
+        tok = write_clip_tokenizer(folder, list(_BYTE_LEVEL), merges, MAX_LENGTH)
 
 
 def build_models(vocab_size: int, bos: int, eos: int) -> tuple:

@@ -14,6 +14,7 @@ import transformers
 import reverie
 from reverie.discrete.constraints._vocabulary import _BYTE_LEVEL
 from reverie.pipelines import StableDiffusion
+from reverie.pipelines.tokenizers import write_clip_tokenizer
 
 PROMPT = "the red thing on a blue table"
 
@@ -21,16 +22,9 @@ PROMPT = "the red thing on a blue table"
 def tiny_tokenizer(folder) -> transformers.CLIPTokenizer:
     """A CLIP tokenizer from a written vocabulary: the 256 bytes, the same with ``</w>``, a few
     merges, then the start/end tokens (end last, as in CLIP): 520 tokens."""
-    chars = list(_BYTE_LEVEL)  # GPT-2's byte-level characters, CLIP's BPE alphabet
     merges = ["t h", "th e</w>", "r e", "re d</w>", "o n</w>", "a n"]
-    vocab = chars + [c + "</w>" for c in chars] + [m.replace(" ", "") for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return transformers.CLIPTokenizer(
-        vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=77
-    )
+    # GPT-2's byte-level characters are CLIP's BPE alphabet
+    return write_clip_tokenizer(folder, list(_BYTE_LEVEL), merges)
 
 
 def tiny_sd(folder, scheduler_kw: dict | None = None, seed: int = 0) -> None:

@@ -65,17 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _tokenizer(folder: Path) -> Any:
     """A CLIP tokenizer over printable ASCII characters (each character a token, with its
-    end-of-word form; no merges), start/end tokens last, as in CLIP."""
-    import transformers
+    end-of-word form; no merges)."""
+    from reverie.pipelines.tokenizers import write_clip_tokenizer
 
-    chars = [chr(c) for c in range(33, 127)]
-    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return transformers.CLIPTokenizer(
-        vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=77
-    )
+    return write_clip_tokenizer(folder, [chr(c) for c in range(33, 127)])
 
 
 def build_folder(folder: Path, size: int, channels: tuple[int, ...], seed: int = 0) -> None:
