@@ -47,6 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from reverie.discrete.block import BlockCausalLM, TinyBlockTransformer, block_nelbo  # noqa: E402
 from reverie.discrete.denoiser import TokenDenoiser  # noqa: E402
 from reverie.discrete.nets import TinyTransformer  # noqa: E402
 from reverie.discrete.process import MaskedProcess, nelbo  # noqa: E402
@@ -147,17 +148,38 @@ def record(rng: random.Random) -> dict:
     return {"expr": e, "value": eval(e)}  # noqa: S307 - our own arithmetic over small ints
 
 
-def text(rng: random.Random) -> str:
+#: Column widths of each schema's values in the ``fixed`` layout (the longest value each can
+#: take): a value is followed by spaces up to its width, so every record of a schema has the
+#: same length and each key sits at the same position -- JSON whitespace, the parsed record
+#: is unchanged.
+WIDTHS = {
+    "name": 10, "age": 2, "city": 8,
+    "id": 3, "item": 7, "price": 5, "stock": 5,
+    "x": 3, "y": 3, "tags": 24,
+    "expr": 19, "value": 5,
+}
+
+
+def fixed(rec: dict) -> str:
+    """``rec`` as compact JSON with each value padded by spaces to its column width."""
+    parts = [f"{json.dumps(k)}:{json.dumps(v, separators=(',', ':')).ljust(WIDTHS[k])}"
+             for k, v in rec.items()]
+    return "{" + ",".join(parts) + "}"
+
+
+def text(rng: random.Random, layout: str = "fixed") -> str:
+    """One record as text: ``compact`` JSON, or the ``fixed`` column layout."""
     while True:
-        s = json.dumps(record(rng), separators=(",", ":"))
+        rec = record(rng)
+        s = fixed(rec) if layout == "fixed" else json.dumps(rec, separators=(",", ":"))
         if len(s) <= LENGTH:
             return s
 
 
-def batch(rng: random.Random, tok: CharTokenizer, n: int) -> torch.Tensor:
+def batch(rng: random.Random, tok: CharTokenizer, n: int, layout: str = "fixed") -> torch.Tensor:
     rows = []
     for _ in range(n):
-        ids = tok.encode(text(rng))
+        ids = tok.encode(text(rng, layout))
         rows.append(ids + [tok.pad_token_id] * (LENGTH - len(ids)))
     return torch.tensor(rows, dtype=torch.long)
 
@@ -173,16 +195,22 @@ def parse_rate(texts: list[str]) -> float:
     return ok / max(len(texts), 1)
 
 
-def evaluate(den: TokenDenoiser, tok: CharTokenizer, seed: int, n: int) -> dict:
+def evaluate(
+    den: TokenDenoiser, tok: CharTokenizer, seed: int, n: int, layout: str = "fixed"
+) -> dict:
     """Held-out NELBO per token and the JSON parse rate of ``n`` unconstrained samples at
     steps = L for two samplers (ancestral and LLaDA low-confidence remasking)."""
     out: dict = {}
     with torch.no_grad():
-        val = batch(random.Random(seed + 12345), tok, 512)
+        val = batch(random.Random(seed + 12345), tok, 512, layout)
         vgen = torch.Generator().manual_seed(7)
-        out["heldout_nelbo_per_token"] = round(
-            float(nelbo(den, val, samples=8, generator=vgen).mean() / LENGTH), 4
-        )
+        if isinstance(den, BlockCausalLM):
+            tv = 1.0 - torch.rand((val.shape[0], 8, LENGTH // den.block_size), generator=vgen,
+                                  dtype=torch.float64)
+            nll = torch.stack([block_nelbo(den.network, val, tv[:, j], vgen) for j in range(8)])
+        else:
+            nll = nelbo(den, val, samples=8, generator=vgen)
+        out["heldout_nelbo_per_token"] = round(float(nll.mean() / LENGTH), 4)
         if n <= 0:
             return out
         from reverie.discrete import generate
@@ -212,7 +240,7 @@ def save(net: TinyTransformer, tok: CharTokenizer, out: Path, training: dict) ->
     os.replace(tmp, out / "model.safetensors")
     config = {
         "format": "reverie-discrete",
-        "architecture": "TinyTransformer",
+        "architecture": type(net).__name__,
         "model": net.config,
         "tokenizer": tok.to_dict(),
         "mask_id": tok.mask_token_id,
@@ -243,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval", type=int, default=256, help="samples for the final parse-rate check")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--save-every", type=int, default=0, help="also save checkpoints (pilots)")
+    p.add_argument("--block-size", type=int, default=0,
+                   help="train a block-causal model with blocks of this size (0: bidirectional)")
+    p.add_argument("--layout", choices=("fixed", "compact"), default="fixed",
+                   help="record text: values padded to fixed columns, or compact JSON")
     p.add_argument("--init", default=None, help="start from the weights of this model folder")
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0: off)")
     args = p.parse_args(argv)
@@ -252,15 +284,21 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     gen = torch.Generator().manual_seed(args.seed + 1)
     tok = CharTokenizer(CHARS)
-    net = TinyTransformer(tok.vocab_size, LENGTH, dim=args.dim, depth=args.depth, heads=args.heads)
-    den = TokenDenoiser(
-        net,
-        mask_id=tok.mask_token_id,
-        vocab_size=tok.vocab_size,
-        process=MaskedProcess("linear"),
-        time_conditioned=False,
-        tokenizer=tok,
-    )
+    size = {"dim": args.dim, "depth": args.depth, "heads": args.heads}
+    if args.block_size:  # block-causal sibling: the mask is the extra input id (no logit)
+        assert tok.mask_token_id == tok.vocab_size - 1
+        net = TinyBlockTransformer(tok.vocab_size - 1, LENGTH, args.block_size, **size)
+        den = BlockCausalLM(net, vocab_size=tok.vocab_size - 1, tokenizer=tok)
+    else:
+        net = TinyTransformer(tok.vocab_size, LENGTH, **size)
+        den = TokenDenoiser(
+            net,
+            mask_id=tok.mask_token_id,
+            vocab_size=tok.vocab_size,
+            process=MaskedProcess("linear"),
+            time_conditioned=False,
+            tokenizer=tok,
+        )
     if args.init:  # continue training a saved model (same architecture)
         from safetensors.torch import load_file
 
@@ -297,13 +335,18 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        x0 = batch(rng, tok, args.batch)
+        x0 = batch(rng, tok, args.batch, args.layout)
         # stratified times over the batch (MD4's low-discrepancy sampler), t in (0, 1]
         u = torch.rand((), generator=gen, dtype=torch.float64)
         t = 1.0 - torch.remainder(
             u + torch.arange(args.batch, dtype=torch.float64) / args.batch, 1.0
         )
-        loss = nelbo(den, x0, t=t, generator=gen).mean() / LENGTH
+        if args.block_size:  # an independent time in (0, 1] for every block of every row
+            shape = (args.batch, LENGTH // args.block_size)
+            tb = 1.0 - torch.rand(shape, generator=gen, dtype=torch.float64)
+            loss = block_nelbo(net, x0, tb, gen).mean() / LENGTH
+        else:
+            loss = nelbo(den, x0, t=t, generator=gen).mean() / LENGTH
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -328,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     training = {
         "script": "scripts/train_tiny_json.py",
         "seed": args.seed,
+        "layout": args.layout,
         "steps": args.steps,
         "batch": args.batch,
         "lr": args.lr,
@@ -342,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     save(net, tok, Path(args.out), training)  # weights first: evaluation can never lose them
     # held-out NELBO (nats per token) and parse rates of unconstrained samples
-    metrics = evaluate(den, tok, args.seed, args.eval)
+    metrics = evaluate(den, tok, args.seed, args.eval, args.layout)
     print("evaluation: " + json.dumps(metrics), flush=True)
     save(net, tok, Path(args.out), {**training, "eval_samples": args.eval, **metrics})
     out = Path(args.out)

@@ -159,6 +159,33 @@ def test_diffusion_gemma_matches_transformers_generate(gemma_folder):
     assert not torch.equal(off, ref)
 
 
+@pytest.mark.parametrize("rows", [4, 1])
+def test_diffusion_gemma_eos_matches_transformers_generate(gemma_folder, rows):
+    """EOS stops rows (pad after it) and, once all are done, the batch: as transformers."""
+    lm = reverie.load(gemma_folder)
+    ids = torch.tensor([[2, 10, 11, 12, 13]] * rows)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        plain = lm.model.generate(ids, max_new_tokens=32, max_denoising_steps=6).sequences
+    eos = int(plain[0, 6])  # ends row 0 in its first canvas
+    torch.manual_seed(1)
+    with torch.no_grad():
+        ref = lm.model.generate(ids, max_new_tokens=32, max_denoising_steps=6, eos_token_id=eos,
+                                pad_token_id=0).sequences
+    out = generate(lm, ids, max_new_tokens=32, steps=6, n=rows, cache="prefix", eos_id=eos,
+                   generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, ref)
+    assert (out.shape[1] < plain.shape[1]) == (rows == 1)  # one row: the batch stops early
+    for row, full in zip(out[:, 5:], plain[:, 5:]):  # nothing cut before a row's first EOS
+        hit = (full == eos).nonzero()
+        end = int(hit[0]) + 1 if len(hit) else len(full)
+        assert torch.equal(row[:end], full[:end]) and (row[end:] == 0).all()
+    # sibling: without eos_id the rows run on, which the reference rejects
+    assert not torch.equal(generate(lm, ids, max_new_tokens=32, steps=6, n=rows, cache="prefix",
+                                    generator=torch.Generator().manual_seed(1))[:, :out.shape[1]],
+                           ref)
+
+
 def test_diffusion_gemma_encoder_cache_is_exact_in_float64(gemma_folder):
     """Cached (incremental encoder) vs uncached (the whole context re-encoded before every
     decoder call): identical tokens in float64 (in float32 one-shot and incremental encoding
@@ -277,3 +304,26 @@ def test_cli_cache_flag(capsys):
     assert capsys.readouterr().out == plain
     assert main([*base, "--block-length", "8", "--cache", "dual"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_bd3_training_logits_are_each_block_given_its_clean_prefix(block_lm):
+    """``clean_context_logits`` (the ``[x_t ; x_0]`` trick of BD3-LM's loss) gives block ``b``
+    the logits the network gives ``x_0[:b] + x_t[b]`` alone -- what generation sees."""
+    from reverie.discrete.block import block_nelbo, clean_context_logits
+
+    net, k = block_lm.network, 8
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randint(0, 16, (2, 64), generator=g)
+    xt = torch.where(torch.rand(2, 64, generator=g) < 0.5, torch.full_like(x0, 16), x0)
+    with torch.no_grad():
+        got = clean_context_logits(net, xt, x0, k)
+        for b in range(0, 64, k):
+            alone = net(torch.cat([x0[:, :b], xt[:, b : b + k]], 1))[:, b:]
+            assert (got[:, b : b + k] - alone).abs().max() < 1e-12
+        # the sibling: noisy earlier blocks as context (the plain forward on x_t) differ
+        assert (got[:, k:] - net(xt)[:, k:]).abs().max() > 1e-3
+        # the loss: zero where nothing is masked, positive and finite otherwise
+        t = torch.full((2, 8), 0.5, dtype=torch.float64)
+        loss = block_nelbo(net, x0, t, torch.Generator().manual_seed(0))
+        assert loss.shape == (2,) and torch.isfinite(loss).all() and (loss > 0).all()
+        assert (block_nelbo(net, x0, t * 1e-9, torch.Generator().manual_seed(0)) == 0).all()

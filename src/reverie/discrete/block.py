@@ -16,6 +16,8 @@ logits: 4.8e-7 in float32, 0 in float64).
   ``LLaDA2Pipeline``);
 * :class:`KVCache` -- preallocated per-layer keys/values: memory is fixed at the start and does
   not grow with the steps;
+* :func:`block_nelbo` -- BD3-LM's training loss (every block at once, each against the clean
+  blocks before it), which ``scripts/train_tiny_json.py --block-size`` trains with;
 * :class:`ExactPrefixCache` -- what :func:`reverie.discrete.generate` calls instead of the model
   with ``cache="prefix"`` on a block-causal model.
 """
@@ -39,6 +41,8 @@ __all__ = [
     "KVCache",
     "TinyBlockTransformer",
     "block_causal_mask",
+    "block_nelbo",
+    "clean_context_logits",
     "run_layers",
 ]
 
@@ -156,6 +160,47 @@ class TinyBlockTransformer(TinyTransformer):
         p = self.tok.weight
         heads, dim = self.config["heads"], self.config["dim"]
         return KVCache(len(self.blocks), n, heads, capacity, dim // heads, p.dtype, p.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training loss
+# ---------------------------------------------------------------------------------------------
+
+
+def clean_context_logits(net: TinyTransformer, xt: Tensor, x0: Tensor, block_size: int) -> Tensor:
+    """Logits ``[B, L, V]`` of every noisy block of ``xt`` given the *clean* blocks of ``x0``
+    before it -- the context generation gives a block -- in one forward (BD3-LM's vectorised
+    loss, Arriola et al. 2025). The input is ``[x_t ; x_0]`` (``2L`` tokens, positions
+    repeated); a noisy query sees the noisy keys of its own block and the clean keys of earlier
+    blocks, a clean query the clean keys of its block and earlier ones."""
+    length = xt.shape[1]
+    block = torch.arange(length, device=xt.device) // block_size
+    both = torch.cat([block, block])
+    same, before = both[:, None] == both[None, :], both[None, :] < both[:, None]
+    noisy = torch.arange(2 * length, device=xt.device) < length
+    mask = torch.where(noisy[:, None], (noisy[None, :] & same) | (~noisy[None, :] & before),
+                       ~noisy[None, :] & (same | before))
+    pos = torch.cat([torch.arange(length, device=xt.device)] * 2)
+    logits, _ = run_layers(net, torch.cat([xt, x0], 1), pos, mask=mask)
+    return logits[:, :length]
+
+
+def block_nelbo(
+    net: TinyBlockTransformer, x0: Tensor, t: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    """The masked-diffusion NELBO of a block-causal network, nats per row ``[B]``: block ``b``
+    of row ``i`` is masked at its own time ``t[i, b]`` in (0, 1] (linear schedule, MD4 weight
+    ``1 / t``) and predicted from the clean blocks before it (:func:`clean_context_logits`).
+    The mask is the network's extra input id ``vocab_size``."""
+    length = x0.shape[1]
+    block = torch.arange(length, device=x0.device) // net.block_size
+    tb = t.to(x0.device)[:, block]  # each position's time
+    u = torch.rand(x0.shape, generator=generator, dtype=torch.float64).to(x0.device)
+    masked = u < tb
+    xt = torch.where(masked, torch.full_like(x0, net.config["vocab_size"]), x0)
+    logp = torch.log_softmax(clean_context_logits(net, xt, x0, net.block_size).float(), -1)
+    nll = -logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    return torch.where(masked, nll / tb.float(), torch.zeros_like(nll)).sum(-1)
 
 
 # ---------------------------------------------------------------------------------------------

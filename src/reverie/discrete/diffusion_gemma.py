@@ -18,8 +18,9 @@ cache and feeding back its previous logits (self-conditioning). Its sampler
 order as transformers (``randint`` for canvases and re-draws, ``multinomial`` for samples), so
 with one ``torch.Generator`` seeded like transformers' global seed the tokens are identical.
 ``cache="prefix"`` is the encoder cache (exact: the encoder is causal); ``cache=None`` re-encodes
-the whole context before every decoder call (the uncached reference). EOS handling and
-left-padded batches are not implemented here yet: every row runs to ``length``.
+the whole context before every decoder call (the uncached reference). ``eos_id`` stops rows
+(and the batch once all are done) as transformers' ``eos_token_id``; left-padded (ragged) prompt
+batches are not implemented here yet.
 """
 
 from __future__ import annotations
@@ -154,6 +155,8 @@ class DiffusionGemmaLM(TokenDenoiserBase):
         *,
         cache: str | None = None,
         return_stats: bool = False,
+        eos_id: int | None = None,
+        pad_id: int | None = None,
         **options: Any,
     ) -> Tensor | GenerationOutput:
         """:func:`reverie.discrete.generate` for this model (module docstring). ``length`` --
@@ -161,7 +164,11 @@ class DiffusionGemmaLM(TokenDenoiserBase):
         denoising steps per canvas (transformers' ``max_denoising_steps``, default 48);
         ``options`` -- ``entropy_bound``, ``t_min``, ``t_max``, ``stability_threshold``,
         ``confidence_threshold`` (:data:`DEFAULTS`). ``generator`` -- one ``torch.Generator``
-        (``None``: the global RNG, as transformers)."""
+        (``None``: the global RNG, as transformers). ``eos_id`` -- a row whose committed canvas
+        holds it is finished: its tokens after the first EOS, and its later canvases, become
+        ``pad_id`` (default: the model's ``pad_token_id``), and generation stops once every row
+        is finished (the result is then shorter than ``length``), as transformers does. Finished
+        rows still take part in the batch's random draws, so the tokens stay identical."""
         from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
             StableAndConfidentStoppingCriteria,
         )
@@ -201,6 +208,12 @@ class DiffusionGemmaLM(TokenDenoiserBase):
         stop = StableAndConfidentStoppingCriteria(
             opts["stability_threshold"], opts["confidence_threshold"]
         )
+        if eos_id is not None:
+            eos_id = integer("eos_id", eos_id, 0)
+            pad_id = self.config.get_text_config().pad_token_id if pad_id is None else pad_id
+            if pad_id is None:
+                raise ValueError("eos_id needs a pad_id (the model's config has no pad_token_id)")
+        done_rows = torch.zeros(n, dtype=torch.bool, device=dev)
         ids, enc, nfe = prompt_t, None, 0
         with torch.no_grad():
             for _ in range((length - plen) // c):
@@ -245,10 +258,23 @@ class DiffusionGemmaLM(TokenDenoiserBase):
                     self_cond = z.to(self.model.model.decoder.embed_tokens.weight.dtype)
                     if bool(finished.all()):
                         break
+                if eos_id is not None:  # rows done before: pad; done now: pad after the EOS
+                    is_eos = (argmax == eos_id).cumsum(-1)
+                    after = (is_eos > 0) & ~((is_eos == 1) & (argmax == eos_id))
+                    argmax = argmax.masked_fill(after | done_rows[:, None], pad_id)
+                    done_rows = done_rows | (is_eos[:, -1] > 0)
                 ids = torch.cat([ids, argmax], dim=-1)  # commit the argmax canvas
+                if bool(done_rows.all()):
+                    break
         if return_stats:
             return GenerationOutput(ids, nfe, nfe * n, nfe)
         return ids
+
+    def prompt_length(self, prompt: Any) -> int:
+        """Tokens in ``prompt`` (text or ids), for ``max_new_tokens``."""
+        if isinstance(prompt, str):
+            return len(self.encode(prompt))
+        return int(torch.as_tensor(prompt).shape[-1])
 
     def _prompt(self, prompt: Any, n: int) -> Tensor:
         if prompt is None:

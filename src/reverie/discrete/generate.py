@@ -378,14 +378,17 @@ def generate(
                 f"{type(model).__name__} takes no constraint, guidance_scale or temperature "
                 "(its sampler has its own temperature schedule: t_min=, t_max=)"
             )
-        unsupported = {"max_new_tokens": max_new_tokens, "stop": stop, "eos_id": eos_id,
-                       "stream": stream or None, "chat": chat or None}
+        unsupported = {"stop": stop, "stream": stream or None, "chat": chat or None}
         given = [k for k, v in unsupported.items() if v is not None]
         if given:
             raise ValueError(f"{type(model).__name__} does not take {', '.join(given)} yet")
+        if max_new_tokens is not None:
+            if length is not None:
+                raise ValueError("pass length or max_new_tokens, not both")
+            length = model.prompt_length(prompt) + integer("max_new_tokens", max_new_tokens, 1)
         return model.generate_canvases(
             prompt, 64 if length is None else length, steps, sampler, block_length, n,
-            generator, cache=cache, return_stats=return_stats, **options,
+            generator, cache=cache, return_stats=return_stats, eos_id=eos_id, **options,
         )
     block_length = _check_cache(model, cache, block_length, sampler, guidance_scale)
     # --- end ---

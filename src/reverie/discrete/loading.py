@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
+from reverie.discrete.block import BlockCausalLM, TinyBlockTransformer
 from reverie.discrete.denoiser import TokenDenoiser, TokenDenoiserBase
 from reverie.discrete.process import MaskedProcess, UniformProcess
 
-__all__ = ["BUNDLED", "load_model", "bundled_path", "ReverieLM"]
+__all__ = ["BUNDLED", "load_model", "bundled_path", "ReverieBlockLM", "ReverieLM"]
 
 #: Names of the models shipped inside the package.
 BUNDLED = ("tiny-json",)
@@ -73,7 +74,33 @@ class ReverieLM(TokenDenoiser):
         )
 
 
-def _load_reverie_folder(path: Path, device: str | torch.device | None) -> ReverieLM:
+class ReverieBlockLM(BlockCausalLM):
+    """A block-causal :class:`~reverie.discrete.block.BlockCausalLM` loaded from a reverie
+    folder (``"architecture": "TinyBlockTransformer"``), with the same ``tokenizer``,
+    ``length``, ``pad_id``, ``delimiter_ids``, ``network`` and ``config`` as
+    :class:`ReverieLM`; ``generate(..., cache="prefix")`` runs its exact KV cache."""
+
+    def __init__(self, network: torch.nn.Module, config: dict[str, Any], tokenizer: Any):
+        super().__init__(
+            network,
+            vocab_size=int(config["model"]["vocab_size"]),
+            mask_id=config.get("mask_id"),
+            tokenizer=tokenizer,
+        )
+        self.config = config
+        self.length = int(config.get("length", 0)) or None
+        self.pad_id = config.get("pad_id")
+        self.delimiter_ids = [tokenizer.encode(d)[0] for d in config.get("delimiters", [])]
+
+    def __repr__(self) -> str:
+        return f"ReverieBlockLM(block_size={self.block_size}, length={self.length})"
+
+
+#: The networks a reverie folder may hold.
+ARCHITECTURES = ("TinyTransformer", "TinyBlockTransformer")
+
+
+def _load_reverie_folder(path: Path, device: str | torch.device | None) -> TokenDenoiserBase:
     from safetensors.torch import load_file
 
     from reverie.discrete.nets import TinyTransformer
@@ -81,20 +108,22 @@ def _load_reverie_folder(path: Path, device: str | torch.device | None) -> Rever
 
     config = json.loads((path / "config.json").read_text())
     arch = config.get("architecture")
-    if arch != "TinyTransformer":
+    if arch not in ARCHITECTURES:
         raise ValueError(
-            f"unknown architecture {arch!r} in {path / 'config.json'}; expected TinyTransformer"
+            f"unknown architecture {arch!r} in {path / 'config.json'}; expected one of "
+            f"{', '.join(ARCHITECTURES)}"
         )
     weights = path / "model.safetensors"
     if not weights.exists():
         raise FileNotFoundError(f"missing weights file {weights}")
-    net = TinyTransformer.from_config(config["model"])
+    cls = TinyBlockTransformer if arch == "TinyBlockTransformer" else TinyTransformer
+    net = cls.from_config(config["model"])
     net.load_state_dict(load_file(str(weights)))
     net.eval()
     if device is not None:
         net.to(device)
     tok = CharTokenizer.from_dict(config["tokenizer"])
-    return ReverieLM(net, config, tok)
+    return (ReverieBlockLM if arch == "TinyBlockTransformer" else ReverieLM)(net, config, tok)
 
 
 def is_block_diffusion(config: dict[str, Any]) -> bool:
