@@ -8,7 +8,9 @@ reported. Warm (an untimed run first) and interleaved: each round runs every cel
 alternating the order; the median round is reported.
 
 Part 2 -- the bundled ``tiny-json`` (bidirectional): Fast-dLLM's approximate prefix and dual
-caches vs uncached, blocks of 8, ``--n-json`` samples with a JSON prompt: parse rate and tokens/s.
+caches vs uncached, blocks of 8, ``--n-json`` samples with a JSON prompt: parse rate and tokens/s;
+and its block-causal sibling ``tiny-json-block``: the exact prefix cache vs uncached at steps = L
+(identical tokens, checked), parse rate and tokens/s.
 
 Part 3 (``--peers``) -- the same tiny models under diffusers' ``LLaDA2Pipeline`` and
 transformers' DiffusionGemma ``generate``: tokens/s and whether reverie's tokens are identical.
@@ -29,7 +31,7 @@ from reverie.bench.common import Timer, format_table, machine
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lengths", default="64,256,1024", help="canvas lengths (part 1)")
-    parser.add_argument("--batches", default="1,8", help="batch sizes (part 1)")
+    parser.add_argument("--batches", default="1,8,32", help="batch sizes (part 1)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (median)")
     parser.add_argument("--n-json", type=int, default=128, help="samples per tiny-json run")
     parser.add_argument("--skip-json", action="store_true", help="no tiny-json part")
@@ -116,6 +118,27 @@ def _json_part(args) -> list[dict]:
         for c, x in outs.items():
             rows.append({"sampler": sampler, "cache": str(c), "parse_rate": _parse_rate(model, x),
                          "tok_s": n * 56 / secs[c], "speedup": secs[None] / secs[c]})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def _bundled_block_part(args) -> list[dict]:
+    """The bundled block-causal ``tiny-json-block``: unconditional samples at steps = L, blocks
+    of its block size, uncached vs the exact prefix cache (identical tokens, checked)."""
+    from reverie.discrete import generate, load_model
+
+    model = load_model("tiny-json-block")
+    n, length, rows = args.n_json, model.length, []
+    for sampler in ("ancestral", "low_confidence"):
+        def draw(c, sampler=sampler):
+            return generate(model, length=length, steps=length, sampler=sampler, n=n, cache=c,
+                            generator=[torch.Generator().manual_seed(i) for i in range(n)])
+        outs = {c: draw(c) for c in (None, "prefix")}
+        secs = _interleaved({c: (lambda c=c: draw(c)) for c in outs}, args.rounds)
+        for c, x in outs.items():
+            rows.append({"sampler": sampler, "cache": str(c), "parse_rate": _parse_rate(model, x),
+                         "tok_s": n * length / secs[c], "speedup": secs[None] / secs[c],
+                         "identical": bool(torch.equal(x, outs[None]))})
             print(rows[-1], flush=True)
     return rows
 
@@ -217,6 +240,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            [[r["sampler"], r["cache"], r["parse_rate"], r["tok_s"],
                              r["speedup"]] for r in js]))
         result["tiny_json"] = js
+        bb = _bundled_block_part(args)
+        print(f"\n## tiny-json-block (bundled, block-causal), no prompt, steps = L = 64, "
+              f"n = {args.n_json}: exact prefix cache\n")
+        print(format_table(["sampler", "cache", "parse rate", "tok/s", "speed-up", "identical"],
+                           [[r["sampler"], r["cache"], r["parse_rate"], r["tok_s"],
+                             r["speedup"], r["identical"]] for r in bb]))
+        result["tiny_json_block"] = bb
     if args.peers:
         peers = _peers_part(args)
         print("\n## peers on the same tiny models\n")

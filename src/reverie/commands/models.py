@@ -12,9 +12,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from reverie.discrete.loading import BUNDLED as DISCRETE
+    from reverie.discrete.loading import bundled_path as discrete_path
     from reverie.hub import BUNDLED, bundled_path, read_config
 
-    width = max(len(name) for name in BUNDLED)
+    width = max(len(name) for name in [*BUNDLED, *DISCRETE])
     for name, description in BUNDLED.items():
         folder = bundled_path(name)
         try:
@@ -26,12 +28,11 @@ def run(args: argparse.Namespace) -> int:
         extra = f"shape {shape}" + (f", {classes} classes" if classes else "")
         missing = "" if folder.is_dir() else "  [missing from this installation]"
         print(f"{name:<{width}}  {description} ({extra}){missing}")
-    from reverie.discrete.loading import BUNDLED as DISCRETE
-    from reverie.discrete.loading import bundled_path as discrete_path
-
     for name in DISCRETE:
         cfg = json.loads((discrete_path(name) / "config.json").read_text())
-        print(f"{name:<{width}}  masked-diffusion language model, char-level "
+        block = cfg["model"].get("block_size")
+        kind = f"block-causal (blocks of {block}) " if block else ""
+        print(f"{name:<{width}}  {kind}masked-diffusion language model, char-level "
               f"(length {cfg.get('length')}, vocabulary {cfg['model']['vocab_size']}); "
               "reverie generate --model " + name)
     return 0

@@ -30,7 +30,7 @@ from reverie.discrete.generate import (
     generate,
 )
 from reverie.discrete.hf import MaskedLM
-from reverie.discrete.loading import BUNDLED, ReverieLM, load_model
+from reverie.discrete.loading import BUNDLED, ReverieBlockLM, ReverieLM, load_model
 from reverie.discrete.process import (
     SCHEDULES,
     CosineSchedule,
@@ -52,6 +52,7 @@ __all__ = [
     "DiffusionGemmaLM",
     "TinyBlockTransformer",
     "MaskedLM",
+    "ReverieBlockLM",
     "ReverieLM",
     "load_model",
     "SAMPLERS",

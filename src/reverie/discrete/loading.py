@@ -21,7 +21,7 @@ from reverie.discrete.process import MaskedProcess, UniformProcess
 __all__ = ["BUNDLED", "load_model", "bundled_path", "ReverieBlockLM", "ReverieLM"]
 
 #: Names of the models shipped inside the package.
-BUNDLED = ("tiny-json",)
+BUNDLED = ("tiny-json", "tiny-json-block")
 
 
 def bundled_path(name: str) -> Path:
