@@ -403,11 +403,12 @@ class _State:
             raise APIError(400, f"{param}={asked} does not fit: the prompt has {longest} tokens "
                                 f"and this model's context is {limit}", param)
         sampler = req.sampler or TEXT_SAMPLER
-        info = SAMPLERS.get(sampler) if isinstance(sampler, str) else None
+        info = SAMPLERS[sampler] if sampler in SAMPLERS else None
         if info is None or "masked" not in info.processes:
-            names = [k for k, v in SAMPLERS.items() if "masked" in v.processes]
+            names = [k for k in SAMPLERS if "masked" in SAMPLERS[k].processes]
             raise APIError(400, f"unknown sampler {sampler!r}; expected one of "
                                 f"{', '.join(names)}", "sampler")
+        sampler = info.name
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stops) > 4 or any(not s or len(s) > 100 for s in stops):
             raise APIError(400, "stop takes up to 4 non-empty strings of at most 100 characters",
@@ -626,6 +627,7 @@ class _State:
         if sampler not in SAMPLERS:
             raise APIError(400, f"unknown sampler {sampler!r}; expected one of "
                                 f"{', '.join(SAMPLERS)}", "sampler")
+        sampler = SAMPLERS[sampler].name
         height = width = None
         if req.size is not None:
             try:
