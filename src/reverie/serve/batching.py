@@ -3,10 +3,11 @@
 Requests become :class:`Job` objects with a *key*: jobs with equal keys (same model, sampler,
 steps, temperature, new-token count, stop strings, constraint) can share one model call.
 :class:`Batcher` keeps one FIFO queue, bounded by ``max_queue`` requests (:class:`QueueFull`
-beyond, which the app answers with 429). One dispatcher task takes the oldest job, waits
-``wait`` seconds for compatible ones to arrive, and runs them together -- up to ``max_batch``
-rows (a single larger request runs alone, never split) -- in one worker thread, so the
-event loop stays free and the model sees one call at a time.
+beyond, which the app answers with 429). One dispatcher task takes the oldest job, waits a
+little for compatible ones (:meth:`Batcher._gather`: until the demand seen during its key's
+last batch is there, while they keep arriving less than ``wait`` seconds apart), and runs them
+together -- up to ``max_batch`` rows (a single larger request runs alone, never split) --
+in one worker thread, so the event loop stays free and the model sees one call at a time.
 
 A job whose client went away or whose time ran out is cancelled: a queued one leaves the
 queue; a running one has its result dropped, and when every job of a running text batch is
@@ -99,6 +100,7 @@ class Batcher:
         self.wait = wait
         self.metrics = metrics
         self.pending: list[Job] = []
+        self._load: dict[Hashable, int] = {}  # rows asked for during each key's last batch
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="reverie-model")
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -148,9 +150,7 @@ class Batcher:
             while not self.pending:
                 self._wake.clear()
                 await self._wake.wait()
-            head = self.pending[0]
-            if self.wait > 0 and self._rows(head.key) < self.max_batch:
-                await asyncio.sleep(self.wait)  # let compatible requests join the batch
+            await self._gather(self.pending[0].key)
             batch = self._take()
             if not batch:
                 continue
@@ -161,6 +161,30 @@ class Batcher:
                 await loop.run_in_executor(self.executor, self._run, batch)
             except RuntimeError:  # the executor was shut down: the server is stopping
                 return
+            # the demand for this key: the rows served plus those that came in meanwhile
+            key = batch[0].key
+            self._load.pop(key, None)
+            self._load[key] = sum(j.rows for j in batch) + self._rows(key)
+            while len(self._load) > 1024:  # keys are per request settings: keep recent ones
+                del self._load[next(iter(self._load))]
+
+    async def _gather(self, key: Hashable) -> None:
+        """Wait for compatible requests to join the oldest one: until the rows of its key
+        reach its demand during its previous batch (the rows served plus those that arrived
+        meanwhile: clients answered together tend to come back together) or ``max_batch``,
+        while they keep arriving less than ``wait`` apart, and at most ``10 * wait`` in
+        all. A lone client never waits."""
+        target = min(self.max_batch, self._load.get(key, 1))
+        deadline = time.monotonic() + 10 * self.wait
+        while self._rows(key) < target:
+            left = min(self.wait, deadline - time.monotonic())
+            if left <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except asyncio.TimeoutError:
+                return  # nothing arrived for `wait` seconds
 
     def _rows(self, key: Hashable) -> int:
         return sum(j.rows for j in self.pending if j.key == key)
