@@ -5,6 +5,7 @@ a user gets but ``--max-queue``, raised so that no request is refused by design)
 C in ``--clients`` (default 1, 4, 16, 64) C asyncio clients send ``--requests`` completions
 in all (closed loop: each sends its next request when its last one is answered; prompts of
 four lengths in turn, so batches are ragged; ``max_tokens`` 32, one seed per request). The
+levels run in ``--rounds`` interleaved rounds (the machine's load drifts). The
 server and the no-server measurement below use the same torch threads.
 Reported: throughput (requests/s and completion tokens/s), its ratio to one client, p50 /
 p99 latency, the rows per model call (mean and histogram, read from the server's
@@ -35,6 +36,8 @@ PROMPTS = ['{"name":', "{", '{"age":', '{"city":"']
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", default="1,4,16,64", help="concurrency levels (comma list)")
     p.add_argument("--requests", type=int, default=128, help="requests per level")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="the levels run this many times in turn, the requests shared out")
     p.add_argument("--max-tokens", type=int, default=32, help="new tokens per request")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of the server and of the no-server measurement "
@@ -120,15 +123,42 @@ async def _level(url: str, model: str, clients: int, n: int, max_tokens: int) ->
         t0 = time.perf_counter()
         await asyncio.gather(*[client(c) for _ in range(clients)])
         wall = time.perf_counter() - t0
-    latencies.sort()
+    return {"latencies": latencies, "tokens": tokens[0], "failed": failed[0], "lost": lost[0],
+            "seconds": wall}
+
+
+def _calls(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Model calls per rows bucket (not cumulative) between two ``_histogram`` reads."""
+    prev, out = 0.0, {}
+    for le in [k for k in after if k not in ("sum", "count")]:
+        cum = after[le] - before.get(le, 0.0)
+        out[le.replace(".0", "")] = cum - prev
+        prev = cum
+    out["sum"] = after["sum"] - before["sum"]
+    out["count"] = after["count"] - before["count"]
+    return out
+
+
+def _summary(clients: int, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One level's numbers over its rounds."""
+    lat = sorted(x for p in parts for x in p["latencies"])
+    wall = sum(p["seconds"] for p in parts)
+    calls: dict[str, float] = {}
+    for p in parts:
+        for k, v in p["calls"].items():
+            calls[k] = calls.get(k, 0.0) + v
 
     def pct(q: float) -> float:
-        return 1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))] \
-            if latencies else float("nan")
+        return 1000 * lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
 
-    return {"clients": clients, "requests": n, "ok": len(latencies), "failed": failed[0],
-            "lost": lost[0], "seconds": wall, "req_per_s": len(latencies) / wall,
-            "tokens_per_s": tokens[0] / wall, "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
+    hist = {k: int(v) for k, v in calls.items() if k not in ("sum", "count") and v}
+    return {"clients": clients, "requests": sum(p["n"] for p in parts), "ok": len(lat),
+            "failed": sum(p["failed"] for p in parts), "lost": sum(p["lost"] for p in parts),
+            "seconds": wall, "req_per_s": len(lat) / wall,
+            "tokens_per_s": sum(p["tokens"] for p in parts) / wall, "p50_ms": pct(0.5),
+            "p99_ms": pct(0.99), "model_calls": calls["count"],
+            "mean_batch_rows": calls["sum"] / max(calls["count"], 1),
+            "batch_rows_histogram": hist}
 
 
 def _engine(model_name: str, max_tokens: int, sizes: list[int]) -> dict[int, float]:
@@ -164,26 +194,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(args.threads)
     proc, url = _start(args)
+    parts: dict[int, list[dict[str, Any]]] = {c: [] for c in levels}
     try:
         asyncio.run(_level(url, args.model, 4, 8, args.max_tokens))  # warm-up
-        rows = []
-        for c in levels:
-            before = _histogram(url)
-            res = asyncio.run(_level(url, args.model, c, args.requests, args.max_tokens))
-            after = _histogram(url)
-            calls = after["count"] - before["count"]
-            res["mean_batch_rows"] = (after["sum"] - before["sum"]) / max(calls, 1)
-            res["model_calls"] = calls
-            les = [k for k in after if k not in ("sum", "count")]
-            prev, hist = 0.0, {}
-            for le in les:  # cumulative -> per bucket
-                cum = after[le] - before.get(le, 0.0)
-                if cum - prev:
-                    hist[le.replace(".0", "")] = int(cum - prev)
-                prev = cum
-            res["batch_rows_histogram"] = hist
-            rows.append(res)
-            print(f"  {c} clients: {res['req_per_s']:.1f} req/s", flush=True)
+        for r in range(args.rounds):  # levels interleaved: the machine's load drifts
+            for c in levels:
+                n = args.requests // args.rounds + (r < args.requests % args.rounds)
+                before = _histogram(url)
+                res = asyncio.run(_level(url, args.model, c, n, args.max_tokens))
+                res["calls"] = _calls(before, _histogram(url))
+                res["n"] = n
+                parts[c].append(res)
+                print(f"  round {r + 1}, {c} clients: {len(res['latencies']) / res['seconds']:.1f}"
+                      " req/s", flush=True)
+        rows = [_summary(c, parts[c]) for c in levels]
     finally:
         proc.terminate()
         try:
@@ -215,6 +239,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         targets["none_lost_at_64"] = by[64]["lost"] == 0 and by[64]["failed"] == 0
     print(f"\ntargets: {targets}")
     return {"model": args.model, "max_tokens": args.max_tokens, "requests": args.requests,
+            "rounds": args.rounds,
             "server_threads": args.threads, "server_args": args.server_arg, "levels": rows,
             "engine_rows_per_s": engine, "targets": targets}
 

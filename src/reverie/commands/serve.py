@@ -34,8 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-n", type=int, default=16, help="most samples per request (default 16)")
     p.add_argument("--max-body", type=int, default=1 << 20,
                    help="largest request body in bytes (default 1 MiB)")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0,
-                   help="how long a batch waits for compatible requests (default 5 ms)")
+    p.add_argument("--batch-wait-ms", type=float, default=20.0,
+                   help="a batch waits while compatible requests keep arriving less than this apart "
+                        "(default 20 ms; at most 10 times that)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])

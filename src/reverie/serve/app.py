@@ -63,7 +63,7 @@ class ServerConfig:
     max_n: int = 16  # samples per request (text: per prompt)
     max_prompts: int = 16  # prompts per completions request
     max_body: int = 1 << 20  # request body bytes
-    batch_wait: float = 0.005  # seconds the dispatcher waits for compatible requests
+    batch_wait: float = 0.02  # seconds the dispatcher waits for compatible requests
 
 
 @dataclass

@@ -93,7 +93,7 @@ class Batcher:
     """The bounded queue and its dispatcher (module notes). ``metrics``: a
     :class:`~reverie.serve.metrics.Metrics` (or ``None``)."""
 
-    def __init__(self, *, max_batch: int = 32, max_queue: int = 256, wait: float = 0.005,
+    def __init__(self, *, max_batch: int = 32, max_queue: int = 256, wait: float = 0.02,
                  metrics: Any = None) -> None:
         self.max_batch = max_batch
         self.max_queue = max_queue
