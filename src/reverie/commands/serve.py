@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body", type=int, default=1 << 20,
                    help="largest request body in bytes (default 1 MiB)")
     p.add_argument("--batch-wait-ms", type=float, default=20.0,
-                   help="a batch waits while compatible requests keep arriving less than this apart "
-                        "(default 20 ms; at most 10 times that)")
+                   help="a batch waits while compatible requests keep arriving less than "
+                        "this apart (default 20 ms; at most 10 times that)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
