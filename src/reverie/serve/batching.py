@@ -173,8 +173,8 @@ class Batcher:
         reach its demand during its previous batch (the rows served plus those that arrived
         meanwhile: clients answered together tend to come back together) or ``max_batch``,
         while they keep arriving less than ``wait`` apart, and at most ``10 * wait`` in
-        all. A lone client never waits."""
-        target = min(self.max_batch, self._load.get(key, 1))
+        all. A lone client never waits (after its first request)."""
+        target = min(self.max_batch, self._load.get(key, self.max_batch))
         deadline = time.monotonic() + 10 * self.wait
         while self._rows(key) < target:
             left = min(self.wait, deadline - time.monotonic())
