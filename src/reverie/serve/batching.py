@@ -11,9 +11,9 @@ in one worker thread, so the event loop stays free and the model sees one call a
 
 A job whose client went away or whose time ran out is cancelled: a queued one leaves the
 queue; a running one has its result dropped, and when every job of a running text batch is
-cancelled the generation stops at the next step. When a batch raises, its jobs that have not
-streamed anything yet are re-run one by one, so a request that breaks the model (a fault, or
-input only the model detects) fails alone and the others are served.
+cancelled the generation stops before its next model call. When a batch raises, its jobs
+that have not streamed anything yet are re-run one by one, so a request that breaks the
+model (a fault, or input only the model detects) fails alone and the others are served.
 
 :func:`run_text` is the runner of masked-diffusion LM jobs: one
 :func:`reverie.discrete.generate` call over the ragged batch of every row of every job (one
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import Callable, Hashable
@@ -268,6 +269,33 @@ def count_tokens(model: Any, text: str) -> int:
         return len(tok.encode(text))
 
 
+class _Stopped(Exception):
+    """Every request of the running batch was cancelled."""
+
+
+_STOPPABLE: dict[type, type] = {}
+
+
+def _stoppable(model: Any, stop: Callable[[], bool]) -> Any:
+    """A shallow copy of ``model`` whose calls raise :class:`_Stopped` once ``stop()`` holds:
+    a check before every denoising step (the stream of :func:`~reverie.discrete.generate`
+    gives control back only on steps that commit text). Its class is a subclass of the
+    model's, so ``generate`` treats it as the model itself."""
+    cls = type(model)
+    sub = _STOPPABLE.get(cls)
+    if sub is None:
+        def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if self._serve_stop():
+                raise _Stopped
+            return cls.__call__(self, *args, **kwargs)
+
+        sub = _STOPPABLE[cls] = type(cls.__name__, (cls,), {"__call__": __call__})
+    proxy = copy.copy(model)
+    proxy.__class__ = sub
+    proxy._serve_stop = stop
+    return proxy
+
+
 def run_text(jobs: list[Job]) -> None:
     """One :func:`reverie.discrete.generate` call for all rows of ``jobs`` (equal keys)."""
     import torch
@@ -280,24 +308,26 @@ def run_text(jobs: list[Job]) -> None:
     gens = [torch.Generator().manual_seed(s) for job in jobs for s in job.work.seeds]
     revises = SAMPLERS[w.sampler].revises  # such samplers cannot stream, stop or end at EOS
     t0 = time.perf_counter()
+    model = _stoppable(w.model, lambda: all(j.cancelled for j in jobs))
     common = dict(max_new_tokens=w.max_new_tokens, steps=w.steps, sampler=w.sampler,
                   temperature=w.temperature, generator=gens, constraint=w.constraint)
-    if revises:
-        texts = generate(w.model, prompt=prompts, return_stats=True, **common).texts
-    else:
-        texts = [""] * len(owner)
-        pieces = generate(w.model, prompt=prompts, stop=w.stop or None, eos_id=w.eos_id,
-                          stream=True, **common)
-        try:
-            for piece in pieces:
-                texts[piece.row] += piece
-                job, i = owner[piece.row]
-                if job.stream:
-                    job.piece(i, str(piece))
-                if all(j.cancelled for j in jobs):
-                    return  # nobody waits for this batch any more: stop generating
-        finally:
-            pieces.close()
+    try:
+        if revises:
+            texts = generate(model, prompt=prompts, return_stats=True, **common).texts
+        else:
+            texts = [""] * len(owner)
+            pieces = generate(model, prompt=prompts, stop=w.stop or None, eos_id=w.eos_id,
+                              stream=True, **common)
+            try:
+                for piece in pieces:
+                    texts[piece.row] += piece
+                    job, i = owner[piece.row]
+                    if job.stream:
+                        job.piece(i, str(piece))
+            finally:
+                pieces.close()
+    except _Stopped:
+        return  # nobody waits for this batch any more
     seconds = time.perf_counter() - t0
     counts = [count_tokens(w.model, t) for t in texts]
     if w.metrics is not None:
