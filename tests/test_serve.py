@@ -406,3 +406,29 @@ def test_fuzz_request_bodies_never_500(lm):
         check()
         assert c.get("/health").status_code == 200
     assert {200, 400} <= seen  # the fuzz reached both valid and invalid bodies
+
+
+def test_constraints_are_compiled_once(lm):
+    """Requests with the same schema reuse one compiled constraint (and its token automaton);
+    another schema adds one."""
+    from fastapi.testclient import TestClient
+
+    from reverie.discrete.constraints import JsonSchema
+    from reverie.serve.app import create_app
+
+    app = create_app({"tiny-json": lm})
+    state = app.app.state.reverie
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+    body = {"model": "tiny-json", "prompt": "", "max_tokens": 40, "response_format": fmt}
+    with TestClient(app) as c:
+        for seed in (0, 1):
+            assert c.post("/v1/completions", json={**body, "seed": seed}).status_code == 200
+        assert len(state.constraints) == 1
+        (first,) = state.constraints.values()
+        assert isinstance(first, JsonSchema)
+        assert first.automaton(lm) is JsonSchema(PERSON).automaton(lm)  # the automaton cache
+        other = {**PERSON, "required": ["name"]}
+        fmt2 = {"type": "json_schema", "json_schema": {"name": "p2", "schema": other}}
+        assert c.post("/v1/completions", json={**body, "response_format": fmt2}).status_code \
+            == 200
+        assert len(state.constraints) == 2
