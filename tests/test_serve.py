@@ -282,6 +282,15 @@ def test_client_leaves_mid_stream(server):
     r = httpx.post(server.url + "/v1/completions", headers=_auth(),
                    json={"model": "tiny-json", "prompt": "{", "max_tokens": 4})
     assert r.status_code == 200
+    # the same without streaming: the client gives up after 0.3 s and closes the connection
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/completions", headers=_auth(), timeout=0.3,
+                   json={**body, "stream": False})
+    deadline = time.monotonic() + 10
+    while _metric(server.url, "reverie_requests_total", endpoint="completions",
+                  status="499") < before + 2:
+        assert time.monotonic() < deadline, "the server did not notice the client leaving"
+        time.sleep(0.1)
 
 
 def test_queue_full_and_timeout(servers):

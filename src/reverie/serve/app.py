@@ -362,12 +362,12 @@ class _State:
             req = await self._parse(request, ChatCompletionRequest if chat else CompletionRequest)
             model_id = req.model
             m = self.model(req.model, ("text",))
-            job, prompt_tokens, prompts = await self._text_job(m, req, chat)
+            job, prompt_tokens = await self._text_job(m, req, chat)
             self._submit(job)
         except APIError as err:
             self._count(endpoint, model_id if model_id in self.models else "?", err.status, t0)
             raise
-        reply = _TextReply(chat, m.id, req, prompt_tokens, prompts, job)
+        reply = _TextReply(chat, m.id, req, prompt_tokens, job.rows)
         if req.stream:
             return self._stream(request, job, reply, endpoint, t0)
         try:
@@ -378,7 +378,9 @@ class _State:
         self._count(endpoint, m.id, 200, t0)
         return reply.body(result)
 
-    async def _text_job(self, m: ServedModel, req: Any, chat: bool) -> tuple[Job, int, int]:
+    async def _text_job(self, m: ServedModel, req: Any, chat: bool) -> tuple[Job, int]:
+        """The job of a text request (every check that does not need the model runs here,
+        so a bad request never reaches a batch) and its prompt token count."""
         from reverie.discrete import SAMPLERS
         from reverie.discrete.generate import end_token_id
 
@@ -431,7 +433,7 @@ class _State:
         if info.nfe_per_step > 1:  # such samplers cannot take left padding: equal prompts only
             key += (tuple(len(p) for p in prompts),)
         job = Job(key=key, rows=rows, work=work, runner=run_text, stream=req.stream)
-        return job, sum(len(p) for p in prompts), len(prompts)
+        return job, sum(len(p) for p in prompts)
 
     def _prompts(self, model: Any, req: CompletionRequest) -> list[Any]:
         p = req.prompt
@@ -719,15 +721,14 @@ def from_chunk(obj: Any) -> str:
 class _TextReply:
     """OpenAI's response bodies and stream chunks for one text request."""
 
-    def __init__(self, chat: bool, model: str, req: Any, prompt_tokens: int, prompts: int,
-                 job: Job) -> None:
+    def __init__(self, chat: bool, model: str, req: Any, prompt_tokens: int, rows: int) -> None:
         self.chat = chat
         self.model = model
         self.req = req
         self.prompt_tokens = prompt_tokens
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
-        self.rows = job.rows
+        self.rows = rows
         self.object = "chat.completion" if chat else "text_completion"
 
     def _head(self, obj: str) -> dict[str, Any]:

@@ -43,9 +43,9 @@ def png_b64(image: Any, value_range: tuple[float, float]) -> str:
     lo, hi = value_range
     x = ((image.detach().float().cpu().clamp(lo, hi) - lo) / (hi - lo)).numpy()
     if x.shape[0] == 1:
-        pixels = Image.fromarray(np.round(255 * (1 - x[0])).astype(np.uint8), mode="L")
+        pixels = Image.fromarray(np.round(255 * (1 - x[0])).astype(np.uint8))  # mode L
     else:
-        pixels = Image.fromarray(np.round(255 * x.transpose(1, 2, 0)).astype(np.uint8), "RGB")
+        pixels = Image.fromarray(np.round(255 * x.transpose(1, 2, 0)).astype(np.uint8))  # RGB
     buf = io.BytesIO()
     pixels.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
