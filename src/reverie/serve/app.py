@@ -31,14 +31,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from reverie.serve.batching import Batcher, Job, QueueFull, TextResult, TextWork, run_text
-from reverie.serve.images import ImageWork, is_image_shape, run_images
+from reverie.serve.batching import Batcher, Job, QueueFull, TextWork, run_text
+from reverie.serve.images import image_work, run_images
 from reverie.serve.metrics import Metrics
 from reverie.serve.schemas import (
+    APIError,
     ChatCompletionRequest,
     CompletionRequest,
     ImageRequest,
+    TextReply,
     error_body,
+    sse,
 )
 
 __all__ = ["APIError", "ServerConfig", "ServedModel", "create_app", "load_models"]
@@ -46,9 +49,8 @@ __all__ = ["APIError", "ServerConfig", "ServedModel", "create_app", "load_models
 log = logging.getLogger("reverie.serve")
 
 #: Default sampler of text models (LLaDA's low-confidence remasking; ``tiny-json`` writes
-#: valid JSON with it) and of image models.
+#: valid JSON with it).
 TEXT_SAMPLER = "low_confidence"
-IMAGE_SAMPLER = "dpmpp_2m"
 
 
 @dataclass
@@ -79,16 +81,6 @@ class ServedModel:
     def card(self) -> dict[str, Any]:
         return {"id": self.id, "object": "model", "created": self.created,
                 "owned_by": "reverie", "kind": self.kind}
-
-
-class APIError(Exception):
-    """An error answered with OpenAI's body and ``status``."""
-
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 type: str = "invalid_request_error", code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.type, self.code = (
-            status, message, param, type, code)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +359,7 @@ class _State:
         except APIError as err:
             self._count(endpoint, model_id if model_id in self.models else "?", err.status, t0)
             raise
-        reply = _TextReply(chat, m.id, req, prompt_tokens, job.rows)
+        reply = TextReply(chat, m.id, req, prompt_tokens, job.rows)
         if req.stream:
             return self._stream(request, job, reply, endpoint, t0)
         try:
@@ -561,31 +553,31 @@ class _State:
         return APIError(504, f"the request took longer than the server's timeout "
                              f"({self.cfg.timeout:g} s)", type="timeout_error", code="timeout")
 
-    def _stream(self, request: Any, job: Job, reply: _TextReply, endpoint: str,
+    def _stream(self, request: Any, job: Job, reply: TextReply, endpoint: str,
                 t0: float) -> Any:
         async def events() -> AsyncIterator[str]:
             status = 499  # unless the stream ends
             try:
-                yield from_chunk(reply.first())
+                yield sse(reply.first())
                 while True:
                     try:
                         event = await asyncio.wait_for(job.events.get(), self._left(t0))
                     except asyncio.TimeoutError:
                         err = self._timeout()
                         status = err.status
-                        yield from_chunk(error_body(err.message, err.type, None, err.code))
+                        yield sse(error_body(err.message, err.type, None, err.code))
                         break
                     if event[0] == "piece":
-                        yield from_chunk(reply.chunk(event[1], event[2]))
+                        yield sse(reply.chunk(event[1], event[2]))
                     elif event[0] == "done":
                         for chunk in reply.last(event[1]):
-                            yield from_chunk(chunk)
+                            yield sse(chunk)
                         status = 200
                         break
                     else:
                         err = self._failure(event[1])
                         status = err.status
-                        yield from_chunk(error_body(err.message, err.type, err.param, err.code))
+                        yield sse(error_body(err.message, err.type, err.param, err.code))
                         break
                 yield "data: [DONE]\n\n"
             finally:  # also when the client disconnected (the generator is closed)
@@ -606,8 +598,8 @@ class _State:
             req = await self._parse(request, ImageRequest)
             model_id = req.model
             m = self.model(req.model, ("image", "text-to-image"))
-            job = Job(key=("image", uuid.uuid4().hex), rows=req.n, work=self._image_work(m, req),
-                      runner=run_images)
+            work = image_work(m.id, m.kind, m.model, req, self.cfg.max_n)
+            job = Job(key=("image", uuid.uuid4().hex), rows=req.n, work=work, runner=run_images)
             self._submit(job)
             data = await self._wait(request, job, t0)
         except APIError as err:
@@ -615,84 +607,6 @@ class _State:
             raise
         self._count(endpoint, m.id, 200, t0)
         return {"created": int(time.time()), "data": data}
-
-    def _image_work(self, m: ServedModel, req: ImageRequest) -> ImageWork:
-        from reverie.samplers import SAMPLERS
-
-        model = m.model
-        if req.n > self.cfg.max_n:
-            raise APIError(400, f"n must be at most {self.cfg.max_n}, got {req.n}", "n")
-        if req.response_format == "url":
-            raise APIError(400, "response_format 'url' is not supported (the server stores no "
-                                "files); use 'b64_json'", "response_format")
-        sampler = req.sampler or IMAGE_SAMPLER
-        if sampler not in SAMPLERS:
-            raise APIError(400, f"unknown sampler {sampler!r}; expected one of "
-                                f"{', '.join(SAMPLERS)}", "sampler")
-        sampler = SAMPLERS[sampler].name
-        height = width = None
-        if req.size is not None:
-            try:
-                height, width = (int(v) for v in req.size.lower().split("x"))
-            except ValueError:
-                raise APIError(400, f"size must be HEIGHTxWIDTH, got {req.size!r}",
-                               "size") from None
-        seed = req.seed if req.seed is not None else secrets.randbits(62)
-        work = ImageWork(model=model, text_to_image=m.kind == "text-to-image", n=req.n,
-                         seed=seed, sampler=sampler, steps=req.steps or 0,
-                         guidance_scale=req.guidance_scale)
-        if work.text_to_image:
-            if not req.prompt:
-                raise APIError(400, f"the model {m.id!r} draws from a text prompt: pass prompt",
-                               "prompt")
-            if req.label is not None:
-                raise APIError(400, f"the model {m.id!r} takes a prompt, not a label", "label")
-            try:
-                model.check_size(height or model.default_size()[0],
-                                 width or model.default_size()[1])
-            except ValueError as err:
-                raise APIError(400, str(err), "size") from None
-            work.prompt, work.negative_prompt = req.prompt, req.negative_prompt
-            work.height, work.width, work.steps = height, width, req.steps or 20
-            return work
-        if req.size is not None and (height, width) != tuple(model.sample_shape[-2:]):
-            raise APIError(400, f"the model {m.id!r} draws {_size(model.sample_shape)} samples "
-                                f"only, got size {req.size!r}", "size")
-        if req.negative_prompt is not None:
-            raise APIError(400, f"the model {m.id!r} takes no negative prompt",
-                           "negative_prompt")
-        work.label = self._label(m, req)
-        if req.guidance_scale not in (None, 1.0) and work.label is None:
-            raise APIError(400, "guidance_scale needs a label (guidance pushes samples towards "
-                                "a class)", "guidance_scale")
-        if req.guidance_scale not in (None, 1.0) and not model.has_null_class:
-            raise APIError(400, f"the model {m.id!r} has no null class for guidance",
-                           "guidance_scale")
-        work.steps = req.steps or 10
-        return work
-
-    def _label(self, m: ServedModel, req: ImageRequest) -> int | None:
-        """A class model's label from ``label`` (index or name) or ``prompt`` (a name)."""
-        model = m.model
-        names = [str(c) for c in (model.config.get("class_names") or [])]
-        spec = req.label if req.label is not None else (req.prompt or None)
-        param = "label" if req.label is not None else "prompt"
-        if spec is None:
-            return None
-        if model.num_classes is None:
-            raise APIError(400, f"the model {m.id!r} is unconditional: leave prompt and label "
-                                "out", param)
-        if isinstance(spec, str) and spec in names:
-            return names.index(spec)
-        if isinstance(spec, int) and 0 <= spec < model.num_classes:
-            return spec
-        raise APIError(400, f"unknown class {spec!r} for {m.id!r}; expected 0.."
-                            f"{model.num_classes - 1} or one of {names}", param)
-
-
-def _size(shape: tuple[int, ...]) -> str:
-    return "x".join(str(s) for s in shape[-2:]) if is_image_shape(tuple(shape)) else \
-        "x".join(str(s) for s in shape)
 
 
 def _model_length(model: Any) -> int | None:
@@ -711,70 +625,3 @@ async def _disconnected(request: Any) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
-
-
-def from_chunk(obj: Any) -> str:
-    """One server-sent event."""
-    return f"data: {json.dumps(obj)}\n\n"
-
-
-class _TextReply:
-    """OpenAI's response bodies and stream chunks for one text request."""
-
-    def __init__(self, chat: bool, model: str, req: Any, prompt_tokens: int, rows: int) -> None:
-        self.chat = chat
-        self.model = model
-        self.req = req
-        self.prompt_tokens = prompt_tokens
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        self.created = int(time.time())
-        self.rows = rows
-        self.object = "chat.completion" if chat else "text_completion"
-
-    def _head(self, obj: str) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
-
-    def _usage(self, result: TextResult) -> dict[str, int]:
-        done = sum(result.completion_tokens)
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": done,
-                "total_tokens": self.prompt_tokens + done}
-
-    def body(self, result: TextResult) -> dict[str, Any]:
-        choices = []
-        for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons)):
-            if self.chat:
-                choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                                "finish_reason": reason, "logprobs": None})
-            else:
-                choices.append({"index": i, "text": text, "finish_reason": reason,
-                                "logprobs": None})
-        return {**self._head(self.object), "choices": choices, "usage": self._usage(result)}
-
-    def _chunk(self, choices: list[dict]) -> dict[str, Any]:
-        obj = "chat.completion.chunk" if self.chat else "text_completion"
-        return {**self._head(obj), "choices": choices}
-
-    def _choice(self, i: int, text: str | None, reason: str | None, role: bool = False) -> dict:
-        if not self.chat:
-            return {"index": i, "text": text or "", "finish_reason": reason, "logprobs": None}
-        delta: dict[str, Any] = {"role": "assistant"} if role else {}
-        if text is not None:
-            delta["content"] = text
-        return {"index": i, "delta": delta, "finish_reason": reason, "logprobs": None}
-
-    def first(self) -> dict[str, Any]:
-        """The opening chunk (chat: the assistant role of every choice)."""
-        if self.chat:
-            return self._chunk([self._choice(i, "", None, role=True) for i in range(self.rows)])
-        return self._chunk([self._choice(i, "", None) for i in range(self.rows)])
-
-    def chunk(self, row: int, text: str) -> dict[str, Any]:
-        return self._chunk([self._choice(row, text, None)])
-
-    def last(self, result: TextResult) -> list[dict[str, Any]]:
-        out = [self._chunk([self._choice(i, None if self.chat else "", reason)
-                            for i, reason in enumerate(result.finish_reasons)])]
-        opts = self.req.stream_options
-        if opts is not None and opts.include_usage:
-            out.append({**self._chunk([]), "usage": self._usage(result)})
-        return out

@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from reverie.serve.schemas import TextResult
+
 __all__ = ["Batcher", "Job", "QueueFull", "TextWork", "run_text"]
 
 log = logging.getLogger("reverie.serve")
@@ -251,13 +253,6 @@ class TextWork:
     constraint: Any = None
     eos_id: int | None = None
     metrics: Any = None
-
-
-@dataclass
-class TextResult:
-    texts: list[str]
-    finish_reasons: list[str]
-    completion_tokens: list[int]
 
 
 def count_tokens(model: Any, text: str) -> int:

@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import base64
 import io
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ImageWork", "is_image_shape", "png_b64", "run_images"]
+from reverie.serve.schemas import APIError
+
+__all__ = ["ImageWork", "image_work", "is_image_shape", "png_b64", "run_images"]
+
+#: The default sampler of image models.
+IMAGE_SAMPLER = "dpmpp_2m"
 
 
 @dataclass
@@ -76,3 +82,80 @@ def run_images(jobs: list[Any]) -> None:
         else:  # e.g. 2-D points (two-moons): the raw sample
             data = [{"b64_json": None, "sample": im.flatten().tolist()} for im in images]
         job.finish(data)
+
+
+def image_work(model_id: str, kind: str, model: Any, req: Any, max_n: int) -> ImageWork:
+    """The work of an images request, checked (400s raised as :class:`APIError`)."""
+    from reverie.samplers import SAMPLERS
+
+    if req.n > max_n:
+        raise APIError(400, f"n must be at most {max_n}, got {req.n}", "n")
+    if req.response_format == "url":
+        raise APIError(400, "response_format 'url' is not supported (the server stores no "
+                            "files); use 'b64_json'", "response_format")
+    sampler = req.sampler or IMAGE_SAMPLER
+    if sampler not in SAMPLERS:
+        raise APIError(400, f"unknown sampler {sampler!r}; expected one of "
+                            f"{', '.join(SAMPLERS)}", "sampler")
+    sampler = SAMPLERS[sampler].name
+    height = width = None
+    if req.size is not None:
+        try:
+            height, width = (int(v) for v in req.size.lower().split("x"))
+        except ValueError:
+            raise APIError(400, f"size must be HEIGHTxWIDTH, got {req.size!r}",
+                           "size") from None
+    seed = req.seed if req.seed is not None else secrets.randbits(62)
+    work = ImageWork(model=model, text_to_image=kind == "text-to-image", n=req.n,
+                     seed=seed, sampler=sampler, steps=req.steps or 0,
+                     guidance_scale=req.guidance_scale)
+    if work.text_to_image:
+        if not req.prompt:
+            raise APIError(400, f"the model {model_id!r} draws from a text prompt: pass prompt",
+                           "prompt")
+        if req.label is not None:
+            raise APIError(400, f"the model {model_id!r} takes a prompt, not a label", "label")
+        try:
+            model.check_size(height or model.default_size()[0],
+                             width or model.default_size()[1])
+        except ValueError as err:
+            raise APIError(400, str(err), "size") from None
+        work.prompt, work.negative_prompt = req.prompt, req.negative_prompt
+        work.height, work.width, work.steps = height, width, req.steps or 20
+        return work
+    if req.size is not None and (height, width) != tuple(model.sample_shape[-2:]):
+        raise APIError(400, f"the model {model_id!r} draws {_size(model.sample_shape)} samples "
+                            f"only, got size {req.size!r}", "size")
+    if req.negative_prompt is not None:
+        raise APIError(400, f"the model {model_id!r} takes no negative prompt",
+                       "negative_prompt")
+    work.label = _label(model_id, model, req)
+    if req.guidance_scale not in (None, 1.0) and work.label is None:
+        raise APIError(400, "guidance_scale needs a label (guidance pushes samples towards "
+                            "a class)", "guidance_scale")
+    if req.guidance_scale not in (None, 1.0) and not model.has_null_class:
+        raise APIError(400, f"the model {model_id!r} has no null class for guidance",
+                       "guidance_scale")
+    work.steps = req.steps or 10
+    return work
+
+def _label(model_id: str, model: Any, req: Any) -> int | None:
+    """A class model's label from ``label`` (index or name) or ``prompt`` (a name)."""
+    names = [str(c) for c in (model.config.get("class_names") or [])]
+    spec = req.label if req.label is not None else (req.prompt or None)
+    param = "label" if req.label is not None else "prompt"
+    if spec is None:
+        return None
+    if model.num_classes is None:
+        raise APIError(400, f"the model {model_id!r} is unconditional: leave prompt and label "
+                            "out", param)
+    if isinstance(spec, str) and spec in names:
+        return names.index(spec)
+    if isinstance(spec, int) and 0 <= spec < model.num_classes:
+        return spec
+    raise APIError(400, f"unknown class {spec!r} for {model_id!r}; expected 0.."
+                        f"{model.num_classes - 1} or one of {names}", param)
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in (shape[-2:] if is_image_shape(tuple(shape)) else shape))

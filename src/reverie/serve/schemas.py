@@ -1,4 +1,5 @@
-"""Request bodies of the OpenAI-compatible endpoints (pydantic), and the error body.
+"""Request bodies of the OpenAI-compatible endpoints (pydantic); the bodies and stream
+chunks of text responses (:class:`TextReply`); the error body and :class:`APIError`.
 
 Fields follow OpenAI's API; reverie's extensions are ``sampler``, ``steps`` and ``regex``
 (text), ``sampler``, ``steps``, ``guidance_scale``, ``label``, ``negative_prompt`` and
@@ -9,17 +10,25 @@ fields that reverie does not implement are accepted only at their neutral value
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "APIError",
     "ChatCompletionRequest",
     "CompletionRequest",
     "ImageRequest",
     "Message",
     "ResponseFormat",
+    "TextReply",
+    "TextResult",
     "error_body",
+    "sse",
 ]
 
 #: OpenAI fields accepted only at these values (reverie does not implement them).
@@ -179,3 +188,89 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
                code: str | None = None) -> dict[str, Any]:
     """OpenAI's error shape ``{"error": {"message", "type", "param", "code"}}``."""
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class APIError(Exception):
+    """An error answered with OpenAI's body and ``status``."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 type: str = "invalid_request_error", code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.type, self.code = (
+            status, message, param, type, code)
+
+
+def sse(obj: Any) -> str:
+    """One server-sent event."""
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+@dataclass
+class TextResult:
+    """What a text job gives back: per row, its text, why it ended and its token count."""
+
+    texts: list[str]
+    finish_reasons: list[str]
+    completion_tokens: list[int]
+
+
+class TextReply:
+    """OpenAI's response bodies and stream chunks for one text request."""
+
+    def __init__(self, chat: bool, model: str, req: Any, prompt_tokens: int, rows: int) -> None:
+        self.chat = chat
+        self.model = model
+        self.req = req
+        self.prompt_tokens = prompt_tokens
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.rows = rows
+        self.object = "chat.completion" if chat else "text_completion"
+
+    def _head(self, obj: str) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+
+    def _usage(self, result: TextResult) -> dict[str, int]:
+        done = sum(result.completion_tokens)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": done,
+                "total_tokens": self.prompt_tokens + done}
+
+    def body(self, result: TextResult) -> dict[str, Any]:
+        choices = []
+        for i, (text, reason) in enumerate(zip(result.texts, result.finish_reasons)):
+            if self.chat:
+                choices.append({"index": i, "message": {"role": "assistant", "content": text},
+                                "finish_reason": reason, "logprobs": None})
+            else:
+                choices.append({"index": i, "text": text, "finish_reason": reason,
+                                "logprobs": None})
+        return {**self._head(self.object), "choices": choices, "usage": self._usage(result)}
+
+    def _chunk(self, choices: list[dict]) -> dict[str, Any]:
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        return {**self._head(obj), "choices": choices}
+
+    def _choice(self, i: int, text: str | None, reason: str | None, role: bool = False) -> dict:
+        if not self.chat:
+            return {"index": i, "text": text or "", "finish_reason": reason, "logprobs": None}
+        delta: dict[str, Any] = {"role": "assistant"} if role else {}
+        if text is not None:
+            delta["content"] = text
+        return {"index": i, "delta": delta, "finish_reason": reason, "logprobs": None}
+
+    def first(self) -> dict[str, Any]:
+        """The opening chunk (chat: the assistant role of every choice)."""
+        if self.chat:
+            return self._chunk([self._choice(i, "", None, role=True) for i in range(self.rows)])
+        return self._chunk([self._choice(i, "", None) for i in range(self.rows)])
+
+    def chunk(self, row: int, text: str) -> dict[str, Any]:
+        return self._chunk([self._choice(row, text, None)])
+
+    def last(self, result: TextResult) -> list[dict[str, Any]]:
+        out = [self._chunk([self._choice(i, None if self.chat else "", reason)
+                            for i, reason in enumerate(result.finish_reasons)])]
+        opts = self.req.stream_options
+        if opts is not None and opts.include_usage:
+            out.append({**self._chunk([]), "usage": self._usage(result)})
+        return out
