@@ -381,6 +381,10 @@ class _State:
             raise APIError(400, f"n must be at most {cfg.max_n}, got {req.n}", "n")
         prompts = self._chat_prompt(model, req.messages) if chat else self._prompts(model, req)
         rows = len(prompts) * req.n
+        most = max(cfg.max_n, cfg.max_batch)
+        if rows > most:
+            raise APIError(400, f"{len(prompts)} prompts x n={req.n} asks for {rows} samples; "
+                                f"at most {most} per request", "n")
         limit = _model_length(model)
         longest = max(len(p) for p in prompts)
         room = None if limit is None else limit - longest
