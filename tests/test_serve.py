@@ -308,6 +308,10 @@ def test_queue_full_and_timeout(servers):
     assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
     r = httpx.post(url, json={"model": "tiny-json", "prompt": "{", "max_tokens": 2})
     assert r.status_code == 200  # a short request under the same timeout is served
+    with httpx.stream("POST", url, json={**slow, "n": 16, "stream": True}, timeout=30) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"  # a stream that runs out of time ends with an error event
+    assert json.loads(events[-2])["error"]["code"] == "timeout"
 
 
 # ---------------------------------------------------------------------------------------------
