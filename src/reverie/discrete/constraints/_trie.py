@@ -48,7 +48,8 @@ class ByteDFA:
         table = np.full((sink + 1, 256), sink, dtype=np.int32)
         for r, d in trans.items():
             if d:
-                table[ids[r], np.fromiter(d.keys(), np.int64, len(d))] = [ids[x] for x in d.values()]
+                byte = np.fromiter(d.keys(), np.int64, len(d))
+                table[ids[r], byte] = [ids[x] for x in d.values()]
         is_final = np.array([r in finals for r in raw], dtype=bool)
         return cls(table, is_final, np.asarray(raw, dtype=np.int64))
 
@@ -248,7 +249,6 @@ def _walk(dfa: ByteDFA, trie: TokenTrie, weights: np.ndarray, codes: np.ndarray,
     States whose first bytes start more than ``wide`` of the strings go to the dense walk,
     the others to the sparse one (the hash is a sum over states, so they simply add up).
     ``drop_multibyte`` stops after depth 1 (a deliberately wrong walk, for tests)."""
-    sink = dfa.n_states
     n = len(trie)
     hashes = np.zeros((2, n), dtype=np.uint64)
     valid = np.zeros(n, dtype=bool)
