@@ -12,6 +12,7 @@ class, and one representative per class is walked again to get the class's colum
 
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -118,6 +119,7 @@ class TokenTrie:
 
 _TRIES: weakref.WeakValueDictionary[str, TokenTrie] = weakref.WeakValueDictionary()
 _LAST_TRIES: list[TokenTrie] = []  # strong references to the most recent few
+_TRIES_LOCK = threading.Lock()
 
 
 def token_trie(vocab: Vocabulary) -> TokenTrie:
@@ -125,17 +127,19 @@ def token_trie(vocab: Vocabulary) -> TokenTrie:
     trie = _TRIES.get(vocab.fingerprint)
     if trie is None:
         trie = TokenTrie(vocab)
-        _TRIES[vocab.fingerprint] = trie
-    if trie in _LAST_TRIES:
-        _LAST_TRIES.remove(trie)
-    _LAST_TRIES.insert(0, trie)
-    del _LAST_TRIES[4:]
+    with _TRIES_LOCK:
+        trie = _TRIES.setdefault(vocab.fingerprint, trie)
+        if trie in _LAST_TRIES:
+            _LAST_TRIES.remove(trie)
+        _LAST_TRIES.insert(0, trie)
+        del _LAST_TRIES[4:]
     return trie
 
 
 #: States that may start more than this share of the token strings are walked densely.
 WIDE = 0.1
-#: Source states per dense walk (memory: nodes of one depth x batch x 4 bytes).
+#: Columns (distinct states after a first byte) per dense pass; memory: nodes of one depth x
+#: this x 4 bytes for the states, x 16 bytes for the hashes of the strings ending there.
 DENSE_BATCH = 64
 
 
@@ -198,7 +202,8 @@ def _walk_dense(dfa: ByteDFA, trie: TokenTrie, qs: np.ndarray, weights: np.ndarr
     states per node: row = the distinct states after the node's first byte (padded with the
     sink), dropping nodes dead in every column. Suits "wide" states, from which most tokens
     are valid (inside a JSON string): no per-pair bookkeeping."""
-    table, sink = dfa.table, dfa.n_states
+    sink = dfa.n_states
+    table = dfa.table.astype(np.int16) if sink < 2**15 else dfa.table  # less memory traffic
     p_node, p_state, p_w = _first_pairs(dfa, trie, qs, weights)
     n1 = len(trie.byte[0])
     starts = np.searchsorted(p_node, np.arange(n1 + 1))
@@ -207,7 +212,7 @@ def _walk_dense(dfa: ByteDFA, trie: TokenTrie, qs: np.ndarray, weights: np.ndarr
     for j in range(0, width, DENSE_BATCH):  # column chunks are independent
         cols = (rank >= j) & (rank < j + DENSE_BATCH)
         k = min(DENSE_BATCH, width - j)
-        state = np.full((n1, k), sink, dtype=np.int32)
+        state = np.full((n1, k), sink, dtype=table.dtype)
         state[p_node[cols], rank[cols] - j] = p_state[cols]
         w0 = np.zeros((2, n1, k), dtype=np.uint64)  # weight of each (first-byte row, column)
         w0[:, p_node[cols], rank[cols] - j] = p_w[:, cols]
@@ -235,36 +240,36 @@ def _share_alive(dfa: ByteDFA, trie: TokenTrie) -> np.ndarray:
     m, lens = trie.matrix, trie.lengths
     one = np.bincount(m[lens == 1, 0], minlength=256).astype(np.float64)
     two = np.zeros((256, 256))
-    np.add.at(two, (m[lens > 1, 0], m[lens > 1, 1]), 1.0)
+    if m.shape[1] > 1:  # some string has two bytes
+        np.add.at(two, (m[lens > 1, 0], m[lens > 1, 1]), 1.0)
     ok = (table != sink).astype(np.float64)  # [S + 1, 256], the sink row all 0
     after = ok @ two.T  # after[u, b1]: strings b1 b2.. whose b2 state u can read
     return (ok[:sink] @ one + after[table[:sink], np.arange(256)].sum(axis=1)) / len(trie)
 
 
 def _walk(dfa: ByteDFA, trie: TokenTrie, weights: np.ndarray, codes: np.ndarray,
-          drop_multibyte: bool = False, wide: float = WIDE) -> tuple[np.ndarray, np.ndarray]:
+          wide: float = WIDE) -> tuple[np.ndarray, np.ndarray]:
     """Per token string: a 2x64-bit hash of its column ``(delta(q, s))_q`` over all byte
     states (``sum_q R_q * C[delta(q, s)]`` mod 2**64, dead = 0) and whether it is valid
     anywhere. ``weights`` is ``R`` [2, S], ``codes`` is ``C`` [2, S + 1] with ``C[sink] = 0``.
     States whose first bytes start more than ``wide`` of the strings go to the dense walk,
-    the others to the sparse one (the hash is a sum over states, so they simply add up).
-    ``drop_multibyte`` stops after depth 1 (a deliberately wrong walk, for tests)."""
+    the others to the sparse one (the hash is a sum over states, so they simply add up)."""
     n = len(trie)
     hashes = np.zeros((2, n), dtype=np.uint64)
     valid = np.zeros(n, dtype=bool)
     if n == 0:
         return hashes, valid
-    depth = 1 if drop_multibyte else len(trie.byte)
+    depth = len(trie.byte)
     reach = _share_alive(dfa, trie)
     dense = np.flatnonzero(reach > wide)
     _walk_sparse(dfa, trie, np.flatnonzero(reach <= wide), weights, codes, hashes, valid, depth)
-    for i in range(0, len(dense), DENSE_BATCH):
-        _walk_dense(dfa, trie, dense[i:i + DENSE_BATCH], weights, codes, hashes, valid, depth)
+    if dense.size:
+        _walk_dense(dfa, trie, dense, weights, codes, hashes, valid, depth)
     return hashes, valid
 
 
-def token_columns(dfa: ByteDFA, trie: TokenTrie, seed: int = 0, *,
-                  drop_multibyte: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def token_columns(dfa: ByteDFA, trie: TokenTrie,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Token classes of identical columns over all byte states: ``(cls [n_strings] with -1
     for strings valid nowhere, columns [S, C])``, where ``columns[q, c]`` is the state
     after any string of class ``c`` from ``q`` (the sink ``S`` if forbidden)."""
@@ -273,7 +278,7 @@ def token_columns(dfa: ByteDFA, trie: TokenTrie, seed: int = 0, *,
     weights = rng.integers(0, 2**63, size=(2, sink), dtype=np.int64).astype(np.uint64) * 2 + 1
     codes = rng.integers(0, 2**63, size=(2, sink + 1), dtype=np.int64).astype(np.uint64) * 2 + 1
     codes[:, sink] = 0  # a dead end adds nothing
-    hashes, valid = _walk(dfa, trie, weights, codes, drop_multibyte)
+    hashes, valid = _walk(dfa, trie, weights, codes)
     cls = np.full(len(trie), -1, dtype=np.int64)
     live = np.flatnonzero(valid)
     if live.size == 0:

@@ -12,6 +12,7 @@ one class, and only the valid ``(state, class) -> state`` triplets are kept.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ __all__ = ["TokenAutomaton", "clear_cache"]
 
 _CACHE: OrderedDict[tuple[str, str, str], TokenAutomaton] = OrderedDict()
 _CACHE_SIZE = 32
+_CACHE_LOCK = threading.Lock()
 
 #: How :meth:`TokenAutomaton.from_regex` builds: ``"trie"`` walks the vocabulary's byte trie
 #: over the byte DFA (fast, cached); ``"index"`` reads outlines-core's token index (the
@@ -203,19 +205,21 @@ class TokenAutomaton:
         if method == "index":
             return _build_by_index(cls, pattern, vocab)
         key = (method, pattern, vocab.fingerprint)
-        hit = _CACHE.get(key)
-        if hit is not None:
-            _CACHE.move_to_end(key)
-            return hit
+        with _CACHE_LOCK:
+            hit = _CACHE.get(key)
+            if hit is not None:
+                _CACHE.move_to_end(key)
+                return hit
         from reverie.discrete.constraints import _cache
 
         automaton = _cache.load(pattern, vocab, method)
         if automaton is None:
             automaton = _build_by_trie(cls, pattern, vocab)
             _cache.save(automaton, pattern, vocab, method)
-        _CACHE[key] = automaton
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
+        with _CACHE_LOCK:  # threads that built the same key concurrently: the first one wins
+            automaton = _CACHE.setdefault(key, automaton)
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
         return automaton
 
     @classmethod
@@ -725,16 +729,14 @@ def _dense_byte_dfa(pattern: str) -> ByteDFA:
     return ByteDFA.from_dict(*byte_dfa(pattern))
 
 
-def _build_by_trie(cls: type[TokenAutomaton], pattern: str, vocab: Vocabulary, *,
-                   drop_multibyte: bool = False) -> TokenAutomaton:
+def _build_by_trie(cls: type[TokenAutomaton], pattern: str, vocab: Vocabulary) -> TokenAutomaton:
     """The token automaton by a trie walk over the byte DFA (:mod:`._trie`); the same
-    automaton as :func:`_build_by_index`, state numbering included. ``drop_multibyte``
-    forgets every token of more than one byte (a deliberately wrong build, for tests)."""
+    automaton as :func:`_build_by_index`, state numbering included."""
     dfa = _dense_byte_dfa(pattern)
     trie = token_trie(vocab)
     if not len(trie):
         raise ValueError("the vocabulary has no ordinary tokens")
-    string_cls, cols = token_columns(dfa, trie, drop_multibyte=drop_multibyte)
+    string_cls, cols = token_columns(dfa, trie)
     sink = dfa.n_states
     # States reachable from the start by tokens (breadth first over the class columns).
     reach = np.zeros(sink + 1, dtype=bool)
