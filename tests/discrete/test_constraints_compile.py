@@ -189,6 +189,8 @@ def test_errors_match_the_index():
         ref, new = build_both(pattern, SMALL)
         assert isinstance(ref, ValueError) and isinstance(new, ValueError), pattern
         assert error_kind(new) == error_kind(ref), (pattern, new, ref)
+    with pytest.raises(ValueError, match="no ordinary tokens"):
+        TokenAutomaton.from_regex("a", Vocabulary(["", None, None], eos_id=1, mask_id=2))
     with pytest.raises(ValueError, match="method must be one of"):
         TokenAutomaton.from_regex("a", SMALL, method="fast")
 

@@ -80,10 +80,11 @@ class TokenTrie:
         # Byte matrix, zero-padded; lcp[k] = longest common prefix of strings k-1 and k.
         mat = np.frombuffer(b"".join(s.ljust(depth, b"\0") for s in strings), np.uint8)
         self.matrix = mat.reshape(n, depth)
-        differ = self.matrix[1:] != self.matrix[:-1]
-        first_diff = np.where(differ.any(axis=1), differ.argmax(axis=1), depth)
         lcp = np.zeros(n, dtype=np.int64)
-        lcp[1:] = np.minimum(first_diff, np.minimum(lens[1:], lens[:-1]))
+        if n > 1:
+            differ = self.matrix[1:] != self.matrix[:-1]
+            first_diff = np.where(differ.any(axis=1), differ.argmax(axis=1), depth)
+            lcp[1:] = np.minimum(first_diff, np.minimum(lens[1:], lens[:-1]))
         self.byte: list[np.ndarray] = []
         self.string_at: list[np.ndarray] = []
         parents: list[np.ndarray] = []
