@@ -2,12 +2,11 @@
 
 outlines-core's token index walks every token's bytes from every state from scratch, then
 reverie compresses the ~10M resulting (state, token) pairs into ~150 token classes. Here the
-distinct token strings form a byte trie (a shared prefix is one node, walked once per state);
-the trie is walked breadth first over the byte DFA, one NumPy call per depth, from the
-distinct states after each first byte and dropping dead (node, state) pairs as it goes
-(the variants "v3/v4" of /research/constraints_speed.md §3a). No (state, token) table is kept:
-each token's column is folded into a 128-bit random hash, tokens with equal hashes form a
-class, and one representative per class is walked again to get the class's column.
+distinct token strings form a byte trie (a shared prefix is one node), and the trie is walked
+breadth first over the byte DFA for all states at once, one NumPy call per depth
+(:func:`token_columns`). A node carries the id of its *row* (its state from every source
+state, after deduplication); the few thousand distinct rows are what is computed, not the
+~10M (state, token) pairs, and equal columns give the token classes exactly (no hashing).
 """
 
 from __future__ import annotations
@@ -137,13 +136,6 @@ def token_trie(vocab: Vocabulary) -> TokenTrie:
     return trie
 
 
-#: States that may start more than this share of the token strings are walked densely.
-WIDE = 0.1
-#: Columns (distinct states after a first byte) per dense pass; memory: nodes of one depth x
-#: this x 4 bytes for the states, x 16 bytes for the hashes of the strings ending there.
-DENSE_BATCH = 64
-
-
 def _expand(trie: TokenTrie, d: int, node: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The children (at depth d+2, 1-based) of the depth-(d+1) ``node`` entries, and for each
     child the position of its parent entry in ``node``."""
@@ -154,143 +146,78 @@ def _expand(trie: TokenTrie, d: int, node: np.ndarray) -> tuple[np.ndarray, np.n
     return trie.first_child[d][node][src] + offset, src
 
 
-def _first_pairs(dfa: ByteDFA, trie: TokenTrie, qs: np.ndarray,
-                 weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The distinct live (first-byte node, state after it) pairs from the states ``qs``, sorted
-    by node, with the summed weights ``R_q`` of the q's that lead to each: the subtree below
-    a first byte is walked once per distinct state, not once per source state."""
-    sink = dfa.n_states
-    after = dfa.table[qs][:, trie.byte[0]]  # [K, n1]
-    key = np.arange(after.shape[1])[None, :] * (sink + 1) + after
-    pair_key, pair_of = np.unique(key.ravel(), return_inverse=True)
-    pair_w = np.zeros((2, len(pair_key)), dtype=np.uint64)
-    for h in range(2):
-        np.add.at(pair_w[h], pair_of.ravel(),
-                  np.broadcast_to(weights[h][qs][:, None], after.shape).ravel())
-    live = pair_key % (sink + 1) != sink
-    return pair_key[live] // (sink + 1), pair_key[live] % (sink + 1), pair_w[:, live]
+def unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(a, axis=0, return_inverse=True)`` of a 2-D array, by sorting each row's
+    bytes as one value (NumPy's ``axis=0`` sorts a structured view, several times slower)."""
+    a = np.ascontiguousarray(a)
+    flat = a.view(np.dtype((np.void, a.dtype.itemsize * a.shape[1]))).reshape(-1)
+    _, first, inv = np.unique(flat, return_index=True, return_inverse=True)
+    return a[first], inv.reshape(-1)
 
 
-def _walk_sparse(dfa: ByteDFA, trie: TokenTrie, qs: np.ndarray, weights: np.ndarray,
-                 codes: np.ndarray, hashes: np.ndarray, valid: np.ndarray, depth: int) -> None:
-    """Add the source states ``qs`` to the column hashes, walking (node, state) pairs and
-    dropping dead pairs at every depth. Suits "narrow" states, from which few tokens are
-    valid."""
+def _unique_ints(key: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(key, return_inverse=True)`` for ints in ``[0, size)``; by a presence table
+    (no sort) when ``size`` is small."""
+    if size > 1 << 22:
+        uniq, inv = np.unique(key, return_inverse=True)
+        return uniq, inv.reshape(-1)
+    present = np.zeros(size, dtype=bool)
+    present[key] = True
+    index = np.cumsum(present) - 1
+    return np.flatnonzero(present), index[key]
+
+
+def token_columns(dfa: ByteDFA, trie: TokenTrie) -> tuple[np.ndarray, np.ndarray]:
+    """Token strings grouped by column: ``(cls [n_strings], columns [S, C])``, where
+    ``columns[q, c]`` is the state after any string of class ``c`` from byte state ``q`` (the
+    sink ``S`` if forbidden) and ``cls`` is -1 for strings valid from no state.
+
+    The trie is walked breadth first by *rows*. A node's row holds its state in every column;
+    the columns of a first-byte subtree are the distinct states after that byte (so the
+    subtree is walked once per distinct state, not once per source state). Most nodes share
+    their row with many others (inside a JSON string, "ab" and "cd" lead to the same states),
+    so rows are deduplicated at every depth, the next rows are computed once per distinct
+    (row, byte), and a node carries only its row's id. Where a string ends, its (row, first
+    byte) gives its column over all source states; equal columns are one class, exactly.
+    """
     table, sink = dfa.table, dfa.n_states
-    node, state, pair_w = _first_pairs(dfa, trie, qs, weights)
-    state = state.astype(np.int32)
-    pair = np.arange(len(node))
-    for d in range(depth):
-        # Strings ending at this depth: fold (pair weight) * code(end state) into their hash.
-        ends = trie.string_at[d][node]
-        hit = ends >= 0
-        s_end, p_end, state_end = ends[hit], pair[hit], state[hit]
-        valid[s_end] = True
-        for h in range(2):
-            np.add.at(hashes[h], s_end, pair_w[h][p_end] * codes[h][state_end])
-        if d + 1 == depth or len(node) == 0:
-            break
-        # Expand every (node, state) to the node's children, one byte further; drop the dead.
-        child, src = _expand(trie, d, node)
-        nxt = table[state[src], trie.byte[d + 1][child]]
-        keep = nxt != sink
-        node, state, pair = child[keep], nxt[keep], pair[src[keep]]
-
-
-def _walk_dense(dfa: ByteDFA, trie: TokenTrie, qs: np.ndarray, weights: np.ndarray,
-                codes: np.ndarray, hashes: np.ndarray, valid: np.ndarray, depth: int) -> None:
-    """Add the source states ``qs`` to the column hashes, walking trie nodes with a row of
-    states per node: row = the distinct states after the node's first byte (padded with the
-    sink), dropping nodes dead in every column. Suits "wide" states, from which most tokens
-    are valid (inside a JSON string): no per-pair bookkeeping."""
-    sink = dfa.n_states
-    table = dfa.table.astype(np.int16) if sink < 2**15 else dfa.table  # less memory traffic
-    p_node, p_state, p_w = _first_pairs(dfa, trie, qs, weights)
-    n1 = len(trie.byte[0])
-    starts = np.searchsorted(p_node, np.arange(n1 + 1))
-    rank = np.arange(len(p_node)) - starts[p_node]  # column of each pair in its node's row
-    width = int(rank.max()) + 1 if len(rank) else 0
-    for j in range(0, width, DENSE_BATCH):  # column chunks are independent
-        cols = (rank >= j) & (rank < j + DENSE_BATCH)
-        k = min(DENSE_BATCH, width - j)
-        state = np.full((n1, k), sink, dtype=table.dtype)
-        state[p_node[cols], rank[cols] - j] = p_state[cols]
-        w0 = np.zeros((2, n1, k), dtype=np.uint64)  # weight of each (first-byte row, column)
-        w0[:, p_node[cols], rank[cols] - j] = p_w[:, cols]
-        node = root = np.arange(n1)
-        for d in range(depth):
-            alive = (state != sink).any(axis=1)
-            node, root, state = node[alive], root[alive], state[alive]
-            ends = trie.string_at[d][node]
-            hit = np.flatnonzero(ends >= 0)
-            if hit.size:  # each string ends at one node: plain (unbuffered) += is exact
-                end = state[hit]
-                valid[ends[hit]] |= (end != sink).any(axis=1)
-                hashes[:, ends[hit]] += (codes[:, end] * w0[:, root[hit]]).sum(axis=2)
-            if d + 1 == depth or len(node) == 0:
-                break
-            child, src = _expand(trie, d, node)
-            state = table[state[src], trie.byte[d + 1][child][:, None]]
-            node, root = child, root[src]
-
-
-def _share_alive(dfa: ByteDFA, trie: TokenTrie) -> np.ndarray:
-    """Per state, the share of token strings whose first two bytes (or only byte) it can
-    read: an estimate of how much of the trie a walk from it visits."""
-    table, sink = dfa.table, dfa.n_states
-    m, lens = trie.matrix, trie.lengths
-    one = np.bincount(m[lens == 1, 0], minlength=256).astype(np.float64)
-    two = np.zeros((256, 256))
-    if m.shape[1] > 1:  # some string has two bytes
-        np.add.at(two, (m[lens > 1, 0], m[lens > 1, 1]), 1.0)
-    ok = (table != sink).astype(np.float64)  # [S + 1, 256], the sink row all 0
-    after = ok @ two.T  # after[u, b1]: strings b1 b2.. whose b2 state u can read
-    return (ok[:sink] @ one + after[table[:sink], np.arange(256)].sum(axis=1)) / len(trie)
-
-
-def _walk(dfa: ByteDFA, trie: TokenTrie, weights: np.ndarray, codes: np.ndarray,
-          wide: float = WIDE) -> tuple[np.ndarray, np.ndarray]:
-    """Per token string: a 2x64-bit hash of its column ``(delta(q, s))_q`` over all byte
-    states (``sum_q R_q * C[delta(q, s)]`` mod 2**64, dead = 0) and whether it is valid
-    anywhere. ``weights`` is ``R`` [2, S], ``codes`` is ``C`` [2, S + 1] with ``C[sink] = 0``.
-    States whose first bytes start more than ``wide`` of the strings go to the dense walk,
-    the others to the sparse one (the hash is a sum over states, so they simply add up)."""
-    n = len(trie)
-    hashes = np.zeros((2, n), dtype=np.uint64)
-    valid = np.zeros(n, dtype=bool)
-    if n == 0:
-        return hashes, valid
-    depth = len(trie.byte)
-    reach = _share_alive(dfa, trie)
-    dense = np.flatnonzero(reach > wide)
-    _walk_sparse(dfa, trie, np.flatnonzero(reach <= wide), weights, codes, hashes, valid, depth)
-    if dense.size:
-        _walk_dense(dfa, trie, dense, weights, codes, hashes, valid, depth)
-    return hashes, valid
-
-
-def token_columns(dfa: ByteDFA, trie: TokenTrie,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Token classes of identical columns over all byte states: ``(cls [n_strings] with -1
-    for strings valid nowhere, columns [S, C])``, where ``columns[q, c]`` is the state
-    after any string of class ``c`` from ``q`` (the sink ``S`` if forbidden)."""
-    rng = np.random.default_rng(seed)
-    sink = dfa.n_states
-    weights = rng.integers(0, 2**63, size=(2, sink), dtype=np.int64).astype(np.uint64) * 2 + 1
-    codes = rng.integers(0, 2**63, size=(2, sink + 1), dtype=np.int64).astype(np.uint64) * 2 + 1
-    codes[:, sink] = 0  # a dead end adds nothing
-    hashes, valid = _walk(dfa, trie, weights, codes)
     cls = np.full(len(trie), -1, dtype=np.int64)
-    live = np.flatnonzero(valid)
-    if live.size == 0:
-        return cls, np.zeros((sink, 0), dtype=np.int64)
-    _, rep, inv = np.unique(hashes[:, live].T, axis=0, return_index=True, return_inverse=True)
-    cls[live] = inv.reshape(-1)
-    # One representative string per class, walked from every state: the class's column.
-    reps = live[rep]
-    mat, lens = trie.matrix[reps], trie.lengths[reps]
-    cols = np.broadcast_to(np.arange(sink)[:, None], (sink, len(reps))).copy()
-    for j in range(int(lens.max())):
-        on = np.flatnonzero(lens > j)
-        cols[:, on] = dfa.table[cols[:, on], mat[on, j]]
-    return cls, cols
+    if not len(trie):
+        return cls, np.zeros((sink, 0), dtype=table.dtype)
+    n1 = len(trie.byte[0])
+    # Columns of each first-byte node: the distinct states after its byte, ranked.
+    after = table[:sink, trie.byte[0]]  # [S, n1]
+    pairs, pair_of = _unique_ints((np.arange(n1) * (sink + 1) + after).reshape(-1),
+                                  n1 * (sink + 1))
+    p_node, p_state = pairs // (sink + 1), pairs % (sink + 1)
+    rank = np.arange(len(pairs)) - np.searchsorted(p_node, p_node)  # column within the row
+    first = np.full((n1, int(rank.max()) + 1), sink, dtype=table.dtype)
+    first[p_node, rank] = p_state
+    pos = rank[pair_of].reshape(sink, n1).T  # pos[node, q]: the column that source q reads
+    rows, row_id = unique_rows(first)
+    node = root = np.arange(n1)
+    pieces: list[np.ndarray] = []  # per distinct (row, first byte) where strings end: column
+    piece_of = np.full(len(trie), -1, dtype=np.int64)
+    n_pieces = 0
+    for d in range(len(trie.byte)):
+        keep = ~(rows == sink).all(axis=1)[row_id]  # drop the nodes dead in every column
+        node, root, row_id = node[keep], root[keep], row_id[keep]
+        ends = trie.string_at[d][node]
+        hit = np.flatnonzero(ends >= 0)
+        if hit.size:  # strings ending here: their columns over all source states
+            pair, inv = _unique_ints(row_id[hit] * n1 + root[hit], len(rows) * n1)
+            pieces.append(rows[(pair // n1)[:, None], pos[pair % n1]])
+            piece_of[ends[hit]] = n_pieces + inv
+            n_pieces += len(pair)
+        if d + 1 == len(trie.byte) or not len(node):
+            break
+        child, src = _expand(trie, d, node)
+        step, inv = _unique_ints(row_id[src] * 256 + trie.byte[d + 1][child], len(rows) * 256)
+        rows, rid = unique_rows(table[rows[step // 256], (step % 256)[:, None]])
+        node, root, row_id = child, root[src], rid[inv]
+    if not pieces:
+        return cls, np.zeros((sink, 0), dtype=table.dtype)
+    columns, piece_cls = unique_rows(np.concatenate(pieces))
+    live = piece_of >= 0
+    cls[live] = piece_cls[piece_of[live]]
+    return cls, columns.T
