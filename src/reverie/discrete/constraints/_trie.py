@@ -25,12 +25,12 @@ __all__ = ["ByteDFA", "TokenTrie", "token_columns"]
 @dataclass(frozen=True)
 class ByteDFA:
     """A dense byte DFA: ``table[q, b]`` is the state after byte ``b`` from ``q``, or the
-    sink ``n_states`` (a row of its own, mapping to itself); ``raw[q]`` is outlines-core's id
-    of state ``q`` (``q = 0`` is the start)."""
+    sink ``n_states`` (a row of its own, mapping to itself). State 0 is the start; the
+    others are numbered in the order of outlines-core's ids, as :func:`_build_by_index`
+    numbers them."""
 
     table: np.ndarray  # int32 [S + 1, 256]
     finals: np.ndarray  # bool [S]
-    raw: np.ndarray  # int64 [S]
 
     @property
     def n_states(self) -> int:
@@ -51,7 +51,7 @@ class ByteDFA:
                 byte = np.fromiter(d.keys(), np.int64, len(d))
                 table[ids[r], byte] = [ids[x] for x in d.values()]
         is_final = np.array([r in finals for r in raw], dtype=bool)
-        return cls(table, is_final, np.asarray(raw, dtype=np.int64))
+        return cls(table, is_final)
 
 
 class TokenTrie:
@@ -74,14 +74,13 @@ class TokenTrie:
         self.strings = strings
         n = len(strings)
         lens = np.fromiter(map(len, strings), np.int64, n)
-        self.lengths = lens
         depth = int(lens.max()) if n else 0
         # Byte matrix, zero-padded; lcp[k] = longest common prefix of strings k-1 and k.
         mat = np.frombuffer(b"".join(s.ljust(depth, b"\0") for s in strings), np.uint8)
-        self.matrix = mat.reshape(n, depth)
+        mat = mat.reshape(n, depth)
         lcp = np.zeros(n, dtype=np.int64)
         if n > 1:
-            differ = self.matrix[1:] != self.matrix[:-1]
+            differ = mat[1:] != mat[:-1]
             first_diff = np.where(differ.any(axis=1), differ.argmax(axis=1), depth)
             lcp[1:] = np.minimum(first_diff, np.minimum(lens[1:], lens[:-1]))
         self.byte: list[np.ndarray] = []
@@ -93,13 +92,12 @@ class TokenTrie:
             new = lcp[act] < d  # the first string of each node at depth d
             node = np.cumsum(new) - 1
             parents.append(node_of[act][new])
-            self.byte.append(self.matrix[act[new], d - 1].astype(np.int64))
+            self.byte.append(mat[act[new], d - 1].astype(np.int64))
             ends = np.full(int(new.sum()), -1, dtype=np.int64)
             done = lens[act] == d
             ends[node[done]] = act[done]
             self.string_at.append(ends)
             node_of[act] = node
-        self.parent = parents  # per depth, each node's parent at the previous depth
         # Children of depth-d nodes: a run of depth d+1, found from the (sorted) parents.
         self.first_child: list[np.ndarray] = []
         self.n_children: list[np.ndarray] = []
