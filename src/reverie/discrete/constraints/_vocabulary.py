@@ -46,12 +46,17 @@ def _bytes_to_unicode() -> dict[str, int]:
 
 
 _BYTE_LEVEL = _bytes_to_unicode()
+# str.translate table: stand-in character -> the character of its byte (then latin-1 encodes
+# it as that byte); characters below 256 that are not stand-ins map past 255 so that the
+# encoding fails, as for any other foreign character.
+_BYTE_LEVEL_TABLE = {c: 0x100 for c in range(256)}
+_BYTE_LEVEL_TABLE.update({ord(ch): b for ch, b in _BYTE_LEVEL.items()})
 
 
 def _decode_byte_level(token: str) -> bytes | None:
     try:
-        return bytes(_BYTE_LEVEL[ch] for ch in token)
-    except KeyError:
+        return token.translate(_BYTE_LEVEL_TABLE).encode("latin-1")
+    except UnicodeEncodeError:  # a character outside the byte-level alphabet
         return None
 
 
@@ -115,8 +120,8 @@ class Vocabulary:
         self.mask_id = int(mask_id)
         h = hashlib.sha256()
         h.update(f"{self.eos_id},{self.mask_id},{size};".encode())
-        for tok in self.tokens:
-            h.update(b"\x00N" if tok is None else len(tok).to_bytes(4, "little") + tok)
+        h.update(b"".join(b"\x00N" if tok is None else len(tok).to_bytes(4, "little") + tok
+                          for tok in self.tokens))
         self.fingerprint = h.hexdigest()
 
     def __len__(self) -> int:
