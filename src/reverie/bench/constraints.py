@@ -436,8 +436,6 @@ def _median_time(fn: Callable[[], Any], repeats: int, before: Callable[[], Any] 
 def _compile_row(size: int, name: str, vocab: Any, oc_vocab: Any, llt: Any,
                  args: argparse.Namespace) -> dict[str, Any]:
     """One schema's row of :func:`compile_rows`."""
-    import llguidance
-    import llguidance.numpy as llg_np
     import outlines_core
 
     from reverie.discrete.constraints import TokenAutomaton, clear_cache
@@ -454,6 +452,8 @@ def _compile_row(size: int, name: str, vocab: Any, oc_vocab: Any, llt: Any,
         return TokenAutomaton.from_schema(schema, vocab)
 
     def first_mask(grammar: str) -> None:
+        import llguidance.numpy as llg_np
+
         matcher = llguidance.LLMatcher(llt, grammar)
         mask = llg_np.allocate_token_bitmask(1, llt.vocab_size)
         llg_np.fill_next_token_bitmask(matcher, mask, 0)
@@ -468,11 +468,14 @@ def _compile_row(size: int, name: str, vocab: Any, oc_vocab: Any, llt: Any,
     a = build()
     t_oc = float("nan") if args.no_outlines_index else _median_time(
         lambda: outlines_core.Index(regex, oc_vocab), 1)
-    t_llg_json = _median_time(
-        lambda: first_mask(llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema))),
-        reps)
-    t_llg_regex = _median_time(
-        lambda: first_mask(llguidance.LLMatcher.grammar_from_regex(regex)), reps)
+    t_llg_json = t_llg_regex = float("nan")
+    if llt is not None:
+        import llguidance
+
+        t_llg_json = _median_time(lambda: first_mask(
+            llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema))), reps)
+        t_llg_regex = _median_time(
+            lambda: first_mask(llguidance.LLMatcher.grammar_from_regex(regex)), reps)
     return {"vocab": size, "schema": name, "regex_chars": len(regex), "states": a.n_states,
             "classes": a.n_classes, "cold_s": t_cold, "cold_cpu_s": cpu[0],
             "disk_cached_ms": 1e3 * t_disk, "memory_cached_ms": 1e3 * t_mem,
@@ -483,8 +486,7 @@ def _compile_row(size: int, name: str, vocab: Any, oc_vocab: Any, llt: Any,
 def compile_rows(size: int, args: argparse.Namespace) -> tuple[dict[str, Any], list[dict]]:
     """Compile times for one vocabulary size: the one-time per-vocabulary costs, and per
     schema reverie's cold / disk-cached / memory-cached build next to outlines-core's
-    ``Index`` and llguidance's compile + first mask."""
-    import llguidance
+    ``Index`` and llguidance's compile + first mask (NaN when llguidance is missing)."""
     import outlines_core
 
     from reverie.discrete.constraints import Vocabulary
@@ -498,15 +500,21 @@ def compile_rows(size: int, args: argparse.Namespace) -> tuple[dict[str, Any], l
         Vocabulary.from_tokenizer(tok, **ids)
     t_trie = _median_time(lambda: TokenTrie(vocab), args.compile_repeats)
     token_trie(vocab)
+    try:
+        import llguidance
+    except ImportError:  # optional: its columns stay empty
+        llguidance = None
     with Timer() as t_llt:
-        llt = llguidance.LLTokenizer(tok.to_str(), eos_token=ids["eos_id"])
+        llt = None if llguidance is None else llguidance.LLTokenizer(
+            tok.to_str(), eos_token=ids["eos_id"])
     by_text: dict[bytes, list[int]] = {}
     for i, piece in enumerate(vocab.tokens):
         if piece:
             by_text.setdefault(piece, []).append(i)
     oc_vocab = outlines_core.Vocabulary(ids["eos_id"], by_text)
     per_vocab = {"vocab": size, "vocabulary_s": t_vocab.seconds, "vocabulary_memo_s":
-                 t_memo.seconds, "trie_s": t_trie, "lltokenizer_s": t_llt.seconds}
+                 t_memo.seconds, "trie_s": t_trie,
+                 "lltokenizer_s": t_llt.seconds if llt is not None else float("nan")}
     with _fresh_disk_cache():
         rows = [_compile_row(size, name, vocab, oc_vocab, llt, args) for name in args.schemas]
     return per_vocab, rows

@@ -19,17 +19,15 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from reverie._io import atomic_path
-
-if TYPE_CHECKING:
-    from reverie.discrete.constraints._vocabulary import Vocabulary
-    from reverie.discrete.constraints.automaton import TokenAutomaton
+from reverie.discrete.constraints._vocabulary import Vocabulary
 
 __all__ = ["cache_dir", "cache_path", "clear_disk", "load", "save"]
 
@@ -71,10 +69,9 @@ def cache_path(pattern: str, vocab: Vocabulary, method: str = "trie") -> Path | 
     return folder / f"{cache_key(pattern, vocab, method)}.npz"
 
 
-def load(pattern: str, vocab: Vocabulary, method: str) -> TokenAutomaton | None:
-    """The cached automaton, or ``None`` (absent, unreadable or inconsistent)."""
-    from reverie.discrete.constraints.automaton import TokenAutomaton
-
+def load(pattern: str, vocab: Vocabulary, method: str, decode: Callable[[Any], Any]) -> Any:
+    """The cached automaton, ``decode``-d from the file's arrays
+    (``TokenAutomaton.from_arrays``), or ``None`` (absent, unreadable or inconsistent)."""
     path = cache_path(pattern, vocab, method)
     if path is None or not path.is_file():
         return None
@@ -83,7 +80,7 @@ def load(pattern: str, vocab: Vocabulary, method: str) -> TokenAutomaton | None:
             key = bytes(data["key"]).decode()
             if key != cache_key(pattern, vocab, method):
                 return None
-            automaton = TokenAutomaton.from_arrays(data)
+            automaton = decode(data)
         if (automaton.vocab_size, automaton.eos_id, automaton.mask_id) != (
             len(vocab), vocab.eos_id, vocab.mask_id
         ):
@@ -94,15 +91,16 @@ def load(pattern: str, vocab: Vocabulary, method: str) -> TokenAutomaton | None:
         return None
 
 
-def save(automaton: TokenAutomaton, pattern: str, vocab: Vocabulary, method: str) -> None:
-    """Store ``automaton`` atomically; a folder that cannot be written only warns."""
+def save(arrays: dict[str, np.ndarray], pattern: str, vocab: Vocabulary, method: str) -> None:
+    """Store an automaton's ``arrays`` (``TokenAutomaton.to_arrays``) atomically; a folder
+    that cannot be written only warns."""
     path = cache_path(pattern, vocab, method)
     if path is None:
         return
     key = np.frombuffer(cache_key(pattern, vocab, method).encode(), dtype=np.uint8)
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, key=key, **automaton.to_arrays())
+            np.savez(f, key=key, **arrays)
         _prune(path.parent)
     except OSError as err:
         warnings.warn(f"could not write the automaton cache {path}: {err}", stacklevel=3)

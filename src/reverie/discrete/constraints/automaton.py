@@ -212,10 +212,10 @@ class TokenAutomaton:
                 return hit
         from reverie.discrete.constraints import _cache
 
-        automaton = _cache.load(pattern, vocab, method)
+        automaton = _cache.load(pattern, vocab, method, cls.from_arrays)
         if automaton is None:
             automaton = _build_by_trie(cls, pattern, vocab)
-            _cache.save(automaton, pattern, vocab, method)
+            _cache.save(automaton.to_arrays(), pattern, vocab, method)
         with _CACHE_LOCK:  # threads that built the same key concurrently: the first one wins
             automaton = _CACHE.setdefault(key, automaton)
             while len(_CACHE) > _CACHE_SIZE:
