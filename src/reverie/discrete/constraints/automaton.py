@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from reverie.discrete.constraints._trie import ByteDFA, token_columns, token_trie
+from reverie.discrete.constraints._trie import ByteDFA, token_columns, token_trie, unique_rows
 from reverie.discrete.constraints._vocabulary import Vocabulary
 
 __all__ = ["TokenAutomaton", "clear_cache"]
@@ -42,7 +42,8 @@ def clear_cache(*, disk: bool = False) -> None:
     """Forget every automaton built by :meth:`TokenAutomaton.from_regex` / ``from_schema``
     in this process; with ``disk=True`` also delete the on-disk cache
     (:func:`~reverie.discrete.constraints._cache.cache_dir`)."""
-    _CACHE.clear()
+    with _CACHE_LOCK:
+        _CACHE.clear()
     if disk:
         from reverie.discrete.constraints._cache import clear_disk
 
@@ -761,12 +762,11 @@ def _build_by_trie(cls: type[TokenAutomaton], pattern: str, vocab: Vocabulary) -
     done = len(states)
     table = new_id[cols[states]]  # [Q, C'] with -1 = forbidden
     # Classes over the reachable states only: merge columns that differ only elsewhere.
-    columns, merged = np.unique(table.T, axis=0, return_inverse=True)
+    columns, merged = unique_rows(table.T)
     dead = (columns == -1).all(axis=1)
     renum = np.cumsum(~dead) - 1
     n_plain = int((~dead).sum())
     eos_cls, n_classes = n_plain, n_plain + 1
-    merged = merged.reshape(-1)
     # Final class per trie class, then per string, then per token; a trailing -1 answers the
     # index -1 (a string valid nowhere, a special or empty token).
     final_of = np.append(np.where(dead[merged], -1, renum[merged]), -1)
