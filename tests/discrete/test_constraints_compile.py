@@ -153,8 +153,9 @@ def test_trie_build_equals_the_index_at_32k_tokens():
     words = synthetic_words(32_000)
     vocab = Vocabulary([*words, None, None], eos_id=32_000, mask_id=32_001)
     schema = {"type": "object", "properties": {"sku": {"type": "string"},
-                                               "qty": {"type": "integer"}},
-              "required": ["sku", "qty"]}
+                                               "qty": {"type": "integer"},
+                                               "note": {"type": "string", "maxLength": 12}},
+              "required": ["sku", "qty", "note"]}
     ref, new = build_both(schema_to_regex(schema), vocab)
     assert ref.n_classes > 10 and difference(ref, new) == ""
 

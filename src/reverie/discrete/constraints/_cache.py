@@ -85,10 +85,13 @@ def load(pattern: str, vocab: Vocabulary, method: str, decode: Callable[[Any], A
             len(vocab), vocab.eos_id, vocab.mask_id
         ):
             return None
-        os.utime(path)  # recently used: kept by the pruning in save()
-        return automaton
     except Exception:  # noqa: BLE001 - any failure to read the file is a miss, rebuilt
         return None
+    try:
+        os.utime(path)  # recently used: kept by the pruning in save()
+    except OSError:  # a read-only cache folder still serves its files
+        pass
+    return automaton
 
 
 def save(arrays: dict[str, np.ndarray], pattern: str, vocab: Vocabulary, method: str) -> None:
