@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from reverie.bench.constraints import SCHEMAS as BENCH_SCHEMAS
+from reverie.bench.constraints import TINY_JSON_SCHEMAS
 from reverie.discrete.constraints import TokenAutomaton, Vocabulary, _cache, clear_cache
 from reverie.discrete.constraints import automaton as automaton_mod
 from reverie.discrete.constraints._trie import TokenTrie
@@ -123,6 +125,8 @@ SCHEMAS = {
             "x": {"type": "number"}, "y": {"anyOf": [{"type": "null"}, {"type": "string"}]}},
             "required": ["x"]}}},
         "required": ["id", "items"]},
+    **BENCH_SCHEMAS,  # user, order, event
+    **TINY_JSON_SCHEMAS,  # the record shapes of the bundled tiny-json model
 }
 
 
