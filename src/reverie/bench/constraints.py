@@ -6,6 +6,14 @@ vocabularies of 32k and 128k tokens, the one-time build time of the token automa
 states, token classes, stored transitions and memory, next to the dense ``states x vocab``
 table it replaces.
 
+Part 1b, compile (``--compile-only`` runs it alone): per schema and vocabulary size (32k,
+128k, and 256k with ``--vocab-sizes``), the token automaton's build time cold (empty caches,
+the vocabulary's byte trie already built), from the disk cache (a fresh process's first call)
+and from the in-memory cache; next to outlines-core's own ``Index`` build over the same
+vocabulary and llguidance's grammar compile plus first token mask (JSON schema and the same
+regex), measured in the same run. Per vocabulary, the one-time costs: ``Vocabulary`` from the
+tokenizer (then memoised), the byte trie, llguidance's ``LLTokenizer``.
+
 Part 2, cost: the DP's time per denoising step for one block (32 or 64 positions, half of them
 staying masked, as mid-way through a block's steps) as a ratio to one forward pass of a
 randomly initialised masked transformer (BERT-base body: 12 layers, width 768, 12 heads, tied
@@ -34,8 +42,10 @@ import json
 import os
 import random
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +271,10 @@ def synthetic_tokenizer(size: int, seed: int = 0) -> Any:
         vocab_size=size, min_frequency=2, special_tokens=SPECIALS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tok.train_from_iterator(synthetic_corpus(seed), trainer)
+    # the default corpus tops out at ~183k tokens; 4x the words for larger vocabularies
+    corpus = (synthetic_corpus(seed) if size <= 150_000
+              else synthetic_corpus(seed, n_words=1_600_000, n_lines=500_000))
+    tok.train_from_iterator(corpus, trainer)
     if tok.get_vocab_size() != size:
         raise RuntimeError(f"the synthetic corpus yields {tok.get_vocab_size()} tokens, not {size}")
     with atomic_path(path) as tmp:
@@ -309,8 +322,14 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
 
 # ----------------------------------------------------------------------------- benchmark
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--parts", nargs="+", default=["automata", "cost", "validity"],
-                        choices=["automata", "cost", "validity"])
+    parser.add_argument("--parts", nargs="+", default=["automata", "compile", "cost", "validity"],
+                        choices=["automata", "compile", "cost", "validity"])
+    parser.add_argument("--compile-only", action="store_true",
+                        help="run only the compile-time table (same as --parts compile)")
+    parser.add_argument("--compile-repeats", type=int, default=3,
+                        help="repeats of each compile timing (median)")
+    parser.add_argument("--no-outlines-index", action="store_true",
+                        help="skip outlines-core's Index build in the compile table (slow)")
     parser.add_argument("--vocab-sizes", type=int, nargs="+", default=[32_000, 128_000])
     parser.add_argument("--blocks", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--schemas", nargs="+", default=list(SCHEMAS), choices=list(SCHEMAS))
@@ -378,48 +397,194 @@ def _cost(size: int, automaton: Any, args: argparse.Namespace,
     return rows
 
 
+@contextmanager
+def _fresh_disk_cache() -> Iterator[None]:
+    """Point the automata disk cache (``$REVERIE_CACHE_DIR``) at an empty temporary folder,
+    so builds are cold and the user's cache is left alone; empty the memory cache after."""
+    from reverie.discrete.constraints import clear_cache
+
+    before = os.environ.get("REVERIE_CACHE_DIR")
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["REVERIE_CACHE_DIR"] = folder
+        try:
+            yield
+        finally:
+            clear_cache()
+            if before is None:
+                os.environ.pop("REVERIE_CACHE_DIR", None)
+            else:
+                os.environ["REVERIE_CACHE_DIR"] = before
+
+
+def _median_time(fn: Callable[[], Any], repeats: int, before: Callable[[], Any] = lambda: None,
+                 cpu: list[float] | None = None) -> float:
+    """Median wall time of ``fn`` over ``repeats`` runs, calling ``before`` (untimed) first;
+    the median process CPU time is appended to ``cpu`` when given."""
+    times, cpu_times = [], []
+    for _ in range(repeats):
+        before()
+        c0 = time.process_time()
+        with Timer() as t:
+            fn()
+        cpu_times.append(time.process_time() - c0)
+        times.append(t.seconds)
+    if cpu is not None:
+        cpu.append(statistics.median(cpu_times))
+    return statistics.median(times)
+
+
+def _compile_row(size: int, name: str, vocab: Any, oc_vocab: Any, llt: Any,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """One schema's row of :func:`compile_rows`."""
+    import outlines_core
+
+    from reverie.discrete.constraints import TokenAutomaton, clear_cache
+    from reverie.discrete.constraints.automaton import _dense_byte_dfa, schema_to_regex
+
+    schema = SCHEMAS[name]
+    regex = schema_to_regex(schema)
+
+    def cold() -> None:  # empty memory and disk caches, and the byte-DFA memo
+        clear_cache(disk=True)
+        _dense_byte_dfa.cache_clear()
+
+    def build() -> Any:
+        return TokenAutomaton.from_schema(schema, vocab)
+
+    def first_mask(grammar: str) -> None:
+        import llguidance.numpy as llg_np
+
+        matcher = llguidance.LLMatcher(llt, grammar)
+        mask = llg_np.allocate_token_bitmask(1, llt.vocab_size)
+        llg_np.fill_next_token_bitmask(matcher, mask, 0)
+        if matcher.is_error():
+            raise RuntimeError(f"llguidance: {matcher.get_error()}")
+
+    reps = args.compile_repeats
+    cpu: list[float] = []  # on a shared machine the CPU time is the steadier figure
+    t_cold = _median_time(build, reps, cold, cpu)
+    t_disk = _median_time(build, reps, clear_cache)
+    t_mem = _median_time(build, reps)
+    a = build()
+    t_oc = float("nan") if args.no_outlines_index else _median_time(
+        lambda: outlines_core.Index(regex, oc_vocab), 1)
+    t_llg_json = t_llg_regex = float("nan")
+    if llt is not None:
+        import llguidance
+
+        t_llg_json = _median_time(lambda: first_mask(
+            llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema))), reps)
+        t_llg_regex = _median_time(
+            lambda: first_mask(llguidance.LLMatcher.grammar_from_regex(regex)), reps)
+    return {"vocab": size, "schema": name, "regex_chars": len(regex), "states": a.n_states,
+            "classes": a.n_classes, "cold_s": t_cold, "cold_cpu_s": cpu[0],
+            "disk_cached_ms": 1e3 * t_disk, "memory_cached_ms": 1e3 * t_mem,
+            "outlines_index_s": t_oc, "llguidance_json_ms": 1e3 * t_llg_json,
+            "llguidance_regex_ms": 1e3 * t_llg_regex}
+
+
+def compile_rows(size: int, args: argparse.Namespace) -> tuple[dict[str, Any], list[dict]]:
+    """Compile times for one vocabulary size: the one-time per-vocabulary costs, and per
+    schema reverie's cold / disk-cached / memory-cached build next to outlines-core's
+    ``Index`` and llguidance's compile + first mask (NaN when llguidance is missing)."""
+    import outlines_core
+
+    from reverie.discrete.constraints import Vocabulary
+    from reverie.discrete.constraints._trie import TokenTrie, token_trie
+
+    tok = synthetic_tokenizer(size, args.seed)
+    ids = {"eos_id": tok.token_to_id(SPECIALS[0]), "mask_id": tok.token_to_id(SPECIALS[1])}
+    with Timer() as t_vocab:
+        vocab = Vocabulary.from_tokenizer(tok, **ids)
+    with Timer() as t_memo:
+        Vocabulary.from_tokenizer(tok, **ids)
+    t_trie = _median_time(lambda: TokenTrie(vocab), args.compile_repeats)
+    token_trie(vocab)
+    try:
+        import llguidance
+    except ImportError:  # optional: its columns stay empty
+        llguidance = None
+    with Timer() as t_llt:
+        llt = None if llguidance is None else llguidance.LLTokenizer(
+            tok.to_str(), eos_token=ids["eos_id"])
+    by_text: dict[bytes, list[int]] = {}
+    for i, piece in enumerate(vocab.tokens):
+        if piece:
+            by_text.setdefault(piece, []).append(i)
+    oc_vocab = outlines_core.Vocabulary(ids["eos_id"], by_text)
+    per_vocab = {"vocab": size, "vocabulary_s": t_vocab.seconds, "vocabulary_memo_s":
+                 t_memo.seconds, "trie_s": t_trie,
+                 "lltokenizer_s": t_llt.seconds if llt is not None else float("nan")}
+    with _fresh_disk_cache():
+        rows = [_compile_row(size, name, vocab, oc_vocab, llt, args) for name in args.schemas]
+    return per_vocab, rows
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
 
     from reverie.discrete.constraints import TokenAutomaton, clear_cache
 
+    if args.compile_only:
+        args.parts = ["compile"]
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     automata_rows, cost_rows = [], []
     result: dict[str, Any] = {"machine": machine(), "automata": [], "cost": []}
     sizes = args.vocab_sizes if {"automata", "cost"} & set(args.parts) else []
     progress = tqdm(total=len(sizes) * (len(args.schemas) + 1), desc="constraints")
-    for size in sizes:
-        vocab = synthetic_vocabulary(size, args.seed)
-        built = {}
-        for name in args.schemas:
-            clear_cache()
-            with Timer() as t:
-                a = TokenAutomaton.from_schema(SCHEMAS[name], vocab)
-            built[name] = a
-            dense_mib = a.n_states * size * 4 / 2**20  # an int32 states x vocab table
-            row = {
-                "vocab": size, "schema": name, "build_s": t.seconds, "states": a.n_states,
-                "classes": a.n_classes, "transitions": a.n_transitions,
-                "memory_mib": a.nbytes / 2**20, "dense_int32_mib": dense_mib,
-            }
-            result["automata"].append(row)
-            automata_rows.append([size, name, t.seconds, a.n_states, a.n_classes,
-                                  a.n_transitions, a.nbytes / 2**20, dense_mib])
+    with _fresh_disk_cache():  # cold builds; the user's automata cache is left alone
+        for size in sizes:
+            vocab = synthetic_vocabulary(size, args.seed)
+            built = {}
+            for name in args.schemas:
+                clear_cache(disk=True)
+                with Timer() as t:
+                    a = TokenAutomaton.from_schema(SCHEMAS[name], vocab)
+                built[name] = a
+                dense_mib = a.n_states * size * 4 / 2**20  # an int32 states x vocab table
+                row = {
+                    "vocab": size, "schema": name, "build_s": t.seconds, "states": a.n_states,
+                    "classes": a.n_classes, "transitions": a.n_transitions,
+                    "memory_mib": a.nbytes / 2**20, "dense_int32_mib": dense_mib,
+                }
+                result["automata"].append(row)
+                automata_rows.append([size, name, t.seconds, a.n_states, a.n_classes,
+                                      a.n_transitions, a.nbytes / 2**20, dense_mib])
+                progress.update()
+            automaton = built.get(args.cost_schema) or TokenAutomaton.from_schema(
+                SCHEMAS[args.cost_schema], vocab)
+            for row in _cost(size, automaton, args, device) if "cost" in args.parts else []:
+                result["cost"].append(row)
+                cost_rows.append([size, row["block"], row["params_m"], row["forward_ms"],
+                                  *[row[f"{m}{k}"] for m in METHODS for k in ("_ms", "_ratio")]])
             progress.update()
-        automaton = built.get(args.cost_schema) or TokenAutomaton.from_schema(
-            SCHEMAS[args.cost_schema], vocab)
-        for row in _cost(size, automaton, args, device) if "cost" in args.parts else []:
-            result["cost"].append(row)
-            cost_rows.append([size, row["block"], row["params_m"], row["forward_ms"],
-                              *[row[f"{m}{k}"] for m in METHODS for k in ("_ms", "_ratio")]])
-        progress.update()
     progress.close()
     if automata_rows:
         print("\nToken automata (one-time build; memory of the stored automaton vs a dense "
               "table)")
         print(format_table(["vocab", "schema", "build s", "states", "classes", "transitions",
                             "MiB", "dense int32 MiB"], automata_rows))
+    if "compile" in args.parts:
+        result["compile"], result["compile_vocab"] = [], []
+        for size in args.vocab_sizes:
+            per_vocab, rows = compile_rows(size, args)
+            result["compile_vocab"].append(per_vocab)
+            result["compile"] += rows
+        print("\nPer vocabulary, one-time: Vocabulary from the tokenizer (then memoised), "
+              "reverie's byte trie, llguidance's LLTokenizer")
+        print(format_table(["vocab", "Vocabulary s", "memoised s", "trie s", "LLTokenizer s"],
+                           [[r["vocab"], r["vocabulary_s"], r["vocabulary_memo_s"], r["trie_s"],
+                             r["lltokenizer_s"]] for r in result["compile_vocab"]]))
+        print(f"\nCompile per schema (median of {args.compile_repeats}; outlines Index: one "
+              "run): reverie cold / from disk / from memory; outlines-core Index(regex, "
+              "vocabulary); llguidance grammar + matcher + first mask")
+        print(format_table(
+            ["vocab", "schema", "regex chars", "states", "classes", "cold s", "cold CPU s",
+             "disk ms", "memory ms", "outlines Index s", "llg JSON ms", "llg regex ms"],
+            [[r["vocab"], r["schema"], r["regex_chars"], r["states"], r["classes"], r["cold_s"],
+              r["cold_cpu_s"], r["disk_cached_ms"], r["memory_cached_ms"], r["outlines_index_s"],
+              r["llguidance_json_ms"], r["llguidance_regex_ms"]] for r in result["compile"]]))
     if cost_rows:
         print(f"\nDP cost per denoising step ({args.cost_schema} schema, "
               f"{args.masked_fraction:.0%} of the block staying masked) vs one forward pass "

@@ -4,10 +4,28 @@ ids of the end-of-sequence and mask tokens."""
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = ["Vocabulary"]
+
+# Vocabulary.from_tokenizer, memoised per tokenizer object (decoding 128k tokens and hashing
+# them takes ~0.5 s): tokenizer -> {(arguments, number of tokens): Vocabulary}. Weak keys, so
+# a tokenizer's entry goes with it; the token count catches tokens added later.
+_FROM_TOKENIZER: weakref.WeakKeyDictionary[Any, dict[tuple, Vocabulary]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _n_tokens(tokenizer: Any) -> int | None:
+    if isinstance(getattr(tokenizer, "chars", None), str):
+        return len(tokenizer.chars)
+    if hasattr(tokenizer, "convert_ids_to_tokens"):
+        return len(tokenizer)
+    if hasattr(tokenizer, "get_vocab_size"):
+        return tokenizer.get_vocab_size(with_added_tokens=True)
+    return None
 
 
 def _bytes_to_unicode() -> dict[str, int]:
@@ -28,12 +46,17 @@ def _bytes_to_unicode() -> dict[str, int]:
 
 
 _BYTE_LEVEL = _bytes_to_unicode()
+# str.translate table: stand-in character -> the character of its byte (then latin-1 encodes
+# it as that byte); characters below 256 that are not stand-ins map past 255 so that the
+# encoding fails, as for any other foreign character.
+_BYTE_LEVEL_TABLE = {c: 0x100 for c in range(256)}
+_BYTE_LEVEL_TABLE.update({ord(ch): b for ch, b in _BYTE_LEVEL.items()})
 
 
 def _decode_byte_level(token: str) -> bytes | None:
     try:
-        return bytes(_BYTE_LEVEL[ch] for ch in token)
-    except KeyError:
+        return token.translate(_BYTE_LEVEL_TABLE).encode("latin-1")
+    except UnicodeEncodeError:  # a character outside the byte-level alphabet
         return None
 
 
@@ -97,8 +120,8 @@ class Vocabulary:
         self.mask_id = int(mask_id)
         h = hashlib.sha256()
         h.update(f"{self.eos_id},{self.mask_id},{size};".encode())
-        for tok in self.tokens:
-            h.update(b"\x00N" if tok is None else len(tok).to_bytes(4, "little") + tok)
+        h.update(b"".join(b"\x00N" if tok is None else len(tok).to_bytes(4, "little") + tok
+                          for tok in self.tokens))
         self.fingerprint = h.hexdigest()
 
     def __len__(self) -> int:
@@ -183,7 +206,30 @@ class Vocabulary:
         ``"plain"`` (the token text as is); by default it is read from the tokenizer's decoder,
         as outlines-core's vocabulary processor does. Special tokens become ``None``. ``size``
         pads the vocabulary with ``None`` up to the model's (often larger) logits width.
+        The result is memoised per tokenizer object and arguments (while the tokenizer lives
+        and its number of tokens is unchanged).
         """
+        key = (eos_id, mask_id, size, decoding, _n_tokens(tokenizer))
+        try:
+            memo = _FROM_TOKENIZER.setdefault(tokenizer, {})
+        except TypeError:  # not weakly referenceable or not hashable: no memo
+            memo = {}
+        hit = memo.get(key)
+        if hit is None:
+            hit = memo[key] = cls._from_tokenizer(tokenizer, eos_id=eos_id, mask_id=mask_id,
+                                                  size=size, decoding=decoding)
+        return hit
+
+    @classmethod
+    def _from_tokenizer(
+        cls,
+        tokenizer: Any,
+        *,
+        eos_id: int | None,
+        mask_id: int | None,
+        size: int | None,
+        decoding: str | None,
+    ) -> Vocabulary:
         backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
         if isinstance(getattr(tokenizer, "chars", None), str):
             # reverie's CharTokenizer: id 0 pads the canvas (our EOS), ids 1..K the characters

@@ -12,26 +12,42 @@ one class, and only the valid ``(state, class) -> state`` triplets are kept.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from reverie.discrete.constraints._trie import ByteDFA, token_columns, token_trie, unique_rows
 from reverie.discrete.constraints._vocabulary import Vocabulary
 
 __all__ = ["TokenAutomaton", "clear_cache"]
 
-_CACHE: OrderedDict[tuple[str, str], TokenAutomaton] = OrderedDict()
-_CACHE_SIZE = 16
+_CACHE: OrderedDict[tuple[str, str, str], TokenAutomaton] = OrderedDict()
+_CACHE_SIZE = 32
+_CACHE_LOCK = threading.Lock()
+
+#: How :meth:`TokenAutomaton.from_regex` builds: ``"trie"`` walks the vocabulary's byte trie
+#: over the byte DFA (fast, cached); ``"index"`` reads outlines-core's token index (the
+#: reference, 10-100x slower at large vocabularies, never cached).
+BUILD_METHODS = ("trie", "index")
 
 
-def clear_cache() -> None:
-    """Forget every automaton built by :meth:`TokenAutomaton.from_regex` / ``from_schema``."""
-    _CACHE.clear()
+def clear_cache(*, disk: bool = False) -> None:
+    """Forget every automaton built by :meth:`TokenAutomaton.from_regex` / ``from_schema``
+    in this process; with ``disk=True`` also delete the on-disk cache
+    (:func:`~reverie.discrete.constraints._cache.cache_dir`)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+    if disk:
+        from reverie.discrete.constraints._cache import clear_disk
+
+        clear_disk()
 
 
 @dataclass(frozen=True)
@@ -166,31 +182,45 @@ class TokenAutomaton:
         self._device_tables: dict[torch.device, _Tables] = {}
 
     @classmethod
-    def from_regex(cls, pattern: str, vocabulary: Any) -> TokenAutomaton:
+    def from_regex(cls, pattern: str, vocabulary: Any, *, method: str = "trie") -> TokenAutomaton:
         """The token automaton of ``pattern`` (full match) over ``vocabulary``.
 
         ``vocabulary`` is a :class:`~reverie.discrete.constraints.Vocabulary` or a tokenizer
         (see :meth:`Vocabulary.coerce`); it must have an EOS and a mask token. outlines-core
-        builds the byte-level DFA and its token index (Willard & Louf 2023); states are
-        renumbered with the start state 0. EOS may follow a final state and leads to an extra
-        absorbing final state that accepts only EOS, so outputs shorter than the canvas are
-        padded with EOS. Results are cached per (pattern, vocabulary).
+        builds the pattern's byte-level DFA; ``method="trie"`` (default) lifts it to tokens by
+        walking the vocabulary's byte trie over it (:mod:`._trie`), ``method="index"`` by
+        outlines-core's token index (Willard & Louf 2023; the slow reference). Both give the
+        same automaton: states renumbered with the start state 0, and an extra absorbing final
+        state reached by EOS from any final state, so outputs shorter than the canvas are
+        padded with EOS. Trie builds are cached per (pattern, vocabulary): in memory (the
+        most recent 32) and on disk (:mod:`._cache`, ``$REVERIE_CACHE_DIR``).
 
         Raises ``ValueError`` for an invalid pattern, a vocabulary that cannot spell the
         pattern, or a pattern whose language is empty.
         """
         if not isinstance(pattern, str):
             raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
+        if method not in BUILD_METHODS:
+            raise ValueError(f"method must be one of {BUILD_METHODS}, got {method!r}")
         vocab = Vocabulary.coerce(vocabulary)
-        key = (pattern, vocab.fingerprint)
-        hit = _CACHE.get(key)
-        if hit is not None:
-            _CACHE.move_to_end(key)
-            return hit
-        automaton = _build_from_regex(cls, pattern, vocab)
-        _CACHE[key] = automaton
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
+        if method == "index":
+            return _build_by_index(cls, pattern, vocab)
+        key = (method, pattern, vocab.fingerprint)
+        with _CACHE_LOCK:
+            hit = _CACHE.get(key)
+            if hit is not None:
+                _CACHE.move_to_end(key)
+                return hit
+        from reverie.discrete.constraints import _cache
+
+        automaton = _cache.load(pattern, vocab, method, cls.from_arrays)
+        if automaton is None:
+            automaton = _build_by_trie(cls, pattern, vocab)
+            _cache.save(automaton.to_arrays(), pattern, vocab, method)
+        with _CACHE_LOCK:  # threads that built the same key concurrently: the first one wins
+            automaton = _CACHE.setdefault(key, automaton)
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
         return automaton
 
     @classmethod
@@ -200,12 +230,46 @@ class TokenAutomaton:
         vocabulary: Any,
         *,
         whitespace_pattern: str | None = None,
+        method: str = "trie",
     ) -> TokenAutomaton:
         """The token automaton of a JSON schema: outlines-core's
         ``build_regex_from_schema`` turns the schema into a regular expression (the same
         construction DINGO uses for JSON-Mode-Eval, App. G.2), then :meth:`from_regex`."""
         return cls.from_regex(schema_to_regex(schema, whitespace_pattern=whitespace_pattern),
-                              vocabulary)
+                              vocabulary, method=method)
+
+    # ------------------------------------------------------------------ storage
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The stored automaton as NumPy arrays (see :meth:`from_arrays`, ``np.savez``)."""
+        meta = [self.n_states, self.vocab_size, self.n_classes, self.start,
+                -1 if self.eos_id is None else self.eos_id,
+                -1 if self.mask_id is None else self.mask_id]
+        return {"meta": np.asarray(meta, dtype=np.int64),
+                "finals": np.asarray(sorted(self.finals), dtype=np.int64),
+                "token_class": self._token_class.numpy(), "triplets": self._triplets.numpy()}
+
+    @classmethod
+    def from_arrays(cls, arrays: Any) -> TokenAutomaton:
+        """The automaton saved by :meth:`to_arrays`; ``ValueError`` if the arrays are not a
+        consistent automaton (wrong shapes, ids out of range)."""
+        meta = np.asarray(arrays["meta"])
+        token_class = np.asarray(arrays["token_class"])
+        trip = np.asarray(arrays["triplets"])
+        if meta.shape != (6,) or token_class.ndim != 1 or trip.ndim != 2 or trip.shape[1:] != (3,):
+            raise ValueError("not a saved TokenAutomaton: unexpected array shapes")
+        n_states, vocab, n_classes, start, eos, mask = (int(v) for v in meta)
+        if token_class.shape[0] != vocab or (
+            token_class.size and not 0 <= token_class.min() <= token_class.max() <= n_classes
+        ):
+            raise ValueError("not a saved TokenAutomaton: token classes out of range")
+        if trip.size and not (
+            0 <= trip[:, [0, 2]].min() and trip[:, [0, 2]].max() < n_states
+            and 0 <= trip[:, 1].min() and trip[:, 1].max() < n_classes
+        ):
+            raise ValueError("not a saved TokenAutomaton: transitions out of range")
+        return cls._from_triplets(n_states, vocab, token_class, n_classes, trip, start,
+                                  np.asarray(arrays["finals"]).tolist(),
+                                  None if eos < 0 else eos, None if mask < 0 else mask)
 
     # ------------------------------------------------------------------ inspection
     @property
@@ -574,7 +638,8 @@ def schema_to_regex(schema: str | dict[str, Any], *, whitespace_pattern: str | N
         raise ValueError(f"cannot turn the JSON schema into a regular expression: {err}") from None
 
 
-def _build_from_regex(cls: type[TokenAutomaton], pattern: str, vocab: Vocabulary) -> TokenAutomaton:
+def _build_by_index(cls: type[TokenAutomaton], pattern: str, vocab: Vocabulary) -> TokenAutomaton:
+    """The reference build: outlines-core's token index, then class compression."""
     size = len(vocab)
     by_text: dict[bytes, list[int]] = {}
     for i, tok in enumerate(vocab.tokens):
@@ -658,3 +723,65 @@ def byte_dfa(pattern: str) -> tuple[dict[int, dict[int, int]], int, frozenset[in
     """The pattern's byte-level DFA: outlines-core's index over the 256 one-byte tokens."""
     trans, start, finals = outlines_index(pattern, {bytes([b]): [b] for b in range(256)}, 256)
     return trans, start, frozenset(finals)
+
+
+@lru_cache(maxsize=64)
+def _dense_byte_dfa(pattern: str) -> ByteDFA:
+    return ByteDFA.from_dict(*byte_dfa(pattern))
+
+
+def _build_by_trie(cls: type[TokenAutomaton], pattern: str, vocab: Vocabulary) -> TokenAutomaton:
+    """The token automaton by a trie walk over the byte DFA (:mod:`._trie`); the same
+    automaton as :func:`_build_by_index`, state numbering included."""
+    dfa = _dense_byte_dfa(pattern)
+    trie = token_trie(vocab)
+    if not len(trie):
+        raise ValueError("the vocabulary has no ordinary tokens")
+    string_cls, cols = token_columns(dfa, trie)
+    sink = dfa.n_states
+    # States reachable from the start by tokens (breadth first over the class columns).
+    reach = np.zeros(sink + 1, dtype=bool)
+    reach[[0, sink]] = True
+    frontier = np.array([0])
+    while frontier.size:
+        nxt = np.unique(cols[frontier])
+        frontier = nxt[~reach[nxt]]
+        reach[frontier] = True
+    reach[sink] = False
+    states = np.flatnonzero(reach)  # ascending with the start (0) first, as the index build
+    stuck = states[~dfa.finals[states] & (cols[states] == sink).all(axis=1)]
+    if stuck.size:  # as outlines-core's index: a reachable state no token continues
+        need = np.flatnonzero(dfa.table[stuck[0]] != sink)
+        raise ValueError(
+            f"the vocabulary cannot spell regular expression {pattern!r}: no token continues "
+            f"it in some reachable state, which needs one of the bytes {bytes(need.tolist())!r}"
+        )
+    # Renumber the reachable states 0..Q-1; DONE = Q is reached by EOS from every final.
+    new_id = np.full(sink + 1, -1, dtype=np.int64)
+    new_id[states] = np.arange(len(states))
+    done = len(states)
+    table = new_id[cols[states]]  # [Q, C'] with -1 = forbidden
+    # Classes over the reachable states only: merge columns that differ only elsewhere.
+    columns, merged = unique_rows(table.T)
+    dead = (columns == -1).all(axis=1)
+    renum = np.cumsum(~dead) - 1
+    n_plain = int((~dead).sum())
+    eos_cls, n_classes = n_plain, n_plain + 1
+    # Final class per trie class, then per string, then per token; a trailing -1 answers the
+    # index -1 (a string valid nowhere, a special or empty token).
+    final_of = np.append(np.where(dead[merged], -1, renum[merged]), -1)
+    class_of_string = np.append(final_of[string_cls], -1)
+    token_class = class_of_string[trie.string_of]
+    token_class[token_class < 0] = n_classes  # specials, mask, dead tokens -> sentinel
+    token_class[vocab.eos_id] = eos_cls
+    columns = columns[~dead]  # [n_plain, Q]
+    c_idx, q_idx = np.nonzero(columns >= 0)
+    finals = [int(q) for q in new_id[states[dfa.finals[states]]]]
+    eos_rows = np.array([[q, eos_cls, done] for q in [*finals, done]], dtype=np.int64)
+    triplets = np.concatenate(
+        [np.stack([q_idx, c_idx, columns[c_idx, q_idx]], axis=1), eos_rows])
+    automaton = cls._from_triplets(done + 1, len(vocab), token_class, n_classes, triplets, 0,
+                                   [*finals, done], vocab.eos_id, vocab.mask_id)
+    if not automaton.is_live(0):
+        raise ValueError(f"regular expression {pattern!r} accepts no string over this vocabulary")
+    return automaton
