@@ -322,8 +322,9 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
 
 # ----------------------------------------------------------------------------- benchmark
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--parts", nargs="+", default=["automata", "compile", "cost", "validity"],
-                        choices=["automata", "compile", "cost", "validity"])
+    parser.add_argument("--parts", nargs="+",
+                        default=["automata", "compile", "cost", "validity", "grammar"],
+                        choices=["automata", "compile", "cost", "validity", "grammar"])
     parser.add_argument("--compile-only", action="store_true",
                         help="run only the compile-time table (same as --parts compile)")
     parser.add_argument("--compile-repeats", type=int, default=3,
@@ -346,6 +347,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--validity-n", type=int, default=64, help="samples per schema and method")
     parser.add_argument("--validity-sampler", default="low_confidence")
     parser.add_argument("--validity-temperature", type=float, default=1.0)
+    parser.add_argument("--grammar-n", type=int, default=32,
+                        help="samples per grammar and decoding (grammar part)")
+
+
+#: Context-free grammars of the grammar part, each with the prompt it continues on tiny-json:
+#: JSON with unbounded nesting, and tiny-json's arithmetic records (balanced parentheses, left
+#: recursion).
+GRAMMARS = {
+    "json": ("", r"""
+?start: value
+?value: object | array | string | number | "true" | "false" | "null"
+array: "[" [value ("," value)*] "]"
+object: "{" [pair ("," pair)*] "}"
+pair: string ":" value
+string: /"[^"\\\\]*"/
+number: /-?(0|[1-9][0-9]*)(\.[0-9]+)?/
+"""),
+    "expr record": ('{"expr":"', r"""
+start: sum "\",\"value\":" int "}"
+?sum: term | sum ("+" | "-") term
+?term: atom | term "*" atom
+?atom: int | "(" sum ")"
+int: /-?(0|[1-9][0-9]*)/
+"""),
+}
+
+
+def grammar_rows(model: Any, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """For each grammar of :data:`GRAMMARS`: the fraction of ``n`` ancestral samples at
+    steps = L (per-row seeds) whose generated text is a sentence of the grammar (checked by
+    Lark's Earley parser), unconstrained and with ``constraint=Grammar(...)``, and seconds per
+    sample."""
+    from reverie.discrete import generate
+    from reverie.discrete.constraints import Grammar
+
+    rows = []
+    for name, (prompt, text) in GRAMMARS.items():
+        grammar = Grammar(text)
+        length = model.length
+        for constrained in (False, True):
+            gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+            with Timer() as t:
+                out = generate(model, prompt=prompt or None, length=length,
+                               steps=length - len(prompt), sampler="ancestral", n=n,
+                               generator=gens, constraint=grammar if constrained else None)
+            ok = [grammar.matches(model.decode(r)[len(prompt):]) for r in out]
+            rows.append({"grammar": name, "constrained": constrained,
+                         "valid": sum(ok) / n, "seconds_per_sample": t.seconds / n})
+            print(rows[-1], flush=True)
+    return rows
 
 
 METHODS = ("dingo", "sample", "per_token")
@@ -610,6 +661,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ["schema", "method", "parse rate", "schema valid", "seconds"],
                 [[r["schema"], r["method"], r["parse_rate"], r["schema_valid"], r["seconds"]]
                  for r in result["validity"]]))
+    if "grammar" in args.parts and args.validity_model != "none":
+        from reverie.discrete import load_model
+
+        result["grammar"] = grammar_rows(load_model(args.validity_model), args.grammar_n,
+                                         args.seed)
+        print(f"\nContext-free grammars on {args.validity_model} (ancestral, steps = L, "
+              f"n = {args.grammar_n}): sentences of the grammar (Lark), unconstrained vs "
+              "Grammar(...)")
+        print(format_table(["grammar", "constrained", "valid", "s / sample"],
+                           [[r["grammar"], r["constrained"], r["valid"],
+                             r["seconds_per_sample"]] for r in result["grammar"]]))
     print(f"\nmachine: {result['machine']}")
     result["settings"] = {k: v for k, v in vars(args).items() if k != "func"}
     result["timestamp"] = time.time()

@@ -55,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--regex", default=None, help="the generated text must full-match this regex")
     p.add_argument("--schema", default=None,
                    help="the generated text must be JSON valid under this schema (a file or JSON)")
+    p.add_argument("--grammar", default=None,
+                   help="the generated text must be a sentence of this context-free grammar "
+                        "(a Lark EBNF file, or the grammar text; start rule 'start')")
     p.add_argument("--constraint-method", default="dingo", choices=["dingo", "per_token"],
                    help="DINGO (most probable valid block) or per-token masking (baseline)")
     p.add_argument("--scaffold", action="store_true",
@@ -154,19 +157,27 @@ def _print_stream(pieces, heads: list[str]) -> list[str]:
 
 
 def _constraint_options(args: argparse.Namespace) -> dict:
-    """``constraint=`` / ``constraint_method=`` for :func:`generate` from ``--regex`` or
-    ``--schema`` (a file, or JSON text), with ``--scaffold`` / ``--budget``."""
-    if args.regex is not None and args.schema is not None:
-        raise ValueError("pass either --regex or --schema, not both")
+    """``constraint=`` / ``constraint_method=`` for :func:`generate` from ``--regex``,
+    ``--schema`` (a file, or JSON text), with ``--scaffold`` / ``--budget``, or ``--grammar``
+    (a Lark file or text)."""
+    given = [f for f in ("regex", "schema", "grammar") if getattr(args, f, None) is not None]
+    if len(given) > 1:
+        raise ValueError(f"pass one of --regex, --schema, --grammar, not {' and '.join(given)}")
     if (args.scaffold or args.budget is not None) and args.schema is None:
         raise ValueError("--scaffold and --budget need --schema")
     if args.budget is not None and not args.scaffold:
         raise ValueError("--budget needs --scaffold")
-    if args.regex is None and args.schema is None:
+    if not given:
         return {}
-    from reverie.discrete.constraints import JsonSchema, Regex
+    from reverie.discrete.constraints import Grammar, JsonSchema, Regex
 
-    if args.regex is not None:
+    if args.grammar is not None:  # a file, or the grammar itself (it has a rule's colon)
+        path = Path(args.grammar)
+        if ":" not in args.grammar and not path.is_file():
+            raise ValueError(f"--grammar: no such file {args.grammar!r} (pass a file or a "
+                             "Lark grammar)")
+        constraint = Grammar(path.read_text() if path.is_file() else args.grammar)
+    elif args.regex is not None:
         constraint = Regex(args.regex)
     else:
         text = args.schema

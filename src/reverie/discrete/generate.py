@@ -43,6 +43,7 @@ from reverie._checks import check_options, integer
 from reverie._progress import progress_bar
 from reverie._random import Generators
 from reverie.discrete._sampling import check_generator, uniform
+from reverie.discrete.constraints.grammar import Grammar, grammar_sampler
 from reverie.discrete.denoiser import TokenClassifierFreeGuidance, TokenDenoiserBase
 from reverie.discrete.policies import AdaptiveBlocks, grid_times
 from reverie.discrete.samplers import SAMPLERS, Commit, StepContext, TokenSampler
@@ -353,7 +354,9 @@ def generate(
     ``generator[k]`` only, whatever the other rows of the batch).
     ``guidance_scale`` -- classifier-free guidance on the prompt
     (:class:`~reverie.discrete.TokenClassifierFreeGuidance`; 1 = none).
-    ``constraint`` -- a :class:`~reverie.discrete.constraints.Regex` /
+    ``constraint`` -- a :class:`~reverie.discrete.constraints.Grammar` (context-free, Lark
+    EBNF; sound token by token, see :mod:`reverie.discrete.constraints.grammar`), or a
+    :class:`~reverie.discrete.constraints.Regex` /
     :class:`~reverie.discrete.constraints.JsonSchema` (or a ``TokenAutomaton``) the generated
     text (after the prompt) must full-match, decoded with DINGO (``constraint_method="dingo"``)
     or the per-token masking baseline (``"per_token"``); ``JsonSchema(..., scaffold=True)``
@@ -497,7 +500,14 @@ def generate(
                 "constraints and adaptive blocks need the same number of new tokens in every "
                 "row: pass max_new_tokens= for prompts of different lengths"
             )
-    if constraint is not None:  # built and checked before any model call
+    if isinstance(constraint, Grammar):  # context-free: the inside-outside chart
+        if getattr(model.process, "kind", None) != "masked":
+            raise ValueError("grammar constraints need a masked-diffusion model")
+        chart = constraint.chart(model)
+        if not bool(chart.completable(torch.full((1, n_gens[0]), chart.mask_id))[0]):
+            raise ValueError(f"the grammar has no sentence that fits {n_gens[0]} tokens")
+        info = grammar_sampler(info, chart, n_gens[0])
+    elif constraint is not None:  # built and checked before any model call
         from reverie.discrete.constraints.sampler import constrain_sampler, prepare_constraint
 
         layout = prepare_constraint(model, constraint, n_gens[0])
