@@ -79,6 +79,8 @@ def _opt(x: str | None) -> str:
 
 def _rep(x: str | None, lo: int, hi: int | None) -> str | None:
     """``x`` repeated ``lo..hi`` times (``hi=None``: unbounded)."""
+    if hi is not None and hi < lo:
+        return None
     if x is None:
         return "" if lo == 0 else None
     if x == "" or hi == 0:
@@ -576,6 +578,15 @@ def _json_equal(a: Any, b: Any) -> bool:
         isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b)
 
 
+def _const_as_enum(s: dict[str, Any]) -> dict[str, Any]:
+    """``const: c`` as ``enum: [c]`` (intersected with an ``enum`` beside it)."""
+    if "const" not in s:
+        return s
+    out = {k: v for k, v in s.items() if k != "const"}
+    out["enum"] = [x for x in s.get("enum", [s["const"]]) if _json_equal(x, s["const"])]
+    return out
+
+
 def _count(s: dict[str, Any], key: str, default: int | None = None) -> int | None:
     """A count keyword as an int (the meta-schema allows 2.0)."""
     return int(s[key]) if key in s else default
@@ -657,6 +668,7 @@ class _Translator:
             return b
         if b is True or b == {}:
             return a
+        a, b = _const_as_enum(a), _const_as_enum(b)
         out = dict(a)
         tuples = "prefixItems" in a or "prefixItems" in b  # merged below
         for k, v in b.items():
@@ -681,11 +693,8 @@ class _Translator:
                 out[k] = list(dict.fromkeys([*u, *v]))
             elif k == "uniqueItems":
                 out[k] = u or v
-            elif k in ("enum", "const"):
-                out[k] = [x for x in (u if k == "enum" else [u])
-                          if any(_json_equal(x, y) for y in (v if k == "enum" else [v]))]
-                if k == "const":
-                    out["enum"] = out.pop(k)
+            elif k == "enum":
+                out[k] = [x for x in u if any(_json_equal(x, y) for y in v)]
             elif k == "properties":
                 out[k] = {**u, **{p: {"allOf": [u[p], s]} if p in u else s for p, s in v.items()}}
             elif k in ("items", "additionalProperties", "propertyNames"):
@@ -706,8 +715,6 @@ class _Translator:
             if side.get("additionalProperties", True) is False and "properties" in out:
                 keep = side.get("properties", {})
                 out["properties"] = {p: s for p, s in out["properties"].items() if p in keep}
-        if "const" in out and "enum" in out:
-            out["enum"] = [x for x in out.pop("enum") if _json_equal(x, out["const"])]
         return out
 
     # -------------------------------------------------------------------------- values
@@ -862,6 +869,8 @@ class _Translator:
             self.any_depth)
         lo, hi = _count(s, "minItems", 0), _count(s, "maxItems")
         sep, w = f"{self.ws},{self.ws}", self.ws
+        if hi is not None and hi < lo:
+            return None
 
         def tail(i: int) -> str | None:  # the elements from position i (1-based) on
             pre = "" if i == 1 else sep
