@@ -25,7 +25,7 @@ applies). With ``whitespace_pattern`` the pattern may also appear between any tw
 * numbers with bounds are written without exponent, and ``-0`` is not generated; integers
   are written as integer literals (``1``, not ``1.0``);
 * formats follow their RFC grammars with: no leap seconds (``:60``) in ``time`` / ``date-time``;
-  ``email`` without IPv6 address literals; ``ipv4`` without leading zeros.
+  ``ipv4`` without leading zeros.
 
 Keywords that a regular language cannot express here raise :class:`UnsupportedSchema`
 naming the keyword and its location; a schema that fails the draft's meta-schema raises
@@ -358,6 +358,12 @@ _TIME = ("(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]+)?"
 _OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 _IPV4 = f"{_OCTET}(?:\\.{_OCTET}){{3}}"
 _HEX = "[0-9a-fA-F]"
+_H16 = f"{_HEX}{{1,4}}"
+_LS32 = f"(?:{_H16}:{_H16}|{_IPV4})"
+_IPV6_TAILS = [f"(?:{_H16}:){{{4 - k}}}{_LS32}" for k in range(4)] + [_LS32, _H16, ""]
+_IPV6 = _alt(  # RFC 3986 IPv6address: no "::", then "::" after at most k+1 groups
+    f"(?:{_H16}:){{6}}{_LS32}", f"::(?:{_H16}:){{5}}{_LS32}",
+    *(f"(?:(?:{_H16}:){{0,{k}}}{_H16})?::{tail}" for k, tail in enumerate(_IPV6_TAILS)))
 _ATEXT = _units(_chars("!#$%&'*+-/=?^_`{|}~") + [(0x30, 0x39), (0x41, 0x5A), (0x61, 0x7A)])
 _LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _QUOTED = _cat(_units(_chars('"')),
@@ -365,7 +371,7 @@ _QUOTED = _cat(_units(_chars('"')),
                          _cat(_units(_chars("\\")), _units([(32, 126)]))), 0, None),
                _units(_chars('"')))
 _EMAIL = (f"(?:{_ATEXT}+(?:\\.{_ATEXT}+)*|{_QUOTED})@(?:{_LABEL}(?:\\.{_LABEL})*"
-          f"|\\[{_IPV4}\\])")
+          f"|\\[{_IPV4}\\]|\\[IPv6:{_IPV6}\\])")
 _N = "[0-9]+"
 _DUR_TIME = f"T(?:{_N}H(?:{_N}M(?:{_N}S)?)?|{_N}M(?:{_N}S)?|{_N}S)"
 _DUR_DATE = f"(?:{_N}D|{_N}M(?:{_N}D)?|{_N}Y(?:{_N}M(?:{_N}D)?)?)(?:{_DUR_TIME})?"
@@ -377,6 +383,7 @@ FORMATS: dict[str, tuple[str, tuple[int, int | None]]] = {
     "date-time": (f"{_DATE}[Tt]{_TIME}", (20, None)),
     "uuid": (f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}", (36, 36)),
     "ipv4": (_IPV4, (7, 15)),
+    "ipv6": (_IPV6, (2, 45)),
     "email": (_EMAIL, (3, None)),
     "duration": (f"P(?:{_DUR_DATE}|{_DUR_TIME}|{_N}W)", (3, None)),
 }
@@ -532,7 +539,8 @@ _IGNORED = {"$schema", "$id", "$anchor", "$dynamicAnchor", "$vocabulary", "$comm
             "definitions", "title", "description", "default", "examples", "deprecated",
             "readOnly", "writeOnly", "contentMediaType", "contentEncoding", "contentSchema"}
 _NOT_REGULAR = {
-    "not": "a complement is not translated",
+    "not": "a complement is translated only for 'not' of true, false or a bare 'type' "
+           "that does not split integer from number",
     "if": "conditional schemas are not translated",
     "$dynamicRef": "dynamic references are not translated",
     "$recursiveRef": "dynamic references are not translated",
@@ -733,6 +741,10 @@ class _Translator:
     def expanded(self, s: dict[str, Any], path: str) -> str | None:
         if "const" in s or "enum" in s:
             return self.finite(s)
+        if "not" in s:
+            s = self.negate(s, path)
+            if s is False:
+                return None
         for k, why in _NOT_REGULAR.items():
             if k in s and (k != "if" or "then" in s or "else" in s):
                 raise UnsupportedSchema(k, path, why)
@@ -760,6 +772,23 @@ class _Translator:
                     raise UnsupportedSchema(kw, path, why)
             parts.append(getattr(self, t)(s, path))
         return _alt(*parts)
+
+    def negate(self, s: dict[str, Any], path: str) -> Any:
+        """``s`` without its ``not``, where the complement is a set of types (or all/none)."""
+        pushed: list[str] = []
+        inner = self.expand(s["not"], f"{path}/not", pushed)
+        self.active.subtract(pushed)
+        rest = {k: v for k, v in s.items() if k != "not"}
+        if inner is True or (isinstance(inner, dict) and set(inner) <= _IGNORED):
+            return False
+        if inner is False:
+            return rest
+        if set(inner) - _IGNORED == {"type"}:
+            banned = _with_integer(_types(inner))
+            left = [t for t in _types(rest) if t not in banned]
+            if not ("number" in left and "integer" in banned):  # else: non-integral numbers
+                return self.merge(rest, {"type": left}, path) if left else False
+        raise UnsupportedSchema("not", path, _NOT_REGULAR["not"])
 
     def trivial(self, kw: str, s: dict[str, Any], t: str) -> bool:
         """Keywords that have no effect on this type here."""
