@@ -548,8 +548,7 @@ _NOT_REGULAR = {
 _BY_TYPE = {
     "integer": {"multipleOf": "divisibility is not translated (except multipleOf 1)"},
     "number": {"multipleOf": "divisibility of decimals is not translated"},
-    "array": {"contains": "contains / minContains / maxContains are not translated",
-              "unevaluatedItems": "unevaluatedItems is not translated",
+    "array": {"unevaluatedItems": "unevaluatedItems is not translated",
               "uniqueItems": "distinct items are not a regular language (allowed only with "
                              "maxItems <= 1)"},
     "object": {"patternProperties": "patternProperties is not translated",
@@ -900,6 +899,8 @@ class _Translator:
         sep, w = f"{self.ws},{self.ws}", self.ws
         if hi is not None and hi < lo:
             return None
+        if "contains" in s and (_count(s, "minContains", 1) or "maxContains" in s):
+            return self.containing(s, item, lo, hi, path)
 
         def tail(i: int) -> str | None:  # the elements from position i (1-based) on
             pre = "" if i == 1 else sep
@@ -916,6 +917,23 @@ class _Translator:
             return _rep(_cat(sep, item), need, most)
 
         return _cat(f"\\[{w}", tail(1), f"{w}\\]")
+
+    def containing(self, s: dict[str, Any], item: str | None, lo: int, hi: int | None,
+                   path: str) -> str | None:
+        """Arrays with at least ``minContains`` items valid under ``contains``: any items
+        around that many items valid under both ``items`` and ``contains``."""
+        m = _count(s, "minContains", 1)
+        for k, bad in (("maxContains", "maxContains" in s), ("prefixItems", "prefixItems" in s),
+                       ("maxItems", hi is not None), ("minItems", lo > m)):
+            if bad:
+                raise UnsupportedSchema("contains", path, f"contains together with {k} is not "
+                                        "translated")
+        both = self.value({"allOf": [s.get("items", True), s["contains"]]}, f"{path}/contains")
+        sep, w = f"{self.ws},{self.ws}", self.ws
+        free_after = _rep(_cat(sep, item), 0, None)
+        body = _cat(_rep(_cat(item, sep), 0, None), both,
+                    *[_cat(free_after, sep, both)] * (m - 1), free_after)
+        return _cat(f"\\[{w}", body, f"{w}\\]")
 
     def object(self, s: dict[str, Any], path: str) -> str | None:
         w, sep = self.ws, f"{self.ws},{self.ws}"
