@@ -13,6 +13,7 @@ string R matches is JSON whose value (numbers as exact decimals) is valid under 
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -387,11 +388,15 @@ def _compound(child):
                   st.integers(0, 3)),
         st.builds(lambda c, d: {"type": "array", "prefixItems": [c, d], "items": False},
                   child, child),
-        st.builds(lambda props, req: {"type": "object", "properties": props,
-                                      "required": [k for k in props if k in req],
-                                      "additionalProperties": False},
+        st.builds(lambda props, req, deps: {"type": "object", "properties": props,
+                                            "required": [k for k in props if k in req],
+                                            "dependentRequired": deps,
+                                            "additionalProperties": False},
                   st.dictionaries(st.sampled_from("abc"), child, max_size=3),
-                  st.sets(st.sampled_from("abc"))),
+                  st.sets(st.sampled_from("abc")),
+                  st.dictionaries(st.sampled_from("abc"), st.lists(st.sampled_from("abc"),
+                                                                   max_size=2, unique=True),
+                                  max_size=2)),
         st.builds(lambda c, d, k: {"type": "array", "items": c, "contains": d, "minContains": k},
                   child, child, st.integers(0, 2)),
         st.builds(lambda a, b: {"anyOf": [a, b]}, child, child),
@@ -485,6 +490,17 @@ def test_one_of_tagged_union_and_any_of_siblings():
     assert not full(r, {"kind": "a", "y": "s"}) and not full(r, {"kind": "c", "x": 1})
     r = to_regex({"type": "integer", "maximum": 10, "anyOf": [{"minimum": 8}, {"maximum": -8}]})
     assert [v for v in range(-20, 20) if full(r, v)] == [*range(-20, -7), 8, 9, 10]
+
+
+def test_dependent_required_between_optional_properties():
+    s = {"type": "object", "properties": {"a": {"type": "null"}, "b": {"type": "null"},
+                                          "c": {"type": "null"}},
+         "dependentRequired": {"a": ["b"], "b": ["c"]}, "additionalProperties": False}
+    r = to_regex(s)
+    subsets = [dict.fromkeys(k) for n in range(4) for k in itertools.combinations("abc", n)]
+    v = validator(s)
+    assert [full(r, x) for x in subsets] == [v.is_valid(x) for x in subsets]
+    assert sum(v.is_valid(x) for x in subsets) == 4  # {}, c, bc, abc
 
 
 def test_contains_at_least_k():

@@ -941,11 +941,23 @@ class _Translator:
         extra = s.get("additionalProperties", True)
         names = s.get("propertyNames", True)
         lo, hi = _count(s, "minProperties", 0), _count(s, "maxProperties")
-        for dep, needs in s.get("dependentRequired", {}).items():
-            possible = dep in s["properties"] or dep in required if "properties" in s else True
-            if possible and not set(needs) <= set(required):
-                raise UnsupportedSchema("dependentRequired", path, "dependencies between "
-                                        "optional properties are not translated")
+        deps = s.get("dependentRequired", {})
+        for dep, needs in deps.items():
+            if set(needs) <= set(required):
+                continue
+            if "properties" not in s:
+                raise UnsupportedSchema("dependentRequired", path, "dependencies between keys "
+                                        "of objects without 'properties' are not translated")
+            if dep not in s["properties"] and dep not in required:
+                continue
+            # Two disjoint cases: the key is absent, or it is present with its dependants.
+            rest = {**s, "dependentRequired": {k: v for k, v in deps.items() if k != dep}}
+            present = {**rest, "required": list(dict.fromkeys([*required, dep, *needs]))}
+            if dep in required:
+                return self.object(present, path)
+            absent = {**rest, "properties": {k: v for k, v in s["properties"].items()
+                                             if k != dep}}
+            return _alt(self.object(absent, path), self.object(present, path))
         if "properties" not in s:  # a map: the required keys, then any keys
             if lo > len(required) or hi is not None:
                 raise UnsupportedSchema("minProperties" if lo > len(required) else
