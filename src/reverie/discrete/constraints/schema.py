@@ -41,6 +41,8 @@ from decimal import Decimal
 from functools import cache
 from typing import Any
 
+from reverie._checks import integer
+
 __all__ = ["UnsupportedSchema", "to_regex", "FORMATS"]
 
 
@@ -390,6 +392,9 @@ FORMATS: dict[str, tuple[str, tuple[int, int | None]]] = {
 
 
 # ------------------------------------------------------------------------------ numbers
+_INT = "-?(?:0|[1-9][0-9]*)"
+
+
 def _dclass(a: int, b: int) -> str:
     return str(a) if a == b else f"[{a}-{b}]"
 
@@ -430,10 +435,10 @@ def _uint(lo: int, hi: int | None) -> str | None:
 def _int_range(lo: int | None, hi: int | None) -> str | None:
     """Canonical integer literals in ``[lo, hi]`` (``None``: unbounded); no ``-0``."""
     if lo is None and hi is None:
-        return "-?(?:0|[1-9][0-9]*)"
+        return _INT
     parts = []
     if hi is None or hi >= 0:
-        parts.append(_uint(max(lo or 0, 0) if lo is not None else 0, hi))
+        parts.append(_uint(0 if lo is None else max(lo, 0), hi))
     if lo is None or lo < 0:
         mag = _uint(max(1, -hi) if hi is not None else 1, None if lo is None else -lo)
         parts.append(_cat("-", mag))
@@ -527,7 +532,6 @@ def _dec(x: int | float) -> Decimal:
     return Decimal(x) if isinstance(x, int) else Decimal(repr(float(x)))
 
 
-_INT = "-?(?:0|[1-9][0-9]*)"
 _NUMBER = "-?(?:0|[1-9][0-9]*)(?:\\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
 _STRING = f'"{_ANY_UNIT}*"'
 
@@ -546,7 +550,7 @@ _NOT_REGULAR = {
     "$recursiveRef": "dynamic references are not translated",
 }
 _BY_TYPE = {
-    "integer": {"multipleOf": "divisibility is not translated (except multipleOf 1)"},
+    "integer": {"multipleOf": "divisibility is not translated (except by 1/n)"},
     "number": {"multipleOf": "divisibility of decimals is not translated"},
     "array": {"unevaluatedItems": "unevaluatedItems is not translated",
               "uniqueItems": "distinct items are not a regular language (allowed only with "
@@ -1075,6 +1079,8 @@ def to_regex(schema: str | dict[str, Any] | bool, *, whitespace_pattern: str | N
             schema = json.loads(schema)
         except json.JSONDecodeError as err:
             raise ValueError(f"the JSON schema is not valid JSON: {err}") from None
+    integer("max_recursion_depth", max_recursion_depth, 0)
+    integer("any_depth", any_depth, 0)
     if not isinstance(schema, (dict, bool)):
         raise TypeError(f"schema must be a dict, a bool or a JSON string, got "
                         f"{type(schema).__name__}")
