@@ -11,7 +11,6 @@ one class, and only the valid ``(state, class) -> state`` triplets are kept.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable
@@ -616,26 +615,12 @@ def outlines_index(
 
 
 def schema_to_regex(schema: str | dict[str, Any], *, whitespace_pattern: str | None = None) -> str:
-    """outlines-core's regular expression for a JSON schema (a ``dict`` or JSON text);
-    ``ValueError`` for invalid JSON or an unsupported schema."""
-    if isinstance(schema, dict):
-        text = json.dumps(schema)
-    elif isinstance(schema, str):
-        text = schema
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"the JSON schema is not valid JSON: {err}") from None
-    else:
-        raise TypeError(f"schema must be a dict or a JSON string, got {type(schema).__name__}")
-    from outlines_core.json_schema import build_regex_from_schema
+    """The regular expression of a JSON schema (a ``dict`` or JSON text): reverie's exact
+    translator, :func:`reverie.discrete.constraints.schema.to_regex`; ``ValueError`` for
+    invalid JSON, an invalid schema, or a keyword it cannot translate exactly."""
+    from reverie.discrete.constraints.schema import to_regex
 
-    try:
-        if whitespace_pattern is None:
-            return build_regex_from_schema(text)
-        return build_regex_from_schema(text, whitespace_pattern)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"cannot turn the JSON schema into a regular expression: {err}") from None
+    return to_regex(schema, whitespace_pattern=whitespace_pattern)
 
 
 def _build_by_index(cls: type[TokenAutomaton], pattern: str, vocab: Vocabulary) -> TokenAutomaton:

@@ -125,7 +125,8 @@ def to_cnf(rules: list[tuple[str, list[Symbol]]], top: str) -> CNF:
             if h not in gen and all(isinstance(s, int) or s in gen for s in b):
                 gen.add(h)
                 changed = True
-    final = {(h, b) for h, b in final if h in gen and all(isinstance(s, int) or s in gen for s in b)}
+    final = {(h, b) for h, b in final
+             if h in gen and all(isinstance(s, int) or s in gen for s in b)}
     reach, todo = {top}, [top]
     while todo:
         h = todo.pop()
@@ -183,7 +184,7 @@ class Grammar:
             from lark import Lark
             from lark.exceptions import LarkError
         except ImportError as err:  # pragma: no cover - lark ships with the [all] extra
-            raise ImportError("grammar constraints need the lark package: pip install lark") from err
+            raise ImportError("grammar constraints need lark: pip install lark") from err
         if not isinstance(text, str):
             raise TypeError(f"the grammar must be a str, got {type(text).__name__}")
         try:
