@@ -39,6 +39,7 @@ from reverie.discrete.constraints.decode import (
 from reverie.discrete.constraints.grammar import Grammar, GrammarChart
 from reverie.discrete.constraints.sampler import constrain_sampler, prepare_constraint
 from reverie.discrete.constraints.scaffold import Scaffold, Slot, json_scaffold
+from reverie.discrete.constraints.schema import UnsupportedSchema
 
 __all__ = [
     "DECODERS",
@@ -52,6 +53,7 @@ __all__ = [
     "Scaffold",
     "Slot",
     "TokenAutomaton",
+    "UnsupportedSchema",
     "Vocabulary",
     "best_block",
     "clear_cache",

@@ -1,7 +1,8 @@
 """Token-level finite automata for constrained decoding.
 
-A regular expression (or a JSON schema, turned into one by outlines-core) is compiled by
-outlines-core into a byte-level DFA and lifted to the tokenizer's vocabulary: from every state,
+A regular expression (or a JSON schema, turned into one by reverie's translator,
+:mod:`reverie.discrete.constraints.schema`) is compiled by outlines-core into a byte-level DFA
+and lifted to the tokenizer's vocabulary: from every state,
 each token either leads to one next state or is forbidden (Suresh et al. 2025, "DINGO", §4.1).
 A vocabulary of 128k tokens over a few hundred states would be a dense table of ~50M entries,
 so the automaton is stored *by token class*: two tokens that behave identically in every state
@@ -231,9 +232,9 @@ class TokenAutomaton:
         whitespace_pattern: str | None = None,
         method: str = "trie",
     ) -> TokenAutomaton:
-        """The token automaton of a JSON schema: outlines-core's
-        ``build_regex_from_schema`` turns the schema into a regular expression (the same
-        construction DINGO uses for JSON-Mode-Eval, App. G.2), then :meth:`from_regex`."""
+        """The token automaton of a JSON schema: :func:`schema_to_regex` turns the schema into
+        a regular expression (exactly, or it refuses the keyword; DINGO App. G.2 used
+        outlines-core's looser translation), then :meth:`from_regex`."""
         return cls.from_regex(schema_to_regex(schema, whitespace_pattern=whitespace_pattern),
                               vocabulary, method=method)
 

@@ -92,8 +92,9 @@ class Regex(Constraint):
 
 class JsonSchema(Constraint):
     """Outputs must be JSON text valid under a JSON schema (a ``dict`` or JSON text), through
-    outlines-core's schema-to-regex translation (DINGO App. G.2). ``whitespace_pattern``
-    overrides the regex allowed between JSON tokens (outlines' default: ``[ ]?``).
+    reverie's exact schema-to-regex translation (:mod:`reverie.discrete.constraints.schema`;
+    a keyword it cannot express is refused with its path, never loosened). ``whitespace_pattern``
+    is the regex allowed between JSON tokens (default: none, compact JSON).
 
     ``scaffold=True`` (S3, Xiong et al. 2025, arXiv:2507.04504) writes the schema's skeleton
     (braces, keys, colons, commas, the quotes of plain strings) into the canvas before
