@@ -323,8 +323,8 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
 # ----------------------------------------------------------------------------- benchmark
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parts", nargs="+",
-                        default=["automata", "compile", "cost", "validity", "grammar"],
-                        choices=["automata", "compile", "cost", "validity", "grammar"])
+                        default=["automata", "compile", "cost", "validity", "grammar", "suite"],
+                        choices=["automata", "compile", "cost", "validity", "grammar", "suite"])
     parser.add_argument("--compile-only", action="store_true",
                         help="run only the compile-time table (same as --parts compile)")
     parser.add_argument("--compile-repeats", type=int, default=3,
@@ -347,9 +347,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--validity-n", type=int, default=64, help="samples per schema and method")
     parser.add_argument("--validity-sampler", default="low_confidence")
     parser.add_argument("--validity-temperature", type=float, default=1.0)
+    parser.add_argument("--suite", default=str(SUITE),
+                        help="folder of the official JSON-Schema-Test-Suite files (suite part)")
     parser.add_argument("--grammar-n", type=int, default=32,
                         help="samples per grammar and decoding (grammar part)")
 
+
+#: The official JSON-Schema-Test-Suite files vendored with the tests (draft 2020-12).
+SUITE = Path(__file__).resolve().parents[3] / "tests" / "data" / "json_schema_suite"
 
 #: Context-free grammars of the grammar part, each with the prompt it continues on tiny-json:
 #: JSON with unbounded nesting, and tiny-json's arithmetic records (balanced parentheses, left
@@ -661,6 +666,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ["schema", "method", "parse rate", "schema valid", "seconds"],
                 [[r["schema"], r["method"], r["parse_rate"], r["schema_valid"], r["seconds"]]
                  for r in result["validity"]]))
+    if "suite" in args.parts:
+        from reverie.discrete.constraints.schema_suite import suite_coverage
+
+        if not Path(args.suite).is_dir():
+            print(f"\nsuite part skipped: no folder {args.suite} (pass --suite)")
+        else:
+            table = suite_coverage(args.suite)
+            cols = ["cases", "supported", "refused", "instances", "passed"]
+            rows = [[name, *[r[c] for c in cols], len(r["fa"]), len(r["fr"])]
+                    for name, r in table.items()]
+            rows.append(["total", *[sum(r[c] for r in table.values()) for c in cols],
+                         sum(len(r["fa"]) for r in table.values()),
+                         sum(len(r["fr"]) for r in table.values())])
+            result["suite"] = [dict(zip(["file", *cols, "false_accepts", "false_rejects"], r))
+                               for r in rows]
+            print("\nJSON-Schema-Test-Suite (draft 2020-12) through reverie's translator: cases "
+                  "supported (a regex, or an empty language) or refused; instances of supported "
+                  "cases decided right; valid instances rejected / invalid ones accepted")
+            print(format_table(["file", *cols, "false accepts", "false rejects"], rows))
     if "grammar" in args.parts and args.validity_model != "none":
         from reverie.discrete import load_model
 
