@@ -155,3 +155,31 @@ def test_bad_grammars_and_canvases():
     model = load_model("tiny-json")
     with pytest.raises(ValueError, match="no sentence that fits"):  # needs 4 tokens, gets 3
         generate(model, length=3, steps=3, constraint=Grammar('start: "abcd"'))
+
+
+def test_rows_with_different_constraints_in_one_call_equal_each_row_alone(tiny_json):
+    """``constraint=[...]``: one per row (a regex, a grammar, a schema, none); each row is what
+    it is alone with the same generator, and meets its own constraint."""
+    from reverie.discrete.constraints import JsonSchema, Regex
+
+    regex = Regex(r'\{"id":[0-9]{1,3}\}')
+    grammar = Grammar(DYCK.replace('"a"', '"x"'))
+    schema = JsonSchema({"type": "object", "properties": {"x": {"type": "integer"}},
+                         "required": ["x"], "additionalProperties": False})
+    rows = [regex, grammar, None, schema, regex]
+    kw = dict(length=24, steps=24, sampler="ancestral")
+    mixed = generate(tiny_json, n=5, constraint=rows, **kw,
+                     generator=[torch.Generator().manual_seed(i) for i in range(5)])
+    for i, c in enumerate(rows):
+        alone = generate(tiny_json, n=1, constraint=c, **kw,
+                         generator=[torch.Generator().manual_seed(i)])
+        assert torch.equal(mixed[i], alone[0]), i
+    texts = [tiny_json.decode(r) for r in mixed]
+    assert regex.matches(texts[0]) and regex.matches(texts[4]) and grammar.matches(texts[1])
+    assert schema.matches(texts[3])
+    # the sibling: other seeds give other rows, so the equality above can fail
+    other = generate(tiny_json, n=5, constraint=rows, **kw,
+                     generator=[torch.Generator().manual_seed(i + 10) for i in range(5)])
+    assert not torch.equal(other, mixed)
+    with pytest.raises(ValueError, match="one per row"):
+        generate(tiny_json, n=2, constraint=[regex], **kw)

@@ -43,7 +43,7 @@ from reverie._checks import check_options, integer
 from reverie._progress import progress_bar
 from reverie._random import Generators
 from reverie.discrete._sampling import check_generator, uniform
-from reverie.discrete.constraints.grammar import Grammar, grammar_sampler
+from reverie.discrete.constraints.grammar import Grammar, grammar_plan
 from reverie.discrete.denoiser import TokenClassifierFreeGuidance, TokenDenoiserBase
 from reverie.discrete.policies import AdaptiveBlocks, grid_times
 from reverie.discrete.samplers import SAMPLERS, Commit, StepContext, TokenSampler
@@ -492,7 +492,6 @@ def generate(
     origin = gen_start if max_new_tokens is not None else pad
     cols = torch.arange(width)
     free = cols >= gen_start[:, None]  # positions to decode, minus a constraint's skeleton
-    layout = None
     n_gens = (rows_len - plens).tolist()
     if constraint is not None or isinstance(info.blocks, AdaptiveBlocks):
         if len(set(n_gens)) > 1:
@@ -500,19 +499,12 @@ def generate(
                 "constraints and adaptive blocks need the same number of new tokens in every "
                 "row: pass max_new_tokens= for prompts of different lengths"
             )
-    if isinstance(constraint, Grammar):  # context-free: the inside-outside chart
-        if getattr(model.process, "kind", None) != "masked":
-            raise ValueError("grammar constraints need a masked-diffusion model")
-        chart = constraint.chart(model)
-        if not bool(chart.completable(torch.full((1, n_gens[0]), chart.mask_id))[0]):
-            raise ValueError(f"the grammar has no sentence that fits {n_gens[0]} tokens")
-        info = grammar_sampler(info, chart, n_gens[0])
-    elif constraint is not None:  # built and checked before any model call
-        from reverie.discrete.constraints.sampler import constrain_sampler, prepare_constraint
-
-        layout = prepare_constraint(model, constraint, n_gens[0])
-        info = constrain_sampler(info, layout, method=constraint_method)
-        free[:, width - n_gens[0] :] &= ~layout.fixed
+    templates = None
+    if constraint is not None:  # built and checked before any model call
+        info, templates = _constrained(info, model, constraint, constraint_method, n, n_gens[0])
+        for r, t in enumerate(templates):
+            if t is not None:  # a scaffold's skeleton is not decoded
+                free[r, width - n_gens[0] :] &= t == model.mask_id
     n_free = free.sum(-1).tolist()
     if steps is None and kind == "uniform":
         raise ValueError("uniform-noise sampling needs steps=")
@@ -544,8 +536,9 @@ def generate(
     for r, p in enumerate(prompts):
         x[r, : int(pad[r])] = fill
         x[r, int(pad[r]) : int(gen_start[r])] = p
-    if layout is not None:
-        x[:, width - n_gens[0] :] = layout.template
+    for r, t in enumerate(templates or []):
+        if t is not None:
+            x[r, width - n_gens[0] :] = t
     track = eos_id is not None or bool(stops) or stream  # check row ends at every step
     texts = getattr(model, "tokenizer", None) is not None and (track or return_stats)
     run.ends = _Ends(model, gen_start.to(device), eos_id, stops, track, texts)
@@ -611,12 +604,23 @@ class _Run:
         self.free: Tensor | None = None  # the positions generation decides [n, L]
 
     def draw(self, *shape: int) -> Tensor:
-        if self.pad is None or not isinstance(self.generator, (list, tuple)):
-            return uniform((self.n, self.length, *shape), self.generator, device=self.device)
+        return self.draw_rows(None, *shape)
+
+    def draw_rows(self, which: Tensor | None, *shape: int) -> Tensor:
+        """``U[0, 1)`` ``[rows, L, *shape]`` for the rows ``which`` (``None``: all). With one
+        generator per row only those rows' generators advance; with one generator all rows
+        are drawn (the rows share its stream anyway) and ``which`` is selected."""
+        if not isinstance(self.generator, (list, tuple)):
+            u = uniform((self.n, self.length, *shape), self.generator, device=self.device)
+            return u if which is None else u[which]
+        idx = range(self.n) if which is None else which.tolist()
+        gens = [self.generator[r] for r in idx]
+        if self.pad is None:
+            return uniform((len(gens), self.length, *shape), gens, device=self.device)
         # one generator per row: each row draws in its own coordinates (as alone), and its
         # padding repeats its first draw (so per-row scalars read at column 0 are its own)
         rows = []
-        for g, p in zip(self.generator, self.pad.tolist()):
+        for g, p in zip(gens, [int(self.pad[r]) for r in idx]):
             u = torch.rand((self.length - p, *shape), generator=g, dtype=torch.float64,
                            device=g.device)
             rows.append(torch.cat([u[:1].expand(p, *shape), u]).to(self.device))
@@ -642,6 +646,7 @@ class _Run:
             options=self.opts,
             model=self.cached.raw,
             uniform=self.draw,
+            uniform_rows=self.draw_rows,
             process=self.model.process,
             mask_id=self.model.mask_id,
             denoiser=self.model,
@@ -737,6 +742,39 @@ class _Rows:
         self.start_masked = z.clone()
         self.time = torch.ones(n, dtype=torch.float64, device=device)
         self.origin = z.clone()  # the column each row's fixed blocks tile from
+
+
+def _constrained(info: TokenSampler, model: Any, constraint: Any, method: str, n: int,
+                 n_gen: int) -> tuple[TokenSampler, list[Tensor | None]]:
+    """``info`` restricted by ``constraint`` -- one for every row, or a list with one per row
+    (``None``: unconstrained; rows given the same object are decoded together) -- over the
+    ``n_gen`` generated positions, and each row's scaffold template (``None``: none). Every
+    constraint is compiled and checked here, before any model call."""
+    from reverie.discrete.constraints.sampler import (
+        constrain_rows,
+        prepare_constraint,
+        regular_plan,
+    )
+
+    per_row = isinstance(constraint, (list, tuple))
+    if per_row and len(constraint) != n:
+        raise ValueError(f"constraint: a list needs one per row ({n}), got {len(constraint)}")
+    plans: dict[int, Any] = {}
+    for c in constraint if per_row else [constraint]:
+        if c is None or id(c) in plans:
+            continue
+        if isinstance(c, Grammar):  # context-free: the inside-outside chart
+            if getattr(model.process, "kind", None) != "masked":
+                raise ValueError("grammar constraints need a masked-diffusion model")
+            chart = c.chart(model)
+            if not bool(chart.completable(torch.full((1, n_gen), chart.mask_id))[0]):
+                raise ValueError(f"the grammar has no sentence that fits {n_gen} tokens")
+            plans[id(c)] = grammar_plan(chart, n_gen)
+        else:
+            plans[id(c)] = regular_plan(prepare_constraint(model, c, n_gen), method)
+    rows = [plans.get(id(c)) if c is not None else None
+            for c in (constraint if per_row else [constraint] * n)]
+    return constrain_rows(info, rows), [p.template if p is not None else None for p in rows]
 
 
 def _check_cache(model, cache, block_length, sampler, guidance_scale) -> int | None:

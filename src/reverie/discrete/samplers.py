@@ -108,7 +108,9 @@ class StepContext:
     * ``temperature``, ``options`` (the sampler's options), ``model(x, t)`` (the cached
       denoiser, for multi-stage samplers), ``uniform(*shape)`` (fresh ``U[0, 1)`` draws
       ``[n, L, *shape]`` from the run's generator(s)), ``process``, ``mask_id``, ``denoiser``
-      (the token denoiser, for its ids) and ``carry``.
+      (the token denoiser, for its ids) and ``carry``; ``uniform_rows(rows, *shape)``
+      (``[len(rows), L, *shape]``: draws for those rows only, so with one generator per row the
+      other rows' streams are left untouched; ``None`` where not available).
     """
 
     x: Tensor
@@ -131,6 +133,7 @@ class StepContext:
     denoiser: TokenDenoiserBase
     carry: Any = None
     decided: Tensor | None = None
+    uniform_rows: Callable[..., Tensor] | None = None
 
 
 @dataclass(frozen=True)

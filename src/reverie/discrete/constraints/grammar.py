@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Grammar", "GrammarChart", "grammar_sampler"]
+__all__ = ["Grammar", "GrammarChart", "grammar_plan", "grammar_sampler"]
 
 #: Terminal ids: bytes 0..255, then the end token.
 END = 256
@@ -322,20 +322,18 @@ class GrammarChart:
         return self.inside(x)[x.shape[1]][:, 0, self.top] > 0
 
 
-def grammar_sampler(sampler: Any, chart: GrammarChart, n_generated: int) -> Any:
-    """``sampler`` with its tokens restricted by ``chart`` over the last ``n_generated``
-    positions of the canvas. The wrapped sampler still picks the positions to commit; they are
-    then filled one at a time, most confident first, each from the model restricted to the
-    tokens the chart allows given everything committed so far (module notes).
+def grammar_plan(chart: GrammarChart, n_generated: int) -> Any:
+    """The :class:`~reverie.discrete.constraints.sampler.Plan` of a grammar over the last
+    ``n_generated`` positions of the canvas: the positions the wrapped sampler picks are
+    filled one at a time, most confident first, each from the model restricted to the tokens
+    the chart allows given everything committed so far (module notes).
 
     Each token is first drawn from the unrestricted model and kept if the canvas stays
     completable (one inside pass); only otherwise are the allowed tokens computed (inside and
     outside) and a second, restricted draw made. The result is an exact draw from the
     restricted law: ``p(v) + (1 - Z) p(v) / Z = p(v) / Z`` for an allowed ``v`` (``Z`` the
     allowed mass); at temperature 0 the argmax, restricted."""
-    if "masked" not in sampler.processes:
-        raise ValueError(f"sampler {sampler.name!r} does not sample masked diffusion")
-    inner = sampler.decide
+    from reverie.discrete.constraints.sampler import Plan
 
     def draw(lp: Tensor, u: Tensor, temperature: float) -> Tensor:
         if temperature == 0:
@@ -346,10 +344,8 @@ def grammar_sampler(sampler: Any, chart: GrammarChart, n_generated: int) -> Any:
         return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(1).clamp(
             max=lp.shape[-1] - 1)
 
-    def decide(ctx: Any) -> Any:
-        commit = inner(ctx)
+    def tokens(ctx: Any, todo: Tensor, proposed: Tensor, state: Any) -> tuple[Tensor, Any]:
         lo = ctx.x.shape[1] - n_generated
-        todo = commit.positions & ctx.active
         if bool(todo[:, :lo].any()):
             raise RuntimeError("the grammar covers the generated positions only")
         x = ctx.x.clone()
@@ -358,7 +354,7 @@ def grammar_sampler(sampler: Any, chart: GrammarChart, n_generated: int) -> Any:
         # most confident positions first (the model's top probability)
         conf = torch.where(todo, ctx.logp.amax(-1), torch.tensor(float("-inf")))
         order = conf.argsort(-1, descending=True)
-        for j in range(int(todo.sum(-1).max())):
+        for j in range(int(todo.sum(-1).max()) if todo.any() else 0):
             rows = (todo.sum(-1) > j).nonzero().flatten()
             pos = order[rows, j]
             lp = ctx.logp[rows, pos].double()
@@ -374,7 +370,14 @@ def grammar_sampler(sampler: Any, chart: GrammarChart, n_generated: int) -> Any:
                 lp = torch.where(torch.isfinite(lp).any(-1, keepdim=True), lp,
                                  torch.where(ok, 0.0, float("-inf")))  # no mass: uniform
                 x[rows, pos] = draw(lp, u[rows, pos, 1], temperature)
-        return dataclasses.replace(commit, tokens=torch.where(todo, x, ctx.x))
+        return x, None
 
-    return dataclasses.replace(sampler, decide=decide,
-                               description=f"{sampler.description} (grammar-constrained)")
+    return Plan(tokens)
+
+
+def grammar_sampler(sampler: Any, chart: GrammarChart, n_generated: int) -> Any:
+    """``sampler`` with its tokens restricted by ``chart`` over the last ``n_generated``
+    positions of the canvas (:func:`grammar_plan`)."""
+    from reverie.discrete.constraints.sampler import constrain_rows
+
+    return constrain_rows(sampler, grammar_plan(chart, n_generated))

@@ -14,6 +14,8 @@ to step (DINGO App. D) in ``Commit.carry``.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -24,7 +26,7 @@ from reverie.discrete.constraints.constraint import DECODERS, Constraint, _force
 from reverie.discrete.constraints.decode import best_block, per_token_block, sample_block
 from reverie.discrete.constraints.scaffold import Scaffold, single_slot
 
-__all__ = ["constrain_sampler", "prepare_constraint"]
+__all__ = ["Plan", "constrain_rows", "constrain_sampler", "prepare_constraint", "regular_plan"]
 
 
 def prepare_constraint(model: Any, constraint: Any, n_generated: int) -> Scaffold:
@@ -64,11 +66,9 @@ def _encoder(model: Any) -> Any:
 
 @dataclasses.dataclass
 class _Carry:
-    """Per row and slot: slot bounds ``lo``/``hi`` (canvas positions), the automaton state
-    after ``x[lo:at]`` (-1: the per-token baseline hit a dead end), and the wrapped
-    sampler's own carry."""
+    """Per row and slot: slot bounds ``lo``/``hi`` (canvas positions) and the automaton state
+    after ``x[lo:at]`` (-1: the per-token baseline hit a dead end)."""
 
-    inner: Any
     automata: list[TokenAutomaton]
     lo: Tensor  # [n, S]
     hi: Tensor  # [n, S]
@@ -92,31 +92,110 @@ def constrain_sampler(
     otherwise (:func:`sample_block`). ``"per_token"`` is the left-to-right masking baseline
     (:func:`per_token_block`); it may fail, and a failed slot then continues unconstrained.
     """
-    if method not in DECODERS:
-        raise ValueError(f"unknown constraint method {method!r}; valid: {', '.join(DECODERS)}")
-    if "masked" not in sampler.processes:
-        raise ValueError(f"sampler {sampler.name!r} does not sample masked diffusion")
     if not isinstance(constraint, (TokenAutomaton, Scaffold)):
         raise TypeError(
             f"constraint must be a TokenAutomaton or a Scaffold, got {type(constraint).__name__}"
         )
+    return constrain_rows(sampler, regular_plan(constraint, method))
+
+
+@dataclasses.dataclass(eq=False)
+class Plan:
+    """How one constraint decodes the generated positions: ``tokens(ctx, todo, proposed,
+    state) -> (canvas, state)`` fills the positions ``todo`` of the canvas (``proposed``: the
+    wrapped sampler's own tokens) for the rows of ``ctx``, carrying ``state`` between steps
+    (``None`` at the first); ``template`` -- the skeleton a scaffold writes into the
+    generated positions before decoding (``None``: only masks)."""
+
+    tokens: Callable[..., tuple[Tensor, Any]]
+    template: Tensor | None = None
+
+
+def regular_plan(constraint: TokenAutomaton | Scaffold, method: str = "dingo") -> Plan:
+    """The :class:`Plan` of a regular constraint (an automaton, or a scaffold's slots)."""
+    if method not in DECODERS:
+        raise ValueError(f"unknown constraint method {method!r}; valid: {', '.join(DECODERS)}")
+
+    def tokens(ctx: Any, todo: Tensor, proposed: Tensor, state: Any) -> tuple[Tensor, Any]:
+        state = _start(ctx, constraint) if state is None else state
+        return _constrained_tokens(ctx, todo, proposed, state, method), state
+
+    template = constraint.template if isinstance(constraint, Scaffold) else None
+    return Plan(tokens, template)
+
+
+@dataclasses.dataclass
+class _RowsCarry:
+    inner: Any  # the wrapped sampler's carry
+    states: list[Any]  # one per group of rows
+
+
+def constrain_rows(sampler: Any, plans: Plan | Sequence[Plan | None]) -> Any:
+    """``sampler`` with each row decoded under its own constraint: ``plans`` -- one
+    :class:`Plan` for every row, or one per row (``None``: that row is unconstrained). Rows
+    sharing a plan object are decoded together. Per step, the wrapped sampler decides first;
+    then two uniform draws per position are taken from each constrained row's generator
+    (whatever its constraint), so with one generator per row a row's output does not depend on
+    the rest of its batch."""
+    if "masked" not in sampler.processes:
+        raise ValueError(f"sampler {sampler.name!r} does not sample masked diffusion")
     inner = sampler.decide
 
     def decide(ctx: Any) -> Any:
+        n = ctx.x.shape[0]
+        per_row = [plans] * n if isinstance(plans, Plan) else list(plans)
+        if len(per_row) != n:
+            raise ValueError(f"{len(per_row)} constraints for {n} rows")
+        groups: dict[int, tuple[Plan, list[int]]] = {}
+        for r, plan in enumerate(per_row):
+            if plan is not None:
+                groups.setdefault(id(plan), (plan, []))[1].append(r)
         carry = ctx.carry
-        if not isinstance(carry, _Carry):
-            carry = _start(ctx, constraint)
+        if not isinstance(carry, _RowsCarry):
+            carry = _RowsCarry(ctx.carry, [None] * len(groups))
         commit = inner(dataclasses.replace(ctx, carry=carry.inner))
         carry.inner = commit.carry
-        tokens = _constrained_tokens(ctx, commit.positions & ctx.active, commit.tokens, carry,
-                                     method)
-        return dataclasses.replace(commit, tokens=tokens, carry=carry)
+        # two draws per position for the constrained rows (only theirs, when each row has its
+        # own generator: an unconstrained row draws as it would alone)
+        mine = torch.tensor(sorted(r for _, rows in groups.values() for r in rows),
+                            dtype=torch.long)
+        draws = torch.zeros(n, ctx.x.shape[1], 2, dtype=torch.float64, device=ctx.x.device)
+        if len(mine):
+            draws[mine] = (ctx.uniform_rows(mine, 2) if ctx.uniform_rows is not None
+                           else ctx.uniform(2)[mine])
+        todo = commit.positions & ctx.active
+        out = torch.where(todo, commit.tokens, ctx.x)
+        for g, (plan, rows) in enumerate(groups.values()):
+            idx = torch.tensor(rows, device=ctx.x.device)
+            canvas, carry.states[g] = plan.tokens(_rows_of(ctx, idx, draws), todo[idx],
+                                                  commit.tokens[idx], carry.states[g])
+            out[idx] = torch.where(todo[idx], canvas, ctx.x[idx])
+        return dataclasses.replace(commit, tokens=out, carry=carry)
 
     return dataclasses.replace(
-        sampler,
-        decide=decide,
-        description=f"{sampler.description} (constrained: {method})",
+        sampler, decide=decide, description=f"{sampler.description} (constrained)"
     )
+
+
+def _rows_of(ctx: Any, rows: Tensor, draws: Tensor) -> Any:
+    """``ctx`` restricted to ``rows``: per-row tensors indexed, ``uniform(*shape)`` served from
+    the step's ``draws`` (``[n, L, 2]``: at most two numbers per position)."""
+    n = ctx.x.shape[0]
+    fields = {}
+    for f in dataclasses.fields(ctx):
+        v = getattr(ctx, f.name)
+        if isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == n:
+            fields[f.name] = v[rows]
+    sub = draws[rows]
+
+    def uniform(*shape: int) -> Tensor:
+        k = math.prod(shape)
+        if k > sub.shape[-1]:
+            raise RuntimeError(f"a constraint asked for {k} draws per position; at most "
+                               f"{sub.shape[-1]} are taken")
+        return sub[..., :k].reshape(*sub.shape[:2], *shape)
+
+    return dataclasses.replace(ctx, uniform=uniform, **fields)
 
 
 def _start(ctx: Any, constraint: TokenAutomaton | Scaffold) -> _Carry:
@@ -136,7 +215,7 @@ def _start(ctx: Any, constraint: TokenAutomaton | Scaffold) -> _Carry:
         hi = bounds[:, 1].expand(n, -1).clone()
         automata = [s.automaton for s in constraint.slots]
     state = torch.tensor([a.start for a in automata], dtype=torch.long, device=ctx.x.device)
-    return _Carry(inner=ctx.carry, automata=automata, lo=lo, hi=hi, at=lo.clone(),
+    return _Carry(automata=automata, lo=lo, hi=hi, at=lo.clone(),
                   state=state.expand(n, -1).clone())
 
 
