@@ -361,7 +361,9 @@ def generate(
     text (after the prompt) must full-match, decoded with DINGO (``constraint_method="dingo"``)
     or the per-token masking baseline (``"per_token"``); ``JsonSchema(..., scaffold=True)``
     first writes the schema's skeleton into the canvas and decodes only the values (S3);
-    ``steps`` then defaults to the number of value positions. See docs/constraints.md.
+    ``steps`` then defaults to the number of value positions. A list gives one constraint
+    per row (any of these, or ``None``; rows sharing an object are decoded together); with one
+    generator per row each row equals itself generated alone. See docs/constraints.md.
     ``eos_id`` -- a row ends at its first ``eos_id`` once every position before it is decided
     (:func:`end_token_id` gives the model's); it leaves the batch and its later positions are
     ``eos_id``. ``stop`` -- a string or strings: a row ends where its committed text first
