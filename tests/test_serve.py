@@ -207,6 +207,33 @@ def test_regex_extension(client):
         assert re.fullmatch(pattern, c.text), c.text
 
 
+def test_grammar_extension_and_mixed_constraints_share_a_batch(server, client):
+    """Requests with a schema, a regex, a grammar and none share model calls; each answer is
+    the one it gets alone and meets its own constraint."""
+    from reverie.discrete.constraints import Grammar
+
+    parens = 'start: "(" start ")" start | "x" start |'
+    assert not Grammar(parens).matches("(x")  # the check can fail
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+    asks = [dict(response_format=fmt), dict(extra_body={"regex": "[0-9]{3}-[a-z]{2}"}),
+            dict(extra_body={"grammar": parens}), {}]
+
+    def ask(extra):
+        return client.chat.completions.create(
+            model="tiny-json", messages=[{"role": "user", "content": ""}], max_tokens=20,
+            seed=3, **extra).choices[0].message.content
+
+    alone = [ask(a) for a in asks]
+    calls = _metric(server.url, "reverie_batch_requests_count")
+    with ThreadPoolExecutor(len(asks)) as pool:
+        together = list(pool.map(ask, asks))
+    assert together == alone
+    assert _metric(server.url, "reverie_batch_requests_count") - calls < len(asks)
+    jsonschema.Draft202012Validator(PERSON).validate(json.loads(together[0]))
+    assert re.fullmatch("[0-9]{3}-[a-z]{2}", together[1])
+    assert Grammar(parens).matches(together[2])
+
+
 def test_images(client):
     from PIL import Image
 

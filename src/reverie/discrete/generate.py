@@ -768,10 +768,7 @@ def _constrained(info: TokenSampler, model: Any, constraint: Any, method: str, n
         if isinstance(c, Grammar):  # context-free: the inside-outside chart
             if getattr(model.process, "kind", None) != "masked":
                 raise ValueError("grammar constraints need a masked-diffusion model")
-            chart = c.chart(model)
-            if not bool(chart.completable(torch.full((1, n_gen), chart.mask_id))[0]):
-                raise ValueError(f"the grammar has no sentence that fits {n_gen} tokens")
-            plans[id(c)] = grammar_plan(chart, n_gen)
+            plans[id(c)] = grammar_plan(c.check_length(model, n_gen), n_gen)
         else:
             plans[id(c)] = regular_plan(prepare_constraint(model, c, n_gen), method)
     rows = [plans.get(id(c)) if c is not None else None

@@ -414,7 +414,7 @@ class _State:
         if info.revises and (req.stream or stops):
             raise APIError(400, f"sampler {sampler!r} revises decided tokens, so it cannot "
                                 "stream or stop at a string", "sampler")
-        constraint, ckey = await self._constraint(model, req, asked, info)
+        constraint = await self._constraint(model, req, asked, info)
         seed = req.seed if req.seed is not None else secrets.randbits(62)
         temperature = 1.0 if req.temperature is None else float(req.temperature)
         work = TextWork(
@@ -425,7 +425,8 @@ class _State:
             metrics=self.metrics,
         )
         # requests with equal keys share a generate call (ragged prompts are fine)
-        key = (m.id, "text", sampler, req.steps, temperature, asked, tuple(stops), ckey)
+        # (the constraint is not part of the key: generate takes one per row)
+        key = (m.id, "text", sampler, req.steps, temperature, asked, tuple(stops))
         if info.nfe_per_step > 1:  # such samplers cannot take left padding: equal prompts only
             key += (tuple(len(p) for p in prompts),)
         job = Job(key=key, rows=rows, work=work, runner=run_text, stream=req.stream)
@@ -466,8 +467,8 @@ class _State:
             raise APIError(400, f"{param}: {err}", param) from None
 
     async def _constraint(self, model: Any, req: Any, n_new: int, info: Any) -> tuple[Any, Any]:
-        """The constraint of ``response_format`` / ``regex`` (compiled once, kept in an LRU),
-        checked to fit ``n_new`` tokens; and its part of the batching key."""
+        """The constraint of ``response_format`` / ``regex`` / ``grammar`` (compiled once,
+        kept in an LRU), checked to fit ``n_new`` tokens."""
         fmt = req.response_format
         if fmt is not None and fmt.type == "json_object":
             raise APIError(400, "response_format json_object is not supported; pass "
@@ -477,39 +478,45 @@ class _State:
         if fmt is not None and fmt.type == "json_schema" and schema is None:
             raise APIError(400, "response_format json_schema needs a json_schema object",
                            "response_format")
-        if schema is not None and req.regex is not None:
-            raise APIError(400, "pass response_format json_schema or regex, not both", "regex")
-        if schema is None and req.regex is None:
-            return None, None
+        given = [k for k, v in (("response_format", schema), ("regex", req.regex),
+                                ("grammar", req.grammar)) if v is not None]
+        if len(given) > 1:
+            raise APIError(400, f"pass one of response_format json_schema, regex or grammar, "
+                                f"not {' and '.join(given)}", given[1])
+        if not given:
+            return None
         if info.revises:
             raise APIError(400, f"sampler {info.name!r} revises decided tokens and cannot "
                                 "decode under a constraint", "sampler")
         if schema is not None:
             key = ("schema", json.dumps(schema.schema_))  # key order kept: it orders the output
-            param = "response_format"
         else:
-            key, param = ("regex", req.regex), "regex"
+            key = ("regex", req.regex) if req.regex is not None else ("grammar", req.grammar)
+        param = given[0]
         try:
             constraint = await self.batcher.call(self._compile, model, key, n_new)
         except APIError:
             raise
         except (ValueError, TypeError, RecursionError) as err:
             raise APIError(400, f"{param}: {err}", param) from None
-        return constraint, key
+        return constraint
 
     def _compile(self, model: Any, key: tuple, n_new: int) -> Any:
         """(model thread) The constraint object of ``key``, checked against ``n_new``."""
-        from reverie.discrete.constraints import JsonSchema, Regex, prepare_constraint
+        from reverie.discrete.constraints import Grammar, JsonSchema, Regex, prepare_constraint
 
         constraint = self.constraints.get(key)
         if constraint is None:
             kind, text = key
-            constraint = JsonSchema(text) if kind == "schema" else Regex(text)
+            constraint = {"schema": JsonSchema, "regex": Regex, "grammar": Grammar}[kind](text)
             self.constraints[key] = constraint
             while len(self.constraints) > 64:
                 self.constraints.popitem(last=False)
         self.constraints.move_to_end(key)
-        prepare_constraint(model, constraint, n_new)  # fits the canvas? (automaton cached)
+        if isinstance(constraint, Grammar):  # fits the canvas? (the chart is kept)
+            constraint.check_length(model, n_new)
+        else:
+            prepare_constraint(model, constraint, n_new)  # (the automaton is cached)
         return constraint
 
     # --- queue, waiting, streaming ---

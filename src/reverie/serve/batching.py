@@ -304,8 +304,11 @@ def run_text(jobs: list[Job]) -> None:
     revises = SAMPLERS[w.sampler].revises  # such samplers cannot stream, stop or end at EOS
     t0 = time.perf_counter()
     model = _stoppable(w.model, lambda: all(j.cancelled for j in jobs))
+    # one constraint per row (requests with different schemas share the call), or none
+    per_row = [job.work.constraint for job in jobs for _ in range(job.rows)]
     common = dict(max_new_tokens=w.max_new_tokens, steps=w.steps, sampler=w.sampler,
-                  temperature=w.temperature, generator=gens, constraint=w.constraint)
+                  temperature=w.temperature, generator=gens,
+                  constraint=per_row if any(c is not None for c in per_row) else None)
     try:
         if revises:
             texts = generate(model, prompt=prompts, return_stats=True, **common).texts

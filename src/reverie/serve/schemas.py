@@ -1,8 +1,8 @@
 """Request bodies of the OpenAI-compatible endpoints (pydantic); the bodies and stream
 chunks of text responses (:class:`TextReply`); the error body and :class:`APIError`.
 
-Fields follow OpenAI's API; reverie's extensions are ``sampler``, ``steps`` and ``regex``
-(text), ``sampler``, ``steps``, ``guidance_scale``, ``label``, ``negative_prompt`` and
+Fields follow OpenAI's API; reverie's extensions are ``sampler``, ``steps``, ``regex`` and
+``grammar`` (text), ``sampler``, ``steps``, ``guidance_scale``, ``label``, ``negative_prompt`` and
 ``seed`` (images). Unknown fields are refused (400) rather than silently ignored; OpenAI
 fields that reverie does not implement are accepted only at their neutral value
 (:data:`NEUTRAL`), so a client that asks for e.g. ``top_p=0.9`` learns it was not applied.
@@ -103,6 +103,7 @@ class _TextFields(_Body):
     user: str | None = None
     # reverie extensions
     regex: str | None = Field(None, max_length=10_000)
+    grammar: str | None = Field(None, max_length=20_000)
     sampler: str | None = None
     steps: int | None = Field(None, ge=1, le=4096)
     # accepted only at their neutral value (NEUTRAL)

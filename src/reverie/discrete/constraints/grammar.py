@@ -230,6 +230,14 @@ class Grammar:
             self._charts[vocab] = GrammarChart(self.cnf, vocab)
         return self._charts[vocab]
 
+    def check_length(self, vocabulary: Any, length: int) -> GrammarChart:
+        """The chart over ``vocabulary``, after checking that some sentence (then end tokens)
+        fills ``length`` generated positions; ``ValueError`` otherwise."""
+        chart = self.chart(vocabulary)
+        if not bool(chart.completable(torch.full((1, length), chart.mask_id))[0]):
+            raise ValueError(f"the grammar has no sentence that fits {length} tokens")
+        return chart
+
     def __repr__(self) -> str:
         return (f"Grammar(start={self.start!r}, {len(self.cnf.names)} nonterminals, "
                 f"{len(self.cnf.binary)} binary rules)")
