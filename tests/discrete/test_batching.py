@@ -373,3 +373,21 @@ def test_cli_streams_stops_and_batches_ragged_prompts(capsys, tmp_path):
     assert "\x00" not in capsys.readouterr().out
     assert cli.main(["generate", "--chat", "--prompt", "x", "--threads", "1"]) == 2
     assert "chat template" in capsys.readouterr().err
+
+
+def test_cancel_stops_before_the_next_model_call():
+    from reverie.discrete.generate import Cancelled
+
+    model = load_model("tiny-json")
+    calls = []
+    net = model.network
+    hook = net.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(Cancelled):
+            generate(model, length=16, steps=16, cancel=lambda: len(calls) >= 3)
+        assert len(calls) == 3  # not one model call after the answer turned true
+        calls.clear()
+        out = generate(model, length=16, steps=16, cancel=lambda: False)  # never: runs to the end
+        assert out.shape == (1, 16) and len(calls) > 3  # (skipped steps: unchanged input)
+    finally:
+        hook.remove()

@@ -32,7 +32,7 @@ the committed text as it grows.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,7 @@ from reverie.discrete.policies import AdaptiveBlocks, grid_times
 from reverie.discrete.samplers import SAMPLERS, Commit, StepContext, TokenSampler
 
 __all__ = [
+    "Cancelled",
     "Commit",
     "StepContext",
     "TokenSampler",
@@ -71,6 +72,10 @@ class GenerationOutput:
     row_evals: int
     steps: int
     texts: list[str] | None = None
+
+
+class Cancelled(RuntimeError):
+    """``generate(..., cancel=...)`` was told to stop."""
 
 
 class Piece(str):
@@ -333,6 +338,7 @@ def generate(
     stream: bool = False,
     chat: bool = False,
     cache: str | None = None,
+    cancel: Callable[[], bool] | None = None,
     **options: Any,
 ) -> Tensor | GenerationOutput | Iterator[Piece]:
     """Sample ``n`` sequences of ``length`` tokens from a masked-diffusion language model.
@@ -374,6 +380,8 @@ def generate(
     ``options`` -- sampler options (e.g. ``threshold`` for ``threshold``/``adablock``).
     ``cache`` -- ``None``, ``"prefix"`` or ``"dual"``: KV caches (:mod:`reverie.discrete.cache`;
     exact on block-causal models, Fast-dLLM's approximate ones on bidirectional models).
+    ``cancel`` -- called before every model call; when it returns true, generation stops with
+    :class:`Cancelled` (a server whose clients all left).
     Returns ``LongTensor[n, length]`` (or a :class:`GenerationOutput` with ``return_stats``).
     """
     # --- block diffusion and KV caches (reverie.discrete.block / cache) ---
@@ -544,6 +552,7 @@ def generate(
     track = eos_id is not None or bool(stops) or stream  # check row ends at every step
     texts = getattr(model, "tokenizer", None) is not None and (track or return_stats)
     run.ends = _Ends(model, gen_start.to(device), eos_id, stops, track, texts)
+    run.cancel = cancel
     run.origin = origin.to(device)
     run.free = free.to(device)
     if cache is not None:  # the cache stands in for the model (reverie.discrete.cache)
@@ -598,12 +607,16 @@ class _Run:
         self.cached = _CachedModel(model, pad)
         self.positions = torch.arange(length, device=device)
         self.carry: Any = None
+        self.cancel: Callable[[], bool] | None = None
         self.iters = 0
-        self.template: Tensor | None = None  # fixed tokens after the prompt (a scaffold)
         self.origin = torch.zeros(n, dtype=torch.long, device=device)  # where blocks tile from
         self.ends: _Ends | None = None
         self.x: Tensor | None = None  # the canvas, once the loop has run
         self.free: Tensor | None = None  # the positions generation decides [n, L]
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("generation was cancelled")
 
     def draw(self, *shape: int) -> Tensor:
         return self.draw_rows(None, *shape)
@@ -690,6 +703,7 @@ class _Run:
                 )
             t, s = self.info.clock(self.model.process, rows, masked & in_block, self.draw,
                                    new_block)
+            self.check_cancel()
             logp = self.cached(x, t, need)
             if self.info.blocks.plan(rows, new_block, logp, x, mask_id, self.opts, block_length,
                                      n_gen, steps, self.length):
@@ -725,6 +739,7 @@ class _Run:
         for j in range(steps):
             rows.step[:] = j
             t, s = grid_times(rows)
+            self.check_cancel()
             logp = self.cached(x, t, need)
             x = self.step(x, rows, t, s, logp, active, need, need & (j == 0))
             bar.update(n)

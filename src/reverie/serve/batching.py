@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import time
 from collections.abc import Callable, Hashable
@@ -264,38 +263,12 @@ def count_tokens(model: Any, text: str) -> int:
         return len(tok.encode(text))
 
 
-class _Stopped(Exception):
-    """Every request of the running batch was cancelled."""
-
-
-_STOPPABLE: dict[type, type] = {}
-
-
-def _stoppable(model: Any, stop: Callable[[], bool]) -> Any:
-    """A shallow copy of ``model`` whose calls raise :class:`_Stopped` once ``stop()`` holds:
-    a check before every denoising step (the stream of :func:`~reverie.discrete.generate`
-    gives control back only on steps that commit text). Its class is a subclass of the
-    model's, so ``generate`` treats it as the model itself."""
-    cls = type(model)
-    sub = _STOPPABLE.get(cls)
-    if sub is None:
-        def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if self._serve_stop():
-                raise _Stopped
-            return cls.__call__(self, *args, **kwargs)
-
-        sub = _STOPPABLE[cls] = type(cls.__name__, (cls,), {"__call__": __call__})
-    proxy = copy.copy(model)
-    proxy.__class__ = sub
-    proxy._serve_stop = stop
-    return proxy
-
-
 def run_text(jobs: list[Job]) -> None:
     """One :func:`reverie.discrete.generate` call for all rows of ``jobs`` (equal keys)."""
     import torch
 
     from reverie.discrete import SAMPLERS, generate
+    from reverie.discrete.generate import Cancelled
 
     w: TextWork = jobs[0].work
     owner = [(job, i) for job in jobs for i in range(job.rows)]  # batch row -> (job, its row)
@@ -303,12 +276,13 @@ def run_text(jobs: list[Job]) -> None:
     gens = [torch.Generator().manual_seed(s) for job in jobs for s in job.work.seeds]
     revises = SAMPLERS[w.sampler].revises  # such samplers cannot stream, stop or end at EOS
     t0 = time.perf_counter()
-    model = _stoppable(w.model, lambda: all(j.cancelled for j in jobs))
+    model = w.model
     # one constraint per row (requests with different schemas share the call), or none
     per_row = [job.work.constraint for job in jobs for _ in range(job.rows)]
     common = dict(max_new_tokens=w.max_new_tokens, steps=w.steps, sampler=w.sampler,
                   temperature=w.temperature, generator=gens,
-                  constraint=per_row if any(c is not None for c in per_row) else None)
+                  constraint=per_row if any(c is not None for c in per_row) else None,
+                  cancel=lambda: all(j.cancelled for j in jobs))  # checked before model calls
     try:
         if revises:
             texts = generate(model, prompt=prompts, return_stats=True, **common).texts
@@ -324,7 +298,7 @@ def run_text(jobs: list[Job]) -> None:
                         job.piece(i, str(piece))
             finally:
                 pieces.close()
-    except _Stopped:
+    except Cancelled:
         return  # nobody waits for this batch any more
     seconds = time.perf_counter() - t0
     counts = [count_tokens(w.model, t) for t in texts]
