@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -77,14 +78,7 @@ def to_cnf(rules: list[tuple[str, list[Symbol]]], top: str) -> CNF:
         work.append((head, body))
     work = list(dict.fromkeys(work))
     # DEL: drop empty bodies, adding the variants without nullable symbols
-    nullable: set[str] = set()
-    changed = True
-    while changed:
-        changed = False
-        for head, body in work:
-            if head not in nullable and all(isinstance(s, str) and s in nullable for s in body):
-                nullable.add(head)
-                changed = True
+    nullable = _heads_where(work, lambda s, known: isinstance(s, str) and s in known)
     out = set()
     for head, body in work:
         if len(body) == 2:
@@ -117,14 +111,7 @@ def to_cnf(rules: list[tuple[str, list[Symbol]]], top: str) -> CNF:
         by_head[h].append(b)
     final = {(a, body) for a in heads for b in closure[a] for body in by_head.get(b, ())}
     # keep generating symbols reachable from the top
-    gen: set[str] = set()
-    changed = True
-    while changed:
-        changed = False
-        for h, b in final:
-            if h not in gen and all(isinstance(s, int) or s in gen for s in b):
-                gen.add(h)
-                changed = True
+    gen = _heads_where(final, lambda s, known: isinstance(s, int) or s in known)
     final = {(h, b) for h, b in final
              if h in gen and all(isinstance(s, int) or s in gen for s in b)}
     reach, todo = {top}, [top]
@@ -142,6 +129,20 @@ def to_cnf(rules: list[tuple[str, list[Symbol]]], top: str) -> CNF:
     binary = tuple(sorted((idx[h], idx[b[0]], idx[b[1]]) for h, b in final if len(b) == 2))
     leaves = tuple(sorted((idx[h], b[0]) for h, b in final if len(b) == 1))
     return CNF(tuple(names), binary, leaves, idx[top])
+
+
+def _heads_where(rules: Any, holds: Callable[[Symbol, set[str]], bool]) -> set[str]:
+    """The smallest set of heads that have a body whose every symbol ``holds`` (given the set
+    found so far): the nullable symbols, or the generating ones."""
+    known: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for head, body in rules:
+            if head not in known and all(holds(s, known) for s in body):
+                known.add(head)
+                changed = True
+    return known
 
 
 def _terminal_rules(name: str, pattern: Any) -> list[tuple[str, list[Symbol]]]:
