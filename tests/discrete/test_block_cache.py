@@ -64,6 +64,23 @@ def test_exact_prefix_cache_gives_the_uncached_tokens(block_lm, sampler):
     assert not torch.equal(generate(block_lm, generator=_gens(3, 9), **kw).tokens, ref.tokens)
 
 
+@pytest.mark.parametrize("sampler", ["low_confidence", "ancestral"])
+def test_exact_prefix_cache_with_ragged_prompts_and_unaligned_blocks(block_lm, sampler):
+    """Left-padded rows run in their own coordinates, and generation blocks that start
+    mid attention block (prompt lengths not a multiple of the block size, max_new_tokens):
+    the cache gives the uncached tokens, and each row equals itself generated alone."""
+    prompts = [[1, 2, 3, 4, 5], [1, 2], [3, 4, 5, 6, 7, 8, 9, 10, 11]]
+    kw = dict(max_new_tokens=48, steps=48, sampler=sampler, block_length=16)
+    ref = generate(block_lm, prompt=prompts, generator=_gens(3), **kw)
+    out = generate(block_lm, prompt=prompts, generator=_gens(3), cache="prefix", **kw)
+    assert torch.equal(out, ref)
+    for r, p in enumerate(prompts):
+        alone = generate(block_lm, prompt=p, generator=_gens(1, r), cache="prefix", **kw)
+        assert torch.equal(alone[0], out[r, out.shape[1] - alone.shape[1]:])
+    assert not torch.equal(generate(block_lm, prompt=prompts, generator=_gens(3, 9),
+                                    cache="prefix", **kw), out)
+
+
 def test_prefix_cache_on_a_bidirectional_model_is_not_exact(block_lm):
     """Same weights, but attention that sees later blocks: the cached keys and values of
     finished blocks go stale, and the check above rejects the cache."""

@@ -298,7 +298,8 @@ class ExactPrefixCache:
 
     exact = True
 
-    def __init__(self, model: BlockCausalLM, n: int, length: int, block_length: int):
+    def __init__(self, model: BlockCausalLM, n: int, length: int, block_length: int,
+                 pad: Tensor | None = None, origin: Tensor | None = None):
         if not model.has_cache_path:
             raise ValueError(
                 f"cache='prefix' needs a network with a KV-cache path (forward_cached, "
@@ -307,6 +308,10 @@ class ExactPrefixCache:
         self.model = model
         self.block_length = block_length
         self.cache = model.network.new_cache(n, length)
+        # left padding per row (a row runs in its own coordinates: column - pad, as the
+        # uncached reference calls it on its unpadded part) and where its blocks tile from
+        self.pad = torch.zeros(n, dtype=torch.long) if pad is None else pad.long().cpu()
+        self.origin = self.pad.clone() if origin is None else origin.long().cpu()
         self.logp: Tensor | None = None
         self.last_x: Tensor | None = None
         self.nfe = 0
@@ -321,27 +326,35 @@ class ExactPrefixCache:
 
     def __call__(self, x: Tensor, t: Tensor, need: Tensor) -> Tensor:
         n, length = x.shape
-        mask_id, bl = self.model.mask_id, self.block_length
+        mask_id, bl, bs = self.model.mask_id, self.block_length, self.model.block_size
         if self.logp is None:  # uniform over the vocabulary until a position is evaluated
             v = self.model.vocab_size
             self.logp = subs(torch.zeros(n, length, v, device=x.device), x, mask_id)
             self.last_x = torch.full_like(x, -1)
         pos = torch.arange(length, device=x.device)
-        first = torch.where(x == mask_id, pos, length).min(-1).values
-        lo = (first // bl) * bl  # the tile holding the first masked position
+        first = torch.where(x == mask_id, pos, length).min(-1).values.cpu()
+        # the generation block holding the first masked position (generate tiles blocks of
+        # ``bl`` from each row's origin) and the attention blocks covering it, in row
+        # coordinates: everything before them is final and committed to the cache
+        lo = self.origin + ((first - self.origin) // bl) * bl
+        hi = torch.minimum(lo + bl, torch.full_like(lo, length))
+        start = ((lo - self.pad) // bs) * bs
+        end = torch.minimum(-((self.pad - hi) // bs) * bs, length - self.pad)
         # rows whose input changed (a model without time conditioning repeats itself otherwise)
-        rows = need & (x != self.last_x).any(-1)
-        filled = self.cache.length.to(x.device)
+        rows = (need & (x != self.last_x).any(-1)).cpu()
+        filled = self.cache.length.cpu()
+        keys = torch.stack([start, end, filled], -1)
         with torch.no_grad():
-            # one forward per (block start, cached length): the finished tokens between them
-            # are committed in the same forward that denoises the block
-            for start, f in torch.stack([lo, filled], -1)[rows].unique(dim=0).tolist():
-                group = (rows & (lo == start) & (filled == f)).nonzero().squeeze(-1)
-                end = min(start + bl, length)
+            # one forward per (window, cached length): the finished tokens between the cache
+            # and the window are committed in the same forward that denoises the block
+            for a, b, f in keys[rows].unique(dim=0).tolist():
+                group = (rows & (keys == torch.tensor([a, b, f])).all(-1)).nonzero().squeeze(-1)
+                cols = self.pad[group, None] + torch.arange(f, b)  # [rows, b - f] columns
+                tokens = x[group[:, None], cols.to(x.device)]
                 logits = self.model.network.forward_cached(
-                    self.cache, group, x[group, f:end], f, commit=start - f
+                    self.cache, group.to(x.device), tokens, f, commit=a - f
                 )
-                self.logp[group, f:end] = subs(logits, x[group, f:end], mask_id)
+                self.logp[group[:, None], cols.to(x.device)] = subs(logits, tokens, mask_id)
                 self.nfe += 1
                 self.row_evals += len(group)
         self.last_x[rows] = x[rows]

@@ -44,8 +44,11 @@ def _network(model: Any) -> Any:
     return net if isinstance(net, TinyTransformer) else None
 
 
-def make_cache(kind: str, model: Any, n: int, length: int, block_length: int) -> Any:
-    """The object :func:`~reverie.discrete.generate` calls instead of the model."""
+def make_cache(kind: str, model: Any, n: int, length: int, block_length: int,
+               pad: Any = None, origin: Any = None) -> Any:
+    """The object :func:`~reverie.discrete.generate` calls instead of the model. ``pad`` --
+    left padding per row (ragged prompts; the exact prefix cache only); ``origin`` -- the
+    column each row's blocks tile from."""
     if kind not in CACHES:
         raise ValueError(f"cache must be None, 'prefix' or 'dual', got {kind!r}")
     if isinstance(model, BlockCausalLM):
@@ -54,7 +57,10 @@ def make_cache(kind: str, model: Any, n: int, length: int, block_length: int) ->
                 "cache='dual' is for bidirectional models; a block-causal model never attends "
                 "to later blocks, so its exact cache is cache='prefix'"
             )
-        return ExactPrefixCache(model, n, length, block_length)
+        return ExactPrefixCache(model, n, length, block_length, pad, origin)
+    if pad is not None:
+        raise ValueError(f"cache={kind!r} needs prompts of one length for now (left-padded rows "
+                         "would need per-row positions); pass length= or equal prompts")
     if getattr(model, "time_conditioned", True):
         raise ValueError(
             f"cache={kind!r} needs a model without time conditioning (cached keys and values "
@@ -67,7 +73,7 @@ def make_cache(kind: str, model: Any, n: int, length: int, block_length: int) ->
             f"(its layers expose keys and values); {type(model).__name__} does not, so use "
             "cache=None"
         )
-    return FastDLLMCache(model, net, kind, n, length, block_length)
+    return FastDLLMCache(model, net, kind, n, length, block_length, origin)
 
 
 class FastDLLMCache:
@@ -77,8 +83,10 @@ class FastDLLMCache:
     exact = False
 
     def __init__(self, model, net: TinyTransformer, kind: str, n: int, length: int,
-                 block_length: int):
+                 block_length: int, origin: Tensor | None = None):
         self.model, self.net, self.kind, self.block_length = model, net, kind, block_length
+        # the column each row's blocks tile from (generate's origin)
+        self.origin = torch.zeros(n, dtype=torch.long) if origin is None else origin.long().cpu()
         p = net.tok.weight
         heads, dim = net.config["heads"], net.config["dim"]
         self.cache = KVCache(len(net.blocks), n, heads, length, dim // heads, p.dtype, p.device)
@@ -101,8 +109,8 @@ class FastDLLMCache:
             self.logp = torch.zeros(n, length, self.model.vocab_size, device=x.device)
             self.last_x = torch.full_like(x, -1)
         pos = torch.arange(length, device=x.device)
-        first = torch.where(x == mask_id, pos, length).min(-1).values
-        lo = ((first // bl) * bl).cpu()
+        first = torch.where(x == mask_id, pos, length).min(-1).values.cpu()
+        lo = self.origin + ((first - self.origin) // bl) * bl  # the current generation block
         rows = (need & (x != self.last_x).any(-1)).cpu()
         refresh = rows & (lo != self.block_of)
         with torch.no_grad():

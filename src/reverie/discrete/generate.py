@@ -558,10 +558,7 @@ def generate(
     if cache is not None:  # the cache stands in for the model (reverie.discrete.cache)
         from reverie.discrete.cache import make_cache
 
-        if run.pad is not None:
-            raise ValueError("cache= needs prompts of one length for now (left-padded rows "
-                             "would need per-row block ids); pass length= or equal prompts")
-        run.cached = make_cache(cache, model, n, width, fixed_bl)
+        run.cached = make_cache(cache, model, n, width, fixed_bl, run.pad, origin)
     x = x.to(device)
     if kind == "masked":
         bar = progress_bar(sum(n_free), progress, info.name, unit="tok")
