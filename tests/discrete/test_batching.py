@@ -275,12 +275,12 @@ def test_stop_strings_never_leak_even_across_token_boundaries(stop):
 
 
 def test_stop_strings_on_tiny_json(tiny):
-    out = generate(tiny, ['{"name":"', "{"], max_new_tokens=30, stop=['",', "}"],
+    out = generate(tiny, ['{"name":"', "{"], max_new_tokens=30, stop=[",", "}"],
                    generator=seeded_generators(0, 2), return_stats=True)
     full = generate(tiny, ['{"name":"', "{"], max_new_tokens=30,
                     generator=seeded_generators(0, 2), return_stats=True)
     for t, f in zip(out.texts, full.texts):
-        assert '",' not in t and "}" not in t
+        assert "," not in t and "}" not in t
         assert f.startswith(t) and len(t) < len(f)
 
 

@@ -247,12 +247,12 @@ def tiny_json():
 def test_fast_dllm_cache_refreshed_every_step_is_the_uncached_run(tiny_json, kind):
     """Blocks of one token refresh the cache at every step: the uncached tokens. With blocks
     of 8 the stale keys and values change the tokens (the approximation is visible)."""
-    kw = dict(prompt='{"name":', length=32, steps=24, sampler="ancestral", n=2)
-    ref = generate(tiny_json, block_length=1, generator=_gens(2), **kw)
-    assert torch.equal(generate(tiny_json, block_length=1, cache=kind, generator=_gens(2), **kw),
+    kw = dict(prompt='{"name":', length=32, steps=24, sampler="ancestral", n=8)
+    ref = generate(tiny_json, block_length=1, generator=_gens(8), **kw)
+    assert torch.equal(generate(tiny_json, block_length=1, cache=kind, generator=_gens(8), **kw),
                        ref)
-    ref8 = generate(tiny_json, block_length=8, generator=_gens(2), **kw)
-    out8 = generate(tiny_json, block_length=8, cache=kind, generator=_gens(2), **kw)
+    ref8 = generate(tiny_json, block_length=8, generator=_gens(8), **kw)
+    out8 = generate(tiny_json, block_length=8, cache=kind, generator=_gens(8), **kw)
     assert not torch.equal(out8, ref8)
     assert out8.shape == ref8.shape and not bool((out8 == tiny_json.mask_id).any())
 

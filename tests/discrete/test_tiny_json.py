@@ -62,7 +62,7 @@ def adablock_blocks(model) -> tuple[torch.Tensor, list[tuple[int, int, int, int]
 
     # a wider window and a lower confidence bar than the defaults: the bundled model predicts
     # a comma confidently only a few positions ahead
-    out = generate(model, length=64, steps=48, sampler=replace(base, decide=decide), n=4,
+    out = generate(model, length=64, steps=48, sampler=replace(base, decide=decide), n=6,
                    generator=torch.Generator().manual_seed(1), window=0.5,
                    delimiter_threshold=0.1)
     return out, blocks
@@ -79,7 +79,7 @@ def test_adablock_uses_the_models_delimiters(model):
     out, blocks = adablock_blocks(model)
     assert bool((out != model.mask_id).all())
     assert blocks_end_at(blocks, model.delimiter_ids), blocks
-    # mostly the sample has the comma where its block was planned to end (measured 8 of 12)
+    # mostly the sample has the comma where its block was planned to end (measured 5 of 9)
     comma = model.encode(",")[0]
     ends = [(r, hi - 1) for r, _, hi, tok in blocks if tok == comma]
     assert sum(int(out[r, i]) == comma for r, i in ends) >= len(ends) // 2
