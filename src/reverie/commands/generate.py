@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="KV cache: exact prefix cache on block-causal models; Fast-dLLM's "
                    "approximate prefix / dual caches on bidirectional ones (default: none)")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--n", type=int, default=1, help="number of samples")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=1,
+                   help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="sample k uses seed + k")
     p.add_argument("--threshold", type=float, default=None,
                    help="confidence threshold (threshold / adablock samplers)")
@@ -69,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is fastest for small models on busy machines)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, distributed_ok=True)  # runs sharded under torchrun
 
 
 def run(args: argparse.Namespace) -> int:

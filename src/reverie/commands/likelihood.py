@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None,
                    help="'test' (held-out), 'train' or 'all' digits; or a .pt/.npy/.npz file of "
                         "[N, *sample_shape] data; default for toys: samples of the toy itself")
-    p.add_argument("--n", type=int, default=None, help="score only the first N points")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=None,
+                   help="score only the first N points")
     p.add_argument("--divergence", choices=DIVERGENCES, default=None,
                    help="default: exact up to 16 dimensions, hutchinson above")
     p.add_argument("--probe", choices=PROBES, default="rademacher")

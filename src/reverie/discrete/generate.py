@@ -339,6 +339,7 @@ def generate(
     chat: bool = False,
     cache: str | None = None,
     cancel: Callable[[], bool] | None = None,
+    distributed: bool = False,
     **options: Any,
 ) -> Tensor | GenerationOutput | Iterator[Piece]:
     """Sample ``n`` sequences of ``length`` tokens from a masked-diffusion language model.
@@ -382,8 +383,18 @@ def generate(
     exact on block-causal models, Fast-dLLM's approximate ones on bidirectional models).
     ``cancel`` -- called before every model call; when it returns true, generation stops with
     :class:`Cancelled` (a server whose clients all left).
+    ``distributed`` -- shard the rows over the ``torch.distributed`` process group (one
+    generator per row needed) and gather them on every rank: the same result as one process
+    (:func:`reverie.distributed.generate`).
     Returns ``LongTensor[n, length]`` (or a :class:`GenerationOutput` with ``return_stats``).
     """
+    if distributed:  # every argument, as given, to the sharded form (reverie.distributed)
+        args = dict(locals())  # the parameters: nothing else is bound yet
+        args.update(args.pop("options"))
+        del args["distributed"]
+        from reverie import distributed as _dist
+
+        return _dist.generate(generate, args)
     # --- block diffusion and KV caches (reverie.discrete.block / cache) ---
     if hasattr(model, "generate_canvases"):  # a model with its own canvas loop (DiffusionGemma)
         if constraint is not None or guidance_scale != 1.0 or temperature != 1.0:
