@@ -49,6 +49,8 @@ __all__ = [
 TIMEOUT = timedelta(seconds=float(os.environ.get("REVERIE_DIST_TIMEOUT", "300")))
 
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+# attributes through which denoisers and models hold their network (a bound method: __self__)
+_HOLDERS = ("net", "network", "model", "fn", "denoiser", "__self__")
 
 
 def is_initialized() -> bool:
@@ -150,16 +152,16 @@ def map_rows(
 
 
 def fingerprint(obj: Any) -> tuple[int, float] | None:
-    """A cheap identity of the weights behind ``obj`` (a module, or a denoiser / model whose
-    ``net`` / ``model`` / ``denoiser`` holds one): parameter count and float64 sum; ``None``
-    when no module is found. Ranks compare it with :func:`agree`."""
-    for _ in range(4):  # denoiser -> wrapped denoiser -> net
+    """A cheap identity of the weights behind ``obj`` (a module, or a denoiser / model that
+    holds one, see ``_HOLDERS``): parameter count and float64 sum; ``None`` when no module is
+    found. Ranks compare it with :func:`agree`."""
+    for _ in range(5):  # guidance -> denoiser -> its function -> the module
         if isinstance(obj, torch.nn.Module):
             with torch.no_grad():
                 params = list(obj.parameters())
                 total = sum(float(p.detach().double().sum()) for p in params)
-            return sum(p.numel() for p in params), round(total, 6)
-        obj = next((getattr(obj, a) for a in ("net", "model", "denoiser") if hasattr(obj, a)),
+            return sum(p.numel() for p in params), total
+        obj = next((getattr(obj, a) for a in _HOLDERS if hasattr(obj, a)),
                    None)
         if obj is None:
             return None
