@@ -74,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from reverie import distributed as dist
     from reverie._random import seeded_generators
     from reverie.discrete import SAMPLERS, generate, load_model
     from reverie.discrete.generate import end_token_id
@@ -110,10 +111,13 @@ def run(args: argparse.Namespace) -> int:
         model, prompt=prompts if len(prompts) > 1 else prompts[0], steps=args.steps,
         sampler=args.sampler, block_length=args.block_length, temperature=args.temperature,
         n=1 if len(prompts) > 1 else args.n, generator=seeded_generators(args.seed, rows),
-        guidance_scale=args.guidance_scale, progress=not args.no_progress and not args.stream,
+        guidance_scale=args.guidance_scale,
+        progress=not args.no_progress and not args.stream and dist.is_main(),
         return_stats=not args.stream, stop=args.stop, stream=args.stream, chat=args.chat,
-        cache=args.cache, **size, **options,
+        cache=args.cache, distributed=dist.is_initialized(), **size, **options,
     )
+    if not dist.is_main():  # under torchrun rank 0 prints and writes every rank's rows
+        return 0
     # with --stop / --eos / --stream the text is the prompt (not with --chat) + the generated
     # text cut at the end; otherwise the whole decoded canvas, as before
     heads = [("" if args.chat or p is None else p) for p in prompts]
