@@ -59,7 +59,7 @@ if __name__ == "__main__":
     model = reverie.load("two-moons")
     with dist.launched():
         if sys.argv[1] == "equal":
-            out = {"ddpm5": sample(model, 5, 3, "ddpm", True),
+            out = {"ddpm33": sample(model, 33, 3, "ddpm", True),  # odd: 17 + 16 rows
                    "euler1": sample(model, 1, 3, "euler", True),  # n < world size
                    "tokens": tokens(True), "mismatch": mismatch()}
             torch.save(out, f"{sys.argv[2]}.{dist.rank()}.pt")
