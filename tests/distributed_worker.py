@@ -3,6 +3,7 @@
 ``fail``: rank 1's model raises mid-run."""
 
 import sys
+from dataclasses import asdict
 
 import torch
 
@@ -10,6 +11,7 @@ import reverie
 from reverie import distributed as dist
 from reverie._random import seeded_generators
 from reverie.discrete import generate, load_model
+from reverie.likelihood import log_likelihood
 
 PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]  # ragged: 3 rows over 2 ranks
 
@@ -19,6 +21,13 @@ def sample(model, n: int, seed: int, sampler: str, distributed: bool):
     noise = reverie.randn((n, 2), seeded_generators(seed, n))
     gens = seeded_generators(seed + 1000, n) if sampler == "ddpm" else None
     return reverie.sample(model.denoiser, noise, sampler, steps=8, generator=gens,
+                          distributed=distributed)
+
+
+def likelihood(model, n: int, distributed: bool):
+    """log p(x) of n two-moons points (float64, loose tolerances: a few steps), with the info."""
+    x = torch.randn(n, 2, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    return log_likelihood(model.denoiser, x, rtol=1e-3, atol=1e-3, return_info=True,
                           distributed=distributed)
 
 
@@ -61,7 +70,9 @@ if __name__ == "__main__":
         if sys.argv[1] == "equal":
             out = {"ddpm33": sample(model, 33, 3, "ddpm", True),  # odd: 17 + 16 rows
                    "euler1": sample(model, 1, 3, "euler", True),  # n < world size
-                   "tokens": tokens(True), "mismatch": mismatch()}
+                   "tokens": tokens(True), "mismatch": mismatch(),
+                   "ll33": asdict(likelihood(model, 33, True)),
+                   "ll1": asdict(likelihood(model, 1, True))}
             torch.save(out, f"{sys.argv[2]}.{dist.rank()}.pt")
         else:
             noise = reverie.randn((6, 2), seeded_generators(0, 6))

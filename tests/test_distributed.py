@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import reverie
+import reverie.likelihood
 from reverie import distributed as dist
 from reverie._checks import UserError
 from reverie.cli import main
@@ -66,6 +67,23 @@ def test_sample_on_two_ranks_equals_one_process(two_ranks):
     naive = torch.cat([worker.sample(model, 17, 3, "ddpm", False),
                        worker.sample(model, 16, 3, "ddpm", False)])
     assert not torch.equal(two_ranks[0]["ddpm33"], naive)
+
+
+def test_likelihood_on_two_ranks_equals_one_process(two_ranks):
+    model = reverie.load("two-moons")
+    for key, n in [("ll33", 33), ("ll1", 1)]:  # 1 row: rank 1 steps along with no rows
+        one = worker.asdict(worker.likelihood(model, n, distributed=False))
+        for got in two_ranks:  # the same values, steps and model calls
+            assert got[key].keys() == one.keys()
+            for field, value in one.items():
+                same = torch.equal(got[key][field], value) if torch.is_tensor(value) else \
+                    got[key][field] == value
+                assert same, (key, field)
+    # the check can fail: shards with their own step control (no shared norm) differ
+    x = torch.randn(33, 2, generator=torch.Generator().manual_seed(33), dtype=torch.float64)
+    naive = torch.cat([reverie.likelihood.log_likelihood(model.denoiser, part, rtol=1e-3,
+                                                         atol=1e-3) for part in (x[:17], x[17:])])
+    assert not torch.equal(two_ranks[0]["ll33"]["log_likelihood"], naive)
 
 
 def test_ranks_with_different_weights_all_raise(two_ranks):

@@ -14,6 +14,7 @@ distributed=True)`` and the command line under ``torchrun`` (see docs/distribute
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -43,6 +44,8 @@ __all__ = [
     "launched",
     "sample",
     "generate",
+    "log_likelihood",
+    "global_max",
 ]
 
 #: How long a collective waits for the other ranks before failing (a dead rank never hangs a job).
@@ -244,13 +247,62 @@ def sample(
     agree((n, tuple(noise.shape), str(noise.dtype), fingerprint(denoiser)),
           "the number / shape of the samples or the model's weights")
 
-    def run(lo: int, hi: int) -> Tensor:
-        part = {k: v[lo:hi] if isinstance(v, Tensor) and v.ndim and len(v) == n else v
-                for k, v in (cond or {}).items()}  # per-sample conditioning is sharded too
+    def run(lo: int, hi: int) -> Tensor:  # per-sample conditioning is sharded too
         return fn(denoiser, noise[lo:hi], generator=None if gens is None else gens[lo:hi],
-                  cond=part, progress=progress and is_main(), **kwargs)
+                  cond=_shard_cond(cond, n, slice(lo, hi)), progress=progress and is_main(),
+                  **kwargs)
 
     return map_rows(run, n, noise.device)
+
+
+def _shard_cond(cond: Mapping[str, Any] | None, n: int, index: Any) -> dict[str, Any]:
+    """``cond`` for the rows ``index``: tensors with the batch first are indexed, the rest kept."""
+    return {k: v[index] if isinstance(v, Tensor) and v.ndim and len(v) == n else v
+            for k, v in (cond or {}).items()}
+
+
+def global_max(norms: Tensor) -> float:
+    """The largest of every rank's ``norms`` (0 for a rank with none; NaN if any rank has one):
+    the batch norm of an adaptive solver whose batch is split over the ranks."""
+    local = norms.max() if norms.numel() else norms.new_zeros(())
+    flags = torch.stack([local.double(), local.isnan().double()]).to(_comm_device())
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return math.nan if flags[1] > 0 else float(flags[0])
+
+
+def log_likelihood(
+    fn: Callable[..., Any],
+    denoiser: Any,
+    x: Tensor,
+    generator: Any,
+    cond: Mapping[str, Any] | None,
+    return_info: bool,
+    kwargs: dict[str, Any],
+) -> Any:
+    """``reverie.likelihood.log_likelihood(..., distributed=True)``: each rank integrates its
+    rows of ``x``; the adaptive solver's error norm is the maximum over every rank's rows
+    (:func:`global_max`), so all ranks take the single-process run's steps and the gathered
+    result is its result. A rank with no rows integrates row 0 in lockstep, leaves it out of
+    the norm and drops it. Hutchinson probes need one generator per row."""
+    from reverie.likelihood import LikelihoodResult
+
+    require_group("reverie.likelihood.log_likelihood")
+    n = len(x)
+    hutchinson = kwargs["divergence"] == "hutchinson"
+    gens = _per_row(generator, n, "log_likelihood", allow_none=False) if hutchinson else None
+    agree((n, tuple(x.shape), str(x.dtype), fingerprint(denoiser)),
+          "the data's shape or the model's weights")
+    rows = shard(n)
+    real = len(rows)
+    index = list(rows) or [0]  # an empty rank still takes every step with the others
+    res = fn(denoiser, x[index], generator=None if gens is None else [gens[i] for i in index],
+             cond=_shard_cond(cond, n, index), return_info=True,
+             _reduce=lambda norms: global_max(norms[:real]), **kwargs)
+    ll, prior, delta, x_T = (gather_rows(t[:real] if real else None, x.device) for t in
+                             (res.log_likelihood, res.prior, res.delta, res.x_T))
+    if not return_info:
+        return ll
+    return LikelihoodResult(ll, prior, delta, x_T, res.nfe, res.steps, res.rejected)
 
 
 def generate(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
