@@ -31,10 +31,10 @@ def likelihood(model, n: int, distributed: bool):
                           distributed=distributed)
 
 
-def tokens(distributed: bool):
+def tokens(distributed: bool, rows: int = 3, **kw):
     model = load_model("tiny-json")
-    return generate(model, PROMPTS, max_new_tokens=10, generator=seeded_generators(7, 3),
-                    distributed=distributed)
+    return generate(model, PROMPTS[:rows], max_new_tokens=10,
+                    generator=seeded_generators(7, rows), distributed=distributed, **kw)
 
 
 def mismatch() -> str:
@@ -72,7 +72,8 @@ if __name__ == "__main__":
                    "euler1": sample(model, 1, 3, "euler", True),  # n < world size
                    "tokens": tokens(True), "mismatch": mismatch(),
                    "ll33": asdict(likelihood(model, 33, True)),
-                   "ll1": asdict(likelihood(model, 1, True))}
+                   "ll1": asdict(likelihood(model, 1, True)),
+                   "stats1": asdict(tokens(True, 1, return_stats=True))}  # rank 1: no rows
             torch.save(out, f"{sys.argv[2]}.{dist.rank()}.pt")
         else:
             noise = reverie.randn((6, 2), seeded_generators(0, 6))

@@ -97,6 +97,11 @@ def test_generate_on_two_ranks_equals_one_process(two_ranks):
     assert one.shape[1] == 5 + 10  # the widest prompt sets the width: rank 1 re-pads its row
     for got in two_ranks:
         assert torch.equal(got["tokens"], one)
+    one = worker.asdict(worker.tokens(False, 1, return_stats=True))
+    one_tokens = one.pop("tokens")
+    for got in two_ranks:  # a rank with no rows gets the other's tokens, texts and counts
+        assert torch.equal(got["stats1"].pop("tokens"), one_tokens)
+        assert got["stats1"] == one and one["texts"] is not None
     # the check can fail: the rows of another seed differ
     model = worker.load_model("tiny-json")
     other = worker.generate(model, worker.PROMPTS, max_new_tokens=10,

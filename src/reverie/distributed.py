@@ -14,6 +14,7 @@ distributed=True)`` and the command line under ``torchrun`` (see docs/distribute
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -284,8 +285,6 @@ def log_likelihood(
     (:func:`global_max`), so all ranks take the single-process run's steps and the gathered
     result is its result. A rank with no rows integrates row 0 in lockstep, leaves it out of
     the norm and drops it. Hutchinson probes need one generator per row."""
-    from reverie.likelihood import LikelihoodResult
-
     require_group("reverie.likelihood.log_likelihood")
     n = len(x)
     hutchinson = kwargs["divergence"] == "hutchinson"
@@ -302,18 +301,20 @@ def log_likelihood(
                              (res.log_likelihood, res.prior, res.delta, res.x_T))
     if not return_info:
         return ll
-    return LikelihoodResult(ll, prior, delta, x_T, res.nfe, res.steps, res.rejected)
+    return dataclasses.replace(res, log_likelihood=ll, prior=prior, delta=delta, x_T=x_T)
 
 
-def generate(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
+def generate(fn: Callable[..., Any], args: dict[str, Any], prompts: list[Tensor], fill: int,
+             output: Callable[..., Any]) -> Any:
     """``reverie.discrete.generate(..., distributed=True)``: the prompt rows (and per-row
     generators and constraints) are sharded over the ranks, each rank runs ``fn`` (the
     single-process ``generate``) on its rows, and the canvases are gathered on every rank,
     left padded to the widest one exactly as one process pads them (rows of different widths
-    come from ragged prompts with ``max_new_tokens``). ``return_stats``: tokens and texts are
-    gathered, ``nfe`` and ``row_evals`` summed, ``steps`` the largest of the ranks'."""
-    from reverie.discrete.generate import GenerationOutput, _pad_id, _prompt_rows
-
+    come from ragged prompts with ``max_new_tokens``). ``prompts`` -- the validated prompt
+    rows, ``fill`` -- the left-padding id, ``output`` -- ``GenerationOutput`` (all three from
+    ``generate``, which this module does not import). ``return_stats``: tokens
+    and texts are gathered, ``nfe`` and ``row_evals`` summed, ``steps`` the largest of the
+    ranks'."""
     require_group("reverie.discrete.generate")
     model = args["model"]
     if args.get("stream"):
@@ -321,7 +322,6 @@ def generate(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
     if hasattr(model, "generate_canvases"):
         raise UserError(f"generate(distributed=True) does not support {type(model).__name__} "
                         "(a model with its own canvas loop) yet")
-    prompts = _prompt_rows(model, args["prompt"], args["n"], bool(args["chat"]))
     n = len(prompts)
     gens = _per_row(args["generator"], n, "reverie.discrete.generate", allow_none=False)
     constraint = args["constraint"]
@@ -337,11 +337,9 @@ def generate(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
                 "constraint": list(constraint[lo:hi]) if per_row else constraint,
                 "progress": args["progress"] and is_main()}
         out = fn(**part)
-    tokens = out.tokens if isinstance(out, GenerationOutput) else out
+    tokens = out.tokens if args["return_stats"] and out is not None else out
     widths = _all_gather_object(0 if tokens is None else tokens.shape[1])
     if tokens is not None and tokens.shape[1] < max(widths):  # left pad as one process does
-        fill = _pad_id(model)
-        fill = fill if fill is not None else 1 if model.mask_id == 0 else 0
         left = torch.full((len(tokens), max(widths) - tokens.shape[1]), fill, dtype=tokens.dtype,
                           device=tokens.device)
         tokens = torch.cat([left, tokens], 1)
@@ -353,5 +351,5 @@ def generate(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
                                                          out.texts))
     done = [s for s in stats if s is not None]
     texts = None if done[0][3] is None else [t for s in done for t in s[3]]
-    return GenerationOutput(tokens, sum(s[0] for s in done), sum(s[1] for s in done),
-                            max(s[2] for s in done), texts)
+    return output(tokens, sum(s[0] for s in done), sum(s[1] for s in done),
+                  max(s[2] for s in done), texts)
