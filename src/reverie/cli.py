@@ -65,8 +65,8 @@ def _call(args: argparse.Namespace) -> int:
     from reverie.distributed import launched, launched_by_torchrun
 
     if launched_by_torchrun() and not getattr(args, "distributed_ok", False):
-        raise UserError(f"reverie {args.command} does not run under torchrun yet (sample and "
-                        "generate do); run it without torchrun")
+        raise UserError(f"reverie {args.command} does not run under torchrun yet (sample, "
+                        "generate and likelihood do); run it without torchrun")
     with launched(getattr(args, "device", None)):
         return int(args.func(args) or 0)
 
