@@ -1,5 +1,6 @@
 """Run by tests/test_distributed.py under ``python -m torch.distributed.run`` (2 ranks, gloo):
-``equal OUT``: sample and generate with distributed=True, each rank saves what it got;
+``equal OUT``: sample, generate and log_likelihood with distributed=True, each rank saves
+what it got;
 ``fail``: rank 1's model raises mid-run."""
 
 import sys
