@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 import traceback
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return int(args.func(args) or 0)
+        return _call(args)
     except USER_ERRORS as err:
         # the user's input (an argument, an option, a file): one clear line, no traceback
         print(f"reverie {args.command}: error: {err}", file=sys.stderr)
@@ -55,6 +56,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reverie {args.command}: internal error (the traceback above says where)",
               file=sys.stderr)
         return 1
+
+
+def _call(args: argparse.Namespace) -> int:
+    """Run the command; under torchrun, inside the process group (reverie.distributed)."""
+    if "WORLD_SIZE" not in os.environ:  # not under a launcher: no torch import here
+        return int(args.func(args) or 0)
+    from reverie.distributed import launched, launched_by_torchrun
+
+    if launched_by_torchrun() and not getattr(args, "distributed_ok", False):
+        raise UserError(f"reverie {args.command} does not run under torchrun yet (sample, "
+                        "generate and likelihood do); run it without torchrun")
+    with launched(getattr(args, "device", None)):
+        return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

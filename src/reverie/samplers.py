@@ -1005,6 +1005,7 @@ def sample(
     progress: bool = False,
     *,
     cond: Mapping[str, Any] | None = None,
+    distributed: bool = False,
     **options: Any,
 ) -> Tensor:
     """Draw samples: start from ``sigma(t_0) * noise`` and walk the grid with ``sampler``.
@@ -1014,13 +1015,22 @@ def sample(
     name from :data:`reverie.grids.GRIDS`, a tensor (then ``steps`` is its length - 1), or
     ``None`` for the sampler's preferred spacing. ``generator`` may be one generator or one per
     sample. ``cond`` is passed to every model call; ``options`` go to the sampler (e.g.
-    ``eta`` for DDIM, ``s_churn`` for Heun). Returns the samples ``x0``.
+    ``eta`` for DDIM, ``s_churn`` for Heun). ``distributed``: shard the samples over the
+    ``torch.distributed`` process group (one generator per sample, or none for a deterministic
+    sampler) and gather them on every rank, equal to one process's
+    (:func:`reverie.distributed.sample`). Returns the samples ``x0``.
     """
     info = SAMPLERS[sampler] if isinstance(sampler, str) else sampler
     positive_int("steps", steps)
     g = resolve_grid(info, denoiser.process, steps, grid)
     if not isinstance(noise, Tensor) or not noise.is_floating_point():
         raise TypeError("noise must be a floating-point tensor (standard normal, batch first)")
+    if distributed:  # each rank runs this function on its rows (reverie.distributed)
+        from reverie import distributed as _dist
+
+        kwargs = {"sampler": info, "steps": steps, "grid": grid, **options}
+        return _dist.sample(sample, denoiser, noise, generator, info.stochastic, cond, progress,
+                            kwargs)
     x = noise * float(denoiser.process.sigma(g[0]))
     return run(
         info, denoiser, x, g, generator=generator, cond=cond, progress=progress, **options

@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default="ddpm")
     p.add_argument("--steps", type=int, default=None,
                    help="sampler steps (default 500 for or/and, 50 otherwise)")
-    p.add_argument("--n", type=int, default=2000, help="number of samples")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=2000,
+                   help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is fastest for small models on a busy machine)")

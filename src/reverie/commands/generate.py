@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="KV cache: exact prefix cache on block-causal models; Fast-dLLM's "
                    "approximate prefix / dual caches on bidirectional ones (default: none)")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--n", type=int, default=1, help="number of samples")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=1,
+                   help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="sample k uses seed + k")
     p.add_argument("--threshold", type=float, default=None,
                    help="confidence threshold (threshold / adablock samplers)")
@@ -69,10 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is fastest for small models on busy machines)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, distributed_ok=True)  # runs sharded under torchrun
 
 
 def run(args: argparse.Namespace) -> int:
+    from reverie import distributed as dist
     from reverie._random import seeded_generators
     from reverie.discrete import SAMPLERS, generate, load_model
     from reverie.discrete.generate import end_token_id
@@ -109,10 +111,13 @@ def run(args: argparse.Namespace) -> int:
         model, prompt=prompts if len(prompts) > 1 else prompts[0], steps=args.steps,
         sampler=args.sampler, block_length=args.block_length, temperature=args.temperature,
         n=1 if len(prompts) > 1 else args.n, generator=seeded_generators(args.seed, rows),
-        guidance_scale=args.guidance_scale, progress=not args.no_progress and not args.stream,
+        guidance_scale=args.guidance_scale,
+        progress=not args.no_progress and not args.stream and dist.is_main(),
         return_stats=not args.stream, stop=args.stop, stream=args.stream, chat=args.chat,
-        cache=args.cache, **size, **options,
+        cache=args.cache, distributed=dist.is_initialized(), **size, **options,
     )
+    if not dist.is_main():  # under torchrun rank 0 prints and writes every rank's rows
+        return 0
     # with --stop / --eos / --stream the text is the prompt (not with --chat) + the generated
     # text cut at the end; otherwise the whole decoded canvas, as before
     heads = [("" if args.chat or p is None else p) for p in prompts]

@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None,
                    help="'test' (held-out), 'train' or 'all' digits; or a .pt/.npy/.npz file of "
                         "[N, *sample_shape] data; default for toys: samples of the toy itself")
-    p.add_argument("--n", type=int, default=None, help="score only the first N points")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=None,
+                   help="score only the first N points")
     p.add_argument("--divergence", choices=DIVERGENCES, default=None,
                    help="default: exact up to 16 dimensions, hutchinson above")
     p.add_argument("--probe", choices=PROBES, default="rademacher")
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is fastest for small models on a busy machine)")
     p.add_argument("--out", default=None, help="write per-sample results as JSON here")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, distributed_ok=True)  # batches sharded under torchrun
 
 
 def _load_data(spec: str | None, model, n: int | None, seed: int) -> tuple[torch.Tensor, str]:
@@ -85,6 +86,7 @@ def _load_data(spec: str | None, model, n: int | None, seed: int) -> tuple[torch
 
 
 def _run(args: argparse.Namespace) -> int:
+    from reverie import distributed as dist
     from reverie.commands._models import resolve
     from reverie.likelihood import bits_per_dim, log_likelihood
 
@@ -112,7 +114,13 @@ def _run(args: argparse.Namespace) -> int:
     lls, nfes = [], []
     t0 = time.perf_counter()
     starts = range(0, x.shape[0], args.batch_size)
-    for start in progress_iter(starts, True, "likelihood", unit="batch"):
+    if dist.is_initialized():  # under torchrun each rank takes its share of the batches, each
+        # batch with its own generator as in one process: the same numbers, bitwise
+        dist.agree((tuple(x.shape), float(x.sum()), dist.fingerprint(model.denoiser)),
+                   "the data or the model's weights")
+        mine = dist.shard(len(starts))
+        starts = starts[mine.start : mine.stop]
+    for start in progress_iter(starts, dist.is_main(), "likelihood", unit="batch"):
         xb = x[start:start + args.batch_size]
         res = log_likelihood(
             model.denoiser, xb, args.divergence, probe=args.probe, n_probes=args.n_probes,
@@ -120,7 +128,11 @@ def _run(args: argparse.Namespace) -> int:
             rtol=args.rtol, atol=args.atol, sample_shape=model.sample_shape, return_info=True)
         lls.append(res.log_likelihood)
         nfes.append(res.nfe)
+    if dist.is_initialized():
+        lls, nfes = [dist.gather_rows(torch.cat(lls) if lls else None)], dist.gather_objects(nfes)
     seconds = time.perf_counter() - t0
+    if not dist.is_main():  # rank 0 reports and writes
+        return 0
     ll = torch.cat(lls)
     dims = math.prod(model.sample_shape)
     bpd = bits_per_dim(ll, dims)

@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--fit-n", type=int, default=256,
                    help="noises used by --grid fit (half fit, half validate; default 256)")
-    p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
+                   help="number of samples (default 64)")
     p.add_argument(
         "--seed", type=int, default=0, help="seed; sample k depends only on seed + k (default 0)"
     )
@@ -98,7 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch CPU threads (1 is fastest for the small bundled models on a "
                         "busy machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, distributed_ok=True)  # runs sharded under torchrun
 
 
 def _check_outputs(outs: list[str]) -> list[Path]:
@@ -257,6 +258,7 @@ def _text_to_image(model, args, info, outs, options) -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from reverie import distributed as dist
     from reverie import plot
     from reverie.hub import load
     from reverie.samplers import SAMPLERS, resolve_grid
@@ -277,6 +279,10 @@ def run(args: argparse.Namespace) -> int:
     options = _route_options(args, info, parse_options(args.option))
     state_dtype, net_dtype = _dtypes(args.dtype)
     model = load(args.model, dtype=net_dtype, device=args.device)
+    sharded = dist.is_initialized()  # under torchrun: this rank draws its share of the samples
+    if sharded and (_is_text_to_image(model) or args.trajectories):
+        raise ValueError("text-to-image pipelines and --trajectories do not run under torchrun "
+                         "yet; run them in one process")
     if _is_text_to_image(model):
         args.steps = 20 if args.steps is None else args.steps
         return _text_to_image(model, args, info, outs, options)
@@ -330,23 +336,22 @@ def run(args: argparse.Namespace) -> int:
         )
         samples, nfe = out.x0, out.nfe
     else:
-        samples = model.sample(
-            args.n,
-            sampler=args.sampler,
-            steps=args.steps,
-            grid=args.grid,
-            seed=args.seed,
-            labels=labels,
-            cfg_scale=args.cfg,
-            guidance=args.guidance,
-            guidance_options=args.guidance_options,
-            dtype=dtype,
-            progress=not args.quiet,
-            **options,
-        )
+        kw = dict(sampler=args.sampler, steps=args.steps, grid=args.grid, cfg_scale=args.cfg,
+                  guidance=args.guidance, guidance_options=args.guidance_options, dtype=dtype,
+                  progress=not args.quiet and dist.is_main(), **options)
+        if sharded:  # rows lo..hi are model.sample(n)[lo:hi]: sample k depends on seed + k only
+            dist.agree((args.n, dist.fingerprint(model.net)), "--n or the model's weights")
+            per_row = isinstance(labels, torch.Tensor) and labels.ndim > 0
+            samples = dist.map_rows(lambda lo, hi: model.sample(
+                hi - lo, seed=args.seed + lo, labels=labels[lo:hi] if per_row else labels, **kw),
+                args.n)
+        else:
+            samples = model.sample(args.n, seed=args.seed, labels=labels, **kw)
         nfe = info.nfe(args.steps)
     seconds = time.perf_counter() - t0
     samples = samples.detach().cpu()
+    if not dist.is_main():  # rank 0 writes and reports for every rank
+        return 0
 
     what = f"{model.name}, {args.sampler}, {args.steps} steps ({nfe} NFE)"
     if labels is not None:

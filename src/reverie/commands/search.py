@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: classifier:7 for digits, linear:0.75,0.5 for 2-D models)")
     p.add_argument("--method", default="fk", help="search method (see reverie.search.METHODS)")
     p.add_argument("--budget", type=int, required=True, help="network evaluations per sample")
-    p.add_argument("--n", type=int, default=16, help="samples returned (default 16)")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=16,
+                   help="samples returned (default 16)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="T of the target p(x) exp(r(x)/T) (default 1)")
     p.add_argument("--steps", type=int, default=20, help="sampler steps per trajectory (20)")

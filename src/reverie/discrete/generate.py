@@ -295,6 +295,12 @@ def _chat_prompts(model: TokenDenoiserBase, prompt: Any) -> list[list[int]]:
     return out
 
 
+def _fill_id(model: TokenDenoiserBase) -> int:
+    """The id of left padding (never seen by the model): its pad id, else any id but the mask."""
+    fill = _pad_id(model)
+    return fill if fill is not None else 1 if model.mask_id == 0 else 0
+
+
 def _pad_id(model: TokenDenoiserBase) -> int | None:
     """The model's padding id (its ``pad_id`` or its tokenizer's ``pad_token_id``), else None."""
     for value in (getattr(model, "pad_id", None),
@@ -339,6 +345,7 @@ def generate(
     chat: bool = False,
     cache: str | None = None,
     cancel: Callable[[], bool] | None = None,
+    distributed: bool = False,
     **options: Any,
 ) -> Tensor | GenerationOutput | Iterator[Piece]:
     """Sample ``n`` sequences of ``length`` tokens from a masked-diffusion language model.
@@ -382,8 +389,19 @@ def generate(
     exact on block-causal models, Fast-dLLM's approximate ones on bidirectional models).
     ``cancel`` -- called before every model call; when it returns true, generation stops with
     :class:`Cancelled` (a server whose clients all left).
+    ``distributed`` -- shard the rows over the ``torch.distributed`` process group (one
+    generator per row needed) and gather them on every rank: the same result as one process
+    (:func:`reverie.distributed.generate`).
     Returns ``LongTensor[n, length]`` (or a :class:`GenerationOutput` with ``return_stats``).
     """
+    if distributed:  # every argument, as given, to the sharded form (reverie.distributed)
+        args = dict(locals())  # the parameters: nothing else is bound yet
+        args.update(args.pop("options"))
+        del args["distributed"]
+        from reverie import distributed as _dist
+
+        return _dist.generate(generate, args, _prompt_rows(model, prompt, n, bool(chat)),
+                              _fill_id(model), GenerationOutput)
     # --- block diffusion and KV caches (reverie.discrete.block / cache) ---
     if hasattr(model, "generate_canvases"):  # a model with its own canvas loop (DiffusionGemma)
         if constraint is not None or guidance_scale != 1.0 or temperature != 1.0:
@@ -541,8 +559,7 @@ def generate(
     run = _Run(model, info, opts, float(temperature), n, width, generator, device,
                pad.to(device) if bool(pad.any()) else None)
     x = torch.full((n, width), model.mask_id if kind == "masked" else 0, dtype=torch.long)
-    fill = _pad_id(model)  # left padding (never seen by the model): its pad, else any id
-    fill = fill if fill is not None else 1 if model.mask_id == 0 else 0
+    fill = _fill_id(model)
     for r, p in enumerate(prompts):
         x[r, : int(pad[r])] = fill
         x[r, int(pad[r]) : int(gen_start[r])] = p

@@ -48,7 +48,7 @@ from torch import Tensor
 from reverie._checks import positive_int
 from reverie._random import Generators, randn
 from reverie.denoisers import DenoiserBase
-from reverie.likelihood.ode import TABLEAUS, solve_ode
+from reverie.likelihood.ode import TABLEAUS, batch_max, solve_ode
 
 __all__ = [
     "DIVERGENCES",
@@ -161,6 +161,8 @@ def log_likelihood(
     sample_shape: Sequence[int] | None = None,
     max_steps: int = 10_000,
     return_info: bool = False,
+    distributed: bool = False,
+    _reduce: Callable[[Tensor], float] = batch_max,
 ) -> Tensor | LikelihoodResult:
     """``log p_0(x)`` in nats, ``[batch]``, by the probability-flow ODE (Song et al. 2021,
     eq. D.2) solved with an adaptive embedded Runge-Kutta method.
@@ -176,6 +178,10 @@ def log_likelihood(
     ``prior`` -- ``log p_T`` as a function of ``x_T`` (default ``N(0, sigma(t_max)^2 I)``).
     ``cond`` -- passed to every model call. ``sample_shape`` -- if given (or if the denoiser
     has a ``sample_shape`` attribute), ``x`` must be ``[batch, *sample_shape]``.
+
+    ``distributed`` -- shard the rows over the ``torch.distributed`` process group; the ranks
+    share one step-size control (:func:`reverie.distributed.log_likelihood`), so the result is
+    one process's.
 
     Returns the log-likelihoods, or a :class:`LikelihoodResult` (with the NFE, the prior term
     and ``x_T``) when ``return_info=True``. Convert with :func:`bits_per_dim`.
@@ -204,6 +210,14 @@ def log_likelihood(
             f"need t_clean={process.t_clean} < t_min={lo} < t_max={hi} <= process.t_max="
             f"{process.t_max}"
         )
+    if distributed:  # each rank integrates its rows (reverie.distributed)
+        from reverie import distributed as _dist
+
+        kwargs = dict(divergence=divergence, probe=probe, n_probes=n_probes, method=method,
+                      rtol=rtol, atol=atol, t_min=t_min, t_max=t_max, prior=prior,
+                      sample_shape=sample_shape, max_steps=max_steps)
+        return _dist.log_likelihood(log_likelihood, denoiser, x, generator, cond, return_info,
+                                    kwargs)
     cond = dict(cond or {})
     batch, dims = x.shape[0], x[0].numel()
     s_lo, _ = _rf_s(process, lo)
@@ -241,7 +255,8 @@ def log_likelihood(
 
     zeros = torch.zeros(batch, 1, dtype=x.dtype, device=x.device)
     y0 = torch.cat([z_lo.reshape(batch, dims), zeros], 1)
-    sol = solve_ode(rhs, y0, s_lo, s_hi, method=method, rtol=rtol, atol=atol, max_steps=max_steps)
+    sol = solve_ode(rhs, y0, s_lo, s_hi, method=method, rtol=rtol, atol=atol, max_steps=max_steps,
+                    reduce=_reduce)
     z_hi = sol.y[:, :-1].reshape(x.shape)
     x_hi = scale_hi * z_hi
     prior_fn = prior if prior is not None else gaussian_prior(float(process.sigma(hi)))

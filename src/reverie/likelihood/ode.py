@@ -90,10 +90,16 @@ class OdeSolution:
     rejected: int
 
 
-def _error_norm(err: Tensor, y0: Tensor, y1: Tensor, rtol: float, atol: float) -> float:
+def batch_max(norms: Tensor) -> float:
+    """The largest of the per-row norms: one step size for the whole batch."""
+    return float(norms.max())
+
+
+def _error_norm(err: Tensor, y0: Tensor, y1: Tensor, rtol: float, atol: float,
+                reduce: Callable[[Tensor], float] = batch_max) -> float:
     """Hairer's scaled RMS norm per batch element (eq. II.4.11), maximised over the batch."""
     scale = atol + rtol * torch.maximum(y0.abs(), y1.abs())
-    return float(((err / scale) ** 2).mean(dim=1).sqrt().max())
+    return reduce(((err / scale) ** 2).mean(dim=1).sqrt())
 
 
 def solve_ode(
@@ -108,13 +114,15 @@ def solve_ode(
     first_step: float | None = None,
     max_steps: int = 10_000,
     safety: float = 0.9,
+    reduce: Callable[[Tensor], float] = batch_max,
 ) -> OdeSolution:
     """Integrate ``dy/dt = f(t, y)`` from ``t0`` to ``t1`` (either direction) with the embedded
     Runge-Kutta pair ``method`` and error control (Hairer et al. 1993, sec. II.4).
 
     ``y0`` is ``[batch, n]``; ``f`` takes a Python float time and a ``[batch, n]`` tensor. Raises
     ``ValueError`` for bad arguments and ``RuntimeError`` when ``max_steps`` is exhausted or the
-    state becomes non-finite.
+    state becomes non-finite. ``reduce`` turns per-row norms into the batch's one norm (a
+    process group's maximum over every rank's rows: reverie.distributed.log_likelihood).
     """
     if method not in TABLEAUS:
         raise ValueError(f"unknown ODE method {method!r}; expected one of {', '.join(TABLEAUS)}")
@@ -131,7 +139,7 @@ def solve_ode(
     k1 = f(t, y)
     nfe = 1
     if first_step is None:
-        h, extra = _initial_step(f, t, y, k1, tab.order, rtol, atol, direction)
+        h, extra = _initial_step(f, t, y, k1, tab.order, rtol, atol, direction, reduce)
         nfe += extra
     else:
         h = abs(float(first_step))
@@ -156,7 +164,7 @@ def solve_ode(
             nfe += 1
         y_new = y + hs * sum(b * k for b, k in zip(tab.b, ks) if b != 0.0)
         err = hs * sum(e * k for e, k in zip(tab.b_err, ks) if e != 0.0)
-        norm = _error_norm(err, y, y_new, rtol, atol)
+        norm = _error_norm(err, y, y_new, rtol, atol, reduce)
         if not math.isfinite(norm):
             if h < 1e-12 * abs(span):
                 raise RuntimeError(f"solve_ode: non-finite state at t={t:.6g}")
@@ -182,14 +190,15 @@ def solve_ode(
     return OdeSolution(y, nfe, steps, rejected)
 
 
-def _initial_step(f, t, y, f0, order, rtol, atol, direction) -> tuple[float, int]:
+def _initial_step(f, t, y, f0, order, rtol, atol, direction, reduce=batch_max
+                  ) -> tuple[float, int]:
     """Hairer et al. (1993) sec. II.4 starting step: one extra evaluation of ``f``."""
     scale = atol + rtol * y.abs()
-    d0 = float(((y / scale) ** 2).mean(1).sqrt().max())
-    d1 = float(((f0 / scale) ** 2).mean(1).sqrt().max())
+    d0 = reduce(((y / scale) ** 2).mean(1).sqrt())
+    d1 = reduce(((f0 / scale) ** 2).mean(1).sqrt())
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     f1 = f(t + direction * h0, y + direction * h0 * f0)
-    d2 = float((((f1 - f0) / scale) ** 2).mean(1).sqrt().max()) / h0
+    d2 = reduce((((f1 - f0) / scale) ** 2).mean(1).sqrt()) / h0
     if max(d1, d2) <= 1e-15:
         h1 = max(1e-6, h0 * 1e-3)
     else:
