@@ -13,6 +13,7 @@ See :mod:`reverie.process`, :mod:`reverie.denoisers`, :mod:`reverie.grids` and
 
 from reverie._checks import UserError
 from reverie._random import randn, seeded_generators
+from reverie.brownian import BrownianTree
 from reverie.denoisers import PREDICTIONS, ClassifierFreeGuidance, Denoiser, DenoiserBase
 from reverie.grid_fit import optimize_grid
 from reverie.grids import GRIDS, make_grid
@@ -42,6 +43,7 @@ def __getattr__(name: str):  # reverie.diffusers imports diffusers, so only on f
 
 
 __all__ = [
+    "BrownianTree",
     "EDM",
     "GRIDS",
     "PREDICTIONS",
