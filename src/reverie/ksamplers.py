@@ -280,7 +280,8 @@ def deis(denoiser, state, sch, *, generator, cond, max_order: int, lower_order_f
     ``eps`` is extrapolated by the Lagrange polynomial in ``log rho`` through the last
     ``order`` predictions (eq. 14 with the polynomial in log rho):
 
-        x_{i+1} / alpha_{i+1} = x_i / alpha_i + sum_k eps_{i-k} int_{rho_i}^{rho_{i+1}} L_k(log rho) drho.
+        x_{i+1} / alpha_{i+1} = x_i / alpha_i
+                                + sum_k eps_{i-k} int_{rho_i}^{rho_{i+1}} L_k(log rho) drho.
 
     First order (= DDIM) while the history fills, from ``alpha = 0`` and onto sigma = 0;
     ``lower_order_final``: below 15 steps the step before the final one is at most second
