@@ -130,6 +130,19 @@ def test_euler_ancestral_matches_diffusers_pathwise(mixture):
     assert float((other_seed - ref).abs().max()) > 1
 
 
+def test_euler_ancestral_is_ddpm_at_eta_one(mixture):
+    """Euler ancestral's kernel at eta = 1 is DDPM's posterior step (same grid, same noise);
+    at eta = 0.5 it is not."""
+    proc = reverie.EDM()
+    den = mixture.denoiser(proc)
+    grid = reverie.make_grid(proc, 12, "karras")
+    x = torch.randn(64, 2, generator=gen(0), dtype=torch.float64) * float(proc.sigma(grid[0]))
+    ddpm = run("ddpm", den, x, grid, generator=gen(3)).x0
+    torch.testing.assert_close(run("euler_ancestral", den, x, grid, generator=gen(3)).x0, ddpm)
+    half = run("euler_ancestral", den, x, grid, generator=gen(3), eta=0.5).x0
+    assert float((half - ddpm).abs().max()) > 0.1
+
+
 @pytest.mark.parametrize("steps", [8, 20])
 def test_lms_matches_diffusers(mixture, steps):
     """k-diffusion's LMS (order 4, the final step included) is diffusers' LMSDiscreteScheduler;

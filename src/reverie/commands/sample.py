@@ -407,7 +407,8 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             **options,
         )
-        nfe = info.nfe(args.steps)
+        # SDEdit runs the last int(steps * strength) steps of the grid
+        nfe = info.nfe(args.steps if args.init is None else int(args.steps * args.strength))
     seconds = time.perf_counter() - t0
     samples = samples.detach().cpu()
 
