@@ -267,7 +267,9 @@ def lms(denoiser, state, sch, *, generator, cond, max_order: int) -> Transition:
     "deis",
     order=3,
     stochastic=False,
-    grid=_TRAILING_ON_VP,
+    # on a VP diffusers' DEIS "linspace" spacing (`uniform`): on the tuning mixtures (1, 2,
+    # 101-104) as good as `trailing` at 5 NFE, 6-24% better at 10-20 NFE
+    grid={"VP": "uniform", "*": "logsnr"},
     max_order=3,
     lower_order_final=True,
     description="DEIS (Zhang & Chen 2023): exponential multistep, eps interpolated in log rho, "
@@ -283,9 +285,10 @@ def deis(denoiser, state, sch, *, generator, cond, max_order: int, lower_order_f
         x_{i+1} / alpha_{i+1} = x_i / alpha_i
                                 + sum_k eps_{i-k} int_{rho_i}^{rho_{i+1}} L_k(log rho) drho.
 
-    First order (= DDIM) while the history fills, from ``alpha = 0`` and onto sigma = 0;
-    ``lower_order_final``: below 15 steps the step before the final one is at most second
-    order (diffusers' default).
+    First order (= DDIM) while the history fills and from ``alpha = 0``; the final step onto
+    sigma = 0 at full order (the integral to rho = 0 exists; diffusers takes this step, to
+    sigma(t = 0), at full order too); ``lower_order_final``: below 15 steps the last two steps
+    are second and first order (diffusers' default).
 
     memory = the past ``eps`` predictions (oldest first) at finite ``rho``."""
     if max_order not in (1, 2, 3):
@@ -298,9 +301,9 @@ def deis(denoiser, state, sch, *, generator, cond, max_order: int, lower_order_f
     hist = (*state.memory, eps)[-max_order:]  # eps predictions, oldest first
     memory = tuple(hist[1:] if len(hist) == max_order else hist)
     order = len(hist)
-    if lower_order_final and sch.steps < 15 and j == sch.steps - 1:
-        order = min(order, 2)
-    if sch.sigma[j] == 0 or order == 1:
+    if lower_order_final and sch.steps < 15 and j >= sch.steps - 1:
+        order = min(order, 2 if j == sch.steps - 1 else 1)  # diffusers' last two steps
+    if order == 1:
         return Transition(_ddim(x0, eps, sch, j), 0.0, x0, memory)
     nodes = [sch.sigma_ve[i - k] for k in range(order)]  # rho_i, rho_{i-1}, ... (newest first)
     coeffs = lagrange_integrals(nodes, sch.sigma_ve[i], sch.sigma_ve[j], log=True)
@@ -317,7 +320,7 @@ def deis(denoiser, state, sch, *, generator, cond, max_order: int, lower_order_f
     "res_multistep",
     order=2,
     stochastic=False,
-    grid=_TRAILING_ON_VP,
+    grid=_TRAILING_ON_VP,  # on the tuning mixtures `uniform` was 2-7x worse at 5-20 NFE
     eta=0.0,
     s_noise=1.0,
     noise_sampler="gaussian",
