@@ -11,6 +11,7 @@ See :mod:`reverie.process`, :mod:`reverie.denoisers`, :mod:`reverie.grids` and
 :mod:`reverie.samplers`.
 """
 
+from reverie import ksamplers as _ksamplers  # noqa: F401  (registers its samplers into SAMPLERS)
 from reverie._checks import UserError
 from reverie._random import randn, seeded_generators
 from reverie.brownian import BrownianTree

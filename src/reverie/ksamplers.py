@@ -4,8 +4,8 @@ Each is k-diffusion's (Crowson, ``k_diffusion/sampling.py``) or ComfyUI's
 (``comfy/k_diffusion/sampling.py``) loop body, written once in ``alpha``/``sigma`` form so it
 runs on every process (VP, VE/EDM, flows): k-diffusion's state ``x / alpha`` and noise level
 ``sigma / alpha`` (EDM's VE coordinates) become ``x`` and the grid's ``alpha``, ``sigma``, and
-its ``t = -log sigma`` is the half log-SNR ``lambda``. Registered on import of
-:mod:`reverie.samplers` (their names are in ``reverie.SAMPLERS``).
+its ``t = -log sigma`` is the half log-SNR ``lambda``. Registered by ``import reverie``
+(their names are in ``reverie.SAMPLERS``).
 
 The stochastic ones take ``eta`` (the ancestral noise fraction), ``s_noise`` (a scale on the
 added noise) and ``noise_sampler``: ``"gaussian"`` (fresh noise per step from ``generator``,

@@ -1093,8 +1093,3 @@ def warm_start(
     t = grid[k]
     x = float(process.alpha(t)) * init.to(noise) + float(process.sigma(t)) * noise
     return grid[k:], x
-
-
-# the k-diffusion / ComfyUI samplers (euler_ancestral, dpmpp_2s_ancestral, dpmpp_sde, lms, deis,
-# res_multistep) register themselves into SAMPLERS
-from reverie import ksamplers as _ksamplers  # noqa: E402, F401
