@@ -12,10 +12,12 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import diffusers
 import numpy as np
 import pytest
 import torch
 from tests.conftest import gen
+from tests.test_diffusers_scheduler import pipe, pipeline_images, reverie_images  # noqa: F401
 from tests.test_samplers import (
     _diffusers_loop,
     _diffusers_sde_loop,
@@ -113,8 +115,6 @@ def test_dpmpp_sde_matches_the_exact_law(gaussian, proc):
 def test_euler_ancestral_matches_diffusers_pathwise(mixture):
     """Same grid, same generator (one float32 normal per step on both sides): equal to float32
     rounding; with s_noise 1.15 or another seed far apart."""
-    import diffusers
-
     proc = reverie.VP.linear()
     den = mixture.denoiser(proc)
     noise = torch.randn(256, 2, generator=gen(0))
@@ -147,8 +147,6 @@ def test_euler_ancestral_is_ddpm_at_eta_one(mixture):
 def test_lms_matches_diffusers(mixture, steps):
     """k-diffusion's LMS (order 4, the final step included) is diffusers' LMSDiscreteScheduler;
     order 3 differs."""
-    import diffusers
-
     proc = reverie.VP.linear()
     den = mixture.denoiser(proc)
     noise = torch.randn(256, 2, generator=gen(1), dtype=torch.float64)
@@ -165,8 +163,6 @@ def test_lms_matches_diffusers(mixture, steps):
 def test_deis_matches_diffusers(mixture, steps, order):
     """Every state but the last equals diffusers' DEISMultistepScheduler (diffusers' last step
     ends at sigma(t = 0) = 0.01, reverie's on the clean end); another order differs."""
-    import diffusers
-
     proc = reverie.VP.linear()
     den = mixture.denoiser(proc)
     noise = torch.randn(256, 2, generator=gen(2), dtype=torch.float64)
@@ -186,6 +182,25 @@ def test_deis_matches_diffusers(mixture, steps, order):
     ref = torch.stack(refs[:-1])
     torch.testing.assert_close(states(order), ref, rtol=2e-4, atol=2e-4)
     assert float((states(3 if order == 2 else 1) - ref).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "sampler,options",
+    [("euler_ancestral", {}), ("euler_ancestral", {"noise_sampler": "brownian_tree"}),
+     ("lms", {}), ("deis", {}), ("res_multistep", {})],
+)
+def test_in_a_diffusers_pipeline_equals_reverie_run(pipe, sampler, options):  # noqa: F811
+    """``reverie.diffusers.Scheduler(sampler)`` inside diffusers' DDPMPipeline (tiny random
+    UNet) gives exactly ``reverie.run`` on the same model, noise and generator; another sampler
+    does not. (The two-call stochastic samplers are refused there: a replayed step would redraw
+    its noise.)"""
+    config = diffusers.DDPMScheduler(beta_schedule="linear").config
+    sched = reverie.diffusers.Scheduler(sampler, config, **options)
+    ours = pipeline_images(pipe, sched, 6)
+    ref = reverie_images(pipe, config, sampler, 6, **options)
+    assert (ours - ref).abs().max() < 1e-5 * ref.abs().max()
+    other = reverie_images(pipe, config, "dpmpp_2m", 6)
+    assert (ours - other).abs().max() > 1e-3 * ref.abs().max()
 
 
 # ---------------------------------------------------------------------------------------------
