@@ -11,8 +11,10 @@ See :mod:`reverie.process`, :mod:`reverie.denoisers`, :mod:`reverie.grids` and
 :mod:`reverie.samplers`.
 """
 
+from reverie import ksamplers as _ksamplers  # noqa: F401  (registers its samplers into SAMPLERS)
 from reverie._checks import UserError
 from reverie._random import randn, seeded_generators
+from reverie.brownian import BrownianTree
 from reverie.denoisers import PREDICTIONS, ClassifierFreeGuidance, Denoiser, DenoiserBase
 from reverie.grid_fit import optimize_grid
 from reverie.grids import GRIDS, make_grid
@@ -42,6 +44,7 @@ def __getattr__(name: str):  # reverie.diffusers imports diffusers, so only on f
 
 
 __all__ = [
+    "BrownianTree",
     "EDM",
     "GRIDS",
     "PREDICTIONS",

@@ -35,6 +35,7 @@ from reverie._progress import progress_bar
 from reverie._random import Generators, randn_like, split_generators
 from reverie._registry import Registry
 from reverie._tensor import bcast
+from reverie.brownian import step_noise
 from reverie.denoisers import DenoiserBase
 from reverie.grids import GRIDS, check_grid, make_grid
 from reverie.process import GaussianProcess, RectifiedFlow
@@ -53,6 +54,7 @@ __all__ = [
     "sample",
     "resolve_grid",
     "default_grid_name",
+    "warm_start",
 ]
 
 
@@ -135,6 +137,9 @@ class Transition:
     x0: Tensor
     memory: tuple[Tensor, ...] = ()
     nfe: int = 1
+    # the unit normal to add (``x_{i+1} = mean + std * z``) where the sampler chose it itself
+    # (Brownian-tree noise); ``None``: a fresh draw from the generator
+    z: Tensor | None = None
 
 
 TransitionFn = Callable[..., Transition]
@@ -157,6 +162,9 @@ class Sampler:
     description: str
     nfe_per_step: int = 1  # model calls per step; the final step onto sigma = 0 costs one
     options: Mapping[str, Any] = field(default_factory=dict)
+    # False where a step also draws noise inside (DPM++ SDE's midpoint): then the step given
+    # ``x_i`` is not the Gaussian kernel N(mean, std^2) alone
+    gaussian_kernel: bool = True
 
     def nfe(self, steps: int) -> int:
         """Model calls used by ``steps`` steps."""
@@ -182,7 +190,8 @@ class Sampler:
             std = tr.std
             if isinstance(std, Tensor):
                 std = bcast(std, x).to(x.dtype)
-            x = x + std * randn_like(x, generator)
+            z = tr.z if tr.z is not None else randn_like(x, generator)
+            x = x + std * z
         return State(x, state.i + 1, tr.memory, state.nfe + tr.nfe)
 
     def __call__(
@@ -219,12 +228,14 @@ def register(
     grid: str | Mapping[str, str],
     description: str,
     nfe_per_step: int = 1,
+    gaussian_kernel: bool = True,
     **options: Any,
 ) -> Callable[[TransitionFn], TransitionFn]:
     """Decorator: register a transition function as a sampler."""
 
     def wrap(fn: TransitionFn) -> TransitionFn:
-        SAMPLERS.add(Sampler(name, fn, order, stochastic, grid, description, nfe_per_step, options))
+        SAMPLERS.add(Sampler(name, fn, order, stochastic, grid, description, nfe_per_step, options,
+                             gaussian_kernel))
         return fn
 
     return wrap
@@ -518,11 +529,15 @@ def dpmpp_2s(denoiser, state, sch, *, generator, cond) -> Transition:
     grid=_TRAILING_ON_VP,
     eta=1.0,
     s_noise=1.0,
+    noise_sampler="gaussian",
     description="DPM-Solver++(2M) SDE (midpoint variant, as in k-diffusion)",
 )
-def dpmpp_2m_sde(denoiser, state, sch, *, generator, cond, eta, s_noise) -> Transition:
+def dpmpp_2m_sde(
+    denoiser, state, sch, *, generator, cond, eta, s_noise, noise_sampler
+) -> Transition:
     """SDE-DPM-Solver++(2M), Lu et al. (2022) Appendix (k-diffusion ``sample_dpmpp_2m_sde``,
-    midpoint): a second-order exponential integrator of the reverse SDE with noise ``eta``."""
+    midpoint): a second-order exponential integrator of the reverse SDE with noise ``eta``.
+    ``noise_sampler="brownian_tree"``: Brownian-tree noise (:mod:`reverie.brownian`)."""
     i, j, x = state.i, state.i + 1, state.x
     x0 = _model(denoiser, x, sch.t[i], cond)
     if sch.sigma[j] == 0:
@@ -535,11 +550,13 @@ def dpmpp_2m_sde(denoiser, state, sch, *, generator, cond, eta, s_noise) -> Tran
         mean = mean + sch.alpha[j] * (-math.expm1(-(1 + eta) * h)) * (0.5 / r) * (
             x0 - state.memory[-1]
         )
-    return Transition(mean, _sde_std(sch, i, j, eta) * s_noise, x0, (x0,))
+    z = step_noise(noise_sampler, x, generator, sch, i, sch.t[j]) if eta else None
+    return Transition(mean, _sde_std(sch, i, j, eta) * s_noise, x0, (x0,), z=z)
 
 
 def _dpmpp_3m(
-    denoiser, state, sch, *, cond, eta, s_noise, legacy, lower_order_final=False
+    denoiser, state, sch, *, cond, eta, s_noise, legacy, lower_order_final=False,
+    generator=None, noise_sampler="gaussian",
 ) -> Transition:
     """DPM-Solver++(3M) with ``eta``-SDE noise (k-diffusion ``sample_dpmpp_3m_sde``).
 
@@ -575,7 +592,8 @@ def _dpmpp_3m(
         mean = mean + sch.alpha[j] * (phi_2 * d1 - c2 * phi_3 * d2)
     elif math.isfinite(h1):  # second order while the history fills
         mean = mean + sch.alpha[j] * phi_2 * (x0 - hist[-1]) / (h1 / h)
-    return Transition(mean, _sde_std(sch, i, j, eta) * s_noise, x0, memory)
+    z = step_noise(noise_sampler, x, generator, sch, i, sch.t[j]) if eta else None
+    return Transition(mean, _sde_std(sch, i, j, eta) * s_noise, x0, memory, z=z)
 
 
 @register(
@@ -586,12 +604,17 @@ def _dpmpp_3m(
     eta=1.0,
     s_noise=1.0,
     legacy=False,
+    noise_sampler="gaussian",
     description="DPM-Solver++(3M) SDE (third-order multistep with noise, as in k-diffusion)",
 )
-def dpmpp_3m_sde(denoiser, state, sch, *, generator, cond, eta, s_noise, legacy) -> Transition:
+def dpmpp_3m_sde(
+    denoiser, state, sch, *, generator, cond, eta, s_noise, legacy, noise_sampler
+) -> Transition:
     """SDE-DPM-Solver++(3M): k-diffusion's ``sample_dpmpp_3m_sde`` in alpha/sigma form, with
-    the third-order coefficient corrected (``legacy=True`` for the reference one)."""
-    return _dpmpp_3m(denoiser, state, sch, cond=cond, eta=eta, s_noise=s_noise, legacy=legacy)
+    the third-order coefficient corrected (``legacy=True`` for the reference one);
+    ``noise_sampler="brownian_tree"``: Brownian-tree noise (:mod:`reverie.brownian`)."""
+    return _dpmpp_3m(denoiser, state, sch, cond=cond, eta=eta, s_noise=s_noise, legacy=legacy,
+                     generator=generator, noise_sampler=noise_sampler)
 
 
 @register(
@@ -1006,6 +1029,8 @@ def sample(
     *,
     cond: Mapping[str, Any] | None = None,
     distributed: bool = False,
+    init: Tensor | None = None,
+    strength: float | None = None,
     **options: Any,
 ) -> Tensor:
     """Draw samples: start from ``sigma(t_0) * noise`` and walk the grid with ``sampler``.
@@ -1018,7 +1043,9 @@ def sample(
     ``eta`` for DDIM, ``s_churn`` for Heun). ``distributed``: shard the samples over the
     ``torch.distributed`` process group (one generator per sample, or none for a deterministic
     sampler) and gather them on every rank, equal to one process's
-    (:func:`reverie.distributed.sample`). Returns the samples ``x0``.
+    (:func:`reverie.distributed.sample`). ``init`` and ``strength`` (SDEdit / warm start,
+    :func:`warm_start`): start from ``init`` noised to the grid point where the last
+    ``int(steps * strength)`` steps begin. Returns the samples ``x0``.
     """
     info = SAMPLERS[sampler] if isinstance(sampler, str) else sampler
     positive_int("steps", steps)
@@ -1028,10 +1055,14 @@ def sample(
     if distributed:  # each rank runs this function on its rows (reverie.distributed)
         from reverie import distributed as _dist
 
+        if init is not None or strength is not None:
+            raise ValueError("init/strength (SDEdit) do not run with distributed=True yet")
         kwargs = {"sampler": info, "steps": steps, "grid": grid, **options}
         return _dist.sample(sample, denoiser, noise, generator, info.stochastic, cond, progress,
                             kwargs)
     x = noise * float(denoiser.process.sigma(g[0]))
+    if init is not None or strength is not None:  # SDEdit / warm start
+        g, x = warm_start(denoiser.process, g, noise, init, strength)
     return run(
         info, denoiser, x, g, generator=generator, cond=cond, progress=progress, **options
     ).x0
@@ -1040,3 +1071,37 @@ def sample(
 def select_generators(generator: Generators, index: Tensor) -> Generators:
     """Generators of a sub-batch (for particle methods that split a batch)."""
     return split_generators(generator, index)
+
+
+def warm_start(
+    process: GaussianProcess, grid: Tensor, noise: Tensor, init: Tensor | None,
+    strength: float | None,
+) -> tuple[Tensor, Tensor]:
+    """SDEdit (Meng et al. 2022, "SDEdit: guided image synthesis and editing with stochastic
+    differential equations") and warm starts: of a grid of ``N`` steps keep the last
+    ``int(N * strength)`` (diffusers' img2img rule) and start there from ``init`` noised by
+    the forward process, ``x = alpha(t_k) init + sigma(t_k) noise``. Returns ``(grid[k:], x)``.
+    At ``strength = 1`` the start is the prior ``sigma(t_0) noise`` and ``init`` is unused:
+    exactly sampling from ``noise`` (diffusers' img2img keeps ``alpha(t_0) init`` there)."""
+    if init is None or strength is None:
+        raise ValueError("init and strength go together: pass both (strength in (0, 1]) or "
+                         "neither")
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not (
+        0 < strength <= 1
+    ):
+        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+    if not isinstance(init, Tensor) or init.shape != noise.shape:
+        got = tuple(init.shape) if isinstance(init, Tensor) else type(init).__name__
+        raise ValueError(f"init must be a tensor shaped like noise {tuple(noise.shape)}, "
+                         f"got {got}")
+    steps = len(grid) - 1
+    run_steps = min(int(steps * strength), steps)
+    if run_steps < 1:
+        raise ValueError(f"strength {strength} of {steps} steps leaves no step to run "
+                         f"(int(steps * strength) = 0); raise steps or strength")
+    k = steps - run_steps
+    if k == 0:
+        return grid, noise * float(process.sigma(grid[0]))
+    t = grid[k]
+    x = float(process.alpha(t)) * init.to(noise) + float(process.sigma(t)) * noise
+    return grid[k:], x

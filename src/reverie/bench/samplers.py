@@ -62,6 +62,9 @@ def _peers() -> dict[str, tuple[Callable[..., Any], dict[str, Any]]]:
         ),
         "dpmpp_2s": (d.DPMSolverSinglestepScheduler, {}),
         "unipc": (d.UniPCMultistepScheduler, {}),
+        "euler_ancestral": (d.EulerAncestralDiscreteScheduler, {}),
+        "lms": (d.LMSDiscreteScheduler, {}),
+        "deis": (d.DEISMultistepScheduler, {"solver_order": 3}),
     }
 
 
@@ -89,6 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the noises and references")
     parser.add_argument("--plot", default=None, metavar="PATH",
                         help="also draw the defaults table as error-vs-NFE panels")
+    parser.add_argument("--samplers", default=None,
+                        help="comma-separated subset of the samplers (default: all)")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
 
@@ -241,12 +246,20 @@ def _score(sw: SlicedWasserstein, x: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+def _names(args: argparse.Namespace) -> list[str]:
+    """The samplers benchmarked: ``--samplers`` (checked against the registry) or all."""
+    spec = getattr(args, "samplers", None)
+    if not spec:
+        return list(SAMPLERS)
+    return [SAMPLERS[n.strip()].name for n in spec.split(",")]  # unknown names: a clear error
+
+
 def defaults(problems: dict[int, _Problem], args: argparse.Namespace) -> list[dict]:
     """No selection: each side's default at each NFE, on reference B."""
     rows = []
     for seed, pb in problems.items():
         for nfe in args.nfe:
-            for name in SAMPLERS:
+            for name in _names(args):
                 steps = _steps(name, nfe)
                 ours, used = pb.reverie(name, _default_grid(pb, name, steps), "B")
                 row = {"mixture": seed, "nfe": nfe, "method": name, "reverie": ours,
@@ -268,7 +281,7 @@ def tuned(problems: dict[int, _Problem], args: argparse.Namespace) -> list[dict]
     rows = []
     for seed, pb in problems.items():
         for nfe in args.nfe:
-            for name in _peers():
+            for name in [n for n in _peers() if n in _names(args)]:
                 if name == "dpmpp_2s":
                     continue  # single-step pairs: diffusers' grid is not a per-step grid
                 steps = _steps(name, nfe)
@@ -305,8 +318,8 @@ def fitted(problems: dict[int, _Problem], args: argparse.Namespace) -> list[dict
     rows = []
     for seed, pb in problems.items():
         for nfe in args.fit_nfe:
-            for name, info in SAMPLERS.items():
-                if info.stochastic:
+            for name in _names(args):
+                if SAMPLERS[name].stochastic:
                     continue
                 steps = _steps(name, nfe)
                 t0 = time.perf_counter()

@@ -95,11 +95,65 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="output file(s): .png/.pdf/.svg/.jpg (picture), .pt or .npy (samples); "
         "repeatable (default samples.png)",
     )
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="FILE",
+        help="SDEdit / warm start: start from these samples (.npy/.pt: one sample or --n of "
+        "them, in model space; .png/.jpg: an image resized to the model's size, grey read as "
+        "the pictures reverie writes, dark = high) noised to --strength",
+    )
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="with --init: the fraction of the grid's steps to run, in (0, 1]; 1 = sampling "
+        "from noise (diffusers' img2img strength)",
+    )
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is fastest for the small bundled models on a "
                         "busy machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run, distributed_ok=True)  # runs sharded under torchrun
+
+
+def _load_init(spec: str, shape: tuple[int, ...], n: int):
+    """``--init FILE``: ``[n, *shape]`` samples in model space from ``.npy``/``.pt`` (one
+    sample, repeated, or ``n``) or from an image (``.png``/``.jpg``; pixel values mapped to
+    [-1, 1], grey inverted as reverie's image grids draw it)."""
+    import numpy as np
+    import torch
+
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"--init: no file {spec!r}")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        x = torch.from_numpy(np.load(path, allow_pickle=False))
+    elif suffix == ".pt":
+        x = torch.load(path, map_location="cpu", weights_only=True)
+    elif suffix in (".png", ".jpg", ".jpeg"):
+        from PIL import Image
+
+        if len(shape) != 3 or shape[0] not in (1, 3):
+            raise ValueError(f"--init {spec!r} is an image; this model's samples have shape "
+                             f"{shape} (use .npy or .pt)")
+        img = Image.open(path).convert("L" if shape[0] == 1 else "RGB")
+        img = img.resize((shape[2], shape[1]), Image.BILINEAR)
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        x = torch.from_numpy(arr).reshape(shape[1], shape[2], -1).permute(2, 0, 1)
+        x = (1 - 2 * x) if shape[0] == 1 else (2 * x - 1)  # grey: dark ink = high, as drawn
+    else:
+        raise ValueError(f"--init must be a .npy, .pt, .png or .jpg file, got {spec!r}")
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"--init {spec!r} must hold one tensor, got {type(x).__name__}")
+    x = x.float()
+    if tuple(x.shape) == tuple(shape):
+        x = x.expand(n, *shape)
+    if tuple(x.shape) != (n, *shape):
+        raise ValueError(f"--init holds shape {tuple(x.shape)}; expected {tuple(shape)} or "
+                         f"({n}, {', '.join(map(str, shape))}) for --n {n}")
+    return x.contiguous()
 
 
 def _check_outputs(outs: list[str]) -> list[Path]:
@@ -280,9 +334,18 @@ def run(args: argparse.Namespace) -> int:
     state_dtype, net_dtype = _dtypes(args.dtype)
     model = load(args.model, dtype=net_dtype, device=args.device)
     sharded = dist.is_initialized()  # under torchrun: this rank draws its share of the samples
-    if sharded and (_is_text_to_image(model) or args.trajectories):
-        raise ValueError("text-to-image pipelines and --trajectories do not run under torchrun "
-                         "yet; run them in one process")
+    if sharded and (_is_text_to_image(model) or args.trajectories or args.init is not None):
+        raise ValueError("text-to-image pipelines, --trajectories and --init do not run under "
+                         "torchrun yet; run them in one process")
+    if (args.init is None) != (args.strength is None):
+        raise ValueError("--init and --strength go together (SDEdit: start from --init noised to "
+                         "--strength in (0, 1])")
+    if args.init is not None:
+        if _is_text_to_image(model) or args.trajectories:
+            raise ValueError("--init/--strength work with reverie's own models, not with "
+                             "text-to-image pipelines or --trajectories")
+        options = {**options, "strength": args.strength,
+                   "init": _load_init(args.init, tuple(model.sample_shape), args.n)}
     if _is_text_to_image(model):
         args.steps = 20 if args.steps is None else args.steps
         return _text_to_image(model, args, info, outs, options)
@@ -347,7 +410,8 @@ def run(args: argparse.Namespace) -> int:
                 args.n)
         else:
             samples = model.sample(args.n, seed=args.seed, labels=labels, **kw)
-        nfe = info.nfe(args.steps)
+        # SDEdit runs the last int(steps * strength) steps of the grid
+        nfe = info.nfe(args.steps if args.init is None else int(args.steps * args.strength))
     seconds = time.perf_counter() - t0
     samples = samples.detach().cpu()
     if not dist.is_main():  # rank 0 writes and reports for every rank
