@@ -358,23 +358,25 @@ SUITE = Path(__file__).resolve().parents[3] / "tests" / "data" / "json_schema_su
 
 #: Context-free grammars of the grammar part, each with the prompt it continues on tiny-json:
 #: JSON with unbounded nesting, and tiny-json's arithmetic records (balanced parentheses, left
-#: recursion).
+#: recursion); both allow the spaces of tiny-json's column layout after values.
 GRAMMARS = {
     "json": ("", r"""
-?start: value
+?start: value ws
 ?value: object | array | string | number | "true" | "false" | "null"
-array: "[" [value ("," value)*] "]"
+array: "[" [value ws ("," value ws)*] "]"
 object: "{" [pair ("," pair)*] "}"
-pair: string ":" value
-string: /"[^"\\\\]*"/
+pair: string ":" value ws
+string: /"[^"\\]*"/
 number: /-?(0|[1-9][0-9]*)(\.[0-9]+)?/
+ws: " "*
 """),
     "expr record": ('{"expr":"', r"""
-start: sum "\",\"value\":" int "}"
+start: sum "\"" ws ",\"value\":" int ws "}"
 ?sum: term | sum ("+" | "-") term
 ?term: atom | term "*" atom
 ?atom: int | "(" sum ")"
 int: /-?(0|[1-9][0-9]*)/
+ws: " "*
 """),
 }
 
