@@ -282,6 +282,11 @@ class GrammarChart:
 
     def inside(self, x: Tensor) -> list[Tensor]:
         """``I[d][b, i, A]`` = 1 iff A derives some filling of span ``[i, i + d)`` of row b
+        (``I[0]`` unused); see :meth:`_inside`."""
+        return self._inside(x)[0]
+
+    def _inside(self, x: Tensor) -> tuple[list[Tensor], list[Any], list[Any]]:
+        """``I[d][b, i, A]`` = 1 iff A derives some filling of span ``[i, i + d)`` of row b
         (``I[0]`` unused). Spans are stored by length, so the children of every span of one
         length are slices: ``[i, i + k)`` is ``I[k][:, i]``, ``[i + k, i + d)`` is
         ``I[d - k][:, i + k]``."""
@@ -296,8 +301,7 @@ class GrammarChart:
             chart.append((acc @ self.head_of).clamp(max=1.0))
             lhs.append(chart[d][..., self.left])
             rhs.append(chart[d][..., self.right])
-        self._lr = (lhs, rhs)
-        return chart
+        return chart, lhs, rhs  # and each length's values at the rules' left / right children
 
     def allowed(self, x: Tensor) -> Tensor:
         """``[B, n, V]`` bool: token v may stand at position i of row b (a hole, or the token
@@ -305,8 +309,7 @@ class GrammarChart:
         row that cannot be completed."""
         x = torch.as_tensor(x).long()
         bsz, n = x.shape
-        self.inside(x)
-        lhs, rhs = self._lr
+        _, lhs, rhs = self._inside(x)
         r = len(self.head)
         # outside, accumulated per rule: as the left child (B) and as the right child (C)
         as_left = [torch.zeros(bsz, n - d + 1, r) for d in range(n + 1)]
