@@ -157,6 +157,12 @@ def test_outpainting_keeps_the_known_region_and_needs_wrap_at_the_far_seam():
     assert float((cov - post).abs().max()) < 0.4               # replacement's bias: 0.28
     _, flat = stats(tiled(win, w, 12, weights="linear"))       # no wrap: the far seam is free
     assert float(flat[-1, -1] - post[-1, -1]) > 0.5
+    # a posterior sampler of reverie.inverse on the same canvas; an unconditional sample's
+    # mean (0) would be off by max |mean| > 0.5
+    x = outpaint(tiled(win, w, 12, weights="linear", wrap=True), y, mask, method="ddrm",
+                 steps=30, n=800, generator=torch.Generator().manual_seed(2))
+    assert float(mean.abs().max()) > 0.5
+    assert float((x[:, u].mean(0) - mean).abs().max()) < 0.3    # measured 0.13
 
 
 def test_bad_input_is_refused():
@@ -174,3 +180,46 @@ def test_bad_input_is_refused():
         fifo(seq, 10, (1, 2), window=3)
     with pytest.raises(ValueError, match="noise must be"):
         fifo(seq, 10, (1, 2), noise=torch.zeros(1, 3, 2))
+
+
+def test_one_window_is_the_model_and_conditioning_follows_each_window():
+    field = GaussianField.stationary(12, 2.0)
+    den = field.denoiser(PROC)
+    x = torch.randn(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(tiled(den, 12)(x, 2.0), den(x, 2.0))
+    assert torch.allclose(tiled(den, 12, wrap=True)(x, 2.0), den(x, 2.0))
+
+    class Scaled(reverie.DenoiserBase):  # uses a per-sample conditioning tensor
+        process = PROC
+
+        def __call__(self, x, t, scale=None):
+            return x * scale.reshape(-1, 1)
+
+    scale = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    out = tiled(Scaled(), 4, 2)(torch.ones(3, 10, dtype=torch.float64), 1.0, scale=scale)
+    assert torch.allclose(out, scale[:, None].expand(3, 10))
+
+
+def test_frame_denoiser_wraps_a_per_frame_network():
+    from reverie.large import FrameDenoiser
+
+    seq = GaussianField.ar1(4, 0.5, GaussianField.stationary(2, 1.0)).denoiser(PROC)
+
+    def eps_net(x, t):  # an eps-predicting network with one time per frame
+        sigma = t[..., None]
+        return (x - seq(x, t)) / sigma
+
+    net = FrameDenoiser(eps_net, PROC, "eps", window=4)
+    x = torch.randn(2, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([[0.5, 1.0, 2.0, 4.0], [0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+    assert torch.allclose(net(x, t), seq(x, t))
+    assert torch.allclose(net(x, 1.5), seq(x, 1.5))
+
+
+def test_aspect_shape_keeps_the_trained_area():
+    from reverie.large import aspect_shape
+
+    assert aspect_shape((64, 256), (32, 32), 8) == (16, 64)
+    assert aspect_shape((48, 48), (32, 32)) == (32, 32)
+    with pytest.raises(ValueError, match="rank"):
+        aspect_shape((64,), (32, 32))
