@@ -184,6 +184,7 @@ def test_bad_input_is_refused():
 
 def test_one_window_is_the_model_and_conditioning_follows_each_window():
     field = GaussianField.stationary(12, 2.0)
+    assert torch.allclose(GaussianField.stationary(30, 2.0).window((5,), (12,)).cov, field.cov)
     den = field.denoiser(PROC)
     x = torch.randn(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(tiled(den, 12)(x, 2.0), den(x, 2.0))
