@@ -450,7 +450,8 @@ def sa_solver(denoiser, state, sch, *, generator, cond, predictor_order, correct
     ``eta`` while the sampling progress is in ``[tau_start, tau_end]``, else 0: by default the
     whole path (the reverse SDE at ``eta = 1``; ComfyUI's default is ``[0.2, 0.8]``, whose
     deterministic ends keep the prior's mismatch: on EDM its exact output law stops improving at
-    |mean err| + |cov err| ~ 2e-3 from 80 steps on, tests/test_samplers.py). Orders fall to 1 at the start and towards the end (ComfyUI's ``lower_order_to_end``).
+    |mean err| + |cov err| ~ 2e-3 from 80 steps on, tests/test_samplers.py). Orders fall to 1
+    at the start and towards the end (ComfyUI's ``lower_order_to_end``).
 
     memory = ``(x_{i-1} corrected, predictor mean at i, past predictions..., newest last)``:
     the predictor's noise is ``x_i - mean``, so the memory does not depend on the new noise."""
@@ -480,3 +481,7 @@ def sa_solver(denoiser, state, sch, *, generator, cond, predictor_order, correct
     std = sch.sigma[j] * math.sqrt(-math.expm1(-2 * tau**2 * sch.h(i))) * s_noise if tau else 0.0
     z = step_noise(noise_sampler, x, generator, sch, i, sch.t[j]) if std else None
     return Transition(mean, std, x0, (x, mean, *preds[-keep:]) if keep else (x, mean), z=z)
+
+
+# the M2 samplers (EVODiff) register with these when reverie is imported
+from reverie import samplers_m2 as _samplers_m2  # noqa: E402, F401
