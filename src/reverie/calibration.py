@@ -67,6 +67,9 @@ class Calibrated(DenoiserBase):
         return self.offsets[t]
 
     def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
+        if tuple(x.shape[1:]) != tuple(self.data.shape[1:]):
+            raise ValueError(f"calibrated on samples of shape {tuple(self.data.shape[1:])}, got "
+                             f"x of shape {tuple(x.shape)}")
         x0 = self.inner(x, t, **cond)
         if isinstance(t, Tensor):
             if t.numel() > 1 and not bool((t == t.reshape(-1)[0]).all()):
