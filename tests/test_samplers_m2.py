@@ -58,19 +58,19 @@ def test_sa_solver_ode_order(gaussian):
 
 
 def test_sa_solver_brownian_tree_is_stable_across_step_counts(gaussian):
-    """``noise_sampler="brownian_tree"``: at 40 and 80 steps the same seed gives nearly the same
-    samples (one Brownian path: mean distance 0.17); fresh Gaussian noise per step does not
-    (1.38, independent samples)."""
+    """``noise_sampler="brownian_tree"``: at 20 and 40 steps the same seed gives nearly the same
+    samples (one Brownian path: mean distance 0.27); fresh Gaussian noise per step does not
+    (1.45, independent samples)."""
     proc = reverie.VP.linear()
     den = gaussian.denoiser(proc)
     noise = torch.randn(256, 2, generator=gen(0), dtype=torch.float64)
 
     def gap(ns: str) -> float:
         a, b = (reverie.sample(den, noise, "sa_solver", n, generator=gen(4), noise_sampler=ns)
-                for n in (40, 80))
+                for n in (20, 40))
         return float((a - b).norm(dim=1).mean())
 
-    assert gap("brownian_tree") < 0.3 < 1.0 < gap("gaussian")
+    assert gap("brownian_tree") < 0.4 < 1.0 < gap("gaussian")
 
 
 # ---------------------------------------------------------------------------------------------

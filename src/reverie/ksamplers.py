@@ -371,20 +371,26 @@ def exp_lagrange_integrals(nodes: list[float], lam_s: float, lam_t: float, c: fl
     """``int_{lam_s}^{lam_t} c e^{-c (lam_t - l)} L_k(l) dl`` for the Lagrange basis ``L_k`` on
     ``nodes`` (SA-Solver's stochastic Adams coefficients, Xue et al. 2023 eq. 14, exact): with
     ``u = l - lam_t`` the antiderivative of ``c e^{cu} p(u)`` is ``e^{cu} sum_m (-1)^m
-    p^(m)(u) / c^m``; ``lam_s = -inf`` (a start at alpha = 0) contributes 0."""
+    p^(m)(u) / c^m``; ``lam_s = -inf`` (a start at alpha = 0) contributes 0. Plain-Python
+    polynomial arithmetic (coefficients, lowest first): this runs twice per step."""
     u = [n - lam_t for n in nodes]
+    lo = lam_s - lam_t
     out = []
     for k, uk in enumerate(u):
-        p = Polynomial([1.0])
+        p = [1.0]  # prod_{m != k} (u - u_m) / (u_k - u_m)
         for m, um in enumerate(u):
             if m != k:
-                p = p * Polynomial([-um / (uk - um), 1 / (uk - um)])
-        q, scale, derivs = Polynomial([0.0]), 1.0, p
-        for _ in range(p.degree() + 1):
-            q, scale, derivs = q + scale * derivs, -scale / c, derivs.deriv()
-        lo = lam_s - lam_t
-        at_lo = 0.0 if not math.isfinite(lo) else math.exp(c * lo) * float(q(lo))
-        out.append(float(q(0.0)) - at_lo)
+                d = uk - um
+                p = [(p[j - 1] if j else 0.0) / d - (p[j] * um / d if j < len(p) else 0.0)
+                     for j in range(len(p) + 1)]
+        q, term, scale = [0.0] * len(p), p, 1.0  # q = sum_m (-1/c)^m p^(m)
+        while term:
+            q = [qi + scale * (term[i] if i < len(term) else 0.0) for i, qi in enumerate(q)]
+            term, scale = [i * t for i, t in enumerate(term)][1:], -scale / c
+        q_lo = 0.0
+        for coef in reversed(q):  # Horner
+            q_lo = q_lo * lo + coef if math.isfinite(lo) else 0.0
+        out.append(q[0] - (math.exp(c * lo) * q_lo if math.isfinite(lo) else 0.0))
     return out
 
 
