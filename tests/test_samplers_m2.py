@@ -125,6 +125,10 @@ def test_dpm_adaptive_error_follows_the_tolerance(gaussian):
     loose, tight = err(rtol=0.05, atol=0.01), err(rtol=1e-3, atol=2e-4)
     assert tight[1] > loose[1] and tight[0] < loose[0] / 5 and tight[0] < 0.02, (loose, tight)
     assert err(rtol=1e-3, atol=2e-4, order=2)[1] > tight[1]
+    flow = reverie.RectifiedFlow()  # from a thousandth below t = 1 (log-SNR -inf at 1)
+    x0 = dpm_adaptive(gaussian.denoiser(flow), noise, rtol=1e-3, atol=2e-4).x0
+    start = noise * float(flow.sigma(0.999))
+    assert float((x0 - gaussian.ode_map(start, 0.999, 0.0, flow)).norm(dim=1).max()) < 0.02
 
 
 def test_dpm_adaptive_ancestral_law(gaussian):

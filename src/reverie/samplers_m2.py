@@ -255,8 +255,10 @@ def dpm_adaptive(
     max_nfe: int = 10_000,
 ) -> AdaptiveOutput:
     """Adaptive-step DPM-Solver, Lu et al. (2022) Sec. 3.3 (k-diffusion ``sample_dpm_adaptive``):
-    from ``sigma(t_start) * noise`` (default ``t_max``) to ``t_end`` (default: the smallest time
-    with a finite log-SNR step, the process's last grid point before the clean end), each step
+    from ``sigma(t_start) * noise`` (default ``t_max``; a thousandth of the time below it where
+    the log-SNR is -inf there, as on a flow, as reverie's log-SNR grids start) to ``t_end``
+    (default: the last point before the clean end of the process's default grid of 1000
+    steps: sigma_min on EDM, t = 0 on a discrete VP, 1/1000 on a flow), each step
     solved by DPM-Solver-2 and -3 (``order=3``; -1 and -2 for ``order=2``) sharing their model
     calls, the error ``|x_low - x_high| / (atol + rtol max(|x_low|, |x_prev|))`` (RMS over the
     whole batch, so the batch shares its steps, as in k-diffusion) driving a PID controller of
@@ -276,11 +278,14 @@ def dpm_adaptive(
     if not isinstance(noise, Tensor) or not noise.is_floating_point():
         raise TypeError("noise must be a floating-point tensor (standard normal, batch first)")
     proc, cond = denoiser.process, dict(cond or {})
-    t_start = float(proc.t_max) if t_start is None else float(t_start)
+    if t_start is None:  # a thousandth below t_max where the log-SNR is -inf there (flows)
+        t_start = float(proc.t_max)
+        if not math.isfinite(float(proc.log_snr(torch.tensor(t_start, dtype=torch.float64)))):
+            t_start -= (float(proc.t_max) - float(proc.t_clean)) / 1000
     if t_end is None:
         from reverie.grids import make_grid
 
-        t_end = float(make_grid(proc, 1000, "logsnr")[-2])
+        t_end = float(make_grid(proc, 1000, proc.default_grid)[-2])
     lam_of = lambda t: 0.5 * float(proc.log_snr(torch.tensor(t, dtype=torch.float64)))  # noqa: E731
     lam_start, lam_end = lam_of(t_start), lam_of(t_end)
     if not (math.isfinite(lam_start) and math.isfinite(lam_end)) or lam_end <= lam_start:
