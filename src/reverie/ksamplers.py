@@ -460,7 +460,8 @@ def sa_solver(denoiser, state, sch, *, generator, cond, predictor_order, correct
     at the start and towards the end (ComfyUI's ``lower_order_to_end``).
 
     memory = ``(x_{i-1} corrected, predictor mean at i, past predictions..., newest last)``:
-    the predictor's noise is ``x_i - mean``, so the memory does not depend on the new noise."""
+    the predictor's noise is ``x_i - mean``, so the memory does not depend on the new noise (a
+    hook that moves ``x`` between steps moves that noise too)."""
     _check_noise(eta, s_noise)
     if predictor_order not in (1, 2, 3, 4) or corrector_order not in (1, 2, 3, 4):
         raise ValueError(f"predictor_order and corrector_order must be 1..4, got "
