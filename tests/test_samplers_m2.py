@@ -156,6 +156,8 @@ def test_dpm_adaptive_bad_input(gaussian):
         dpm_adaptive(den, noise, rtol=0.0)
     with pytest.raises(TypeError, match="denoiser"):
         dpm_adaptive(lambda x, t: x, noise)
+    with pytest.raises(ValueError, match="noise_sampler"):
+        dpm_adaptive(den, noise, eta=1.0, noise_sampler="brownian")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,8 +26,9 @@ from torch import Tensor
 
 from reverie._checks import positive
 from reverie._random import Generators, randn_like
-from reverie.brownian import BrownianTree
+from reverie.brownian import NOISE_SAMPLERS, BrownianTree
 from reverie.denoisers import DenoiserBase
+from reverie.grids import make_grid
 from reverie.samplers import (
     _TRAILING_ON_VP,
     Schedule,
@@ -283,15 +284,16 @@ def dpm_adaptive(
         if not math.isfinite(float(proc.log_snr(torch.tensor(t_start, dtype=torch.float64)))):
             t_start -= (float(proc.t_max) - float(proc.t_clean)) / 1000
     if t_end is None:
-        from reverie.grids import make_grid
-
         t_end = float(make_grid(proc, 1000, proc.default_grid)[-2])
     lam_of = lambda t: 0.5 * float(proc.log_snr(torch.tensor(t, dtype=torch.float64)))  # noqa: E731
     lam_start, lam_end = lam_of(t_start), lam_of(t_end)
     if not (math.isfinite(lam_start) and math.isfinite(lam_end)) or lam_end <= lam_start:
         raise ValueError(f"dpm_adaptive needs finite log-SNRs rising from t_start to t_end, got "
                          f"lambda {lam_start} -> {lam_end} (t {t_start} -> {t_end})")
-    if eta and isinstance(noise_sampler, str) and noise_sampler == "brownian_tree":
+    if not isinstance(noise_sampler, BrownianTree) and noise_sampler not in NOISE_SAMPLERS:
+        raise ValueError(f"noise_sampler must be one of {', '.join(NOISE_SAMPLERS)} or a "
+                         f"reverie.BrownianTree, got {noise_sampler!r}")
+    if eta and noise_sampler == "brownian_tree":
         lo, hi = sorted((float(proc.t_clean), float(proc.t_max)))
         noise_sampler = BrownianTree.from_generator(generator, lo, hi)
 
