@@ -405,6 +405,54 @@ def targets(default_rows, fitted_rows, tuned_rows, args) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# the M2 methods outside the registry: ReDi retrieval and adaptive DPM-Solver
+# ---------------------------------------------------------------------------------------------
+
+# ReDi's setting, chosen on the tuning mixtures 1, 2, 101-104 (split A; top in {1, 2, 4}, base
+# sampler ipndm or dpmpp_2m, key/value steps (1, 16), (1, 17), (2, 18) for 5 calls, (2, 12)
+# for 10): a base of 4000 ipndm runs of 20 steps, the nearest key (top = 1)
+REDI = {5: (1, 16), 10: (2, 12)}  # per-sample model calls -> (key_step, value_step)
+
+
+def retrieval(problems: dict[int, _Problem], args: argparse.Namespace) -> list[dict]:
+    """``reverie.redi`` (ReDi) on split B: a knowledge base of 4000 full ipndm runs (20 steps,
+    their own noise seed) per mixture, then per sample ``key_step`` calls to the key, the
+    retrieval, and the steps from the value step on; beside ipndm's default at the same
+    calls. ``nfe`` counts the per-sample calls (plus one check call on one probe sample per
+    batch, not counted); the base's 4000 x 16 calls are paid once, offline."""
+    from reverie import redi
+
+    rows = []
+    for seed, pb in problems.items():
+        kb_noise = torch.randn(4000, args.dim, generator=torch.Generator().manual_seed(seed + 77))
+        for nfe, (key, value) in REDI.items():
+            if nfe not in args.nfe:
+                continue
+            base = redi.build(pb.den, kb_noise, sampler="ipndm", steps=20, key_step=key,
+                              value_step=value)
+            out = redi.sample(base, pb.den, pb.noise["B"])
+            ipndm = pb.reverie("ipndm", _default_grid(pb, "ipndm", nfe), "B")[0]
+            rows.append({"mixture": seed, "nfe": out.nfe - 1, "method": "redi", "reverie":
+                         _score(pb.sw["B"], out.x0), "ipndm": ipndm, "floor": pb.floor})
+    return rows
+
+
+def adaptive(problems: dict[int, _Problem], args: argparse.Namespace) -> list[dict]:
+    """``reverie.samplers_m2.dpm_adaptive`` (DPM-Solver-23, k-diffusion's defaults but rtol) on
+    split B: its error and the model calls it chose."""
+    from reverie.samplers_m2 import dpm_adaptive
+
+    rows = []
+    for seed, pb in problems.items():
+        for rtol in (0.2, 0.05, 0.01):
+            out = dpm_adaptive(pb.den, pb.noise["B"], rtol=rtol)
+            rows.append({"mixture": seed, "rtol": rtol, "method": "dpm_adaptive",
+                         "reverie": _score(pb.sw["B"], out.x0), "nfe": out.nfe,
+                         "floor": pb.floor})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
 # per-step overhead and memory
 # ---------------------------------------------------------------------------------------------
 
@@ -506,7 +554,7 @@ def _side_by_side(rows: list[dict], args) -> list[list]:
     return table
 
 
-PARTS = ("defaults", "tuned", "fitted", "flows", "overhead", "memory")
+PARTS = ("defaults", "tuned", "fitted", "flows", "retrieval", "adaptive", "overhead", "memory")
 
 
 def run_bench(args: argparse.Namespace) -> dict:
@@ -520,7 +568,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     result: dict[str, Any] = {"args": vars(args) | {"func": None}}
     headers = ["sampler", "side", *[f"NFE {n}" for n in args.nfe]]
     problems = {}
-    if {"defaults", "tuned", "fitted"} & set(parts):
+    if {"defaults", "tuned", "fitted", "retrieval", "adaptive"} & set(parts):
         problems = {seed: _Problem(seed, args) for seed in args.mixtures}
         result["floor"] = statistics.mean(pb.floor for pb in problems.values())
     d_rows = t_rows = f_rows = []
@@ -559,6 +607,19 @@ def run_bench(args: argparse.Namespace) -> dict:
               "(reverie / diffusers, float32 both sides)\n")
         print(format_table(headers, _side_by_side(fl_rows, args)))
         print(_per_mixture(fl_rows, args))
+    if "retrieval" in parts:
+        rows = result["retrieval"] = retrieval(problems, args)
+        print("\n### ReDi (reverie.redi): a base of 4000 ipndm runs per mixture, then "
+              "retrieval; per-sample model calls, split B (reverie / ipndm default)\n")
+        print(format_table(["mixture", "NFE", "redi", "ipndm default", "floor"],
+                           [[r["mixture"], r["nfe"], r["reverie"], r["ipndm"], r["floor"]]
+                            for r in rows]))
+    if "adaptive" in parts:
+        rows = result["adaptive"] = adaptive(problems, args)
+        print("\n### Adaptive DPM-Solver-23 (dpm_adaptive): error and the NFE it chose\n")
+        print(format_table(["mixture", "rtol", "NFE", "sliced W2", "floor"],
+                           [[r["mixture"], r["rtol"], r["nfe"], r["reverie"], r["floor"]]
+                            for r in rows]))
     acc_s = time.perf_counter() - t0
     if "overhead" in parts:
         ov = result["overhead"] = overhead(rounds=3 if args.quick else 7)
