@@ -339,6 +339,15 @@ def sgt_combination(e_u: Tensor, e_c: Tensor, e_concepts: Sequence[Tensor], w: f
       at its entries of magnitude above their ``r_a``-quantile (per channel);
     * result: ``e_u + w s + (those corrections)``. Without concepts ``s_a = s``, ``r_a = 1``:
       classifier-free guidance.
+
+    What is reconstructed: beyond the abstract (concepts decomposed from the prompt, the
+    guidance monitored against each, steered towards those it diverges from) the paper's text
+    was not available here; the rules above are those of the authors' public code
+    (``korguy/Concept-Diffusion``, ``pipelines/concept_diffusion.py``, whose options its README
+    documents; defaults from its ``configs/default.yaml``: warm-up 0 and cool-down 50 of 50
+    steps, i.e. every step, here ``concept_interval=None``), per sample instead of for one
+    image. Its later variant (``our_pipeline.py``: a momentum on the corrections and
+    similarities averaged over a window of steps) is not implemented.
     """
     k = len(e_concepts)
     auto = 1.0 / (k + 1)
