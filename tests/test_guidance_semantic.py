@@ -263,3 +263,19 @@ def test_pipeline_sgt_and_bad_input(pipe):
         rec.maps()
     with pytest.raises(ValueError, match="works with ddim, dpmpp_2m"):
         pipe.sample(PROMPTS, sampler="heun", guidance="syngen", **kw)
+
+
+def test_cli_runs_syngen_on_the_pipeline_only(tmp_path, capsys):
+    """`reverie sample --guidance syngen` runs on the text-to-image model with the prompt's
+    pairs (or given ones) and is a one-line error on a model without a prompt."""
+    from reverie.cli import main
+
+    out = tmp_path / "s.png"
+    rc = main(["sample", "--model", "shapes", "--prompt", PROMPTS[0], "--guidance", "syngen",
+               "--option", "pairs=[('red', 'circle')]", "--n", "1", "--steps", "2",
+               "--quiet", "--out", str(out)])
+    assert rc == 0 and out.is_file()
+    rc = main(["sample", "--model", "two-moons", "--guidance", "sgt", "--n", "2", "--steps",
+               "2", "--quiet", "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "reads a text-to-image pipeline's prompt" in err
