@@ -59,16 +59,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "docs/shapes-samples.png)")
     parser.add_argument("--quick", action="store_true",
                         help="100 and 50 images per set, 50 per scale, scales 2,4")
+    parser.add_argument("--semantic", action="store_true",
+                        help="instead: CFG vs SynGen vs semantic guidance tuning at the model's "
+                             "default guidance scale (see run_semantic); --n images per set "
+                             "(default there 200), --select-n per candidate setting; give "
+                             "--out benchmarks/results/shapes-semantic.json")
+    parser.add_argument("--semantic-scale", type=float, default=None,
+                        help="--semantic: the guidance scale of every method (default: the "
+                             "model's default_guidance)")
+    parser.add_argument("--syngen-steps", default="20,200,2000",
+                        help="--semantic: SynGen step sizes to select from (default 20,200,2000;"
+                             " the paper's is 20)")
+    parser.add_argument("--sgt-scales", default="1.5,7.5",
+                        help="--semantic: SGT concept scales to select from (default 1.5,7.5; "
+                             "the paper's is 7.5)")
 
 
 def generate(pipe: Any, prompts: list[str], scale: float, steps: int, seed: int,
-             chunk: int = 250) -> torch.Tensor:
-    """Images ``[len(prompts), 3, 32, 32]`` in [0, 1]; chunk ``k`` drawn from ``seed + k``."""
+             chunk: int = 250, **sample_options: Any) -> torch.Tensor:
+    """Images ``[len(prompts), 3, 32, 32]`` in [0, 1]; chunk ``k`` drawn from ``seed + k``;
+    ``sample_options`` (e.g. ``guidance``) go to ``pipe.sample``."""
     out = []
     for k in range(0, len(prompts), chunk):
         g = torch.Generator().manual_seed(seed + k)
         out.append(pipe.sample(prompts[k : k + chunk], steps=steps, guidance_scale=scale,
-                               generator=g, output_type="pt"))
+                               generator=g, output_type="pt", **sample_options))
     return torch.cat(out)
 
 
@@ -124,6 +139,8 @@ def _frechet(images: torch.Tensor, floor: tuple[float, float, np.ndarray]) -> di
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from reverie.hub import load
 
+    if getattr(args, "semantic", False):
+        return run_semantic(args)
     torch.set_grad_enabled(False)
     n, n_ref, n_sel = (100, 50, 50) if args.quick else (args.n, args.n_ref, args.select_n)
     scales = [2.0, 4.0] if args.quick else [float(s) for s in args.scales.split(",") if s]
@@ -233,4 +250,108 @@ def _plot(kept: dict, path: str, scale: float, steps: int, per_row: int = 8) -> 
     fig.suptitle(f"shapes: dpmpp_2m, {steps} steps, guidance {scale:g}", fontsize=9)
     fig.subplots_adjust(left=0.33, right=0.99, top=1 - 0.35 / (0.55 * len(rows) + 0.5),
                         bottom=0.01, hspace=0.15)
+    save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# --semantic: SynGen and semantic guidance tuning against CFG
+# ---------------------------------------------------------------------------------------------
+
+
+def run_semantic(args: argparse.Namespace) -> dict[str, Any]:
+    """CFG, SynGen and SGT (:mod:`reverie.guidance.semantic`) at the model's default guidance
+    scale (or ``--semantic-scale``), ``--steps`` dpmpp_2m steps, the same seeds for every
+    method: accuracy per attribute and the Frechet distance on the held-out and the seen
+    combinations. Each method at its paper's
+    defaults, and with one setting (SynGen's step size, SGT's concept scale) selected by
+    accuracy on the training combinations with selection seeds (as the scale of the main
+    benchmark), reported on the other seeds."""
+    from reverie.hub import load
+
+    pipe = load(args.model)
+    w = float(pipe.default_guidance if args.semantic_scale is None else args.semantic_scale)
+    n = 100 if args.quick else (args.n if args.n != 500 else 200)
+    n_sel = 50 if args.quick else args.select_n
+    t0 = time.perf_counter()
+
+    def images(prompts, seed, guidance="cfg", **options):
+        return generate(pipe, prompts, w, args.steps, seed, guidance=guidance,
+                        guidance_options=options)
+
+    select_prompts = _prompts(shapes.TRAIN_COMBOS, n_sel)
+    selection: dict[str, dict[str, float]] = {}
+    for method, key, values in (("syngen", "step_size", args.syngen_steps),
+                                ("sgt", "concept_scale", args.sgt_scales)):
+        selection[method] = {}
+        for v in [float(s) for s in values.split(",") if s]:
+            acc = _accuracy(images(select_prompts, args.seed + 1000, method, **{key: v}),
+                            select_prompts)["accuracy"]
+            selection[method][f"{v:g}"] = acc
+            print(f"  selection: {method} {key} {v:g}: accuracy {acc:.3f}", flush=True)
+    best = {m: float(max(sel, key=lambda v: (sel[v], -float(v)))) for m, sel in
+            selection.items()}
+    variants = [("cfg", "CFG", {})]
+    for method, what, key, paper in (("syngen", "CFG + SynGen, step", "step_size", 20.0),
+                                     ("sgt", "SGT, concept scale", "concept_scale", 7.5)):
+        if best[method] == paper:
+            variants.append((method, f"{what} {paper:g} (paper's, also selected)",
+                             {key: paper}))
+        else:
+            variants += [(method, f"{what} {paper:g} (paper's)", {key: paper}),
+                         (method, f"{what} {best[method]:g} (selected)", {key: best[method]})]
+    sets = {"held-out": _prompts(shapes.HELD_OUT, n), "seen": _prompts(shapes.TRAIN_COMBOS, n)}
+    rows, results, kept = [], [], {}
+    for name, prompts in sets.items():
+        floor = _floor(prompts, args.seed + 5000)
+        for method, label, options in variants:
+            t1 = time.perf_counter()
+            imgs = images(prompts, args.seed + 2000, method, **options)
+            secs = time.perf_counter() - t1
+            res = {"set": name, "method": method, "label": label, "options": options,
+                   "n": len(prompts), **_accuracy(imgs, prompts), **_frechet(imgs, floor),
+                   "seconds": secs}
+            results.append(res)
+            kept.setdefault(name, []).append((label, imgs, prompts))
+            rows.append([name, label, len(prompts), res["accuracy"], res["colour"],
+                         res["shape"], res["place"], res["frechet"], res["frechet_over_floor"],
+                         secs])
+            print(f"  {name} {label}: accuracy {res['accuracy']:.3f}, FD "
+                  f"{res['frechet']:.3f}", flush=True)
+    headers = ["prompts", "method", "n", "accuracy", "colour", "shape", "place", "Frechet",
+               "FD / floor", "seconds"]
+    table = format_table(headers, rows)
+    print()
+    print(table)
+    print(f"\nguidance scale {w:g} for every method; {args.steps} steps "
+          f"dpmpp_2m; same seeds per set; selection ({n_sel} images on training combinations, "
+          f"other seeds): {selection}; {time.perf_counter() - t0:.0f} s; {machine()}")
+    if args.plot:
+        _plot_semantic(kept["held-out"], args.plot, w, args.steps)
+        print(f"wrote {args.plot}")
+    return {"model": args.model, "part": "semantic", "n": n, "select_n": n_sel,
+            "steps": args.steps, "sampler": "dpmpp_2m", "guidance_scale": w, "seed": args.seed,
+            "selection": selection, "selected": best, "rows": results, "table": table}
+
+
+def _plot_semantic(kept: list, path: str, scale: float, steps: int, per: int = 4) -> None:
+    """One row per held-out prompt; per method a block of ``per`` samples (same seeds)."""
+    from reverie.plot import _figure, mosaic, save_figure
+
+    prompts = list(dict.fromkeys(kept[0][2]))
+    fig = _figure(2.4 + 1.45 * len(kept), 0.5 * len(prompts) + 0.8)
+    for r, p in enumerate(prompts):
+        for c, (label, imgs, ps) in enumerate(kept):
+            idx = [k for k, q in enumerate(ps) if q == p][:per]
+            ax = fig.add_subplot(len(prompts), len(kept), r * len(kept) + c + 1)
+            ax.imshow(mosaic(imgs[idx], ncol=per, value_range=(0, 1), pad_value=1.0),
+                      interpolation="nearest")
+            ax.set_axis_off()
+            if r == 0:
+                ax.set_title(label, fontsize=6)
+            if c == 0:
+                ax.text(-3, 16, p, ha="right", va="center", fontsize=7)
+    fig.suptitle(f"shapes, held-out prompts: dpmpp_2m {steps} steps, guidance {scale:g}, "
+                 "the same seeds in every block", fontsize=8)
+    fig.subplots_adjust(left=0.2, right=0.99, top=1 - 0.6 / (0.5 * len(prompts) + 0.8),
+                        bottom=0.01, hspace=0.1, wspace=0.05)
     save_figure(fig, path)

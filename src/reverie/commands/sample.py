@@ -61,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="cfg",
         help="guidance method of reverie.guidance.METHODS: cfg, cfg_rescale, apg, "
         "cfg_zero_star, cfg_pp (ddim only), tcfg, mambo_g, fdg (images); on pipelines also pag, "
-        "seg, slg (e.g. --option \"layers=['mid']\"); its options as --option KEY=VALUE "
+        "seg, slg (e.g. --option \"layers=['mid']\"), syngen (ddim / dpmpp_2m), sgt (e.g. "
+        "--option \"pairs=[('red', 'circle')]\"); its options as --option KEY=VALUE "
         "(write guidance.KEY=... where the sampler has the same option; default cfg)",
     )
     p.add_argument("--prompt", default=None,
@@ -237,15 +238,17 @@ def _route_options(args: argparse.Namespace, info, options: dict) -> dict:
 
     method = METHODS[args.guidance]  # unknown names list the valid ones
     args.guidance = method.name
-    if method.family not in ("cfg", "perturbed") or method.weak_model:
+    if method.family not in ("cfg", "perturbed", "semantic") or method.weak_model:
         raise ValueError(f"--guidance {method.name} needs a classifier, a loss or a second "
                          "model, which the command line cannot give; use reverie.guidance.guide "
                          "in Python (the command line takes cfg, cfg_rescale, apg, "
-                         "cfg_zero_star, cfg_pp, tcfg, mambo_g and fdg, and pag, seg and slg "
-                         "on pipelines)")
+                         "cfg_zero_star, cfg_pp, tcfg, mambo_g and fdg, and pag, seg, slg, "
+                         "syngen and sgt on pipelines)")
     known = {**COMMON_OPTIONS, **method.options}
     if method.family == "perturbed":  # a pipeline builds `perturb` from these
         known = {**known, "layers": None, "fqn": None, "blur_sigma": None}
+    if method.family == "semantic":  # a pipeline builds `binding` / `concepts` from these
+        known = {**known, "pairs": None, "res": None}
     parts = split_options(options, {"sampler": info.options, "guidance": known})
     args.guidance_options = parts["guidance"]
     return parts["sampler"]
@@ -355,6 +358,9 @@ def run(args: argparse.Namespace) -> int:
     if METHODS[args.guidance].family == "perturbed":
         raise ValueError(f"--guidance {args.guidance} perturbs the attention layers of a "
                          f"diffusers pipeline; {args.model!r} is not one")
+    if METHODS[args.guidance].family == "semantic":
+        raise ValueError(f"--guidance {args.guidance} reads a text-to-image pipeline's prompt "
+                         f"(and cross-attention); {args.model!r} is not one")
     if args.prompt is not None or args.negative_prompt is not None or args.size is not None:
         raise ValueError(f"--prompt, --negative-prompt and --size are for text-to-image "
                          f"pipelines; {args.model!r} is not one")

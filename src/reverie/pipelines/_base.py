@@ -398,6 +398,10 @@ class LatentPipeline(ABC):
         g = resolve_grid(info, self.process, steps, grid)
         t0 = g[0].to(torch.float64)
         scale = math.sqrt(float(self.process.alpha(t0)) ** 2 + float(self.process.sigma(t0)) ** 2)
+        from reverie.guidance.semantic import prompt_options  # syngen / sgt read the prompts
+
+        guidance_options = prompt_options(self, guidance, guidance_options,
+                                          _texts("prompt", prompt), n)
         den = self.denoiser(cond, negative, guidance_scale, guidance, guidance_options,
                             **den_extra)
         x = self._pack(latents.to(self.device, dtype) * scale)
