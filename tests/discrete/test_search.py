@@ -12,7 +12,7 @@ import torch
 from _exact import empirical, tv, tv_tolerance
 
 from reverie.discrete import generate
-from reverie.discrete.constraints import TokenAutomaton, Vocabulary
+from reverie.discrete.constraints import Regex, TokenAutomaton, Vocabulary
 from reverie.discrete.search import METHODS, run, tilted_law
 from reverie.reference import MarkovChain
 
@@ -120,6 +120,29 @@ def test_a_reward_and_a_regex_at_once():
         assert float(res.rewards.mean()) > float(reward(base).mean()) + 0.5, method
     free = run(chain, reward, "fk", budget=40, n=100, length=5, generator=gen(), temperature=T)
     assert not all(valid(free.samples))
+
+
+def test_a_regex_on_a_model_with_a_tokenizer():
+    """``Regex`` objects go through the model's tokenizer, as in ``generate``."""
+    from test_constraints_generate import TOK, make_model
+
+    model, _ = make_model(length=8)
+    pattern = r"(cat|dog)s? [0-9]"
+
+    def sevens(x):
+        return torch.tensor([float("7" in TOK.decode(r)) for r in x.tolist()],
+                            dtype=torch.float64)
+
+    for method in METHODS:
+        res = run(model, sevens, method, budget=32, n=8, length=8, constraint=Regex(pattern),
+                  generator=gen())
+        assert all(re.fullmatch(pattern, TOK.decode(r)) for r in res.samples.tolist()), method
+
+
+def test_a_prompt_stays_fixed(chain):
+    res = run(chain, additive(4), "fk", budget=24, n=50, length=4, prompt=torch.tensor([2]),
+              generator=gen())
+    assert bool((res.samples[:, 0] == 2).all()) and res.info["steps"] == 3
 
 
 # ---- budgets and bad input -------------------------------------------------------------------
