@@ -5,6 +5,7 @@ beam search against that exact random-search value; each check rejects a wrong v
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from _exact import empirical, tv, tv_tolerance
 
 from reverie.discrete import generate
-from reverie.discrete.constraints import Regex, TokenAutomaton, Vocabulary
+from reverie.discrete.constraints import JsonSchema, Regex, TokenAutomaton, Vocabulary
 from reverie.discrete.search import METHODS, run, tilted_law
 from reverie.reference import MarkovChain
 
@@ -123,7 +124,8 @@ def test_a_reward_and_a_regex_at_once():
 
 
 def test_a_regex_on_a_model_with_a_tokenizer():
-    """``Regex`` objects go through the model's tokenizer, as in ``generate``."""
+    """``Regex`` and ``JsonSchema`` (scaffolded) go through the model's tokenizer, as in
+    ``generate``."""
     from test_constraints_generate import TOK, make_model
 
     model, _ = make_model(length=8)
@@ -137,6 +139,10 @@ def test_a_regex_on_a_model_with_a_tokenizer():
         res = run(model, sevens, method, budget=32, n=8, length=8, constraint=Regex(pattern),
                   generator=gen())
         assert all(re.fullmatch(pattern, TOK.decode(r)) for r in res.samples.tolist()), method
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    res = run(model, sevens, "fk", budget=32, n=8, length=8, generator=gen(),
+              constraint=JsonSchema(schema, scaffold=True))  # the skeleton is laid first
+    assert all(isinstance(json.loads(TOK.decode(r))["a"], int) for r in res.samples.tolist())
 
 
 def test_a_prompt_stays_fixed(chain):

@@ -53,8 +53,9 @@ def fill_argmax(x: Tensor, logp: Tensor, mask_id: int) -> Tensor:
 
 
 class Walker:
-    """Walk ``steps`` steps of ``sampler`` for masked-diffusion ``model`` on canvases of
-    ``length`` positions, the last ``length - prompt_length`` generated. ``constraint`` (a
+    """Walk ``steps`` steps (default: one per position to decode) of ``sampler`` for
+    masked-diffusion ``model`` on canvases of ``length`` positions, the last
+    ``length - prompt_length`` generated. ``constraint`` (a
     ``Regex``, ``JsonSchema`` or ``TokenAutomaton``) restricts the sampler's decisions.
     ``generator``: one ``torch.Generator`` (or ``None``) for all draws."""
 
@@ -62,7 +63,7 @@ class Walker:
         self,
         model: TokenDenoiserBase,
         length: int,
-        steps: int,
+        steps: int | None = None,
         sampler: str | TokenSampler = "ancestral",
         *,
         prompt: Tensor | None = None,
@@ -79,7 +80,6 @@ class Walker:
             raise TypeError(f"generator must be a torch.Generator or None, got "
                             f"{type(generator).__name__}")
         positive_int("length", length)
-        positive_int("steps", steps)
         info = SAMPLERS[sampler] if isinstance(sampler, str) else sampler
         if not isinstance(info, TokenSampler):
             raise TypeError(f"sampler must be a name or a TokenSampler, got {type(sampler)}")
@@ -94,17 +94,23 @@ class Walker:
         if self.gen_length < 1:
             raise ValueError(f"length {length} leaves no position after the prompt of "
                              f"{self.prompt.numel()} tokens")
-        rule = info.steps_rule
-        if rule == "tokens" and steps != self.gen_length:
-            raise ValueError(f"sampler {info.name!r} commits one token per step: steps must be "
-                             f"{self.gen_length} (the generated positions), got {steps}")
-        if rule == "at_most_tokens" and steps > self.gen_length:
-            raise ValueError(f"sampler {info.name!r} commits at least one token per step: steps "
-                             f"must be at most {self.gen_length}, got {steps}")
+        # the generated positions start masked, or hold a JSON scaffold's skeleton
+        self.template = torch.full((self.gen_length,), model.mask_id, dtype=torch.long)
         if constraint is not None:
             from reverie.discrete.constraints import constrain_sampler, prepare_constraint
 
-            info = constrain_sampler(info, prepare_constraint(model, constraint, self.gen_length))
+            layout = prepare_constraint(model, constraint, self.gen_length)
+            self.template = layout.template.clone()
+            info = constrain_sampler(info, layout)
+        self.free = int((self.template == model.mask_id).sum())
+        steps = max(self.free, 1) if steps is None else positive_int("steps", steps)
+        rule = info.steps_rule
+        if rule == "tokens" and steps != self.free:
+            raise ValueError(f"sampler {info.name!r} commits one token per step: steps must be "
+                             f"{self.free} (the positions to decode), got {steps}")
+        if rule == "at_most_tokens" and steps > self.free:
+            raise ValueError(f"sampler {info.name!r} commits at least one token per step: steps "
+                             f"must be at most {self.free}, got {steps}")
         self.model, self.info, self.length, self.steps = model, info, length, steps
         self.options = {**info.options, **opts}
         self.temperature = float(temperature)
@@ -128,9 +134,10 @@ class Walker:
 
     # ---- the walk ----------------------------------------------------------------------------
     def start(self, n: int) -> Tensor:
-        """``n`` canvases: the prompt, then masks."""
+        """``n`` canvases: the prompt, then masks (or a scaffold's skeleton)."""
         x = torch.full((n, self.length), self.model.mask_id, dtype=torch.long)
         x[:, : self.prompt.numel()] = self.prompt
+        x[:, self.prompt.numel():] = self.template
         return x
 
     def times(self, j: int, n: int) -> tuple[Tensor, Tensor]:
@@ -145,7 +152,7 @@ class Walker:
         n = x.shape[0]
         t, s = self.times(j, n)
         active = x == self.model.mask_id
-        rows = SimpleNamespace(start_masked=torch.full((n,), self.gen_length, dtype=torch.long))
+        rows = SimpleNamespace(start_masked=torch.full((n,), self.free, dtype=torch.long))
         z = torch.zeros(n, dtype=torch.long)
         ctx = StepContext(
             x=x, logp=logp, t=t, s=s, active=active,

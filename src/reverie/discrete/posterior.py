@@ -394,8 +394,7 @@ def aps(
     ``reverie bench discrete-posterior``)."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
         raise ValueError(f"scale must be a number >= 0, got {scale!r}")
-    walker = Walker(model, obs.length, obs.length if steps is None else steps, remasking,
-                    generator=generator)
+    walker = Walker(model, obs.length, steps, remasking, generator=generator)
     mask_id = model.mask_id
     x, carry = walker.start(n), None
     for j in range(walker.steps):

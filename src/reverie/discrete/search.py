@@ -24,8 +24,9 @@ name          method                                                       goal
 best_of_n     N independent samples, keep the best (or draw one by          maximise /
               ``softmax(r/T)`` with ``selection="softmax"``)                tilted law
 fk            Feynman-Kac / SMC steering (Singhal et al. 2025)              tilted law
-beam          token-level beam search with a verifier (Xie et al. 2025,     maximise
-              "VAR beats diffusion on inference-time scaling", as search)
+beam          token-level beam search with a verifier (the search of        maximise
+              "Visual Autoregressive Models Beat Diffusion Models on
+              Inference Time Scaling", 2025, on masked diffusion)
 ============  ===========================================================  ===============
 
 The exact tilted law ``p(x) exp(r(x)/T) / Z`` of a small exact sequence model is
@@ -170,10 +171,8 @@ def run(
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     check_options("method", method, options, info.options)
-    n_prompt = 0 if prompt is None else torch.as_tensor(prompt).numel()
-    walker = Walker(model, length, length - n_prompt if steps is None else steps, sampler,
-                    prompt=prompt, constraint=constraint, options=sampler_options,
-                    generator=generator)
+    walker = Walker(model, length, steps, sampler, prompt=prompt, constraint=constraint,
+                    options=sampler_options, generator=generator)
     ctx = Search(walker, reward, budget, n, float(temperature), method)
     samples, rewards, extra = info.fn(ctx, **options)
     spent = math.ceil(walker.rows / n)
@@ -285,9 +284,10 @@ def fk(
           description="token-level beam search: branch every kept canvas, keep the best by a "
           "verifier's score of its data estimate")
 def beam(ctx: Search, *, children: int = 4) -> tuple[Tensor, Tensor, dict]:
-    """Token-level beam search with a verifier (the search of Xie et al. 2025 on masked
-    diffusion): ``B`` canvases per returned sample; at each step every kept canvas draws
-    ``children`` successors from the sampler's decision, each successor is scored by the
+    """Token-level beam search with a verifier (the beam search of "Visual Autoregressive
+    Models Beat Diffusion Models on Inference Time Scaling", 2025, on masked diffusion):
+    ``B`` canvases per returned sample; at each step every kept canvas draws ``children``
+    successors from the sampler's decision, each successor is scored by the
     verifier (the reward) on its data estimate -- from the model call that also feeds its
     next step, so scoring costs no extra network evaluation -- and the best ``B`` of the
     ``B * children`` are kept. The best complete sequence is returned. ``B`` is the widest beam
