@@ -120,9 +120,11 @@ class Walker:
 
     # ---- model calls and random numbers -----------------------------------------------------
     def call(self, x: Tensor, t: Tensor) -> Tensor:
-        """``log p(x0 | x_t)`` (one network evaluation per row)."""
+        """``log p(x0 | x_t)`` (one network evaluation per row). The walk's bookkeeping stays
+        on the CPU; the network runs on the model's ``device`` (as in ``generate``)."""
         self.rows += x.shape[0]
-        return self.model(x, t.float())
+        dev = torch.device(getattr(self.model, "device", "cpu"))
+        return self.model(x.to(dev), t.float().to(dev)).cpu()
 
     def uniform(self, n: int, *shape: int) -> Tensor:
         """``U[0, 1)`` ``[n, length, *shape]`` (what a decision function draws)."""
