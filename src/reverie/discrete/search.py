@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from reverie._checks import check_options, in_range, positive_int
+from reverie._checks import check_options, in_range, integer, positive_int
 from reverie._registry import Registry
 from reverie.discrete._walker import Walker, fill_argmax, select_rows
 from reverie.discrete.denoiser import TokenDenoiserBase
@@ -120,6 +120,24 @@ class Search:
         if not bool(torch.isfinite(r).all()):
             raise ValueError("the reward returned NaN or inf; rewards must be finite")
         return r.double()
+
+    def value(self, x: Tensor, logp: Tensor, lookahead: int = 0) -> Tensor:
+        """The reward of intermediate canvases ``x`` with prediction ``logp``: of the data
+        estimate :func:`fill_argmax` (``lookahead = 0``), or the soft value
+        ``T log mean_m exp(r(x0_m) / T)`` over ``lookahead`` completions drawn position by
+        position from ``logp`` (a Monte Carlo estimate of ``T log E[exp(r/T) | x]`` under the
+        factorised prediction; ``lookahead`` reward calls per canvas, no network evaluation)."""
+        mask_id = self.walker.model.mask_id
+        if lookahead == 0:
+            return self.reward(fill_argmax(x, logp, mask_id))
+        b, v = x.shape[0], logp.shape[-1]
+        probs = logp.double().exp().repeat_interleave(lookahead, 0).reshape(-1, v)
+        draws = torch.multinomial(probs, 1, generator=self.walker.generator).reshape(
+            b * lookahead, -1)
+        xs = x.repeat_interleave(lookahead, 0)
+        r = self.reward(torch.where(xs == mask_id, draws, xs)).reshape(b, lookahead)
+        t = self.temperature
+        return t * (torch.logsumexp(r / t, 1) - math.log(lookahead))
 
     def walk(self, k: int) -> tuple[Tensor, Tensor]:
         """``k`` independent particles for each returned sample, walked to the clean end:
@@ -219,6 +237,7 @@ def fk(
     potential: str = "difference",
     ess_threshold: float = 0.5,
     resampling: str = "systematic",
+    lookahead: int = 0,
 ) -> tuple[Tensor, Tensor, dict]:
     """FK steering (Singhal et al. 2025, Algorithm 1) on a masked LM: ``k = budget //
     NFE(sample)`` particles per returned sample walk the sampler's steps; before each step
@@ -229,7 +248,10 @@ def fk(
     product of the earlier potentials along each ancestry, so all potentials multiply to
     ``exp(r(x)/T)`` and the returned particle (drawn by its final weight) targets
     ``p(x) exp(r(x)/T)`` as ``k -> infinity``. Potentials as in :func:`reverie.search.smc.fk`:
-    ``difference`` ``exp((r_j - r_{j-1})/T)``, ``max``, ``sum``, ``immediate``."""
+    ``difference`` ``exp((r_j - r_{j-1})/T)``, ``max``, ``sum``, ``immediate``.
+    ``lookahead = m > 0`` (an addition here, not in the paper) replaces ``r_j`` by the soft
+    value over ``m`` completions drawn from the prediction (:meth:`Search.value`): ``m``
+    reward calls per particle and step, no extra network evaluation."""
     if potential not in POTENTIALS:
         raise ValueError(f"unknown potential {potential!r}; expected one of "
                          f"{', '.join(POTENTIALS)}")
@@ -237,6 +259,7 @@ def fk(
         raise ValueError(f"unknown resampling {resampling!r}; expected one of "
                          f"{', '.join(RESAMPLING)}")
     in_range("ess_threshold", ess_threshold, 0, 1)
+    integer("lookahead", lookahead, 0)
     w_, T = ctx.walker, ctx.temperature
     traj = w_.trajectory_nfe
     ctx.need(traj, "one particle")
@@ -253,7 +276,7 @@ def fk(
     for j in range(w_.steps):
         logp = w_.call(x, w_.times(j, m)[0])
         if j > 0:  # the all-masked canvas has the same estimate for every particle
-            r = ctx.reward(fill_argmax(x, logp, w_.model.mask_id))
+            r = ctx.value(x, logp, lookahead)  # r_j of the canvas before step j
             r_max, r_sum = torch.maximum(r_max, r), r_sum + r
             lp = {"difference": r - r_prev, "max": r_max, "sum": r_sum, "immediate": r}[
                 potential] / T
