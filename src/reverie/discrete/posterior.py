@@ -86,8 +86,9 @@ class Observation:
 
     def token_scores(self, anchor: Tensor) -> Tensor:
         """The change of ``log p(y | x)`` when one position of ``anchor`` ``[B, L]`` is set to
-        each token, ``[B, L, V]``: the exact table for a factorised likelihood (the gradient of
-        ``log p(y | x)`` in the one-hot embedding), a first-order difference otherwise."""
+        each token, ``[B, L, V]``: for a factorised likelihood its table (the gradient of
+        ``log p(y | x)`` in the one-hot embedding; the change up to a constant per position,
+        which the guided softmax ignores), a first-order difference otherwise."""
         if self.table is not None:
             return self.table.expand(anchor.shape[0], -1, -1)
         b, n = anchor.shape
