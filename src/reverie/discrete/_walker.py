@@ -115,7 +115,6 @@ class Walker:
         self.options = {**info.options, **opts}
         self.temperature = float(temperature)
         self.generator = generator
-        self.nfe = 0  # model calls per particle so far (every particle is called at every step)
         self.rows = 0  # rows the network processed
 
     # ---- model calls and random numbers -----------------------------------------------------
