@@ -17,6 +17,7 @@
 * :func:`load_model` for the bundled ``tiny-json`` model or a saved folder.
 """
 
+from reverie.discrete import posterior, search  # noqa: F401 (posterior.POSTERIOR, search.METHODS)
 from reverie.discrete.block import BlockCausalLM, TinyBlockTransformer
 from reverie.discrete.denoiser import TokenClassifierFreeGuidance, TokenDenoiser, TokenDenoiserBase
 from reverie.discrete.diffusion_gemma import DiffusionGemmaLM
