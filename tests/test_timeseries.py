@@ -226,10 +226,10 @@ def test_bundled_model_loads_and_its_self_guided_forecast_beats_the_prior(proble
     model = reverie.load("seasonal")
     assert model.sample_shape == (LAW.length,) and model.num_classes is None
     f = ~mask
-    x = forecast(model.denoiser, truth[mask].float(), H, 200, steps=100, generator=gen(14))
-    assert x.shape == (200, H)
+    x = forecast(model, truth[mask].float(), H, 150, generator=gen(14))
+    assert x.shape == (150, H)
     m, c = cond.means[0][f], cond.covariances[0][f][:, f]
-    prior = model.sample(200, steps=20)[:, f]
+    prior = model.sample(150, steps=20)[:, f]
     assert gaussian_errors(x, m, c)["w2"] < 0.5 * gaussian_errors(prior, m, c)["w2"]
 
 
@@ -237,7 +237,7 @@ def test_bad_input():
     den = LAW.denoiser(PROC)
     y = torch.zeros(LAW.length, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"mask must have shape \[48\]"):
-        impute(den, y, torch.ones(40, dtype=torch.bool), 2, length=48)
+        impute(den, y, torch.ones(40, dtype=torch.bool), 2)
     with pytest.raises(ValueError, match=r"mask must have shape \[48\]"):
         LAW.conditional(y, torch.ones(47, dtype=torch.bool))
     with pytest.raises(TypeError, match="bool tensor"):
@@ -246,9 +246,13 @@ def test_bad_input():
         forecast_mask(48, 48)
     model = reverie.load("seasonal")
     with pytest.raises(ValueError, match=r"horizon \(60\) must be shorter than the series"):
-        forecast(model.denoiser, torch.zeros(10), 60, 2)
+        forecast(model, torch.zeros(10), 60, 2)
     with pytest.raises(ValueError, match=r"context must have shape \[36\]"):
-        forecast(model.denoiser, torch.zeros(30), 12, 2)
+        forecast(model, torch.zeros(30), 12, 2)
+    with pytest.raises(ValueError, match=r"mask must have shape \[48\]"):
+        impute(model, y.float(), torch.ones(36, dtype=torch.bool), 2)
+    with pytest.raises(ValueError, match="init has series of 40 steps"):
+        refine(model, torch.zeros(2, 40), y[:40], torch.ones(40, dtype=torch.bool))
     with pytest.raises(ValueError, match="unknown likelihood"):
         self_guided(den, y, forecast_mask(48, 12), likelihood="mae")
     with pytest.raises(ValueError, match="unknown refinement method"):

@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--problems", type=int, default=4,
                         help="problems (series drawn from the law); the first selects the scale")
     parser.add_argument("--samples", type=int, default=500)
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=200,
+                        help="steps of every sampler (self-guidance's default: 200)")
     parser.add_argument("--scales", type=str, default="1,2,4,8",
                         help="self-guidance scales to select from on the first problem")
     parser.add_argument("--model", type=str, default="seasonal",

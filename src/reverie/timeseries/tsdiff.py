@@ -48,14 +48,18 @@ __all__ = [
 REFINE_METHODS = ("ml", "langevin")
 
 
-def _length(denoiser: DenoiserBase, length: int | None) -> int:
-    shape = getattr(denoiser, "sample_shape", None)
-    if length is None:
-        if shape is None:
-            raise ValueError("give length= (the number of time steps): the denoiser does not "
-                             "say its sample shape")
-        return int(shape[-1])
-    return positive_int("length", length)
+def _resolve(model: Any) -> tuple[DenoiserBase, int | None]:
+    """``(denoiser, series length or None)`` of a denoiser or a loaded model
+    (:class:`reverie.hub.LoadedModel`, whose sample shape gives the length)."""
+    shape = getattr(model, "sample_shape", None)
+    den = getattr(model, "denoiser", model)
+    if not isinstance(den, DenoiserBase):
+        raise TypeError(f"expected a reverie denoiser or a loaded model, got "
+                        f"{type(model).__name__}")
+    if shape is not None and len(shape) != 1:
+        raise ValueError(f"a series model has samples of shape [L]; this one has "
+                         f"{list(shape)}")
+    return den, None if shape is None else int(shape[0])
 
 
 def _series(y: Any, length: int, name: str) -> Tensor:
@@ -70,7 +74,7 @@ def _series(y: Any, length: int, name: str) -> Tensor:
 
 
 def self_guided(
-    denoiser: DenoiserBase,
+    denoiser: DenoiserBase | Any,
     observation: Tensor,
     mask: Tensor,
     scale: float = 4.0,
@@ -78,22 +82,25 @@ def self_guided(
     likelihood: str = "mse",
     quantiles: float | Tensor | None = None,
 ) -> Guided:
-    """The unconditional ``denoiser`` self-guided towards ``observation`` where ``mask`` is
-    true (a ``[L]`` bool tensor; ``observation`` ``[L]`` or ``[B, L]``): the guidance method
-    ``self_guidance`` at ``scale`` (module docstring of :mod:`reverie.guidance.self_guidance`).
-    """
-    length = int(mask.shape[-1]) if isinstance(mask, Tensor) and mask.ndim else 0
-    mask = check_mask(mask, _length(denoiser, length or None))
-    observation = _series(observation, mask.numel(), "observation")
+    """The unconditional ``denoiser`` (or loaded model) self-guided towards ``observation``
+    (``[L]`` or ``[B, L]``) where ``mask`` (a ``[L]`` bool tensor) is true: the guidance
+    method ``self_guidance`` at ``scale`` (:mod:`reverie.guidance.self_guidance`)."""
+    den, length = _resolve(denoiser)
+    if length is None:
+        if not isinstance(observation, Tensor) or observation.ndim not in (1, 2):
+            raise ValueError("observation must be a [L] or [B, L] tensor")
+        length = int(observation.shape[-1])
+    mask = check_mask(mask, length)
+    observation = _series(observation, length, "observation")
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {likelihood!r}; expected one of "
                          f"{', '.join(LIKELIHOODS)}")
-    return guide(denoiser, "self_guidance", scale, observation=torch.nan_to_num(observation),
+    return guide(den, "self_guidance", scale, observation=torch.nan_to_num(observation),
                  mask=mask, likelihood=likelihood, quantiles=quantiles)
 
 
 def impute(
-    denoiser: DenoiserBase,
+    denoiser: DenoiserBase | Any,
     observation: Tensor,
     mask: Tensor,
     n: int,
@@ -108,7 +115,8 @@ def impute(
     **options: Any,
 ) -> Tensor:
     """``n`` samples ``[n, L]`` of the series given its values where ``mask`` is true
-    (``observation [L]``), by self-guidance (sec. 3.1) walked by ``sampler``. The observed
+    (``observation [L]``), by self-guidance (sec. 3.1) of a denoiser or loaded model walked by
+    ``sampler`` (``scale`` 4 and 200 ancestral steps: see docs/timeseries.md). The observed
     entries of the output are the model's, not overwritten: how well they match ``y`` is part
     of the measurement."""
     positive_int("n", n)
@@ -121,24 +129,27 @@ def impute(
 
 
 def forecast(
-    denoiser: DenoiserBase,
+    denoiser: DenoiserBase | Any,
     context: Tensor,
     horizon: int,
     n: int,
     **kwargs: Any,
 ) -> Tensor:
-    """``n`` forecasts ``[n, horizon]`` of the ``horizon`` steps after ``context``
-    (``[L - horizon]``, ``L`` the model's length) by self-guidance; ``kwargs`` as in
-    :func:`impute`."""
-    length = _length(denoiser, kwargs.pop("length", None))
+    """``n`` forecasts ``[n, horizon]`` of the ``horizon`` steps after ``context`` by
+    self-guidance; the series length is the model's (a loaded model) or
+    ``len(context) + horizon`` (a bare denoiser); ``kwargs`` as in :func:`impute`."""
+    _, length = _resolve(denoiser)
     positive_int("horizon", horizon)
+    if not isinstance(context, Tensor) or context.ndim != 1:
+        raise ValueError(f"context must be a 1-D tensor of past values, got "
+                         f"{tuple(context.shape) if isinstance(context, Tensor) else context!r}")
+    length = length or context.numel() + horizon
     if horizon >= length:
         raise ValueError(f"the forecast horizon ({horizon}) must be shorter than the series "
                          f"the model was trained on ({length} steps)")
-    if not isinstance(context, Tensor) or context.shape != (length - horizon,):
-        got = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+    if context.shape != (length - horizon,):
         raise ValueError(f"context must have shape [{length - horizon}] (series length {length} "
-                         f"minus horizon {horizon}), got {got}")
+                         f"minus horizon {horizon}), got {tuple(context.shape)}")
     mask = torch.arange(length) < length - horizon
     y = torch.cat([context, context.new_zeros(horizon)])
     return impute(denoiser, y, mask, n, **kwargs)[:, length - horizon:]
@@ -150,7 +161,7 @@ def forecast(
 
 
 def denoising_energy(
-    denoiser: DenoiserBase,
+    denoiser: DenoiserBase | Any,
     x: Tensor,
     *,
     t: float | None = None,
@@ -166,6 +177,7 @@ def denoising_energy(
     diffusion ELBO; ``-log p(x)`` up to a constant for Gaussian data and the exact denoiser).
     ``eps - eps_hat = (alpha / sigma) (D(x_t) - x)`` for the data prediction ``D``."""
     positive_int("draws", draws)
+    denoiser, _ = _resolve(denoiser)
     proc = denoiser.process
     b = x.shape[0]
     if t is None:
@@ -190,7 +202,7 @@ def denoising_energy(
 
 
 def refine(
-    denoiser: DenoiserBase,
+    denoiser: DenoiserBase | Any,
     init: Tensor,
     observation: Tensor,
     mask: Tensor,
@@ -226,6 +238,9 @@ def refine(
     if not isinstance(init, Tensor) or init.ndim != 2:
         raise ValueError(f"init must be a [B, L] tensor of series, got "
                          f"{tuple(init.shape) if isinstance(init, Tensor) else type(init)}")
+    denoiser, length = _resolve(denoiser)
+    if length is not None and init.shape[1] != length:
+        raise ValueError(f"init has series of {init.shape[1]} steps; the model's have {length}")
     mask = check_mask(mask, init.shape[1])
     observation = _series(observation, init.shape[1], "observation")
     positive_int("iterations", iterations)
