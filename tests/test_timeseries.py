@@ -262,3 +262,23 @@ def test_bad_input():
     with pytest.raises(ValueError, match="quantiles must be one level in"):
         self_guided(den, y, forecast_mask(48, 12), likelihood="quantile",
                     quantiles=torch.tensor([0.2, 1.5]))(y[None].repeat(2, 1), 1.0)
+
+
+def test_bench_timeseries_smoke(capsys):
+    """``reverie bench timeseries`` is discovered and reports every method against the exact
+    law (a tiny run: exact denoiser, 2 problems, 20 samples, 10 steps, scale 1)."""
+    import argparse
+
+    from reverie.bench import available
+    from reverie.bench import timeseries as bench
+
+    assert available()["timeseries"] is bench
+    args = argparse.Namespace(quick=False, problems=2, samples=20, steps=10, scales="1",
+                              model="none", plot=None, seed=0, threads=1, refine_iterations=5)
+    result = bench.run(args)
+    methods = {r["method"] for r in result["rows"]}
+    assert {"exact samples", "self_guidance mse (scale 1)", "inverse dps", "seasonal naive",
+            "naive + refine ml", "naive + refine langevin"} <= methods
+    exact = next(r for r in result["rows"] if r["method"] == "exact samples")
+    assert exact["crps"] < 1.2 and exact["obs_err"] < 1e-6
+    assert "| task | denoiser | method |" in capsys.readouterr().out

@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps of every sampler (self-guidance's default: 200)")
     parser.add_argument("--scales", type=str, default="1,2,4,8",
                         help="self-guidance scales to select from on the first problem")
+    parser.add_argument("--refine-iterations", type=int, default=200,
+                        help="iterations of the refinement step (ML and Langevin)")
     parser.add_argument("--model", type=str, default="seasonal",
                         help="the trained model ('none' for the exact denoiser only)")
     parser.add_argument("--plot", type=str, default=None,
@@ -126,11 +128,13 @@ def _methods(den, truth: Tensor, mask: Tensor, args, scale: float, task: str, la
         out["linear AR(12)"] = torch.cat([ctx, linear_forecast(ctx, h)])
         init = naive[None].repeat(n, 1)
         out["naive + refine ml"] = refine(den, init, truth.float(), mask, method="ml",
-                                          scale=10.0, step_size=0.02, iterations=200,
+                                          scale=10.0, step_size=0.02,
+                                          iterations=args.refine_iterations,
                                           generator=g(6))
         out["naive + refine langevin"] = refine(den, init, truth.float(), mask,
                                                 method="langevin", scale=10.0,
-                                                step_size=0.01, iterations=200, generator=g(7))
+                                                step_size=0.01, iterations=args.refine_iterations,
+                                                generator=g(7))
     return out
 
 
@@ -247,7 +251,7 @@ def _plot(den, law, args, scale: float) -> None:
     ax.plot(t[mask].numpy(), truth[mask].numpy(), "k.", ms=4, label="context")
     ax.plot(tf, truth[free].numpy(), "x", color="tab:red", ms=4, label="truth")
     ax.set_xlabel("time step")
-    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     ax.set_title(f"self-guided forecast ({args.model}, scale {scale:g}) vs the exact "
                  "conditional law", fontsize=9)
     save_figure(fig, args.plot)
