@@ -253,6 +253,9 @@ def test_bad_input():
         impute(model, y.float(), torch.ones(36, dtype=torch.bool), 2)
     with pytest.raises(ValueError, match="init has series of 40 steps"):
         refine(model, torch.zeros(2, 40), y[:40], torch.ones(40, dtype=torch.bool))
+    with pytest.raises(ValueError, match="NaN at an observed entry"):
+        impute(den, torch.full((48,), float("nan"), dtype=torch.float64),
+               forecast_mask(48, 12), 2)
     with pytest.raises(ValueError, match="unknown likelihood"):
         self_guided(den, y, forecast_mask(48, 12), likelihood="mae")
     with pytest.raises(ValueError, match="unknown refinement method"):

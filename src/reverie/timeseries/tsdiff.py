@@ -9,12 +9,14 @@ Self-Guiding Diffusion Models for Probabilistic Time Series Forecasting").
   ``E(x) = L_denoise(x) + scale * R(x[mask], y)``; ``method="ml"`` descends it (maximum
   likelihood, the paper's most-likely refinement), ``method="langevin"`` samples
   ``exp(-E)`` with the unadjusted Langevin algorithm (energy-based sampling).
-  :func:`denoising_energy` is ``L_denoise``: at a fixed time ``t`` the paper's
-  ``|eps - eps_hat(x_t)|^2 / 2``; with ``t=None`` that loss integrated over the log-SNR
-  (uniform draws, stratified), the diffusion ELBO (Kingma et al. 2021, VDM eq. 17) which for
+  :func:`denoising_energy` is ``L_denoise``: at a fixed time ``t`` the paper's denoising loss
+  ``|eps - eps_hat(x_t)|^2``, halved; with ``t=None`` that loss integrated over the log-SNR
+  (uniform draws, stratified), the continuous-time diffusion ELBO (Kingma et al. 2021,
+  "Variational Diffusion Models"), which for
   Gaussian data with the exact denoiser is ``-log p(x)`` up to a constant, so ML refinement
-  converges to the exact conditional mode and Langevin to the exact conditional law of
-  ``y`` observed with noise variance ``1 / scale``.
+  converges to the exact conditional mode and Langevin (as its step size shrinks; the energy's
+  gradient is a Monte Carlo estimate whose noise adds to the injected noise) to the exact
+  conditional law of ``y`` observed with noise variance ``1 / scale``.
 * Baselines: :func:`seasonal_naive` and :func:`linear_forecast` (least-squares AR on the
   context), the base forecasters the paper refines.
 """
@@ -92,6 +94,9 @@ def self_guided(
         length = int(observation.shape[-1])
     mask = check_mask(mask, length)
     observation = _series(observation, length, "observation")
+    if bool(torch.isnan(observation[..., mask]).any()):
+        raise ValueError("observation is NaN at an observed entry (mask true); NaN may only "
+                         "mark the entries to fill in")
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {likelihood!r}; expected one of "
                          f"{', '.join(LIKELIHOODS)}")
