@@ -12,11 +12,11 @@ Self-Guiding Diffusion Models for Probabilistic Time Series Forecasting").
   :func:`denoising_energy` is ``L_denoise``: at a fixed time ``t`` the paper's denoising loss
   ``|eps - eps_hat(x_t)|^2``, halved; with ``t=None`` that loss integrated over the log-SNR
   (uniform draws, stratified), the continuous-time diffusion ELBO (Kingma et al. 2021,
-  "Variational Diffusion Models"), which for
-  Gaussian data with the exact denoiser is ``-log p(x)`` up to a constant, so ML refinement
-  converges to the exact conditional mode and Langevin (as its step size shrinks; the energy's
-  gradient is a Monte Carlo estimate whose noise adds to the injected noise) to the exact
-  conditional law of ``y`` observed with noise variance ``1 / scale``.
+  "Variational Diffusion Models"), which for Gaussian data with the exact denoiser is
+  ``-log p(x)`` up to a constant, so ML refinement converges to the exact conditional mode,
+  and Langevin (as its step size shrinks; the energy's gradient is a Monte Carlo estimate
+  whose noise adds to the injected noise) to the exact conditional law of ``y`` observed with
+  noise variance ``1 / scale``.
 * Baselines: :func:`seasonal_naive` and :func:`linear_forecast` (least-squares AR on the
   context), the base forecasters the paper refines.
 """
