@@ -68,6 +68,8 @@ BUNDLED: dict[str, str] = {
     "with a null class for CFG; EDM",
     "two-moons": "2-D two moons, class-conditional (upper/lower moon, null class) residual MLP; "
     "EDM",
+    "seasonal": "seasonal time series of 48 steps (reverie.timeseries.SeasonalGP), "
+    "unconditional residual MLP for TSDiff self-guidance; EDM",
     "shapes": "text-to-image StableDiffusionPipeline (VAE, UNet2DConditionModel, CLIP): 32x32 "
     "coloured shapes, e.g. 'a red circle on the left'; VP, epsilon",
 }

@@ -364,6 +364,7 @@ from reverie.guidance import density as _density  # noqa: E402,F401
 from reverie.guidance import dreamguider as _dreamguider  # noqa: E402,F401
 from reverie.guidance import gradient as _gradient  # noqa: E402,F401
 from reverie.guidance import minority as _minority  # noqa: E402,F401
+from reverie.guidance import self_guidance as _self_guidance  # noqa: E402,F401
 from reverie.guidance import semantic as _semantic  # noqa: E402,F401
 from reverie.guidance import steered as _steered  # noqa: E402,F401
 from reverie.guidance import unite as _unite  # noqa: E402,F401
