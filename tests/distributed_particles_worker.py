@@ -2,8 +2,9 @@
 ranks, gloo): particle populations split over the ranks (FK steering, TDS, MCGdiff), the
 rows of search / solve sharded, and the resampling of a population whose weight is all on
 rank 0; each rank saves what it got to ``OUT.RANK.pt``; then ``reverie restore`` runs
-through the CLI's entry point in the same process group (rank 0 writes ``restore.png``). The test file calls the same
-functions with ``distributed=False`` for the one-process reference."""
+through the CLI's entry point in the same process group (rank 0 writes ``restore.png``).
+The test file calls the same functions with ``distributed=False`` for the one-process
+reference."""
 
 import sys
 

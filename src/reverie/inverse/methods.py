@@ -21,9 +21,9 @@ from torch import Tensor
 
 from reverie._checks import in_range
 from reverie._random import Generators, randn, randn_like
-from reverie.distributed import Population
 from reverie._registry import Registry
 from reverie.denoisers import DenoiserBase
+from reverie.distributed import Population
 from reverie.inverse.guidance import (
     DiffPIRDenoiser,
     Fixed,

@@ -17,8 +17,8 @@ from reverie._progress import progress_bar
 from reverie._random import randn as _randn_rows
 from reverie._registry import Registry
 from reverie._tensor import bcast
-from reverie.distributed import Population
 from reverie.denoisers import DenoiserBase
+from reverie.distributed import Population
 from reverie.samplers import (
     Sampler,
     Schedule,
