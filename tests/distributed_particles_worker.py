@@ -63,6 +63,15 @@ def pigdm(distributed, n=5):
                  generator=seeded_generators(5, n), distributed=distributed, return_info=True)
 
 
+def too_few() -> str:
+    """The error when a population of 1 particle is split over 2 ranks (no rank hangs)."""
+    try:
+        fk(True, n=1, particles=1)
+    except ValueError as err:
+        return str(err)
+    return "no error"
+
+
 def all_weight_on_rank_0(global_population: bool) -> torch.Tensor:
     """8 particles, 4 per rank, labelled by their global index; rank 1's have weight ~0.
     Returns the labels of this rank's particles after one (global / per-rank) resampling."""
@@ -88,6 +97,7 @@ if __name__ == "__main__":
             "pigdm": pigdm(True),
             "global": all_weight_on_rank_0(True),
             "local": all_weight_on_rank_0(False),
+            "too_few": too_few(),
         }
         torch.save(out, f"{sys.argv[1]}.{dist.rank()}.pt")
         from test_distributed_particles import RESTORE

@@ -135,3 +135,20 @@ def test_torchrun_search_cli_writes_the_one_process_samples(tmp_path):
     assert two.shape == (5, 2) and torch.equal(two, one)
     assert not torch.equal(two, seed3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "seed3", "two"]
+
+
+def test_bad_distributed_calls_are_clear_errors(two_ranks):
+    from reverie._checks import UserError
+
+    for r in two_ranks[0]:  # 1 particle over 2 ranks: every rank raises, none hangs
+        assert r["too_few"].startswith("a population of 1 particles cannot be split over 2")
+
+    with pytest.raises(UserError, match="needs an initialised torch.distributed process group"):
+        worker.fk(True, n=1, particles=2)
+    with pytest.raises(UserError, match="needs an initialised torch.distributed process group"):
+        worker.smc("tds", True, n=4, particles=4, steps=3)
+    with pytest.raises(UserError, match="needs an initialised torch.distributed process group"):
+        worker.pigdm(True, n=2)
+    with pytest.raises(ValueError, match="has no particle population to split"):
+        worker.search.run(worker.FLOW, worker.TILT.reward, method="best_of_n", budget=10,
+                          shape=(2,), steps=10, distributed="particles")

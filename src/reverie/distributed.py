@@ -58,6 +58,7 @@ __all__ = [
     "solve",
     "Population",
     "agree_generators",
+    "received_bytes",
 ]
 
 #: How long a collective waits for the other ranks before failing (a dead rank never hangs a job).
@@ -419,6 +420,15 @@ def solve(fn: Callable[..., Any], args: dict[str, Any], y: Tensor, generator: An
 # ---------------------------------------------------------------------------------------------
 
 
+_RECEIVED = [0]  # bytes this process received in population gathers (received_bytes)
+
+
+def received_bytes() -> int:
+    """The bytes this process has received in :class:`Population` gathers so far (for the
+    communication measurements of ``reverie bench distributed``)."""
+    return _RECEIVED[0]
+
+
 def _digest(generator: Any) -> Any:
     """A comparable summary of a generator's state (or of a list of them)."""
     if generator is None:
@@ -448,6 +458,10 @@ class Population:
     def __init__(self, total: int, split: bool = False):
         self.total = int(total)
         self.split = bool(split) and is_initialized() and world_size() > 1
+        if self.split and self.total < world_size():  # known alike on every rank: no hang
+            raise UserError(f"a population of {self.total} particles cannot be split over "
+                            f"{world_size()} ranks (each needs one); use at least "
+                            f"{world_size()} particles or fewer ranks")
         self.rows = shard(self.total) if self.split else range(self.total)
         self.counts = ([len(shard(self.total, r)) for r in range(world_size())]
                        if self.split else [self.total])
@@ -468,6 +482,7 @@ class Population:
         bufs = [torch.empty_like(buf) for _ in self.counts]
         torch.distributed.all_gather(bufs, buf)
         self.bytes += buf.element_size() * buf.numel() * (len(bufs) - 1)
+        _RECEIVED[0] += buf.element_size() * buf.numel() * (len(bufs) - 1)
         return torch.cat([b[:c] for b, c in zip(bufs, self.counts)]).to(x.device)
 
     def take(self, index: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
