@@ -1,8 +1,9 @@
 """Run by tests/test_distributed_particles.py under ``python -m torch.distributed.run`` (2
 ranks, gloo): particle populations split over the ranks (FK steering, TDS, MCGdiff), the
 rows of search / solve sharded, and the resampling of a population whose weight is all on
-rank 0; each rank saves what it got to ``OUT.RANK.pt``; then ``reverie restore`` runs
-through the CLI's entry point in the same process group (rank 0 writes ``restore.png``).
+rank 0; each rank saves what it got to ``OUT.RANK.pt``; then ``reverie restore`` and
+``reverie search`` run through the CLI's entry point under torchrun's environment, in the
+same process group (rank 0 writes ``restore.png`` and ``search/``).
 The test file calls the same functions with ``distributed=False`` for the one-process
 reference."""
 
@@ -100,6 +101,7 @@ if __name__ == "__main__":
             "too_few": too_few(),
         }
         torch.save(out, f"{sys.argv[1]}.{dist.rank()}.pt")
-        from test_distributed_particles import RESTORE
+        from test_distributed_particles import RESTORE, SEARCH
 
         main([*RESTORE, "--out", "restore.png"])
+        main([*SEARCH, "--out", "search"])

@@ -373,7 +373,8 @@ def search(fn: Callable[..., Any], args: dict[str, Any], n: int, generator: Any,
     single-process ``run``, with ``args``) on its shard of the ``n`` returned samples and their
     generators; samples and rewards are gathered on every rank, ``nfe`` is the largest and
     ``nfe_total`` the sum of the ranks'; ``info`` is the first rank's, with ``network_rows``
-    summed and ``ranks`` added. ``result`` -- ``SearchResult``."""
+    summed, per-sample means (``*_mean``) averaged over all samples (equal to one process's
+    up to rounding) and ``ranks`` added. ``result`` -- ``SearchResult``."""
     require_group("reverie.search.run")
     gens = _per_row(generator, n, "reverie.search.run", allow_none=False)
     agree((n, args["method"], args["budget"], fingerprint(args["denoiser"])),
@@ -382,10 +383,13 @@ def search(fn: Callable[..., Any], args: dict[str, Any], n: int, generator: Any,
     res = fn(**args, n=len(rows), generator=gens[rows.start:rows.stop]) if len(rows) else None
     samples = gather_rows(None if res is None else res.samples)
     rewards = gather_rows(None if res is None else res.rewards)
-    parts = [p for p in _all_gather_object(None if res is None else (res.nfe, res.nfe_total,
-                                                                      res.info)) if p]
+    parts = [p for p in _all_gather_object(None if res is None else (
+        res.nfe, res.nfe_total, res.info, len(rows))) if p]
     info = {**parts[0][2], "ranks": world_size(),
             "network_rows": sum(p[2].get("network_rows", 0) for p in parts)}
+    for key, value in parts[0][2].items():  # per-sample means: weighted by the ranks' rows
+        if key.endswith("_mean") and isinstance(value, float):
+            info[key] = sum(p[2][key] * p[3] for p in parts) / n
     return result(samples, rewards, max(p[0] for p in parts), sum(p[1] for p in parts),
                   args["method"], args["budget"], info)
 

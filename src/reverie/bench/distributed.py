@@ -11,9 +11,10 @@ samples of every world size must be identical (checked).
 
 ``--particles K`` (0: skip) adds a particle method: FK steering (``reverie.search.run(...,
 method="fk", distributed=True)``) of ``--fk-n`` samples with ``K`` particles each towards a
-linear reward on two-moons, one population per sample split over the ranks; it reports the
-time per call, whether the samples equal world size 1's, and the bytes rank 0 received
-per call (log-weights every step, particles at each resampling).
+linear reward on two-moons at ``--temperature`` (0.3: a few resamplings), one population per
+sample split over the ranks; it reports the time per call, whether the samples equal world
+size 1's, and the bytes rank 0 received per call (log-weights every step, particles at each
+resampling).
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--particles", type=int, default=256,
                         help="FK particles per sample (0: no particle row)")
     parser.add_argument("--fk-n", type=int, default=8, help="FK samples per call")
+    parser.add_argument("--temperature", type=float, default=0.3,
+                        help="FK temperature (0.3: a few resamplings per call)")
 
 
 def _worker(rank: int, world: int, folder: str, n: int, steps: int, repeats: int,
-            particles: int = 0) -> None:
+            particles: int = 0, temperature: float = 1.0) -> None:
     """One rank: warm up, then time ``repeats`` distributed calls; rank 0 writes the result.
     ``particles > 0``: FK steering of ``n`` samples with ``particles`` each instead."""
     import reverie
@@ -60,12 +63,15 @@ def _worker(rank: int, world: int, folder: str, n: int, steps: int, repeats: int
         model = reverie.load("two-moons")
         noise = reverie.randn((n, 2), seeded_generators(0, n))
         reward = parse_reward("linear:0.75,0.5")
+        resamplings: list[float] = []
 
         def call() -> torch.Tensor:
             if particles:
-                return search.run(model, reward, "fk", budget=particles * steps, n=n,
-                                  generator=torch.Generator().manual_seed(0), steps=steps,
-                                  distributed=True).samples
+                res = search.run(model, reward, "fk", budget=particles * steps, n=n,
+                                 generator=torch.Generator().manual_seed(0), steps=steps,
+                                 temperature=temperature, distributed=True)
+                resamplings.append(res.info["resamplings_mean"])
+                return res.samples
             return reverie.sample(model.denoiser, noise, "dpmpp_2m", steps=steps,
                                   distributed=True)
 
@@ -73,7 +79,7 @@ def _worker(rank: int, world: int, folder: str, n: int, steps: int, repeats: int
             if particles:  # its particles of every population, without the exchanges
                 mine = len(reverie.distributed.shard(particles))
                 search.run(model, reward, "fk", budget=mine * steps, n=n, steps=steps,
-                           generator=torch.Generator().manual_seed(0))
+                           temperature=temperature, generator=torch.Generator().manual_seed(0))
                 return
             rows = reverie.distributed.shard(n)
             reverie.sample(model.denoiser, noise[rows.start : rows.stop], "dpmpp_2m", steps=steps)
@@ -95,17 +101,19 @@ def _worker(rank: int, world: int, folder: str, n: int, steps: int, repeats: int
             Path(folder, "result.json").write_text(json.dumps(
                 {"seconds": statistics.median(seconds), "checksum": x.double().sum().item(),
                  "shard_seconds": statistics.median(shard_seconds), "first": x[:4].tolist(),
-                 "bytes_per_call": received}))
+                 "bytes_per_call": received,
+                 "resamplings": statistics.mean(resamplings) if resamplings else 0.0}))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def _launch(world: int, n: int, steps: int, repeats: int, particles: int = 0) -> dict[str, Any]:
+def _launch(world: int, n: int, steps: int, repeats: int, particles: int = 0,
+            temperature: float = 1.0) -> dict[str, Any]:
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as folder:
-        mp.start_processes(_worker, args=(world, folder, n, steps, repeats, particles),
-                           nprocs=world, start_method="spawn")
+        mp.start_processes(_worker, args=(world, folder, n, steps, repeats, particles,
+                                          temperature), nprocs=world, start_method="spawn")
         return json.loads(Path(folder, "result.json").read_text())
 
 
@@ -143,7 +151,8 @@ def _particle_rows(args: argparse.Namespace, worlds: list[int]) -> dict[str, Any
     runs: dict[int, list[dict[str, Any]]] = {w: [] for w in worlds}
     for r in range(args.rounds):
         for w in worlds if r % 2 == 0 else worlds[::-1]:
-            runs[w].append(_launch(w, args.fk_n, args.steps, args.repeats, args.particles))
+            runs[w].append(_launch(w, args.fk_n, args.steps, args.repeats, args.particles,
+                                   args.temperature))
     ref = runs[worlds[0]][0]
     identical = all(x["checksum"] == ref["checksum"] and x["first"] == ref["first"]
                     for rs in runs.values() for x in rs)
@@ -152,12 +161,15 @@ def _particle_rows(args: argparse.Namespace, worlds: list[int]) -> dict[str, Any
     received = {w: rs[0]["bytes_per_call"] for w, rs in runs.items()}
     rows = [[w, f"{secs[w]:.3f}", f"{shard[w]:.3f}", f"{secs[worlds[0]] / secs[w]:.2f}",
              f"{received[w] / 1e6:.2f}"] for w in worlds]
+    resamplings = ref["resamplings"]
     print(f"FK steering, {args.fk_n} samples x {args.particles} particles (one population "
-          f"each, split over the ranks), {args.steps} steps; identical samples at every world "
-          f"size: {identical}")
+          f"each, split over the ranks), {args.steps} steps, T = {args.temperature:g}, "
+          f"{resamplings:.2f} resamplings per sample; identical samples at every world size: "
+          f"{identical}")
     print(format_table(["processes", "s per call", "rank 0's particles alone, s",
                         f"speed-up vs {worlds[0]}", "MB received by rank 0 per call"], rows))
     return {"n": args.fk_n, "particles": args.particles, "identical": identical,
+            "temperature": args.temperature, "resamplings_per_sample": resamplings,
             "seconds": {str(w): secs[w] for w in worlds},
             "shard_seconds": {str(w): shard[w] for w in worlds},
             "bytes_per_call": {str(w): received[w] for w in worlds}}

@@ -556,8 +556,9 @@ def tds(
         prop = ddpm.transition(twisted, state, sch, generator=generator, cond={})
         base = ddpm.transition(Fixed(x0, den.process), state, sch, generator=generator, cond={})
         std = float(prop.std)
-        x_new = prop.mean + std * pop.local(randn((total, *prop.mean.shape[1:]), generator,
-                                                  dtype=prop.mean.dtype))
+        z = randn((total, *prop.mean.shape[1:]), generator, dtype=prop.mean.dtype,
+                  device=prop.mean.device)  # the whole population's noise: this rank's rows
+        x_new = prop.mean + std * pop.local(z)
         x0, ll_new, g = twist(x_new, i + 1)
         # w = p(x'|x) p~'(y|x') / (p~(y|x) q(x'|x, y))
         logw = (

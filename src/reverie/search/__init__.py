@@ -172,13 +172,13 @@ def run(
         _dist.require_group("reverie.search.run")
         if generator is None:
             raise UserError("run(distributed='particles') needs a generator (or one per "
-                                  "sample) seeded alike on every rank; got generator=None")
+                            "sample) seeded alike on every rank; got generator=None")
         _dist.agree((n, method, budget, tuple(shape), _dist.fingerprint(denoiser)),
                     "the search (n, method, budget, shape) or the model's weights")
         _dist.agree_generators(generator, "reverie.search.run")
         if not smp.gaussian_kernel or float(s_opts.get("s_churn", 0.0)) > 0:
             raise UserError(f"sampler {smp.name!r} draws noise inside its steps here; a "
-                                  "population split over ranks needs plain Gaussian steps")
+                            "population split over ranks needs plain Gaussian steps")
     rng = Rng(generator, n)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     bar = progress_bar(n * budget, progress and _dist.is_main(), f"search {method}",
