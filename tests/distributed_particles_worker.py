@@ -89,7 +89,7 @@ if __name__ == "__main__":
     with dist.launched():
         out = {
             "fk": fk(True),  # 600 x 32 particles: 300 x 32 rows a rank
-            "fk_seeded": fk("particles", n=3, particles=5,  # 3 x 5 particles: 8 + 7 rows
+            "fk_seeded": fk("particles", n=3, particles=5,  # each 5 split 3 + 2
                             generator=seeded_generators(7, 3)),
             "fk_rows": fk("samples", n=3, particles=4, generator=seeded_generators(7, 3)),
             "best_of_n": best_of_n(True),

@@ -448,46 +448,60 @@ def agree_generators(generator: Any, what: str) -> None:
 
 
 class Population:
-    """``total`` particles, rows ``0 .. total-1``; with ``split`` (and a process group of more
-    than one rank) each rank holds the contiguous rows :attr:`rows` (:func:`shard`), without
-    it one process holds them all and every method below is the identity / plain indexing.
+    """``total`` particles, rows ``0 .. total-1``, in populations of ``block`` consecutive rows
+    (default: one population of ``total``). With ``split`` (and a process group of more than
+    one rank) every population is split over the ranks: rank ``r`` holds the rows
+    ``shard(block, r)`` of each block (:attr:`index`, in increasing order), so ``world`` ranks
+    of ``K`` particles run one population of ``world * K``. Without it one process holds every
+    row and each method below is the identity or plain indexing.
 
     The contract that keeps a split run equal to the one-process run with the same total
     population and seed: per-particle *random numbers* are drawn for the whole population on
     every rank and cut with :meth:`local` (each rank's shared generator then stays in the same
     state), per-particle *weights* are gathered with :meth:`gather` before anything that
     mixes particles (normalising, resampling), and resampled particles are fetched with
-    :meth:`take`. ``bytes`` counts what this rank received (gathers and exchanges)."""
+    :meth:`take`. ``bytes`` counts what this rank received in gathers."""
 
-    def __init__(self, total: int, split: bool = False):
+    def __init__(self, total: int, split: bool = False, block: int | None = None):
         self.total = int(total)
+        self.block = self.total if block is None else int(block)
         self.split = bool(split) and is_initialized() and world_size() > 1
-        if self.split and self.total < world_size():  # known alike on every rank: no hang
-            raise UserError(f"a population of {self.total} particles cannot be split over "
+        if self.split and self.block < world_size():  # known alike on every rank: no hang
+            raise UserError(f"a population of {self.block} particles cannot be split over "
                             f"{world_size()} ranks (each needs one); use at least "
                             f"{world_size()} particles or fewer ranks")
-        self.rows = shard(self.total) if self.split else range(self.total)
-        self.counts = ([len(shard(self.total, r)) for r in range(world_size())]
-                       if self.split else [self.total])
+        self.indices = [self._rows(r) for r in range(world_size())] if self.split else []
+        self.index = self.indices[rank()] if self.split else torch.arange(self.total)
         self.bytes = 0
+
+    def _rows(self, r: int) -> Tensor:
+        """The global rows rank ``r`` holds: its shard of every block."""
+        part = shard(self.block, r)
+        starts = torch.arange(0, self.total, self.block)
+        return (starts[:, None] + torch.arange(part.start, part.stop)).flatten()
 
     def local(self, x: Tensor) -> Tensor:
         """This rank's rows of a tensor over the whole population (e.g. a noise draw)."""
-        return x[self.rows.start:self.rows.stop] if self.split else x
+        return x[self.index.to(x.device)] if self.split else x
 
     def gather(self, x: Tensor) -> Tensor:
         """The whole population's rows from every rank's rows ``x`` (one padded all-gather)."""
         if not self.split:
             return x
-        if len(x) != len(self.rows):
-            raise ValueError(f"expected this rank's {len(self.rows)} particles, got {len(x)}")
-        buf = torch.zeros((max(self.counts), *x.shape[1:]), dtype=x.dtype, device=_comm_device())
+        if len(x) != len(self.index):
+            raise ValueError(f"expected this rank's {len(self.index)} particles, got {len(x)}")
+        width = max(len(i) for i in self.indices)
+        buf = torch.zeros((width, *x.shape[1:]), dtype=x.dtype, device=_comm_device())
         buf[: len(x)] = x.detach()
-        bufs = [torch.empty_like(buf) for _ in self.counts]
+        bufs = [torch.empty_like(buf) for _ in self.indices]
         torch.distributed.all_gather(bufs, buf)
-        self.bytes += buf.element_size() * buf.numel() * (len(bufs) - 1)
-        _RECEIVED[0] += buf.element_size() * buf.numel() * (len(bufs) - 1)
-        return torch.cat([b[:c] for b, c in zip(bufs, self.counts)]).to(x.device)
+        received = buf.element_size() * buf.numel() * (len(bufs) - 1)
+        self.bytes += received
+        _RECEIVED[0] += received
+        out = torch.empty((self.total, *x.shape[1:]), dtype=x.dtype, device=buf.device)
+        for b, rows in zip(bufs, self.indices):
+            out[rows.to(buf.device)] = b[: len(rows)]
+        return out.to(x.device)
 
     def take(self, index: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
         """Resampling: for each rank-local ``x``, this rank's rows of ``x_global[index]``
@@ -495,7 +509,7 @@ class Population:
         process: ``x[index]``. The same tensor passed twice is exchanged once."""
         if not self.split:
             return tuple(x[index] for x in xs)
-        mine = index[self.rows.start:self.rows.stop]
+        mine = index[self.index.to(index.device)]
         done: dict[int, Tensor] = {}
         for x in xs:
             if id(x) not in done:

@@ -531,7 +531,7 @@ def tds(
 
     k, p = _clouds(problem, particles)
     total = k * p
-    pop = Population(total, problem.split)  # this rank's particles (all in one process)
+    pop = Population(total, problem.split, block=p)  # this rank's share of every cloud
     x = pop.local(problem.start(total, generator, sch))
     x0, ll, g = twist(x, 0)
     logw = ll.clone()
@@ -673,7 +673,7 @@ def mcg_diff(
 
     k, p = _clouds(problem, particles)
     total = k * p
-    pop = Population(total, problem.split)  # this rank's particles (all in one process)
+    pop = Population(total, problem.split, block=p)  # this rank's share of every cloud
     z = sch.sigma[0] * randn((total, svd.s.numel()), generator, dtype=dtype)
     if bool(early.any()):
         # exact conditioning at t_0: N(0, s0^2) x N(z; a0 ybar, a0^2 (r^2 - sve0^2))

@@ -90,9 +90,9 @@ def _steer(
     T, S = ctx.temperature, ctx.steps
     g = groups.numel()
     rows = groups.repeat_interleave(k)                 # the group of every particle
-    # run(distributed=True): this rank's particles; the per-particle weights below are the
-    # whole population's on every rank
-    pop = Population(g * k, ctx.split)
+    # run(distributed=True): this rank's share of every group's k particles; the
+    # per-particle weights below are the whole population's on every rank
+    pop = Population(g * k, ctx.split, block=k)
     mine = pop.local(rows)
     offset = torch.arange(g)[:, None] * k
     logw = torch.zeros(g * k, dtype=torch.float64)    # log weight since the last resampling
