@@ -38,10 +38,8 @@ def test_ray_job_equals_one_process(local_ray):
 def test_generate_restore_and_likelihood_jobs_equal_one_process(local_ray):
     """One actor per job (the 2-actor split is shown above): every row is its one-process
     value, whatever batch it lands in."""
-    from reverie.bench.inverse import digits_task
-    from reverie.data import load_digits
     from reverie.discrete import generate, load_model
-    from reverie.inverse import solve
+    from reverie.inverse import MatrixOperator, solve
     from reverie.likelihood import log_likelihood
 
     def gen(seed):
@@ -61,20 +59,19 @@ def test_generate_restore_and_likelihood_jobs_equal_one_process(local_ray):
                    enumerate(tokens)) == same
         assert [len(t) for t in tokens] == [len(p) + 10 for p in prompts]
         assert (texts == one.texts) == same
-    # restore: 3 inpainting measurements, 2 MCGdiff samples each, image k from seed 4 + k
-    op = digits_task("inpaint", (1, 8, 8), gen(0))
-    clean = op.A(load_digits("test")[0][:3].float())
-    y = clean + 0.05 * torch.randn(clean.shape, generator=gen(0))
-    ds = reverie.ray.restore_dataset("digits", op, y, 0.05, seed=4, samples=2, batch_size=2,
+    # restore: 3 measurements of x + 0.3 y on two-moons, 2 MCGdiff samples each, row k from
+    # seed 4 + k
+    op = MatrixOperator(torch.tensor([[1.0, 0.3]]))
+    y = torch.tensor([[0.5], [-1.0], [1.5]])
+    ds = reverie.ray.restore_dataset("two-moons", op, y, 0.1, seed=4, samples=2, batch_size=2,
                                      num_cpus=0.5, method="mcg_diff", steps=5)
     got = reverie.ray.collect(ds, "samples")
-    digits = reverie.load("digits")
+    moons = reverie.load("two-moons")
     for seed, same in ((4, True), (5, False)):
-        one = torch.stack([solve(digits.denoiser, op, y[k], 0.05, method="mcg_diff", steps=5,
+        one = torch.stack([solve(moons.denoiser, op, y[k], 0.1, method="mcg_diff", steps=5,
                                  n=2, generator=gen(seed + k)) for k in range(3)])
         assert torch.equal(got, one) == same
     # likelihood: 10 points in chunks of 4 (4 + 4 + 2), chunk j from seed 3 + 1 + 4 j
-    moons = reverie.load("two-moons")
     x = torch.randn(10, 2, generator=gen(1), dtype=torch.float64)
     ds = reverie.ray.likelihood_dataset("two-moons", x, seed=3, batch_size=4, num_cpus=0.5,
                                         rtol=1e-3, atol=1e-3)
