@@ -66,7 +66,7 @@ def _call(args: argparse.Namespace) -> int:
 
     if launched_by_torchrun() and not getattr(args, "distributed_ok", False):
         raise UserError(f"reverie {args.command} does not run under torchrun yet (sample, "
-                        "generate and likelihood do); run it without torchrun")
+                        "generate, likelihood, search and restore do); run it without torchrun")
     with launched(getattr(args, "device", None)):
         return int(args.func(args) or 0)
 

@@ -10,11 +10,18 @@ every collective, so ``world > n`` does not hang. Collectives wait at most the g
 
 Used by ``reverie.sample(..., distributed=True)``, ``reverie.discrete.generate(...,
 distributed=True)`` and the command line under ``torchrun`` (see docs/distributed.md).
+
+Particle methods (FK steering, TDS, MCGdiff) split one population over the ranks with a
+:class:`Population`: the network runs on each rank's particles, the log-weights are gathered,
+every rank computes the same ancestor indices from its copy of the shared generator, and the
+chosen particles are exchanged, so ``world`` ranks of ``K`` particles are one population of
+``world * K``, not ``world`` independent ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -47,6 +54,11 @@ __all__ = [
     "generate",
     "log_likelihood",
     "global_max",
+    "search",
+    "solve",
+    "Population",
+    "agree_generators",
+    "received_bytes",
 ]
 
 #: How long a collective waits for the other ranks before failing (a dead rank never hangs a job).
@@ -353,3 +365,161 @@ def generate(fn: Callable[..., Any], args: dict[str, Any], prompts: list[Tensor]
     texts = None if done[0][3] is None else [t for s in done for t in s[3]]
     return output(tokens, sum(s[0] for s in done), sum(s[1] for s in done),
                   max(s[2] for s in done), texts)
+
+
+def search(fn: Callable[..., Any], args: dict[str, Any], n: int, generator: Any,
+           result: Callable[..., Any]) -> Any:
+    """``reverie.search.run(..., distributed="samples")``: each rank runs ``fn`` (the
+    single-process ``run``, with ``args``) on its shard of the ``n`` returned samples and their
+    generators; samples and rewards are gathered on every rank, ``nfe`` is the largest and
+    ``nfe_total`` the sum of the ranks'; ``info`` is the first rank's, with ``network_rows``
+    summed, per-sample means (``*_mean``) averaged over all samples (equal to one process's
+    up to rounding) and ``ranks`` added. ``result`` -- ``SearchResult``."""
+    require_group("reverie.search.run")
+    gens = _per_row(generator, n, "reverie.search.run", allow_none=False)
+    agree((n, args["method"], args["budget"], fingerprint(args["denoiser"])),
+          "the search (n, method, budget) or the model's weights")
+    rows = shard(n)
+    res = fn(**args, n=len(rows), generator=gens[rows.start:rows.stop]) if len(rows) else None
+    samples = gather_rows(None if res is None else res.samples)
+    rewards = gather_rows(None if res is None else res.rewards)
+    parts = [p for p in _all_gather_object(None if res is None else (
+        res.nfe, res.nfe_total, res.info, len(rows))) if p]
+    info = {**parts[0][2], "ranks": world_size(),
+            "network_rows": sum(p[2].get("network_rows", 0) for p in parts)}
+    for key, value in parts[0][2].items():  # per-sample means: weighted by the ranks' rows
+        if key.endswith("_mean") and isinstance(value, float):
+            info[key] = sum(p[2][key] * p[3] for p in parts) / n
+    return result(samples, rewards, max(p[0] for p in parts), sum(p[1] for p in parts),
+                  args["method"], args["budget"], info)
+
+
+def solve(fn: Callable[..., Any], args: dict[str, Any], y: Tensor, generator: Any) -> Any:
+    """``reverie.inverse.solve(..., distributed=True)`` for a method without particles: each
+    rank runs ``fn`` (the single-process ``solve``, with ``args``) on its shard of the ``n``
+    measurement rows ``y`` and their generators; the samples (and per-row tensors of
+    ``extra``) are gathered on every rank. Returns the ``InverseResult``."""
+    require_group("reverie.inverse.solve")
+    n = len(y)
+    gens = _per_row(generator, n, "reverie.inverse.solve", allow_none=False)
+    agree((n, tuple(y.shape), args["method"], args["steps"], fingerprint(args["denoiser"])),
+          "the problem (n, y's shape, method, steps) or the model's weights")
+    rows = shard(n)
+    res = None
+    if len(rows):
+        lo, hi = rows.start, rows.stop
+        res = fn(**args, y=y[lo:hi], n=hi - lo, generator=gens[lo:hi], return_info=True)
+    samples = gather_rows(None if res is None else res.samples)
+    extras = [e for e in _all_gather_object(None if res is None else dict(res.extra))
+              if e is not None]
+    extra = {k: torch.cat([e[k] for e in extras]) if isinstance(v, Tensor) else v
+             for k, v in extras[0].items()}
+    parts = [r for r in _all_gather_object(res and dataclasses.replace(
+        res, samples=samples[:0], extra={})) if r is not None]
+    return dataclasses.replace(parts[0], samples=samples, extra=extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# One particle population over the ranks
+# ---------------------------------------------------------------------------------------------
+
+
+_RECEIVED = [0]  # bytes this process received in population gathers (received_bytes)
+
+
+def received_bytes() -> int:
+    """The bytes this process has received in :class:`Population` gathers so far (for the
+    communication measurements of ``reverie bench distributed``)."""
+    return _RECEIVED[0]
+
+
+def _digest(generator: Any) -> Any:
+    """A comparable summary of a generator's state (or of a list of them)."""
+    if generator is None:
+        return None
+    gens = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    return [hashlib.sha1(g.get_state().numpy().tobytes()).hexdigest()[:16] for g in gens]
+
+
+def agree_generators(generator: Any, what: str) -> None:
+    """Every rank must hold the same generator state(s) (a particle population draws the same
+    global random numbers on every rank); a mismatch is a :class:`~reverie.UserError`."""
+    agree(_digest(generator), f"{what}'s generator state (pass every rank the same seed)")
+
+
+class Population:
+    """``total`` particles, rows ``0 .. total-1``, in populations of ``block`` consecutive rows
+    (default: one population of ``total``). With ``split`` (and a process group of more than
+    one rank) every population is split over the ranks: rank ``r`` holds the rows
+    ``shard(block, r)`` of each block (:attr:`index`, in increasing order), so ``world`` ranks
+    of ``K`` particles run one population of ``world * K``. Without it one process holds every
+    row and each method below is the identity or plain indexing.
+
+    The contract that keeps a split run equal to the one-process run with the same total
+    population and seed: per-particle *random numbers* are drawn for the whole population on
+    every rank and cut with :meth:`local` (each rank's shared generator then stays in the same
+    state), per-particle *weights* are gathered with :meth:`gather` before anything that
+    mixes particles (normalising, resampling), and resampled particles are fetched with
+    :meth:`take`. ``bytes`` counts what this rank received in gathers."""
+
+    def __init__(self, total: int, split: bool = False, block: int | None = None):
+        self.total = int(total)
+        self.block = self.total if block is None else int(block)
+        self.split = bool(split) and is_initialized() and world_size() > 1
+        if self.split and self.block < world_size():  # known alike on every rank: no hang
+            raise UserError(f"a population of {self.block} particles cannot be split over "
+                            f"{world_size()} ranks (each needs one); use at least "
+                            f"{world_size()} particles or fewer ranks")
+        self.indices = [self._rows(r) for r in range(world_size())] if self.split else []
+        self.index = self.indices[rank()] if self.split else torch.arange(self.total)
+        self.bytes = 0
+
+    def _rows(self, r: int) -> Tensor:
+        """The global rows rank ``r`` holds: its shard of every block."""
+        part = shard(self.block, r)
+        starts = torch.arange(0, self.total, self.block)
+        return (starts[:, None] + torch.arange(part.start, part.stop)).flatten()
+
+    def local(self, x: Tensor) -> Tensor:
+        """This rank's rows of a tensor over the whole population (e.g. a noise draw)."""
+        return x[self.index.to(x.device)] if self.split else x
+
+    def gather(self, x: Tensor) -> Tensor:
+        """The whole population's rows from every rank's rows ``x`` (one padded all-gather)."""
+        if not self.split:
+            return x
+        if len(x) != len(self.index):
+            raise ValueError(f"expected this rank's {len(self.index)} particles, got {len(x)}")
+        width = max(len(i) for i in self.indices)
+        buf = torch.zeros((width, *x.shape[1:]), dtype=x.dtype, device=_comm_device())
+        buf[: len(x)] = x.detach()
+        bufs = [torch.empty_like(buf) for _ in self.indices]
+        torch.distributed.all_gather(bufs, buf)
+        received = buf.element_size() * buf.numel() * (len(bufs) - 1)
+        self.bytes += received
+        _RECEIVED[0] += received
+        out = torch.empty((self.total, *x.shape[1:]), dtype=x.dtype, device=buf.device)
+        for b, rows in zip(bufs, self.indices):
+            out[rows.to(buf.device)] = b[: len(rows)]
+        return out.to(x.device)
+
+    def take(self, index: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
+        """Resampling: for each rank-local ``x``, this rank's rows of ``x_global[index]``
+        (``index``: the ancestors of the whole population, the same on every rank). One
+        process: ``x[index]``. The same tensor passed twice is exchanged once."""
+        if not self.split:
+            return tuple(x[index] for x in xs)
+        mine = index[self.index.to(index.device)]
+        done: dict[int, Tensor] = {}
+        for x in xs:
+            if id(x) not in done:
+                done[id(x)] = self.gather(x)[mine.to(x.device)]
+        return tuple(done[id(x)] for x in xs)
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (a decision every rank must take alike)."""
+        if not self.split:
+            return bool(flag)
+        t = torch.tensor([float(flag)], device=_comm_device())
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item() > 0)

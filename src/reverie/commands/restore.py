@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="image file to write (.png, .pdf, ...)")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, distributed_ok=True)  # images sharded under torchrun
 
 
 def _show(task: str, op, y):
@@ -81,8 +81,12 @@ def _run(args: argparse.Namespace) -> int:
     op = digits_task(args.task, tuple(x_true.shape[1:]), g)
     clean = op.A(x_true)
     y = clean + args.noise * torch.randn(clean.shape, generator=g)
+    from reverie import distributed as dist
+
     rows = []
-    for i in progress_iter(range(args.images), True, f"restore ({method})", unit="image"):
+    # under torchrun each rank restores its share of the images (image i keeps its seed)
+    mine = dist.shard(args.images) if dist.is_initialized() else range(args.images)
+    for i in progress_iter(mine, dist.is_main(), f"restore ({method})", unit="image"):
         gen = torch.Generator().manual_seed(args.seed + i)
         kw = dict(method=method, steps=args.steps, generator=gen)
         if METHODS[method].particles:  # one sample from each of `samples` independent clouds
@@ -92,7 +96,11 @@ def _run(args: argparse.Namespace) -> int:
         else:
             x = solve(model.denoiser, op, y[i], args.noise, n=args.samples, **kw)
         rows += [x_true[i : i + 1], _show(args.task, op, y[i : i + 1]), x.to(torch.float32)]
-    grid = torch.cat(rows)
+    grid = torch.cat(rows) if rows else None
+    if dist.is_initialized():
+        grid = dist.gather_rows(grid)
+    if not dist.is_main():  # rank 0 writes the whole grid
+        return 0
     title = (
         f"{args.task}, {method}, {args.steps} steps, noise {args.noise}: "
         "truth | measurement | samples"

@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk", type=int, default=2048, help="most rows per network call")
     p.add_argument("--out", default="out/search", help="output folder (default out/search)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, distributed_ok=True)  # sharded / split under torchrun
 
 
 def _load(name: str):
@@ -60,6 +60,7 @@ def _load(name: str):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from reverie import distributed as dist
     from reverie import search
     from reverie.rewards import ClassifierReward, LinearReward, digit_judge, parse_reward
 
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
                 model, reward, method=method, budget=budget, n=args.n,
                 temperature=args.temperature, generator=_generators(args.seed, args.n),
                 shape=shape, sampler=args.sampler, steps=args.steps, chunk=args.chunk,
-                progress=not args.quiet, **options,
+                progress=not args.quiet and dist.is_main(), **options,
+                distributed=dist.is_initialized(),  # particle methods: one population
             )
         except ValueError as err:
             if budget != args.budget and "needs a budget" in str(err):
@@ -95,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
             entry["accuracy"] = float((judge(res.samples) == reward.label).double().mean())
         levels.append(entry)
         final = res
+    if not dist.is_main():  # under torchrun rank 0 writes and reports every rank's samples
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     exact = None

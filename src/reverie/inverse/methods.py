@@ -23,6 +23,7 @@ from reverie._checks import in_range
 from reverie._random import Generators, randn, randn_like
 from reverie._registry import Registry
 from reverie.denoisers import DenoiserBase
+from reverie.distributed import Population
 from reverie.inverse.guidance import (
     DiffPIRDenoiser,
     Fixed,
@@ -52,6 +53,8 @@ class Problem:
     dtype: torch.dtype
     grid: Tensor
     extra: dict
+    # solve(distributed=True): the SMC methods split their particles over the ranks
+    split: bool = False
 
     @property
     def n(self) -> int:
@@ -528,20 +531,23 @@ def tds(
 
     k, p = _clouds(problem, particles)
     total = k * p
-    x = problem.start(total, generator, sch)
+    pop = Population(total, problem.split, block=p)  # this rank's share of every cloud
+    x = pop.local(problem.start(total, generator, sch))
     x0, ll, g = twist(x, 0)
     logw = ll.clone()
 
     def step(state: State) -> State:
         nonlocal x0, ll, g, logw
         i = state.i
-        idx, logw = _resample_clouds(logw, p, generator, resample_ess)
+        idx, logw = _resample_clouds(pop.gather(logw), p, generator, resample_ess)
+        logw = pop.local(logw)
         if idx is not None:
-            state, x0, ll, g = state.select(idx), x0[idx], ll[idx], g[idx]
+            x, x0, ll, g = pop.take(idx, state.x, x0, ll, g)
+            state = State(x, state.i, (), state.nfe)
         if sch.sigma[i + 1] == 0:  # final step: the prediction itself
             state = ddpm.step(Fixed(x0, den.process), state, sch, generator=generator)
             if exact_final:  # replace the last twist by the true likelihood p(y | x0)
-                yb = y1.expand(total, *y1.shape[1:])
+                yb = y1.expand(len(x0), *y1.shape[1:])
                 with torch.no_grad():
                     logw = logw + problem.noise.log_likelihood(yb, problem.forward(state.x)) - ll
             return state
@@ -550,7 +556,9 @@ def tds(
         prop = ddpm.transition(twisted, state, sch, generator=generator, cond={})
         base = ddpm.transition(Fixed(x0, den.process), state, sch, generator=generator, cond={})
         std = float(prop.std)
-        x_new = prop.mean + std * randn_like(prop.mean, generator)
+        z = randn((total, *prop.mean.shape[1:]), generator, dtype=prop.mean.dtype,
+                  device=prop.mean.device)  # the whole population's noise: this rank's rows
+        x_new = prop.mean + std * pop.local(z)
         x0, ll_new, g = twist(x_new, i + 1)
         # w = p(x'|x) p~'(y|x') / (p~(y|x) q(x'|x, y))
         logw = (
@@ -564,8 +572,8 @@ def tds(
         return State(x_new, i + 1, (), state.nfe + 1)
 
     state = _walk(sch, State(x), step, "tds")
-    idx, _ = _resample_clouds(logw, p, generator)
-    samples = state.x[idx][: problem.n]
+    idx, _ = _resample_clouds(pop.gather(logw), p, generator)
+    samples = pop.gather(state.x)[idx][: problem.n]
     return samples, Cost(sch.steps, sch.steps - 1)
 
 
@@ -665,6 +673,7 @@ def mcg_diff(
 
     k, p = _clouds(problem, particles)
     total = k * p
+    pop = Population(total, problem.split, block=p)  # this rank's share of every cloud
     z = sch.sigma[0] * randn((total, svd.s.numel()), generator, dtype=dtype)
     if bool(early.any()):
         # exact conditioning at t_0: N(0, s0^2) x N(z; a0 ybar, a0^2 (r^2 - sve0^2))
@@ -673,8 +682,9 @@ def mcg_diff(
         post_var = 1.0 / (1.0 / s0**2 + 1.0 / lik_var)
         post_mean = post_var * a0 * ybar[early] / lik_var
         z[:, early] = post_mean + post_var.sqrt() * z[:, early] / s0
+    z = pop.local(z)
     # the initial weight g_0(z_0) cancels against the first step's division by g_0
-    logw = torch.zeros(total, dtype=dtype)
+    logw = torch.zeros(len(z), dtype=dtype)
 
     def step(state: State) -> State:
         nonlocal logw
@@ -699,13 +709,14 @@ def mcg_diff(
         if c2 == 0 and sch.sigma[j] == 0:
             kern[pinned] = sch.sigma_ve[i] ** 2
         logw = logw + _log_normal(
-            target[guided].expand(total, -1), m[:, guided], kern[guided] + var[guided]
+            target[guided].expand(len(m), -1), m[:, guided], kern[guided] + var[guided]
         )
         # adaptive resampling: resampling at even weights only adds genealogical drift
-        idx, logw = _resample_clouds(logw, p, generator, resample_ess)
+        idx, logw = _resample_clouds(pop.gather(logw), p, generator, resample_ess)
+        logw = pop.local(logw)
         if idx is not None:
-            m = m[idx]
-        noise = randn((total, m.shape[1]), generator, dtype=dtype)
+            (m,) = pop.take(idx, m)
+        noise = pop.local(randn((total, m.shape[1]), generator, dtype=dtype))
         z_new = m + math.sqrt(c2) * noise  # prior kernel for free coordinates
         if bool(guided.any()):
             v = var[guided]
@@ -714,12 +725,13 @@ def mcg_diff(
         if sch.sigma[j] == 0 and bool(pinned.any()):
             z_new[:, pinned] = target[pinned]  # noiseless: exactly the observation
         # the next step divides by the current potential of the still-active coordinates
-        logw = logw - _log_normal(z_new[:, active], target[active].expand(total, -1), var[active])
+        logw = logw - _log_normal(z_new[:, active], target[active].expand(len(m), -1),
+                                  var[active])
         return State(svd.V(z_new), j, (), state.nfe + 1)
 
     state = _walk(sch, State(svd.V(z)), step, "mcg_diff")
-    idx, _ = _resample_clouds(logw, p, generator)
-    samples = state.x[idx][: problem.n]
+    idx, _ = _resample_clouds(pop.gather(logw), p, generator)
+    samples = pop.gather(state.x)[idx][: problem.n]
     return samples, Cost(sch.steps)
 
 

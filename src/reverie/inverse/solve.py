@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from reverie._checks import check_options, positive_int
+from reverie import distributed as _dist
+from reverie._checks import UserError, check_options, positive_int
 from reverie._random import Generators
 from reverie.denoisers import DenoiserBase
 from reverie.inverse import methods as _m
@@ -69,6 +70,7 @@ def solve(
     shape: Sequence[int] | None = None,
     dtype: torch.dtype | None = None,
     return_info: bool = False,
+    distributed: bool = False,
     **options: Any,
 ) -> Tensor | InverseResult:
     """Sample ``x ~ p(x | y)`` for ``y = operator(x) + noise`` with the diffusion prior
@@ -90,6 +92,11 @@ def solve(
       ``dtype``: the solver dtype (default: ``y``'s).
     * ``options``: the method's own keywords (e.g. ``scale`` for DPS, ``eta`` for DDRM,
       ``noise_denoiser`` for ``structured_noise``); see ``METHODS[name].options``.
+    * ``distributed``: under an initialised ``torch.distributed`` group (every rank making
+      the same call), the SMC methods split their particles over the ranks and resample them
+      as one population (every rank passes the same seeded generator); the other methods
+      shard the ``n`` samples over the ranks (one generator per sample). Every rank gets the
+      one-process result (docs/distributed.md).
 
     Returns the samples ``[n, *shape]``, or with ``return_info=True`` an
     :class:`InverseResult` that also reports the model calls (NFE) per sample.
@@ -166,6 +173,20 @@ def solve(
     proc = denoiser.process
     g = resolve_grid(SAMPLERS["ddpm"], proc, steps, proc.default_grid if grid is None else grid)
     problem = _m.Problem(denoiser, operator, yb.to(dtype), noise, tuple(x_shape), dtype, g, {})
+    if distributed and not info.particles:  # each rank solves its rows
+        args = dict(denoiser=denoiser, operator=operator, noise_std=noise, method=method,
+                    steps=steps, grid=grid, shape=shape, dtype=dtype, **options)
+        res = _dist.solve(solve, args, yb, generator)
+        return res if return_info else res.samples
+    if distributed:  # one particle population over the ranks
+        _dist.require_group("reverie.inverse.solve")
+        if not isinstance(generator, torch.Generator):
+            raise UserError(f"solve(distributed=True) with the SMC method {info.name!r} needs "
+                            "one torch.Generator seeded alike on every rank")
+        _dist.agree((n, steps, particles, info.name, _dist.fingerprint(denoiser)),
+                    "the problem (n, steps, particles, method) or the model's weights")
+        _dist.agree_generators(generator, "reverie.inverse.solve")
+        problem.split = True
     if info.particles:
         options["particles"] = particles
     samples, cost = info.fn(problem, steps=g.numel() - 1, generator=generator, **options)

@@ -43,7 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from reverie._checks import check_options, positive_int
+from reverie import distributed as _dist
+from reverie._checks import UserError, check_options, positive_int
 from reverie._progress import progress_bar
 from reverie.denoisers import DenoiserBase
 from reverie.samplers import SAMPLERS
@@ -88,6 +89,7 @@ def run(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
     progress: bool = False,
+    distributed: bool | str = False,
     **options: Any,
 ) -> SearchResult:
     """Search with ``method`` under an NFE ``budget`` per returned sample; return ``n`` samples.
@@ -102,6 +104,13 @@ def run(
     (default: the method's; see ``METHODS[name].sampler``). ``chunk``: the most rows passed
     to the network (and the reward) in one call. Method options (e.g. ``potential`` for
     ``fk``) are keyword arguments; ``METHODS[name].options`` lists them with their defaults.
+
+    ``distributed`` (under an initialised ``torch.distributed`` group, every rank making the
+    same call): ``"samples"`` shards the ``n`` returned samples over the ranks (one generator
+    per sample needed); ``"particles"`` (particle methods, ``METHODS[name].particles``: ``fk``)
+    splits each sample's particle population over the ranks and resamples it as one
+    population (every rank passes the same generator(s)); ``True`` picks ``"particles"`` for
+    particle methods, else ``"samples"``. Either way every rank gets the one-process result.
     """
     info = METHODS[method]
     # a bundled model (``reverie.hub.LoadedModel``) carries its denoiser and sample shape
@@ -152,14 +161,34 @@ def run(
             f"method {method!r} backpropagates through a deterministic sampler; sampler "
             f"{smp.name!r} is stochastic here (use ddim, dpmpp_2m, heun, ...)"
         )
+    mode = _distributed_mode(distributed, info)
+    if mode == "samples":  # each rank runs this call on its shard of the returned samples
+        args = dict(denoiser=denoiser, reward=reward, method=method, budget=budget,
+                    temperature=temperature, shape=shape, sampler=sampler, steps=steps,
+                    grid=grid, sampler_options=sampler_options, chunk=chunk, dtype=dtype,
+                    device=device, progress=progress and _dist.is_main(), **options)
+        return _dist.search(run, args, n, generator, SearchResult)
+    if mode == "particles":
+        _dist.require_group("reverie.search.run")
+        if generator is None:
+            raise UserError("run(distributed='particles') needs a generator (or one per "
+                            "sample) seeded alike on every rank; got generator=None")
+        _dist.agree((n, method, budget, tuple(shape), _dist.fingerprint(denoiser)),
+                    "the search (n, method, budget, shape) or the model's weights")
+        _dist.agree_generators(generator, "reverie.search.run")
+        if not smp.gaussian_kernel or float(s_opts.get("s_churn", 0.0)) > 0:
+            raise UserError(f"sampler {smp.name!r} draws noise inside its steps here; a "
+                            "population split over ranks needs plain Gaussian steps")
     rng = Rng(generator, n)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    bar = progress_bar(n * budget, progress, f"search {method}", unit="NFE")
+    bar = progress_bar(n * budget, progress and _dist.is_main(), f"search {method}",
+                       unit="NFE")
     ctx = Context(
         denoiser=denoiser, reward=reward, method=info, budget=budget, n=n,
         temperature=temperature, rng=rng, shape=tuple(shape), sampler=smp, sampler_options=s_opts,
         steps=steps, grid=grid, chunk=chunk, dtype=dtype, device=dev, bar=bar,
     )
+    ctx.split = mode == "particles"
     try:
         samples, rewards, spent, extra = info.fn(ctx, **options)
     finally:
@@ -167,10 +196,27 @@ def run(
     nfe = int(spent.max())
     if nfe > budget:  # pragma: no cover - an internal accounting error, never user input
         raise RuntimeError(f"method {method!r} spent {nfe} NFE on a sample, over budget={budget}")
-    extra = {**extra, "network_rows": ctx.model.rows, "sampler": smp.name, "steps": ctx.steps}
+    rows = ctx.model.rows if mode is None else sum(_dist.gather_objects([ctx.model.rows]))
+    extra = {**extra, "network_rows": rows, "sampler": smp.name, "steps": ctx.steps}
     return SearchResult(samples.detach(), rewards.detach().to(torch.float64), nfe,
                         int(spent.sum()), method, budget, extra)
 
+
+
+def _distributed_mode(distributed: bool | str, info: Method) -> str | None:
+    """``None`` (one process), ``"samples"`` or ``"particles"`` from ``run``'s argument."""
+    if distributed is False:
+        return None
+    if distributed is True:
+        return "particles" if info.particles else "samples"
+    if distributed == "samples" or (distributed == "particles" and info.particles):
+        return distributed
+    if distributed == "particles":
+        particle = ", ".join(k for k, m in METHODS.items() if m.particles)
+        raise ValueError(f"method {info.name!r} has no particle population to split; "
+                         f"distributed='particles' is for {particle}")
+    raise ValueError(f"distributed must be False, True, 'samples' or 'particles', got "
+                     f"{distributed!r}")
 
 
 def _resolve_shape(shape: Any, alias: Any, denoiser: DenoiserBase, reward: Any) -> tuple[int, ...]:

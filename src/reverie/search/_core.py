@@ -18,6 +18,7 @@ from reverie._random import randn as _randn_rows
 from reverie._registry import Registry
 from reverie._tensor import bcast
 from reverie.denoisers import DenoiserBase
+from reverie.distributed import Population
 from reverie.samplers import (
     Sampler,
     Schedule,
@@ -69,6 +70,8 @@ class Method:
     needs_stochastic: bool
     deterministic_only: bool = False
     sampler_options: Callable[[DenoiserBase], dict[str, Any]] | None = None
+    # one population per returned sample that run(distributed=True) splits over the ranks
+    particles: bool = False
 
     @property
     def options(self) -> dict[str, Any]:
@@ -93,10 +96,11 @@ def register(
     needs_stochastic: bool,
     deterministic_only: bool = False,
     sampler_options: Callable[[DenoiserBase], dict[str, Any]] | None = None,
+    particles: bool = False,
 ) -> Callable:
     def wrap(fn: Callable) -> Callable:
         METHODS.add(Method(name, fn, description, tilted, sampler, needs_stochastic,
-                           deterministic_only, sampler_options))
+                           deterministic_only, sampler_options, particles))
         return fn
 
     return wrap
@@ -235,6 +239,7 @@ class Context:
         self.dtype = dtype
         self.device = device
         self.reward_calls = 0
+        self.split = False  # run(distributed=True): particle populations split over the ranks
 
     # ---- costs --------------------------------------------------------------------------------
     def step_cost(self, i: int) -> int:
@@ -281,17 +286,25 @@ class Context:
                 cond={}, **self.sampler_options,
             )
 
-    def draw(self, tr: Transition, state: State, groups: Tensor) -> State:
+    def draw(self, tr: Transition, state: State, groups: Tensor, pop: Population | None = None
+             ) -> State:
         """``x_{i+1} = mean + std z``: a draw from the transition's Gaussian kernel (not
-        checked for NaN / inf: :meth:`walk` checks, other callers use :meth:`check_finite`)."""
+        checked for NaN / inf: :meth:`walk` checks, other callers use :meth:`check_finite`).
+        With a population split over ranks (``pop``), ``groups`` are the whole population's
+        and ``z`` is drawn for all of it, then cut to this rank's rows."""
         x = tr.mean
         std = tr.std
+
+        def noise() -> Tensor:
+            z = self.rng.randn(groups, x.shape[1:], x.dtype, x.device)
+            return z if pop is None else pop.local(z)
+
         if isinstance(std, Tensor):
-            if bool((std != 0).any()):
-                z = self.rng.randn(groups, x.shape[1:], x.dtype, x.device)
-                x = x + bcast(std, x).to(x.dtype) * z
+            nonzero = bool((std != 0).any())
+            if nonzero if pop is None else pop.any(nonzero):  # every rank draws, or none
+                x = x + bcast(std, x).to(x.dtype) * noise()
         elif std != 0:
-            x = x + std * self.rng.randn(groups, x.shape[1:], x.dtype, x.device)
+            x = x + std * noise()
         return State(x, state.i + 1, tr.memory, state.nfe + tr.nfe)
 
     @property

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from reverie._checks import in_range
-from reverie.samplers import State
+from reverie.distributed import Population
+from reverie.samplers import State, Transition
 from reverie.search._core import Context, register, select_transition
 
 POTENTIALS = ("difference", "max", "sum", "immediate")
@@ -28,7 +29,7 @@ def _resample(w: Tensor, u: Tensor, scheme: str) -> Tensor:
 
 
 @register(
-    "fk", tilted=True, sampler="dpmpp_2m_sde", needs_stochastic=True,
+    "fk", tilted=True, sampler="dpmpp_2m_sde", needs_stochastic=True, particles=True,
     description="Feynman-Kac / SMC steering with potentials on x0-estimate rewards "
     "(Singhal et al. 2025)",
 )
@@ -89,6 +90,10 @@ def _steer(
     T, S = ctx.temperature, ctx.steps
     g = groups.numel()
     rows = groups.repeat_interleave(k)                 # the group of every particle
+    # run(distributed=True): this rank's share of every group's k particles; the
+    # per-particle weights below are the whole population's on every rank
+    pop = Population(g * k, ctx.split, block=k)
+    mine = pop.local(rows)
     offset = torch.arange(g)[:, None] * k
     logw = torch.zeros(g * k, dtype=torch.float64)    # log weight since the last resampling
     log_g = torch.zeros(g * k, dtype=torch.float64)   # sum of log potentials along ancestry
@@ -100,9 +105,9 @@ def _steer(
     def step(state: State) -> State:
         nonlocal logw, log_g, r_prev, r_max, r_sum, count
         i = state.i
-        tr = ctx.transition(state, rows)
+        tr = ctx.transition(state, mine)
         if i < S - 1:
-            r = ctx.reward(tr.x0)                      # reward of the data prediction at x_i
+            r = pop.gather(ctx.reward(tr.x0))          # reward of the data prediction at x_i
             r_max, r_sum = torch.maximum(r_max, r), r_sum + r
             if potential == "difference":
                 lp = (r - r_prev) / T
@@ -123,23 +128,33 @@ def _steer(
                 anc = _resample(w, u, resampling) + offset
                 keep = torch.arange(k)[None, :].expand(g, k) + offset
                 idx = torch.where(need[:, None], anc, keep).flatten()
-                state, tr = state.select(idx), select_transition(tr, idx)
+                state, tr = _resampled(pop, state, tr, idx)
                 log_g, r_prev, r_max, r_sum = log_g[idx], r_prev[idx], r_max[idx], r_sum[idx]
                 logw = torch.where(need.repeat_interleave(k), torch.zeros_like(logw), logw[idx])
                 count += need.long()
-        return ctx.draw(tr, state, rows)
+        return ctx.draw(tr, state, rows, pop if pop.split else None)
 
-    state = ctx.walk(_initial(ctx, rows), step)
-    r = ctx.reward(state.x)
+    state = ctx.walk(State(pop.local(ctx.prior(rows))), step)
+    r = pop.gather(ctx.reward(state.x))
     logw = logw + r / T - log_g                        # the last potential: exp(r/T) / prod G
     w = torch.softmax(logw.reshape(g, k), dim=1)
     pick = _draw_one(w, ctx.rng.uniform(groups, 1)[:, 0])         # the returned particle
     chosen = pick + offset[:, 0]
-    return state.x[chosen].to(ctx.dtype), r[chosen], count, 1.0 / (w * w).sum(1)
+    return pop.gather(state.x)[chosen].to(ctx.dtype), r[chosen], count, 1.0 / (w * w).sum(1)
 
 
-def _initial(ctx: Context, rows: Tensor) -> State:
-    return State(ctx.prior(rows))
+def _resampled(pop: Population, state: State, tr: Transition, idx: Tensor
+               ) -> tuple[State, Transition]:
+    """The particles ``idx`` of the whole population with their kernels (on a split
+    population: this rank's rows of them, fetched from the ranks that hold them)."""
+    if not pop.split:
+        return state.select(idx), select_transition(tr, idx)
+    per_row = isinstance(tr.std, Tensor) and tr.std.ndim > 0
+    a, b = len(state.memory), len(state.memory) + len(tr.memory)
+    x, mean, x0, *rest = pop.take(idx, state.x, tr.mean, tr.x0, *state.memory, *tr.memory,
+                                  *([tr.std] if per_row else []))
+    return (State(x, state.i, tuple(rest[:a]), state.nfe),
+            Transition(mean, rest[b] if per_row else tr.std, x0, tuple(rest[a:b]), tr.nfe))
 
 
 def _draw_one(w: Tensor, u: Tensor) -> Tensor:
