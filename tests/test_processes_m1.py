@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from reverie.bridge import BrownianBridge, GaussianBridgeReference, bridge_sample
+from reverie.grids import make_grid
 from reverie.interpolants import (
     GaussianInterpolantReference,
     TwoSidedInterpolant,
@@ -20,11 +21,18 @@ from reverie.interpolants import (
     interpolant_sde,
 )
 from reverie.metrics import mode_weight_error
+from reverie.mixture_denoising import (
+    MixtureMeanDenoiser,
+    exact_mixture_posterior,
+    mixture_ancestral,
+    mixture_nll,
+)
 from reverie.process import VE, Truncated, VPLinear
 from reverie.reference import Gaussian, GaussianMixture
 from reverie.samplers import sample
 from reverie.train.etsdm import SharedTimeConditions, time_lipschitz
 from reverie.train.interpolants import interpolant_loss, train_interpolant
+from reverie.train.mixture import train_mixture
 from reverie.truncation import fit_prior, sample_truncated, truncated_log_likelihood
 
 M0, S0 = [-1.0, 0.5], [[0.3, 0.1], [0.1, 0.5]]
@@ -352,3 +360,49 @@ def test_shared_time_conditions_bound_the_lipschitz_constant_of_the_exact_eps():
     # between the shared conditions (spacing 0.02) the constant is below the fine-grid maximum
     grid = torch.linspace(0.0, 0.1, 6, dtype=torch.float64).clamp(min=proc.t_min)
     assert float(time_lipschitz(den.eps, x, grid).max()) < float(base.max())
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixture reverse kernel (soft mixture denoising, Li et al. 2024)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_exact_mixture_posterior_has_the_exact_mean():
+    proc = VPLinear()
+    post = exact_mixture_posterior(MIX, proc)
+    x = MIX.prior_sample(proc, 0.4, 6, _gen(1))
+    assert torch.allclose(MixtureMeanDenoiser(post, proc)(x, 0.4), MIX.denoise(x, 0.4, proc),
+                          atol=1e-10)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_mixture_kernel_is_exact_at_few_steps_where_the_gaussian_kernel_is_not(steps):
+    proc = VPLinear()
+    grid = make_grid(proc, steps, "uniform")
+    noise = torch.randn(3000, 2, generator=_gen(2), dtype=torch.float64)
+    x = mixture_ancestral(exact_mixture_posterior(MIX, proc), noise * float(proc.sigma(grid[0])),
+                          proc, grid, generator=_gen(3))
+    m, c, w = _law_errors(x, MIX)
+    assert m < 0.1 and c < 0.06 and w < 0.03, (m, c, w)
+    # DDPM's Gaussian kernel with the same exact E[x0 | x_t]: the expressive bottleneck
+    x = sample(MIX.denoiser(proc), noise, "ddpm", steps, grid=grid, generator=_gen(3))
+    m, c, w = _law_errors(x, MIX)
+    assert c > 0.3, (m, c, w)
+
+
+def test_mixture_objective_prefers_the_true_posterior():
+    proc = VPLinear()
+    x0 = _isotropic_mix().sample(4000, _gen(4))
+    t = torch.full((4000,), 0.5, dtype=torch.float64)
+    xt = proc.add_noise(x0, torch.randn(x0.shape, generator=_gen(5), dtype=torch.float64), t)
+    log_w, means, covs = exact_mixture_posterior(_isotropic_mix(), proc)(xt, t)
+    var = torch.diagonal(covs, dim1=-2, dim2=-1)[..., 0]
+    best = float(mixture_nll(log_w, means, var, x0).mean())
+    assert best < float(mixture_nll(log_w, means, 1.15**2 * var, x0).mean())
+    assert best < float(mixture_nll(log_w, means + 0.15, var, x0).mean())
+    with pytest.raises(TypeError):
+        train_mixture(torch.nn.Linear(2, 2), x0.float(), steps=1)
+
+
+def _isotropic_mix() -> GaussianMixture:
+    return GaussianMixture([[-2.0, 0.0], [1.5, 1.0]], torch.tensor([0.3, 0.2]), [0.4, 0.6])
