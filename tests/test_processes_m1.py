@@ -30,6 +30,11 @@ from reverie.mixture_denoising import (
 from reverie.process import VE, Truncated, VPLinear
 from reverie.reference import Gaussian, GaussianMixture
 from reverie.samplers import sample
+from reverie.structured_noise import (
+    phase_preserving_noise,
+    radial_frequency,
+    structured_add_noise,
+)
 from reverie.train.etsdm import SharedTimeConditions, time_lipschitz
 from reverie.train.interpolants import interpolant_loss, train_interpolant
 from reverie.train.mixture import train_mixture
@@ -406,3 +411,47 @@ def test_mixture_objective_prefers_the_true_posterior():
 
 def _isotropic_mix() -> GaussianMixture:
     return GaussianMixture([[-2.0, 0.0], [1.5, 1.0]], torch.tensor([0.3, 0.2]), [0.4, 0.6])
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase-preserving and frequency-selective structured noise (NeuralRemaster)
+# ---------------------------------------------------------------------------------------------
+
+
+def _unit(spec):
+    return spec / spec.abs()
+
+
+def test_phase_preserving_noise_keeps_energy_and_takes_the_reference_phase():
+    ref = torch.randn(4, 1, 8, 10, generator=_gen(1), dtype=torch.float64)
+    eps = torch.randn(4, 1, 8, 10, generator=_gen(2), dtype=torch.float64)
+    out = phase_preserving_noise(ref, noise=eps)
+    spec_o, spec_r, spec_e = (torch.fft.rfft2(v) for v in (out, ref, eps))
+    # Parseval: the magnitudes (so the energy) are the Gaussian draw's, the phases the reference's
+    assert torch.allclose(out.pow(2).sum((-2, -1)), eps.pow(2).sum((-2, -1)), atol=1e-10)
+    assert torch.allclose(spec_o.abs(), spec_e.abs(), atol=1e-10)
+    assert torch.allclose(_unit(spec_o), _unit(spec_r), atol=1e-10)
+    # the phase of another image is rejected
+    other = torch.randn(4, 1, 8, 10, generator=_gen(3), dtype=torch.float64)
+    assert not torch.allclose(_unit(torch.fft.rfft2(phase_preserving_noise(other, noise=eps))),
+                              _unit(spec_r), atol=1e-2)
+
+
+def test_frequency_selective_noise_locks_only_low_frequencies():
+    ref = torch.randn(2, 8, 8, generator=_gen(4), dtype=torch.float64)
+    eps = torch.randn(2, 8, 8, generator=_gen(5), dtype=torch.float64)
+    out = phase_preserving_noise(ref, noise=eps, cutoff=0.4)
+    freq = radial_frequency(8, 8)
+    low = freq <= 0.4 * float(freq.max())
+    spec_o, spec_r, spec_e = (torch.fft.rfft2(v) for v in (out, ref, eps))
+    assert torch.allclose(_unit(spec_o)[..., low], _unit(spec_r)[..., low], atol=1e-10)
+    assert torch.allclose(spec_o[..., ~low], spec_e[..., ~low], atol=1e-10)
+    assert torch.allclose(phase_preserving_noise(ref, noise=eps, cutoff=0.0), eps, atol=1e-12)
+    assert torch.allclose(phase_preserving_noise(ref, noise=eps, cutoff=1.0),
+                          phase_preserving_noise(ref, noise=eps), atol=1e-12)
+    with pytest.raises(ValueError, match="cutoff"):
+        phase_preserving_noise(ref, cutoff=1.5)
+    with pytest.raises(ValueError, match="shape"):
+        phase_preserving_noise(ref, noise=eps[:1, :4])
+    x = structured_add_noise(VPLinear(), ref, ref, 0.5, generator=_gen(6))
+    assert x.shape == ref.shape

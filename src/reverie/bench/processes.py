@@ -103,8 +103,11 @@ def _vp(args, data, test, cache) -> list[dict[str, Any]]:
     noise = torch.randn(args.n_samples, 2, generator=torch.Generator().manual_seed(21))
     with torch.no_grad():
         x = sample(den, noise, "heun", 25)
+        x_sde = sample(den, noise, "euler_maruyama", 25,
+                       generator=torch.Generator().manual_seed(22))
     return [_nll_row("VP (VPLinear, T = 1)", res.log_likelihood, sec,
-                     {"prior": "N(0, sigma_1^2 I)", "nfe": res.nfe, "sw": _sw(x, cache)})]
+                     {"prior": "N(0, sigma_1^2 I)", "nfe": res.nfe, "sw": _sw(x, cache),
+                      "sw_sde": _sw(x_sde, cache)})]
 
 
 def _truncated(args, data, test, cache) -> list[dict[str, Any]]:
@@ -126,8 +129,12 @@ def _truncated(args, data, test, cache) -> list[dict[str, Any]]:
             with torch.no_grad():
                 x = sample_truncated(den, aux, args.n_samples, "heun", 25,
                                      generator=torch.Generator().manual_seed(21))
+                x_sde = sample_truncated(den, aux, args.n_samples, "euler_maruyama", 25,
+                                         generator=torch.Generator().manual_seed(21),
+                                         noise_generator=torch.Generator().manual_seed(22))
             rows.append(_nll_row(f"truncated VP, T = {T}", res.log_likelihood, sec,
-                                 {"prior": pname, "nfe": res.nfe, "sw": _sw(x, cache)}))
+                                 {"prior": pname, "nfe": res.nfe, "sw": _sw(x, cache),
+                                  "sw_sde": _sw(x_sde, cache)}))
     return rows
 
 
@@ -188,12 +195,14 @@ def _etsdm(args, data, test, cache) -> list[dict[str, Any]]:
         k_shared = time_lipschitz(d.eps, x, shared)
         noise = torch.randn(args.n_samples, 2, generator=torch.Generator().manual_seed(21))
         with torch.no_grad():
-            sw = {k: _sw(sample(d, noise, k, 10), cache) for k in ("ddim", "dpmpp_2m")}
+            sw = {k: _sw(sample(d, noise, k, 10, generator=torch.Generator().manual_seed(22)),
+                         cache) for k in ("ddim", "dpmpp_2m", "euler_maruyama")}
         rows.append(_nll_row(name, res.log_likelihood, seconds,
                              {"nfe": res.nfe, "lipschitz_fine_max": float(k_fine.max()),
                               "lipschitz_fine_mean": float(k_fine.mean()),
                               "lipschitz_shared_max": float(k_shared.max()),
-                              "sw_ddim_10": sw["ddim"], "sw_dpmpp_2m_10": sw["dpmpp_2m"]}))
+                              "sw_ddim_10": sw["ddim"], "sw_dpmpp_2m_10": sw["dpmpp_2m"],
+                              "sw_sde_10": sw["euler_maruyama"]}))
     return rows
 
 
@@ -315,10 +324,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"\nNLL of {args.n_test} held-out two-moons points (nats/point, bits/dim), "
               f"{args.steps} training steps each")
         print(format_table(
-            ["model", "prior / source", "NLL", "+- s.e.", "bits/dim", "SW / floor (25 steps)",
-             "train s"],
+            ["model", "prior / source", "NLL", "+- s.e.", "bits/dim", "SW / floor, ODE 25 steps",
+             "SW / floor, SDE 25 steps", "train s"],
             [[r["model"], r["prior"], r["nll"], r["nll_se"], r["bits_per_dim"], r["sw"],
-              r["train_seconds"]] for r in nll_rows]))
+              r.get("sw_sde", "-"), r["train_seconds"]] for r in nll_rows]))
     if "etsdm" in sections:
         rows = _etsdm(args, data, test, cache)
         out["etsdm"] = rows
@@ -326,10 +335,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "(mean over points noised to t = 0.05)")
         print(format_table(
             ["model", "NLL", "+- s.e.", "bits/dim", "K max (dt = 0.001)", "K mean (dt = 0.001)",
-             "K max (dt = 0.02, shared conditions)", "SW / floor DDIM 10", "SW / floor DPM++2M 10"],
+             "K max (dt = 0.02, shared conditions)", "SW / floor DDIM 10", "SW / floor DPM++2M 10",
+             "SW / floor Euler-Maruyama 10"],
             [[r["model"], r["nll"], r["nll_se"], r["bits_per_dim"], r["lipschitz_fine_max"],
               r["lipschitz_fine_mean"], r["lipschitz_shared_max"], r["sw_ddim_10"],
-              r["sw_dpmpp_2m_10"]] for r in rows]))
+              r["sw_dpmpp_2m_10"], r["sw_sde_10"]] for r in rows]))
     if "mixture" in sections:
         rows = _mixture(args, data, test, cache)
         out["mixture"] = rows
