@@ -1,17 +1,17 @@
 """Brownian-bridge diffusion between a data point and a given end point.
 
 BBDM (Li et al. 2023, "BBDM: Image-to-image Translation with Brownian Bridge Diffusion
-Models", sec. 3.1), the process behind EBDM (Lee et al. 2024, "Exemplar-guided Image
+Models"), the process behind EBDM (Lee et al. 2024, "Exemplar-guided Image
 Translation with Brownian-bridge Diffusion Models"): the forward process pins both ends, the
 target ``x0`` at ``t = 0`` and the source (structure control) ``y`` at ``t = 1``:
 
     x_t = (1 - m_t) x0 + m_t y + sqrt(delta_t) eps,   m_t = t,
-    delta_t = 2 s (m_t - m_t^2)                                              (BBDM eq. 3-4)
+    delta_t = 2 s (m_t - m_t^2)
 
 (``s`` scales the variance; BBDM's default ``s = 1`` has the largest variance ``1/2`` at
 ``t = 1/2``). Sampling starts *at the source* ``x_1 = y`` -- no noise prior -- and walks back
 with the Gaussian posterior ``q(x_s | x_t, x0, y)`` of the bridge with the predicted ``x0``
-plugged in (BBDM eq. 7-9, Algorithm 2; ``eta`` scales its noise as in DDIM: ``eta = 1`` is the
+plugged in (BBDM's sampling algorithm; ``eta`` scales its noise as in DDIM: ``eta = 1`` is the
 ancestral posterior, ``eta = 0`` deterministic). A model is a *bridge denoiser*
 ``D(x_t, t, y) = E[x0 | x_t, y]``; BBDM's network predicts ``x_t - x0`` (its "grad" target
 ``m_t (y - x0) + sqrt(delta_t) eps``), so ``D = x_t - net``. Training:
@@ -62,7 +62,8 @@ class BrownianBridge:
 
     def posterior_std(self, t: float, s: float) -> float:
         """Std of ``q(x_s | x_t, x0, y)`` for ``s < t``: ``delta_s delta_{t|s} / delta_t`` with
-        ``delta_{t|s} = delta_t - delta_s (1 - m_t)^2 / (1 - m_s)^2`` (BBDM eq. 5 and 8)."""
+        ``delta_{t|s} = delta_t - delta_s (1 - m_t)^2 / (1 - m_s)^2`` (the bridge's
+        transition and the Gaussian conditioning of ``(x_s, x_t)``)."""
         dt, ds = float(self.delta(t)), float(self.delta(s))
         mt, ms = float(self.m(t)), float(self.m(s))
         if ds == 0:
@@ -90,7 +91,7 @@ def bridge_sample(denoiser: BridgeDenoiser, y: Tensor, bridge: BrownianBridge,
                   steps: int = 100, *, eta: float = 1.0, generator: Generators = None) -> Tensor:
     """Translate sources ``y [B, ...]`` into targets: start at ``x_1 = y`` and step down a
     uniform grid with ``x_s = (1 - m_s) x0_hat + m_s y + sqrt(delta_s - c^2) eps_hat + c z``,
-    ``c = eta * posterior_std`` (BBDM Algorithm 2 in DDIM form; ``eta = 1`` samples the exact
+    ``c = eta * posterior_std`` (BBDM's sampler in DDIM form; ``eta = 1`` samples the exact
     posterior ``q(x_s | x_t, x0_hat, y)``). ``denoiser(x_t, t [B], y)`` returns ``x0_hat``."""
     positive_int("steps", steps)
     if y is None:

@@ -3,22 +3,22 @@
 Albergo, Boffi & Vanden-Eijnden (2023), "Stochastic Interpolants: A Unifying Framework for Flows
 and Diffusions". With ``x0 ~ rho_0``, ``x1 ~ rho_1`` (independent here) and ``z ~ N(0, I)``,
 
-    x_t = alpha(t) x0 + beta(t) x1 + gamma(t) z,                                     (eq. 2.1)
+    x_t = alpha(t) x0 + beta(t) x1 + gamma(t) z,
 
 ``alpha(0) = beta(1) = 1``, ``alpha(1) = beta(0) = 0``, ``gamma(0) = gamma(1) = 0`` and
 ``gamma > 0`` inside, bridges ``rho_0`` (``t = 0``) to ``rho_1`` (``t = 1``) exactly. Its density
 ``rho_t`` is transported by the velocity
 
-    b(t, x) = E[alpha' x0 + beta' x1 + gamma' z | x_t = x]                          (eq. 2.10)
+    b(t, x) = E[alpha' x0 + beta' x1 + gamma' z | x_t = x]
 
-and the denoiser ``eta_z(t, x) = E[z | x_t = x]`` gives the score ``s = -eta_z / gamma``
-(eq. 2.14). Generative models (sec. 2.3):
+and the denoiser ``eta_z(t, x) = E[z | x_t = x]`` gives the score ``s = -eta_z / gamma``.
+Generative models:
 
 * the ODE ``dX = b dt`` (:func:`interpolant_ode`);
 * the forward SDE ``dX = (b + eps s) dt + sqrt(2 eps) dW`` for any diffusion ``eps(t) >= 0``
-  (eq. 2.33; :func:`interpolant_sde`), which keeps the marginals ``rho_t``.
+  (:func:`interpolant_sde`), which keeps the marginals ``rho_t``.
 
-Both fields are the unique minimisers of quadratic objectives (eq. 2.13, 2.16), in
+Both fields are the unique minimisers of quadratic objectives, in
 :mod:`reverie.train.interpolants`. :func:`interpolant_log_likelihood` gives ``log rho_1`` of the
 ODE model by the instantaneous change of variables. For Gaussian ``rho_0``, ``rho_1`` the law of
 ``x_t`` and both fields are closed form (:class:`GaussianInterpolantReference`).
@@ -55,7 +55,7 @@ GAMMAS = ("sqrt", "quadratic")
 
 
 class TwoSidedInterpolant:
-    """``x_t = alpha(t) x0 + beta(t) x1 + gamma(t) z`` on ``t`` in ``[0, 1]`` (eq. 2.1).
+    """``x_t = alpha(t) x0 + beta(t) x1 + gamma(t) z`` on ``t`` in ``[0, 1]``.
 
     ``alpha_fn``, ``beta_fn``, ``gamma_fn`` take and return float64 tensors, written with torch
     operations (derivatives by autograd). The boundary conditions are checked.
@@ -89,8 +89,8 @@ class TwoSidedInterpolant:
     @classmethod
     def linear(cls, a: float = 1.0, gamma: str = "sqrt") -> TwoSidedInterpolant:
         """``alpha = 1 - t``, ``beta = t`` with ``gamma = sqrt(a t (1 - t))`` (the paper's
-        choice, eq. 4.6) or ``gamma = a t (1 - t)`` (``gamma="quadratic"``, whose derivative is
-        bounded at the ends)."""
+        choice in its examples) or ``gamma = a t (1 - t)`` (``gamma="quadratic"``, whose
+        derivative is bounded at the ends)."""
         if not a >= 0:
             raise ValueError(f"a must be >= 0, got {a}")
         if gamma not in GAMMAS:
@@ -141,7 +141,7 @@ class TwoSidedInterpolant:
         return [bcast(f(t), like).to(like.dtype) for f in fns]
 
     def sample(self, x0: Tensor, x1: Tensor, z: Tensor, t: Tensor) -> Tensor:
-        """``x_t = alpha x0 + beta x1 + gamma z`` with ``t`` a scalar or ``[batch]`` (eq. 2.1)."""
+        """``x_t = alpha x0 + beta x1 + gamma z`` with ``t`` a scalar or ``[batch]``."""
         a, b, g = self._coefs(as64(t), x0, (self.alpha, self.beta, self.gamma))
         return a * x0 + b * x1 + g * z
 
@@ -214,7 +214,7 @@ class GaussianInterpolantReference:
         return da * self.m0 + db * self.m1, a * da * self.S0 + b * db * self.S1 + gdg * eye
 
     def velocity(self, x: Tensor, t: float | Tensor) -> Tensor:
-        """The exact ``b(t, x)`` (eq. 2.10) at one time for the batch."""
+        """The exact velocity ``b(t, x)`` at one time for the batch."""
         t = _scalar_time(t)
         mu, cov = self.law(t)
         dmu, half_dcov = self._half_dcov(t)
@@ -223,7 +223,7 @@ class GaussianInterpolantReference:
         return out.to(x.dtype)
 
     def denoiser(self, x: Tensor, t: float | Tensor) -> Tensor:
-        """The exact ``eta_z(t, x) = E[z | x_t = x]`` (eq. 2.15)."""
+        """The exact denoiser ``eta_z(t, x) = E[z | x_t = x]``."""
         t = _scalar_time(t)
         mu, cov = self.law(t)
         g = float(self.interpolant.gamma(t))
@@ -265,7 +265,7 @@ def interpolant_ode(
     velocity: Field, x: Tensor, steps: int = 100, *, t0: float = 0.0, t1: float = 1.0,
     method: str = "heun",
 ) -> Tensor:
-    """Transport samples ``x ~ rho_{t0}`` by ``dX/dt = b(t, X)`` (sec. 2.3, eq. 2.32) on a
+    """Transport samples ``x ~ rho_{t0}`` by the ODE ``dX/dt = b(t, X)`` on a
     uniform grid with Euler or Heun (``method``); returns ``X_{t1}``. ``velocity(x, t)`` takes
     ``x [B, D]`` and ``t [B]``."""
     if method not in ("euler", "heun"):
@@ -288,7 +288,7 @@ def interpolant_sde(
     t0: float = 0.0, t1: float = 1.0, generator: Generators = None,
 ) -> Tensor:
     """Euler-Maruyama on the forward SDE ``dX = (b - (eps/gamma) eta_z) dt + sqrt(2 eps) dW``
-    (eq. 2.33 with the score ``s = -eta_z / gamma``, eq. 2.14), from ``x ~ rho_{t0}`` to
+    (the forward SDE with the score ``s = -eta_z / gamma``), from ``x ~ rho_{t0}`` to
     ``t1``; any ``eps(t) >= 0`` keeps the marginals ``rho_t``.
 
     ``epsilon``: a number ``c`` means ``eps(t) = c gamma(t)`` (the diffusion vanishes with
@@ -325,9 +325,9 @@ def interpolant_log_likelihood(
 ) -> Tensor:
     """``log rho_1(x)`` of the ODE model ``dX = b dt`` started from ``rho_0`` with density
     ``base_log_prob``: ``log rho_0(X_0) + int_1^0 div b(X_t, t) dt`` along the ODE run
-    backwards from ``X_1 = x`` (instantaneous change of variables, Chen et al. 2018; the
-    paper's eq. 2.37), with the exact divergence and the adaptive solver of
-    :mod:`reverie.likelihood.ode`. ``x`` is ``[batch, D]``."""
+    backwards from ``X_1 = x`` (instantaneous change of variables, Chen et al. 2018), with
+    the exact divergence and the adaptive solver of :mod:`reverie.likelihood.ode`. ``x`` is
+    ``[batch, D]``."""
     from reverie.likelihood.flow import _divergence, check_data
     from reverie.likelihood.ode import solve_ode
 

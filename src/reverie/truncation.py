@@ -4,7 +4,7 @@ Franzese et al. (2023), "How Much is Enough? A Study on Diffusion Times in Score
 Generative Models": a diffusion stopped at ``T`` below the usual ``T_max`` leaves a forward
 marginal ``q_T`` that is not ``N(0, sigma_T^2 I)``. Its ELBO splits into a score-matching part,
 which shrinks with ``T``, and the prior gap ``KL(q_T || p_prior)``, which grows as ``T`` shrinks
-unless the prior is an auxiliary model fitted to ``q_T`` (sec. 3-4). Sampling starts from that
+unless the prior is an auxiliary model fitted to ``q_T``. Sampling starts from that
 auxiliary model at ``T`` and runs any reverse sampler down to the data.
 
 For a deterministic (probability-flow) model the prior gap is exact pointwise: with the exact
@@ -77,7 +77,7 @@ def fit_gaussian_mixture(x: Tensor, n_components: int = 8, *, iters: int = 200,
 
 def fit_prior(data: Tensor, process: Truncated, n_components: int = 8, *, copies: int = 1,
               iters: int = 200, generator: torch.Generator | None = None) -> GaussianMixture:
-    """The auxiliary prior of Franzese et al. (sec. 4): a Gaussian mixture fitted to the forward
+    """The auxiliary prior of Franzese et al.: a Gaussian mixture fitted to the forward
     marginal ``q_T`` at ``T = process.t_max`` (``copies`` noise draws per data row)."""
     if not isinstance(process, GaussianProcess):
         raise TypeError(f"process must be a GaussianProcess, got {type(process).__name__}")
@@ -92,7 +92,7 @@ def sample_truncated(denoiser: DenoiserBase, prior: GaussianMixture, n: int,
                      generator: torch.Generator | None = None, noise_generator: Generators = None,
                      cond: Mapping[str, Any] | None = None, **options: Any) -> Tensor:
     """Draw ``x_T`` from the auxiliary ``prior`` at ``T = denoiser.process.t_max`` and run the
-    registered ``sampler`` down to the data (Franzese et al., sec. 4). ``generator`` draws the
+    registered ``sampler`` down to the data (Franzese et al.). ``generator`` draws the
     prior samples, ``noise_generator`` the sampler's own noise."""
     from reverie.samplers import SAMPLERS, resolve_grid, run
 

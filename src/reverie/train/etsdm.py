@@ -5,7 +5,7 @@ prediction ``eps(x, t)`` of a diffusion model has an infinite Lipschitz constant
 ``t -> 0`` (``d eps / dt ~ sigma' / sigma`` away from the data), which networks cannot fit and
 solvers integrate badly. E-TSDM divides ``[0, t_tilde)`` into ``n`` equal sub-intervals and lets
 every ``t`` of a sub-interval share one time condition -- its left end -- so the network is
-constant in ``t`` there (sec. 4; the paper uses ``t_tilde = 100`` of 1000 DDPM steps and
+constant in ``t`` there (the paper uses ``t_tilde = 100`` of 1000 DDPM steps and
 ``n = 5``). Training and sampling are otherwise unchanged: wrap the network with
 :class:`SharedTimeConditions` and train it with :func:`reverie.train.train`.
 
@@ -29,7 +29,7 @@ __all__ = ["SharedTimeConditions", "time_lipschitz"]
 class SharedTimeConditions(nn.Module):
     """``net(x, c(t), ...)`` with ``c(t) = t_start + k w`` for ``t`` in the ``k``-th of ``n``
     sub-intervals of width ``w = (t_tilde - t_start) / n`` of ``[t_start, t_tilde)``, and
-    ``c(t) = t`` above ``t_tilde`` (E-TSDM, Yang et al. 2024, sec. 4). ``t`` is whatever time
+    ``c(t) = t`` above ``t_tilde`` (E-TSDM, Yang et al. 2024). ``t`` is whatever time
     the wrapped network takes (the process time under ``time_input="process"``)."""
 
     def __init__(self, net: nn.Module, t_tilde: float, n: int, t_start: float = 0.0):

@@ -1,10 +1,10 @@
 """Training objectives for two-sided stochastic interpolants and Brownian bridges.
 
 * :func:`interpolant_loss` -- Albergo, Boffi & Vanden-Eijnden (2023): the velocity ``b`` is the
-  unique minimiser of ``E |b(t, x_t) - (alpha' x0 + beta' x1 + gamma' z)|^2`` (eq. 2.13, up to
-  a constant independent of ``b``) and the denoiser ``eta_z`` of ``E |eta_z(t, x_t) - z|^2``
-  (eq. 2.16), with ``t`` uniform in ``[0, 1]``;
-* :func:`bridge_loss` -- BBDM (Li et al. 2023, eq. 10): the network predicts
+  unique minimiser of ``E |b(t, x_t) - (alpha' x0 + beta' x1 + gamma' z)|^2`` (up to
+  a constant independent of ``b``) and the denoiser ``eta_z`` of ``E |eta_z(t, x_t) - z|^2``,
+  with ``t`` uniform in ``[0, 1]``;
+* :func:`bridge_loss` -- BBDM (Li et al. 2023): the network predicts
   ``x_t - x0 = m_t (y - x0) + sqrt(delta_t) eps`` of the Brownian bridge;
 * :func:`train_interpolant` and :func:`train_bridge` -- the short loop (Adam with warm-up,
   gradient clipping and the weight EMA of :mod:`reverie.train.loop`) around them.
@@ -79,8 +79,8 @@ class EndConditioned(nn.Module):
 
 def interpolant_loss(model: Callable[[Tensor, Tensor], Tensor], interpolant: TwoSidedInterpolant,
                      x0: Tensor, x1: Tensor, z: Tensor, t: Tensor, objective: str) -> Tensor:
-    """The quadratic objective of ``b`` (``"velocity"``, eq. 2.13) or ``eta_z`` (``"denoiser"``,
-    eq. 2.16) at ``x_t = alpha x0 + beta x1 + gamma z``, averaged over the batch."""
+    """The quadratic objective of ``b`` (``"velocity"``) or ``eta_z`` (``"denoiser"``)
+    at ``x_t = alpha x0 + beta x1 + gamma z``, averaged over the batch."""
     if objective not in INTERPOLANT_OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; expected one of "
                          f"{', '.join(INTERPOLANT_OBJECTIVES)}")
@@ -91,7 +91,7 @@ def interpolant_loss(model: Callable[[Tensor, Tensor], Tensor], interpolant: Two
 
 def bridge_loss(model: Callable[[Tensor, Tensor, Tensor], Tensor], bridge: BrownianBridge,
                 x0: Tensor, y: Tensor, eps: Tensor, t: Tensor) -> Tensor:
-    """BBDM's objective ``|| m_t (y - x0) + sqrt(delta_t) eps - net(x_t, t, y) ||^2`` (eq. 10):
+    """BBDM's objective ``|| m_t (y - x0) + sqrt(delta_t) eps - net(x_t, t, y) ||^2``:
     the network predicts ``x_t - x0``, so the bridge denoiser is ``x_t - net``."""
     xt = bridge.add_noise(x0, y, eps, t)
     return ((model(xt, t.to(xt.dtype), y) - (xt - x0)) ** 2).sum(1).mean()
