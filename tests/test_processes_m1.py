@@ -195,6 +195,8 @@ def test_interpolant_bad_input():
         TwoSidedInterpolant(lambda t: 1 + 0 * t, lambda t: t.clone(), lambda t: t * (1 - t))
     with pytest.raises(ValueError, match="unknown gamma"):
         TwoSidedInterpolant.linear(1.0, "cubic")
+    with pytest.raises(ValueError, match="one_sided needs"):
+        TwoSidedInterpolant.linear().one_sided(t_max=1.0)
     with pytest.raises(ValueError, match="vanish where gamma"):
         ref = _reference(TwoSidedInterpolant.linear())
         interpolant_sde(ref.velocity, ref.denoiser, ref.interpolant, torch.zeros(3, 2), 4,

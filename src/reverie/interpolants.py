@@ -159,6 +159,14 @@ class TwoSidedInterpolant:
         at ``u = 1`` the signal vanishes and samplers written in ``sigma / alpha`` divide by
         zero)."""
 
+        beta_top = float(self._beta(torch.tensor(1.0 - t_max, dtype=torch.float64)))
+        if not 0 < t_max < 1 or beta_top <= 0:
+            raise ValueError(
+                f"one_sided needs 0 < t_max < 1 with beta(1 - t_max) > 0: where the signal "
+                f"vanishes the data prediction is not determined by the noisy point and samplers "
+                f"written in sigma / alpha divide by zero; got t_max={t_max}"
+            )
+
         def alpha_u(u: Tensor) -> Tensor:
             return self._beta(1 - u)
 
