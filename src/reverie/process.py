@@ -38,6 +38,7 @@ __all__ = [
     "EDM",
     "RectifiedFlow",
     "Interpolant",
+    "Truncated",
     "PROCESSES",
 ]
 
@@ -458,6 +459,56 @@ class Interpolant(GaussianProcess):
 
     def __repr__(self) -> str:
         return f"Interpolant(t in [{self.t_min}, {self.t_max}], t_clean={self.t_clean})"
+
+
+class Truncated(GaussianProcess):
+    """A process stopped early: ``base`` on ``[t_clean, t_max]`` with ``t_max`` below the
+    base's own (Franzese et al. 2023, "How Much is Enough? A Study on Diffusion Times in
+    Score-based Generative Models").
+
+    The marginals, derivatives and log-SNR are the base's; only the noisiest time changes. At a
+    truncated ``t_max`` the forward marginal ``q_T`` is no longer close to ``N(0, sigma_T^2 I)``:
+    sampling must start from an auxiliary prior fitted to ``q_T`` and the likelihood must use
+    its density (:mod:`reverie.truncation`).
+    """
+
+    def __init__(self, base: GaussianProcess, t_max: float):
+        if not isinstance(base, GaussianProcess):
+            raise TypeError(f"base must be a GaussianProcess, got {type(base).__name__}")
+        if isinstance(t_max, bool) or not isinstance(t_max, (int, float)):
+            raise TypeError(f"t_max must be a number, got {type(t_max).__name__} {t_max!r}")
+        if not base.t_min < t_max <= base.t_max:
+            raise ValueError(
+                f"the truncation time t_max must lie in ({base.t_min}, {base.t_max}] for "
+                f"{base!r}, got {t_max}"
+            )
+        self.base = base
+        self.t_min, self.t_max, self.t_clean = base.t_min, float(t_max), base.t_clean
+        self.default_grid = base.default_grid
+
+    def alpha(self, t: TensorLike) -> Tensor:
+        return self.base.alpha(t)
+
+    def sigma(self, t: TensorLike) -> Tensor:
+        return self.base.sigma(t)
+
+    def log_snr(self, t: TensorLike) -> Tensor:
+        return self.base.log_snr(t)
+
+    def t_from_log_snr(self, log_snr: TensorLike) -> Tensor:
+        return self.base.t_from_log_snr(log_snr)
+
+    def sigma_ve(self, t: TensorLike) -> Tensor:
+        return self.base.sigma_ve(t)
+
+    def d_alpha(self, t: TensorLike) -> Tensor:
+        return self.base.d_alpha(t)
+
+    def d_sigma(self, t: TensorLike) -> Tensor:
+        return self.base.d_sigma(t)
+
+    def __repr__(self) -> str:
+        return f"Truncated({self.base!r}, t_max={self.t_max})"
 
 
 #: Constructors by name (for the command line and configs).
