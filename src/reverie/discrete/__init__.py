@@ -44,6 +44,7 @@ from reverie.discrete.process import (
     nelbo,
 )
 from reverie.discrete.samplers import SAMPLERS
+from reverie.discrete.theta_rk2 import decide_theta_rk2  # noqa: F401  (registers theta_rk2)
 from reverie.discrete.tokenizer import CharTokenizer
 
 __all__ = [
