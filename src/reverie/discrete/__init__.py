@@ -7,7 +7,8 @@
     print(model.decode(x[0]))
 
 * processes and the ELBO: :class:`MaskedProcess`, :class:`UniformProcess`, schedules,
-  :func:`nelbo`;
+  :func:`nelbo`; D3PM's structured transitions (:class:`StructuredProcess`,
+  :data:`TRANSITIONS`, :func:`hybrid_loss`);
 * :class:`TokenDenoiser` (any ``fn(x, t) -> logits``, SUBS applied),
   :class:`TokenClassifierFreeGuidance`, :class:`MaskedLM` (transformers models);
 * :func:`generate` and the registry :data:`SAMPLERS`; each sampler family's decision
@@ -18,6 +19,7 @@
 """
 
 from reverie.discrete.block import BlockCausalLM, TinyBlockTransformer
+from reverie.discrete.d3pm import TRANSITIONS, StructuredProcess, hybrid_loss
 from reverie.discrete.denoiser import TokenClassifierFreeGuidance, TokenDenoiser, TokenDenoiserBase
 from reverie.discrete.diffusion_gemma import DiffusionGemmaLM
 from reverie.discrete.generate import (
@@ -58,6 +60,9 @@ __all__ = [
     "load_model",
     "SAMPLERS",
     "SCHEDULES",
+    "TRANSITIONS",
+    "StructuredProcess",
+    "hybrid_loss",
     "CharTokenizer",
     "Commit",
     "CosineSchedule",
