@@ -8,7 +8,8 @@
 
 * processes and the ELBO: :class:`MaskedProcess`, :class:`UniformProcess`, schedules,
   :func:`nelbo`; D3PM's structured transitions (:class:`StructuredProcess`,
-  :data:`TRANSITIONS`, :func:`hybrid_loss`);
+  :data:`TRANSITIONS`, :func:`hybrid_loss`); GenMD4's state-dependent masking
+  (:class:`GenMD4Process`);
 * :class:`TokenDenoiser` (any ``fn(x, t) -> logits``, SUBS applied),
   :class:`TokenClassifierFreeGuidance`, :class:`MaskedLM` (transformers models);
 * :func:`generate` and the registry :data:`SAMPLERS`; each sampler family's decision
@@ -31,6 +32,7 @@ from reverie.discrete.generate import (
     end_token_id,
     generate,
 )
+from reverie.discrete.genmd4 import GenMD4Process
 from reverie.discrete.hf import MaskedLM
 from reverie.discrete.loading import BUNDLED, ReverieBlockLM, ReverieLM, load_model
 from reverie.discrete.process import (
@@ -67,6 +69,7 @@ __all__ = [
     "Commit",
     "CosineSchedule",
     "DiscreteProcess",
+    "GenMD4Process",
     "GenerationOutput",
     "LinearSchedule",
     "MaskedProcess",
