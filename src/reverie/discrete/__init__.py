@@ -9,7 +9,7 @@
 * processes and the ELBO: :class:`MaskedProcess`, :class:`UniformProcess`, schedules,
   :func:`nelbo`; D3PM's structured transitions (:class:`StructuredProcess`,
   :data:`TRANSITIONS`, :func:`hybrid_loss`); GenMD4's state-dependent masking
-  (:class:`GenMD4Process`);
+  (:class:`GenMD4Process`); Blackout diffusion on counts (:class:`BlackoutProcess`);
 * :class:`TokenDenoiser` (any ``fn(x, t) -> logits``, SUBS applied),
   :class:`TokenClassifierFreeGuidance`, :class:`MaskedLM` (transformers models);
 * :func:`generate` and the registry :data:`SAMPLERS`; each sampler family's decision
@@ -19,6 +19,7 @@
 * :func:`load_model` for the bundled ``tiny-json`` model or a saved folder.
 """
 
+from reverie.discrete.blackout import BlackoutProcess
 from reverie.discrete.block import BlockCausalLM, TinyBlockTransformer
 from reverie.discrete.d3pm import TRANSITIONS, StructuredProcess, hybrid_loss
 from reverie.discrete.denoiser import TokenClassifierFreeGuidance, TokenDenoiser, TokenDenoiserBase
@@ -53,6 +54,7 @@ from reverie.discrete.tokenizer import CharTokenizer
 
 __all__ = [
     "BUNDLED",
+    "BlackoutProcess",
     "BlockCausalLM",
     "DiffusionGemmaLM",
     "TinyBlockTransformer",
