@@ -65,7 +65,7 @@ def test_theta_rk2_sampler_follows_its_exact_law(chain):
     the law with the stage weight 8 instead of 1/(2 theta) = 1 (a wrong theta weight; the
     final law of masked diffusion is insensitive to mild weight errors: 1/theta = 2 is only
     0.009 away in TV, below this check's resolution)."""
-    n = 50000
+    n = 30000
     law = E.law_to_vector(rk2_law(chain, 3, 2, 0.5), chain, 3)
     x = generate(chain.denoiser(), length=3, steps=2, sampler="theta_rk2", n=n,
                  generator=torch.Generator().manual_seed(11))
