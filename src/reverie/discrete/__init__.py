@@ -7,7 +7,9 @@
     print(model.decode(x[0]))
 
 * processes and the ELBO: :class:`MaskedProcess`, :class:`UniformProcess`, schedules,
-  :func:`nelbo`;
+  :func:`nelbo`; D3PM's structured transitions (:class:`StructuredProcess`,
+  :data:`TRANSITIONS`, :func:`hybrid_loss`); GenMD4's state-dependent masking
+  (:class:`GenMD4Process`); Blackout diffusion on counts (:class:`BlackoutProcess`);
 * :class:`TokenDenoiser` (any ``fn(x, t) -> logits``, SUBS applied),
   :class:`TokenClassifierFreeGuidance`, :class:`MaskedLM` (transformers models);
 * :func:`generate` and the registry :data:`SAMPLERS`; each sampler family's decision
@@ -18,7 +20,9 @@
 """
 
 from reverie.discrete import posterior, search  # noqa: F401 (posterior.POSTERIOR, search.METHODS)
+from reverie.discrete.blackout import BlackoutProcess
 from reverie.discrete.block import BlockCausalLM, TinyBlockTransformer
+from reverie.discrete.d3pm import TRANSITIONS, StructuredProcess, hybrid_loss
 from reverie.discrete.denoiser import TokenClassifierFreeGuidance, TokenDenoiser, TokenDenoiserBase
 from reverie.discrete.diffusion_gemma import DiffusionGemmaLM
 from reverie.discrete.generate import (
@@ -30,6 +34,7 @@ from reverie.discrete.generate import (
     end_token_id,
     generate,
 )
+from reverie.discrete.genmd4 import GenMD4Process
 from reverie.discrete.hf import MaskedLM
 from reverie.discrete.loading import BUNDLED, ReverieBlockLM, ReverieLM, load_model
 from reverie.discrete.process import (
@@ -45,10 +50,12 @@ from reverie.discrete.process import (
     nelbo,
 )
 from reverie.discrete.samplers import SAMPLERS
+from reverie.discrete.theta_rk2 import decide_theta_rk2  # noqa: F401  (registers theta_rk2)
 from reverie.discrete.tokenizer import CharTokenizer
 
 __all__ = [
     "BUNDLED",
+    "BlackoutProcess",
     "BlockCausalLM",
     "DiffusionGemmaLM",
     "TinyBlockTransformer",
@@ -58,10 +65,14 @@ __all__ = [
     "load_model",
     "SAMPLERS",
     "SCHEDULES",
+    "TRANSITIONS",
+    "StructuredProcess",
+    "hybrid_loss",
     "CharTokenizer",
     "Commit",
     "CosineSchedule",
     "DiscreteProcess",
+    "GenMD4Process",
     "GenerationOutput",
     "LinearSchedule",
     "MaskedProcess",
