@@ -1,8 +1,11 @@
 """Run by tests/test_distributed.py under ``python -m torch.distributed.run`` (2 ranks, gloo):
 ``equal OUT``: sample, generate and log_likelihood with distributed=True, each rank saves
 what it got;
-``fail``: rank 1's model raises mid-run."""
+``fail``: rank 1's model raises mid-run; ``kill``: rank 1 is killed (SIGKILL) mid-run, while
+rank 0 waits for it in the gather."""
 
+import os
+import signal
 import sys
 from dataclasses import asdict
 
@@ -54,12 +57,14 @@ def mismatch() -> str:
 class Failing(reverie.DenoiserBase):
     """Two-moons' denoiser that raises on rank 1 at its third call."""
 
-    def __init__(self, denoiser):
-        self.denoiser, self.process, self.calls = denoiser, denoiser.process, 0
+    def __init__(self, denoiser, kill: bool = False):
+        self.denoiser, self.process, self.calls, self.kill = denoiser, denoiser.process, 0, kill
 
     def __call__(self, x, t, **cond):
         self.calls += 1
         if dist.rank() == 1 and self.calls == 3:
+            if self.kill:  # no Python error, no message: the process is gone
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError("rank 1 fails on purpose")
         return self.denoiser(x, t, **cond)
 
@@ -78,4 +83,5 @@ if __name__ == "__main__":
             torch.save(out, f"{sys.argv[2]}.{dist.rank()}.pt")
         else:
             noise = reverie.randn((6, 2), seeded_generators(0, 6))
-            reverie.sample(Failing(model.denoiser), noise, "euler", steps=8, distributed=True)
+            failing = Failing(model.denoiser, kill=sys.argv[1] == "kill")
+            reverie.sample(failing, noise, "euler", steps=8, distributed=True)

@@ -126,3 +126,14 @@ def test_a_failing_rank_stops_the_launcher_with_its_error(tmp_path):
     res = launch([str(WORKER), "fail"], tmp_path, timeout=60)
     assert res.returncode != 0
     assert "rank 1 fails on purpose" in res.stdout + res.stderr
+
+
+def test_a_killed_rank_stops_the_launcher_within_the_timeout(tmp_path):
+    # rank 1 dies by SIGKILL mid-run while rank 0 waits in a collective: torchrun's agent sees
+    # the dead worker, stops rank 0 and exits non-zero naming the rank and the signal (the
+    # subprocess timeout is the bound: a hang fails the test)
+    res = launch([str(WORKER), "kill"], tmp_path, timeout=90)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    root = out.split("Root Cause")[-1]  # torchrun's report of the first failure
+    assert "Root Cause" in out and "rank      : 1" in root and "(SIGKILL)" in root, out[-3000:]
