@@ -12,13 +12,20 @@ from reverie.data import load_digits
 from reverie.guidance import METHODS, guide
 from reverie.train.recipes import noisy_digit_labels
 
-SIGMAS = (0.2, 0.5, 1.0, 2.0)  # EDM noise levels of the held-out denoising loss
+SIGMAS = (0.2, 0.5, 1.0)  # EDM noise levels of the held-out denoising loss
+
+
+class _Models(dict):
+    """The bundled models, each loaded on first use."""
+
+    def __missing__(self, name: str):
+        self[name] = reverie.load(name)
+        return self[name]
 
 
 @pytest.fixture(scope="module")
 def models():
-    return {name: reverie.load(name) for name in
-            ("digits", "digits-weak", "digits-noisy", "digits-coherence")}
+    return _Models()
 
 
 @pytest.fixture(scope="module")
@@ -32,22 +39,23 @@ def classifier():
     return lambda s: torch.from_numpy(clf.predict(s.flatten(1).numpy()))
 
 
-def denoising_loss(model, sigma: float, **cond) -> float:
-    """Mean squared error of the data prediction on the 359 held-out digits at noise ``sigma``
-    (fixed noise, the true labels)."""
-    x0, y = load_digits("test")
+def denoising_losses(model, n: int = 150) -> torch.Tensor:
+    """Mean squared error of the data prediction on the first ``n`` held-out digits at each
+    noise level of :data:`SIGMAS` (fixed noise, the true labels)."""
+    x0, y = (v[:n] for v in load_digits("test"))
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0), dtype=x0.dtype)
-    t = torch.full((x0.shape[0],), sigma)
-    with torch.no_grad():
-        d = model.denoiser(x0 + sigma * eps, t, class_labels=y, **cond)
-    return float(((d - x0) ** 2).mean())
+    out = []
+    for sigma in SIGMAS:
+        with torch.no_grad():
+            d = model.denoiser(x0 + sigma * eps, torch.full((n,), sigma), class_labels=y)
+        out.append(float(((d - x0) ** 2).mean()))
+    return torch.tensor(out)
 
 
-def is_weaker(weak, strong, margin: float = 0.05) -> bool:
-    """Whether ``weak`` denoises the held-out digits worse than ``strong`` by ``margin``
-    (relative) at every noise level of :data:`SIGMAS`."""
-    return all(denoising_loss(weak, s) > (1 + margin) * denoising_loss(strong, s)
-               for s in SIGMAS)
+def is_weaker(weak: torch.Tensor, strong: torch.Tensor, margin: float = 0.05) -> bool:
+    """Whether the held-out losses ``weak`` exceed ``strong`` by ``margin`` (relative) at every
+    noise level."""
+    return bool((weak > (1 + margin) * strong).all())
 
 
 def test_weak_model_has_the_same_interface_and_is_weaker(models):
@@ -60,8 +68,9 @@ def test_weak_model_has_the_same_interface_and_is_weaker(models):
     assert repr(weak.process) == repr(main.process)
     count = lambda m: sum(p.numel() for p in m.net.parameters())  # noqa: E731
     assert count(weak) < 0.3 * count(main)
-    assert is_weaker(weak, main)
-    assert not is_weaker(main, main) and not is_weaker(main, weak)
+    lw, lm = denoising_losses(weak), denoising_losses(main)
+    assert is_weaker(lw, lm), (lw, lm)  # measured: 15-23% higher
+    assert not is_weaker(lm, lm) and not is_weaker(lm, lw)
 
 
 def test_autoguidance_with_the_weak_model(models):
@@ -157,3 +166,23 @@ def test_coherence_beats_ignoring_the_noise(models, classifier):
     assert guided > base[2.0] + 0.05, (guided, base)
     assert not low > base[1.0], (low, base)
     assert low < 0.3, low
+
+
+def test_cli_coherence_cfg(tmp_path, models):
+    """``reverie sample --model digits-coherence --guidance coherence_cfg --option low=0.2``
+    gives the samples of the Python API; plain CFG at the same scale gives others."""
+    import numpy as np
+
+    from reverie.cli import main
+
+    base = ["sample", "--model", "digits-coherence", "--label", "3", "--cfg", "2", "--n", "4",
+            "--steps", "4", "--quiet", "--seed", "1"]
+    assert main([*base, "--guidance", "coherence_cfg", "--option", "low=0.2", "--out",
+                 str(tmp_path / "c.npy")]) == 0
+    api = models["digits-coherence"].sample(4, steps=4, seed=1, labels=3, cfg_scale=2.0,
+                                            guidance="coherence_cfg",
+                                            guidance_options={"low": 0.2})
+    cli = np.load(tmp_path / "c.npy")
+    assert np.allclose(cli, api.numpy(), atol=1e-5)
+    assert main([*base, "--out", str(tmp_path / "cfg.npy")]) == 0
+    assert not np.allclose(np.load(tmp_path / "cfg.npy"), cli, atol=1e-3)

@@ -87,6 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--digits-steps", type=int, default=10, help="DDIM steps (digits)")
     parser.add_argument("--digits-scales", default="1,1.25,1.5,2,3,5,8",
                         help="guidance scales (digits)")
+    parser.add_argument("--digits-methods", default="",
+                        help="only these classifier-free methods in the digits part (comma "
+                        "list; cfg is always run; default: all)")
     parser.add_argument("--digits-lambdas", default="0.3,0.5,0.7,0.85,1.0",
                         help="scales of methods whose range is [0, 1] (digits)")
     parser.add_argument("--coherence-scales", default="1,1.5,2,3,5",
@@ -391,7 +394,8 @@ def _curve(d: _Digits, method: str, scales: list[float], which: str,
         out.append(p)
         opts = "".join(f" {k}={v:g}" for k, v in options.items())
         print(f"  [{which}] {p['model']} {method}{opts} scale {s:g}: acc {p['accuracy']:.3f} "
-              f"p(label) {p['p_label']:.4f} FD {p['frechet']:.3f} ({p['seconds']:.0f} s)", flush=True)
+              f"p(label) {p['p_label']:.4f} FD {p['frechet']:.3f} ({p['seconds']:.0f} s)",
+              flush=True)
         if until is not None and p["accuracy"] >= until:
             break
     return out
@@ -410,8 +414,10 @@ def run_digits(args: argparse.Namespace) -> dict[str, Any]:
     print(f"digits: DDIM {d.steps} steps, n = {d.n} per point; MLP test accuracy "
           f"{d.judge.test_acc:.4f}")
     curves, skipped = {}, {}
+    only = {m for m in args.digits_methods.split(",") if m} | {"cfg"}
     for name, info in METHODS.items():
-        reason = _skip_sampler(info, "ddim")
+        reason = None if not args.digits_methods or name in only else "not in --digits-methods"
+        reason = reason or _skip_sampler(info, "ddim")
         if reason is None and info.family != "cfg":
             reason = "not classifier-free (the digits model has no time-dependent classifier)"
         if reason is None and name == COHERENCE_METHOD:
