@@ -18,9 +18,11 @@ __all__ = ["CoherenceUNet"]
 
 class CoherenceUNet(nn.Module):
     """``F(x, time, class_labels, coherence)``: a diffusers ``UNet2DModel`` (``unet`` config,
-    e.g. :func:`reverie.nets.digits_unet_config`) whose class embedding is the sum of a learned
-    label embedding (``num_class_embeds`` labels, the last one the null class) and an MLP
-    embedding of the coherence score (CAD's coherence embedding merged with the condition).
+    e.g. :func:`reverie.nets.digits_unet_config`) whose class embedding merges a learned label
+    embedding ``e(y)`` (``num_class_embeds`` labels, the last one the null class) with MLP
+    embeddings of the coherence score (CAD's coherence embedding merged with the condition):
+    ``e(y) * (1 + g(c)) + h(c)``, so the coherence can scale the label's say directly (FiLM;
+    ``g`` starts at zero).
 
     ``coherence``: a float in [0, 1] or a tensor ``[B]`` of them; omitted, it is 1 (a label to
     be trusted). Out of [0, 1]: ``ValueError``.
@@ -38,6 +40,9 @@ class CoherenceUNet(nn.Module):
         dim = 4 * int(unet["block_out_channels"][0])  # the UNet's time-embedding width
         self.label_embed = nn.Embedding(num_class_embeds, dim)
         self.coherence_embed = nn.Sequential(nn.Linear(1, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.coherence_gate = nn.Sequential(nn.Linear(1, dim), nn.SiLU(), nn.Linear(dim, dim))
+        nn.init.zeros_(self.coherence_gate[2].weight)
+        nn.init.zeros_(self.coherence_gate[2].bias)
 
     def forward(
         self,
@@ -58,5 +63,7 @@ class CoherenceUNet(nn.Module):
         if not bool(((c >= 0) & (c <= 1)).all()):
             raise ValueError(f"coherence must lie in [0, 1], got values in "
                              f"[{float(c.min()):g}, {float(c.max()):g}]")
-        emb = self.label_embed(class_labels) + self.coherence_embed(c[:, None])
+        c = c[:, None]
+        gate, shift = self.coherence_gate(c), self.coherence_embed(c)
+        emb = self.label_embed(class_labels) * (1 + gate) + shift
         return self.unet(x, time, class_labels=emb.to(x.dtype)).sample
