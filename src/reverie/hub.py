@@ -67,16 +67,16 @@ __all__ = [
 BUNDLED: dict[str, str] = {
     "digits": "8x8 handwritten digits (scikit-learn), class-conditional diffusers UNet2DModel "
     "with a null class for CFG; EDM",
+    "two-moons": "2-D two moons, class-conditional (upper/lower moon, null class) residual MLP; "
+    "EDM",
+    "shapes": "text-to-image StableDiffusionPipeline (VAE, UNet2DConditionModel, CLIP): 32x32 "
+    "coloured shapes, e.g. 'a red circle on the left'; VP, epsilon",
     "digits-weak": "8x8 digits, a smaller (16/32/32 channels) and shorter-trained digits model: "
     "autoguidance's weak model; diffusers UNet2DModel with a null class; EDM",
     "digits-noisy": "8x8 digits trained on noisy labels (half resampled at random), the baseline "
     "of digits-coherence; diffusers UNet2DModel with a null class; EDM",
     "digits-coherence": "8x8 digits trained on the same noisy labels with a coherence score in "
     "[0, 1] as an extra condition (coherence=; Dufour et al. 2024); CoherenceUNet; EDM",
-    "two-moons": "2-D two moons, class-conditional (upper/lower moon, null class) residual MLP; "
-    "EDM",
-    "shapes": "text-to-image StableDiffusionPipeline (VAE, UNet2DConditionModel, CLIP): 32x32 "
-    "coloured shapes, e.g. 'a red circle on the left'; VP, epsilon",
 }
 
 CONFIG_NAME = "reverie.json"
