@@ -69,7 +69,7 @@ def test_weak_model_has_the_same_interface_and_is_weaker(models):
     count = lambda m: sum(p.numel() for p in m.net.parameters())  # noqa: E731
     assert count(weak) < 0.3 * count(main)
     lw, lm = denoising_losses(weak), denoising_losses(main)
-    assert is_weaker(lw, lm), (lw, lm)  # measured: 15-23% higher
+    assert is_weaker(lw, lm), (lw, lm)  # measured: 16-24% higher
     assert not is_weaker(lm, lm) and not is_weaker(lm, lw)
 
 

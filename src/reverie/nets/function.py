@@ -27,7 +27,8 @@ TIME_INPUTS = ("process", "scaled", "c_noise")
 
 
 class ModelFunction(nn.Module):
-    """``fn(x, t, class_labels=None)``: call ``net`` at process time ``t``.
+    """``fn(x, t, class_labels=None, **cond)``: call ``net`` at process time ``t`` (other
+    conditioning keywords, e.g. a coherence score, are passed to ``net`` as they are).
 
     Without preconditioning the output is the network's raw prediction (eps / v / x0 / flow
     / score, whatever it was trained for). With ``precondition="edm"`` the output is EDM's
