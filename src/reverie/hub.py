@@ -4,7 +4,8 @@
 prediction type and a ready :class:`~reverie.denoisers.Denoiser`, plus what a sampler needs
 to know (sample shape, number of classes). It accepts
 
-* a bundled name (:data:`BUNDLED`: ``digits``, ``two-moons``, the text-to-image ``shapes``),
+* a bundled name (:data:`BUNDLED`: ``digits`` and its variants ``digits-weak``,
+  ``digits-noisy``, ``digits-coherence``, ``two-moons``, the text-to-image ``shapes``),
   shipped inside the package;
 * a local folder holding a reverie model (``reverie.json`` + ``model.safetensors``), a
   diffusers ``DiffusionPipeline`` (``model_index.json``, ``unet/``, ``scheduler/``) or a lone
@@ -72,6 +73,12 @@ BUNDLED: dict[str, str] = {
     "unconditional residual MLP for TSDiff self-guidance; EDM",
     "shapes": "text-to-image StableDiffusionPipeline (VAE, UNet2DConditionModel, CLIP): 32x32 "
     "coloured shapes, e.g. 'a red circle on the left'; VP, epsilon",
+    "digits-weak": "8x8 digits, a smaller (16/32/32 channels) and shorter-trained digits model: "
+    "autoguidance's weak model; diffusers UNet2DModel with a null class; EDM",
+    "digits-noisy": "8x8 digits trained on noisy labels (half resampled at random), the baseline "
+    "of digits-coherence; diffusers UNet2DModel with a null class; EDM",
+    "digits-coherence": "8x8 digits trained on the same noisy labels with a coherence score in "
+    "[0, 1] as an extra condition (coherence=; Dufour et al. 2024); CoherenceUNet; EDM",
 }
 
 CONFIG_NAME = "reverie.json"

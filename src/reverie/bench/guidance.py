@@ -33,7 +33,18 @@ at least 20% below CFG's Frechet distance there), and, because the accuracy satu
 also compared with CFG's own curve at that accuracy and matched on the mean p(label). Options
 tuned with ``--tune`` (APG's momentum and norm threshold) are selected on one seed/label set
 (``seed``) and reported on another (``seed + 100000``, shuffled labels) next to the defaults
-(not rerun when the defaults win).
+(not rerun when the defaults win). Autoguidance is given the bundled ``digits-weak`` model
+(16/32/32 channels, a quarter of the training steps) as its weak model, with the same labels.
+
+Part ``coherence`` (Dufour et al. 2024, "Don't drop your samples!"): the bundled
+``digits-noisy`` and ``digits-coherence`` models, trained with the same recipe on the same
+noisy labels (half resampled at random, :func:`reverie.train.recipes.noisy_digit_labels`),
+without and with the coherence score as a condition. Side by side over ``--coherence-scales``,
+on the same seeds and labels as the digits part and judged by the same classifier of the TRUE
+labels: the noisy baseline with plain CFG against its null class, the coherence model at
+coherence 1 with plain CFG, and the coherence model with coherence-aware CFG
+(``coherence_cfg``: from coherence 0 towards 1); the clean ``digits`` model with CFG for
+reference.
 """
 
 from __future__ import annotations
@@ -52,12 +63,15 @@ from reverie.bench.common import format_table, machine
 TARGET_REDUCTION = 0.20
 #: the methods the target names.
 TARGET_METHODS = ("apg", "cfg_zero_star", "cfg_pp")
+#: the coherence-conditioned method, measured on its own model in the coherence part.
+COHERENCE_METHOD = "coherence_cfg"
 #: APG options tried by --tune (momentum, norm_threshold); the first is the default.
 APG_GRID = ((-0.75, 0.0), (0.0, 0.0), (-0.5, 0.0), (-0.75, 1.0), (0.0, 1.0))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--parts", default="mixture,digits", help="mixture, digits (comma list)")
+    parser.add_argument("--parts", default="mixture,digits,coherence",
+                        help="mixture, digits, coherence (comma list)")
     parser.add_argument("--n", type=int, default=4000, help="mixture samples per row")
     parser.add_argument("--steps", type=int, default=100, help="DDIM steps (mixture)")
     parser.add_argument("--scales", default="1.5,2,3,5", help="guidance scales (mixture)")
@@ -73,8 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--digits-steps", type=int, default=10, help="DDIM steps (digits)")
     parser.add_argument("--digits-scales", default="1,1.25,1.5,2,3,5,8",
                         help="guidance scales (digits)")
+    parser.add_argument("--digits-methods", default="",
+                        help="only these classifier-free methods in the digits part (comma "
+                        "list; cfg is always run; default: all)")
     parser.add_argument("--digits-lambdas", default="0.3,0.5,0.7,0.85,1.0",
                         help="scales of methods whose range is [0, 1] (digits)")
+    parser.add_argument("--coherence-scales", default="1,1.5,2,3,5",
+                        help="guidance scales (coherence part)")
     parser.add_argument("--tune", action="store_true",
                         help="also select APG's momentum / norm threshold on a separate seed set")
     parser.add_argument("--plot", default="docs/guidance-digits.png",
@@ -330,23 +349,35 @@ class _Digits:
         from reverie.hub import load
 
         self.model = load("digits")
+        self.weak = load("digits-weak")  # autoguidance's weak model
         self.judge = Judge(args.seed)
         self.n, self.steps = args.digits_n, args.digits_steps
         labels = torch.arange(self.n) % 10
         perm = torch.randperm(self.n, generator=_gen(args.seed + 7))
         self.sets = {"tune": (args.seed, labels), "report": (args.seed + 100_000, labels[perm])}
 
-    def point(self, method: str, scale: float, which: str, **options: Any) -> dict[str, Any]:
+    def point(self, method: str, scale: float, which: str, model=None,
+              **options: Any) -> dict[str, Any]:
+        """One point: ``model`` (default the digits model) guided by ``method`` at ``scale``."""
+        import reverie
         from reverie.bench.digits import frechet_distance
+        from reverie.guidance import METHODS, guide
 
+        model = model or self.model
         seed, labels = self.sets[which]
         t0 = time.perf_counter()
-        x = self.model.sample(self.n, sampler="ddim", steps=self.steps, seed=seed,
-                              labels=labels, cfg_scale=scale, guidance=method,
-                              guidance_options=options or None)
+        if METHODS[method].weak_model:  # autoguidance: the weak model, with the same labels
+            den = guide(model.denoiser, method, scale, uncond=self.weak.denoiser, **options)
+            x = reverie.sample(den, model.noise(self.n, seed), sampler="ddim", steps=self.steps,
+                               cond={"class_labels": labels})
+        else:
+            x = model.sample(self.n, sampler="ddim", steps=self.steps, seed=seed,
+                             labels=labels, cfg_scale=scale, guidance=method,
+                             guidance_options=options or None)
         p = self.judge.proba(x)
         lab = labels.numpy()
-        return {"method": method, "scale": scale, "options": options, "set": which,
+        return {"model": model.name, "method": method, "scale": scale, "options": options,
+                "set": which,
                 "accuracy": float((p.argmax(1) == lab).mean()),
                 "p_label": float(p[np.arange(self.n), lab].mean()),
                 "frechet": frechet_distance(self.judge.features(x), self.judge.test_features),
@@ -354,16 +385,17 @@ class _Digits:
 
 
 def _curve(d: _Digits, method: str, scales: list[float], which: str,
-           until: float | None = None, **options) -> list[dict]:
+           until: float | None = None, model=None, **options) -> list[dict]:
     """The points at ``scales``; with ``until``, stop at the first accuracy >= ``until`` (all
     :func:`crossing` needs)."""
     out = []
     for s in scales:
-        p = d.point(method, s, which, **options)
+        p = d.point(method, s, which, model, **options)
         out.append(p)
         opts = "".join(f" {k}={v:g}" for k, v in options.items())
-        print(f"  [{which}] {method}{opts} scale {s:g}: acc {p['accuracy']:.3f} p(label) "
-              f"{p['p_label']:.4f} FD {p['frechet']:.3f} ({p['seconds']:.0f} s)", flush=True)
+        print(f"  [{which}] {p['model']} {method}{opts} scale {s:g}: acc {p['accuracy']:.3f} "
+              f"p(label) {p['p_label']:.4f} FD {p['frechet']:.3f} ({p['seconds']:.0f} s)",
+              flush=True)
         if until is not None and p["accuracy"] >= until:
             break
     return out
@@ -382,11 +414,16 @@ def run_digits(args: argparse.Namespace) -> dict[str, Any]:
     print(f"digits: DDIM {d.steps} steps, n = {d.n} per point; MLP test accuracy "
           f"{d.judge.test_acc:.4f}")
     curves, skipped = {}, {}
+    only = {m for m in args.digits_methods.split(",") if m} | {"cfg"}
     for name, info in METHODS.items():
-        reason = _skip_sampler(info, "ddim")
+        reason = None if not args.digits_methods or name in only else "not in --digits-methods"
+        reason = reason or _skip_sampler(info, "ddim")
         if reason is None and info.family != "cfg":
             reason = "not classifier-free (the digits model has no time-dependent classifier)"
-        if reason is None:
+        if reason is None and name == COHERENCE_METHOD:
+            reason = ("needs a coherence-conditioned model: measured on digits-coherence in the "
+                      "coherence part")
+        if reason is None and not info.weak_model:
             try:  # the model's own null class is the unconditional branch
                 d.model.conditional(0, 2.0 if info.scale_range[1] > 1 else 0.5, guidance=name)
             except (TypeError, ValueError) as err:
@@ -406,6 +443,32 @@ def run_digits(args: argparse.Namespace) -> dict[str, Any]:
         print("  the tuning selected APG's defaults")
         tuned["selected_defaults"] = True
     return _digits_report(d, curves, cfg2, skipped, tuned, args.plot)
+
+
+def run_coherence(args: argparse.Namespace, d: _Digits | None = None) -> dict[str, Any]:
+    """The coherence part (module docstring): accuracy under the true labels' classifier and
+    Frechet distance, over scales, for the noisy-label baseline, the coherence model at
+    coherence 1 and coherence-aware CFG."""
+    from reverie.hub import load
+
+    d = d or _Digits(args)
+    noisy, coherent = load("digits-noisy"), load("digits-coherence")
+    scales = _floats(args.coherence_scales)
+    print(f"coherence: DDIM {d.steps} steps, n = {d.n} per point; models trained on noisy "
+          "labels; accuracy against the TRUE labels")
+    runs = (("digits (clean labels)", d.model, "cfg"),
+            ("digits-noisy (ignores the noise)", noisy, "cfg"),
+            ("digits-coherence at coherence 1", coherent, "cfg"),
+            ("digits-coherence", coherent, COHERENCE_METHOD))
+    curves = {f"{label}, {method}": _curve(d, method, scales, "report", model=model)
+              for label, model, method in runs}
+    table = format_table(["model, guidance", "scale", "accuracy", "mean p(label)", "Frechet"],
+                         [[name, p["scale"], p["accuracy"], p["p_label"], p["frechet"]]
+                          for name, curve in curves.items() for p in curve])
+    print("\ncoherence: accuracy (true labels) / p(label) / Frechet per model and scale")
+    print(table)
+    return {"sampler": "ddim", "steps": d.steps, "n": d.n, "curves": curves,
+            "tables": {"curves": table}}
 
 
 def _tune(d: _Digits, scales: list[float]) -> dict[str, Any]:
@@ -530,11 +593,12 @@ def plot_digits(curves: dict[str, list[dict]], cfg2: dict, n: int, path: str) ->
 def run(args: argparse.Namespace) -> dict[str, Any]:
     parts = [p for p in args.parts.split(",") if p]
     for p in parts:
-        if p not in ("mixture", "digits"):
-            raise ValueError(f"unknown part {p!r}; expected mixture, digits")
+        if p not in ("mixture", "digits", "coherence"):
+            raise ValueError(f"unknown part {p!r}; expected mixture, digits, coherence")
     if args.quick:
         args.n, args.steps, args.digits_n, args.digits_steps = 300, 20, 60, 4
         args.scales, args.digits_scales, args.digits_lambdas = "2,3", "1,2,3", "0.8,1.0"
+        args.coherence_scales = "1,2"
         args.lambdas, args.sweep_steps, args.gradient_scales = "0.1", "10", "1"
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -544,6 +608,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["mixture"] = run_mixture(args)
     if "digits" in parts:
         result["digits"] = run_digits(args)
+    if "coherence" in parts:
+        result["coherence"] = run_coherence(args)
     result["seconds"] = time.perf_counter() - t0
     print(f"\n{machine()}; {result['seconds']:.0f} s")
     return result

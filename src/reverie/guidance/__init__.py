@@ -360,6 +360,7 @@ def _check_common(options: dict[str, Any]) -> None:
 # the method modules register themselves on import
 from reverie.guidance import attention as _attention  # noqa: E402,F401
 from reverie.guidance import cfg as _cfg  # noqa: E402,F401
+from reverie.guidance import coherence as _coherence  # noqa: E402,F401
 from reverie.guidance import density as _density  # noqa: E402,F401
 from reverie.guidance import dreamguider as _dreamguider  # noqa: E402,F401
 from reverie.guidance import gradient as _gradient  # noqa: E402,F401

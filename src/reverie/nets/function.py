@@ -27,7 +27,8 @@ TIME_INPUTS = ("process", "scaled", "c_noise")
 
 
 class ModelFunction(nn.Module):
-    """``fn(x, t, class_labels=None)``: call ``net`` at process time ``t``.
+    """``fn(x, t, class_labels=None, **cond)``: call ``net`` at process time ``t`` (other
+    conditioning keywords, e.g. a coherence score, are passed to ``net`` as they are).
 
     Without preconditioning the output is the network's raw prediction (eps / v / x0 / flow
     / score, whatever it was trained for). With ``precondition="edm"`` the output is EDM's
@@ -101,9 +102,11 @@ class ModelFunction(nn.Module):
             out = 0.25 * torch.log(self.process.sigma_ve(t64))
         return out.to(torch.float32)
 
-    def call_net(self, x: Tensor, time: Tensor, class_labels: Tensor | None) -> Tensor:
-        """``net(x, time[, class_labels])`` with diffusers' output object unwrapped."""
-        kwargs: dict[str, Any] = {}
+    def call_net(self, x: Tensor, time: Tensor, class_labels: Tensor | None,
+                 **cond: Any) -> Tensor:
+        """``net(x, time[, class_labels], **cond)`` with diffusers' output object unwrapped
+        (``cond``: extra conditioning keywords the net takes, e.g. ``coherence``)."""
+        kwargs: dict[str, Any] = dict(cond)
         if class_labels is not None:
             kwargs["class_labels"] = class_labels
         out = self.net(x, time, **kwargs)
@@ -113,7 +116,8 @@ class ModelFunction(nn.Module):
             out = out[:, : self.out_channels]
         return out
 
-    def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None,
+                **cond: Any) -> Tensor:
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         if class_labels is None and self.null_label is not None:
@@ -121,7 +125,7 @@ class ModelFunction(nn.Module):
                 (x.shape[0],), self.null_label, dtype=torch.long, device=x.device
             )
         if self.precondition is None:
-            return self.call_net(x, self.time_features(t), class_labels)
+            return self.call_net(x, self.time_features(t), class_labels, **cond)
         # EDM (Karras et al. 2022) eq. 7: D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)
         sigma = bcast(self.process.sigma_ve(t.to(torch.float64)), x)
         sd2 = self.sigma_data**2
@@ -131,6 +135,6 @@ class ModelFunction(nn.Module):
         )
         c_in = torch.rsqrt(sigma**2 + sd2).to(x.dtype)
         f = self.call_net(
-            c_in * x, 0.25 * torch.log(sigma.flatten()).to(torch.float32), class_labels
+            c_in * x, 0.25 * torch.log(sigma.flatten()).to(torch.float32), class_labels, **cond
         )
         return c_skip * x + c_out * f.to(x.dtype)

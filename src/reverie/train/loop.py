@@ -122,16 +122,18 @@ class Objective:
     def times(self, n: int, gen: torch.Generator) -> Tensor:
         return _sample_times(n, self.process, self.time_sampling, self.p_mean, self.p_std, gen)
 
-    def loss(self, x0: Tensor, eps: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
-        """The mean loss at ``x_t = alpha(t) x0 + sigma(t) eps``."""
+    def loss(self, x0: Tensor, eps: Tensor, t: Tensor, y: Tensor | None,
+             **cond: Tensor) -> Tensor:
+        """The mean loss at ``x_t = alpha(t) x0 + sigma(t) eps`` (``cond``: extra per-row
+        conditioning keywords for the network, e.g. ``coherence``)."""
         xt = self.process.add_noise(x0, eps, t)
         if self.prediction == "edm":
             # EDM eq. 8: lambda(sigma) |D(x0 + sigma eps; sigma) - x0|^2
             sigma = bcast(t, x0).to(x0.dtype)
             weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
-            return (weight * (self.model(xt, t, y) - x0) ** 2).mean()
+            return (weight * (self.model(xt, t, y, **cond) - x0) ** 2).mean()
         target = _target(self.prediction, x0, eps, t, self.process)
-        return ((self.model(xt, t, y) - target) ** 2).mean()
+        return ((self.model(xt, t, y, **cond) - target) ** 2).mean()
 
 
 def _check_names(prediction: str, time_sampling: str) -> None:
@@ -180,16 +182,20 @@ def make_objective(
 
 def draw_batch(
     data: Tensor, labels: Tensor | None, num_classes: int | None, label_dropout: float,
-    batch_size: int, gen: torch.Generator,
-) -> tuple[Tensor, Tensor | None]:
+    batch_size: int, gen: torch.Generator, conditions: dict[str, Tensor] | None = None,
+) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, dict[str, Tensor]]:
     """A batch of data (drawn with replacement) and its labels, each replaced by the null class
-    ``num_classes`` with probability ``label_dropout`` (classifier-free guidance)."""
+    ``num_classes`` with probability ``label_dropout`` (classifier-free guidance). With
+    ``conditions`` (name -> per-example tensor ``[N, ...]``) the same rows of each are returned
+    third."""
     idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen)
     y = None
     if labels is not None:
         y = labels[idx].clone()
         drop = torch.rand(batch_size, generator=gen) < label_dropout
         y[drop] = num_classes  # the null class
+    if conditions is not None:
+        return data[idx], y, {k: v[idx] for k, v in conditions.items()}
     return data[idx], y
 
 
@@ -279,6 +285,7 @@ def train(
     log_every: int = 100,
     progress: bool = True,
     callback: Callable[[int, float], None] | None = None,
+    conditions: dict[str, Tensor] | None = None,
 ) -> TrainResult:
     """Train ``net`` as a diffusion model of ``data [N, ...]`` (see the module docstring).
 
@@ -293,10 +300,17 @@ def train(
     Every ``checkpoint_every`` steps (and at the end) the weights, EMA, optimizer and data
     generator are written atomically to ``checkpoint``; ``resume=True`` continues from it and
     gives the same weights as an uninterrupted run. ``steps`` is the total step count.
+
+    ``conditions`` (name -> per-example tensor ``[N, ...]``): extra conditioning the network
+    takes as keywords, drawn with the same rows as the data (e.g. a coherence score, Dufour et
+    al. 2024); it draws no random numbers, so the rest of the run is unchanged.
     """
     _check_names(prediction, time_sampling)
     labels = _check_data(net, data, labels, num_classes, label_dropout, steps, batch_size, lr,
                          grad_clip, ema_decay)
+    for name, value in (conditions or {}).items():
+        if not isinstance(value, Tensor) or value.shape[:1] != data.shape[:1]:
+            raise ValueError(f"condition {name!r} must be a tensor with {data.shape[0]} rows")
     obj = make_objective(net, prediction, process, time_sampling=time_sampling, p_mean=p_mean,
                          p_std=p_std, sigma_data=sigma_data, time_input=time_input)
     ema = copy.deepcopy(net).requires_grad_(False)
@@ -310,9 +324,10 @@ def train(
     t0, window = time.perf_counter(), []
     net.train()
     while step < steps:
-        x0, y = draw_batch(data, labels, num_classes, label_dropout, batch_size, gen)
+        x0, y, *more = draw_batch(data, labels, num_classes, label_dropout, batch_size, gen,
+                                  conditions)
         eps = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
-        loss = obj.loss(x0, eps, obj.times(batch_size, gen), y)
+        loss = obj.loss(x0, eps, obj.times(batch_size, gen), y, **(more[0] if more else {}))
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"the loss became {loss.item()} at step {step + 1}; lower lr")
         opt.zero_grad(set_to_none=True)
