@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--guidance",
         default="cfg",
         help="guidance method of reverie.guidance.METHODS: cfg, cfg_rescale, apg, "
-        "cfg_zero_star, cfg_pp (ddim only), tcfg, mambo_g, fdg (images); on pipelines also pag, "
+        "cfg_zero_star, cfg_pp (ddim only), tcfg, mambo_g, fdg (images), coherence_cfg (--model "
+        "digits-coherence); on pipelines also pag, "
         "seg, slg (e.g. --option \"layers=['mid']\"), syngen (ddim / dpmpp_2m), sgt (e.g. "
         "--option \"pairs=[('red', 'circle')]\"); its options as --option KEY=VALUE "
         "(write guidance.KEY=... where the sampler has the same option; default cfg)",
