@@ -1,11 +1,11 @@
 """Train the bundled Neural Diffusion Process model ``ndp-gp`` (see docs/functions.md).
 
-    python scripts/train_ndp.py [--out src/reverie/models/ndp-gp] [--steps 1500] [--threads 1]
+    python scripts/train_ndp.py [--out src/reverie/models/ndp-gp] [--steps 3000] [--threads 1]
 
-NDPNet (hidden 48, 4 heads, 2 bi-dimensional attention blocks) on a squared-exponential GP
+NDPNet (hidden 64, 4 heads, 2 bi-dimensional attention blocks) on a squared-exponential GP
 (lengthscale 0.3, variance 1, observation noise 0.3, domain [-1, 1]) at 8-16 uniform random
-points per batch of 32, VPLinear (beta 0.1 -> 20), v-prediction loss, Adam 1e-3 with a
-cosine decay. A few minutes on one CPU thread.
+points per batch of 32, VPLinear (beta 0.1 -> 20), v-prediction loss with t uniform in
+log-SNR, Adam 1e-3 with a cosine decay, 3000 steps. A few minutes on one CPU thread.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from reverie.process import VPLinear
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="src/reverie/models/ndp-gp")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--hidden", type=int, default=48)
+    p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
