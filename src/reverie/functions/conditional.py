@@ -49,7 +49,8 @@ def condition(denoiser: DenoiserBase, x_obs: Tensor, y_obs: Tensor, x_target: Te
     (locations ``[M]``/``[N]`` shared or ``[n, M]``/``[n, N]``; ``y_obs`` ``[M]`` or ``[n, M]``).
 
     NDP Alg. 2 on a grid ``t_0 > ... > t_K`` of ``steps`` steps, with a one-step ``sampler``
-    (default DDPM's ancestral step, the paper's):
+    (default DDPM's ancestral step, the paper's; a multistep sampler's memory is not kept, so
+    it takes its first-order step):
 
         y_T ~ N(0, sigma_0^2 I)                                   # targets start as noise
         for i < K, repeated u = 1..resample:
