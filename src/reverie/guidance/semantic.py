@@ -24,7 +24,7 @@ guidance="syngen")`` calls it), with the ``(modifier, noun)`` pairs read by
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -417,16 +417,19 @@ def _rows(cond: Mapping[str, Any], x: Tensor) -> dict[str, Any]:
 
 
 def prompt_options(pipe: Any, method: str, options: Mapping[str, Any] | None,
-                   prompts: Sequence[str], n: int = 1) -> dict[str, Any]:
+                   prompts: Sequence[str] | Callable[[], Sequence[str]],
+                   n: int = 1) -> dict[str, Any]:
     """``guidance_options`` of ``pipe.sample(prompts, n=n, guidance=method)`` with what
     ``syngen`` / ``sgt`` need of the prompts: ``binding`` (:func:`bind` on the pipeline's
     network and tokenizer, with the options ``pairs`` and ``res``) or ``concepts`` (the
     conditioning of each concept; the option ``concepts`` may give their texts per prompt,
     default the noun phrases ``"a MODIFIERS NOUN"`` of the pairs). Other methods' options are
-    unchanged."""
+    unchanged. ``prompts`` may be a function returning the texts, called only for ``syngen``
+    / ``sgt`` (a class-conditional pipeline's "prompts" are labels, not texts)."""
     options = dict(options or {})
     if method not in ("syngen", "sgt"):
         return options
+    prompts = prompts() if callable(prompts) else prompts
     tokenizer = getattr(pipe, "tokenizer", None)
     if tokenizer is None:
         raise ValueError(f"{method} needs a pipeline with one CLIP tokenizer (Stable Diffusion "

@@ -401,7 +401,7 @@ class LatentPipeline(ABC):
         from reverie.guidance.semantic import prompt_options  # syngen / sgt read the prompts
 
         guidance_options = prompt_options(self, guidance, guidance_options,
-                                          _texts("prompt", prompt), n)
+                                          lambda: _texts("prompt", prompt), n)
         den = self.denoiser(cond, negative, guidance_scale, guidance, guidance_options,
                             **den_extra)
         x = self._pack(latents.to(self.device, dtype) * scale)
