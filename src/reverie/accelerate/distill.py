@@ -137,6 +137,7 @@ def progressive_distill(teacher: Denoiser, data: Tensor, *, steps: int = 2, base
     ratio = base_steps // steps
     if base_steps % steps or ratio & (ratio - 1):
         raise ValueError(f"base_steps / steps must be a power of two, got {base_steps} / {steps}")
+    _trainable_copy(teacher)  # checks the teacher
     proc = teacher.process
     full = make_grid(proc, base_steps, grid)
     gen = torch.Generator().manual_seed(seed)
@@ -165,7 +166,7 @@ def progressive_distill(teacher: Denoiser, data: Tensor, *, steps: int = 2, base
             opt.zero_grad()
             loss.backward()
             opt.step()
-            loss_v = float(loss)
+            loss_v = float(loss.detach())
         student.fn.eval()
         for p in params:
             p.requires_grad_(False)
@@ -185,9 +186,9 @@ def consistency_distill(teacher: Denoiser, data: Tensor, *, points: int = 18, it
     _positive("points", points)
     if points < 2:
         raise ValueError(f"points must be >= 2, got {points}")
+    student, params = _trainable_copy(teacher)
     proc = teacher.process
     g = make_grid(proc, points, grid)[:-1]  # t_N > ... > t_1 = t_min (the clean end excluded)
-    student, params = _trainable_copy(teacher)
     target_net = copy.deepcopy(student)
     for p in target_net.fn.parameters():
         p.requires_grad_(False)
@@ -210,9 +211,21 @@ def consistency_distill(teacher: Denoiser, data: Tensor, *, points: int = 18, it
         opt.step()
         with torch.no_grad():
             ema_update(target_net.fn, student.fn, ema, it)
-        loss_v = float(loss)
+        loss_v = float(loss.detach())
     for p in params:
         p.requires_grad_(False)
     history = [{"steps": len(g), "iters": iters, "loss": loss_v,
                 "seconds": time.perf_counter() - t0}]
     return Student(target_net, "consistency", g.clone(), history)
+
+
+def _register() -> None:
+    from reverie.accelerate import register
+
+    register("progressive", progressive_distill, "distill", "Salimans & Ho 2022",
+             "halve the step count per stage: one student DDIM step = two teacher steps")
+    register("consistency", consistency_distill, "distill", "Song et al. 2023",
+             "consistency distillation on an N-point grid with an EMA target; 1..N steps")
+
+
+_register()
