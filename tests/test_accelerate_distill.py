@@ -7,7 +7,7 @@ import torch
 
 import reverie
 from reverie.accelerate import METHODS
-from reverie.accelerate.distill import consistency_distill, progressive_distill
+from reverie.accelerate.distill import consistency_distill, mmd, mmd_finetune, progressive_distill
 from reverie.data import two_moons
 from reverie.metrics import sliced_wasserstein
 
@@ -59,3 +59,20 @@ def test_consistency_student_samples_in_one_step(setup):
     assert METHODS["consistency"].kind == "distill"
     with pytest.raises(TypeError, match="the teacher must be a reverie.Denoiser"):
         consistency_distill(lambda x, t: x, data)
+
+
+def test_mmd_finetuning_fits_the_two_step_budget(setup):
+    model, data, noise, sw, teacher = setup
+    student = mmd_finetune(model.denoiser, data, steps=2, iters=25, batch=128, lr=3e-4)
+    assert sw(student.sample(noise)) < 0.6 * teacher(2)  # sibling: the teacher at 2 steps
+    with pytest.raises(ValueError, match="mmd student was trained for 2 steps"):
+        student.sample(noise, 4)
+
+
+def test_mmd_is_unbiased_and_detects_a_shift():
+    g = torch.Generator().manual_seed(0)
+    same = [float(mmd(torch.randn(200, 2, generator=g), torch.randn(200, 2, generator=g)))
+            for _ in range(20)]
+    assert abs(sum(same) / 20) < 3 * torch.tensor(same).std().item() / 20**0.5
+    shifted = float(mmd(torch.randn(200, 2, generator=g), 0.6 + torch.randn(200, 2, generator=g)))
+    assert shifted > max(same)

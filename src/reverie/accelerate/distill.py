@@ -13,6 +13,11 @@
   boundary condition ``f(x, sigma_min) ~ x`` up to ``c_out(sigma_min) ~ sigma_min`` (the paper
   uses its own ``c_skip``/``c_out`` to make it exact). Sampling is Algorithm 1 (multistep
   consistency sampling).
+* :func:`mmd_finetune` -- MMD fine-tuning for a fixed step budget (Aiello, Valsesia & Magli
+  2023, "Fast Inference in Denoising Diffusion Models via MMD Finetuning", paper 16): the
+  model is fine-tuned so that its ``steps``-step DDIM samples match the data in maximum mean
+  discrepancy, back-propagating through the whole sampling chain (their Algorithm 1; Gaussian
+  kernels on the raw samples, or on ``features(x)`` -- the paper uses Inception features).
 
 A :class:`Student` samples only with what it was trained for: a progressive student with its
 trained step count or a divisor of it (a coarser sub-grid of the same grid), a consistency
@@ -33,7 +38,7 @@ from reverie.denoisers import Denoiser
 from reverie.grids import make_grid
 from reverie.train.loop import ema_update
 
-__all__ = ["Student", "consistency_distill", "progressive_distill"]
+__all__ = ["Student", "consistency_distill", "mmd", "mmd_finetune", "progressive_distill"]
 
 
 def _trainable_copy(teacher: Denoiser) -> tuple[Denoiser, list[nn.Parameter]]:
@@ -68,10 +73,22 @@ def _positive(name: str, v: Any) -> int:
     return v
 
 
+def _ddim_chain(den, noise: Tensor, g: Tensor) -> Tensor:
+    """DDIM (eta = 0) from ``sigma(g[0]) noise`` along grid ``g``; differentiable."""
+    proc = den.process
+    x = noise * float(proc.sigma(g[0]))
+    for i in range(len(g) - 1):
+        t = torch.full((x.shape[0],), float(g[i]), dtype=torch.float64)
+        if i == len(g) - 2:
+            return den(x, t) * float(proc.alpha(g[-1]))
+        x = _ddim_to(den, x, t, torch.full_like(t, float(g[i + 1])))
+    return x
+
+
 @dataclass
 class Student:
     """A distilled few-step model: ``denoiser`` (its data prediction), ``kind``
-    (``progressive`` / ``consistency``), ``grid`` (the times it was trained on, noisy end
+    (``progressive`` / ``consistency`` / ``mmd``), ``grid`` (the times it was trained on, noisy end
     first) and ``history`` (one dict per stage: steps, iterations, last loss, seconds)."""
 
     denoiser: Denoiser
@@ -81,32 +98,25 @@ class Student:
 
     @property
     def trained_steps(self) -> int:
-        """The most network calls it samples with: progressive, its grid's steps; consistency,
-        its discretisation's points."""
-        return len(self.grid) - (self.kind == "progressive")
+        """The most network calls it samples with: progressive / mmd, its grid's steps;
+        consistency, its discretisation's points."""
+        return len(self.grid) - (self.kind != "consistency")
 
     def sample(self, noise: Tensor, steps: int | None = None,
                generator: torch.Generator | None = None) -> Tensor:
         """Samples from unit ``noise`` in ``steps`` network calls (default: as trained)."""
         n = self.trained_steps
         steps = n if steps is None else _positive("steps", steps)
-        if steps > n or (self.kind == "progressive" and n % steps):
-            what = (f"{n} steps (or a divisor of {n})" if self.kind == "progressive"
+        ddim = self.kind in ("progressive", "mmd")
+        if steps > n or (ddim and n % steps):
+            what = (f"{n} steps (or a divisor of {n})" if ddim
                     else f"at most {n} steps")
             raise ValueError(f"this {self.kind} student was trained for {what}; asked for {steps}")
         proc, den = self.denoiser.process, self.denoiser
         self.denoiser.fn.eval()
         with torch.no_grad():
-            if self.kind == "progressive":  # DDIM on the trained grid (or a sub-grid of it)
-                g = self.grid[:: n // steps]
-                x = noise * float(proc.sigma(g[0]))
-                for i in range(steps):
-                    t = torch.full((x.shape[0],), float(g[i]), dtype=torch.float64)
-                    if i == steps - 1:
-                        x = den(x, t) * float(proc.alpha(g[-1]))
-                        break
-                    x = _ddim_to(den, x, t, torch.full_like(t, float(g[i + 1])))
-                return x
+            if ddim:  # DDIM on the trained grid (or a sub-grid of it)
+                return _ddim_chain(den, noise, self.grid[:: n // steps])
             # consistency: Algorithm 1 on `steps` of the trained times, evenly spread
             idx = torch.linspace(0, n - 1, steps).round().long()
             ts = self.grid[idx]
@@ -219,6 +229,52 @@ def consistency_distill(teacher: Denoiser, data: Tensor, *, points: int = 18, it
     return Student(target_net, "consistency", g.clone(), history)
 
 
+def mmd(x: Tensor, y: Tensor, bandwidths: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)) -> Tensor:
+    """Unbiased squared maximum mean discrepancy between sample sets ``x [n, d]`` and
+    ``y [m, d]`` with a sum of Gaussian kernels ``exp(-|a - b|^2 / (2 h^2))``."""
+    x, y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
+    n, m = x.shape[0], y.shape[0]
+
+    def k(a: Tensor, b: Tensor) -> Tensor:
+        d2 = torch.cdist(a, b).pow(2)
+        return sum(torch.exp(-d2 / (2 * h * h)) for h in bandwidths)
+
+    kxx, kyy = k(x, x), k(y, y)
+    return ((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+            + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * k(x, y).mean())
+
+
+def mmd_finetune(teacher: Denoiser, data: Tensor, *, steps: int = 2, iters: int = 200,
+                 batch: int = 256, lr: float = 1e-4, grid: str = "karras",
+                 bandwidths: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0),
+                 features: Any = None, seed: int = 0) -> Student:
+    """MMD-DDM (Aiello et al. 2023, paper 16): fine-tune a copy of ``teacher`` so that its
+    ``steps``-step DDIM samples on ``grid`` match batches of ``data`` in squared MMD
+    (:func:`mmd`; on ``features(x)`` when given), gradients through the whole chain."""
+    _positive("steps", steps)
+    student, params = _trainable_copy(teacher)
+    g = make_grid(teacher.process, steps, grid)
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    data_iter = _batches(data.to(torch.float32), batch, gen)
+    phi = features if features is not None else (lambda z: z)
+    t0, loss_v = time.perf_counter(), float("nan")
+    for _ in range(iters):
+        y = next(data_iter)
+        x = _ddim_chain(student, torch.randn(y.shape, generator=gen), g)
+        loss = mmd(phi(x), phi(y), bandwidths)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss_v = float(loss.detach())
+    for p in params:
+        p.requires_grad_(False)
+    student.fn.eval()
+    history = [{"steps": steps, "iters": iters, "loss": loss_v,
+                "seconds": time.perf_counter() - t0}]
+    return Student(student, "mmd", g.clone(), history)
+
+
 def _register() -> None:
     from reverie.accelerate import register
 
@@ -226,6 +282,8 @@ def _register() -> None:
              "halve the step count per stage: one student DDIM step = two teacher steps")
     register("consistency", consistency_distill, "distill", "Song et al. 2023",
              "consistency distillation on an N-point grid with an EMA target; 1..N steps")
+    register("mmd", mmd_finetune, "distill", "MMD-DDM, Aiello et al. 2023 (paper 16)",
+             "fine-tune for a fixed DDIM step budget by MMD through the sampling chain")
 
 
 _register()
