@@ -219,3 +219,17 @@ def test_parastep_converges_to_the_exact_flow_map():
     assert errs[40] < 0.06
     bad = parastep(den, noise * 1.15, 40, degree=2, grid="uniform").x0  # sibling: noise 15% off
     assert float((bad - _exact(noise, 40)).norm(dim=1).mean()) > 0.06
+
+
+def test_bench_is_discovered_and_checks_its_parts():
+    import argparse
+
+    from reverie.bench import accelerate as bench
+    from reverie.bench import available
+
+    assert available()["accelerate"] is bench
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    with pytest.raises(ValueError, match="unknown --skip part"):
+        bench.run(parser.parse_args(["--skip", "reuse,pictures"]))
+    assert bench.run(parser.parse_args(["--skip", "reuse,distill"]))["steps"] == 20
