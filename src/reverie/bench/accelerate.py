@@ -5,7 +5,9 @@ Table 1 (digits, class-conditional, labels 0..9, ``--steps`` steps): the plain s
 (uniform and non-uniform schedules), A-SDM feature inheritance and ParaStep (degree P, batched
 on one process), each timed in this process beside the plain run (CPU seconds of this
 process, best of ``--repeats`` runs; speed-up = plain / method; the wall-clock ratio beside it,
-noisy on a shared machine), with the full / partial network
+noisy on a shared machine) and the speed-up predicted from per-call costs (the fastest of 9
+alternating full and partial calls, robust to a shared machine's interruptions), with the full /
+partial network
 calls, the quality of ``reverie bench digits`` (Frechet distance in the judge's feature space
 against the held-out test digits, classifier confidence, conditional accuracy) and the largest
 change of a sample against the plain run with the same noise.
@@ -51,8 +53,31 @@ def _timed(fn, repeats: int) -> tuple[Any, float, float]:
     return out, cpu, wall
 
 
+def _call_costs(den, net, blocks_mode, x: torch.Tensor, t: float, reps: int = 9) -> tuple[float,
+                                                                                     float]:
+    """``(full, partial)`` seconds of one denoiser call: alternate full and partial calls of a
+    :class:`BlockCache` and keep the fastest of ``reps`` each (the minimum filters out the
+    interruptions of a shared machine); ``blocks_mode=None`` times a plain call of ``x``."""
+    from reverie.accelerate import BlockCache
+
+    def clock(fn) -> float:
+        c = time.process_time()
+        fn()
+        return time.process_time() - c
+
+    if blocks_mode is None:
+        best = min(clock(lambda: den(x, t)) for _ in range(reps))
+        return best, best
+    full, part = float("inf"), float("inf")
+    with BlockCache(net, blocks_mode[0], lambda i: i % 2 == 0, blocks_mode[1]), torch.no_grad():
+        for _ in range(reps):
+            full = min(full, clock(lambda: den(x, t)))
+            part = min(part, clock(lambda: den(x, t)))
+    return full, part
+
+
 def _reuse(args: argparse.Namespace, n: int, repeats: int) -> tuple[str, list[dict]]:
-    from reverie.accelerate import deepcache, feature_inheritance, parastep
+    from reverie.accelerate import deepcache, deepcache_blocks, feature_inheritance, parastep
     from reverie.bench.digits import Judge, frechet_distance
     from reverie.hub import load
     from reverie.samplers import sample
@@ -81,51 +106,66 @@ def _reuse(args: argparse.Namespace, n: int, repeats: int) -> tuple[str, list[di
         return go
 
     net = model.net
-    configs: list[tuple[str, str, str, Any]] = [("dpmpp_2m", "plain", "-", plain("dpmpp_2m"))]
+    x_mid = noise * float(model.process.sigma(torch.tensor(1.0)))  # a mid-noise input
+    c_plain = _call_costs(den, net, None, x_mid, 1.0)[0]
+    costs = {b: _call_costs(den, net, deepcache_blocks(net, b), x_mid, 1.0)[1] for b in (0, 1)}
+    costs["fi"] = _call_costs(den, net, (["mid_block", "up_blocks.0"], "output"), x_mid, 1.0)[1]
+    big = {p: _call_costs(model.conditional(labels.repeat(p)), net, None, x_mid.repeat(p, 1, 1, 1),
+                          1.0)[0] for p in (2, 4)}
+
+    def by_calls(key):  # speed-up predicted from the measured per-call costs
+        return lambda full, part: steps * c_plain / (full * c_plain + part * costs[key])
+
+    configs: list[tuple[str, str, str, Any, Any]] = [
+        ("dpmpp_2m", "plain", "-", plain("dpmpp_2m"), lambda f, p: 1.0)]
     for k in (2, 3, 5):
         configs.append(("dpmpp_2m", "deepcache", f"uniform N={k}",
-                        cached("dpmpp_2m", lambda k=k: deepcache(net, steps, k))))
+                        cached("dpmpp_2m", lambda k=k: deepcache(net, steps, k)), by_calls(0)))
     for k in (3, 5):
         configs.append(("dpmpp_2m", "deepcache", f"non-uniform N={k}", cached(
-            "dpmpp_2m", lambda k=k: deepcache(net, steps, k, schedule="nonuniform"))))
+            "dpmpp_2m", lambda k=k: deepcache(net, steps, k, schedule="nonuniform")),
+            by_calls(0)))
     configs.append(("dpmpp_2m", "deepcache", "uniform N=3, branch 1",
-                    cached("dpmpp_2m", lambda: deepcache(net, steps, 3, branch=1))))
+                    cached("dpmpp_2m", lambda: deepcache(net, steps, 3, branch=1)), by_calls(1)))
     for when in ("all", "late"):
         configs.append(("dpmpp_2m", "feature_inheritance", f"interval 2, {when}", cached(
-            "dpmpp_2m", lambda w=when: feature_inheritance(net, steps, when=w))))
-    configs.append(("ddim", "plain", "-", plain("ddim")))
-    for p in (2, 4):
-        configs.append(("ddim", "parastep", f"P={p} (batched)", para(p)))
+            "dpmpp_2m", lambda w=when: feature_inheritance(net, steps, when=w)), by_calls("fi")))
+    configs.append(("ddim", "plain", "-", plain("ddim"), lambda f, p: 1.0))
+    for p in (2, 4):  # one call of P*n rows per round, after the first call of n rows
+        configs.append(("ddim", "parastep", f"P={p} (batched)", para(p),
+                        lambda f, r, p=p: steps * c_plain / (c_plain + (r - 1) * big[p])))
 
     rows, base = [], {}
-    for sampler, method, setting, fn in configs:
+    for sampler, method, setting, fn, model_cost in configs:
         out, secs, wall = _timed(fn, repeats)
         x, calls = out if isinstance(out, tuple) else (out, f"{steps}/0")
+        nums = [int(v) for v in calls.replace("NFE ", "").replace(", depth ", "/").split("/")]
         if method == "plain":
             base[sampler] = (x, secs, wall)
         x_ref, s_ref, w_ref = base[sampler]
         p = judge.proba(x)
         row = {"sampler": sampler, "method": method, "setting": setting, "calls": calls,
                "cpu_seconds": secs, "speedup": s_ref / secs, "wall_seconds": wall,
-               "wall_speedup": w_ref / wall,
+               "wall_speedup": w_ref / wall, "cost_speedup": model_cost(*nums),
                "frechet": frechet_distance(judge.features(x), judge.test_features),
                "confidence": float(p.max(1).mean()),
                "cond_accuracy": float((p.argmax(1) == labels.numpy()).mean()),
                "max_change": float((x - x_ref).abs().max())}
         rows.append(row)
-        print(f"  {sampler} {method} {setting}: {secs:.2f} CPU s ({row['speedup']:.2f}x; wall "
+        print(f"  {sampler} {method} {setting}: per-call costs {row['cost_speedup']:.2f}x; "
+              f"{secs:.2f} CPU s ({row['speedup']:.2f}x; wall "
               f"{wall:.1f} s, {row['wall_speedup']:.2f}x), "
               f"FD {row['frechet']:.3f}, acc {row['cond_accuracy']:.3f}", flush=True)
     for r in rows:
         plain_fd = next(q["frechet"] for q in rows
                         if q["sampler"] == r["sampler"] and q["method"] == "plain")
         r["frechet_ratio"] = r["frechet"] / plain_fd
-    headers = ["sampler", "method", "setting", "full/partial calls", "CPU s", "speed-up (CPU)",
-               "speed-up (wall)",
+    headers = ["sampler", "method", "setting", "full/partial calls", "speed-up (call costs)",
+               "CPU s", "speed-up (CPU)", "speed-up (wall)",
                "Frechet", "FD / plain", "confidence", "cond. acc.", "max |x - plain|"]
     table = format_table(headers, [[r["sampler"], r["method"], r["setting"], r["calls"],
-                                    r["cpu_seconds"], r["speedup"], r["wall_speedup"],
-                                    r["frechet"],
+                                    r["cost_speedup"], r["cpu_seconds"], r["speedup"],
+                                    r["wall_speedup"], r["frechet"],
                                     r["frechet_ratio"], r["confidence"], r["cond_accuracy"],
                                     r["max_change"]] for r in rows])
     return table, rows
