@@ -1,0 +1,74 @@
+"""Progressive distillation of the bundled digits model (unconditional, null class) from
+``--base`` DDIM steps down to ``--steps``, then its Frechet distance and classifier confidence
+(``reverie bench digits``' judge) at the student's steps against the teacher at 20 steps.
+
+    OMP_NUM_THREADS=1 python scripts/distill_digits.py --iters 800 --batch 64
+
+Writes benchmarks/results/accelerate_digits_distill.json and the student's weights (``--save``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from reverie.accelerate.distill import progressive_distill
+from reverie.bench.common import machine, save_result
+from reverie.bench.digits import Judge, frechet_distance
+from reverie.data import load_digits
+from reverie.hub import load
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--base", type=int, default=16)
+    ap.add_argument("--iters", type=int, default=800, help="Adam iterations per stage")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--n", type=int, default=1000, help="samples for the Frechet distance")
+    ap.add_argument("--save", default="")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    model = load("digits")
+    data, _ = load_digits("train")
+    t0 = time.perf_counter()
+    student = progressive_distill(model.denoiser, data, steps=args.steps, base_steps=args.base,
+                                  iters=args.iters, batch=args.batch, lr=args.lr)
+    train_s = time.perf_counter() - t0
+    print(f"trained in {train_s:.0f} s: {student.history}", flush=True)
+    if args.save:
+        torch.save(student.denoiser.fn.state_dict(), args.save)
+    judge = Judge(0)
+    noise = model.noise(args.n, seed=100)  # evaluation noise, not used in training
+
+    def score(x: torch.Tensor) -> dict:
+        return {"frechet": frechet_distance(judge.features(x), judge.test_features),
+                "confidence": float(judge.proba(x).max(1).mean())}
+
+    from reverie.samplers import sample
+
+    rows = []
+    for name, steps in [("teacher dpmpp_2m", 20), ("teacher ddim", 20), ("teacher ddim", 2)]:
+        x = sample(model.denoiser, noise, sampler=name.split()[1], steps=steps)
+        rows.append({"model": name, "steps": steps, **score(x)})
+    s = args.steps
+    while s >= 1:
+        rows.append({"model": "progressive student", "steps": s,
+                     **score(student.sample(noise, s))})
+        s //= 2
+    for r in rows:
+        print(r, flush=True)
+    ref = rows[0]["frechet"]
+    target = next(r for r in rows if r["model"] == "progressive student" and r["steps"] == 2)
+    result = {"args": vars(args), "train_seconds": train_s, "history": student.history,
+              "rows": rows, "ratio_2step_to_teacher20": target["frechet"] / ref,
+              "machine": machine()}
+    print(f"2-step student / teacher 20-step Frechet: {result['ratio_2step_to_teacher20']:.3f}")
+    save_result("accelerate_digits_distill", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Acceleration: training-free step reuse and few-step students (issue 20, row M11).
+
+Registered in :data:`METHODS` (``reverie.accelerate.METHODS["deepcache"]``):
+
+* ``deepcache``, ``feature_inheritance`` (kind ``"cache"``): forward-hook block caching across
+  network calls (:mod:`reverie.accelerate.cache`); call ``fn(net, steps, ...)`` and sample
+  inside the returned :class:`BlockCache` (a context manager);
+* ``parastep`` (kind ``"sampler"``): reuse-then-predict parallel denoising
+  (:mod:`reverie.accelerate.parastep`);
+* ``progressive``, ``consistency`` (kind ``"distill"``): students trained from a teacher
+  (:mod:`reverie.accelerate.distill`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from reverie._registry import Registry
+from reverie.accelerate.cache import (
+    BlockCache,
+    deepcache,
+    deepcache_blocks,
+    feature_inheritance,
+    nonuniform_refresh,
+    uniform_refresh,
+)
+from reverie.accelerate.parastep import ParaStepOutput, parastep
+
+__all__ = [
+    "METHODS",
+    "BlockCache",
+    "Method",
+    "ParaStepOutput",
+    "deepcache",
+    "deepcache_blocks",
+    "feature_inheritance",
+    "nonuniform_refresh",
+    "parastep",
+    "register",
+    "uniform_refresh",
+]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered acceleration method: ``kind`` is ``cache`` (wraps a network for a run),
+    ``sampler`` (draws samples) or ``distill`` (trains a student); ``paper`` cites it."""
+
+    name: str
+    fn: Callable
+    kind: str
+    paper: str
+    description: str
+
+
+METHODS: Registry[Method] = Registry("acceleration method", "METHODS")
+
+
+def register(name: str, fn: Callable, kind: str, paper: str, description: str) -> Callable:
+    METHODS.add(Method(name, fn, kind, paper, description))
+    return fn
+
+
+register("deepcache", deepcache, "cache", "Ma, Fang & Wang 2024 (DeepCache)",
+         "reuse a U-Net's deep features (or a transformer's middle residuals) for the next "
+         "interval-1 calls; uniform or non-uniform refresh schedule")
+register("feature_inheritance", feature_inheritance, "cache", "A-SDM, Zhu et al. 2024 (paper 27)",
+         "chosen blocks inherit their previous-step output on alternate calls (all/early/late)")
+register("parastep", parastep, "sampler", "ParaStep, Wang et al. 2025 (paper 98)",
+         "reuse-then-predict rounds of P steps: P independent network calls per round")
+
+from reverie.accelerate import distill as _distill  # noqa: E402,F401  (registers its trainers)
