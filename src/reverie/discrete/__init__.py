@@ -25,6 +25,7 @@ from reverie.discrete.block import BlockCausalLM, TinyBlockTransformer
 from reverie.discrete.d3pm import TRANSITIONS, StructuredProcess, hybrid_loss
 from reverie.discrete.denoiser import TokenClassifierFreeGuidance, TokenDenoiser, TokenDenoiserBase
 from reverie.discrete.diffusion_gemma import DiffusionGemmaLM
+from reverie.discrete.e2d2 import TinyE2D2, e2d2_nelbo
 from reverie.discrete.generate import (
     Commit,
     GenerationOutput,
@@ -59,6 +60,8 @@ __all__ = [
     "BlockCausalLM",
     "DiffusionGemmaLM",
     "TinyBlockTransformer",
+    "TinyE2D2",
+    "e2d2_nelbo",
     "MaskedLM",
     "ReverieBlockLM",
     "ReverieLM",
