@@ -19,12 +19,13 @@
 * :func:`load_model` for the bundled ``tiny-json`` model or a saved folder.
 """
 
-from reverie.discrete import posterior, search  # noqa: F401 (posterior.POSTERIOR, search.METHODS)
+from reverie.discrete import embedding, posterior, search  # noqa: F401 (SED / Plaid, POSTERIOR, METHODS)
 from reverie.discrete.blackout import BlackoutProcess
 from reverie.discrete.block import BlockCausalLM, TinyBlockTransformer
 from reverie.discrete.d3pm import TRANSITIONS, StructuredProcess, hybrid_loss
 from reverie.discrete.denoiser import TokenClassifierFreeGuidance, TokenDenoiser, TokenDenoiserBase
 from reverie.discrete.diffusion_gemma import DiffusionGemmaLM
+from reverie.discrete.e2d2 import TinyE2D2, e2d2_nelbo
 from reverie.discrete.generate import (
     Commit,
     GenerationOutput,
@@ -59,6 +60,8 @@ __all__ = [
     "BlockCausalLM",
     "DiffusionGemmaLM",
     "TinyBlockTransformer",
+    "TinyE2D2",
+    "e2d2_nelbo",
     "MaskedLM",
     "ReverieBlockLM",
     "ReverieLM",

@@ -1,0 +1,163 @@
+"""Continuous diffusion on token embeddings: self-conditioned embedding diffusion (SED,
+Strudel et al. 2022, arXiv 2211.04236) and Plaid's likelihood bound (Gulrajani & Hashimoto
+2023, "Likelihood-Based Diffusion Language Models", arXiv 2305.18619).
+
+Tokens ``x`` ``[B, L]`` are mapped through an embedding table ``E`` ``[V, d]`` and diffused
+with Gaussian noise, ``z = E[x] + sigma * eps`` (variance exploding; a VP process is the same
+up to the scale ``alpha``). The network outputs *logits over the vocabulary* per position;
+its denoised embedding is ``softmax(logits) @ E`` (CDCD's / SED's score interpolation), and
+the last state is rounded to tokens (nearest embedding, or the argmax of the logits).
+
+* ``logits_fn(z, sigma, prev) -> [B, L, V]`` -- the model; ``prev`` is SED's self-conditioning
+  input (the previous step's denoised embedding, zeros when there is none);
+* :func:`exact_token_logits` -- the exact model for a token law given by enumeration (the
+  posterior of ``x`` given ``z`` is a finite sum), the reference of the tests;
+* :func:`sample` -- DDPM ancestral sampling in embedding space with self-conditioning, then
+  rounding; :func:`sed_loss` -- SED's cross-entropy loss with self-conditioning;
+  :func:`plaid_nelbo` -- Plaid's continuous-time variational bound (VDM form), nats per row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["ROUNDINGS", "denoised", "exact_token_logits", "nearest_tokens", "plaid_nelbo",
+           "sample", "sed_loss", "sigma_grid"]
+
+LogitsFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+#: How :func:`sample` turns the last state into tokens.
+ROUNDINGS = ("nearest", "argmax")
+
+
+def _table(table: Tensor) -> Tensor:
+    if not isinstance(table, Tensor) or table.ndim != 2:
+        got = getattr(table, "shape", table)
+        raise ValueError(f"table must be an embedding matrix [V, d], got {got}")
+    return table
+
+
+def nearest_tokens(z: Tensor, table: Tensor) -> Tensor:
+    """The token of the nearest embedding per position: ``[B, L, d] -> [B, L]``."""
+    return torch.cdist(z, _table(table).to(z)[None].expand(z.shape[0], -1, -1)).argmin(-1)
+
+
+def denoised(logits: Tensor, table: Tensor) -> Tensor:
+    """The denoised embedding ``softmax(logits) @ E`` (the posterior mean when the logits are
+    the token posterior's): ``[B, L, V] -> [B, L, d]``."""
+    return torch.softmax(logits, -1) @ _table(table).to(logits)
+
+
+def sigma_grid(sigma_min: float, sigma_max: float, steps: int) -> Tensor:
+    """``steps + 1`` noise levels, geometric from ``sigma_max`` down to ``sigma_min``."""
+    if not 0 < sigma_min < sigma_max or steps < 1:
+        raise ValueError(f"need 0 < sigma_min < sigma_max and steps >= 1, got "
+                         f"{sigma_min}, {sigma_max}, {steps}")
+    return torch.logspace(math.log10(sigma_max), math.log10(sigma_min), steps + 1,
+                          dtype=torch.float64)
+
+
+def exact_token_logits(seqs: Tensor, probs: Tensor, table: Tensor) -> LogitsFn:
+    """The exact model of a token law on ``K`` enumerated sequences ``seqs`` ``[K, L]`` with
+    probabilities ``probs`` ``[K]``: at ``z = E[x] + sigma * eps`` the posterior of ``x`` is
+    ``probs[k] * prod_i N(z_i; E[seqs[k, i]], sigma^2)`` normalised; the logits returned are
+    the log of its per-position marginals (``prev`` is ignored)."""
+    table = _table(table)
+    if seqs.ndim != 2 or probs.shape != seqs.shape[:1]:
+        raise ValueError(f"seqs must be [K, L] with probs [K], got {tuple(seqs.shape)} and "
+                         f"{tuple(probs.shape)}")
+    emb = table[seqs]  # [K, L, d]
+    onehot = torch.nn.functional.one_hot(seqs, table.shape[0]).to(table)  # [K, L, V]
+
+    def logits_fn(z: Tensor, sigma: Tensor, prev: Tensor | None = None) -> Tensor:
+        s = torch.as_tensor(sigma, dtype=z.dtype).reshape(-1, 1)
+        sq = ((z[:, None] - emb.to(z)[None]) ** 2).sum((-1, -2))  # [B, K]
+        post = torch.softmax(probs.to(z).log()[None] - sq / (2 * s**2), -1)  # p(x = seq_k | z)
+        return torch.einsum("bk,klv->blv", post, onehot.to(z)).clamp_min(1e-300).log()
+
+    return logits_fn
+
+
+def sample(logits_fn: LogitsFn, table: Tensor, n: int, length: int, sigmas: Tensor, *,
+           generator: torch.Generator | None = None, self_condition: bool = True,
+           rounding: str | None = "nearest") -> Tensor:
+    """``n`` sequences of ``length`` tokens by DDPM ancestral steps in embedding space along
+    the decreasing ``sigmas`` (variance exploding), starting from ``N(0, sigmas[0]^2)``.
+    With ``self_condition`` the model gets the previous step's denoised embedding (SED);
+    ``rounding`` -- ``"nearest"`` embedding or ``"argmax"`` of the last logits; ``None``
+    returns the last state ``[n, length, d]`` unrounded."""
+    table = _table(table)
+    if rounding is not None and rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS} or None, got {rounding!r}")
+    sigmas = sigmas.to(table)
+    z = sigmas[0] * torch.randn(n, length, table.shape[1], generator=generator, dtype=table.dtype)
+    prev = torch.zeros_like(z)  # no estimate yet
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        logits = logits_fn(z, s.expand(n), prev if self_condition else torch.zeros_like(z))
+        x0 = denoised(logits, table)  # E[E[x] | z]
+        prev = x0
+        r = (s_next / s) ** 2
+        # q(z_next | z, x0) of the VE forward process: mean x0 + r (z - x0), var s_next^2 (1 - r)
+        noise = torch.randn(z.shape, generator=generator, dtype=z.dtype)
+        z = x0 + r * (z - x0) + s_next * (1 - r).sqrt() * noise
+    if rounding is None:
+        return z
+    if rounding == "argmax":
+        return logits_fn(z, sigmas[-1].expand(n), prev if self_condition else 0 * z).argmax(-1)
+    return nearest_tokens(z, table)
+
+
+def sed_loss(logits_fn: LogitsFn, tokens: Tensor, table: Tensor, sigma: Tensor, *,
+             generator: torch.Generator | None = None, self_condition_p: float = 0.5) -> Tensor:
+    """SED's loss, nats per row ``[B]``: the cross-entropy of the tokens under the logits at
+    ``z = E[x] + sigma * eps`` (``sigma`` ``[B]``); with probability ``self_condition_p`` per
+    row the model first runs with ``prev = 0`` and its denoised embedding (no gradient) is
+    the ``prev`` of the graded call."""
+    table = _table(table)
+    e = table[tokens]
+    z = e + sigma.to(e).reshape(-1, 1, 1) * torch.randn(e.shape, generator=generator, dtype=e.dtype)
+    prev = torch.zeros_like(z)
+    use = torch.rand(len(z), generator=generator, dtype=torch.float64) < self_condition_p
+    if bool(use.any()):
+        with torch.no_grad():
+            first = denoised(logits_fn(z, sigma, prev), table)
+        prev = torch.where(use.to(z.device).reshape(-1, 1, 1), first, prev)
+    logp = torch.log_softmax(logits_fn(z, sigma, prev), -1)
+    return -logp.gather(-1, tokens[..., None]).squeeze(-1).sum(-1)
+
+
+def plaid_nelbo(logits_fn: LogitsFn, tokens: Tensor, table: Tensor, sigma_min: float,
+                sigma_max: float, *, generator: torch.Generator | None = None) -> Tensor:
+    """Plaid's variational bound on ``-log p(x)``, nats per row ``[B]``, one Monte Carlo draw
+    (Kingma et al. 2021's continuous-time form, variance exploding, SNR ``1 / sigma^2``):
+
+    * prior: ``KL(N(E[x], sigma_max^2) || N(0, sigma_max^2)) = |E[x]|^2 / (2 sigma_max^2)``;
+    * diffusion: ``int_{sigma_min}^{sigma_max} |E[x] - x0_hat(z_sigma)|^2 / sigma^3 dsigma``,
+      at one log-uniform ``sigma`` per row, stratified over the batch (weight
+      ``log(sigma_max / sigma_min) / sigma^2``);
+    * reconstruction: ``-log p(x | z_{sigma_min})`` with ``p(x_i | z) ∝ exp(-|z_i -
+      E[x_i]|^2 / (2 sigma_min^2))`` (Plaid's learned-embedding decoder).
+    """
+    table = _table(table)
+    e = table[tokens]
+    b, dt = len(tokens), e.dtype
+    prior = (e**2).sum((-1, -2)) / (2 * sigma_max**2)
+    # log-uniform sigma, stratified over the batch (row i in its own 1/B of [0, 1): every
+    # row's sigma is still log-uniform, the batch mean has less variance)
+    u = (torch.randperm(b, generator=generator) + torch.rand(b, generator=generator,
+                                                            dtype=torch.float64)) / b
+    u = u.to(dt)
+    span = math.log(sigma_max / sigma_min)
+    sigma = sigma_min * torch.exp(u * span)  # log-uniform
+    z = e + sigma.reshape(-1, 1, 1) * torch.randn(e.shape, generator=generator, dtype=dt)
+    x0 = denoised(logits_fn(z, sigma, torch.zeros_like(z)), table)
+    diffusion = span * ((e - x0) ** 2).sum((-1, -2)) / sigma**2
+    z0 = e + sigma_min * torch.randn(e.shape, generator=generator, dtype=dt)
+    dec = torch.log_softmax(-torch.cdist(z0, table.to(z0)[None].expand(b, -1, -1)) ** 2
+                            / (2 * sigma_min**2), -1)
+    recon = -dec.gather(-1, tokens[..., None]).squeeze(-1).sum(-1)
+    return prior + diffusion + recon
