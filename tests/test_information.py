@@ -4,7 +4,13 @@
 import pytest
 import torch
 
-from reverie.likelihood import mmse_gap, mutual_information, pointwise_information
+from reverie.likelihood import (
+    clid_score,
+    mmse_gap,
+    mutual_information,
+    pointwise_information,
+    roc_auc,
+)
 from reverie.process import VE
 from reverie.reference.gaussian import GaussianMixture
 from reverie.reference.labelled import LabelledMixture
@@ -55,3 +61,33 @@ def test_mutual_information_and_bad_input():
         mmse_gap(den, x[0], cond, uncond)
     with pytest.raises(ValueError, match="lo < hi"):
         mmse_gap(den, x, cond, uncond, log_snr_range=(3.0, -3.0))
+
+
+def test_clid_membership_on_an_overfitted_conditional_mixture():
+    """Members are the training pairs (x_i, caption i) of a conditional model that memorised
+    them (p(x | i) = 0.7 N(x_i, 0.1^2) + 0.3 N(0, I)); non-members are fresh data with the same
+    captions. The CLiD score is the exact log-ratio and separates the two."""
+    n = 8
+    g = torch.Generator().manual_seed(3)
+    members = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    means = torch.cat([members, torch.zeros(n, 2, dtype=torch.float64)])
+    covs = torch.cat([torch.full((n,), 0.01), torch.ones(n)]).double()
+    mix = GaussianMixture(means, covs[:, None, None] * torch.eye(2, dtype=torch.float64),
+                          torch.cat([torch.full((n,), 0.7), torch.full((n,), 0.3)]) / n)
+    lm = LabelledMixture(mix, list(range(n)) * 2)
+    den = lm.denoiser(VE(1e-3, 1e3))
+    held = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    caps = torch.arange(n)
+    null = {"class_labels": torch.full_like(caps, lm.null_class)}
+    opts = {"points": 64, "noise": 64, "generator": g}
+    s_in = clid_score(den, members, {"class_labels": caps}, null, **opts)
+    s_out = clid_score(den, held, {"class_labels": caps}, null, **opts)
+    exact_in = torch.stack([lm.conditional(i).log_prob(members[i:i + 1])[0] for i in range(n)])
+    assert (s_in - (exact_in - mix.log_prob(members))).abs().max() < 0.15
+    assert roc_auc(s_in, s_out) == 1.0
+    # siblings: random scores, and the unconditional model alone (no discrepancy), do not
+    assert roc_auc(torch.randn(n, generator=g), torch.randn(n, generator=g)) < 0.9
+    loss_only = clid_score(den, members, null, null, alpha=0.0, **opts)
+    assert roc_auc(loss_only, clid_score(den, held, null, null, alpha=0.0, **opts)) < 0.9
+    with pytest.raises(ValueError, match="alpha"):
+        clid_score(den, members, {"class_labels": caps}, null, alpha=2.0)

@@ -9,6 +9,8 @@
 * :func:`pointwise_information` -- ``log p(x | y) - log p(x)`` from denoising errors (the
   pointwise I-MMSE relation, Kong et al. 2024); :func:`mutual_information`, :func:`mmse_gap`
   (:mod:`.information`).
+* :func:`clid_score` -- CLiD membership inference by the conditional likelihood discrepancy
+  (Zhai et al. 2024); :func:`roc_auc` (:mod:`.membership`).
 """
 
 from reverie.likelihood.flow import (
@@ -26,6 +28,7 @@ from reverie.likelihood.information import (
     pointwise_information,
 )
 from reverie.likelihood.ito import ItoTrace, ito_increment, ito_log_density
+from reverie.likelihood.membership import clid_score, roc_auc
 from reverie.likelihood.ode import TABLEAUS, OdeSolution, solve_ode
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "MmseGap",
     "OdeSolution",
     "bits_per_dim",
+    "clid_score",
     "gaussian_prior",
     "ito_increment",
     "ito_log_density",
@@ -44,5 +48,6 @@ __all__ = [
     "mmse_gap",
     "mutual_information",
     "pointwise_information",
+    "roc_auc",
     "solve_ode",
 ]

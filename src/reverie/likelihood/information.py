@@ -31,10 +31,12 @@ __all__ = ["MmseGap", "mmse_gap", "mutual_information", "pointwise_information"]
 @dataclass(frozen=True)
 class MmseGap:
     """The I-MMSE integrand on a log-SNR grid: ``log_snr`` ``[L]`` and ``gap`` ``[L, B]`` =
-    ``E|x - x^(z)|^2 - E|x - x^(z | y)|^2`` per grid point and data row (float64)."""
+    ``E|x - x^(z)|^2 - E|x - x^(z | y)|^2`` per grid point and data row (float64), and the
+    conditional error ``cond_error`` = ``E|x - x^(z | y)|^2`` ``[L, B]``."""
 
     log_snr: Tensor
     gap: Tensor
+    cond_error: Tensor
 
     def integrate(self) -> Tensor:
         """``1/2 int gap dg = 1/2 int gap e^l dl`` (trapezoid), ``[B]``."""
@@ -70,16 +72,17 @@ def mmse_gap(denoiser: DenoiserBase, x: Tensor, cond: dict[str, Any],
     rep = x.repeat(noise, *([1] * (x.ndim - 1)))  # [noise * B, ...]
     rep_c = {k: _repeat(v, noise, b) for k, v in cond.items()}
     rep_u = {k: _repeat(v, noise, b) for k, v in uncond.items()}
-    gaps = []
+    gaps, conds = [], []
     for lam in grid:
         t = proc.t_from_log_snr(lam)
         a, s = proc.alpha(t).to(x.dtype), proc.sigma(t).to(x.dtype)
-        z = a * rep + s * randn_like(rep, generator)  # z_t = alpha x + sigma eps (same eps for both)
+        z = a * rep + s * randn_like(rep, generator)  # z = alpha x + sigma eps, eps shared
         tt = torch.full((rep.shape[0],), float(t), dtype=x.dtype)
         err_u = (rep - denoiser(z, tt, **rep_u)).flatten(1).pow(2).sum(1)
         err_c = (rep - denoiser(z, tt, **rep_c)).flatten(1).pow(2).sum(1)
         gaps.append((err_u - err_c).double().reshape(noise, b).mean(0))  # E_eps over the draws
-    return MmseGap(grid, torch.stack(gaps))
+        conds.append(err_c.double().reshape(noise, b).mean(0))
+    return MmseGap(grid, torch.stack(gaps), torch.stack(conds))
 
 
 def _repeat(v: Any, noise: int, b: int) -> Any:
