@@ -2,8 +2,11 @@
 
 ``solve(denoiser, operator, y, noise_std, method=NAME, steps=.., particles=.., n=..,
 generator=..)`` draws samples of ``p(x | y)``; :data:`METHODS` lists the samplers (DPS, PiGDM,
-DDRM, RED-diff, DiffPIR, TDS, MCGdiff, joint structured noise). See ``docs/inverse.md``.
+DDRM, RED-diff, DiffPIR, TDS, MCGdiff, joint structured noise). :func:`cddb` corrects a direct
+diffusion bridge from the degraded image with data consistency. See ``docs/inverse.md``.
 """
+
+from reverie.inverse.cddb import ConsistentBridgeDenoiser, cddb
 
 from reverie.inverse.guidance import DiffPIRDenoiser, JointNoiseDenoiser, PiGDMDenoiser
 from reverie.inverse.noise import GaussianNoise, NoiseModel, PoissonNoise
@@ -30,6 +33,8 @@ from reverie.inverse.solve import (
 
 __all__ = [
     "METHODS",
+    "ConsistentBridgeDenoiser",
+    "cddb",
     "DiffPIRDenoiser",
     "InverseResult",
     "JointNoiseDenoiser",
