@@ -7,7 +7,6 @@ diffusion bridge from the degraded image with data consistency. See ``docs/inver
 """
 
 from reverie.inverse.cddb import ConsistentBridgeDenoiser, cddb
-
 from reverie.inverse.guidance import DiffPIRDenoiser, JointNoiseDenoiser, PiGDMDenoiser
 from reverie.inverse.noise import GaussianNoise, NoiseModel, PoissonNoise
 from reverie.inverse.operators import (
