@@ -3,10 +3,12 @@
 ``solve(denoiser, operator, y, noise_std, method=NAME, steps=.., particles=.., n=..,
 generator=..)`` draws samples of ``p(x | y)``; :data:`METHODS` lists the samplers (DPS, PiGDM,
 DDRM, RED-diff, DiffPIR, TDS, MCGdiff, joint structured noise). :func:`cddb` corrects a direct
-diffusion bridge from the degraded image with data consistency. See ``docs/inverse.md``.
+diffusion bridge from the degraded image with data consistency; :func:`diffusion_pde` adds
+PDE-residual guidance on a joint solution / coefficient field. See ``docs/inverse.md``.
 """
 
 from reverie.inverse.cddb import ConsistentBridgeDenoiser, cddb
+from reverie.inverse.diffusion_pde import diffusion_pde
 from reverie.inverse.guidance import DiffPIRDenoiser, JointNoiseDenoiser, PiGDMDenoiser
 from reverie.inverse.noise import GaussianNoise, NoiseModel, PoissonNoise
 from reverie.inverse.operators import (
@@ -34,6 +36,7 @@ __all__ = [
     "METHODS",
     "ConsistentBridgeDenoiser",
     "cddb",
+    "diffusion_pde",
     "DiffPIRDenoiser",
     "InverseResult",
     "JointNoiseDenoiser",
