@@ -4,7 +4,8 @@
 generator=..)`` draws samples of ``p(x | y)``; :data:`METHODS` lists the samplers (DPS, PiGDM,
 DDRM, RED-diff, DiffPIR, TDS, MCGdiff, joint structured noise). :func:`cddb` corrects a direct
 diffusion bridge from the degraded image with data consistency; :func:`diffusion_pde` adds
-PDE-residual guidance on a joint solution / coefficient field. See ``docs/inverse.md``.
+PDE-residual guidance on a joint solution / coefficient field; :func:`sequential_solve` warm-starts
+each frame of a sequence from the previous one. See ``docs/inverse.md``.
 """
 
 from reverie.inverse.cddb import ConsistentBridgeDenoiser, cddb
@@ -23,6 +24,7 @@ from reverie.inverse.operators import (
     adjointness_error,
     gaussian_kernel,
 )
+from reverie.inverse.sequential import sequential_solve
 from reverie.inverse.solve import (
     METHODS,
     InverseResult,
@@ -37,6 +39,7 @@ __all__ = [
     "ConsistentBridgeDenoiser",
     "cddb",
     "diffusion_pde",
+    "sequential_solve",
     "DiffPIRDenoiser",
     "InverseResult",
     "JointNoiseDenoiser",
