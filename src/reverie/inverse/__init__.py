@@ -2,9 +2,14 @@
 
 ``solve(denoiser, operator, y, noise_std, method=NAME, steps=.., particles=.., n=..,
 generator=..)`` draws samples of ``p(x | y)``; :data:`METHODS` lists the samplers (DPS, PiGDM,
-DDRM, RED-diff, DiffPIR, TDS, MCGdiff, joint structured noise). See ``docs/inverse.md``.
+DDRM, RED-diff, DiffPIR, TDS, MCGdiff, joint structured noise). :func:`cddb` corrects a direct
+diffusion bridge from the degraded image with data consistency; :func:`diffusion_pde` adds
+PDE-residual guidance on a joint solution / coefficient field; :func:`sequential_solve` warm-starts
+each frame of a sequence from the previous one. See ``docs/inverse.md``.
 """
 
+from reverie.inverse.cddb import ConsistentBridgeDenoiser, cddb
+from reverie.inverse.diffusion_pde import diffusion_pde
 from reverie.inverse.guidance import DiffPIRDenoiser, JointNoiseDenoiser, PiGDMDenoiser
 from reverie.inverse.noise import GaussianNoise, NoiseModel, PoissonNoise
 from reverie.inverse.operators import (
@@ -19,6 +24,7 @@ from reverie.inverse.operators import (
     adjointness_error,
     gaussian_kernel,
 )
+from reverie.inverse.sequential import sequential_solve
 from reverie.inverse.solve import (
     METHODS,
     InverseResult,
@@ -30,6 +36,10 @@ from reverie.inverse.solve import (
 
 __all__ = [
     "METHODS",
+    "ConsistentBridgeDenoiser",
+    "cddb",
+    "diffusion_pde",
+    "sequential_solve",
     "DiffPIRDenoiser",
     "InverseResult",
     "JointNoiseDenoiser",

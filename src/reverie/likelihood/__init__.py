@@ -6,6 +6,11 @@
 * :func:`ito_log_density` -- SuperDiff's Ito density estimator (Skreta et al. 2025): tracks
   ``log q_t(x_t)`` along a reverse-SDE sample without any divergence; :func:`ito_increment`
   is its one-step update.
+* :func:`pointwise_information` -- ``log p(x | y) - log p(x)`` from denoising errors (the
+  pointwise I-MMSE relation, Kong et al. 2024); :func:`mutual_information`, :func:`mmse_gap`
+  (:mod:`.information`).
+* :func:`clid_score` -- CLiD membership inference by the conditional likelihood discrepancy
+  (Zhai et al. 2024); :func:`roc_auc` (:mod:`.membership`).
 """
 
 from reverie.likelihood.flow import (
@@ -16,7 +21,14 @@ from reverie.likelihood.flow import (
     gaussian_prior,
     log_likelihood,
 )
+from reverie.likelihood.information import (
+    MmseGap,
+    mmse_gap,
+    mutual_information,
+    pointwise_information,
+)
 from reverie.likelihood.ito import ItoTrace, ito_increment, ito_log_density
+from reverie.likelihood.membership import clid_score, roc_auc
 from reverie.likelihood.ode import TABLEAUS, OdeSolution, solve_ode
 
 __all__ = [
@@ -25,11 +37,17 @@ __all__ = [
     "TABLEAUS",
     "ItoTrace",
     "LikelihoodResult",
+    "MmseGap",
     "OdeSolution",
     "bits_per_dim",
+    "clid_score",
     "gaussian_prior",
     "ito_increment",
     "ito_log_density",
     "log_likelihood",
+    "mmse_gap",
+    "mutual_information",
+    "pointwise_information",
+    "roc_auc",
     "solve_ode",
 ]
