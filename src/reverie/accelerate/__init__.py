@@ -71,4 +71,5 @@ register("parastep", parastep, "sampler", "ParaStep, Wang et al. 2025 (paper 98)
          "reuse-then-predict rounds of P steps: P independent network calls per round")
 
 from reverie.accelerate import distill as _distill  # noqa: E402,F401  (registers its trainers)
+from reverie.accelerate import pnp as _pnp  # noqa: E402,F401  (registers pnp_distill)
 from reverie.accelerate import prune as _prune  # noqa: E402,F401  (registers LD-Pruner)
