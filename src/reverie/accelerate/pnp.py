@@ -50,9 +50,9 @@ class GuidedModel(nn.Module):
     """``fn(x, t, class_labels)``: the frozen ``base`` denoiser's conditional data prediction
     plus the guide's correction (one base call instead of CFG's two)."""
 
-    def __init__(self, base: DenoiserBase, guide: GuideNet):
+    def __init__(self, base: DenoiserBase, guide: GuideNet, sigma_data: float = 0.5):
         super().__init__()
-        self.base, self.guide = base, guide
+        self.base, self.guide, self.sigma_data = base, guide, float(sigma_data)
 
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         if class_labels is None:
@@ -61,7 +61,7 @@ class GuidedModel(nn.Module):
         with torch.no_grad():
             d_c = self.base(x, t, class_labels=class_labels)  # the frozen base, one call
         sigma = self.base.process.sigma_ve(t.to(torch.float64))
-        c_in = (1 / (sigma**2 + 0.25).sqrt()).float()[:, None]  # EDM's input scaling
+        c_in = (1 / (sigma**2 + self.sigma_data**2).sqrt()).float()[:, None]  # EDM's input scaling
         g = self.guide(x.float() * c_in, torch.log(sigma).float(), class_labels, d_c.float())
         return d_c + g.to(d_c.dtype)
 
@@ -95,7 +95,7 @@ def pnp_distill(base: Denoiser, data: Tensor, labels: Tensor, *, scale: float, n
         raise ValueError("data must be [n, dim] with labels [n], got "
                          f"{tuple(data.shape)} and {tuple(labels.shape)}")
     k = num_classes if num_classes is not None else max(int(labels.max()), null_label) + 1
-    guided = GuidedModel(base, GuideNet(data.shape[1], k, hidden))
+    guided = GuidedModel(base, GuideNet(data.shape[1], k, hidden), sigma_data)
     opt = torch.optim.Adam(guided.guide.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     both = torch.cat([data.to(torch.float32), labels[:, None].to(torch.float32)], dim=1)

@@ -118,7 +118,7 @@ def ld_prune(den: Denoiser, ratio: float, *, groups: int = 8, samples: int = 100
     names = list(units)
     n_remove = int(round(ratio * len(names)))
     gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn((samples, *den_shape(den)), generator=gen)
+    noise = torch.randn((samples, *_shape(den)), generator=gen)
     g = make_grid(den.process, steps, grid)
     with torch.no_grad():
         ref = _ddim_chain(den, noise, g)  # (1) the model's own outputs
@@ -162,7 +162,7 @@ def ld_prune(den: Denoiser, ratio: float, *, groups: int = 8, samples: int = 100
     return PruneResult(student, removed, scores, (_count(net), _count(student.fn.net)), history)
 
 
-def den_shape(den: Denoiser) -> tuple[int, ...]:
+def _shape(den: Denoiser) -> tuple[int, ...]:
     """The sample shape of a reverie MLP denoiser: ``(dim,)``."""
     return (_net(den).inp.in_features,)
 
