@@ -15,6 +15,13 @@ change of a sample against the plain run with the same noise.
 Table 2 (two-moons): the teacher's DDIM at 1-8 steps, a progressive student (``--pd-base`` to 1
 step) and a consistency student (18 points), sliced-W2 to fresh data and to the teacher's own
 50-step DPM-Solver++(2M) law, with training seconds.
+
+Table 3 (two-moons): LD-Pruner (paper 2) at ratios 0.25 / 0.5 / 0.75, LD-ranked vs random
+channel groups, before / after ``--prune-iters`` fine-tuning: parameters, CPU seconds of a
+50-step run, sliced-W2 to the unpruned model's samples.
+
+Table 4 (two-moons, class-conditional): plug-and-play distillation (paper 32) of CFG at
+``--pnp-scale``: guides trained at the scale, at half of it and untrained against CFG itself.
 """
 
 from __future__ import annotations
@@ -36,7 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pd-iters", type=int, default=300, help="progressive iters per stage")
     parser.add_argument("--pd-base", type=int, default=16, help="progressive base steps")
     parser.add_argument("--cd-iters", type=int, default=1500, help="consistency iterations")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: reuse,distill")
+    parser.add_argument("--prune-iters", type=int, default=300, help="LD-Pruner fine-tune iters")
+    parser.add_argument("--pnp-iters", type=int, default=500, help="plug-and-play guide iters")
+    parser.add_argument("--pnp-scale", type=float, default=3.0, help="CFG scale to distil")
+    parser.add_argument("--skip", default="",
+                        help="comma list of parts to skip: reuse,distill,prune,pnp")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
                         help="n=200, 1 timing run, 100/300 distillation iterations")
@@ -217,15 +228,93 @@ def _distill(args: argparse.Namespace, quick: bool) -> tuple[str, list[dict]]:
     return table, rows
 
 
+def _prune(args: argparse.Namespace, quick: bool) -> tuple[str, list[dict]]:
+    """LD-Pruner (paper 2) on the two-moons MLP: LD-ranked vs random channel groups at several
+    ratios, before and after the distillation fine-tuning; sliced W2 to the unpruned model's
+    50-step law from the same noise, parameters and CPU seconds of a 50-step run."""
+    from reverie.accelerate.prune import ld_prune
+    from reverie.hub import load
+    from reverie.metrics import sliced_wasserstein
+    from reverie.samplers import sample
+
+    model = load("two-moons")
+    noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(args.seed + 2))
+
+    def run50(den):
+        return _timed(lambda: sample(den, noise, sampler="dpmpp_2m", steps=50), 1)[:2]
+
+    law, base_cpu = run50(model.denoiser)
+    iters = 100 if quick else args.prune_iters
+    rows: list[dict] = []
+    for ratio in (0.25, 0.5, 0.75):
+        for how in ("ld", "random"):
+            for it in (0, iters):
+                r = ld_prune(model.denoiser, ratio, iters=it, random=how == "random",
+                             seed=args.seed)
+                x, cpu = run50(r.denoiser)
+                rows.append({"ratio": ratio, "units": how, "finetune_iters": it,
+                             "params": r.params[1], "params_unpruned": r.params[0],
+                             "cpu_50": cpu, "cpu_50_unpruned": base_cpu,
+                             "sw_unpruned": sliced_wasserstein(
+                                 x, law, 256, torch.Generator().manual_seed(args.seed + 3))})
+    table = format_table(["ratio", "units", "fine-tune iters", "params", "CPU s / 50 steps",
+                          "SW2 to unpruned"],
+                         [[r["ratio"], r["units"], r["finetune_iters"],
+                           f"{r['params']} / {r['params_unpruned']}",
+                           f"{r['cpu_50']:.3f} / {r['cpu_50_unpruned']:.3f}", r["sw_unpruned"]]
+                          for r in rows])
+    return table, rows
+
+
+def _pnp(args: argparse.Namespace, quick: bool) -> tuple[str, list[dict]]:
+    """Plug-and-play distillation (paper 32) on the class-conditional two-moons model: CFG at
+    ``--pnp-scale`` (two calls per step) against one-call guided models (a guide trained at the
+    scale, at half the scale, untrained); sliced W2 to CFG's samples from the same noise."""
+    from reverie.accelerate.pnp import pnp_distill
+    from reverie.data import two_moons
+    from reverie.guidance import guide
+    from reverie.hub import load
+    from reverie.metrics import sliced_wasserstein
+    from reverie.samplers import sample
+
+    model = load("two-moons")
+    base, null, w = model.denoiser, model.denoiser.fn.null_label, args.pnp_scale
+    data, labels = two_moons(20000, generator=torch.Generator().manual_seed(args.seed))
+    noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(args.seed + 2))
+    cond = {"class_labels": (torch.arange(4000) >= 2000).long()}
+    cfg = guide(base, "cfg", w, uncond={"class_labels": torch.full((4000,), null)})
+    ref, cfg_cpu = _timed(lambda: sample(cfg, noise, sampler="dpmpp_2m", steps=20,
+                                         cond=cond), 1)[:2]
+    iters = 200 if quick else args.pnp_iters
+    rows: list[dict] = [{"model": f"CFG w={w:g}", "calls_per_step": 2, "cpu_20": cfg_cpu,
+                         "sw_cfg": 0.0, "train_seconds": 0.0}]
+    for name, scale, it in ((f"guide trained at w={w:g}", w, iters),
+                            (f"guide trained at w={w / 2:g}", w / 2, iters),
+                            ("untrained guide (conditional model)", w, 0)):
+        r = pnp_distill(base, data, labels, scale=scale, null_label=null, iters=it,
+                        seed=args.seed)
+        x, cpu = _timed(lambda den=r.denoiser: sample(den, noise, sampler="dpmpp_2m",
+                                                      steps=20, cond=cond), 1)[:2]
+        rows.append({"model": name, "calls_per_step": 1, "cpu_20": cpu,
+                     "sw_cfg": sliced_wasserstein(x, ref, 256,
+                                                  torch.Generator().manual_seed(args.seed + 3)),
+                     "train_seconds": r.history[0]["seconds"]})
+    table = format_table(["model", "base calls / step", "CPU s / 20 steps", "SW2 to CFG",
+                          "train seconds"],
+                         [[r["model"], r["calls_per_step"], r["cpu_20"], r["sw_cfg"],
+                           r["train_seconds"]] for r in rows])
+    return table, rows
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     n = 200 if args.quick else args.n
     repeats = 1 if args.quick else args.repeats
     skip = {s for s in args.skip.split(",") if s}
-    unknown = skip - {"reuse", "distill"}
+    unknown = skip - {"reuse", "distill", "prune", "pnp"}
     if unknown:
         raise ValueError(f"unknown --skip part(s) {', '.join(sorted(unknown))}; expected reuse, "
-                         "distill")
+                         "distill, prune, pnp")
     result: dict[str, Any] = {"n": n, "steps": args.steps, "seed": args.seed}
     if "reuse" not in skip:
         table, rows = _reuse(args, n, repeats)
@@ -239,6 +328,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "directions):\n")
         print(table)
         result.update(distill_rows=rows, distill_table=table)
+    if "prune" not in skip:
+        table, rows = _prune(args, args.quick)
+        print("\nLD-Pruner on the two-moons MLP (24 channel groups; 4000 samples, 50 "
+              "DPM-Solver++(2M) steps; sliced W2 to the unpruned model's samples):\n")
+        print(table)
+        result.update(prune_rows=rows, prune_table=table)
+    if "pnp" not in skip:
+        table, rows = _pnp(args, args.quick)
+        print("\nplug-and-play distillation of CFG on two-moons (4000 samples, classes 0/1, 20 "
+              "DPM-Solver++(2M) steps; sliced W2 to CFG's samples from the same noise):\n")
+        print(table)
+        result.update(pnp_rows=rows, pnp_table=table)
     print(f"\n{machine()}")
     result["numpy"] = np.__version__
     return result
