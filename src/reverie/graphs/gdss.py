@@ -12,8 +12,8 @@ for ``i < j``. The reverse system (eq. 3) needs the two partial scores
 ``grad_X log p_t(X, A)`` and ``grad_A log p_t(X, A)``, each a function of both components;
 here they come from a joint data prediction ``(X0_hat, A0_hat) = denoise(X_t, A_t, t)`` (an
 exact enumerable law, :class:`GraphLaw`, or a network, :class:`GraphScoreNet`). Sampling is
-the paper's predictor-corrector solver (reverse-diffusion predictor, Langevin corrector, Alg.
-in App. C; the S4 solver is not implemented). The adjacency alone also runs on reverie's
+the predictor-corrector solver GDSS uses (Song et al. 2021's PC sampler applied to
+both components; the S4 solver is not implemented). The adjacency alone also runs on reverie's
 samplers: :meth:`GraphLaw.adjacency_denoiser` is a :class:`~reverie.denoisers.DenoiserBase` on
 the upper triangle.
 """
