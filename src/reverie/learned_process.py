@@ -152,7 +152,7 @@ def sample_learned(proc: LearnedProcess, denoiser: Callable[[Tensor, Tensor], Te
         return _prediction(denoiser, proc, z, t) if prediction == "eps" else denoiser(z, t)
 
     for i in range(steps):
-        t = ts[i].expand(len(z))
+        t = ts[i].repeat(len(z))
         dt = float(ts[i] - ts[i + 1])
         with torch.no_grad():
             xh = x_hat(z, t)
@@ -164,4 +164,4 @@ def sample_learned(proc: LearnedProcess, denoiser: Callable[[Tensor, Tensor], Te
             z = z - f * dt
         z = z.detach()
     with torch.no_grad():
-        return x_hat(z, ts[-1].expand(len(z)))
+        return x_hat(z, ts[-1].repeat(len(z)))
