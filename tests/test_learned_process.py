@@ -151,3 +151,18 @@ def test_sampler_recovers_gaussian_data(sde, steps, scale):
     assert (err < 0.035) if scale == 1.0 else (err > 0.045)
     if scale == 1.0:
         assert torch.allclose(x.mean(0), M, atol=0.05)
+
+
+def test_bad_input():
+    proc = LearnedProcess(PerDimSchedule(2, learn=False)).double()
+    x = torch.zeros(3, 2, dtype=D64)
+    t = torch.full((3,), 0.5, dtype=D64)
+    with pytest.raises(ValueError, match="prediction"):
+        elbo_terms(proc, lambda z, s: z, x, t, x, prediction="v")
+    with pytest.raises(ValueError, match="steps"):
+        sample_learned(proc, lambda z, s: z, x, 0)
+    with pytest.raises(ValueError, match="t_min"):
+        LearnedProcess(PerDimSchedule(2), t_min=0.0)
+    from reverie.train.learned import LearnedDiffusion
+    with pytest.raises(TypeError, match="LearnedProcess"):
+        LearnedDiffusion(torch.nn.Identity(), VPLinear())
