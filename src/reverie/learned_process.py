@@ -1,0 +1,167 @@
+"""Gaussian forward processes with a LEARNED transform and schedule, their ELBO and sampler.
+
+One family covers four papers' forward processes:
+
+    q(z_t | x) = N(z_t; mu(x, t), diag sigma(t)^2),    mu(x, t) = alpha(t) * F(x, t)
+
+* Neural Flow Diffusion Models (NFDM, Bartosh et al. 2024) and Neural Diffusion Models (NDM,
+  Bartosh et al. 2024): a learned transform ``F_phi(x, t)`` (:class:`ResidualTransform`,
+  ``F(x, 0) = x``), Gaussian case of NFDM's ``z_t = F_phi(eps, t, x)``;
+* DiffEnc (Nielsen et al. 2024): a learned mean ``x + w(t) e_phi(x, t)``: the same
+  :class:`ResidualTransform` with DiffEnc's weight ``w(t)`` (``weight="t"``; DiffEnc's own is
+  ``w(t) = sigmoid(lambda(t))``-shaped, any ``w(0) = 0`` works here);
+* MuLAN (Sahoo et al. 2024): a per-dimension learned noise schedule (:class:`PerDimSchedule`,
+  a learned monotone time warp per dimension of a base VP schedule; MuLAN's schedules are
+  also conditioned on the input, which this one is not).
+
+The conditional ODE of the process is ``f(z, t, x) = d mu/dt + (d sigma/dt / sigma)(z - mu)``
+(NFDM eq. 6, the time derivatives by forward-mode autograd, :func:`torch.func.jvp`); with the
+diffusion ``g(t)^2 = -sigma^2 d lambda/dt`` (``lambda = log alpha^2 / sigma^2`` per dimension,
+VP's own ``g``) the reverse-time drift is ``f_B(z, t, x) = f + g^2 / 2 * (z - mu) / sigma^2``
+(NFDM eq. 8). The generative model plugs a prediction ``x_hat(z, t)`` in: ``f_B(z, t, x_hat)``.
+NFDM's continuous-time ELBO (eq. 11-12) is
+
+    -log p(x) <= E_t,z [ |f_B(z, t, x) - f_B(z, t, x_hat)|^2 / (2 g^2) ] (1 - t_min)
+                 + KL(q(z_1 | x) || N(0, I)) + E[-log N(x; z_0 / alpha_0, sigma_0^2 / alpha_0^2)]
+
+(:func:`elbo_terms`); with ``F = identity`` and a fixed schedule it is VDM's continuous ELBO
+(Kingma et al. 2021, eq. 17: the diffusion term is ``-1/2 dSNR/dt |x - x_hat|^2``).
+:func:`sample_learned` integrates the reverse SDE (or the ODE ``dz = f(z, t, x_hat) dt``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from reverie.process import GaussianProcess, VPLinear
+
+__all__ = ["LearnedProcess", "PerDimSchedule", "ResidualTransform", "elbo_terms",
+           "sample_learned"]
+
+
+class PerDimSchedule(nn.Module):
+    """MuLAN-style per-dimension schedule: ``lambda_d(t) = lambda_base(t^(exp a_d))`` -- a
+    learned monotone warp of time per dimension (``a = 0``: the base schedule); the end points
+    ``t = 0, 1`` are those of the base, so the prior is unchanged."""
+
+    def __init__(self, dim: int, base: GaussianProcess | None = None, learn: bool = True):
+        super().__init__()
+        self.base = base or VPLinear()
+        self.a = nn.Parameter(torch.zeros(dim), requires_grad=learn)
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """``lambda [B, D]`` at times ``t [B]``."""
+        warped = t[:, None].clamp(min=1e-12) ** torch.exp(self.a)
+        return self.base.log_snr(warped.to(torch.float64)).to(t.dtype)
+
+
+class ResidualTransform(nn.Module):
+    """``F(x, t) = x + w(t) net(x, t)`` with ``w(0) = 0``: NDM / NFDM's learned transform, or
+    DiffEnc's learned mean (``net`` is DiffEnc's encoder ``e_phi``)."""
+
+    def __init__(self, net: nn.Module, weight: Callable[[Tensor], Tensor] | None = None):
+        super().__init__()
+        self.net, self.weight = net, weight or (lambda t: t)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return x + self.weight(t)[:, None] * self.net(x, t)
+
+
+class LearnedProcess(nn.Module):
+    """``z_t = alpha(t) F(x, t) + sigma(t) eps`` (VP: ``alpha^2 = sigmoid(lambda)``,
+    ``sigma^2 = sigmoid(-lambda)`` per dimension); ``transform=None`` is ``F = identity``.
+    ``t`` runs over ``[t_min, 1]``."""
+
+    def __init__(self, schedule: PerDimSchedule, transform: nn.Module | None = None,
+                 t_min: float = 1e-3):
+        super().__init__()
+        if not 0 < t_min < 1:
+            raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
+        self.schedule, self.transform, self.t_min = schedule, transform, float(t_min)
+
+    def moments(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mu, sigma)``, both ``[B, D]``, of ``q(z_t | x)``."""
+        lam = self.schedule.log_snr(t)
+        alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+        fx = x if self.transform is None else self.transform(x, t)
+        return alpha * fx, sigma.expand_as(fx)
+
+    def sample(self, x: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        mu, sigma = self.moments(x, t)
+        return mu + sigma * eps
+
+    def drifts(self, z: Tensor, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(f, f_B, g^2)`` at ``(z, t)`` given ``x``: the conditional ODE drift, the reverse
+        SDE drift and the squared diffusion (NFDM eq. 6, 8)."""
+        (mu, sigma), (dmu, dsigma) = torch.func.jvp(
+            lambda s: self.moments(x, s), (t,), (torch.ones_like(t),))
+        dlam = torch.func.jvp(self.schedule.log_snr, (t,), (torch.ones_like(t),))[1]
+        g2 = -sigma**2 * dlam                              # = d sigma^2/dt - 2 a'/a sigma^2
+        f = dmu + dsigma / sigma * (z - mu)                # d z_t/dt at fixed eps
+        f_b = f + 0.5 * g2 * (z - mu) / sigma**2           # f - g^2/2 * score of q(z_t | x)
+        return f, f_b, g2.expand_as(f)
+
+
+def _prediction(model: Callable[[Tensor, Tensor], Tensor], proc: LearnedProcess, z: Tensor,
+                t: Tensor) -> Tensor:
+    """``x_hat = (z - sigma eps_hat) / alpha`` from an eps-network (the base-schedule
+    parametrisation; the network absorbs ``F``)."""
+    lam = proc.schedule.log_snr(t)
+    return (z - torch.sigmoid(-lam).sqrt() * model(z, t)) / torch.sigmoid(lam).sqrt()
+
+
+def elbo_terms(proc: LearnedProcess, denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor,
+               t: Tensor, eps: Tensor, prediction: str = "eps") -> dict[str, Tensor]:
+    """Per-point terms of NFDM's negative ELBO (nats): ``diffusion`` (a one-sample estimate
+    at ``t [B]``, ``eps [B, D]``, times ``1 - t_min``), ``prior`` (``KL(q(z_1|x) || N(0, I))``)
+    and ``reconstruction`` (the decoder ``N(x; z_0 / alpha_0, sigma_0^2 / alpha_0^2)``, exact
+    Gaussian expectation). ``denoiser(z, t)`` predicts ``eps`` (``prediction="eps"``) or ``x``."""
+    if prediction not in ("eps", "x"):
+        raise ValueError(f"prediction must be 'eps' or 'x', got {prediction!r}")
+    z = proc.sample(x, t, eps)
+    x_hat = _prediction(denoiser, proc, z, t) if prediction == "eps" else denoiser(z, t)
+    _, fb, g2 = proc.drifts(z, t, x)
+    _, fb_hat, _ = proc.drifts(z, t, x_hat)
+    diffusion = ((fb - fb_hat) ** 2 / (2 * g2)).sum(-1) * (1 - proc.t_min)
+    one = torch.ones_like(t)
+    mu1, s1 = proc.moments(x, one)
+    prior = 0.5 * (mu1**2 + s1**2 - 1 - 2 * s1.log()).sum(-1)
+    mu0, s0 = proc.moments(x, one * proc.t_min)
+    a0 = torch.sigmoid(proc.schedule.log_snr(one * proc.t_min)).sqrt()
+    v = (s0 / a0) ** 2                                      # decoder variance
+    recon = (0.5 * ((mu0 / a0 - x) ** 2 / v + 1 + (2 * math.pi * v).log())).sum(-1)
+    return {"diffusion": diffusion, "prior": prior, "reconstruction": recon}
+
+
+def sample_learned(proc: LearnedProcess, denoiser: Callable[[Tensor, Tensor], Tensor],
+                   noise: Tensor, steps: int, *, sde: bool = True, prediction: str = "eps",
+                   generator: torch.Generator | None = None) -> Tensor:
+    """Euler(-Maruyama) on ``t: 1 -> t_min`` (uniform) of NFDM's reverse SDE
+    ``dz = f_B(z, t, x_hat) dt + g dW`` (``sde=True``) or ODE ``dz = f(z, t, x_hat) dt``,
+    from ``z_1 = noise`` (``N(0, I)``); returns ``x_hat(z_{t_min}, t_min)``."""
+    if steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    ts = torch.linspace(1.0, proc.t_min, steps + 1, dtype=noise.dtype)
+    z = noise
+
+    def x_hat(z, t):
+        return _prediction(denoiser, proc, z, t) if prediction == "eps" else denoiser(z, t)
+
+    for i in range(steps):
+        t = ts[i].repeat(len(z))
+        dt = float(ts[i] - ts[i + 1])
+        with torch.no_grad():
+            xh = x_hat(z, t)
+        f, fb, g2 = proc.drifts(z, t, xh)
+        if sde:
+            xi = torch.randn(z.shape, generator=generator, dtype=z.dtype)
+            z = z - fb * dt + (g2 * dt).sqrt() * xi        # backward Euler-Maruyama step
+        else:
+            z = z - f * dt
+        z = z.detach()
+    with torch.no_grad():
+        return x_hat(z, ts[-1].repeat(len(z)))

@@ -1,0 +1,168 @@
+"""Learned forward processes (reverie.learned_process): exact checks of the family, its NFDM
+ELBO and its sampler, each with a sibling that feeds a deliberately wrong variant."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reverie.learned_process import (
+    LearnedProcess,
+    PerDimSchedule,
+    ResidualTransform,
+    elbo_terms,
+    sample_learned,
+)
+from reverie.process import VPLinear
+
+D64 = torch.float64
+B_MAT = torch.tensor([[0.5, -0.3], [0.2, 0.4]], dtype=D64)     # F(x, t) = (I + t B) x
+M = torch.tensor([0.7, -0.4], dtype=D64)
+S = torch.tensor([[0.5, 0.15], [0.15, 0.3]], dtype=D64)        # data law N(M, S)
+EXPONENTS = torch.tensor([1.3, 0.8], dtype=D64)                # per-dimension time warps
+
+
+class _Linear(torch.nn.Module):
+    def forward(self, x, t):
+        return x @ B_MAT.T
+
+
+def _linear_process(beta_max: float = 20.0) -> LearnedProcess:
+    sched = PerDimSchedule(2, VPLinear(beta_max=beta_max), learn=False)
+    sched.a.data = EXPONENTS.log()
+    return LearnedProcess(sched, ResidualTransform(_Linear())).double()
+
+
+def _closed_form(t: torch.Tensor):
+    """Per-dimension alpha, sigma, d lambda/dt of the linear process, analytically."""
+    vp = VPLinear()
+    u = t[:, None] ** EXPONENTS
+    lam = vp.log_snr(u)
+    beta = vp.beta_min + (vp.beta_max - vp.beta_min) * u
+    dlam = -beta / torch.sigmoid(-lam) * EXPONENTS * t[:, None] ** (EXPONENTS - 1)
+    return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt(), dlam
+
+
+def _data(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return M + torch.randn(n, 2, generator=g, dtype=D64) @ torch.linalg.cholesky(S).T
+
+
+class _WrongDerivative(LearnedProcess):
+    """sigma detached from t: the jvp sees d sigma/dt = 0 (a wrong derivative term)."""
+
+    def moments(self, x, t):
+        mu, sigma = super().moments(x, t)
+        return mu, sigma.detach()
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_identity_vp_elbo_is_vdm(wrong):
+    # F = identity, VPLinear: NFDM's ELBO is VDM's: -1/2 dSNR/dt |x - x_hat|^2, the prior KL
+    # and the Gaussian decoder, all in closed form.
+    cls = _WrongDerivative if wrong else LearnedProcess
+    proc = cls(PerDimSchedule(2, learn=False)).double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 2, generator=g, dtype=D64)
+    t = 1e-3 + 0.998 * torch.rand(64, generator=g, dtype=D64)
+    eps = torch.randn(64, 2, generator=g, dtype=D64)
+    w = torch.tensor([[0.9, 0.1], [-0.2, 0.7]], dtype=D64)
+
+    def eps_net(z, s):
+        return z @ w.T * s[:, None]
+
+    terms = elbo_terms(proc, eps_net, x, t, eps)
+    vp = VPLinear()
+    a, s = vp.alpha(t)[:, None], vp.sigma(t)[:, None]
+    z = a * x + s * eps
+    x_hat = (z - s * eps_net(z, t)) / a
+    tt = t.clone().requires_grad_(True)
+    dsnr = torch.autograd.grad(vp.log_snr(tt).exp().sum(), tt)[0]
+    want = -0.5 * dsnr * ((x - x_hat) ** 2).sum(-1) * (1 - 1e-3)
+    a1, s1 = float(vp.alpha(1.0)), float(vp.sigma(1.0))
+    prior = 0.5 * ((a1 * x) ** 2 + s1**2 - 1 - 2 * torch.log(torch.tensor(s1))).sum(-1)
+    v0 = float(vp.sigma(1e-3) / vp.alpha(1e-3)) ** 2
+    recon = torch.full((64,), 0.5 * 2 * (1 + torch.log(torch.tensor(2 * torch.pi * v0))),
+                       dtype=D64)
+    torch.testing.assert_close(terms["prior"], prior)
+    torch.testing.assert_close(terms["reconstruction"], recon)
+    err = float(((terms["diffusion"] - want).abs() / want).max())
+    if wrong:
+        assert err > 0.05
+    else:
+        assert err < 1e-8
+
+
+@pytest.mark.parametrize("beta_max", [20.0, 23.0])              # 23 = a 15%-off schedule
+def test_linear_transform_closed_form(beta_max):
+    proc = _linear_process(beta_max)
+    t = torch.tensor([0.05, 0.2, 0.5, 0.8], dtype=D64)
+    x = _data(4, 1)
+    alpha, sigma, dlam = _closed_form(t)
+    A = torch.eye(2, dtype=D64) + t[:, None, None] * B_MAT
+    ax = (A @ x[:, :, None])[..., 0]
+    mu, sig = proc.moments(x, t)
+    # the reverse drift's x-coefficient, by hand: C x = (alpha A)' x - k alpha A x with
+    # alpha'/alpha = sigma^2 lambda'/2, k = sigma'/sigma + g^2/(2 sigma^2)
+    #   = -(1 + alpha^2) lambda'/2
+    dalpha = alpha * sigma**2 * dlam / 2
+    k = -(1 + alpha**2) * dlam / 2
+    cx = dalpha * ax + alpha * (x @ B_MAT.T) - k * alpha * ax
+    want = (cx**2 / (2 * -sigma**2 * dlam)).sum(-1) * (1 - 1e-3)
+    got = elbo_terms(proc, lambda z, s: torch.zeros_like(z), x, t, torch.zeros_like(x),
+                     prediction="x")["diffusion"]
+    # the marginal of z_t under N(M, S) data: N(alpha A M, alpha A S A^T alpha + diag sigma^2)
+    n = 100_000
+    z = proc.sample(_data(n, 2), torch.full((n,), 0.3, dtype=D64),
+                    torch.randn(n, 2, generator=torch.Generator().manual_seed(3), dtype=D64))
+    a3, s3, _ = _closed_form(torch.tensor([0.3], dtype=D64))
+    A3 = torch.eye(2, dtype=D64) + 0.3 * B_MAT
+    cov = a3.T * (A3 @ S @ A3.T) * a3 + torch.diag(s3[0] ** 2)
+    ok = [torch.allclose(mu, alpha * ax, rtol=1e-10), torch.allclose(sig, sigma, rtol=1e-10),
+          torch.allclose(got, want, rtol=1e-8),
+          torch.allclose(z.mean(0), a3[0] * (A3 @ M), atol=0.01),
+          torch.allclose(torch.cov(z.T), cov, atol=0.01)]
+    assert all(ok) if beta_max == 20.0 else not any(ok)
+
+
+def _posterior_mean(proc: LearnedProcess, cov_data: torch.Tensor):
+    """E[x | z_t] for x ~ N(M, cov_data) under the linear process (a Gaussian conditional)."""
+
+    def den(z, t):
+        lam = proc.schedule.log_snr(t)
+        A = torch.eye(2, dtype=D64) + t[:, None, None] * B_MAT
+        Mt = torch.sigmoid(lam).sqrt()[:, :, None] * A          # z = M_t x + sigma eps
+        cz = Mt @ cov_data @ Mt.transpose(1, 2) + torch.diag_embed(torch.sigmoid(-lam))
+        r = (z - Mt @ M)[:, :, None]
+        return M + (cov_data @ Mt.transpose(1, 2) @ torch.linalg.solve(cz, r))[..., 0]
+
+    return den
+
+
+@pytest.mark.parametrize("sde, steps", [(True, 100), (False, 50)])
+@pytest.mark.parametrize("scale", [1.0, 0.85])                  # 0.85: a 15%-off posterior
+def test_sampler_recovers_gaussian_data(sde, steps, scale):
+    # the exact E[x | z_t] plugged into the reverse SDE / ODE regenerates the data law
+    proc = _linear_process()
+    noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(4), dtype=D64)
+    x = sample_learned(proc, _posterior_mean(proc, scale * S), noise, steps, sde=sde,
+                       prediction="x", generator=torch.Generator().manual_seed(5))
+    err = float((torch.cov(x.T) - S).abs().max())
+    assert (err < 0.035) if scale == 1.0 else (err > 0.045)
+    if scale == 1.0:
+        assert torch.allclose(x.mean(0), M, atol=0.05)
+
+
+def test_bad_input():
+    proc = LearnedProcess(PerDimSchedule(2, learn=False)).double()
+    x = torch.zeros(3, 2, dtype=D64)
+    t = torch.full((3,), 0.5, dtype=D64)
+    with pytest.raises(ValueError, match="prediction"):
+        elbo_terms(proc, lambda z, s: z, x, t, x, prediction="v")
+    with pytest.raises(ValueError, match="steps"):
+        sample_learned(proc, lambda z, s: z, x, 0)
+    with pytest.raises(ValueError, match="t_min"):
+        LearnedProcess(PerDimSchedule(2), t_min=0.0)
+    from reverie.train.learned import LearnedDiffusion
+    with pytest.raises(TypeError, match="LearnedProcess"):
+        LearnedDiffusion(torch.nn.Identity(), VPLinear())
