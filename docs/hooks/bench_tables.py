@@ -12,7 +12,8 @@ published in the site as ``results/NAME.json`` and linked from its tables.
 ``<!-- include: FILE -->`` includes a markdown file of the repository root (BENCHMARKS.md) with
 its ``docs/`` links made relative to the site.
 
-A marker naming a missing file or key stops the build with a message saying which.
+A marker naming a missing file or key stops the build with a message saying which. The
+Sphinx roles of the docstrings (``:class:`X```) are dropped from the API pages (``X`` stays).
 """
 
 from __future__ import annotations
@@ -49,19 +50,24 @@ def load_result(name: str, results: Path = RESULTS) -> dict[str, Any]:
     return data
 
 
-def _cell(v: Any) -> str:
+def _short(v: Any) -> str:
+    """A value as text: floats to 4 significant digits, lists and dicts written out."""
     if isinstance(v, bool) or v is None:
-        text = str(v)
-    elif isinstance(v, float):
-        text = "nan" if v != v else f"{v:.4g}"
-    elif isinstance(v, (int, str)):
-        text = str(v)
-    else:
-        text = json.dumps(v, default=str)
-        if len(text) > 80:
-            text = text[:77] + "..."
-    text = text.replace("\n", " ").replace("|", "\\|")
-    return text
+        return str(v)
+    if isinstance(v, float):
+        return "nan" if v != v else f"{v:.4g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_short(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_short(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
+def _cell(v: Any) -> str:
+    text = _short(v)
+    if isinstance(v, (list, dict)) and len(text) > 80:
+        text = text[:77] + "..."
+    return text.replace("\n", " ").replace("|", "\\|")
 
 
 def _is_scalar(v: Any) -> bool:
@@ -69,7 +75,9 @@ def _is_scalar(v: Any) -> bool:
     if isinstance(v, list):  # a short list (of lists) of numbers or words
         return "{" not in json.dumps(v, default=str) and len(_cell(v)) <= 80
     if isinstance(v, dict):  # a small flat dict
-        return len(v) <= 8 and all(not isinstance(x, (dict, list)) and not _printed(x) for x in v.values())
+        return len(v) <= 8 and all(
+            not isinstance(x, (dict, list)) and not _printed(x) for x in v.values()
+        )
     return not _printed(v)
 
 
@@ -103,14 +111,25 @@ def _blocks(value: Any, title: str) -> list[tuple[str, str, int]]:
     if not isinstance(value, dict):
         return [(title, _table([{"value": value}]), 1)]
     out: list[tuple[str, str, int]] = []
-    scalars = {k: v for k, v in value.items() if _is_scalar(v)}
+    # dicts of cell-sized values are records: two or more of them make one table keyed by name
+    # (records with the same fields; a record's fields are numbers, words or short lists)
+    groups: dict[frozenset[str], list[str]] = {}
+    for k, v in value.items():
+        if (
+            isinstance(v, dict)
+            and v
+            and all(not isinstance(x, dict) and _is_scalar(x) for x in v.values())
+        ):
+            groups.setdefault(frozenset(v), []).append(k)
+    records = [ks for ks in groups.values() if len(ks) > 1]
+    in_records = {k for ks in records for k in ks}
+    scalars = {k: v for k, v in value.items() if k not in in_records and _is_scalar(v)}
     if scalars:
         rows = [{"setting": k, "value": v} for k, v in scalars.items()]
         out.append((title, _table(rows), len(rows)))
-    rest = {k: v for k, v in value.items() if k not in scalars}
-    keyed = [k for k, v in rest.items() if isinstance(v, dict) and all(_is_scalar(x) for x in v.values())]
-    if len(keyed) > 1 and len(keyed) == len(rest):  # a dict of records: one table keyed by name
-        return out + [(title, _table([{"name": k, **rest[k]} for k in keyed], "name"), len(keyed))]
+    for ks in records:
+        out.append((title, _table([{"name": k, **value[k]} for k in ks], "name"), len(ks)))
+    rest = {k: v for k, v in value.items() if k not in scalars and k not in in_records}
     for k, v in rest.items():
         if _printed(v) or v in ([], {}) or (isinstance(v, dict) and all(map(_printed, v.values()))):
             continue
@@ -125,15 +144,24 @@ def _images(value: Any) -> list[str]:
     return [p for v in items for p in _images(v)]
 
 
-def render(name: str, path: tuple[str, ...] = (), *, results: Path = RESULTS,
-           json_link: str | None = None, page_text: str = "", page_dir: str = "") -> str:
+def render(
+    name: str,
+    path: tuple[str, ...] = (),
+    *,
+    results: Path = RESULTS,
+    json_link: str | None = None,
+    page_text: str = "",
+    page_dir: str = "",
+) -> str:
     """The markdown that replaces ``<!-- bench: NAME > path... -->``."""
     data = load_result(name, results)
     value: Any = data
     for key in path:
         if not isinstance(value, dict) or key not in value:
             have = sorted(value) if isinstance(value, dict) else type(value).__name__
-            raise BenchError(f"{name}.json has no key {key!r} under {' > '.join(path)}; it has {have}")
+            raise BenchError(
+                f"{name}.json has no key {key!r} under {' > '.join(path)}; it has {have}"
+            )
         value = value[key]
     if not path:
         value = {k: v for k, v in data.items() if k not in CAPTION_KEYS}
@@ -142,13 +170,15 @@ def render(name: str, path: tuple[str, ...] = (), *, results: Path = RESULTS,
     meta = ", ".join(str(data[k]) for k in ("date", "machine") if k in data)
     parts = [f"*From {caption}{' (' + meta + ')' if meta else ''}.*"]
     blocks = _blocks(value, "")
+    shown = ""
     for title, table, rows in blocks:
         if rows > COLLAPSE_ROWS:
             parts.append(f'??? note "{title or name} ({rows} rows)"\n\n' + _indent(table))
-        else:
-            parts.append((f"**{title}**\n\n" if title else "") + table)
+        else:  # a title once over the tables of one part
+            parts.append((f"**{title}**\n\n" if title and title != shown else "") + table)
+        shown = title
     for img in dict.fromkeys(_images(value)):
-        fname = img[len("docs/"):]
+        fname = img[len("docs/") :]
         if fname not in page_text and (ROOT / img).is_file():
             parts.append(f"![{Path(fname).stem}]({os.path.relpath(fname, page_dir or '.')})")
     # one block per results file: open when short, folded when long
@@ -176,8 +206,14 @@ def expand(markdown: str, page_dir: str = "", results: Path = RESULTS, link: boo
         if any(not k for k in path):
             raise BenchError(f"empty key in marker {m[0]!r}")
         json_link = os.path.relpath(f"results/{m['name']}.json", page_dir or ".") if link else None
-        return render(m["name"], path, results=results, json_link=json_link, page_text=markdown,
-                      page_dir=page_dir)
+        return render(
+            m["name"],
+            path,
+            results=results,
+            json_link=json_link,
+            page_text=markdown,
+            page_dir=page_dir,
+        )
 
     return BENCH.sub(bench, INCLUDE.sub(lambda m: include(m["file"]), markdown))
 
@@ -200,3 +236,10 @@ def on_page_markdown(markdown, page, config, files):
         return expand(markdown, os.path.dirname(page.file.src_uri), link=True)
     except BenchError as e:
         raise PluginError(f"{page.file.src_uri}: {e}") from e
+
+
+ROLE = re.compile(r":(?:mod|class|func|meth|data|attr|exc|obj):(?=<code)")
+
+
+def on_page_content(html, page, config, files):  # docstrings' Sphinx roles (:class:`X`): keep X
+    return ROLE.sub("", html)
