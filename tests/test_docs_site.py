@@ -133,3 +133,17 @@ def test_every_marker_in_the_docs_renders():
     benchmarks = hook.expand((DOCS / "benchmarks.md").read_text())
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", benchmarks)
     assert images and all((DOCS / i).is_file() for i in images), images
+
+
+def test_examples_marked_runs_as_is_run(capsys):
+    # every python block under a heading "... (runs as is)" runs as printed (each about a second)
+    ran = []
+    for page in sorted(DOCS.glob("*.md")):
+        sections = re.split(r"^## ", page.read_text(), flags=re.M)
+        for section in sections:
+            if section.split("\n", 1)[0].endswith("(runs as is)"):
+                for code in re.findall(r"```python\n(.*?)```", section, re.S):
+                    exec(compile(code, f"{page.name}:example", "exec"), {"__name__": "example"})
+                    ran.append(page.stem)
+    assert {"index", "samplers", "likelihood", "large", "processes", "constraints"} <= set(ran)
+    assert "MultiDiffusion" in capsys.readouterr().out
