@@ -73,7 +73,7 @@ def _cell(v: Any) -> str:
 def _is_scalar(v: Any) -> bool:
     """A value that reads well in one table cell."""
     if isinstance(v, list):  # a short list (of lists) of numbers or words
-        return "{" not in json.dumps(v, default=str) and len(_cell(v)) <= 80
+        return "{" not in json.dumps(v, default=str) and len(_short(v)) <= 80
     if isinstance(v, dict):  # a small flat dict
         return len(v) <= 8 and all(
             not isinstance(x, (dict, list)) and not _printed(x) for x in v.values()
