@@ -80,8 +80,9 @@ class TokenAutomaton:
             by token ``t``, or -1 when ``t`` is forbidden in ``q``.
         start: the initial state.
         finals: the accepting states.
-        eos_id, mask_id: optional ids of the end-of-sequence and mask tokens (set by
-            :meth:`from_regex`); decoders write ``mask_id`` at positions that stay masked.
+        eos_id: optional id of the end-of-sequence token (set by :meth:`from_regex`).
+        mask_id: optional id of the mask token (set by :meth:`from_regex`); decoders write
+            ``mask_id`` at positions that stay masked.
 
     Internally tokens are grouped into classes of identical columns and only the valid
     ``(state, class, next state)`` triplets are stored (see :attr:`nbytes`); the dense
