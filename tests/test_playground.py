@@ -43,12 +43,13 @@ class Server:
     this process (the models load here, with torch already imported), on a free loopback
     port. A watchdog stops it after ``lifetime`` seconds whatever happens."""
 
-    def __init__(self, *models: str, key: str | None = KEY, lifetime: float = 300) -> None:
+    def __init__(self, *models: str, key: str | None = KEY, port: int | None = None,
+                 lifetime: float = 300) -> None:
         import uvicorn
 
         from reverie.serve.app import ServerConfig, create_app, load_models
 
-        self.port = _free_port()
+        self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_app(load_models(list(models)), ServerConfig(api_key=key))
         self.server = uvicorn.Server(uvicorn.Config(
@@ -238,6 +239,25 @@ def test_options_come_from_the_registries(server):
     assert text["max_tokens"]["max"] == 63  # tiny-json's canvas of 64, one token of prompt
 
 
+def test_image_grid_and_guidance_extensions(server):
+    """The fields the page sends beyond docs/serve.md's first ones: ``grid`` and ``guidance``
+    change the draw, and bad values are refused with their reason."""
+    base = {"model": "digits", "label": 2, "steps": 4, "seed": 0, "n": 1, "guidance_scale": 3}
+    plain = _api_images(server, base)
+    assert _api_images(server, {**base, "grid": "logsnr"}) == plain  # dpmpp_2m's own grid
+    assert _api_images(server, {**base, "grid": "karras"}) != plain
+    assert _api_images(server, {**base, "guidance": "cfg"}) == plain
+    assert _api_images(server, {**base, "guidance": "apg"}) != plain
+    for bad, message in (({"grid": "nope"}, "unknown grid 'nope'"),
+                         ({"guidance": "autoguidance"}, "unknown guidance 'autoguidance'"),
+                         ({"guidance": "cfg_pp", "guidance_scale": 0.5}, "with the sampler(s) "
+                          "ddim only"),
+                         ({"guidance": "apg", "label": None}, "need a label")):
+        r = httpx.post(server.url + "/v1/images/generations", json={**base, **bad}, timeout=30,
+                       headers={"Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+
+
 def test_image_grid_decodes_and_matches_the_api(server, page, tmp_path):
     page.model("digits")
     page.mode("grid")
@@ -326,6 +346,74 @@ def test_schema_constrained_text_streams_and_validates(page, tmp_path):
     page.set("constraint-kind", "json_schema")
 
 
+#: (schema, instances): the in-browser validator must agree with Python's jsonschema on each
+_NODE = {"type": "object", "properties": {"kids": {"type": "array",
+                                                   "items": {"$ref": "#/$defs/node"}}},
+         "additionalProperties": False}
+AGREE = [
+    ({"type": "integer"}, [3, 3.5, "3", True]),
+    ({"type": ["string", "null"]}, [None, "a", 1]),
+    ({"enum": ["a", 1, {"x": [1]}]}, [{"x": [1]}, {"x": [2]}, "a", "b"]),
+    ({"const": [1, {"a": None}]}, [[1, {"a": None}], [1, {"a": 0}]]),
+    ({"type": "string", "minLength": 2, "maxLength": 3}, ["é€", "abcd", "\U0001f600", "ab"]),
+    ({"type": "string", "pattern": "^a+b"}, ["aab!", "b"]),
+    ({"type": "string", "pattern": "\\d{2}"}, ["x12y", "x1y"]),
+    ({"minimum": 0, "exclusiveMaximum": 10}, [0, 10, -0.5, 9.99, "x"]),
+    ({"exclusiveMinimum": 1, "maximum": 2}, [1, 2, 1.5]),
+    ({"multipleOf": 0.5}, [2.5, 2.2, 0]),
+    ({"prefixItems": [{"type": "string"}], "items": {"type": "integer"}, "maxItems": 3,
+      "minItems": 1}, [["a", 1, 2], ["a", "b"], [1], ["a", 1, 2, 3], []]),
+    ({"uniqueItems": True}, [[1, 2, 1], [{"a": 1}, {"a": 2}], [[1], [1]]]),
+    ({"contains": {"type": "integer"}, "minContains": 2}, [[1, "a", 2], [1, "a"]]),
+    ({"contains": {"type": "integer"}, "maxContains": 1}, [[1, "a"], [1, 2], ["a"]]),
+    ({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
+      "additionalProperties": False}, [{"a": 1}, {}, {"a": 1, "b": 2}, {"a": "1"}]),
+    ({"additionalProperties": {"type": "integer"}}, [{"a": 1}, {"a": "x"}]),
+    ({"propertyNames": {"maxLength": 2}, "maxProperties": 2, "minProperties": 1},
+     [{"ab": 1}, {"abc": 1}, {}, {"a": 1, "b": 2, "c": 3}]),
+    ({"dependentRequired": {"a": ["b"]}}, [{"a": 1}, {"a": 1, "b": 2}, {"b": 1}]),
+    ({"anyOf": [{"type": "string"}, {"minimum": 5}]}, ["x", 6, 4]),
+    ({"oneOf": [{"type": "integer"}, {"minimum": 5}]}, [6, 1, 5.5, "x"]),
+    ({"allOf": [{"minimum": 1}, {"maximum": 3}]}, [2, 4]),
+    ({"not": {"type": "string"}}, [1, "a"]),
+    ({"if": {"type": "integer"}, "then": {"minimum": 0}, "else": {"type": "string"}},
+     [1, -1, "x", 1.5]),
+    ({"$defs": {"node": _NODE}, "$ref": "#/$defs/node"},
+     [{"kids": [{"kids": []}]}, {"kids": [{"x": 1}]}]),
+    ({"properties": {"a": False}}, [{"a": 1}, {}]),
+    ({"format": "date"}, ["2024-02-29", "2023-02-29", "2024-1-01"]),
+    ({"format": "ipv4"}, ["1.2.3.4", "256.1.1.1", "01.2.3.4"]),
+    ({"format": "ipv6"}, ["::1", "1::2::3", "fe80::1:2:3:4:5:6", "1:2:3:4:5:6:7:8:9",
+                          "::ffff:1.2.3.4"]),
+    ({"format": "uuid"}, ["123e4567-e89b-12d3-a456-426614174000", "123e4567"]),
+    ({"format": "email"}, ["a@b.c", "ab.c"]),
+]
+#: formats Python's jsonschema does not check without extra packages: verdicts by hand
+BY_HAND = [
+    ({"format": "time"}, "12:00:00Z", "valid"), ({"format": "time"}, "25:00:00Z", "invalid"),
+    ({"format": "date-time"}, "2024-01-01T00:00:00+01:00", "valid"),
+    ({"format": "date-time"}, "2024-13-01T00:00:00Z", "invalid"),
+    ({"format": "duration"}, "P1DT2H", "valid"), ({"format": "duration"}, "PT", "invalid"),
+    ({"format": "hostname"}, "a.b", "unchecked"),  # outside the subset: said, not passed
+    ({"type": "string", "x-custom": 1}, '"a"', "unchecked"),
+]
+
+
+def test_in_browser_validator_agrees_with_jsonschema(page):
+    from jsonschema import Draft202012Validator
+
+    cases = [(s, json.dumps(v)) for s, values in AGREE for v in values]
+    cases += [(s, v if v.startswith('"') else json.dumps(v)) for s, v, _ in BY_HAND]
+    got = page.js("return arguments[0].map(([s, t]) => reverieCheck.checkJson(s, t).state);",
+                  cases)
+    want = [("valid" if Draft202012Validator(
+        s, format_checker=Draft202012Validator.FORMAT_CHECKER).is_valid(json.loads(t))
+        else "invalid") for s, t in cases[:-len(BY_HAND)]] + [w for _, _, w in BY_HAND]
+    wrong = [(s, t, g, w) for (s, t), g, w in zip(cases, got, want) if g != w]
+    assert not wrong, wrong
+    assert want.count("valid") > 30 and want.count("invalid") > 30
+
+
 def test_a_schema_that_does_not_parse_is_reported(page):
     page.model("tiny-json")
     page.set("constraint-kind", "json_schema")
@@ -337,11 +425,23 @@ def test_a_schema_that_does_not_parse_is_reported(page):
     assert "response_format" in (page.error("text") or "")
 
 
-def test_a_server_that_went_away_is_reported(server, page):
-    """Last: it stops the module's server."""
+def test_a_server_that_went_away_is_reported_and_its_return_noticed(server, page):
+    """Last: it stops the module's server, then starts another on its port."""
     page.model("digits")
     server.stop()
     page.generate_images()
     assert "Could not reach the server" in (page.error("image") or "")
     page.wait("document.getElementById('status').classList.contains('down')")
-    assert page.js("return document.getElementById('generate').disabled;") is False
+    assert "not answering" in page.js("return document.getElementById('status').textContent;")
+    again = Server("two-moons", port=server.port)  # restarted, with other models
+    try:
+        page.wait("document.getElementById('status').classList.contains('ok') && "
+                  "document.getElementById('model').value === 'two-moons'")
+        page.set("n", 16)
+        page.set("seed", 0)
+        shown = page.generate_images()  # usable again; two-moons draws points, not images
+        assert page.error("image") is None and len(shown) == 1
+        assert shown[0]["caption"].startswith("16 samples, seeds 0..15")
+        assert page.js("return document.querySelectorAll('#results svg circle').length;") == 16
+    finally:
+        again.stop()

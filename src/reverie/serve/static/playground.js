@@ -33,7 +33,7 @@
         : { method: "POST", headers: headers(true), body: JSON.stringify(body) });
     } catch (err) {
       setServer("down");
-      throw new PageError(`Could not reach the server (${err.message}). It may have stopped or be restarting; the page retries and stays usable.`);
+      throw new PageError(`Could not reach the server (${err.message}). It may have stopped, or be restarting and loading its models; the page keeps trying and says when it is back.`);
     }
     if (!res.ok) {
       let message = `${res.status} ${res.statusText}`;
@@ -61,20 +61,23 @@
     const el = $("status");
     el.className = `status ${what}`;
     el.textContent = {
-      ok: "ready", loading: "loading models…", down: "server unreachable, retrying…",
+      ok: "ready", loading: "loading models…",
+      down: "server not answering (stopped, or restarting and loading its models): retrying…",
       unknown: "connecting…", key: "API key needed",
     }[what] + (detail ? ` ${detail}` : "");
   }
 
-  /** Poll /health (open even with an API key): ready, loading, or gone. */
+  /** Poll /health (open even with an API key): ready, loading, or gone. A server that
+   * comes back (restarted: its models may differ) is asked for its options again. */
   async function poll() {
     try {
       const res = await fetch("/health", { cache: "no-store" });
       const h = await res.json();
       const loading = h.status !== "ok";
+      const back = state.server === "down" || state.server === "loading";
       if (loading) setServer("loading");
       else if (state.server !== "key") setServer("ok");
-      if (!loading && !state.options && state.server !== "key") await loadOptions();
+      if (!loading && state.server !== "key" && (!state.options || back)) await loadOptions();
     } catch (_) {
       setServer("down");
     }
@@ -95,6 +98,7 @@
     const pick = $("model");
     const before = pick.value;
     pick.replaceChildren();
+    state.models = {};
     for (const m of state.options.models) {
       state.models[m.id] = m;
       pick.append(new Option(`${m.id} (${m.kind})`, m.id));
