@@ -21,7 +21,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.test_playground import PERSON, Page, Server, open_browser, resize  # noqa: E402
+from tests.test_playground import Page, Server, open_browser, resize  # noqa: E402
+
+PET = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 8},
+                   "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                   "pet": {"enum": ["cat", "dog", "fish"]}},
+    "required": ["name", "age", "pet"],
+    "additionalProperties": False,
+}
 
 
 def main() -> None:
@@ -49,7 +58,8 @@ def main() -> None:
 
             page.model("tiny-json")
             page.set("constraint-kind", "json_schema")
-            page.set("constraint", json.dumps(PERSON, indent=2))
+            page.set("constraint", json.dumps(PET, indent=2))
+            page.set("max-tokens", 48)
             page.set("text-seed", 3)
             text = page.generate_text()
             assert page.badge() == "valid", (text, page.error("text"))

@@ -395,6 +395,8 @@
     badge();
     const t0 = performance.now();
     let pieces = 0, finish = "";
+    $("pieces").replaceChildren();
+    $("pieces-box").hidden = !body.stream;
     try {
       const res = await api("/v1/completions", body);
       if (body.stream) {
@@ -402,7 +404,12 @@
           if (obj.error) throw new PageError(`The stream failed: ${obj.error.message}`);
           const c = obj.choices && obj.choices[0];
           if (!c) return;
-          if (c.text) { out.value += c.text; pieces += 1; badge(); }
+          if (c.text) {
+            out.value += c.text;
+            pieces += 1;
+            piece(c.text, performance.now() - t0);
+            badge();
+          }
           if (c.finish_reason) finish = c.finish_reason;
         });
       } else {
@@ -423,6 +430,17 @@
       badge();
       busy(false, "text-generate");
     }
+  }
+
+  /** One streamed piece, as it arrived, with its time since the request. */
+  function piece(text, ms) {
+    const li = document.createElement("li");
+    const code = document.createElement("code");
+    code.textContent = text;
+    const when = document.createElement("span");
+    when.textContent = `${Math.round(ms)} ms`;
+    li.append(code, when);
+    $("pieces").append(li);
   }
 
   function busy(on, button) {
