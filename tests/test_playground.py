@@ -434,6 +434,7 @@ def test_a_server_that_went_away_is_reported_and_its_return_noticed(server, page
     assert "Could not reach the server" in (page.error("image") or "")
     page.wait("document.getElementById('status').classList.contains('down')")
     assert "not answering" in page.js("return document.getElementById('status').textContent;")
+    assert "restarting" in page.js("return document.getElementById('status').title;")
     again = Server("two-moons", port=server.port)  # restarted, with other models
     try:
         page.wait("document.getElementById('status').classList.contains('ok') && "

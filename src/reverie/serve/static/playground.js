@@ -61,10 +61,11 @@
     const el = $("status");
     el.className = `status ${what}`;
     el.textContent = {
-      ok: "ready", loading: "loading models…",
-      down: "server not answering (stopped, or restarting and loading its models): retrying…",
+      ok: "ready", loading: "loading models…", down: "server not answering, retrying…",
       unknown: "connecting…", key: "API key needed",
     }[what] + (detail ? ` ${detail}` : "");
+    el.title = what === "down" ? "The server stopped, or it is restarting and loading its models; " +
+      "this page polls /health and asks for the models again when it is back." : "";
   }
 
   /** Poll /health (open even with an API key): ready, loading, or gone. A server that
