@@ -9,8 +9,9 @@ dynamic batching, ``stream`` as server-sent events of committed text, ``response
 ``json_schema`` and the ``regex`` extension decoded with DINGO, valid by construction) and
 ``POST /v1/images/generations`` (continuous models, base64 PNGs). Errors have OpenAI's body
 ``{"error": {"message", "type", "param", "code"}}``; 500 only for faults, logged with their
-traceback. See docs/serve.md. (This module needs fastapi; ``import reverie`` never imports
-it.)
+traceback. ``GET /`` is the playground page (:mod:`reverie.serve.playground`, its files under
+``/static/``) and ``GET /v1/reverie/options`` what it may ask each model. See docs/serve.md.
+(This module needs fastapi; ``import reverie`` never imports it.)
 """
 
 from __future__ import annotations
@@ -140,10 +141,16 @@ def load_models(specs: list[str]) -> dict[str, ServedModel]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _open(path: str) -> bool:
+    """Paths served without the API key: ``/health`` and the playground's page and files
+    (they hold no data; the page asks for the key before it calls the API)."""
+    return path in ("/health", "/") or path.startswith("/static/")
+
+
 class Guard:
     """Pure ASGI middleware: with an API key, ``Authorization: Bearer KEY`` on every path
-    but ``/health`` (401); bodies over ``max_body`` bytes are refused (413) before the app
-    sees them. The body it read is handed on unchanged."""
+    but ``/health`` and the playground page (401); bodies over ``max_body`` bytes are refused
+    (413) before the app sees them. The body it read is handed on unchanged."""
 
     def __init__(self, app: Any, api_key: str | None, max_body: int) -> None:
         self.app = app
@@ -155,7 +162,7 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
-        if self.api_key is not None and scope.get("path") != "/health":
+        if self.api_key is not None and not _open(scope.get("path", "")):
             given = headers.get("authorization", "")
             scheme, _, token = given.partition(" ")
             if scheme.lower() != "bearer" or not secrets.compare_digest(
@@ -279,6 +286,21 @@ def create_app(models: dict[str, ServedModel] | dict[str, Any],
     @app.post("/v1/images/generations")
     async def images(request: Request) -> Any:
         return await state.images(request)
+
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
+
+    from reverie.serve.playground import STATIC, options
+
+    @app.get("/")
+    async def playground() -> Any:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/reverie/options")
+    async def playground_options() -> dict:
+        return options(models, cfg)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     return Guard(app, cfg.api_key, cfg.max_body)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from reverie.serve.schemas import APIError
 
-__all__ = ["ImageWork", "image_work", "is_image_shape", "png_b64", "run_images"]
+__all__ = ["ImageWork", "image_guidance", "image_work", "is_image_shape", "png_b64", "run_images"]
 
 #: The default sampler of image models.
 IMAGE_SAMPLER = "dpmpp_2m"
@@ -33,6 +33,18 @@ class ImageWork:
     guidance_scale: float | None = None
     height: int | None = None
     width: int | None = None
+    grid: str | None = None
+    guidance: str = "cfg"
+
+
+def image_guidance() -> list[str]:
+    """The guidance methods an image request may name: the classifier-free methods of
+    :data:`reverie.guidance.METHODS` that need only the unconditional branch (the null class,
+    or the empty prompt) -- not autoguidance's weaker model."""
+    from reverie.guidance import METHODS
+
+    return [name for name, m in METHODS.items()
+            if m.family == "cfg" and m.needs == ("uncond",) and not m.weak_model]
 
 
 def is_image_shape(shape: tuple[int, ...]) -> bool:
@@ -68,13 +80,14 @@ def run_images(jobs: list[Any]) -> None:
             images = w.model.sample(
                 w.prompt, w.negative_prompt, sampler=w.sampler, steps=w.steps,
                 guidance_scale=w.guidance_scale, height=w.height, width=w.width, n=w.n,
-                generator=gens, output_type="pt",
+                generator=gens, output_type="pt", grid=w.grid, guidance=w.guidance,
             )
             value_range = (0.0, 1.0)
         else:
             images = w.model.sample(
                 w.n, sampler=w.sampler, steps=w.steps, seed=w.seed, labels=w.label,
                 cfg_scale=1.0 if w.guidance_scale is None else w.guidance_scale,
+                grid=w.grid, guidance=w.guidance,
             )
             value_range = (-1.0, 1.0)
         if is_image_shape(tuple(images.shape[1:])):
@@ -86,6 +99,8 @@ def run_images(jobs: list[Any]) -> None:
 
 def image_work(model_id: str, kind: str, model: Any, req: Any, max_n: int) -> ImageWork:
     """The work of an images request, checked (400s raised as :class:`APIError`)."""
+    from reverie.grids import GRIDS
+    from reverie.guidance import METHODS
     from reverie.samplers import SAMPLERS
 
     if req.n > max_n:
@@ -105,10 +120,28 @@ def image_work(model_id: str, kind: str, model: Any, req: Any, max_n: int) -> Im
         except ValueError:
             raise APIError(400, f"size must be HEIGHTxWIDTH, got {req.size!r}",
                            "size") from None
+    if req.grid is not None and req.grid not in GRIDS:
+        raise APIError(400, f"unknown grid {req.grid!r}; expected one of {', '.join(GRIDS)}",
+                       "grid")
+    guidance = req.guidance or "cfg"
+    if guidance not in image_guidance():
+        raise APIError(400, f"unknown guidance {guidance!r}; expected one of "
+                            f"{', '.join(image_guidance())}", "guidance")
+    method = METHODS[guidance]
+    scale = req.guidance_scale
+    if scale is None:
+        scale = model.default_guidance if kind == "text-to-image" else 1.0
+    lo, hi = method.scale_range
+    if not lo <= scale <= hi:
+        raise APIError(400, f"guidance_scale {scale:g} is outside {guidance}'s range "
+                            f"[{lo:g}, {hi:g}]", "guidance_scale")
+    if method.samplers is not None and sampler not in method.samplers:
+        raise APIError(400, f"guidance {guidance!r} runs with the sampler(s) "
+                            f"{', '.join(method.samplers)} only, got {sampler!r}", "sampler")
     seed = req.seed if req.seed is not None else secrets.randbits(62)
     work = ImageWork(model=model, text_to_image=kind == "text-to-image", n=req.n,
                      seed=seed, sampler=sampler, steps=req.steps or 0,
-                     guidance_scale=req.guidance_scale)
+                     guidance_scale=req.guidance_scale, grid=req.grid, guidance=guidance)
     if work.text_to_image:
         if not req.prompt:
             raise APIError(400, f"the model {model_id!r} draws from a text prompt: pass prompt",
@@ -130,10 +163,10 @@ def image_work(model_id: str, kind: str, model: Any, req: Any, max_n: int) -> Im
         raise APIError(400, f"the model {model_id!r} takes no negative prompt",
                        "negative_prompt")
     work.label = _label(model_id, model, req)
-    if req.guidance_scale not in (None, 1.0) and work.label is None:
-        raise APIError(400, "guidance_scale needs a label (guidance pushes samples towards "
-                            "a class)", "guidance_scale")
-    if req.guidance_scale not in (None, 1.0) and not model.has_null_class:
+    if (req.guidance_scale not in (None, 1.0) or guidance != "cfg") and work.label is None:
+        raise APIError(400, "guidance_scale and guidance need a label (guidance pushes samples "
+                            "towards a class)", "guidance_scale")
+    if (req.guidance_scale not in (None, 1.0) or guidance != "cfg") and not model.has_null_class:
         raise APIError(400, f"the model {model_id!r} has no null class for guidance",
                        "guidance_scale")
     work.steps = req.steps or 10

@@ -2,9 +2,9 @@
 chunks of text responses (:class:`TextReply`); the error body and :class:`APIError`.
 
 Fields follow OpenAI's API; reverie's extensions are ``sampler``, ``steps``, ``regex`` and
-``grammar`` (text), ``sampler``, ``steps``, ``guidance_scale``, ``label``, ``negative_prompt`` and
-``seed`` (images). Unknown fields are refused (400) rather than silently ignored; OpenAI
-fields that reverie does not implement are accepted only at their neutral value
+``grammar`` (text), ``sampler``, ``steps``, ``grid``, ``guidance``, ``guidance_scale``, ``label``,
+``negative_prompt`` and ``seed`` (images). Unknown fields are refused (400) rather than silently
+ignored; OpenAI fields that reverie does not implement are accepted only at their neutral value
 (:data:`NEUTRAL`), so a client that asks for e.g. ``top_p=0.9`` learns it was not applied.
 """
 
@@ -165,7 +165,9 @@ class ImageRequest(_Body):
     """``POST /v1/images/generations``: ``prompt`` (text-to-image models; for class models a
     class name, or empty for unconditional samples), ``n``, ``size`` (``"HxW"``: the model's
     own size; pipelines take other multiples of their latent scale), ``response_format``
-    ``b64_json``; extensions ``sampler``, ``steps``, ``guidance_scale``, ``label`` (class
+    ``b64_json``; extensions ``sampler``, ``steps``, ``grid`` (a name of
+    :data:`reverie.grids.GRIDS`), ``guidance`` (a classifier-free method of
+    :data:`reverie.guidance.METHODS`, default ``cfg``), ``guidance_scale``, ``label`` (class
     models: an index or a class name), ``negative_prompt``, ``seed``."""
 
     model: str
@@ -179,6 +181,8 @@ class ImageRequest(_Body):
     # reverie extensions
     sampler: str | None = None
     steps: int | None = Field(None, ge=1, le=1000)
+    grid: str | None = Field(None, max_length=32)
+    guidance: str | None = Field(None, max_length=64)
     guidance_scale: float | None = Field(None, ge=0.0, le=100.0)
     label: int | str | None = None
     negative_prompt: str | None = Field(None, max_length=10_000)
