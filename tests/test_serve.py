@@ -472,3 +472,57 @@ def test_constraints_are_compiled_once(lm):
         assert c.post("/v1/completions", json={**body, "response_format": fmt2}).status_code \
             == 200
         assert len(state.constraints) == 2
+
+
+def test_models_load_in_the_background_and_health_says_so(lm):
+    """A model still loading: /health answers 503 "loading" with its id and requests naming it
+    get 503 model_loading, while the loaded ones are served; once loaded it is served; a model
+    whose loader raises is reported (failed) and the server goes on."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from reverie.serve.app import create_app
+
+    release = threading.Event()
+
+    def slow():
+        assert release.wait(30), "the test never released the loader"
+        return lm
+
+    def broken():
+        raise OSError("weights file is truncated")
+
+    app = create_app({"tiny-json": lm}, loading={"slow": slow, "broken": broken})
+    body = {"prompt": "{", "max_tokens": 4}
+    with TestClient(app) as c:
+        health = c.get("/health")
+        assert health.status_code == 503
+        assert health.json()["status"] == "loading"
+        assert health.json()["loading"] == ["slow", "broken"]
+        waiting = c.post("/v1/completions", json={"model": "slow", **body})
+        assert waiting.status_code == 503
+        assert waiting.json()["error"]["code"] == "model_loading"
+        assert c.post("/v1/completions", json={"model": "tiny-json", **body}).status_code == 200
+        release.set()
+        deadline = time.monotonic() + 30
+        while c.get("/health").status_code != 200:
+            assert time.monotonic() < deadline, "the model never finished loading"
+            time.sleep(0.05)
+        health = c.get("/health").json()
+        assert health["status"] == "ok" and "slow" in health["models"]
+        assert "truncated" in health["failed"]["broken"]
+        assert c.post("/v1/completions", json={"model": "slow", **body}).status_code == 200
+        failed = c.post("/v1/completions", json={"model": "broken", **body})
+        assert failed.status_code == 503 and failed.json()["error"]["code"] == "model_failed"
+        assert "truncated" in failed.json()["error"]["message"]
+
+
+def test_model_specs_are_checked_before_the_server_starts():
+    from reverie.serve.app import model_loaders
+
+    assert list(model_loaders(["tiny-json", "moons=two-moons"])) == ["tiny-json", "moons"]
+    with pytest.raises(ValueError, match="unknown model 'no-such-model'"):
+        model_loaders(["no-such-model"])
+    with pytest.raises(ValueError, match="two models have the id"):
+        model_loaders(["digits", "digits"])

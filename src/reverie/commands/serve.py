@@ -67,17 +67,26 @@ def run(args: argparse.Namespace) -> int:
     if not _loopback(args.host) and args.api_key is None:
         print(f"reverie serve: warning: listening on {args.host} without --api-key: anyone who "
               "can reach this port can use the models", file=sys.stderr)
-    from reverie.serve.app import create_app, load_models
+    from reverie.serve.app import create_app, model_loaders
 
-    models = load_models(args.model)
+    loaders = model_loaders(args.model)  # checked now, loaded while the server answers
     config = ServerConfig(
         api_key=args.api_key, max_batch=args.max_batch, max_queue=args.max_queue,
         timeout=args.timeout, max_tokens=args.max_tokens, max_n=args.max_n,
         max_body=args.max_body, batch_wait=args.batch_wait_ms / 1000,
     )
-    app = create_app(models, config)
-    print(f"reverie serve: {', '.join(f'{k} ({m.kind})' for k, m in models.items())} on "
-          f"http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    import logging
+
+    log = logging.getLogger("reverie.serve")  # "loaded the model ..." and load failures
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("reverie serve: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    app = create_app({}, config, loading=loaders)
+    print(f"reverie serve: loading {', '.join(loaders)}; http://{args.host}:{args.port}/v1 "
+          "(GET /health says when they are ready; the playground is at /)",
+          file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=5)
     return 0

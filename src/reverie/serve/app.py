@@ -23,7 +23,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +45,7 @@ from reverie.serve.schemas import (
     sse,
 )
 
-__all__ = ["APIError", "ServerConfig", "ServedModel", "create_app", "load_models"]
+__all__ = ["APIError", "ServerConfig", "ServedModel", "create_app", "load_models", "model_loaders"]
 
 log = logging.getLogger("reverie.serve")
 
@@ -113,14 +113,17 @@ def served(model_id: str, model: Any) -> ServedModel:
     raise ValueError(f"{model_id!r}: cannot serve a {type(model).__name__}")
 
 
-def load_models(specs: list[str]) -> dict[str, ServedModel]:
-    """Load ``NAME``, ``FOLDER`` or ``ID=NAME|FOLDER`` specs with :func:`reverie.load`; a
-    model's id is ``ID``, else the bundled name or the folder's name."""
+def model_loaders(specs: list[str]) -> dict[str, Callable[[], Any]]:
+    """``NAME``, ``FOLDER`` or ``ID=NAME|FOLDER`` specs, checked now (syntax, unique ids, a
+    bundled name, an existing folder or a Hub id), as id -> a function that loads the model
+    with :func:`reverie.load`; a model's id is ``ID``, else the bundled name or the folder's
+    name."""
+    from functools import partial
     from pathlib import Path
 
-    from reverie.hub import load
+    from reverie.hub import _HUB_ID, BUNDLED, _discrete_bundled, load
 
-    out: dict[str, ServedModel] = {}
+    out: dict[str, Callable[[], Any]] = {}
     for spec in specs:
         model_id, sep, target = spec.partition("=")
         if not sep:
@@ -130,10 +133,21 @@ def load_models(specs: list[str]) -> dict[str, ServedModel]:
             raise ValueError(f"--model expects NAME, FOLDER or ID=NAME|FOLDER, got {spec!r}")
         if model_id in out:
             raise ValueError(f"two models have the id {model_id!r}; name them with ID=FOLDER")
-        out[model_id] = served(model_id, load(target))
+        known = (target in BUNDLED or target in _discrete_bundled()
+                 or Path(target).expanduser().exists() or bool(_HUB_ID.match(target)))
+        if not known:
+            raise ValueError(f"unknown model {target!r}: not a bundled model "
+                             f"({', '.join([*BUNDLED, *_discrete_bundled()])}), not an existing "
+                             "folder, and not a Hugging Face Hub id (owner/name)")
+        out[model_id] = partial(load, target)
     if not out:
         raise ValueError("no model to serve: pass --model NAME|FOLDER (repeatable)")
     return out
+
+
+def load_models(specs: list[str]) -> dict[str, ServedModel]:
+    """Load ``NAME``, ``FOLDER`` or ``ID=NAME|FOLDER`` specs (see :func:`model_loaders`) now."""
+    return {k: served(k, load()) for k, load in model_loaders(specs).items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,15 +229,23 @@ async def _send_error(send: Any, status: int, err: APIError) -> None:
 
 
 def create_app(models: dict[str, ServedModel] | dict[str, Any],
-               config: ServerConfig | None = None) -> Any:
+               config: ServerConfig | None = None,
+               loading: Mapping[str, Callable[[], Any]] | None = None) -> Any:
     """The FastAPI app serving ``models`` (id -> :class:`ServedModel`, or id -> a loaded
-    model, classified by :func:`served`)."""
+    model, classified by :func:`served`).
+
+    ``loading`` (id -> a function that loads the model) are loaded one after the other in a
+    background thread, so the server answers while they load: ``/health`` says
+    ``"status": "loading"`` (HTTP 503) until every one is loaded or failed, and a request
+    naming one gets 503 ``model_loading`` (``model_failed`` with the reason if it failed)."""
     cfg = config or ServerConfig()
     models = {k: m if isinstance(m, ServedModel) else served(k, m) for k, m in models.items()}
     metrics = Metrics()
     batcher = Batcher(max_batch=cfg.max_batch, max_queue=cfg.max_queue, wait=cfg.batch_wait,
                       metrics=metrics)
     state = _State(models, cfg, metrics, batcher)
+    if loading:
+        _load_in_background(state, dict(loading))
 
     from contextlib import asynccontextmanager
 
@@ -259,8 +281,16 @@ def create_app(models: dict[str, ServedModel] | dict[str, Any],
                                        "server_error"), status_code=500)
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "models": list(models), "queue": len(batcher.pending)}
+    async def health() -> Any:
+        body = {"status": "ok", "models": list(models), "queue": len(batcher.pending)}
+        pending = [k for k, v in state.loading.items() if v is None]
+        failed = {k: v for k, v in state.loading.items() if v is not None}
+        if failed:
+            body["failed"] = failed
+        if pending:
+            body.update(status="loading", loading=pending)
+            return JSONResponse(body, status_code=503)
+        return body
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -305,6 +335,27 @@ def create_app(models: dict[str, ServedModel] | dict[str, Any],
     return Guard(app, cfg.api_key, cfg.max_body)
 
 
+def _load_in_background(state: _State, loaders: dict[str, Callable[[], Any]]) -> None:
+    """Load ``loaders`` one by one in a daemon thread, adding each to ``state.models``; a
+    failure is logged with its traceback and kept in ``state.loading`` for the answers."""
+    import threading
+
+    state.loading.update(dict.fromkeys(loaders))
+
+    def work() -> None:
+        for model_id, load in loaders.items():
+            try:
+                state.models[model_id] = served(model_id, load())
+            except Exception as err:  # noqa: BLE001 -- reported by /health and each request
+                log.error("the model %r failed to load", model_id, exc_info=err)
+                state.loading[model_id] = f"{type(err).__name__}: {err}"
+                continue
+            del state.loading[model_id]
+            log.info("loaded the model %r (%s)", model_id, state.models[model_id].kind)
+
+    threading.Thread(target=work, name="reverie-load", daemon=True).start()
+
+
 def _describe(errors: list[dict]) -> tuple[str, str | None]:
     """One line and the parameter name from pydantic's errors."""
     if not errors:
@@ -330,9 +381,19 @@ class _State:
         self.metrics = metrics
         self.batcher = batcher
         self.constraints: OrderedDict[tuple, Any] = OrderedDict()  # LRU of compiled ones
+        #: models loading in the background: id -> None while loading, the error if it failed
+        self.loading: dict[str, str | None] = {}
 
     def model(self, model_id: Any, kinds: tuple[str, ...] | None) -> ServedModel:
         m = self.models.get(model_id) if isinstance(model_id, str) else None
+        if m is None and model_id in self.loading:
+            failure = self.loading[model_id]
+            if failure is None:
+                raise APIError(503, f"the model {model_id!r} is still loading; retry in a "
+                                    "moment (GET /health says when it is ready)", "model",
+                               code="model_loading")
+            raise APIError(503, f"the model {model_id!r} failed to load: {failure}", "model",
+                           code="model_failed")
         if m is None:
             raise APIError(404, f"the model {model_id!r} does not exist; served: "
                                 f"{', '.join(self.models)}", "model", code="model_not_found")

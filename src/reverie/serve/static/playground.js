@@ -76,9 +76,13 @@
       const h = await res.json();
       const loading = h.status !== "ok";
       const back = state.server === "down" || state.server === "loading";
-      if (loading) setServer("loading");
+      if (loading) setServer("loading", h.loading ? `(${h.loading.join(", ")})` : "");
       else if (state.server !== "key") setServer("ok");
       if (!loading && state.server !== "key" && (!state.options || back)) await loadOptions();
+      if (h.failed && Object.keys(h.failed).length) {  // the other models are served
+        showError("page-error", new PageError(Object.entries(h.failed)
+          .map(([id, why]) => `The model ${id} failed to load (${why}).`).join(" ")));
+      }
     } catch (_) {
       setServer("down");
     }
