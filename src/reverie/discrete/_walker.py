@@ -26,7 +26,7 @@ from reverie.discrete.denoiser import TokenDenoiserBase
 from reverie.discrete.generate import _counts
 from reverie.discrete.samplers import SAMPLERS, Commit, StepContext, TokenSampler
 
-__all__ = ["Walker", "select_rows", "fill_argmax"]
+__all__ = ["Walker", "select_rows", "fill_argmax", "edit_scores"]
 
 
 def select_rows(value: Any, idx: Tensor, n: int) -> Any:
@@ -50,6 +50,20 @@ def fill_argmax(x: Tensor, logp: Tensor, mask_id: int) -> Tensor:
     under ``logp`` (the quantised expectation of the prediction, APS; the ``x0`` on which FK
     potentials are taken)."""
     return torch.where(x == mask_id, logp.argmax(-1), x)
+
+
+def edit_scores(score: Callable[[Tensor], Tensor], anchor: Tensor, vocab_size: int) -> Tensor:
+    """``score(anchor with position i set to v) - score(anchor)`` for every position and token,
+    ``[B, L, V]`` (``B L V`` extra calls of ``score`` on rows of ``anchor`` ``[B, L]``): the
+    first-order difference of a sequence score around an anchor, exact for additive scores."""
+    b, n = anchor.shape
+    v = vocab_size
+    base = score(anchor)
+    edits = anchor.repeat_interleave(n * v, 0).reshape(b, n, v, n)
+    idx = torch.arange(n)
+    edits[:, idx, :, idx] = torch.arange(v).expand(n, b, v)  # [pos, batch, value]
+    out = score(edits.reshape(-1, n)).reshape(b, n, v)
+    return out - base[:, None, None]
 
 
 class Walker:
@@ -102,6 +116,7 @@ class Walker:
             layout = prepare_constraint(model, constraint, self.gen_length)
             self.template = layout.template.clone()
             info = constrain_sampler(info, layout)
+        self.constrained = constraint is not None
         self.free = int((self.template == model.mask_id).sum())
         steps = max(self.free, 1) if steps is None else positive_int("steps", steps)
         rule = info.steps_rule
