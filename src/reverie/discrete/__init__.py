@@ -19,7 +19,7 @@
 * :func:`load_model` for the bundled ``tiny-json`` model or a saved folder.
 """
 
-from reverie.discrete import bridge, embedding, posterior, rdlm, search  # noqa: F401
+from reverie.discrete import bridge, embedding, mdpo, posterior, rdlm, search  # noqa: F401
 from reverie.discrete.blackout import BlackoutProcess
 from reverie.discrete.block import BlockCausalLM, TinyBlockTransformer
 from reverie.discrete.d3pm import TRANSITIONS, StructuredProcess, hybrid_loss
