@@ -191,3 +191,35 @@ def test_bad_input(chain):
         run(chain, reward, "fk", budget=8, length=4, children=3)
     with pytest.raises(ValueError, match="steps must be 4"):
         run(chain, reward, "fk", budget=8, length=4, steps=2, sampler="first_hitting")
+
+
+def test_twisted_fk_reaches_the_tilted_law_with_few_particles(chain):
+    """Twisted SMC (proposal="twisted": tokens drawn from the reward-tilted table, weights
+    p/q times the soft-value ratio) is within the noise bound of the tilted law at 8
+    particles (32 NFE, L = 4); the twisted proposal alone (one particle, no weighting) and
+    plain FK at the same budget are rejected by the same check."""
+    length, reward = 4, additive(4, seed=5)
+    _, law = tilted_law(chain, reward, length, T)
+    tol = tv_tolerance(law, N) + BIAS
+    kw = dict(n=N, temperature=T, length=length, sampler="first_hitting", generator=gen())
+    res = run(chain, reward, "fk", budget=8 * length, proposal="twisted", **kw)
+    assert res.nfe <= 32 and res.info["proposal"] == "twisted"
+    assert tv(empirical(res.samples, 3), law) < tol
+    alone = run(chain, reward, "fk", budget=length, proposal="twisted", **kw)
+    assert tv(empirical(alone.samples, 3), law) > tol
+    plain = run(chain, reward, "fk", budget=8 * length, **kw)
+    assert tv(empirical(plain.samples, 3), law) > tol
+
+
+def test_twisted_fk_refuses_what_it_cannot_weigh(chain):
+    auto = TokenAutomaton.from_regex("a[bc]+", Vocabulary([None, "a", "b"], eos_id=0,
+                                                          mask_id=3))
+    kw = dict(budget=12, length=3, proposal="twisted")
+    with pytest.raises(ValueError, match="twisted.*low_confidence"):
+        run(chain, additive(3), "fk", sampler="low_confidence", **kw)
+    with pytest.raises(ValueError, match="lookahead must be 0"):
+        run(chain, additive(3), "fk", lookahead=2, **kw)
+    with pytest.raises(ValueError, match="proposal must be"):
+        run(chain, additive(3), "fk", budget=12, length=3, proposal="tilted")
+    with pytest.raises(ValueError, match="with a constraint"):
+        run(chain, additive(3), "fk", constraint=auto, **kw)

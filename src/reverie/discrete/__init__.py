@@ -16,10 +16,14 @@
   function is public (``SAMPLERS[name].decide``) so constraints can restrict it; ragged
   prompt batches, ``max_new_tokens``, EOS exit (:func:`end_token_id`), stop strings,
   streaming (:class:`Piece`) and chat templates;
-* :func:`load_model` for the bundled ``tiny-json`` model or a saved folder.
+* :func:`load_model` for the bundled ``tiny-json`` model or a saved folder;
+* modules: :mod:`~reverie.discrete.posterior` (SGDD, APS, SMC), :mod:`~reverie.discrete.search`
+  (best-of-N, FK / twisted SMC, beam), :mod:`~reverie.discrete.bridge` (CTMC Markov bridges,
+  DMB's rate matrix), :mod:`~reverie.discrete.rdlm` (RDLM), :mod:`~reverie.discrete.mdpo`
+  (MDPO at toy scale), :mod:`~reverie.discrete.embedding` (SED, Plaid).
 """
 
-from reverie.discrete import embedding, posterior, search  # noqa: F401 (SED / Plaid, POSTERIOR, METHODS)
+from reverie.discrete import bridge, embedding, mdpo, posterior, rdlm, search  # noqa: F401
 from reverie.discrete.blackout import BlackoutProcess
 from reverie.discrete.block import BlockCausalLM, TinyBlockTransformer
 from reverie.discrete.d3pm import TRANSITIONS, StructuredProcess, hybrid_loss

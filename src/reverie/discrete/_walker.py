@@ -26,7 +26,7 @@ from reverie.discrete.denoiser import TokenDenoiserBase
 from reverie.discrete.generate import _counts
 from reverie.discrete.samplers import SAMPLERS, Commit, StepContext, TokenSampler
 
-__all__ = ["Walker", "select_rows", "fill_argmax"]
+__all__ = ["Walker", "select_rows", "fill_argmax", "edit_scores"]
 
 
 def select_rows(value: Any, idx: Tensor, n: int) -> Any:
@@ -52,12 +52,28 @@ def fill_argmax(x: Tensor, logp: Tensor, mask_id: int) -> Tensor:
     return torch.where(x == mask_id, logp.argmax(-1), x)
 
 
+def edit_scores(score: Callable[[Tensor], Tensor], anchor: Tensor, vocab_size: int) -> Tensor:
+    """``score(anchor with position i set to v) - score(anchor)`` for every position and token,
+    ``[B, L, V]`` (``B L V`` extra calls of ``score`` on rows of ``anchor`` ``[B, L]``): the
+    first-order difference of a sequence score around an anchor, exact for additive scores."""
+    b, n = anchor.shape
+    v = vocab_size
+    base = score(anchor)
+    edits = anchor.repeat_interleave(n * v, 0).reshape(b, n, v, n)
+    idx = torch.arange(n)
+    edits[:, idx, :, idx] = torch.arange(v).expand(n, b, v)  # [pos, batch, value]
+    out = score(edits.reshape(-1, n)).reshape(b, n, v)
+    return out - base[:, None, None]
+
+
 class Walker:
     """Walk ``steps`` steps (default: one per position to decode) of ``sampler`` for
     masked-diffusion ``model`` on canvases of ``length`` positions, the last
     ``length - prompt_length`` generated. ``constraint`` (a
     ``Regex``, ``JsonSchema`` or ``TokenAutomaton``) restricts the sampler's decisions.
-    ``generator``: one ``torch.Generator`` (or ``None``) for all draws."""
+    ``generator``: one ``torch.Generator`` (or ``None``) for all draws. ``revising=True``
+    admits samplers that mask again or change decided tokens (``rcr``, ``rdm``): a decided
+    token is then not final (MDPO's rollouts)."""
 
     def __init__(
         self,
@@ -71,6 +87,7 @@ class Walker:
         temperature: float = 1.0,
         options: dict[str, Any] | None = None,
         generator: torch.Generator | None = None,
+        revising: bool = False,
     ):
         if not isinstance(model, TokenDenoiserBase):
             raise TypeError(f"model must be a token denoiser, got {type(model).__name__}")
@@ -83,7 +100,7 @@ class Walker:
         info = SAMPLERS[sampler] if isinstance(sampler, str) else sampler
         if not isinstance(info, TokenSampler):
             raise TypeError(f"sampler must be a name or a TokenSampler, got {type(sampler)}")
-        if info.revises or "masked" not in info.processes:
+        if (info.revises and not revising) or "masked" not in info.processes:
             raise ValueError(f"sampler {info.name!r} cannot be walked here (it revises decided "
                              "tokens or does not sample masked diffusion)")
         opts = dict(options or {})
@@ -102,6 +119,10 @@ class Walker:
             layout = prepare_constraint(model, constraint, self.gen_length)
             self.template = layout.template.clone()
             info = constrain_sampler(info, layout)
+        self.constrained = constraint is not None
+        if info.revises and constraint is not None:
+            raise ValueError(f"sampler {info.name!r} revises decided tokens and cannot take a "
+                             "constraint")
         self.free = int((self.template == model.mask_id).sum())
         steps = max(self.free, 1) if steps is None else positive_int("steps", steps)
         rule = info.steps_rule
@@ -163,13 +184,23 @@ class Walker:
             temperature=self.temperature, options=self.options,
             model=self._raw, uniform=lambda *shape: self.uniform(n, *shape),
             process=self.model.process, mask_id=self.model.mask_id, denoiser=self.model,
-            carry=carry, decided=None, uniform_rows=None,
+            carry=carry, decided=self._decided(active), uniform_rows=None,
         )
         commit = (decide or self.info.decide)(ctx)
         out = torch.where(commit.positions & active, commit.tokens, x)
+        if commit.revise is not None and ctx.decided is not None:  # a revising sampler
+            out = torch.where(commit.revise & ctx.decided, commit.tokens, out)
         if j == self.steps - 1 and bool((out == self.model.mask_id).any()):
             raise RuntimeError(f"sampler {self.info.name!r} left masked positions at s = 0")
         return out, commit.carry
+
+    def _decided(self, active: Tensor) -> Tensor | None:
+        """The generated positions already decided (for samplers that revise them)."""
+        if not self.info.revises:
+            return None
+        gen = torch.zeros(self.length, dtype=torch.bool)
+        gen[self.prompt.numel():] = True
+        return gen[None, :] & ~active
 
     def _raw(self, x: Tensor, t: Tensor) -> Tensor:
         """Calls made inside a decision function (multi-stage samplers)."""

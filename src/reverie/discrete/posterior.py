@@ -38,7 +38,7 @@ from torch import Tensor
 from reverie._checks import check_options, in_range, positive_int
 from reverie._registry import Registry
 from reverie.discrete._sampling import sample_categorical, uniform
-from reverie.discrete._walker import Walker, fill_argmax
+from reverie.discrete._walker import Walker, edit_scores, fill_argmax
 from reverie.discrete.denoiser import TokenDenoiserBase
 
 __all__ = [
@@ -91,14 +91,7 @@ class Observation:
         which the guided softmax ignores), a first-order difference otherwise."""
         if self.table is not None:
             return self.table.expand(anchor.shape[0], -1, -1)
-        b, n = anchor.shape
-        v = self.vocab_size
-        base = self.log_likelihood(anchor)
-        edits = anchor.repeat_interleave(n * v, 0).reshape(b, n, v, n)
-        idx = torch.arange(n)
-        edits[:, idx, :, idx] = torch.arange(v).expand(n, b, v)  # [pos, batch, value]
-        out = self.log_likelihood(edits.reshape(-1, n)).reshape(b, n, v)
-        return out - base[:, None, None]
+        return edit_scores(self.log_likelihood, anchor, self.vocab_size)
 
     def check(self, vocab_size: int, length: int) -> None:
         """Refuse a model or a canvas this observation does not fit."""
@@ -425,17 +418,19 @@ def smc(
     steps: int | None = None,
     sampler: str = "ancestral",
     potential: str = "difference",
+    proposal: str = "prior",
 ) -> tuple[Tensor, int, dict]:
     """``p(x | y) ∝ p(x) exp(log p(y | x))`` is the tilted law of the reward
     ``log p(y | x)`` at temperature 1, so FK steering (:func:`reverie.discrete.search.fk`)
-    samples it as its particles (``budget // NFE(sample)``) grow. Hard observations
-    (``MaskedObservation``) give particles of weight zero; a group with all weights zero
-    cannot be steered (use ``aps`` or a noisy channel)."""
+    samples it as its particles (``budget // NFE(sample)``) grow. ``proposal="twisted"``:
+    twisted SMC, decided tokens drawn from the likelihood-tilted table (see ``fk``). Hard
+    observations (``MaskedObservation``) give particles of weight zero; a group with all
+    weights zero cannot be steered (use ``aps`` or a noisy channel)."""
     from reverie.discrete import search
 
     res = search.run(model, obs.log_likelihood, "fk", budget=budget, n=n, temperature=1.0,
                      generator=generator, length=obs.length, steps=steps, sampler=sampler,
-                     potential=potential)
+                     potential=potential, proposal=proposal)
     return res.samples, res.nfe, res.info
 
 

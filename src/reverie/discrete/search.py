@@ -46,7 +46,7 @@ from torch import Tensor
 
 from reverie._checks import check_options, in_range, integer, positive_int
 from reverie._registry import Registry
-from reverie.discrete._walker import Walker, fill_argmax, select_rows
+from reverie.discrete._walker import Walker, edit_scores, fill_argmax, select_rows
 from reverie.discrete.denoiser import TokenDenoiserBase
 from reverie.search._core import SearchResult, group_argmax
 from reverie.search.smc import POTENTIALS, RESAMPLING, _draw_one, _resample
@@ -238,6 +238,7 @@ def fk(
     ess_threshold: float = 0.5,
     resampling: str = "systematic",
     lookahead: int = 0,
+    proposal: str = "prior",
 ) -> tuple[Tensor, Tensor, dict]:
     """FK steering (Singhal et al. 2025, Algorithm 1) on a masked LM: ``k = budget //
     NFE(sample)`` particles per returned sample walk the sampler's steps; before each step
@@ -251,7 +252,24 @@ def fk(
     ``difference`` ``exp((r_j - r_{j-1})/T)``, ``max``, ``sum``, ``immediate``.
     ``lookahead = m > 0`` (an addition here, not in the paper) replaces ``r_j`` by the soft
     value over ``m`` completions drawn from the prediction (:meth:`Search.value`): ``m``
-    reward calls per particle and step, no extra network evaluation."""
+    reward calls per particle and step, no extra network evaluation.
+
+    ``proposal="twisted"``: twisted SMC (the twisted diffusion sampler of Wu et al. 2023, the
+    locally optimal proposal of the discrete test-time-alignment SMC of Pani et al. 2025),
+    learning-free. Around the anchor ``a = fill_argmax(x, p)`` the reward is linearised,
+    ``r(x0) ~ r(a) + sum_i g_i(x0_i)`` with ``g_i(v) = r(a with a_i = v) - r(a)``
+    (:func:`edit_scores`: ``L V`` reward calls per particle and step, exact for additive
+    rewards). Each newly decided token is drawn from the twisted table
+    ``p_i(v) exp(g_i(v)/T) / Z_i`` instead of ``p_i(v)``, and the potential is the soft value of
+    the linearised reward under the factorised prediction,
+    ``V(x) = r(a) + T sum_{i masked} log Z_i`` (closed form). The weight of a step is
+    ``prod p_i / q_i`` of its decided tokens times ``exp((V_new - V_old)/T)``: it is one when
+    the prediction of the other positions does not move, so only the dependence between
+    positions is left to the resampling. Needs a sampler whose choice of positions does not
+    read the table (``ancestral``, ``first_hitting``) and no constraint."""
+    if proposal not in ("prior", "twisted"):
+        raise ValueError(f"proposal must be 'prior' or 'twisted', got {proposal!r}")
+    twisted = proposal == "twisted"
     if potential not in POTENTIALS:
         raise ValueError(f"unknown potential {potential!r}; expected one of "
                          f"{', '.join(POTENTIALS)}")
@@ -261,6 +279,14 @@ def fk(
     in_range("ess_threshold", ess_threshold, 0, 1)
     integer("lookahead", lookahead, 0)
     w_, T = ctx.walker, ctx.temperature
+    if twisted and (w_.info.name not in TABLE_FREE_POSITIONS or w_.constrained):
+        raise ValueError(f"proposal='twisted' needs one of the samplers "
+                         f"{', '.join(TABLE_FREE_POSITIONS)} (positions chosen without reading "
+                         f"the table) and no constraint; got sampler {w_.info.name!r}"
+                         f"{' with a constraint' if w_.constrained else ''}")
+    if twisted and lookahead:
+        raise ValueError("proposal='twisted' takes its value in closed form; lookahead must "
+                         f"be 0, got {lookahead}")
     traj = w_.trajectory_nfe
     ctx.need(traj, "one particle")
     k, g = ctx.budget // traj, ctx.n
@@ -275,8 +301,10 @@ def fk(
     count = torch.zeros(g, dtype=torch.long)
     for j in range(w_.steps):
         logp = w_.call(x, w_.times(j, m)[0])
+        if twisted:
+            tilt, val = _twist(ctx, x, logp)  # the token tilts g / T and the soft value V(x)
         if j > 0:  # the all-masked canvas has the same estimate for every particle
-            r = ctx.value(x, logp, lookahead)  # r_j of the canvas before step j
+            r = val if twisted else ctx.value(x, logp, lookahead)  # r_j of the canvas
             r_max, r_sum = torch.maximum(r_max, r), r_sum + r
             lp = {"difference": r - r_prev, "max": r_max, "sum": r_sum, "immediate": r}[
                 potential] / T
@@ -290,17 +318,46 @@ def fk(
                 keep = torch.arange(k)[None, :] + offset
                 idx = torch.where(resample[:, None], anc, keep).flatten()
                 x, logp, carry = x[idx], logp[idx], select_rows(carry, idx, m)
+                if twisted:
+                    tilt = tilt[idx]
                 log_g, r_prev, r_max, r_sum = log_g[idx], r_prev[idx], r_max[idx], r_sum[idx]
                 logw = torch.where(resample.repeat_interleave(k), 0.0, logw[idx])
                 count += resample.long()
-        x, carry = w_.step(x, j, logp, carry)
+        if not twisted:
+            x, carry = w_.step(x, j, logp, carry)
+            continue
+        masked = x == w_.model.mask_id
+        q = torch.where(masked[..., None], torch.log_softmax(logp.double() + tilt, -1), logp)
+        new, carry = w_.step(x, j, q, carry)  # decided tokens drawn from the twisted table
+        hit = new != x
+        tok = torch.where(hit, new, 0)[..., None]
+        ratio = (logp.double().gather(-1, tok) - q.double().gather(-1, tok)).squeeze(-1)
+        logw = logw + torch.where(hit, ratio, 0.0).sum(-1)  # prod p_i / q_i of the step
+        x = new
     r = ctx.reward(x)
     logw = logw + r / T - log_g  # the last potential: exp(r/T) / prod of the earlier ones
     w = torch.softmax(logw.reshape(g, k), dim=1)
     chosen = _draw_one(w, w_.rand(g)) + offset[:, 0]
     info = {"particles": k, "resamplings_mean": float(count.double().mean()),
-            "final_ess_mean": float((1.0 / (w * w).sum(1)).mean()), "potential": potential}
+            "final_ess_mean": float((1.0 / (w * w).sum(1)).mean()), "potential": potential,
+            "proposal": proposal}
     return x[chosen], r[chosen], info
+
+
+#: Samplers whose choice of positions does not read the table (a twisted proposal changes
+#: only the tokens' law, so its weight is the ratio of the decided tokens' probabilities).
+TABLE_FREE_POSITIONS = ("ancestral", "first_hitting")
+
+
+def _twist(ctx: Search, x: Tensor, logp: Tensor) -> tuple[Tensor, Tensor]:
+    """The twisted proposal's tilts ``g / T`` ``[B, L, V]`` (the reward linearised around the
+    data estimate) and the linearised soft value ``V(x) = r(a) + T sum_{masked} log Z_i``."""
+    T, mask_id = ctx.temperature, ctx.walker.model.mask_id
+    anchor = fill_argmax(x, logp, mask_id)
+    g = edit_scores(ctx.reward, anchor, logp.shape[-1]) / T
+    log_z = torch.logsumexp(logp.double() + g, -1)  # [B, L]
+    val = ctx.reward(anchor) + T * torch.where(x == mask_id, log_z, 0.0).sum(-1)
+    return g, val
 
 
 @register("beam", tilted=False,
