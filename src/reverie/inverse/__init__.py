@@ -5,10 +5,17 @@ generator=..)`` draws samples of ``p(x | y)``; :data:`METHODS` lists the sampler
 DDRM, RED-diff, DiffPIR, TDS, MCGdiff, joint structured noise). :func:`cddb` corrects a direct
 diffusion bridge from the degraded image with data consistency; :func:`diffusion_pde` adds
 PDE-residual guidance on a joint solution / coefficient field; :func:`sequential_solve` warm-starts
-each frame of a sequence from the previous one. See ``docs/inverse.md``.
+each frame of a sequence from the previous one; :func:`from_deepinv` turns a deepinv physics into
+an operator. See ``docs/inverse.md``.
 """
 
 from reverie.inverse.cddb import ConsistentBridgeDenoiser, cddb
+from reverie.inverse.deepinv_adapter import (
+    DeepinvForward,
+    DeepinvOperator,
+    compatible_methods,
+    from_deepinv,
+)
 from reverie.inverse.diffusion_pde import diffusion_pde
 from reverie.inverse.guidance import DiffPIRDenoiser, JointNoiseDenoiser, PiGDMDenoiser
 from reverie.inverse.noise import GaussianNoise, NoiseModel, PoissonNoise
@@ -40,6 +47,10 @@ __all__ = [
     "cddb",
     "diffusion_pde",
     "sequential_solve",
+    "DeepinvForward",
+    "DeepinvOperator",
+    "compatible_methods",
+    "from_deepinv",
     "DiffPIRDenoiser",
     "InverseResult",
     "JointNoiseDenoiser",
