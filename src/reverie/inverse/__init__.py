@@ -9,6 +9,12 @@ each frame of a sequence from the previous one; :func:`from_deepinv` turns a dee
 an operator. See ``docs/inverse.md``.
 """
 
+from reverie.inverse.bayesdiff import (
+    BayesDiffResult,
+    LastLayerLaplace,
+    bayesdiff,
+    last_layer_laplace,
+)
 from reverie.inverse.cddb import ConsistentBridgeDenoiser, cddb
 from reverie.inverse.deepinv_adapter import (
     DeepinvForward,
@@ -51,6 +57,10 @@ __all__ = [
     "DeepinvOperator",
     "compatible_methods",
     "from_deepinv",
+    "BayesDiffResult",
+    "LastLayerLaplace",
+    "bayesdiff",
+    "last_layer_laplace",
     "DiffPIRDenoiser",
     "InverseResult",
     "JointNoiseDenoiser",
