@@ -23,6 +23,7 @@ from reverie.inverse.deepinv_adapter import (
     from_deepinv,
 )
 from reverie.inverse.diffusion_pde import diffusion_pde
+from reverie.inverse.events import EventResult, event_log_prob, event_sample
 from reverie.inverse.guidance import DiffPIRDenoiser, JointNoiseDenoiser, PiGDMDenoiser
 from reverie.inverse.noise import GaussianNoise, NoiseModel, PoissonNoise
 from reverie.inverse.operators import (
@@ -61,6 +62,9 @@ __all__ = [
     "LastLayerLaplace",
     "bayesdiff",
     "last_layer_laplace",
+    "EventResult",
+    "event_log_prob",
+    "event_sample",
     "DiffPIRDenoiser",
     "InverseResult",
     "JointNoiseDenoiser",
