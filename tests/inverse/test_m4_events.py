@@ -32,7 +32,7 @@ def _exact():
     return p, m1, m2
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _run(steps, scale=1.0, seed=0):
     den = GaussianMixture(MEANS, VAR, W).denoiser(PROC)
     return event_sample(den, lambda x: x[:, 0] - C, n=1000, steps=steps, shape=(2,), dtype=F64,

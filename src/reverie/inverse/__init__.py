@@ -2,7 +2,7 @@
 
 ``solve(denoiser, operator, y, noise_std, method=NAME, steps=.., particles=.., n=..,
 generator=..)`` draws samples of ``p(x | y)``; :data:`METHODS` lists the samplers (DPS, PiGDM,
-DDRM, RED-diff, DiffPIR, TDS, MCGdiff, joint structured noise). :func:`cddb` corrects a direct
+DDRM, RED-diff, DiffPIR, TDS, MCGdiff, joint structured noise, MMPS). :func:`cddb` corrects a direct
 diffusion bridge from the degraded image with data consistency; :func:`diffusion_pde` adds
 PDE-residual guidance on a joint solution / coefficient field; :func:`sequential_solve` warm-starts
 each frame of a sequence from the previous one; :func:`from_deepinv` turns a deepinv physics into
@@ -23,8 +23,10 @@ from reverie.inverse.deepinv_adapter import (
     from_deepinv,
 )
 from reverie.inverse.diffusion_pde import diffusion_pde
+from reverie.inverse.em import em_prior
 from reverie.inverse.events import EventResult, event_log_prob, event_sample
 from reverie.inverse.guidance import DiffPIRDenoiser, JointNoiseDenoiser, PiGDMDenoiser
+from reverie.inverse.mmps import MMPSDenoiser
 from reverie.inverse.noise import GaussianNoise, NoiseModel, PoissonNoise
 from reverie.inverse.operators import (
     SVD,
@@ -65,6 +67,8 @@ __all__ = [
     "EventResult",
     "event_log_prob",
     "event_sample",
+    "MMPSDenoiser",
+    "em_prior",
     "DiffPIRDenoiser",
     "InverseResult",
     "JointNoiseDenoiser",
