@@ -25,6 +25,7 @@ from reverie.inverse.deepinv_adapter import (
 from reverie.inverse.diffusion_pde import diffusion_pde
 from reverie.inverse.em import em_prior
 from reverie.inverse.events import EventResult, event_log_prob, event_sample
+from reverie.inverse.flow_vi import FlowPosterior, flow_vi
 from reverie.inverse.guidance import DiffPIRDenoiser, JointNoiseDenoiser, PiGDMDenoiser
 from reverie.inverse.mmps import MMPSDenoiser
 from reverie.inverse.noise import GaussianNoise, NoiseModel, PoissonNoise
@@ -69,6 +70,8 @@ __all__ = [
     "event_sample",
     "MMPSDenoiser",
     "em_prior",
+    "FlowPosterior",
+    "flow_vi",
     "DiffPIRDenoiser",
     "InverseResult",
     "JointNoiseDenoiser",
