@@ -50,6 +50,7 @@ from reverie.inverse.solve import (
     psnr,
     solve,
 )
+from reverie.inverse.steerable import LoRALinear, add_lora, steerable_solve
 
 __all__ = [
     "METHODS",
@@ -72,6 +73,9 @@ __all__ = [
     "em_prior",
     "FlowPosterior",
     "flow_vi",
+    "LoRALinear",
+    "add_lora",
+    "steerable_solve",
     "DiffPIRDenoiser",
     "InverseResult",
     "JointNoiseDenoiser",
