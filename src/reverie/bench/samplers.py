@@ -20,6 +20,8 @@ Three tables:
   reference set (A) and reported on another (B).
 * **fitted** -- ``reverie.optimize_grid`` per deterministic sampler, fitted from the model alone
   (its own noise seed), reported on B; with its cost in model calls.
+
+The ``grid`` part runs every sampler on one named grid (``--grid``, default ``angle``) on B.
 """
 
 from __future__ import annotations
