@@ -207,3 +207,28 @@ def test_bad_input():
         sample_linear(proc, lambda u, t: u, torch.zeros(4, 3, 2), 4)
     with pytest.raises(ValueError, match="x must be"):
         LinearDiffusion.fp(R_FP).rows(torch.zeros(4, 3))
+
+
+def test_train_linear_learns_the_process_and_the_score():
+    from reverie.nets import MLP
+    from reverie.train.multivariate import LinearDiffusionModel, train_linear
+
+    g = _gen(6)
+    data = MEAN + torch.randn(2000, 2, generator=g, dtype=D64) @ torch.linalg.cholesky(COV).T
+    proc = LinearDiffusion.learnable(2, seed=1)
+    frozen = LinearDiffusion.learnable(2, seed=1)
+    q0, d0 = proc.Q().detach().clone(), proc.D().detach().clone()
+    torch.manual_seed(0)
+    res = train_linear(LinearDiffusionModel(MLP(dim=4, hidden=32, depth=1), proc), data,
+                       steps=80, batch_size=64, lr=1e-2, ema_decay=0.9, log_every=20)
+    assert res.losses[-1] < res.losses[0]
+    learned = res.net.process
+    moved = float((learned.Q() - q0).abs().max() + (learned.D() - d0).abs().max())
+    assert moved > 1e-3 and torch.equal(frozen.Q(), q0)       # (Q, D) trained with the network
+    # the trained eps-network's score beats a zero network on the Gaussian's exact score
+    ref = GaussianLinearReference(res.ema.process, MEAN, COV)
+    u = ref.sample(500, 0.5, _gen(7))
+    t = torch.full((500,), 0.5, dtype=D64)
+    with torch.no_grad():
+        err = float(((res.ema.score(u, t) - ref.score(u, t)) ** 2).mean())
+    assert err < 0.3 * float((ref.score(u, t) ** 2).mean())
