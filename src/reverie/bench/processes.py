@@ -37,6 +37,17 @@ Sections:
   ``n = 2``, ``(Q, D)`` trained with the network) and FP-Diffusion's learned spatial
   ``(R, omega)`` (Du et al. 2023); negative ELBO of held-out points and sliced W2 of 100-step
   reverse-SDE samples.
+* ``modulated`` -- SAM-DiffSR's structure-modulated noise in miniature: the two moons are the
+  "segments", each with its own noise offset; the modulated model is sampled with the unchanged
+  reverse process from ``N(0, I)`` (the paper's inference) and from the modulated prior, beside
+  the VP baseline (sliced W2 of 25-step Heun samples).
+* ``nested`` -- nested diffusion (Zhang et al. 2024) with a one-level hierarchy: ``z`` = the
+  leading principal component of the data plus noise; an unconditional model of ``z`` and a
+  data model conditioned on ``z``, each trained for the same steps; sliced W2 of chain samples
+  beside the VP baseline.
+* ``exemplar`` -- EBDM in miniature: the bridge from ``y = (x0_1, 0)`` with a style exemplar
+  (another point of the target's moon) given to the network, against BBDM without it: sliced
+  W2 of the joint ``(x0, y)`` and the fraction of outputs on the exemplar's moon.
 """
 
 from __future__ import annotations
@@ -51,7 +62,7 @@ import torch
 from reverie.bench.common import format_table, machine
 
 SECTIONS = ("vp", "truncated", "interpolant", "etsdm", "bridge", "mixture", "learned",
-            "multivariate")
+            "multivariate", "modulated", "nested", "exemplar")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -359,6 +370,118 @@ def _multivariate(args, data, test, cache) -> list[dict[str, Any]]:
     return rows
 
 
+def _moons(args, n: int, seed: int):
+    from reverie.data import two_moons
+
+    return two_moons(n, generator=torch.Generator().manual_seed(seed))
+
+
+def _modulated(args, data, test, cache) -> list[dict[str, Any]]:
+    from reverie.denoisers import Denoiser
+    from reverie.process import VPLinear
+    from reverie.samplers import sample
+    from reverie.train.modulated import train_modulated
+
+    proc = VPLinear()
+    base, base_sec = cache.get("vp") or _vp_model(args, data, proc)
+    _, labels = _moons(args, 20_000, args.seed)                  # the labels of ``data``
+    offsets = torch.tensor([[0.5, -0.5], [-0.5, 0.5]])            # one noise offset per moon
+    res = train_modulated(_net(args), data, offsets[labels], proc, steps=args.steps,
+                          batch_size=args.batch_size, seed=args.seed)
+    den = Denoiser(res.ema, proc, "eps")
+    noise = torch.randn(args.n_samples, 2, generator=torch.Generator().manual_seed(21))
+    moon = torch.randint(0, 2, (args.n_samples,), generator=torch.Generator().manual_seed(23))
+    shifted = noise + offsets[moon]                  # the modulated prior at t_max (alpha ~ 0)
+    rows = []
+    for name, d, start, sec in (("VP", base, noise, base_sec),
+                                ("modulated, from N(0, I) (paper)", den, noise, res.seconds),
+                                ("modulated, from the modulated prior", den, shifted,
+                                 res.seconds)):
+        with torch.no_grad():
+            x = sample(d, start.double(), "heun", 25)
+        rows.append({"model": name, "sw": _sw(x.float(), cache), "train_seconds": sec})
+    return rows
+
+
+def _nested(args, data, test, cache) -> list[dict[str, Any]]:
+    from reverie.denoisers import Denoiser
+    from reverie.nested import LatentHierarchy, nested_sample
+    from reverie.nets import MLP
+    from reverie.process import VPLinear
+    from reverie.samplers import sample
+    from reverie.train.nested import LevelNet, train_level
+
+    proc = VPLinear()
+    base, base_sec = cache.get("vp") or _vp_model(args, data, proc)
+    hier = LatentHierarchy.fit(data.double(), [1], [0.3])
+    (z,) = hier.encode(data.double(), torch.Generator().manual_seed(args.seed + 9))
+    torch.manual_seed(args.seed)
+    top = train_level(LevelNet(MLP(dim=1, hidden=args.hidden, depth=3), 1), z, None, proc,
+                      steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    bottom = train_level(LevelNet(MLP(dim=3, hidden=args.hidden, depth=3), 2), data, z, proc,
+                         steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    levels = [Denoiser(top.ema, proc, "eps"), Denoiser(bottom.ema, proc, "eps")]
+    with torch.no_grad():
+        _, x = nested_sample(levels, [1, 2], args.n_samples, "heun", 25,
+                             generator=torch.Generator().manual_seed(21))
+        x_vp = sample(base, torch.randn(args.n_samples, 2, dtype=torch.float64,
+                                        generator=torch.Generator().manual_seed(21)), "heun", 25)
+    return [{"model": "VP", "sw": _sw(x_vp.float(), cache), "train_seconds": base_sec},
+            {"model": "nested (z = PC1 + 0.3 noise)", "sw": _sw(x.float(), cache),
+             "train_seconds": top.seconds + bottom.seconds}]
+
+
+def _exemplar(args, data, test, cache) -> list[dict[str, Any]]:
+    from reverie.bridge import BrownianBridge, bridge_sample
+    from reverie.metrics import sliced_wasserstein
+    from reverie.train.interpolants import EndConditioned, ExemplarConditioned, train_bridge
+
+    bridge = BrownianBridge(1.0)
+    _, labels = _moons(args, 20_000, args.seed)
+    held, held_labels = _moons(args, args.n_test, args.seed + 1)
+    g = torch.Generator().manual_seed(13)
+
+    def exemplars(lab, pool, pool_labels):  # a random point of the same moon, per example
+        out = torch.empty(len(lab), 2)
+        for k in (0, 1):
+            idx = (pool_labels == k).nonzero()[:, 0]
+            sel = lab == k
+            out[sel] = pool[idx[torch.randint(0, len(idx), (int(sel.sum()),), generator=g)]]
+        return out
+
+    def source(x0):
+        return torch.stack([x0[:, 0], torch.zeros_like(x0[:, 0])], 1)
+
+    y = source(held)
+    e = exemplars(held_labels, data, labels)
+    ref = torch.cat([held, y], 1)
+
+    def moon_of(x):  # 1-nearest labelled training point
+        return labels[torch.cdist(x, data[:4000]).argmin(1) % 4000]
+
+    rows = []
+    for name, model, triples in (
+            ("bridge + exemplar (global encoder)",
+             ExemplarConditioned(_net(args, 6), torch.nn.Sequential(
+                 torch.nn.Linear(2, 32), torch.nn.SiLU(), torch.nn.Linear(32, 2))), True),
+            ("bridge, network sees (x_t, t, y) (no exemplar)",
+             EndConditioned(_net(args, 4)), False)):
+        pairs = (data, source(data), exemplars(labels, data, labels)) if triples else \
+            (data, source(data))
+        res = train_bridge(model, pairs, bridge, steps=args.steps, batch_size=args.batch_size,
+                           seed=args.seed)
+        extra = {"exemplar": e} if triples else {}
+        with torch.no_grad():
+            out = bridge_sample(lambda x, t, y_, *ex, m=res.ema: x - m(x, t, y_, *ex), y,
+                                bridge, 100, generator=torch.Generator().manual_seed(11),
+                                **extra)
+        rows.append({"model": name, "train_seconds": res.seconds,
+                     "sw_joint": sliced_wasserstein(torch.cat([out, y], 1), ref,
+                                                    generator=torch.Generator().manual_seed(0)),
+                     "on_exemplar_moon": float((moon_of(out) == held_labels).float().mean())})
+    return rows
+
+
 class _Adapter(torch.nn.Module):
     """``(x, t, y) -> net(x, t)``: BBDM's network, blind to the end point."""
 
@@ -455,4 +578,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "train s"],
                            [[r["model"], r["nll"], r["nll_se"], r["bits_per_dim"],
                              r["sw_sde_100"], r["train_seconds"]] for r in rows]))
+    if "modulated" in sections:
+        out["modulated"] = rows = _modulated(args, data, test, cache)
+        print("\nStructure-modulated noise (SAM-DiffSR, moons as segments): SW / floor, Heun 25")
+        print(format_table(["model", "SW / floor", "train s"],
+                           [[r["model"], r["sw"], r["train_seconds"]] for r in rows]))
+    if "nested" in sections:
+        out["nested"] = rows = _nested(args, data, test, cache)
+        print("\nNested diffusion (one latent level) vs VP: SW / floor, Heun 25 per level")
+        print(format_table(["model", "SW / floor", "train s"],
+                           [[r["model"], r["sw"], r["train_seconds"]] for r in rows]))
+    if "exemplar" in sections:
+        out["exemplar"] = rows = _exemplar(args, data, test, cache)
+        print("\nExemplar-guided bridge (EBDM in miniature): y = (x0_1, 0), exemplar = a point "
+              "of the target's moon; 100 steps, eta = 1")
+        print(format_table(["model", "SW joint", "on the exemplar's moon", "train s"],
+                           [[r["model"], r["sw_joint"], r["on_exemplar_moon"],
+                             r["train_seconds"]] for r in rows]))
     return out
