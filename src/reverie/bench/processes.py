@@ -590,13 +590,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "modulated" in sections:
         out["modulated"] = rows = _modulated(args, data, test, cache)
         print("\nStructure-modulated noise (SAM-DiffSR, moons as segments): SW / floor, Heun 25")
-        print(format_table(["model", "SW / floor", "SW / floor, |x| <= 4", "|x| > 4", "train s"],
+        print(format_table(["model", "SW / floor", "SW / floor, norm <= 4", "share norm > 4",
+                            "train s"],
                            [[r["model"], r["sw"], r["sw_inliers"], r["far"], r["train_seconds"]]
                             for r in rows]))
     if "nested" in sections:
         out["nested"] = rows = _nested(args, data, test, cache)
         print("\nNested diffusion (one latent level) vs VP: SW / floor, Heun 25 per level")
-        print(format_table(["model", "SW / floor", "SW / floor, |x| <= 4", "|x| > 4", "train s"],
+        print(format_table(["model", "SW / floor", "SW / floor, norm <= 4", "share norm > 4",
+                            "train s"],
                            [[r["model"], r["sw"], r["sw_inliers"], r["far"], r["train_seconds"]]
                             for r in rows]))
     if "exemplar" in sections:
