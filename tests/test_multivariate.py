@@ -96,7 +96,7 @@ def _gauss_kl(m0, c0, m1, c1):
                   + torch.logdet(c1) - torch.logdet(c0))
 
 
-def _diffusion_integral(proc, ref, x, x_cov, eps_t=1e-3, nodes=96):
+def _diffusion_integral(proc, ref, x, x_cov, eps_t=1e-3, nodes=64):
     """E_x int_eps^1 E_{q(u_t|x)} |G^T (s - grad log q(u_t|x))|^2 / 2 dt, x ~ N(x, x_cov), in
     closed form (the score's error is affine in u and x), Gauss-Legendre in log t."""
     xs, ws = np.polynomial.legendre.leggauss(nodes)
@@ -220,10 +220,11 @@ def test_train_linear_learns_the_process_and_the_score():
     q0, d0 = proc.Q().detach().clone(), proc.D().detach().clone()
     torch.manual_seed(0)
     res = train_linear(LinearDiffusionModel(MLP(dim=4, hidden=32, depth=1), proc), data,
-                       steps=80, batch_size=64, lr=1e-2, ema_decay=0.9, log_every=20)
+                       steps=60, batch_size=64, lr=1e-2, ema_decay=0.9, log_every=15)
     assert res.losses[-1] < res.losses[0]
     learned = res.net.process
-    moved = float((learned.Q() - q0).abs().max() + (learned.D() - d0).abs().max())
+    with torch.no_grad():
+        moved = float((learned.Q() - q0).abs().max() + (learned.D() - d0).abs().max())
     assert moved > 1e-3 and torch.equal(frozen.Q(), q0)       # (Q, D) trained with the network
     # the trained eps-network's score beats a zero network on the Gaussian's exact score
     ref = GaussianLinearReference(res.ema.process, MEAN, COV)
