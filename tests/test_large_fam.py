@@ -54,7 +54,7 @@ def _fields():
 
 def _fam_cov(trained, native, scale=1.0, sampler="dpmpp_2m", steps=40, **kw):
     def fn(z):
-        ref = reverie.sample(trained, z[:, :M], sampler, steps, grid="karras")
+        ref = reverie.sample(trained, z[:, :M], "dpmpp_2m", 40, grid="karras")
         return reverie.sample(fam(native, ref * scale, **kw), z[:, M:], sampler, steps,
                               grid="karras")
     return linear_covariance(fn, N + M)
@@ -103,7 +103,7 @@ def test_time_dependent_filter_matches_the_closed_form_switch():
     expected = s_a * (s_b * (1 - s / big) ** 2 + s**2) / (s_a + s**2)
     low = FREQ < M / 2
     spec = _spectrum(cov)
-    assert float(((spec - expected).abs() / expected)[low].max()) < 0.03  # measured 0.011
+    assert float(((spec - expected).abs() / expected)[low].max()) < 0.04  # measured 0.02
     # the formula is not trivial here: it is neither the global nor the native spectrum
     assert float(((expected - s_b).abs() / s_b)[low].max()) > 0.2
     # a switch at the wrong level (rho 0.25) fails the same check
@@ -126,3 +126,48 @@ def test_fam_upscale_and_errors():
         fam(native, ref, mode="bilinear")
     with pytest.raises(ValueError, match="strength"):
         fam_upscale(native, ref, (N,), strength=0.0)
+
+
+def _tiny_unet():
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    net = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                      down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                      up_block_types=("AttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
+                      norm_num_groups=4, attention_head_dim=8).eval()
+    return net, reverie.Denoiser(net, PROC, "eps")
+
+
+def test_attention_modulation_steers_the_maps_and_restores_the_net():
+    from reverie.large import attention_modulation
+
+    net, den = _tiny_unet()
+    g = torch.Generator().manual_seed(1)
+    ref, x = torch.randn(2, 1, 4, 4, generator=g), torch.randn(2, 1, 8, 8, generator=g)
+    t = torch.full((2,), 0.7)
+    with torch.no_grad():
+        plain = den(x, t)
+        name = "up_blocks.0.attentions.0"
+        probs: list = []
+        with attention_modulation(den, net, ref, lam=0.0, blocks=[name]) as am:
+            assert float((am(x, t) - plain).abs().max()) < 1e-5  # lam 0: the plain network
+        with attention_modulation(den, net, ref, lam=1.0, blocks=[name],
+                                  generator=torch.Generator().manual_seed(2)) as am:
+            mod = net.get_submodule(name)
+            inner = mod.get_attention_scores
+
+            def spy(q, k, mask=None):
+                p = inner(q, k, mask)
+                probs.append(p)
+                return p
+            mod.get_attention_scores = spy
+            steered = am(x, t)
+        # lam 1: the high-resolution pass used exactly the global pass's maps
+        assert len(probs) == 2 and float((probs[0] - probs[1]).abs().max()) < 1e-6
+        assert float((steered - plain).abs().max()) > 1e-3  # and it changed the prediction
+        assert float((den(x, t) - plain).abs().max()) == 0.0  # the net is restored
+    with pytest.raises(ValueError, match="no attention module"):
+        attention_modulation(den, net, ref, blocks=["down_blocks.0"])
+    with pytest.raises(ValueError, match="lam"):
+        attention_modulation(den, net, ref, lam=2.0)

@@ -16,8 +16,12 @@ noise being the sampler's own). ``W_t`` is a box of frequencies, a fraction ``cu
 trained band, carrying the weight ``w``; ``(cut, w)`` are functions of the noise fraction
 ``rho = sigma^2 / (alpha^2 + sigma^2)`` (1 at pure noise, 0 at the data).
 
-Attention modulation (the paper's AM: the high-resolution self-attention maps steered by those
-of the global pass) is not implemented.
+:class:`AttentionModulation` is the paper's AM (sec. 3.3, Fig. 2c) as we read it: before each
+high-resolution call the network also denoises the noised enlarged global sample
+``alpha_t up(x_base) + sigma_t eps`` (the skip residual, ``eps`` drawn once), and the chosen
+self-attention layers (default: every attention module of the U-Net's up blocks) take the
+probabilities ``(1 - lam) P + lam P_global``: the layout of the global pass steers which
+positions attend to which in the high-resolution pass. Two network calls per step.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from reverie._random import Generators, randn
 from reverie._tensor import time_tensor
 from reverie.denoisers import DenoiserBase
 
-__all__ = ["FAM", "FILTERS", "fam", "fam_upscale", "fourier_resize", "noise_fraction"]
+__all__ = ["FAM", "FILTERS", "AttentionModulation", "attention_modulation", "fam", "fam_upscale",
+           "fourier_resize", "noise_fraction"]
 
 #: Frequency filters ``(rho, c) -> (cut, w)``: the box of the trained band's frequencies (a
 #: fraction ``cut`` of its half-width per axis) that takes the global pass with weight ``w``.
@@ -91,6 +96,29 @@ def fourier_resize(x: Tensor, size: Sequence[int]) -> Tensor:
     return x
 
 
+_MODES = ("fourier", "nearest", "linear", "bilinear", "bicubic")
+
+
+def _enlarge(reference: Tensor, size: Sequence[int], mode: str) -> Tensor:
+    """``reference``'s trailing axes enlarged to ``size`` by ``mode``."""
+    if mode == "fourier":
+        return fourier_resize(reference, size)
+    smooth = "linear" in mode or "cubic" in mode
+    return F.interpolate(reference, size=tuple(size), mode=mode,
+                         **({"align_corners": False} if smooth else {}))
+
+
+def _check_reference(reference: Any, mode: str) -> None:
+    if not isinstance(reference, Tensor) or reference.ndim < 2:
+        raise TypeError("reference must be the trained-resolution sample [B, ...], got "
+                        f"{type(reference).__name__}")
+    if mode not in _MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(_MODES)}")
+    if mode != "fourier" and reference.ndim < 3:
+        raise ValueError(f"mode {mode!r} needs a reference [B, C, *spatial], got "
+                         f"{list(reference.shape)}")
+
+
 class FAM(DenoiserBase):
     """The denoiser of :func:`fam`."""
 
@@ -99,9 +127,7 @@ class FAM(DenoiserBase):
                  mode: str = "fourier"):
         if not isinstance(denoiser, DenoiserBase):
             raise TypeError(f"denoiser must be a reverie denoiser, got {type(denoiser).__name__}")
-        if not isinstance(reference, Tensor) or reference.ndim < 2:
-            raise TypeError("reference must be the trained-resolution sample [B, ...], got "
-                            f"{type(reference).__name__}")
+        _check_reference(reference, mode)
         in_range("c", c, 0, 1)
         if isinstance(filter, str):
             if filter not in FILTERS:
@@ -113,28 +139,16 @@ class FAM(DenoiserBase):
             self.rule = filter
         else:
             raise TypeError(f"filter must be a name or a callable, got {type(filter).__name__}")
-        if mode != "fourier" and mode not in ("nearest", "bilinear", "bicubic", "linear"):
-            raise ValueError(f"unknown mode {mode!r}; expected fourier, nearest, linear, bilinear "
-                             "or bicubic")
         self.denoiser, self.process = denoiser, denoiser.process
         self.reference, self.mode, self.c, self.filter = reference, mode, c, filter
         self.dims = max(1, reference.ndim - 2)  # spatial axes: [B, n] or [B, C, *spatial]
-        if mode != "fourier" and reference.ndim < 3:
-            raise ValueError(f"mode {mode!r} needs a reference [B, C, *spatial], got "
-                             f"{list(reference.shape)}")
         self._up: dict[tuple[int, ...], Tensor] = {}
 
     def enlarged(self, shape: Sequence[int]) -> Tensor:
         """The reference enlarged to a sample ``shape`` (without the batch), cached."""
         shape = tuple(shape)
         if shape not in self._up:
-            size = shape[-self.dims:]
-            if self.mode == "fourier":
-                self._up[shape] = fourier_resize(self.reference, size)
-            else:
-                smooth = "linear" in self.mode or "cubic" in self.mode
-                self._up[shape] = F.interpolate(self.reference, size=size, mode=self.mode,
-                                                **({"align_corners": False} if smooth else {}))
+            self._up[shape] = _enlarge(self.reference, shape[-self.dims:], self.mode)
         return self._up[shape]
 
     def mask(self, canvas: Sequence[int], rho: float) -> Tensor:
@@ -210,3 +224,93 @@ def fam_upscale(denoiser: DenoiserBase, reference: Tensor, size: Sequence[int], 
     if noise is None:
         noise = randn(shape, generator, dtype=reference.dtype)
     return sample(den, noise, sampler, steps, init=init, strength=strength, cond=cond)
+
+
+class AttentionModulation(DenoiserBase):
+    """The denoiser of :func:`attention_modulation`; ``remove()`` (or leaving a ``with``
+    block) restores the attention layers."""
+
+    def __init__(self, denoiser: DenoiserBase, net: Any, reference: Tensor, *, lam: float = 0.5,
+                 blocks: Sequence[str] | None = None, mode: str = "fourier",
+                 generator: torch.Generator | None = None):
+        from diffusers.models.attention_processor import Attention, AttnProcessor
+
+        if not isinstance(denoiser, DenoiserBase):
+            raise TypeError(f"denoiser must be a reverie denoiser, got {type(denoiser).__name__}")
+        _check_reference(reference, mode)
+        in_range("lam", lam, 0, 1)
+        mods = {n: m for n, m in net.named_modules() if isinstance(m, Attention)}
+        names = [n for n in mods if n.startswith("up_blocks")] if blocks is None else list(blocks)
+        unknown = [n for n in names if n not in mods]
+        if unknown or not names:
+            raise ValueError(f"no attention module {unknown or 'in the up blocks'}; the net's "
+                             f"attention modules: {', '.join(mods) or 'none'}")
+        self.denoiser, self.process, self.reference = denoiser, denoiser.process, reference
+        self.lam, self.mode, self.generator = float(lam), mode, generator
+        self.dims = max(1, reference.ndim - 2)
+        self.calls, self._phase = 0, "off"
+        self._stored: dict[str, Tensor] = {}
+        self._noise: dict[tuple[int, ...], Tensor] = {}
+        self._saved = {n: mods[n].processor for n in names}
+        for n in names:  # the explicit-probability processor, its probabilities intercepted
+            mods[n].set_processor(AttnProcessor())
+            mods[n].get_attention_scores = self._wrap(n, mods[n].get_attention_scores)
+        self._mods = {n: mods[n] for n in names}
+
+    def _wrap(self, name: str, scores: Callable) -> Callable:
+        def modulated(query: Tensor, key: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+            p = scores(query, key, attention_mask)
+            if self._phase == "store":  # the global pass: keep its maps
+                self._stored[name] = p
+            elif self._phase == "steer":  # the high-resolution pass: P + lam (P_global - P)
+                p = p + self.lam * (self._stored[name] - p)
+            return p
+        return modulated
+
+    def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
+        t = time_tensor(t, x)
+        shape = tuple(x.shape[1:])
+        if shape not in self._noise:
+            self._noise[shape] = randn(shape, self.generator, dtype=x.dtype)
+        up = _enlarge(self.reference, shape[-self.dims:], self.mode).to(x)
+        a = self.process.alpha(t).to(x).reshape(-1, *(1,) * (x.ndim - 1))
+        s = self.process.sigma(t).to(x).reshape(-1, *(1,) * (x.ndim - 1))
+        skip = a * up + s * self._noise[shape]  # the skip residual, noised to t
+        try:
+            self._phase = "store"
+            self.denoiser(skip.expand_as(x), t, **cond)
+            self._phase = "steer"
+            out = self.denoiser(x, t, **cond)
+        finally:
+            self._phase = "off"
+            self._stored.clear()
+        self.calls += 2
+        return out
+
+    def remove(self) -> None:
+        """Give the attention layers back their own processor and scores."""
+        for n, mod in self._mods.items():
+            mod.set_processor(self._saved[n])
+            mod.__dict__.pop("get_attention_scores", None)
+        self._mods = {}
+
+    def __enter__(self) -> AttentionModulation:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+
+def attention_modulation(denoiser: DenoiserBase, net: Any, reference: Tensor, *,
+                         lam: float = 0.5, blocks: Sequence[str] | None = None,
+                         mode: str = "fourier", generator: torch.Generator | None = None
+                         ) -> AttentionModulation:
+    """FAM's attention modulation over ``denoiser`` (whose network ``net`` has diffusers
+    ``Attention`` modules): each call first denoises the skip residual ``alpha_t up(reference)
+    + sigma_t eps`` (``eps`` drawn once from ``generator``) and stores the attention
+    probabilities of ``blocks`` (module names; default every attention module under
+    ``up_blocks``), then denoises ``x`` with the probabilities ``P + lam (P_global - P)``.
+    Combine with :func:`fam` as ``fam(attention_modulation(den, net, ref), ref)``. Use as a
+    context manager (or call ``remove()``) to restore the network."""
+    return AttentionModulation(denoiser, net, reference, lam=lam, blocks=blocks, mode=mode,
+                               generator=generator)
