@@ -17,38 +17,16 @@ import reverie
 from reverie.grids import make_grid
 from reverie.large import fam, fam_upscale, fourier_resize
 from reverie.large.fam import noise_fraction
-from reverie.reference.fields import GaussianField, linear_covariance
+from reverie.reference.fields import linear_covariance
+from reverie.reference.spectral import resolution_pair, ring_spectrum
 
 PROC = reverie.EDM()
 N, M, CUT = 64, 32, 12  # high-res ring, trained ring, the native pass is wrong at |f| <= CUT
 FREQ = torch.fft.fftfreq(N, 1 / N).abs()
-_F = torch.fft.fft(torch.eye(N, dtype=torch.float64), dim=0, norm="ortho")  # unitary DFT
-
-
-def _circulant(spec):
-    return (_F.conj().T @ torch.diag(spec.to(torch.complex128)) @ _F).real
-
-
-def _spectrum(cov):
-    return torch.diagonal(_F @ cov.to(torch.complex128) @ _F.conj().T).real
 
 
 def _fields():
-    texture = 0.3 * GaussianField.stationary(N, 0.8, periodic=True).cov
-    truth = GaussianField(GaussianField.stationary(N, 6.0, periodic=True).cov + texture, (N,))
-    rough = _spectrum(GaussianField.stationary(N, 1.5, periodic=True).cov + texture)
-    native = GaussianField(_circulant(torch.where(FREQ <= CUT, rough, _spectrum(truth.cov))),
-                           (N,))
-    # the trained field: the truth seen at M points (its Fourier coefficients |f| < M/2, the
-    # two Nyquist bins folded), as a linear map of the truth
-    fr = torch.fft.fftfreq(N, 1 / N).round().long()
-    coef = torch.fft.fft(torch.eye(N, dtype=torch.float64), dim=-1, norm="forward")
-    low = torch.zeros(N, M, dtype=coef.dtype)
-    keep = fr.abs() < M // 2
-    low[:, fr[keep] % M] = coef[:, keep]
-    low[:, M // 2] = coef[:, M // 2] + coef[:, -(M // 2)]
-    down = torch.fft.ifft(low, dim=-1, norm="forward").real  # row i: the image of e_i
-    trained = GaussianField(down.T @ truth.cov @ down, (M,))
+    truth, trained, native = resolution_pair(N, M, CUT)
     return truth, trained.denoiser(PROC), native.denoiser(PROC)
 
 
@@ -73,7 +51,7 @@ def test_lowpass_fam_splices_the_two_spectra_exactly():
     truth, trained, native = _fields()
     cov = _fam_cov(trained, native, filter="lowpass", c=0.75)  # |f| <= 12 from the global pass
     assert float((cov - truth.cov).abs().max()) < 0.03  # measured 0.011 (the sampler's error)
-    spec, exact = _spectrum(cov), _spectrum(truth.cov)
+    spec, exact = ring_spectrum(cov), ring_spectrum(truth.cov)
     assert float(((spec - exact).abs() / exact).max()) < 0.03
     # the native pass alone has the wrong layout: its low frequencies are off by up to 4.5x
     plain = linear_covariance(lambda z: reverie.sample(native, z, "dpmpp_2m", 40), N)
@@ -82,7 +60,7 @@ def test_lowpass_fam_splices_the_two_spectra_exactly():
     up = linear_covariance(lambda z: fourier_resize(reverie.sample(trained, z, "dpmpp_2m", 40),
                                                     (N,)), M)
     hi = (FREQ > M / 2) & (exact > 1e-3)
-    assert float(_spectrum(up)[hi].max()) < 1e-6
+    assert float(ring_spectrum(up)[hi].max()) < 1e-6
     # a wrongly scaled enlargement (an orthonormal-FFT factor sqrt 2) is rejected
     bad = _fam_cov(trained, native, scale=math.sqrt(2), filter="lowpass", c=0.75)
     assert float((bad - truth.cov).abs().max()) > 0.5
@@ -99,17 +77,17 @@ def test_time_dependent_filter_matches_the_closed_form_switch():
     s = float(grid[noise_fraction(PROC, grid) <= rho_s][0])  # the first grid level switched
     cov = _fam_cov(trained, native, sampler="ddim", steps=steps,
                    filter=lambda rho: (1.0, float(rho > rho_s)))
-    s_b, s_a, big = _spectrum(truth.cov), _spectrum(native.field.cov), float(grid[0])
+    s_b, s_a, big = ring_spectrum(truth.cov), ring_spectrum(native.field.cov), float(grid[0])
     expected = s_a * (s_b * (1 - s / big) ** 2 + s**2) / (s_a + s**2)
     low = FREQ < M / 2
-    spec = _spectrum(cov)
+    spec = ring_spectrum(cov)
     assert float(((spec - expected).abs() / expected)[low].max()) < 0.04  # measured 0.02
     # the formula is not trivial here: it is neither the global nor the native spectrum
     assert float(((expected - s_b).abs() / s_b)[low].max()) > 0.2
     # a switch at the wrong level (rho 0.25) fails the same check
     late = _fam_cov(trained, native, sampler="ddim", steps=steps,
                     filter=lambda rho: (1.0, float(rho > 0.25)))
-    assert float(((_spectrum(late) - expected).abs() / expected)[low].max()) > 0.1
+    assert float(((ring_spectrum(late) - expected).abs() / expected)[low].max()) > 0.1
 
 
 def test_fam_upscale_and_errors():
