@@ -154,10 +154,10 @@ class FAM(DenoiserBase):
     def mask(self, canvas: Sequence[int], rho: float) -> Tensor:
         """``W_t`` on the canvas's FFT grid (trailing axes ``canvas``) at noise fraction
         ``rho``: ``w`` on the frequencies ``|f_i| <= cut * m_i / 2`` of every axis (``m``: the
-        reference's size), 0 elsewhere."""
+        reference's size), 0 elsewhere (everywhere when ``cut <= 0``)."""
         cut, w = self.rule(float(rho))
         band = self.reference.shape[-len(canvas):]
-        inside = torch.ones((), dtype=torch.bool)
+        inside = torch.tensor(cut > 0)
         for n, m in zip(canvas, band):
             f = torch.fft.fftfreq(n, 1.0 / n).abs()
             inside = inside[..., None] & (f <= cut * m / 2 + 1e-9)
