@@ -29,8 +29,8 @@ from reverie.hub import load
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--method", choices=("progressive", "flash"), default="progressive")
-    ap.add_argument("--shift", type=float, default=0.5, help="flash: re-noising shift")
-    ap.add_argument("--teacher-steps", type=int, default=4, help="flash: teacher steps from tau")
+    ap.add_argument("--shift", type=float, default=1.0, help="flash: re-noising shift")
+    ap.add_argument("--teacher-steps", type=int, default=10, help="flash: teacher steps from tau")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--base", type=int, default=16)
     ap.add_argument("--iters", type=int, default=800, help="Adam iterations per stage")
