@@ -2,7 +2,7 @@
 teacher, trained from pure noise alone (no data): the one-step student is far closer to the
 teacher's 50-step law than the teacher's own one DDIM step (the untrained student), which
 fails the same check; the noise correction is the first step it claims to be. (With the
-shifted re-noising, shift 0.5, the same run measures 0.39: our reading of the shifted
+shifted re-noising, shift 0.5, a like run measures 0.39: our reading of the shifted
 reconstruction loss collapses modes, so the default is shift 1.)"""
 
 import pytest
@@ -23,10 +23,10 @@ def test_backward_distilled_student_samples_in_one_step():
     def sw(x):
         return sliced_wasserstein(x, law, 128, torch.Generator().manual_seed(3))
 
-    student = backward_distill(model.denoiser, steps=1, iters=40, batch=64, lr=1e-3,
-                               shape=(2,))
+    student = backward_distill(model.denoiser, steps=1, iters=40, batch=32, lr=1e-3,
+                               teacher_steps=6, shape=(2,))
     teacher1 = sw(reverie.sample(model.denoiser, noise, "ddim", 1, grid="karras"))  # 0.79
-    assert sw(student.sample(noise)) < 0.3 * teacher1  # measured 0.12
+    assert sw(student.sample(noise)) < 0.3 * teacher1  # measured 0.13
     untrained = backward_distill(model.denoiser, steps=1, iters=0, shape=(2,))
     assert sw(untrained.sample(noise)) > 0.3 * teacher1  # the teacher's own step fails
     assert student.kind == "flash" and METHODS["imagine_flash"].kind == "distill"
