@@ -55,11 +55,11 @@ def backward_distill(teacher: Denoiser, *, steps: int = 2, iters: int = 500, bat
                      seed: int = 0) -> Student:
     """Imagine Flash's backward distillation of ``teacher`` into a ``steps``-step DDIM student
     on every ``base_steps / steps``-th time of the ``base_steps``-point ``grid`` (the grid of a
-    progressive student; ``steps`` must divide ``base_steps``) (module docstring): ``iters``
-    Adam iterations of ``batch`` backward trajectories
-    of samples of ``shape`` (default: the teacher's ``sample_shape``); ``cond_fn(batch, gen)``
-    may return conditioning keywords for both models (e.g. random class labels). The returned
-    student samples with noise correction."""
+    progressive student; ``steps`` must divide ``base_steps``), as in the module docstring:
+    ``iters`` Adam iterations of ``batch`` backward trajectories of samples of ``shape``
+    (default: the teacher's ``sample_shape``); ``cond_fn(batch, gen)`` may return conditioning
+    keywords for both models (e.g. random class labels). The returned student samples with
+    noise correction."""
     _positive("steps", steps)
     _positive("teacher_steps", teacher_steps)
     if _positive("base_steps", base_steps) % steps:
@@ -69,7 +69,7 @@ def backward_distill(teacher: Denoiser, *, steps: int = 2, iters: int = 500, bat
     shape = tuple(shape or getattr(teacher, "sample_shape", None) or ())
     if not shape:
         raise ValueError("pass the sample shape (the teacher has no sample_shape)")
-    from reverie.samplers import sample  # a runtime import: samplers import the accelerators
+    from reverie.samplers import sample  # imported here, as reverie.large's functions do
 
     proc = teacher.process
     g = make_grid(proc, base_steps, grid)[:: base_steps // steps]
