@@ -75,10 +75,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results.append({"mixture": seed, "steps": steps, "nfe": nfe, "method": name,
                                 "sw2": sw, "floor": floor})
                 sums.setdefault((steps, name, nfe), []).append(sw / floor)
-    rows = [[steps, name, nfe, sum(v) / len(v)] for (steps, name, nfe), v in sums.items()]
+    summary = [{"steps": steps, "method": name, "nfe": nfe, "sw2_over_floor": sum(v) / len(v)}
+               for (steps, name, nfe), v in sums.items()]
     table = format_table(["steps", "method", "NFE", "sliced W2 / floor (mean over mixtures)"],
-                         rows)
+                         [list(r.values()) for r in summary])
     print(table)
     print(f"\n{time.perf_counter() - t0:.0f} s; {machine()}")
-    return {"n": args.n, "mixtures": args.mixtures, "seed": args.seed, "rows": results,
+    return {"n": args.n, "mixtures": args.mixtures, "seed": args.seed, "summary": summary,
+            "rows": results,
             "table": table}
