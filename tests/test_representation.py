@@ -1,0 +1,84 @@
+"""reverie.representation (LRDM): reconstruction given the latent on an exact linear-Gaussian
+case, the linear probe, the network's two conditioning paths; wrong variants rejected."""
+
+import pytest
+import torch
+
+from reverie.denoisers import Denoiser
+from reverie.functions import gaussian_errors
+from reverie.process import EDM
+from reverie.representation import LinearGaussianLRDM, LRDMNet, linear_probe, reconstruct
+
+D, K = 6, 2
+
+
+def _case():
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(D, 3, generator=g, dtype=torch.float64)
+    enc = torch.randn(K, D, generator=g, dtype=torch.float64)
+    return LinearGaussianLRDM(EDM(), mix, enc, noise=0.3), enc, g
+
+
+def _errors(den, lrdm, z, n=3000, scale=1.0):
+    noise = torch.randn(n, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = reconstruct(den, (scale * z).expand(n, -1), noise, steps=30)
+    law = lrdm.given(z[0])
+    return gaussian_errors(x, law.mean(), law.covariance())
+
+
+def test_reconstruction_draws_the_exact_law_given_the_latent():
+    lrdm, enc, g = _case()
+    z = lrdm.sample(1, g) @ enc.T
+    err = _errors(lrdm, lrdm, z)  # MC floor at n = 3000: mean ~0.02, cov ~0.03-0.05
+    assert err["mean"] < 0.06 and err["cov"] < 0.1, err
+    # an encoder 15% off (latents scaled by 1.15) is rejected
+    assert _errors(lrdm, lrdm, z, scale=1.15)["mean"] > 0.12
+    # ignoring the latent (the unconditional data law's denoiser) is rejected
+    from reverie.reference.gaussian import Gaussian
+
+    prior = Gaussian(torch.zeros(D, dtype=torch.float64), lrdm.cov).denoiser(lrdm.process)
+    blind = Denoiser(lambda x, t, **cond: prior(x, t), lrdm.process, prediction="x0")
+    assert _errors(blind, lrdm, z)["cov"] > 0.5
+
+
+def test_exact_law_given_z_by_brute_force():
+    """``given(z)`` is the conditional of the joint Gaussian of (x0, W x0), and it puts ``W x0``
+    at ``z`` exactly."""
+    lrdm, enc, _ = _case()
+    z = torch.tensor([0.4, -1.1], dtype=torch.float64)
+    law = lrdm.given(z)
+    joint = torch.cat([torch.eye(D, dtype=torch.float64), enc]) @ lrdm.cov @ torch.cat(
+        [torch.eye(D, dtype=torch.float64), enc]).T
+    gain = joint[:D, D:] @ torch.linalg.inv(joint[D:, D:])
+    assert torch.allclose(law.mean(), gain @ z, atol=1e-10)
+    assert torch.allclose(law.covariance(), joint[:D, :D] - gain @ joint[D:, :D], atol=1e-8)
+    assert torch.allclose(enc @ law.mean(), z, atol=1e-10)
+
+
+def test_linear_probe():
+    g = torch.Generator().manual_seed(2)
+    y = torch.arange(300) % 3
+    z = torch.nn.functional.one_hot(y, 3).double() * 3 + 0.3 * torch.randn(300, 3, generator=g,
+                                                                          dtype=torch.float64)
+    assert linear_probe(z[:200], y[:200], z[200:], y[200:]) == 1.0
+    noise = torch.randn(300, 3, generator=g, dtype=torch.float64)  # a representation of nothing
+    assert linear_probe(noise[:200], y[:200], noise[200:], y[200:]) < 0.5
+    with pytest.raises(ValueError, match="z_train"):
+        linear_probe(z[:200], y[:100], z[200:], y[200:])
+
+
+def test_net_paths_and_bad_input():
+    torch.manual_seed(0)
+    net = LRDMNet(dim=16, latent=3, hidden=32)
+    x, t, src = torch.randn(4, 1, 4, 4), torch.rand(4), torch.randn(4, 1, 4, 4)
+    assert torch.allclose(net(x, t, source=src), net(x, t, z=net.encode(src)))
+    assert not torch.allclose(net(x, t, source=src), net(x, t, source=-src))
+    with pytest.raises(ValueError, match="exactly one"):
+        net(x, t)
+    lrdm, _, _ = _case()
+    with pytest.raises(ValueError, match="z="):
+        lrdm(torch.zeros(2, D), 1.0)
+    with pytest.raises(ValueError, match="latent"):
+        reconstruct(lrdm, torch.zeros(3, K), torch.zeros(2, D))
+    with pytest.raises(ValueError, match="mix"):
+        LinearGaussianLRDM(EDM(), torch.zeros(D, 2), torch.zeros(K, D + 1), 0.1)
