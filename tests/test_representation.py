@@ -82,3 +82,27 @@ def test_net_paths_and_bad_input():
         reconstruct(lrdm, torch.zeros(3, K), torch.zeros(2, D))
     with pytest.raises(ValueError, match="mix"):
         LinearGaussianLRDM(EDM(), torch.zeros(D, 2), torch.zeros(K, D + 1), 0.1)
+
+
+def test_dod_second_stage_keeps_the_data_law_and_the_prior():
+    """Stage 1 exact, stage 2 exact given z = W x1: x2 follows the data law again and shares
+    x1's prior exactly; an encoder 15% off breaks the law and is rejected."""
+    from reverie.representation import dod_sample
+
+    lrdm, enc, _ = _case()
+    g = torch.Generator().manual_seed(3)
+    n1, n2 = (torch.randn(3000, D, generator=g, dtype=torch.float64) for _ in range(2))
+    chol = torch.linalg.cholesky(lrdm.cov)
+
+    def first(noise):
+        return noise @ chol.T  # exact draws of the data law
+
+    zero = torch.zeros(D, dtype=torch.float64)
+    x1, x2 = dod_sample(first, lambda x: x @ enc.T, lrdm, n1, n2, steps=30)
+    err = gaussian_errors(x2, zero, lrdm.cov)
+    assert err["mean"] < 0.06 and err["cov"] < 0.1, err
+    assert torch.allclose(x2 @ enc.T, x1 @ enc.T, atol=1e-8)
+    _, bad = dod_sample(first, lambda x: 1.15 * x @ enc.T, lrdm, n1, n2, steps=30)
+    assert gaussian_errors(bad, zero, lrdm.cov)["cov"] > 0.15
+    with pytest.raises(ValueError, match="batch"):
+        dod_sample(first, lambda x: x @ enc.T, lrdm, n1, n2[:5])

@@ -9,7 +9,12 @@ split reports:
    raw 64 pixels;
 2. reconstruction: one sample per test digit given its latent (DPM-Solver++(2M), 20 steps),
    mean squared error per pixel against the digit, beside the PCA reconstruction and a
-   sample given another digit's latent (shuffled: what the decoder makes of the latent alone).
+   sample given another digit's latent (shuffled: what the decoder makes of the latent alone);
+3. DoD in miniature (:func:`reverie.representation.dod_sample`): the bundled unconditional
+   digits model at a few steps as stage 1, the LRDM latent of its samples as the visual prior,
+   the LRDM decoder as stage 2; Frechet distance in the digits classifier's features
+   (:class:`reverie.bench.digits.Judge`) to the test digits, against stage 1 alone at the same
+   and at the combined number of denoiser calls, beside the floor of real training digits.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-steps", type=int, default=3000, help="Adam steps (default 3000)")
     parser.add_argument("--latent", type=int, default=8, help="latent size (default 8)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dod-n", type=int, default=500, help="DoD samples (default 500)")
+    parser.add_argument("--dod-steps", default="3,10",
+                        help="stage-1 and stage-2 dpmpp_2m steps of DoD (default 3,10)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -65,13 +73,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              f"PCA-{args.latent}": mse((flat_te - centre) @ basis @ basis.T + centre),
              "LRDM, another digit's latent": mse(reconstruct(den, z[perm], noise))}
     rows2 = [[k, v] for k, v in recon.items()]
+    dod = _dod(args, res, den)
     table = (format_table(["representation", "size", "linear-probe test accuracy"], rows1)
              + "\n\n" + format_table(["reconstruction", "MSE per pixel (data in [-1, 1])"],
-                                     rows2))
+                                     rows2)
+             + "\n\n" + format_table(["DoD in miniature", "NFE", "FD to test digits"],
+                                     [list(r.values()) for r in dod]))
     print(table)
     print(f"\n{time.perf_counter() - t0:.0f} s; {machine()}")
     return {"train_steps": args.train_steps, "latent": args.latent, "seed": args.seed,
             "train_seconds": res.seconds,
             "probe": [{"representation": k, "accuracy": v} for k, v in probe.items()],
             "reconstruction": [{"method": k, "mse": v} for k, v in recon.items()],
+            "dod": dod,
             "table": table}
+
+
+def _dod(args: argparse.Namespace, res: Any, den: Denoiser) -> list[dict[str, Any]]:
+    from reverie.bench.digits import Judge, frechet_distance
+    from reverie.hub import load
+    from reverie.representation import dod_sample
+
+    judge, model = Judge(args.seed), load("digits")
+    s1, s2 = (int(v) for v in args.dod_steps.split(","))
+    n = args.dod_n
+
+    def fd(x: torch.Tensor) -> float:
+        return frechet_distance(judge.features(x.float()), judge.test_features)
+
+    def first(steps: int) -> torch.Tensor:
+        return model.sample(n, sampler="dpmpp_2m", steps=steps, seed=args.seed)
+
+    noise2 = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(args.seed + 2),
+                         dtype=torch.float64)
+    x1, x2 = dod_sample(lambda _: first(s1), lambda x: encode(res.ema, x), den, noise2, noise2,
+                        steps=s2)
+    g = torch.Generator().manual_seed(args.seed)
+    floor = sum(fd(judge.train_x[torch.randperm(len(judge.train_x), generator=g)[:n]])
+                for _ in range(5)) / 5
+    return [{"method": f"stage 1 alone (bundled digits model, {s1} steps)", "nfe": s1,
+             "fd": fd(x1)},
+            {"method": f"DoD: stage 1 + LRDM stage 2 ({s2} steps)", "nfe": s1 + s2, "fd": fd(x2)},
+            {"method": f"stage 1 alone, {s1 + s2} steps", "nfe": s1 + s2,
+             "fd": fd(first(s1 + s2))},
+            {"method": f"floor: {n} real training digits", "nfe": 0, "fd": floor}]
