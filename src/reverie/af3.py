@@ -7,10 +7,12 @@ AlphaFold 3 (Abramson et al. 2024, Suppl. Alg. 18) samples atom coordinates with
 scaled by ``noise_scale_lambda = 1.003``, and over-stepping the Euler update by
 ``step_scale_eta = 1.5``, with 200 steps. Protenix-Mini (Gong et al. 2025, "Protenix-Mini:
 Efficient Structure Predictor via Compact Architecture, Few-Step Diffusion and Switchable
-pLM") replaces it by a *two-step ODE* sampler: the same schedule with ``gamma0 = 0``,
-``noise_scale_lambda = 1`` and ``step_scale_eta = 1`` (no churn, plain Euler steps on the
-probability-flow ODE), which the paper finds loses little accuracy (the setting of the
-Protenix code's mini/tiny models: ``gamma0 0, step_scale_eta 1.0, N_step 2``).
+pLM") replaces it by a *two-step ODE* sampler, which the paper finds loses little accuracy.
+:data:`PROTENIX_MINI` takes it as the plain ODE setting of Alg. 18: ``gamma0 = 0`` (no churn,
+so ``noise_scale_lambda`` is unused; 1), ``step_scale_eta = 1`` (plain Euler steps on the
+probability-flow ODE), 2 steps on the same schedule. The paper also discusses adjusting the
+step size of few-step ODE sampling; its exact step-scale value was not checked here, so
+``step_scale_eta`` stays an option.
 
 :func:`af3_sample` is Alg. 18 on any reverie denoiser (the SE(3) centring and random
 rotation of coordinates are left out: they are specific to atoms), :func:`af3_schedule` its
