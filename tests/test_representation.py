@@ -106,3 +106,34 @@ def test_dod_second_stage_keeps_the_data_law_and_the_prior():
     assert gaussian_errors(bad, zero, lrdm.cov)["cov"] > 0.15
     with pytest.raises(ValueError, match="batch"):
         dod_sample(first, lambda x: x @ enc.T, lrdm, n1, n2[:5])
+
+
+def test_x2i_distillation_loss_is_exact_on_the_linear_gaussian_model():
+    """The frozen model is the exact LRDM denoiser, affine in z; the student sees s = B z. The
+    loss vanishes at the aligner B^-1 (with zero gradient), and an aligner 15% off costs
+    exactly 0.15^2 of the loss of a zero aligner (same x_t and t)."""
+    from reverie.representation import distillation_loss
+
+    lrdm, enc, g = _case()
+    x0 = lrdm.sample(256, g)
+    z = x0 @ enc.T
+    b = torch.tensor([[2.0, 0.5], [-0.3, 1.2]], dtype=torch.float64)
+    s = z @ b.T  # another encoder's view of the same content
+    t = torch.exp(torch.rand(256, generator=g, dtype=torch.float64) * 8 - 4)  # sigma in [e-4, e4]
+    eps = torch.randn(256, D, generator=g, dtype=torch.float64)
+
+    def aligner(matrix):
+        lin = torch.nn.Linear(K, K, bias=False).double()
+        lin.weight.data = matrix.clone()
+        return lin
+
+    inv = torch.linalg.inv(b)
+    best = aligner(inv)
+    loss = distillation_loss(lrdm, best, s, z, x0, t, eps)
+    loss.backward()
+    assert float(loss.detach()) < 1e-20 and float(best.weight.grad.abs().max()) < 1e-10
+    zero = float(distillation_loss(lrdm, aligner(0 * inv), s, z, x0, t, eps).detach())
+    off = float(distillation_loss(lrdm, aligner(1.15 * inv), s, z, x0, t, eps).detach())
+    assert zero > 0.01 and off == pytest.approx(0.15**2 * zero, rel=1e-9)
+    with pytest.raises(ValueError, match="batch"):
+        distillation_loss(lrdm, best, s[:5], z, x0, t, eps)

@@ -14,7 +14,14 @@ split reports:
    digits model at a few steps as stage 1, the LRDM latent of its samples as the visual prior,
    the LRDM decoder as stage 2; Frechet distance in the digits classifier's features
    (:class:`reverie.bench.digits.Judge`) to the test digits, against stage 1 alone at the same
-   and at the combined number of denoiser calls, beside the floor of real training digits.
+   and at the combined number of denoiser calls, beside the floor of real training digits;
+4. X2I in miniature (:func:`reverie.representation.distill_aligner`): the trained LRDM decoder
+   stays frozen; a *student* encoder sees another view of each digit (the image transposed,
+   PCA to 16 numbers fitted on transposed training digits) and an MLP aligner maps its
+   features to the decoder's conditioning, distilled on the decoder's predictions; test
+   reconstruction error from the student against the teacher's own latent, a least-squares
+   map of the student features onto the latents (embedding matching instead of
+   distillation) and the mean latent (no information).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latent", type=int, default=8, help="latent size (default 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dod-n", type=int, default=500, help="DoD samples (default 500)")
+    parser.add_argument("--x2i-steps", type=int, default=1000,
+                        help="aligner distillation steps (default 1000)")
     parser.add_argument("--dod-steps", default="3,10",
                         help="stage-1 and stage-2 dpmpp_2m steps of DoD (default 3,10)")
 
@@ -74,11 +83,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              "LRDM, another digit's latent": mse(reconstruct(den, z[perm], noise))}
     rows2 = [[k, v] for k, v in recon.items()]
     dod = _dod(args, res, den)
+    x2i = _x2i(args, res, den, xtr, xte, noise, mse)
     table = (format_table(["representation", "size", "linear-probe test accuracy"], rows1)
              + "\n\n" + format_table(["reconstruction", "MSE per pixel (data in [-1, 1])"],
                                      rows2)
              + "\n\n" + format_table(["DoD in miniature", "NFE", "FD to test digits"],
-                                     [list(r.values()) for r in dod]))
+                                     [list(r.values()) for r in dod])
+             + "\n\n" + format_table(["X2I in miniature: conditioning of the frozen decoder",
+                                       "reconstruction MSE"], [list(r.values()) for r in x2i]))
     print(table)
     print(f"\n{time.perf_counter() - t0:.0f} s; {machine()}")
     return {"train_steps": args.train_steps, "latent": args.latent, "seed": args.seed,
@@ -86,6 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "probe": [{"representation": k, "accuracy": v} for k, v in probe.items()],
             "reconstruction": [{"method": k, "mse": v} for k, v in recon.items()],
             "dod": dod,
+            "x2i": x2i,
             "table": table}
 
 
@@ -117,3 +130,34 @@ def _dod(args: argparse.Namespace, res: Any, den: Denoiser) -> list[dict[str, An
             {"method": f"stage 1 alone, {s1 + s2} steps", "nfe": s1 + s2,
              "fd": fd(first(s1 + s2))},
             {"method": f"floor: {n} real training digits", "nfe": 0, "fd": floor}]
+
+
+def _x2i(args: argparse.Namespace, res: Any, den: Denoiser, xtr: torch.Tensor,
+         xte: torch.Tensor, noise: torch.Tensor, mse: Any) -> list[dict[str, Any]]:
+    from reverie.representation import distill_aligner
+
+    def view(x: torch.Tensor) -> torch.Tensor:  # the student's modality: the transposed digit
+        return x.transpose(-1, -2).reshape(len(x), -1).double()
+
+    vtr, vte = view(xtr), view(xte)
+    centre = vtr.mean(0)
+    basis = torch.linalg.svd(vtr - centre, full_matrices=False).Vh[:16].T
+    s_tr, s_te = (vtr - centre) @ basis, (vte - centre) @ basis  # the student encoder
+    z_tr, z_te = encode(res.ema, xtr).double(), encode(res.ema, xte).double()
+    torch.manual_seed(args.seed)
+    aligner = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.SiLU(),
+                                  torch.nn.Linear(64, args.latent)).double()
+    frozen = Denoiser(res.model.requires_grad_(False), res.process, res.prediction)
+    record = distill_aligner(frozen, aligner, s_tr, z_tr, xtr.double(), steps=args.x2i_steps,
+                             seed=args.seed)
+    print(f"X2I aligner: {record}")
+    feats = torch.cat([s_tr, torch.ones(len(s_tr), 1, dtype=torch.float64)], 1)
+    w = torch.linalg.lstsq(feats, z_tr).solution  # embedding matching, for comparison
+    with torch.no_grad():
+        conds = {"teacher: the LRDM latent of the digit": z_te,
+                 "X2I: distilled aligner on the student's features": aligner(s_te),
+                 "least-squares map of the student's features to the latent":
+                     torch.cat([s_te, torch.ones(len(s_te), 1, dtype=torch.float64)], 1) @ w,
+                 "mean latent (no information)": z_tr.mean(0).expand(len(z_te), -1)}
+        return [{"conditioning": k, "mse": mse(reconstruct(den, z, noise))}
+                for k, z in conds.items()]
