@@ -1,10 +1,10 @@
 """``reverie bench depth``: GRIN in miniature -- metric depth maps from sparse points.
 
-Trains :class:`reverie.depth.GRINNet` on rendered floor / wall / box scenes (a couple of
-minutes on one CPU thread; nothing is bundled), then on held-out scenes (another seed) with
-8, 16 and 32 sparse metric points compares the model's per-pixel mean depth with nearest-
-neighbour and linear interpolation of the points: abs rel and RMSE in metres against the
-exact rendered depth (docs/depth.md).
+Trains :class:`reverie.depth.GRINNet` on rendered floor / wall / box scenes (a few minutes
+on one CPU thread: 272 s on the shared machine; nothing is bundled), then on held-out scenes
+(another seed) with 8, 16 and 32 sparse metric points compares the model's per-pixel mean
+depth with nearest-neighbour and linear interpolation of the points: abs rel and RMSE in
+metres against the exact rendered depth (docs/depth.md).
 """
 
 from __future__ import annotations

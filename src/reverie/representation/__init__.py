@@ -18,6 +18,14 @@ from reverie.representation.lrdm import (
 )
 from reverie.representation.x2i import distill_aligner, distillation_loss
 
-__all__ = ["LRDMNet", "LinearGaussianLRDM", "distill_aligner", "distillation_loss", "dod_sample",
-           "encode", "linear_probe", "reconstruct",
-           "train_lrdm"]
+__all__ = [
+    "LRDMNet",
+    "LinearGaussianLRDM",
+    "distill_aligner",
+    "distillation_loss",
+    "dod_sample",
+    "encode",
+    "linear_probe",
+    "reconstruct",
+    "train_lrdm",
+]
