@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="problems per Gaussian row (series, functions)")
     parser.add_argument("--samples", type=int, default=200, help="samples per problem")
     parser.add_argument("--graph-train-steps", type=int, default=400)
-    parser.add_argument("--audio-train-steps", type=int, default=800)
+    parser.add_argument("--audio-train-steps", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -218,7 +218,7 @@ def _audio(args: argparse.Namespace) -> list[dict[str, Any]]:
     sec = time.perf_counter() - t0
     data = "one tone, 0.4-1.2 s in a 1.28 s window"
     name = f"Stable Audio timing cond. (tiny net, {args.audio_train_steps} steps)"
-    return [_row("audio timing", data, name, "|length error| (s)", "lower", res[True][0],
+    return [_row("audio timing", data, name, "abs length error (s)", "lower", res[True][0],
                  "same net, no timing", res[False][0], floor[0], sec),
             _row("audio pitch", data, name, "frames at the note's pitch", "higher",
                  res[True][1], "same net, no timing", res[False][1], floor[1], 0.0)]
