@@ -1,6 +1,7 @@
 """reverie.nets.ssm: the selective scan against its matrix form and the LTI closed form (wrong
 decay / off-by-one rejected), the Mamba block's causality, DiS's shapes and its use as a
-reverie denoiser on an exact case; the backbones bench's plumbing."""
+reverie denoiser on an exact case; reverie.nets.maetok: random masking and the encoder's
+blindness to masked patches; the backbones bench's plumbing."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 import reverie
 from reverie.nets.function import ModelFunction
+from reverie.nets.maetok import MAETokenizer
 from reverie.nets.ssm import (
     DiS,
     MambaBlock,
@@ -124,6 +126,37 @@ def test_untrained_dis_is_the_exact_denoiser_of_its_edm_prior():
     assert error(1.15 * sd) > 0.1  # measured 0.17
 
 
+def test_maetok_masking_hides_the_masked_patches():
+    """MAE masking keeps round((1 - r) N) distinct patches per image; the latent does not
+    depend on the masked patches' pixels at all (and does on a kept one's). Without masking
+    the same check fails: every patch reaches the latent."""
+    torch.manual_seed(0)
+    tok = MAETokenizer(dim=16, latent_tokens=2, latent_dim=3, depth=1)
+    idx = tok.keep(5, 0.75, gen(0))
+    assert idx.shape == (5, 4) and all(len(set(r.tolist())) == 4 for r in idx)
+    x = torch.randn(5, 1, 8, 8)
+    kept = tok.keep(5, 0.75, gen(1))
+    masked = next(i for i in range(16) if i not in kept[0].tolist())
+    row, col = divmod(masked, 4)
+    x2 = x.clone()
+    x2[0, 0, 2 * row: 2 * row + 2, 2 * col: 2 * col + 2] += 3.0  # change a masked patch
+    with torch.no_grad():
+        z = tok.encode(x, 0.75, gen(1))
+        torch.testing.assert_close(tok.encode(x2, 0.75, gen(1)), z, rtol=0, atol=0)
+        assert not torch.allclose(tok.encode(x2, 0.0), tok.encode(x, 0.0))  # no masking
+        r, c = divmod(int(kept[0, 0]), 4)
+        x3 = x.clone()
+        x3[0, 0, 2 * r: 2 * r + 2, 2 * c: 2 * c + 2] += 3.0  # change a kept patch
+        assert not torch.allclose(tok.encode(x3, 0.75, gen(1))[0], z[0])
+        assert tok.decode(z).shape == (5, 1, 8, 8) and z.shape == (5, 6)
+    with pytest.raises(ValueError, match="mask_ratio must be in"):
+        tok.keep(2, 1.0)
+    with pytest.raises(ValueError, match=r"latents must be \[B, 6\]"):
+        tok.decode(torch.zeros(2, 5))
+    with pytest.raises(ValueError, match=r"expects images \[B, 1, 8, 8\]"):
+        tok.encode(torch.zeros(2, 1, 6, 6))
+
+
 def test_bench_backbones_plumbing():
     from reverie.bench import available, backbones
 
@@ -133,8 +166,10 @@ def test_bench_backbones_plumbing():
     assert abs(counts[0] / counts[1] - 1) < 0.05, counts  # equal parameter count
     parser = argparse.ArgumentParser()
     backbones.add_arguments(parser)
-    out = backbones.run(parser.parse_args(["--steps", "2", "--data", "256", "--test", "64",
-                                           "--samples", "64"]))
+    out = backbones.run(parser.parse_args(["--parts", "dis", "--steps", "1", "--data", "64",
+                                           "--test", "32", "--samples", "8"]))["dis"]
     assert [r["net"] for r in out["rows"]] == list(nets)
     # the Bayes error is the floor: no network, trained or not, beats the exact denoiser
     assert all(min(r["mse_over_bayes"].values()) > 0.99 for r in out["rows"])
+    with pytest.raises(ValueError, match="--parts must name"):
+        backbones.run(parser.parse_args(["--parts", "vae"]))

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from reverie.nets.mlp import SinusoidalEmbedding
 
 __all__ = ["selective_scan", "selective_scan_matrix", "selective_scan_parallel", "MambaBlock",
-           "DiS"]
+           "DiS", "patchify", "unpatchify"]
 
 
 def _check_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
@@ -90,6 +90,26 @@ def selective_scan_matrix(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     m = (decay * cb).sum(-1) * delta[:, None]  # [B, t, s, D]
     y = (m * u[:, None]).sum(2)
     return y if D is None else y + u * D
+
+
+def patchify(x: Tensor, shape: tuple[int, ...], patch: int) -> Tensor:
+    """Tokens ``[B, N, per]``: non-overlapping ``patch x patch`` patches of images ``[B, C, H,
+    W]`` (``shape = (C, H, W)``, row-major) or ``patch`` consecutive values of ``[B, L]``."""
+    b, p = x.shape[0], patch
+    if len(shape) == 1:
+        return x.reshape(b, -1, p)
+    c, h, w = shape
+    return x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(
+        b, (h // p) * (w // p), -1)
+
+
+def unpatchify(tok: Tensor, shape: tuple[int, ...], patch: int) -> Tensor:
+    """The inverse of :func:`patchify`."""
+    b, p = tok.shape[0], patch
+    if len(shape) == 1:
+        return tok.reshape(b, *shape)
+    c, h, w = shape
+    return tok.reshape(b, h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
 
 class MambaBlock(nn.Module):
@@ -161,20 +181,10 @@ class DiS(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def patchify(self, x: Tensor) -> Tensor:
-        b, p = x.shape[0], self.patch
-        if len(self.shape) == 1:
-            return x.reshape(b, -1, p)
-        c, h, w = self.shape
-        return x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(
-            b, self.tokens, -1)
+        return patchify(x, self.shape, self.patch)
 
     def unpatchify(self, tok: Tensor) -> Tensor:
-        b, p = tok.shape[0], self.patch
-        if len(self.shape) == 1:
-            return tok.reshape(b, *self.shape)
-        c, h, w = self.shape
-        return tok.reshape(b, h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(
-            b, c, h, w)
+        return unpatchify(tok, self.shape, self.patch)
 
     def forward(self, x: Tensor, time: Tensor, class_labels: Tensor | None = None) -> Tensor:
         if tuple(x.shape[1:]) != self.shape:
