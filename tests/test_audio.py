@@ -163,6 +163,9 @@ def test_timing_net_and_bad_input():
     law = TimedNotes(32)
     with pytest.raises(ValueError, match=r"windows must be \[B, 32, 20\]"):
         law.denoiser(PROC)(torch.randn(2, 16, 20), 0.5, mu=torch.zeros(16, 20))
+    with pytest.raises(ValueError, match="one time for the whole batch"):
+        law.denoiser(PROC)(torch.randn(2, 32, 20), torch.tensor([0.3, 0.5]),
+                           mu=torch.zeros(32, 20))
     with pytest.raises(ValueError, match="seconds_total > 0"):
         law.means([4], [0.0], 0.0, 0.0)
     with pytest.raises(ValueError, match="increasing"):

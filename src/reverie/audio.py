@@ -197,6 +197,9 @@ class TimedNotes:
                 raise ValueError(f"windows must be [B, {self.frames}, {self.bins}], got "
                                  f"{list(x.shape)}")
             mu = mu.to(x).expand_as(x)
+            t = time_tensor(t, x)
+            if bool((t != t.flatten()[0]).any()):
+                raise ValueError("TimedNotes.denoiser needs one time for the whole batch")
             a, s = process.alpha(t).flatten()[0], process.sigma(t).flatten()[0]
             r = (x - a * mu).reshape(-1, self.bins)
             silent = (mu == 0).all(-1).reshape(-1)
