@@ -236,7 +236,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     fns = {"timeseries": _timeseries, "functions": _functions, "graphs": _graphs,
            "pointclouds": _pointclouds, "audio": _audio}
-    rows = [r for m in only for r in fns[m](args)]
+    rows = []
+    for m in only:
+        torch.manual_seed(args.seed)  # network initialisations: the same whatever runs before
+        rows += fns[m](args)
     table = format_table(["modality", "data", "method", "measure", "better", "method value",
                           "baseline", "baseline value", "exact draws (floor)", "seconds"],
                          [[r["modality"], r["data"], r["method"], r["measure"], r["better"],
