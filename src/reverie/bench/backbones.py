@@ -24,6 +24,13 @@ in miniature: a residual MLP trained on each tokenizer's (standardised) latents,
 DPM-Solver++(2M) and decoded; ``FD`` is the Frechet (Gaussian W2^2) distance of 500 decoded
 samples to the held-out digits in pixel space (the reconstructions of the held-out digits give
 each tokenizer's floor).
+
+Part ``lrdm``: representation learning with a diffusion model (LRDM; :mod:`reverie.
+representation`): an encoder to a 4-dim ``z`` and a ``z``-conditioned denoiser trained
+together on the digits by the denoising loss alone, against the same denoiser trained with the
+encoder frozen at its random initialisation: linear-probe accuracy of ``z`` (train -> test),
+and how much of a held-out digit ``z`` carries: the error of DPM-Solver++(2M) samples (20
+steps) conditioned on ``E(x)`` to ``x`` itself.
 """
 
 from __future__ import annotations
@@ -45,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=int, default=20_000, help="training series")
     parser.add_argument("--test", type=int, default=1000, help="held-out series")
     parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--parts", default="dis,maetok", help="dis, maetok or both")
+    parser.add_argument("--parts", default="dis,maetok,lrdm",
+                        help="comma-separated subset of dis, maetok, lrdm")
+    parser.add_argument("--lrdm-steps", type=int, default=1000, help="LRDM training steps")
     parser.add_argument("--tok-steps", type=int, default=300, help="tokenizer training steps")
     parser.add_argument("--latent-steps", type=int, default=1000,
                         help="latent diffusion training steps")
@@ -63,13 +72,15 @@ def networks() -> dict[str, torch.nn.Module]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     parts = [p for p in args.parts.split(",") if p]
-    if not parts or any(p not in ("dis", "maetok") for p in parts):
-        raise ValueError(f"--parts must name dis and/or maetok, got {args.parts!r}")
+    if not parts or any(p not in ("dis", "maetok", "lrdm") for p in parts):
+        raise ValueError(f"--parts must name some of dis, maetok, lrdm, got {args.parts!r}")
     out: dict[str, Any] = {}
     if "dis" in parts:
         out["dis"] = _dis(args)
     if "maetok" in parts:
         out["maetok"] = _maetok(args)
+    if "lrdm" in parts:
+        out["lrdm"] = _lrdm(args)
     out["table"] = "\n\n".join(v["table"] for v in out.values())
     return out
 
@@ -106,13 +117,7 @@ def _maetok(args: argparse.Namespace) -> dict[str, Any]:
             z, zt = tok.encode(x), tok.encode(xt)
             rec = tok.decode(zt)
         mse = float(((rec - xt) ** 2).mean())
-        # linear probe: ridge least squares from [z, 1] to one-hot labels
-        feats = torch.cat([z, torch.ones(len(z), 1)], 1).double()
-        w = torch.linalg.solve(feats.T @ feats + 1e-3 * torch.eye(feats.shape[1],
-                                                                  dtype=torch.float64),
-                               feats.T @ torch.nn.functional.one_hot(y, 10).double())
-        probe = float(((torch.cat([zt, torch.ones(len(zt), 1)], 1).double() @ w).argmax(1)
-                       == yt).float().mean())
+        probe = _probe(z, y, zt, yt)  # linear probe of the latents
         # latent diffusion: an MLP on standardised latents, sampled and decoded
         mu, sd = z.mean(0), z.std(0)
         res = train(MLP(dim=z.shape[1], hidden=128, depth=3), (z - mu) / sd,
@@ -135,6 +140,50 @@ def _maetok(args: argparse.Namespace) -> dict[str, Any]:
           f"digits: {_fd(xt[::2], xt[1::2]):.3f}; {time.perf_counter() - t0:.0f} s; {machine()}")
     return {"tok_steps": args.tok_steps, "latent_steps": args.latent_steps, "rows": results,
             "table": table}
+
+
+def _probe(z: torch.Tensor, y: torch.Tensor, zt: torch.Tensor, yt: torch.Tensor) -> float:
+    """Test accuracy of ridge least squares from ``[z, 1]`` to one-hot labels."""
+    f = torch.cat([z, torch.ones(len(z), 1)], 1).double()
+    w = torch.linalg.solve(f.T @ f + 1e-3 * torch.eye(f.shape[1], dtype=torch.float64),
+                           f.T @ torch.nn.functional.one_hot(y, 10).double())
+    ft = torch.cat([zt, torch.ones(len(zt), 1)], 1).double()
+    return float(((ft @ w).argmax(1) == yt).float().mean())
+
+
+def _lrdm(args: argparse.Namespace) -> dict[str, Any]:
+    from reverie.data import load_digits
+    from reverie.process import VPLinear
+    from reverie.representation import LRDM, train_lrdm
+    from reverie.samplers import sample
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    (x, y), (xt, yt) = load_digits("train"), load_digits("test")
+    x, xt = x.reshape(len(x), -1).float(), xt.reshape(len(xt), -1).float()
+    proc, rows, results = VPLinear(), [], []
+    for name, learn in (("LRDM (encoder trained)", True), ("random encoder (frozen)", False)):
+        torch.manual_seed(args.seed)
+        g = torch.Generator().manual_seed(args.seed)
+        model = LRDM(64, latent=4)
+        ts = time.perf_counter()
+        losses = train_lrdm(model, x, proc, steps=args.lrdm_steps, encode=learn, generator=g)
+        model.eval()
+        with torch.no_grad():
+            z, zt = model.encode(x), model.encode(xt)
+            rec = sample(model.denoiser(proc), torch.randn(len(xt), 64, generator=g),
+                         "dpmpp_2m", 20, cond={"z": zt})
+        err = float(((rec - xt) ** 2).mean())
+        r = {"model": name, "probe_acc": _probe(z, y, zt, yt), "recon_mse": err,
+             "final_loss": sum(losses[-50:]) / 50, "seconds": round(time.perf_counter() - ts, 1)}
+        results.append(r)
+        rows.append([name, r["probe_acc"], err, r["final_loss"], round(r["seconds"])])
+    table = format_table(["representation (z: 4 dims)", "linear probe acc",
+                          "MSE of samples given E(x) to x", "final loss", "seconds"], rows)
+    print(table)
+    print(f"\n{args.lrdm_steps} training steps each, VPLinear, x0 prediction; held-out pixel "
+          f"variance {float(xt.var()):.3f}; {time.perf_counter() - t0:.0f} s; {machine()}")
+    return {"lrdm_steps": args.lrdm_steps, "rows": results, "table": table}
 
 
 def _dis(args: argparse.Namespace) -> dict[str, Any]:
