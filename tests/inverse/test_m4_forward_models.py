@@ -70,7 +70,8 @@ def _w2(s, yc):
 
 
 def _sample(gen, yc, a_t=A_T, seed=1):
-    return dfm_sample(gen, PROC, lambda s: s @ a_t.T.to(s.dtype), torch.tensor([float(yc)]), 1, n=1000,
+    f = lambda s: s @ a_t.T.to(s.dtype)  # noqa: E731
+    return dfm_sample(gen, PROC, f, torch.tensor([float(yc)]), 1, n=1000,
                       generator=torch.Generator().manual_seed(seed))
 
 

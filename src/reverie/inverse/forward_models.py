@@ -154,9 +154,10 @@ class ForwardModelDenoiser(DenoiserBase):
             return self.forward(self.signal).to(x.dtype)  # F_t(x_hat)
 
 
-def dfm_sample(gen: Callable[[Tensor, Tensor, Tensor], Tensor], process: GaussianProcess, forward: ForwardModel, context: Tensor,
-               target_dim: int, *, n: int = 1, steps: int = 25, sampler: str = "dpmpp_2m",
-               generator: Generators = None, return_observation: bool = False,
+def dfm_sample(gen: Callable[[Tensor, Tensor, Tensor], Tensor], process: GaussianProcess,
+               forward: ForwardModel, context: Tensor, target_dim: int, *, n: int = 1,
+               steps: int = 25, sampler: str = "dpmpp_2m", generator: Generators = None,
+               return_observation: bool = False,
                **options: object) -> Tensor | tuple[Tensor, Tensor]:
     """Signals ``[n, D]`` of ``p(x | o_c)`` for one context observation ``context [C]`` (or one
     per sample, ``[n, C]``): walk the target observation ``[n, target_dim]`` from noise with
