@@ -5,11 +5,20 @@ generator=..)`` draws samples of ``p(x | y)``; :data:`METHODS` lists the sampler
 DDRM, RED-diff, DiffPIR, TDS, MCGdiff, joint structured noise). :func:`cddb` corrects a direct
 diffusion bridge from the degraded image with data consistency; :func:`diffusion_pde` adds
 PDE-residual guidance on a joint solution / coefficient field; :func:`sequential_solve` warm-starts
-each frame of a sequence from the previous one. See ``docs/inverse.md``.
+each frame of a sequence from the previous one. :func:`train_dfm` / :func:`dfm_sample` train and
+sample a conditional model of a signal seen only through forward models (diffusion with forward
+models). See ``docs/inverse.md``.
 """
 
 from reverie.inverse.cddb import ConsistentBridgeDenoiser, cddb
 from reverie.inverse.diffusion_pde import diffusion_pde
+from reverie.inverse.forward_models import (
+    ForwardModelDenoiser,
+    SignalGenerator,
+    dfm_loss,
+    dfm_sample,
+    train_dfm,
+)
 from reverie.inverse.guidance import DiffPIRDenoiser, JointNoiseDenoiser, PiGDMDenoiser
 from reverie.inverse.noise import GaussianNoise, NoiseModel, PoissonNoise
 from reverie.inverse.operators import (
@@ -39,6 +48,11 @@ __all__ = [
     "ConsistentBridgeDenoiser",
     "cddb",
     "diffusion_pde",
+    "ForwardModelDenoiser",
+    "SignalGenerator",
+    "dfm_loss",
+    "dfm_sample",
+    "train_dfm",
     "sequential_solve",
     "DiffPIRDenoiser",
     "InverseResult",
