@@ -137,9 +137,10 @@ def check_posterior(x, case, bound):
 #   gauss [posterior mean 0.60, pseudo-inverse 0.60, prior 0.97, two-sample floor 0.03]:
 #     dps 0.24-0.25 (approximate), pigdm 0.03-0.04, ddrm 0.10-0.12, red_diff 0.42-0.43 (no
 #     posterior spread: covariance error ~0.9), diffpir 0.18-0.20, tds 0.04-0.06,
-#     mcg_diff 0.06-0.09
+#     mcg_diff 0.06-0.09, mmps 0.03-0.04 (exact for a Gaussian prior)
 #   mix [posterior mean 0.57, pseudo-inverse 0.79, prior 1.86, floor 0.03]: pigdm 0.10-0.13,
-#     ddrm 0.24-0.26, tds 0.06-0.13, mcg_diff 0.06-0.14
+#     ddrm 0.24-0.26, tds 0.06-0.13, mcg_diff 0.06-0.14; mmps 0.45-0.51 (mode weights
+#     .67/.33 against .89/.11: its moment match is unimodal), so it has no mix bound
 #   noise [posterior mean 0.71, pseudo-inverse 0.74, prior 0.74, floor 0.04]:
 #     structured_noise 0.04-0.07
 # DPS, RED-diff and DiffPIR do NOT beat a point estimate on the mixture (DPS 0.63-0.66, RED-diff
@@ -149,7 +150,7 @@ def check_posterior(x, case, bound):
 # reconstruction: at most 0.6 of the prior's distance (RECONSTRUCTION_ONLY; DiffPIR is at 0.54).
 POSTERIOR_BOUNDS = {
     "gauss": {"dps": 0.32, "pigdm": 0.06, "ddrm": 0.15, "red_diff": 0.5, "diffpir": 0.25,
-              "tds": 0.09, "mcg_diff": 0.12},
+              "tds": 0.09, "mcg_diff": 0.12, "mmps": 0.06},
     "mix": {"pigdm": 0.17, "ddrm": 0.33, "tds": 0.18, "mcg_diff": 0.19},
     "noise": {"structured_noise": 0.09},
 }

@@ -2,16 +2,31 @@
 
 ``solve(denoiser, operator, y, noise_std, method=NAME, steps=.., particles=.., n=..,
 generator=..)`` draws samples of ``p(x | y)``; :data:`METHODS` lists the samplers (DPS, PiGDM,
-DDRM, RED-diff, DiffPIR, TDS, MCGdiff, joint structured noise). :func:`cddb` corrects a direct
+DDRM, RED-diff, DiffPIR, TDS, MCGdiff, joint structured noise, MMPS). :func:`cddb` corrects a direct
 diffusion bridge from the degraded image with data consistency; :func:`diffusion_pde` adds
 PDE-residual guidance on a joint solution / coefficient field; :func:`sequential_solve` warm-starts
-each frame of a sequence from the previous one. :func:`train_dfm` / :func:`dfm_sample` train and
-sample a conditional model of a signal seen only through forward models (diffusion with forward
-models). See ``docs/inverse.md``.
+each frame of a sequence from the previous one; :func:`from_deepinv` turns a deepinv physics into
+an operator; :func:`train_dfm` / :func:`dfm_sample` train and sample a conditional model of a
+signal seen only through forward models. See ``docs/inverse.md``.
 """
 
+from reverie.inverse.bayesdiff import (
+    BayesDiffResult,
+    LastLayerLaplace,
+    bayesdiff,
+    last_layer_laplace,
+)
 from reverie.inverse.cddb import ConsistentBridgeDenoiser, cddb
+from reverie.inverse.deepinv_adapter import (
+    DeepinvForward,
+    DeepinvOperator,
+    compatible_methods,
+    from_deepinv,
+)
 from reverie.inverse.diffusion_pde import diffusion_pde
+from reverie.inverse.em import em_prior
+from reverie.inverse.events import EventResult, event_log_prob, event_sample
+from reverie.inverse.flow_vi import FlowPosterior, flow_vi
 from reverie.inverse.forward_models import (
     ForwardModelDenoiser,
     SignalGenerator,
@@ -20,6 +35,7 @@ from reverie.inverse.forward_models import (
     train_dfm,
 )
 from reverie.inverse.guidance import DiffPIRDenoiser, JointNoiseDenoiser, PiGDMDenoiser
+from reverie.inverse.mmps import MMPSDenoiser
 from reverie.inverse.noise import GaussianNoise, NoiseModel, PoissonNoise
 from reverie.inverse.operators import (
     SVD,
@@ -42,6 +58,7 @@ from reverie.inverse.solve import (
     psnr,
     solve,
 )
+from reverie.inverse.steerable import LoRALinear, add_lora, steerable_solve
 
 __all__ = [
     "METHODS",
@@ -54,6 +71,24 @@ __all__ = [
     "dfm_sample",
     "train_dfm",
     "sequential_solve",
+    "DeepinvForward",
+    "DeepinvOperator",
+    "compatible_methods",
+    "from_deepinv",
+    "BayesDiffResult",
+    "LastLayerLaplace",
+    "bayesdiff",
+    "last_layer_laplace",
+    "EventResult",
+    "event_log_prob",
+    "event_sample",
+    "MMPSDenoiser",
+    "em_prior",
+    "FlowPosterior",
+    "flow_vi",
+    "LoRALinear",
+    "add_lora",
+    "steerable_solve",
     "DiffPIRDenoiser",
     "InverseResult",
     "JointNoiseDenoiser",

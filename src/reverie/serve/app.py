@@ -328,7 +328,7 @@ def create_app(models: dict[str, ServedModel] | dict[str, Any],
 
     @app.get("/v1/reverie/options")
     async def playground_options() -> dict:
-        return options(models, cfg)
+        return options(models, cfg, TEXT_SAMPLER, _model_length)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

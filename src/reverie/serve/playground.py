@@ -9,6 +9,7 @@ offers what the server would refuse. See docs/serve.md, "Playground"."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,17 +78,17 @@ def _image_options(m: Any, cfg: Any) -> dict[str, Any]:
     }
 
 
-def _text_options(m: Any, cfg: Any) -> dict[str, Any]:
+def _text_options(m: Any, cfg: Any, sampler: str, context_of: Callable[[Any], int | None],
+                  ) -> dict[str, Any]:
     from reverie.discrete import SAMPLERS
-    from reverie.serve.app import TEXT_SAMPLER, _model_length
     from reverie.serve.schemas import CompletionRequest
 
-    context = _model_length(m.model)
+    context = context_of(m.model)
     most = cfg.max_tokens if context is None else min(cfg.max_tokens, context - 1)
     return {
         "samplers": [{"name": k, "description": s.description, "revises": s.revises}
                      for k, s in SAMPLERS.items() if "masked" in s.processes],
-        "sampler": TEXT_SAMPLER,
+        "sampler": sampler,
         "steps": _bounds(CompletionRequest, "steps"),
         "max_tokens": {"min": 1, "max": most, "default": min(32, most)},
         "temperature": {**_bounds(CompletionRequest, "temperature"), "default": 1.0},
@@ -97,11 +98,15 @@ def _text_options(m: Any, cfg: Any) -> dict[str, Any]:
     }
 
 
-def options(models: dict[str, Any], cfg: Any) -> dict[str, Any]:
+def options(models: dict[str, Any], cfg: Any, text_sampler: str,
+            context_of: Callable[[Any], int | None]) -> dict[str, Any]:
     """``GET /v1/reverie/options``: per served model its id, kind and what a request to it may
-    name (samplers, grids, guidance methods with their scale ranges, steps, ``n``)."""
+    name (samplers, grids, guidance methods with their scale ranges, steps, ``n``);
+    ``text_sampler`` is the server's default for text models and ``context_of`` a text model's
+    context length (None: unbounded)."""
     out = []
     for m in models.values():
-        extra = _text_options(m, cfg) if m.kind == "text" else _image_options(m, cfg)
+        extra = (_text_options(m, cfg, text_sampler, context_of) if m.kind == "text"
+                 else _image_options(m, cfg))
         out.append({"id": m.id, "kind": m.kind, **extra})
     return {"object": "reverie.options", "models": out}
