@@ -89,6 +89,20 @@ def test_dfm_samples_the_exact_posterior_of_an_unobserved_signal(trained):
         assert _w2(_sample(trained, yc, a_t=1.15 * A_T), yc) > 1.5 * w
 
 
+def test_dfm_with_observed_contexts_recovers_the_unobserved_prior(trained):
+    # contexts of held-out signals: the sampled signals follow the prior, which no training
+    # example showed
+    x = PRIOR.sample(1000, torch.Generator().manual_seed(7))
+    s = dfm_sample(trained, PROC, lambda s: s @ A_T.T.to(s.dtype), (x @ A_C.double().T).float(),
+                   1, n=1000, generator=torch.Generator().manual_seed(8))
+    law = (PRIOR.means[0], PRIOR.covariances[0])
+    w = gaussian_w2(s.mean(0), torch.cov(s.T), *law)
+    assert w < 0.1, w
+    # sibling: the context observations lifted by the pseudo-inverse (no generator) are rejected
+    lifted = (x @ A_C.double().T) @ torch.linalg.pinv(A_C.double()).T
+    assert gaussian_w2(lifted.mean(0), torch.cov(lifted.T), *law) > 3 * w
+
+
 def test_dfm_needs_the_context_term_and_the_right_forward_model(trained):
     yc, good = 0.8, _w2(_sample(trained, 0.8), 0.8)
     # without the context re-projection the null space of the target view is never trained:
