@@ -120,6 +120,8 @@ def test_dfm_bad_input(trained):
         train_dfm(trained, PROC, f, torch.zeros(3), torch.zeros(3, 1))
     with pytest.raises(ValueError, match="context_weight"):
         train_dfm(trained, PROC, f, torch.zeros(3, 1), torch.zeros(3, 1), context_weight=-1.0)
+    with pytest.raises(ValueError, match="time_sampling must be one of"):
+        train_dfm(trained, PROC, f, torch.zeros(3, 1), torch.zeros(3, 1), time_sampling="log")
     with pytest.raises(ValueError, match="one per sample"):
         dfm_sample(trained, PROC, f, torch.zeros(3, 1), 1, n=2)
     with pytest.raises(ValueError, match="noisy target"):
