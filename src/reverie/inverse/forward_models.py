@@ -69,7 +69,8 @@ class SignalGenerator(nn.Module):
             nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(),
                           nn.Linear(hidden, hidden)) for _ in range(depth))
         self.emb = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
-        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, signal_dim))  # no norm: amplitudes
+        # no LayerNorm before the output: the signal's amplitude must pass through
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, signal_dim))
 
     def forward(self, context: Tensor, noisy: Tensor, t: Tensor) -> Tensor:
         if context.shape[1:] != (self.context_dim,) or noisy.shape[1:] != (self.target_dim,):
@@ -113,10 +114,11 @@ def train_dfm(gen: nn.Module, process: GaussianProcess, forward: ForwardModel, c
               grad_clip: float = 1.0, time_sampling: str = "lognormal", seed: int = 0,
               log_every: int = 100) -> FitResult:
     """Fit ``gen`` by :func:`dfm_loss` on observation pairs ``context [N, C]``, ``target
-    [N, M]`` only (the signals are never seen): ``tau`` uniform on the process's
-    ``[t_min, t_max]``, Adam with warm-up, gradient clipping and a weight EMA
-    (:func:`reverie.train.interpolants.train_interpolant`'s loop). Returns the EMA network in
-    ``.ema``."""
+    [N, M]`` only (the signals are never seen): ``tau`` from EDM's log-normal noise levels
+    (``ln sigma ~ N(-1.2, 1.2^2)`` mapped to process time) or, with ``time_sampling="uniform"``
+    (the paper's), uniform on ``[t_min, t_max]``; Adam with warm-up, gradient clipping and a
+    weight EMA (:func:`reverie.train.interpolants.train_interpolant`'s loop). Returns the EMA
+    network in ``.ema``."""
     _pairs(context, target)
     positive_int("batch_size", batch_size)
     if time_sampling not in TIME_SAMPLINGS:
