@@ -5,6 +5,8 @@ projections ``o_c = a_c . x`` (context) and ``o_t = a_t . x`` (target). The gene
 through the target forward model must sample ``p(x | o_c)``, a Gaussian on the line
 ``a_c . x = o_c`` (closed form: :func:`reverie.reference.linear_gaussian_posterior`)."""
 
+import math
+
 import pytest
 import torch
 
@@ -103,6 +105,35 @@ def test_dfm_with_observed_contexts_recovers_the_unobserved_prior(trained):
     assert gaussian_w2(lifted.mean(0), torch.cov(lifted.T), *law) > 3 * w
 
 
+def _view(angle):
+    return torch.tensor([math.cos(angle), math.sin(angle)])
+
+
+def test_random_target_views_give_the_same_posterior_from_every_view():
+    # the paper's setting: each pair has its own target view (camera), given to the generator
+    # and the forward model; sampling from any view must give the same law p(x | o_c)
+    g = torch.Generator().manual_seed(0)
+    x = PRIOR.sample(4000, g).float()
+    normal = math.atan2(A_C[0, 1], A_C[0, 0]) + math.pi / 2  # the view orthogonal to a_c
+    views = torch.stack([_view(normal + 1.2 * (float(u) - 0.5))
+                         for u in torch.rand(4000, generator=g)])
+    fwd = lambda s, v: (s * v.to(s.dtype)).sum(1, keepdim=True)  # noqa: E731
+    torch.manual_seed(0)
+    gen = SignalGenerator(1, 1, 2, hidden=32, depth=2, t_max=PROC.t_max, view_dim=2)
+    gen = train_dfm(gen, PROC, fwd, x @ A_C.T, fwd(x, views), views=views,
+                    context_forward=lambda s: s @ A_C.T.to(s.dtype), steps=1500,
+                    batch_size=128, lr=3e-3, ema_decay=0.99).ema
+    kw = {"n": 1000, "generator": torch.Generator().manual_seed(1)}
+    for yc in (0.8, -1.0):
+        for angle in (normal - 0.4, normal + 0.4):
+            s = dfm_sample(gen, PROC, fwd, torch.tensor([yc]), 1, view=_view(angle), **kw)
+            assert _w2(s, yc) < 0.1, (yc, angle, _w2(s, yc))
+    # sibling: the generator told one view while the forward model renders another
+    wrong = lambda s, v: fwd(s, _view(normal - 0.4).expand_as(v))  # noqa: E731
+    s = dfm_sample(gen, PROC, wrong, torch.tensor([0.8]), 1, view=_view(normal + 0.4), **kw)
+    assert _w2(s, 0.8) > 0.3, _w2(s, 0.8)
+
+
 def test_dfm_needs_the_context_term_and_the_right_forward_model(trained):
     yc, good = 0.8, _w2(_sample(trained, 0.8), 0.8)
     # without the context re-projection the null space of the target view is never trained:
@@ -122,6 +153,10 @@ def test_dfm_bad_input(trained):
         train_dfm(trained, PROC, f, torch.zeros(3, 1), torch.zeros(3, 1), context_weight=-1.0)
     with pytest.raises(ValueError, match="time_sampling must be one of"):
         train_dfm(trained, PROC, f, torch.zeros(3, 1), torch.zeros(3, 1), time_sampling="log")
+    with pytest.raises(ValueError, match="views must be"):
+        train_dfm(trained, PROC, f, torch.zeros(3, 1), torch.zeros(3, 1), views=torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="target view"):
+        SignalGenerator(1, 1, 2, view_dim=2)(torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2))
     with pytest.raises(ValueError, match="one per sample"):
         dfm_sample(trained, PROC, f, torch.zeros(3, 1), 1, n=2)
     with pytest.raises(ValueError, match="noisy target"):
