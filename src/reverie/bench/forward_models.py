@@ -11,13 +11,16 @@ exact draws of the same size (the floor: the mean of five), the posterior mean (
 estimate) and the prior; sliced W1 (the MCGdiff benchmark's convention: sliced W2 of a bimodal
 law is dominated by the sampling noise of the mode weights) and the total variation of the
 mode weights. The variants retrain with the paper's uniform DDPM times and without the context
-term. A last table feeds the contexts of held-out signals, one per sample: the signals should
+term, and a fourth model sees a random target direction per pair (within 0.6 rad of the
+direction orthogonal to ``a_c``; the paper's random target camera), sampled from two views.
+A last table feeds the contexts of held-out signals, one per sample: the signals should
 then follow the prior, which no training example shows.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from typing import Any
 
@@ -36,7 +39,17 @@ PRIOR = GaussianMixture(torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.0]]), 0.4
 A_C = torch.tensor([[0.2, 1.0]])  # context view
 A_T = torch.tensor([[1.0, 0.3]])  # target view
 VARIANTS = {"default": {}, "uniform times (paper)": {"time_sampling": "uniform"},
-            "no context term": {"context_weight": 0.0}}
+            "no context term": {"context_weight": 0.0}, "random views": {}}
+NORMAL = math.atan2(float(A_C[0, 1]), float(A_C[0, 0])) + math.pi / 2  # orthogonal to a_c
+SPREAD, SHOWN = 1.2, (-0.4, 0.4)  # training views: NORMAL +- SPREAD / 2; sampled from: SHOWN
+
+
+def _view(angle: float) -> Tensor:
+    return torch.tensor([math.cos(angle), math.sin(angle)])
+
+
+def _project(s: Tensor, v: Tensor) -> Tensor:
+    return (s * v.to(s.dtype)).sum(1, keepdim=True)  # the target view v . x
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,12 +82,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     oc, ot = x @ A_C.T, x @ A_T.T
     fwd, ctx_fwd = (lambda s: s @ A_T.T.to(s.dtype)), (lambda s: s @ A_C.T.to(s.dtype))
     models, train_s = {}, {}
-    for name in args.variants:
+    for name in (v for v in args.variants if v != "random views"):
         torch.manual_seed(args.seed)
         gen = SignalGenerator(1, 1, 2, hidden=64, depth=2, t_max=proc.t_max)
         fit = train_dfm(gen, proc, fwd, oc, ot, context_forward=ctx_fwd,
                         steps=args.train_steps, seed=args.seed, **VARIANTS[name])
-        models[name], train_s[name] = fit.ema, fit.seconds
+        models[name], train_s[name] = (fit.ema, fwd, None), fit.seconds
+    if "random views" in args.variants:  # a target direction per pair, given to the generator
+        gv = torch.Generator().manual_seed(args.seed + 3)
+        u = torch.rand(args.pairs, generator=gv, dtype=F64)
+        views = torch.stack([_view(NORMAL + SPREAD * (float(a) - 0.5)) for a in u])
+        torch.manual_seed(args.seed)
+        gen = SignalGenerator(1, 1, 2, hidden=64, depth=2, t_max=proc.t_max, view_dim=2)
+        fit = train_dfm(gen, proc, _project, oc, _project(x, views), views=views,
+                        context_forward=ctx_fwd, steps=args.train_steps, seed=args.seed)
+        train_s["random views"] = fit.seconds
+        for d in SHOWN:
+            models[f"random views, sampled from view {d:+.1f} rad"] = (fit.ema, _project,
+                                                                       _view(NORMAL + d))
     rows, results = [], []
     for yc in args.contexts:
         post = linear_gaussian_posterior(PRIOR, A_C.double(), torch.tensor([yc], dtype=F64), 0.0)
@@ -85,10 +110,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "posterior mean (point estimate)": post.mean().expand(args.n, 2),
                 "prior": PRIOR.sample(args.n, g)}
         seconds = {}
-        for name, gen in models.items():
+        for name, (gen, f, view) in models.items():
             t0 = time.perf_counter()
-            sets[f"DFM, {name}"] = dfm_sample(gen, proc, fwd, torch.tensor([yc]), 1, n=args.n,
-                                              steps=args.steps, generator=g)
+            sets[f"DFM, {name}"] = dfm_sample(gen, proc, f, torch.tensor([yc]), 1, n=args.n,
+                                              steps=args.steps, view=view,
+                                              generator=g if view is None else gv)
             seconds[f"DFM, {name}"] = time.perf_counter() - t0
         for label, s in sets.items():
             row = {"context": yc, "samples": label, **_scores(s, dist, post, yc),
@@ -102,9 +128,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dist = SlicedWasserstein(PRIOR.sample(4 * args.n, g), generator=g, p=1)
     sets = {"exact draws (floor, mean of 5)": [PRIOR.sample(args.n, g) for _ in range(5)],
             "contexts lifted by the pseudo-inverse": oc_held @ torch.linalg.pinv(A_C.double()).T}
-    for name, gen in models.items():
-        sets[f"DFM, {name}"] = dfm_sample(gen, proc, fwd, oc_held.float(), 1, n=args.n,
-                                          steps=args.steps, generator=g)
+    for name, (gen, f, view) in models.items():
+        if view is None:  # (the random-view model is shown per context only)
+            sets[f"DFM, {name}"] = dfm_sample(gen, proc, f, oc_held.float(), 1, n=args.n,
+                                              steps=args.steps, generator=g)
     prior_rows = []
     for label, s in sets.items():
         row = {"context": "held-out", "samples": label, **_scores(s, dist, PRIOR, oc_held)}
