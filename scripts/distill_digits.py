@@ -1,10 +1,14 @@
-"""Progressive distillation of the bundled digits model (unconditional, null class) from
-``--base`` DDIM steps down to ``--steps``, then its Frechet distance and classifier confidence
-(``reverie bench digits``' judge) at the student's steps against the teacher at 20 steps.
+"""Progressive distillation (``--method progressive``, default) or Imagine Flash's backward
+distillation (``--method flash``: from noise alone, ``--iters`` iterations in all) of the bundled
+digits model (unconditional, null class) into a ``--steps``-step student on the ``--base``-step
+karras grid, then its Frechet distance and classifier confidence (``reverie bench digits``'
+judge) at the student's steps against the teacher at 20 steps.
 
     OMP_NUM_THREADS=1 python scripts/distill_digits.py --iters 800 --batch 64
+    OMP_NUM_THREADS=1 python scripts/distill_digits.py --method flash --iters 1500 --batch 64
 
-Writes benchmarks/results/accelerate_digits_distill.json and the student's weights (``--save``).
+Writes benchmarks/results/accelerate_digits_distill.json (progressive) or
+accelerate_digits_flash.json and the student's weights (``--save``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 import torch
 
 from reverie.accelerate.distill import progressive_distill
+from reverie.accelerate.flash import backward_distill
 from reverie.bench.common import machine, save_result
 from reverie.bench.digits import Judge, frechet_distance
 from reverie.data import load_digits
@@ -23,6 +28,9 @@ from reverie.hub import load
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--method", choices=("progressive", "flash"), default="progressive")
+    ap.add_argument("--shift", type=float, default=1.0, help="flash: re-noising shift")
+    ap.add_argument("--teacher-steps", type=int, default=10, help="flash: teacher steps from tau")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--base", type=int, default=16)
     ap.add_argument("--iters", type=int, default=800, help="Adam iterations per stage")
@@ -35,8 +43,15 @@ def main() -> None:
     model = load("digits")
     data, _ = load_digits("train")
     t0 = time.perf_counter()
-    student = progressive_distill(model.denoiser, data, steps=args.steps, base_steps=args.base,
-                                  iters=args.iters, batch=args.batch, lr=args.lr)
+    if args.method == "flash":
+        student = backward_distill(model.denoiser, steps=args.steps, iters=args.iters,
+                                   batch=args.batch, lr=args.lr, shift=args.shift,
+                                   teacher_steps=args.teacher_steps, base_steps=args.base,
+                                   shape=tuple(data.shape[1:]))
+    else:
+        student = progressive_distill(model.denoiser, data, steps=args.steps,
+                                      base_steps=args.base, iters=args.iters, batch=args.batch,
+                                      lr=args.lr)
     train_s = time.perf_counter() - t0
     print(f"trained in {train_s:.0f} s: {student.history}", flush=True)
     if args.save:
@@ -56,18 +71,19 @@ def main() -> None:
         rows.append({"model": name, "steps": steps, **score(x)})
     s = args.steps
     while s >= 1:
-        rows.append({"model": "progressive student", "steps": s,
+        rows.append({"model": f"{args.method} student", "steps": s,
                      **score(student.sample(noise, s))})
         s //= 2
     for r in rows:
         print(r, flush=True)
     ref = rows[0]["frechet"]
-    target = next(r for r in rows if r["model"] == "progressive student" and r["steps"] == 2)
+    target = next(r for r in rows if r["model"] == f"{args.method} student" and r["steps"] == 2)
     result = {"args": vars(args), "train_seconds": train_s, "history": student.history,
               "rows": rows, "ratio_2step_to_teacher20": target["frechet"] / ref,
               "machine": machine()}
     print(f"2-step student / teacher 20-step Frechet: {result['ratio_2step_to_teacher20']:.3f}")
-    save_result("accelerate_digits_distill", result)
+    save_result("accelerate_digits_distill" if args.method == "progressive"
+                else f"accelerate_digits_{args.method}", result)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,17 @@ def test_defaults_plot(result, tmp_path):
     out = tmp_path / "defaults.png"
     bench.plot_defaults(result, str(out))
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_grid_part_walks_the_named_grid():
+    """``--parts grid``: each sampler's row is its run on ``make_grid(.., args.grid)``, not on
+    its default grid (ipndm on a discrete VP walks ``trailing``, which the angle grid is not)."""
+    from reverie.grids import make_grid
+
+    args = _args(parts="grid", grid="angle", samplers="ipndm")
+    rows = bench.run_bench(args)["grid"]
+    assert [r["method"] for r in rows] == ["ipndm (angle)"]
+    pb = bench._Problem(7, args)
+    on_angle = pb.reverie("ipndm", make_grid(pb.proc, 5, "angle"), "B")[0]
+    on_default = pb.reverie("ipndm", bench._default_grid(pb, "ipndm", 5), "B")[0]
+    assert rows[0]["reverie"] == on_angle != on_default

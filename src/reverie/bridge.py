@@ -16,6 +16,14 @@ ancestral posterior, ``eta = 0`` deterministic). A model is a *bridge denoiser*
 ``D(x_t, t, y) = E[x0 | x_t, y]``; BBDM's network predicts ``x_t - x0`` (its "grad" target
 ``m_t (y - x0) + sqrt(delta_t) eps``), so ``D = x_t - net``. Training:
 :func:`reverie.train.interpolants.bridge_loss`.
+
+EBDM's exemplar conditioning, in miniature: the bridge runs from the structure control ``y``
+and the denoiser is *also* conditioned on a style exemplar ``e``, ``D(x_t, t, y, e)``
+(``bridge_sample(..., exemplar=e)``); :class:`ExemplarBridgeReference` is exact for Gaussian
+targets ``x0 | y, e ~ N(A y + E e + b, S)``, and
+:class:`reverie.train.interpolants.ExemplarConditioned` is the network side (a global encoder of
+the exemplar whose code is concatenated to the input; EBDM's exemplar network and exemplar
+attention over image features are not implemented).
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ from reverie._checks import positive_int
 from reverie._random import Generators, randn_like
 from reverie._tensor import as64, bcast
 
-__all__ = ["BrownianBridge", "GaussianBridgeReference", "bridge_sample"]
+__all__ = ["BrownianBridge", "ExemplarBridgeReference", "GaussianBridgeReference",
+           "bridge_sample"]
 
 BridgeDenoiser = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x_t, t [B], y) -> x0
 
@@ -88,11 +97,13 @@ def _check_end(y: Tensor | None, like: Tensor) -> None:
 
 
 def bridge_sample(denoiser: BridgeDenoiser, y: Tensor, bridge: BrownianBridge,
-                  steps: int = 100, *, eta: float = 1.0, generator: Generators = None) -> Tensor:
+                  steps: int = 100, *, eta: float = 1.0, generator: Generators = None,
+                  exemplar: Tensor | None = None) -> Tensor:
     """Translate sources ``y [B, ...]`` into targets: start at ``x_1 = y`` and step down a
     uniform grid with ``x_s = (1 - m_s) x0_hat + m_s y + sqrt(delta_s - c^2) eps_hat + c z``,
     ``c = eta * posterior_std`` (BBDM's sampler in DDIM form; ``eta = 1`` samples the exact
-    posterior ``q(x_s | x_t, x0_hat, y)``). ``denoiser(x_t, t [B], y)`` returns ``x0_hat``."""
+    posterior ``q(x_s | x_t, x0_hat, y)``). ``denoiser(x_t, t [B], y)`` returns ``x0_hat``;
+    with an ``exemplar [B, ...]`` (EBDM) it is called ``denoiser(x_t, t, y, exemplar)``."""
     positive_int("steps", steps)
     if y is None:
         raise ValueError("bridge_sample needs the end point y (the sources to translate); "
@@ -101,10 +112,15 @@ def bridge_sample(denoiser: BridgeDenoiser, y: Tensor, bridge: BrownianBridge,
         raise TypeError("y must be a floating-point tensor, batch first")
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
+    if exemplar is not None and (not isinstance(exemplar, Tensor)
+                                 or exemplar.shape[0] != y.shape[0]):
+        raise ValueError(f"exemplar must be a tensor with one exemplar per source "
+                         f"({y.shape[0]}), got {getattr(exemplar, 'shape', type(exemplar))}")
+    extra = () if exemplar is None else (exemplar,)
     ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
     x = y.clone()
     for t, s in zip(ts[:-1], ts[1:]):
-        x0 = denoiser(x, torch.full((x.shape[0],), t, dtype=x.dtype), y)
+        x0 = denoiser(x, torch.full((x.shape[0],), t, dtype=x.dtype), y, *extra)
         if s == 0.0:
             return x0  # the clean end: the prediction itself
         mt, dt = float(bridge.m(t)), float(bridge.delta(t))
@@ -150,3 +166,37 @@ class GaussianBridgeReference:
             return mu0.to(x.dtype)
         gain = (1 - m) * self.S @ torch.linalg.inv(cov)
         return (mu0 + (x.to(torch.float64) - mean) @ gain.T).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class ExemplarBridgeReference(GaussianBridgeReference):
+    """Exact EBDM bridge denoiser for Gaussian targets given the structure control ``y`` *and*
+    the style exemplar ``e``: ``x0 | y, e ~ N(A y + E e + b, S)``; called
+    ``(x_t, t, y, exemplar)``."""
+
+    E: Tensor | None = None
+
+    @classmethod
+    def build(cls, bridge: BrownianBridge, A, b, S, E=None) -> ExemplarBridgeReference:
+        f = lambda v: torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
+        return cls(bridge, f(A), f(b), f(S), f(E))
+
+    def __call__(self, x: Tensor, t: Tensor, y: Tensor, exemplar: Tensor | None = None) -> Tensor:
+        if exemplar is None:
+            raise ValueError("this bridge denoiser is exemplar-conditioned: pass the exemplar "
+                             "(bridge_sample(..., exemplar=e))")
+        shifted = ExemplarBridgeReference(self.bridge, self.A, self.b, self.S, None)
+        offset = exemplar.to(torch.float64) @ self.E.T                  # E e, per sample
+        return _with_offset(shifted, x, t, y, offset)
+
+
+def _with_offset(ref: GaussianBridgeReference, x: Tensor, t: Tensor, y: Tensor,
+                 offset: Tensor) -> Tensor:
+    """The Gaussian bridge denoiser with a per-sample target mean ``A y + b + offset``: the
+    target mean enters the bridge linearly, so shift ``x_t`` by ``(1 - m_t) offset`` and the
+    prediction back by ``offset``."""
+    tt = float(t.reshape(-1)[0]) if isinstance(t, Tensor) else float(t)
+    m = float(ref.bridge.m(tt))
+    x_shift = x.to(torch.float64) - (1 - m) * offset
+    return (GaussianBridgeReference.__call__(ref, x_shift, t, y).to(torch.float64)
+            + offset).to(x.dtype)

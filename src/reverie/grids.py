@@ -16,6 +16,12 @@ any grid, and a custom tensor is accepted wherever a grid name is.
                (diffusers' ``leading`` spacing, DDIM's default: the last evaluation at ``t_min``;
                for a discrete-time :class:`~reverie.process.VP` the stride is rounded down to
                whole training steps, as diffusers does)
+``angle``      ``sigma_ve = c tan(theta_i)``, ``theta_i`` from ``theta_max`` to ``theta_min`` as
+               ``(1 - i / steps)^p``, then ``t_clean`` (:func:`angle_times`). Equal angle steps
+               (``p = 1``) are DDIM's exact optimum on ``N(0, c^2 I)`` (Sabour et al. 2024,
+               "Align Your Steps", Thm. 3.1); ``c = 3``, ``p = 1.75`` were chosen at 5 NFE on
+               the tuning mixtures (BENCHMARKS.md, "the angle grid"); like ``trailing``, the
+               last evaluation stays above ``t_min`` (near ``c tan(theta_max / steps^p)``)
 =============  =========================================================================
 
 For a :class:`~reverie.process.RectifiedFlow` with ``shift != 1`` the ``uniform`` and
@@ -32,9 +38,13 @@ from torch import Tensor
 from reverie._checks import positive_int
 from reverie.process import GaussianProcess
 
-__all__ = ["GRIDS", "make_grid", "check_grid"]
+__all__ = ["GRIDS", "make_grid", "check_grid", "angle_times"]
 
-GRIDS = ("uniform", "trailing", "logsnr", "karras", "leading")
+GRIDS = ("uniform", "trailing", "logsnr", "karras", "leading", "angle")
+
+# the angle grid's c and p, chosen at 5 NFE on the tuning mixtures 1, 2, 101-104 (split A;
+# BENCHMARKS.md, "samplers: the angle grid"): c in 0.5-10, p in 1-2.5
+ANGLE_C, ANGLE_P = 3.0, 1.75
 
 
 def make_grid(
@@ -45,10 +55,13 @@ def make_grid(
     t_max: float | None = None,
     t_min: float | None = None,
     rho: float = 7.0,
+    c: float = ANGLE_C,
+    p: float = ANGLE_P,
 ) -> Tensor:
     """A float64 grid of ``steps + 1`` times from ``t_max`` to ``process.t_clean``.
 
-    ``t_max``/``t_min`` default to the process's own range.
+    ``t_max``/``t_min`` default to the process's own range; ``rho`` is Karras's exponent,
+    ``c`` and ``p`` the ``angle`` grid's scale (in ``sigma / alpha``) and warp.
     """
     positive_int("steps", steps)
     if name not in GRIDS:
@@ -76,6 +89,8 @@ def make_grid(
                 f"use fewer steps or grid='trailing'"
             )
         inner = _shift(process, lo + stride * torch.arange(steps - 1, -1, -1, dtype=f64))
+    elif name == "angle":
+        inner = angle_times(process, steps, c, p, hi, lo)
     else:
         lam_hi, lam_lo = float(process.log_snr(hi)), float(process.log_snr(lo))
         if not (math.isfinite(lam_hi) and math.isfinite(lam_lo)):
@@ -97,6 +112,25 @@ def make_grid(
             inner[-1] = lo
     grid = torch.cat([inner, torch.tensor([clean], dtype=f64)])
     return check_grid(grid, process)
+
+
+def angle_times(process: GaussianProcess, steps: int, c: float, p: float,
+                t_max: float | None = None, t_min: float | None = None) -> Tensor:
+    """The ``steps`` evaluation times of the ``angle`` grid: with ``theta = atan(sigma_ve / c)``
+    (``pi / 2`` where ``sigma_ve`` is infinite), ``theta_i = theta_min + (theta_max -
+    theta_min) (1 - i / steps)^p`` for ``i = 0 .. steps - 1``: ``t_max`` first, every point
+    strictly above ``t_min``."""
+    if not (c > 0 and p > 0):
+        raise ValueError(f"the angle grid needs c > 0 and p > 0, got c={c}, p={p}")
+    f64 = torch.float64
+    hi = process.t_max if t_max is None else float(t_max)
+    lo = process.t_min if t_min is None else float(t_min)
+    s_hi, s_lo = (float(process.sigma_ve(torch.tensor(v, dtype=f64))) for v in (hi, lo))
+    th_hi = math.atan(s_hi / c) if math.isfinite(s_hi) else math.pi / 2
+    th_lo = math.atan(s_lo / c)
+    theta = th_lo + (th_hi - th_lo) * (1 - torch.arange(steps, dtype=f64) / steps) ** p
+    inner = process.t_from_sigma_ve(c * torch.tan(theta[1:])).to(f64)  # sigma_ve = c tan(theta)
+    return torch.cat([torch.tensor([hi], dtype=f64), inner])
 
 
 def _shift(process: GaussianProcess, t: Tensor) -> Tensor:

@@ -7,10 +7,14 @@ Registered in :data:`METHODS` (``reverie.accelerate.METHODS["deepcache"]``):
   inside the returned :class:`BlockCache` (a context manager);
 * ``parastep`` (kind ``"sampler"``): reuse-then-predict parallel denoising
   (:mod:`reverie.accelerate.parastep`);
-* ``progressive``, ``consistency`` (kind ``"distill"``): students trained from a teacher
-  (:mod:`reverie.accelerate.distill`); ``pnp_distill`` (kind ``"distill"``): a guide that
-  reproduces CFG in one call (:mod:`reverie.accelerate.pnp`);
-* ``ld_pruner`` (kind ``"prune"``): LD-Pruner structured pruning (:mod:`reverie.accelerate.prune`).
+* ``progressive``, ``consistency``, ``mmd`` (kind ``"distill"``): students trained from a
+  teacher (:mod:`reverie.accelerate.distill`); ``imagine_flash`` (kind ``"distill"``):
+  backward distillation with noise correction (:mod:`reverie.accelerate.flash`);
+  ``pnp_distill`` (kind ``"distill"``): a guide that reproduces CFG in one call
+  (:mod:`reverie.accelerate.pnp`);
+* ``ld_pruner`` (kind ``"prune"``): LD-Pruner structured pruning (:mod:`reverie.accelerate.prune`);
+* ``imm`` (kind ``"train"``): inductive moment matching, a few-step pushforward trained from
+  data without a teacher (:mod:`reverie.accelerate.imm`).
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ __all__ = [
 @dataclass(frozen=True)
 class Method:
     """A registered acceleration method: ``kind`` is ``cache`` (wraps a network for a run),
-    ``sampler`` (draws samples), ``distill`` (trains a student) or ``prune`` (prunes a copy);
+    ``sampler`` (draws samples), ``distill`` (trains a student), ``train`` (trains a few-step
+    model from data alone) or ``prune`` (prunes a copy);
     ``paper`` cites it."""
 
     name: str
@@ -74,5 +79,7 @@ register("parastep", parastep, "sampler", "ParaStep, Wang et al. 2025 (paper 98)
          "reuse-then-predict rounds of P steps: P independent network calls per round")
 
 from reverie.accelerate import distill as _distill  # noqa: E402,F401  (registers its trainers)
+from reverie.accelerate import flash as _flash  # noqa: E402,F401  (registers imagine_flash)
+from reverie.accelerate import imm as _imm  # noqa: E402,F401  (registers imm)
 from reverie.accelerate import pnp as _pnp  # noqa: E402,F401  (registers pnp_distill)
 from reverie.accelerate import prune as _prune  # noqa: E402,F401  (registers LD-Pruner)

@@ -59,11 +59,11 @@ def _coef(process, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
             process.sigma(t).to(like.dtype).reshape(shape))
 
 
-def _ddim_to(den, z: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
+def _ddim_to(den, z: Tensor, t: Tensor, t_next: Tensor, **cond: Any) -> Tensor:
     """One DDIM (eta = 0) step of ``den`` from ``t`` to ``t_next`` (per-row times)."""
     a, s = _coef(den.process, t, z)
     a2, s2 = _coef(den.process, t_next, z)
-    x0 = den(z, t)
+    x0 = den(z, t, **cond)
     return a2 * x0 + s2 * (z - a * x0) / s
 
 
@@ -73,14 +73,19 @@ def _positive(name: str, v: Any) -> int:
     return v
 
 
-def _ddim_chain(den, noise: Tensor, g: Tensor) -> Tensor:
-    """DDIM (eta = 0) from ``sigma(g[0]) noise`` along grid ``g``; differentiable."""
+def _ddim_chain(den, noise: Tensor, g: Tensor, noise_correction: bool = False) -> Tensor:
+    """DDIM (eta = 0) from ``sigma(g[0]) noise`` along grid ``g``; differentiable. With
+    ``noise_correction`` the first step's noise term is the known starting ``noise`` instead of
+    the one implied by the prediction (Imagine Flash's noise correction, our reading)."""
     proc = den.process
     x = noise * float(proc.sigma(g[0]))
     for i in range(len(g) - 1):
         t = torch.full((x.shape[0],), float(g[i]), dtype=torch.float64)
         if i == len(g) - 2:
             return den(x, t) * float(proc.alpha(g[-1]))
+        if i == 0 and noise_correction:  # x_{t1} = alpha_1 x0_hat + sigma_1 z, z known
+            x = den(x, t) * float(proc.alpha(g[1])) + float(proc.sigma(g[1])) * noise
+            continue
         x = _ddim_to(den, x, t, torch.full_like(t, float(g[i + 1])))
     return x
 
@@ -88,13 +93,15 @@ def _ddim_chain(den, noise: Tensor, g: Tensor) -> Tensor:
 @dataclass
 class Student:
     """A distilled few-step model: ``denoiser`` (its data prediction), ``kind``
-    (``progressive`` / ``consistency`` / ``mmd``), ``grid`` (the times it was trained on, noisy end
-    first) and ``history`` (one dict per stage: steps, iterations, last loss, seconds)."""
+    (``progressive`` / ``consistency`` / ``mmd`` / ``flash``), ``grid`` (the times it was trained
+    on, noisy end first) and ``history`` (one dict per stage: steps, iterations, last loss,
+    seconds). ``noise_correction``: a ``flash`` student's first step uses the known noise."""
 
     denoiser: Denoiser
     kind: str
     grid: Tensor
     history: list[dict[str, Any]] = field(default_factory=list)
+    noise_correction: bool = False
 
     @property
     def trained_steps(self) -> int:
@@ -107,7 +114,7 @@ class Student:
         """Samples from unit ``noise`` in ``steps`` network calls (default: as trained)."""
         n = self.trained_steps
         steps = n if steps is None else _positive("steps", steps)
-        ddim = self.kind in ("progressive", "mmd")
+        ddim = self.kind in ("progressive", "mmd", "flash")
         if steps > n or (ddim and n % steps):
             what = (f"{n} steps (or a divisor of {n})" if ddim
                     else f"at most {n} steps")
@@ -116,7 +123,7 @@ class Student:
         self.denoiser.fn.eval()
         with torch.no_grad():
             if ddim:  # DDIM on the trained grid (or a sub-grid of it)
-                return _ddim_chain(den, noise, self.grid[:: n // steps])
+                return _ddim_chain(den, noise, self.grid[:: n // steps], self.noise_correction)
             # consistency: Algorithm 1 on `steps` of the trained times, evenly spread
             idx = torch.linspace(0, n - 1, steps).round().long()
             ts = self.grid[idx]

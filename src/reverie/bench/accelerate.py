@@ -22,6 +22,14 @@ channel groups, before / after ``--prune-iters`` fine-tuning: parameters, CPU se
 
 Table 4 (two-moons, class-conditional): plug-and-play distillation (paper 32) of CFG at
 ``--pnp-scale``: guides trained at the scale, at half of it and untrained against CFG itself.
+
+Table 5 (a 2-D mixture of four Gaussians, exact law): inductive moment matching (IMM, paper
+84) trained from scratch for ``--imm-iters`` iterations, sliced W2 to exact samples at 1, 2, 4,
+8 steps against DDIM and DPM-Solver++(2M) with the mixture's *exact* denoiser at the same
+network calls, and the noise floor of two exact sample sets.
+
+Table 6 (two-moons): Imagine Flash's backward distillation (paper 65) at 1 and 2 steps,
+``--flash-iters`` iterations, trained from noise alone, beside the teacher's DDIM.
 """
 
 from __future__ import annotations
@@ -46,8 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prune-iters", type=int, default=300, help="LD-Pruner fine-tune iters")
     parser.add_argument("--pnp-iters", type=int, default=500, help="plug-and-play guide iters")
     parser.add_argument("--pnp-scale", type=float, default=3.0, help="CFG scale to distil")
+    parser.add_argument("--imm-iters", type=int, default=3000, help="IMM training iterations")
+    parser.add_argument("--flash-iters", type=int, default=600,
+                        help="Imagine Flash backward-distillation iterations")
     parser.add_argument("--skip", default="",
-                        help="comma list of parts to skip: reuse,distill,prune,pnp")
+                        help="comma list of parts to skip: reuse,distill,prune,pnp,imm,flash")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
                         help="n=200, 1 timing run, 100/300 distillation iterations")
@@ -306,15 +317,83 @@ def _pnp(args: argparse.Namespace, quick: bool) -> tuple[str, list[dict]]:
     return table, rows
 
 
+def _imm(args: argparse.Namespace, quick: bool) -> tuple[str, list[dict]]:
+    """IMM (paper 84) on a four-component 2-D mixture: a pushforward trained from data alone
+    against the exact denoiser's ODE samplers at equal network calls."""
+    from reverie.accelerate.imm import IMMNet, imm_train
+    from reverie.metrics import sliced_wasserstein
+    from reverie.process import RectifiedFlow
+    from reverie.reference.gaussian import GaussianMixture
+    from reverie.samplers import sample
+
+    proc = RectifiedFlow()
+    mix = GaussianMixture([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5], [0.0, -2.5]], 0.09)
+    data = mix.sample(20000, torch.Generator().manual_seed(args.seed)).float()
+    ref = mix.sample(4000, torch.Generator().manual_seed(args.seed + 1))
+    noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(args.seed + 2))
+
+    def sw(x):
+        return sliced_wasserstein(x.double(), ref, 256,
+                                  torch.Generator().manual_seed(args.seed + 3))
+
+    iters = 300 if quick else args.imm_iters
+    torch.manual_seed(args.seed)
+    model = imm_train(data, net=IMMNet(2, 128, 3), iters=iters, groups=32, particles=8,
+                      lr=1e-3, k=8, sigma_data=1.5, seed=args.seed)
+    secs = model.history[0]["seconds"]
+    rows = [{"model": "noise floor (two exact sample sets)", "steps": "-",
+             "sw": sw(mix.sample(4000, torch.Generator().manual_seed(args.seed + 5))),
+             "train_seconds": 0.0}]
+    for k in (1, 2, 4, 8):
+        rows.append({"model": f"IMM ({iters} it, 32 groups x 8 particles)", "steps": k,
+                     "sw": sw(model.sample(noise, k)), "train_seconds": secs})
+        for name in ("ddim", "dpmpp_2m"):
+            rows.append({"model": f"exact denoiser, {name}", "steps": k,
+                         "sw": sw(sample(mix.denoiser(proc), noise.double(), name, k)),
+                         "train_seconds": 0.0})
+    table = format_table(["model", "network calls", "SW2 to the exact law", "train seconds"],
+                         [[r["model"], r["steps"], r["sw"], r["train_seconds"]] for r in rows])
+    return table, rows
+
+
+def _flash(args: argparse.Namespace, quick: bool) -> tuple[str, list[dict]]:
+    """Imagine Flash (paper 65) on two-moons: students trained from noise alone at 1 and 2
+    steps against the teacher's DDIM; sliced W2 to the teacher's 50-step law."""
+    from reverie.accelerate.flash import backward_distill
+    from reverie.hub import load
+    from reverie.metrics import sliced_wasserstein
+    from reverie.samplers import sample
+
+    model = load("two-moons")
+    noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(args.seed + 2))
+    law = sample(model.denoiser, noise, sampler="dpmpp_2m", steps=50)
+
+    def sw(x):
+        return sliced_wasserstein(x, law, 256, torch.Generator().manual_seed(args.seed + 3))
+
+    iters = 100 if quick else args.flash_iters
+    rows = [{"model": "teacher ddim (karras)", "steps": k, "sw": sw(
+        sample(model.denoiser, noise, "ddim", k, grid="karras")), "train_seconds": 0.0}
+        for k in (1, 2, 4)]
+    for k in (1, 2):
+        st = backward_distill(model.denoiser, steps=k, iters=iters, batch=128, lr=1e-3,
+                              shape=(2,), seed=args.seed)
+        rows.append({"model": f"Imagine Flash ({iters} it, from noise)", "steps": k,
+                     "sw": sw(st.sample(noise)), "train_seconds": st.history[0]["seconds"]})
+    table = format_table(["model", "steps", "SW2 to teacher 50-step", "train seconds"],
+                         [[r["model"], r["steps"], r["sw"], r["train_seconds"]] for r in rows])
+    return table, rows
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     n = 200 if args.quick else args.n
     repeats = 1 if args.quick else args.repeats
     skip = {s for s in args.skip.split(",") if s}
-    unknown = skip - {"reuse", "distill", "prune", "pnp"}
+    unknown = skip - {"reuse", "distill", "prune", "pnp", "imm", "flash"}
     if unknown:
         raise ValueError(f"unknown --skip part(s) {', '.join(sorted(unknown))}; expected reuse, "
-                         "distill, prune, pnp")
+                         "distill, prune, pnp, imm, flash")
     result: dict[str, Any] = {"n": n, "steps": args.steps, "seed": args.seed}
     if "reuse" not in skip:
         table, rows = _reuse(args, n, repeats)
@@ -340,6 +419,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "DPM-Solver++(2M) steps; sliced W2 to CFG's samples from the same noise):\n")
         print(table)
         result.update(pnp_rows=rows, pnp_table=table)
+    if "imm" not in skip:
+        table, rows = _imm(args, args.quick)
+        print("\ninductive moment matching on a 2-D mixture of four Gaussians (4000 samples, "
+              "sliced W2 to exact samples, 256 directions; RectifiedFlow process):\n")
+        print(table)
+        result.update(imm_rows=rows, imm_table=table)
+    if "flash" not in skip:
+        table, rows = _flash(args, args.quick)
+        print("\nImagine Flash backward distillation of the two-moons model (4000 samples, "
+              "sliced W2 to the teacher's 50-step DPM-Solver++(2M) law):\n")
+        print(table)
+        result.update(flash_rows=rows, flash_table=table)
     print(f"\n{machine()}")
     result["numpy"] = np.__version__
     return result

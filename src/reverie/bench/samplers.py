@@ -20,6 +20,8 @@ Three tables:
   reference set (A) and reported on another (B).
 * **fitted** -- ``reverie.optimize_grid`` per deterministic sampler, fitted from the model alone
   (its own noise seed), reported on B; with its cost in model calls.
+
+The ``grid`` part runs every sampler on one named grid (``--grid``, default ``angle``) on B.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch
 
 from reverie.bench.common import format_table, machine
 from reverie.grid_fit import optimize_grid
-from reverie.grids import make_grid
+from reverie.grids import GRIDS, make_grid
 from reverie.metrics import SlicedWasserstein
 from reverie.process import VP, RectifiedFlow
 from reverie.reference import GaussianMixture
@@ -94,6 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also draw the defaults table as error-vs-NFE panels")
     parser.add_argument("--samplers", default=None,
                         help="comma-separated subset of the samplers (default: all)")
+    parser.add_argument("--grid", default="angle", choices=GRIDS,
+                        help="the named grid every sampler walks in the 'grid' part")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
 
@@ -269,6 +273,20 @@ def defaults(problems: dict[int, _Problem], args: argparse.Namespace) -> list[di
                     theirs, _ = pb.diffusers(lambda c=cls, f=fixed: c(**f), name, nfe, "B")
                     row["diffusers"] = theirs
                 rows.append(row)
+    return rows
+
+
+def named_grid(problems: dict[int, _Problem], args: argparse.Namespace) -> list[dict]:
+    """Every sampler on the named grid ``args.grid`` (no selection on these mixtures), beside
+    its default grid, on reference B."""
+    rows, grid_name = [], getattr(args, "grid", "angle")
+    for seed, pb in problems.items():
+        for nfe in args.nfe:
+            for name in _names(args):
+                grid = make_grid(pb.proc, _steps(name, nfe), grid_name)
+                ours, used = pb.reverie(name, grid, "B")
+                rows.append({"mixture": seed, "nfe": nfe, "method": f"{name} ({grid_name})",
+                             "reverie": ours, "reverie_nfe": used, "floor": pb.floor})
     return rows
 
 
@@ -554,7 +572,8 @@ def _side_by_side(rows: list[dict], args) -> list[list]:
     return table
 
 
-PARTS = ("defaults", "tuned", "fitted", "flows", "retrieval", "adaptive", "overhead", "memory")
+PARTS = ("defaults", "tuned", "fitted", "flows", "retrieval", "adaptive", "grid", "overhead",
+         "memory")
 
 
 def run_bench(args: argparse.Namespace) -> dict:
@@ -568,7 +587,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     result: dict[str, Any] = {"args": vars(args) | {"func": None}}
     headers = ["sampler", "side", *[f"NFE {n}" for n in args.nfe]]
     problems = {}
-    if {"defaults", "tuned", "fitted", "retrieval", "adaptive"} & set(parts):
+    if {"defaults", "tuned", "fitted", "retrieval", "adaptive", "grid"} & set(parts):
         problems = {seed: _Problem(seed, args) for seed in args.mixtures}
         result["floor"] = statistics.mean(pb.floor for pb in problems.values())
     d_rows = t_rows = f_rows = []
@@ -620,6 +639,16 @@ def run_bench(args: argparse.Namespace) -> dict:
         print(format_table(["mixture", "rtol", "NFE", "sliced W2", "floor"],
                            [[r["mixture"], r["rtol"], r["nfe"], r["reverie"], r["floor"]]
                             for r in rows]))
+    if "grid" in parts:
+        rows = result["grid"] = named_grid(problems, args)
+        print(f"\n### Every sampler on grid={rows[0]['method'].split()[-1]}: sliced W2 on seed "
+              "B, mean over mixtures, then per mixture\n")
+        print(format_table(headers, _side_by_side(rows, args)))
+        cells = {(r["mixture"], r["method"], r["nfe"]): r["reverie"] for r in rows}
+        names = dict.fromkeys(r["method"] for r in rows)
+        print(format_table(["mixture", "sampler", *[f"NFE {n}" for n in args.nfe]],
+                           [[m, name, *[cells[m, name, n] for n in args.nfe]]
+                            for m in args.mixtures for name in names]))
     acc_s = time.perf_counter() - t0
     if "overhead" in parts:
         ov = result["overhead"] = overhead(rounds=3 if args.quick else 7)

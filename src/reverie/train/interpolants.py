@@ -30,6 +30,7 @@ __all__ = [
     "INTERPOLANT_OBJECTIVES",
     "FitResult",
     "EndConditioned",
+    "ExemplarConditioned",
     "interpolant_loss",
     "bridge_loss",
     "train_interpolant",
@@ -77,6 +78,21 @@ class EndConditioned(nn.Module):
         return self.net(torch.cat([x, y], dim=1), t)[:, : x.shape[1]]
 
 
+class ExemplarConditioned(nn.Module):
+    """EBDM's exemplar conditioning in miniature: a global encoder ``encoder(e) -> code [B, K]``
+    of the style exemplar and a vector network on ``cat[x_t, y, code]`` of dimension
+    ``2 D + K`` (first ``D`` outputs used); as a bridge network it is called
+    ``(x_t, t, y, exemplar)``."""
+
+    def __init__(self, net: nn.Module, encoder: nn.Module):
+        super().__init__()
+        self.net, self.encoder = net, encoder
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor, exemplar: Tensor) -> Tensor:
+        code = self.encoder(exemplar.to(x.dtype))
+        return self.net(torch.cat([x, y, code], dim=1), t)[:, : x.shape[1]]
+
+
 def interpolant_loss(model: Callable[[Tensor, Tensor], Tensor], interpolant: TwoSidedInterpolant,
                      x0: Tensor, x1: Tensor, z: Tensor, t: Tensor, objective: str) -> Tensor:
     """The quadratic objective of ``b`` (``"velocity"``) or ``eta_z`` (``"denoiser"``)
@@ -89,12 +105,15 @@ def interpolant_loss(model: Callable[[Tensor, Tensor], Tensor], interpolant: Two
     return ((model(xt, t.to(xt.dtype)) - target) ** 2).sum(1).mean()
 
 
-def bridge_loss(model: Callable[[Tensor, Tensor, Tensor], Tensor], bridge: BrownianBridge,
-                x0: Tensor, y: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+def bridge_loss(model: Callable[..., Tensor], bridge: BrownianBridge,
+                x0: Tensor, y: Tensor, eps: Tensor, t: Tensor,
+                exemplar: Tensor | None = None) -> Tensor:
     """BBDM's objective ``|| m_t (y - x0) + sqrt(delta_t) eps - net(x_t, t, y) ||^2``:
-    the network predicts ``x_t - x0``, so the bridge denoiser is ``x_t - net``."""
+    the network predicts ``x_t - x0``, so the bridge denoiser is ``x_t - net``. With an
+    ``exemplar`` (EBDM) the network is called ``net(x_t, t, y, exemplar)``."""
     xt = bridge.add_noise(x0, y, eps, t)
-    return ((model(xt, t.to(xt.dtype), y) - (xt - x0)) ** 2).sum(1).mean()
+    extra = () if exemplar is None else (exemplar,)
+    return ((model(xt, t.to(xt.dtype), y, *extra) - (xt - x0)) ** 2).sum(1).mean()
 
 
 def _draw(source: Source, n: int, gen: torch.Generator) -> Tensor:
@@ -167,14 +186,23 @@ def train_interpolant(
 
 
 def train_bridge(
-    net: nn.Module, pairs: tuple[Tensor, Tensor], bridge: BrownianBridge, *, steps: int = 2000,
+    net: nn.Module, pairs: tuple[Tensor, ...], bridge: BrownianBridge, *, steps: int = 2000,
     batch_size: int = 256, lr: float = 1e-3, warmup: int = 100, ema_decay: float = 0.999,
     grad_clip: float = 1.0, seed: int = 0, log_every: int = 100, t_min: float = 1e-3,
 ) -> FitResult:
     """Fit ``net(x_t, t, y)`` (e.g. :class:`EndConditioned`) with BBDM's objective on paired
     data ``pairs = (x0 [N, D], y [N, D])`` (targets and their sources), ``t`` uniform in
-    ``[t_min, 1]``. The bridge denoiser is ``lambda x, t, y: x - ema(x, t, y)``."""
-    x0_all, y_all = pairs
+    ``[t_min, 1]``. The bridge denoiser is ``lambda x, t, y: x - ema(x, t, y)``. EBDM: triples
+    ``(x0, y, exemplar [N, ...])`` train an exemplar-conditioned network (e.g.
+    :class:`ExemplarConditioned`), called ``(x_t, t, y, exemplar)``."""
+    if len(pairs) not in (2, 3):
+        raise ValueError(f"pairs must be (targets, sources) or (targets, sources, exemplars), "
+                         f"got {len(pairs)} tensors")
+    x0_all, y_all = pairs[:2]
+    e_all = pairs[2] if len(pairs) == 3 else None
+    if e_all is not None and e_all.shape[0] != x0_all.shape[0]:
+        raise ValueError(f"need one exemplar per target, got {e_all.shape[0]} and "
+                         f"{x0_all.shape[0]}")
     if x0_all.shape != y_all.shape:
         raise ValueError(f"targets and sources must have the same shape, got "
                          f"{tuple(x0_all.shape)} and {tuple(y_all.shape)}")
@@ -185,6 +213,7 @@ def train_bridge(
         x0, y = x0_all[idx].float(), y_all[idx].float()
         eps = torch.randn(x0.shape, generator=gen)
         t = t_min + (1 - t_min) * torch.rand(batch_size, generator=gen)
-        return bridge_loss(model, bridge, x0, y, eps, t)
+        e = None if e_all is None else e_all[idx].float()
+        return bridge_loss(model, bridge, x0, y, eps, t, e)
 
     return _fit(net, batch_loss, steps, lr, warmup, ema_decay, grad_clip, seed, log_every)
