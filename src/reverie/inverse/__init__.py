@@ -6,7 +6,8 @@ DDRM, RED-diff, DiffPIR, TDS, MCGdiff, joint structured noise, MMPS). :func:`cdd
 diffusion bridge from the degraded image with data consistency; :func:`diffusion_pde` adds
 PDE-residual guidance on a joint solution / coefficient field; :func:`sequential_solve` warm-starts
 each frame of a sequence from the previous one; :func:`from_deepinv` turns a deepinv physics into
-an operator. See ``docs/inverse.md``.
+an operator; :func:`train_dfm` / :func:`dfm_sample` train and sample a conditional model of a
+signal seen only through forward models. See ``docs/inverse.md``.
 """
 
 from reverie.inverse.bayesdiff import (
@@ -26,6 +27,13 @@ from reverie.inverse.diffusion_pde import diffusion_pde
 from reverie.inverse.em import em_prior
 from reverie.inverse.events import EventResult, event_log_prob, event_sample
 from reverie.inverse.flow_vi import FlowPosterior, flow_vi
+from reverie.inverse.forward_models import (
+    ForwardModelDenoiser,
+    SignalGenerator,
+    dfm_loss,
+    dfm_sample,
+    train_dfm,
+)
 from reverie.inverse.guidance import DiffPIRDenoiser, JointNoiseDenoiser, PiGDMDenoiser
 from reverie.inverse.mmps import MMPSDenoiser
 from reverie.inverse.noise import GaussianNoise, NoiseModel, PoissonNoise
@@ -57,6 +65,11 @@ __all__ = [
     "ConsistentBridgeDenoiser",
     "cddb",
     "diffusion_pde",
+    "ForwardModelDenoiser",
+    "SignalGenerator",
+    "dfm_loss",
+    "dfm_sample",
+    "train_dfm",
     "sequential_solve",
     "DeepinvForward",
     "DeepinvOperator",
