@@ -173,10 +173,7 @@ def check_closer_to_tilted_than(samples, baseline_samples, ratio):
     return dist(samples) < ratio * dist(baseline_samples)
 
 
-@functools.cache
 def _searched(problem, method, k, n, seed):
-    """Memoised: a best-of-N baseline (budget ``k``, seed 103) serves every method of that
-    budget and the must-fail checks; seeded, so the cached result is what a new run gives."""
     return _run(problem, method, k * SEARCH_STEPS, n, seed=seed, steps=SEARCH_STEPS)
 
 
