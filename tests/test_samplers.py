@@ -206,11 +206,11 @@ def exact_output_law(sampler: Sampler, den, steps: int) -> tuple[torch.Tensor, t
 LAW_STEPS = (20, 40, 80, 160, 320)
 
 
-def law_errors(gaussian, sampler: Sampler, proc) -> list[float]:
+def law_errors(gaussian, sampler: Sampler, proc, steps_list=LAW_STEPS) -> list[float]:
     """``|mean - m| + |cov - C|_F`` of the sampler's exact output law for each of LAW_STEPS."""
     den = gaussian.denoiser(proc)
     errors = []
-    for steps in LAW_STEPS:
+    for steps in steps_list:
         mean, cov = exact_output_law(sampler, den, steps)
         errors.append(float((mean - gaussian.mean()).norm() + (cov - gaussian.covariance()).norm()))
     return errors
@@ -238,9 +238,11 @@ def test_stochastic_samplers_converge_to_the_exact_law(gaussian, proc, name):
 @pytest.mark.parametrize("name", KERNEL)
 def test_exact_law_check_rejects_a_wrong_noise_scale(gaussian, proc, name, factor):
     """With the noise std 15% off the exact-law error levels off at 0.41-0.53 instead of
-    vanishing (or even grows with the steps, for x1.15)."""
-    errors = law_errors(gaussian, _wrong_noise(name, factor), proc)
-    assert not converges_to_the_exact_law(errors) and errors[-1] > 0.3, errors
+    vanishing (or even grows with the steps, for x1.15). Its error at the last step count
+    alone decides: above 0.06 the check fails whatever the errors before it, so only that
+    law is computed (the same verdict at half the cost)."""
+    (last,) = law_errors(gaussian, _wrong_noise(name, factor), proc, LAW_STEPS[-1:])
+    assert last > 0.3, last  # > 0.06: converges_to_the_exact_law rejects it
 
 
 def test_exact_output_law_matches_monte_carlo(gaussian):

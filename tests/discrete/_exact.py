@@ -14,11 +14,19 @@ import torch
 M = -1  # a masked position in a state tuple
 
 
+_CONDITIONALS: dict[int, tuple[object, dict]] = {}  # id(model) -> (model, {state: [L, V]})
+
+
 def conditionals(model, state: tuple[int, ...]) -> torch.Tensor:
-    """Exact p(x0^i = v | unmasked positions of state) for the reference model, [L, V]."""
-    v = model.vocab_size
-    x = torch.tensor([[v if s == M else s for s in state]], dtype=torch.long)
-    return model.conditionals(x, v)[0]
+    """Exact p(x0^i = v | unmasked positions of state) for the reference model, [L, V].
+    Memoised per model and state (the enumerations below revisit each of the (V + 1)^L states
+    thousands of times; the model is fixed, so the value is the same)."""
+    _, cache = _CONDITIONALS.setdefault(id(model), (model, {}))  # keeps the model: no id reuse
+    if state not in cache:
+        v = model.vocab_size
+        x = torch.tensor([[v if s == M else s for s in state]], dtype=torch.long)
+        cache[state] = model.conditionals(x, v)[0]
+    return cache[state]
 
 
 def _expand(state, options):

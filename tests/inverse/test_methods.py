@@ -219,12 +219,19 @@ def check_converges_to_floor(distances, floor, factor=3.0):
 
 
 @functools.cache
+def _smc_reference(n=4096):
+    """The distance to the exact posterior and its two-sample floor at ``n`` samples (one for
+    both methods: the same problem)."""
+    post = linear_gaussian_posterior(_mixture(), SMC_A, SMC_Y, 0.5**2)
+    dist = SlicedWasserstein(post.sample(50000, _gen(5)), 128, _gen(3))
+    return dist, sum(dist(post.sample(n, _gen(100 + i))) for i in range(5)) / 5
+
+
+@functools.cache
 def _smc_distances(method):
     prior = _mixture()
-    post = linear_gaussian_posterior(prior, SMC_A, SMC_Y, 0.5**2)
-    dist = SlicedWasserstein(post.sample(50000, _gen(5)), 128, _gen(3))
     n = 4096
-    floor = sum(dist(post.sample(n, _gen(100 + i))) for i in range(5)) / 5
+    dist, floor = _smc_reference(n)
     ladder, steps = SMC_LADDER[method]
     ds = [dist(solve(prior.denoiser(PROC), MatrixOperator(SMC_A), SMC_Y, 0.5, method=method,
                      steps=steps, n=n, particles=p, generator=_gen(1))) for p in ladder]
