@@ -28,10 +28,10 @@ def ditto2(
 ) -> tuple[Tensor, Tensor, Tensor, dict]:
     """DITTO-2 (Novack et al. 2024): Adam ascent on the unit initial noise ``z`` of
     ``r(f(sigma(t_0) z, t_0)) - noise_weight |z|^2 / 2``, where ``f`` is ``surrogate``, a
-    one-step model of the probability-flow map (e.g. a consistency student's ``denoiser``,
-    :func:`reverie.accelerate.consistency_distill`); then one decode of the final ``z`` with
-    the search's deterministic sampler on the denoiser given to ``run``. ``surrogate=None``
-    optimises through that checkpointed sampler itself (plain DITTO, no speed-up; the
+    one-step model of the probability-flow map (e.g. the ``denoiser`` of a consistency
+    student, :func:`reverie.accelerate.distill.consistency_distill`); then one decode of the
+    final ``z`` with the search's deterministic sampler on the denoiser given to ``run``.
+    ``surrogate=None`` optimises through that checkpointed sampler itself (plain DITTO, no speed-up; the
     teacher's own one-step prediction is no surrogate: at ``alpha(t_0) = 0`` it is constant).
 
     NFE accounting: an iteration costs 2 NFE with a surrogate (its forward and backward pass,
