@@ -31,8 +31,9 @@ def ditto2(
     one-step model of the probability-flow map (e.g. the ``denoiser`` of a consistency
     student, :func:`reverie.accelerate.distill.consistency_distill`); then one decode of the
     final ``z`` with the search's deterministic sampler on the denoiser given to ``run``.
-    ``surrogate=None`` optimises through that checkpointed sampler itself (plain DITTO, no speed-up; the
-    teacher's own one-step prediction is no surrogate: at ``alpha(t_0) = 0`` it is constant).
+    ``surrogate=None`` optimises through that checkpointed sampler itself (plain DITTO, no
+    speed-up; the teacher's own one-step prediction is no surrogate: at ``alpha(t_0) = 0``
+    it is constant).
 
     NFE accounting: an iteration costs 2 NFE with a surrogate (its forward and backward pass,
     counted like network calls even when the surrogate is another network), else
