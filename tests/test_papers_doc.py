@@ -133,8 +133,9 @@ BROKEN = {
     "summary off by one": (lambda t: t.replace("| M8 constrained dLLM decoding | 2 | 2 |",
                                                "| M8 constrained dLLM decoding | 2 | 1 |"),
                            "summary row M8 says [2, 1, 0, 0, 0], the table has [2, 2, 0, 0, 0]"),
-    "unknown status": (lambda t: t.replace("| not yet: needs a distilled",
-                                           "| planned: needs a distilled"), "paper 19: status"),
+    "unknown status": (lambda t: t.replace("| not yet: a trained medical-imaging",
+                                           "| planned: a trained medical-imaging"),
+                       "paper 26: status"),
 }
 
 

@@ -141,7 +141,7 @@ def test_flow_sde_keeps_the_marginals(problem):
 # but not by half, its value-driven growth is biased; the benchmark reports it).
 
 MAXIMISER_BUDGET = {"beam": 8, "dts_star": 8, "rbf": 8, "paths": 32, "zero_order": 32,
-                    "ditto": 64}
+                    "ditto": 64, "ditto2": 64}
 TILTED_RATIO = {"fk": 0.5, "dts": 0.8}
 SEARCH_STEPS = 8
 

@@ -28,6 +28,7 @@ dts            Diffusion Tree Sampling (Jain et al. 2025)              sample th
 dts_star       Diffusion Tree Search, greedy DTS (Jain et al. 2025)    maximise
 rbf            Rollover Budget Forcing, flow SDE (Kim et al. 2025)     maximise
 ditto          initial-noise optimisation by backprop (Novack 2024)    maximise
+ditto2         DITTO through a one-step surrogate (Novack 2024)        maximise
 =============  =====================================================  ======================
 
 Memory stays bounded as budgets grow: independent samples are processed in chunks and the
@@ -51,6 +52,7 @@ from reverie.samplers import SAMPLERS
 from reverie.search import beam as _beam  # noqa: F401  (registers methods)
 from reverie.search import ditto as _ditto  # noqa: F401
 from reverie.search import noise as _noise  # noqa: F401
+from reverie.search import noise_opt as _noise_opt  # noqa: F401
 from reverie.search import rbf as _rbf  # noqa: F401
 from reverie.search import smc as _smc  # noqa: F401
 from reverie.search import tree as _tree  # noqa: F401
@@ -65,7 +67,8 @@ from reverie.search._core import (
 from reverie.search.rbf import sde_diffusion
 
 METHODS.reorder(
-    ("best_of_n", "fk", "paths", "zero_order", "beam", "dts", "dts_star", "rbf", "ditto")
+    ("best_of_n", "fk", "paths", "zero_order", "beam", "dts", "dts_star", "rbf", "ditto",
+     "ditto2")
 )
 
 __all__ = ["METHODS", "Method", "SearchResult", "CountingDenoiser", "run", "sde_diffusion"]
@@ -94,7 +97,8 @@ def run(
 ) -> SearchResult:
     """Search with ``method`` under an NFE ``budget`` per returned sample; return ``n`` samples.
 
-    ``reward(x0) -> Tensor[batch]`` scores clean samples (differentiable for ``ditto``).
+    ``reward(x0) -> Tensor[batch]`` scores clean samples (differentiable for
+    ``ditto`` and ``ditto2``).
     ``temperature`` ``T > 0`` sets the target ``p(x) exp(r(x) / T)`` of the sampling methods
     (``fk``, ``dts``) and the softness of ``dts_star``'s values with ``backup="mean"``
     (its default max backup does not use it). ``generator``: one
