@@ -9,6 +9,7 @@ from reverie.samplers import sample
 from reverie.timeseries.metrics import gaussian_errors
 from reverie.video import (
     MovingVideo,
+    best_encoder,
     controls,
     encoder_limit,
     sparsectrl_denoiser,
@@ -22,7 +23,7 @@ N, NOISE = 1500, 0.05
 def setup():
     torch.manual_seed(0)
     video, process = MovingVideo(), EDM(sigma_data=1.0)
-    enc, rec = train_sparse_encoder(video, process, steps=400, noise_std=NOISE)
+    enc, rec = train_sparse_encoder(video, process, steps=300, noise_std=NOISE)
     g = torch.Generator().manual_seed(1)
     mask = torch.zeros(video.frames, dtype=torch.bool)
     mask[[0, 5]] = True
@@ -56,14 +57,9 @@ def test_best_encoder_reaches_conditional_mean_with_prior_spread(setup):
     video, process, _, _, mask, kf = setup
     limit = encoder_limit(video, mask, kf, NOISE)
     mu, s = limit.means[0], video.cov
-    eye = torch.eye(video.dim, dtype=torch.float64)
 
     def best(scale):
-        def enc(cond, m, sigma):
-            v = sigma.reshape(-1)[0] ** 2
-            r = v * torch.linalg.solve(s + v * eye, mu)  # (I - S (S + v I)^-1) mu
-            return scale * r.reshape(video.frames, video.pixels).expand(cond.shape[0], -1, -1)
-        return enc
+        return best_encoder(video, mask, kf, NOISE, scale)
 
     cond = controls(video, mask, kf, N)
     good = gaussian_errors(_draw(video, process, best(1.0), cond), mu, s)

@@ -36,7 +36,8 @@ from reverie.denoisers import Denoiser
 from reverie.process import GaussianProcess
 from reverie.reference import Gaussian, linear_gaussian_posterior
 
-__all__ = ["MovingVideo", "SparseEncoder", "controls", "encoder_limit", "sparsectrl_denoiser",
+__all__ = ["MovingVideo", "SparseEncoder", "controls", "best_encoder", "encoder_limit",
+           "sparsectrl_denoiser",
            "train_sparse_encoder"]
 
 
@@ -103,9 +104,9 @@ def _controls(mask: Tensor, keyframes: Tensor, pixels: int) -> Tensor:
 
 class SparseEncoder(nn.Module):
     """The sparse condition encoder: an MLP of the per-frame conditions ``cond`` ``[B, F, P]``
-    (zeros on frames without one), the mask ``[B, F]`` and ``log sigma`` -- no noisy latent.
-    Its last layer starts at zero (ControlNet's zero convolution), so it starts as the frozen
-    model."""
+    (zeros on frames without one), the mask ``[B, F]`` and the noise level ``log(sigma /
+    alpha)`` -- no noisy latent. Its last layer starts at zero (ControlNet's zero convolution),
+    so it starts as the frozen model."""
 
     def __init__(self, frames: int, pixels: int, hidden: int = 128):
         super().__init__()
@@ -116,12 +117,12 @@ class SparseEncoder(nn.Module):
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
-    def forward(self, cond: Tensor, mask: Tensor, sigma: Tensor) -> Tensor:
+    def forward(self, cond: Tensor, mask: Tensor, ratio: Tensor) -> Tensor:
         b = cond.shape[0]
         if cond.shape[1:] != (self.frames, self.pixels) or mask.shape != (b, self.frames):
             raise ValueError(f"cond must be [B, {self.frames}, {self.pixels}] and mask "
                              f"[B, {self.frames}]; got {tuple(cond.shape)}, {tuple(mask.shape)}")
-        s = torch.log(sigma.reshape(-1).expand(b)).float()[:, None] / 4
+        s = torch.log(ratio.reshape(-1).expand(b)).float()[:, None] / 4
         h = torch.cat([cond.reshape(b, -1).float(), mask.float(), s], 1)
         return self.net(h).reshape(b, self.frames, self.pixels)
 
@@ -186,6 +187,22 @@ def encoder_limit(video: MovingVideo, mask: Tensor, keyframes: Tensor,
     """The law an encoder without the noisy latent reaches at best over a linear frozen model:
     ``N(E[x0 | y], S)``, the exact conditional mean with the prior covariance (module doc)."""
     return Gaussian(video.conditional(mask, keyframes, noise_std).means[0], video.cov)
+
+
+def best_encoder(video: MovingVideo, mask: Tensor, keyframes: Tensor, noise_std: float,
+                 scale: float = 1.0):
+    """The closed-form best encoder for one control: ``h = (I - alpha W_t) E[x0 | y]`` with
+    ``W_t = alpha S (alpha^2 S + sigma^2 I)^-1``; its samples have the law
+    :func:`encoder_limit`. ``scale`` multiplies it (a deliberately wrong variant for tests)."""
+    mu = video.conditional(mask, keyframes, noise_std).means[0]
+    eye = torch.eye(video.dim, dtype=torch.float64)
+
+    def enc(cond: Tensor, mask: Tensor, ratio: Tensor) -> Tensor:
+        r2 = float(ratio.reshape(-1)[0]) ** 2  # (sigma / alpha)^2
+        h = r2 * torch.linalg.solve(video.cov + r2 * eye, mu)  # (I - alpha W_t) mu
+        return scale * h.reshape(video.frames, video.pixels).expand(cond.shape[0], -1, -1)
+
+    return enc
 
 
 def controls(video: MovingVideo, mask: Tensor, keyframes: Tensor, n: int) -> dict[str, Tensor]:
