@@ -89,7 +89,11 @@ def test_trained_encoder_moves_the_clip_to_the_keyframes(setup):
 
 
 def test_encoder_rejects_bad_shapes(setup):
-    video, _, enc, _, mask, kf = setup
+    video, process, enc, _, mask, kf = setup
+    with pytest.raises(ValueError, match="keyframes must be"):
+        controls(video, mask, kf[:1], 4)
+    with pytest.raises(ValueError, match="keyframes must be a range"):
+        train_sparse_encoder(video, process, keyframes=(0, 2))
     with pytest.raises(ValueError, match="cond must be"):
         enc(torch.zeros(2, video.frames + 1, video.pixels), torch.zeros(2, video.frames),
             torch.ones(2))

@@ -149,6 +149,9 @@ def train_sparse_encoder(video: MovingVideo, process: GaussianProcess, *, steps:
     conditioned model, with a random set of ``keyframes`` conditioned frames per clip
     (SparseCtrl's random sparse masks) observed with noise ``noise_std``; ``t`` uniform in
     log-SNR. Returns the encoder (eval mode) and a record."""
+    if not 1 <= keyframes[0] <= keyframes[1] <= video.frames:
+        raise ValueError(f"keyframes must be a range (lo, hi) with 1 <= lo <= hi <= "
+                         f"{video.frames}, got {keyframes}")
     gen = torch.Generator().manual_seed(seed)
     enc = SparseEncoder(video.frames, video.pixels)
     opt = torch.optim.Adam(enc.parameters(), lr=lr)
@@ -208,6 +211,10 @@ def best_encoder(video: MovingVideo, mask: Tensor, keyframes: Tensor, noise_std:
 def controls(video: MovingVideo, mask: Tensor, keyframes: Tensor, n: int) -> dict[str, Tensor]:
     """The ``cond`` keywords of :func:`sparsectrl_denoiser` for ``n`` samples of one control."""
     mask = video._check_mask(mask)
-    c = _controls(mask, torch.as_tensor(keyframes, dtype=torch.float64), video.pixels)
+    keyframes = torch.as_tensor(keyframes, dtype=torch.float64)
+    if keyframes.shape != (int(mask.sum()), video.pixels):
+        raise ValueError(f"keyframes must be [{int(mask.sum())}, {video.pixels}] (one frame per "
+                         f"true mask entry), got shape {tuple(keyframes.shape)}")
+    c = _controls(mask, keyframes, video.pixels)
     return {"cond": c.expand(n, -1, -1), "mask": mask.expand(n, -1)}
 
