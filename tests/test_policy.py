@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import reverie
-from reverie.policy import GaussianPolicy, rollout, shift_chunk
+from reverie.policy import GaussianPolicy, GripperPolicy, rollout, shift_chunk
 from reverie.samplers import resolve_grid
 from reverie.timeseries.metrics import gaussian_w2
 
@@ -111,6 +111,26 @@ def test_rti_rollout_contracts_geometrically_and_beats_scratch_at_equal_nfe(poli
     assert r["nfe"] == [5] * 8
     mean_rti, mean_scratch = sum(rti[1:]) / 7, sum(scratch[1:]) / 7
     assert mean_rti < 0.6 * mean_scratch, (mean_rti, mean_scratch)
-    for shift in (0, -1):  # no shift, the wrong way: worse
-        wrong, _ = run(strength=0.5, shift=shift)
-        assert sum(wrong[1:]) / 7 > 1.4 * mean_rti, (shift, wrong, rti)  # 0.16, 0.28 vs 0.095
+    for kw in ({"shift": 0}, {"shift": -1}, {"renoise": False}):  # no shift, the wrong way,
+        wrong, _ = run(strength=0.5, **kw)  # the clean chunk as x_t: worse (0.16, 0.28, 0.44)
+        assert sum(wrong[1:]) / 7 > 1.4 * mean_rti, (kw, wrong, rti)
+
+
+def test_scaled_discrete_action_switches_where_the_unscaled_one_sticks():
+    """RTI-DP's discrete-action scaling: the gripper must close at control step 3 (closed with
+    probability 0.02, then 0.98). Warm-started at strength 0.5, the unscaled command (+-1) keeps
+    the previous chunk's mode (closed in at most 20% of rollouts); scaled by 0.1 it closes at
+    the exact rate from the first step after the switch (|fraction - 0.98| < 0.05)."""
+    proc, obs = reverie.VPLinear(), list(range(7))
+
+    def closed(scale):
+        pol = GripperPolicy(lambda o: 0.02 if o < 3 else 0.98, H, scale=scale)
+        r = rollout(pol, obs, proc, n=N, steps=20, strength=0.5, generator=gen(0))
+        return [float(pol.closed(x).double().mean()) for x in r["chunks"]]
+
+    scaled, unscaled = closed(0.1), closed(1.0)
+    assert all(abs(f - 0.02) < 0.02 for f in scaled[:3] + unscaled[:3])
+    assert all(abs(f - 0.98) < 0.05 for f in scaled[3:]), scaled
+    assert all(f < 0.2 for f in unscaled[3:]), unscaled  # measured 0.02-0.06
+    with pytest.raises(ValueError, match="probability in"):
+        GripperPolicy(lambda o: 1.0, H).law(0)

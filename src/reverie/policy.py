@@ -12,7 +12,11 @@ the exact conditional law. :meth:`GaussianPolicy.contraction` is the paper's con
 analysis in closed form: the warm-started chain maps an error ``d`` of the warm start's mean to
 ``A d`` with ``|A| < 1`` (so errors shrink geometrically over control steps).
 
-Not here: the paper's scaling for discrete actions (gripper open/close).
+Discrete actions (:class:`GripperPolicy`): a warm start at low noise keeps the previous
+chunk's discrete mode (a gripper stays open when it should close); RTI-DP scales the discrete
+action down (its released code divides the gripper action by 10 in the data) so the warm
+start's noise can switch it. ``rollout(renoise=False)`` is the released code's warm start
+(the shifted clean chunk taken as the state at the starting step, no noise added).
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ from torch import Tensor
 
 from reverie.denoisers import Denoiser
 from reverie.process import GaussianProcess
-from reverie.reference import Gaussian
+from reverie.reference import Gaussian, GaussianMixture
 
-__all__ = ["GaussianPolicy", "shift_chunk", "rollout"]
+__all__ = ["GaussianPolicy", "GripperPolicy", "shift_chunk", "rollout"]
 
 
 class GaussianPolicy:
@@ -68,6 +72,36 @@ class GaussianPolicy:
         return a**2 * lam / (a**2 * lam + s**2)
 
 
+class GripperPolicy:
+    """A discrete action in miniature: a chunk of ``H`` gripper commands, all open
+    (``-scale``) or all closed (``+scale``), closed with probability ``p_fn(o)``: a
+    two-component mixture, each component of standard deviation ``spread * scale``. RTI-DP's
+    scaling is ``scale < 1`` (the command is read back by its sign, :meth:`closed`)."""
+
+    def __init__(self, p_fn: Callable[[Any], float], horizon: int, *, scale: float = 1.0,
+                 spread: float = 0.05):
+        if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 2:
+            raise ValueError(f"horizon must be an integer >= 2, got {horizon!r}")
+        if not scale > 0 or not spread > 0:
+            raise ValueError(f"scale and spread must be positive, got {scale!r}, {spread!r}")
+        self.p_fn, self.horizon, self.scale, self.spread = p_fn, horizon, scale, spread
+
+    def law(self, obs: Any) -> GaussianMixture:
+        p = float(self.p_fn(obs))
+        if not 0 < p < 1:
+            raise ValueError(f"p_fn must return a probability in (0, 1), got {p!r}")
+        means = self.scale * torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
+        means = means.expand(2, self.horizon)
+        return GaussianMixture(means, (self.spread * self.scale) ** 2, [1 - p, p])
+
+    def denoiser(self, obs: Any, process: GaussianProcess) -> Denoiser:
+        return self.law(obs).denoiser(process)
+
+    def closed(self, chunk: Tensor) -> Tensor:
+        """Whether each chunk ``[n, H]`` commands a closed gripper (the sign of its mean)."""
+        return chunk.mean(1) > 0
+
+
 def shift_chunk(chunk: Tensor, shift: int = 1, pad: str = "hold") -> Tensor:
     """Shift action chunks ``[n, H, ...]`` forward in time by ``shift`` executed actions
     (RTI-DP's warm start): ``out[:, j] = chunk[:, j + shift]``; the ``shift`` tail actions
@@ -96,7 +130,7 @@ def shift_chunk(chunk: Tensor, shift: int = 1, pad: str = "hold") -> Tensor:
 def rollout(policy: GaussianPolicy, observations: Sequence[Any], process: GaussianProcess, *,
             n: int, sampler: str = "dpmpp_2m_sde", steps: int = 20,
             strength: float | None = 0.5, execute: int = 1, shift: int | None = None,
-            pad: str = "hold", first: Tensor | None = None,
+            pad: str = "hold", first: Tensor | None = None, renoise: bool = True,
             generator: torch.Generator | None = None) -> dict[str, list]:
     """RTI-DP's control loop, ``n`` parallel rollouts: at each control step the chunk is drawn
     with the exact denoiser conditioned on that step's observation; the first step from noise
@@ -104,8 +138,9 @@ def rollout(policy: GaussianPolicy, observations: Sequence[Any], process: Gaussi
     warm-started (``init``/``strength``) from the previous chunk shifted by ``shift``
     (default ``execute``, the actions executed per control step). ``strength=None``: every
     step from noise with all ``steps`` steps (the baseline). Returns ``chunks`` (one ``[n, H]``
-    per step) and ``nfe`` (denoiser calls per step, per sample)."""
-    from reverie.samplers import sample
+    per step) and ``nfe`` (denoiser calls per step, per sample). ``renoise=False``: the
+    released code's warm start, the shifted chunk itself as the state at the starting step."""
+    from reverie.samplers import SAMPLERS, resolve_grid, run, sample
 
     if not observations:
         raise ValueError("observations must be a non-empty sequence")
@@ -127,8 +162,13 @@ def rollout(policy: GaussianPolicy, observations: Sequence[Any], process: Gaussi
             x = sample(counted, noise, sampler, steps, generator=generator)
         else:
             init = shift_chunk(prev, shift, pad)
-            x = sample(counted, noise, sampler, steps, generator=generator, init=init,
-                       strength=strength)
+            if renoise:  # x_t = alpha(t_k) init + sigma(t_k) noise
+                x = sample(counted, noise, sampler, steps, generator=generator, init=init,
+                           strength=strength)
+            else:  # x_t = init
+                g = resolve_grid(SAMPLERS[sampler], process, steps, None)
+                k = steps - min(int(steps * strength), steps)
+                x = run(sampler, counted, init, g[k:], generator=generator).x0
         chunks.append(x)
         nfe.append(calls[0])
         prev = x
