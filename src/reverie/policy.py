@@ -127,8 +127,8 @@ def shift_chunk(chunk: Tensor, shift: int = 1, pad: str = "hold") -> Tensor:
     return torch.cat([kept, tail], dim=1)
 
 
-def rollout(policy: GaussianPolicy | GripperPolicy, observations: Sequence[Any], process: GaussianProcess, *,
-            n: int, sampler: str = "dpmpp_2m_sde", steps: int = 20,
+def rollout(policy: GaussianPolicy | GripperPolicy, observations: Sequence[Any],
+            process: GaussianProcess, *, n: int, sampler: str = "dpmpp_2m_sde", steps: int = 20,
             strength: float | None = 0.5, execute: int = 1, shift: int | None = None,
             pad: str = "hold", first: Tensor | None = None, renoise: bool = True,
             generator: torch.Generator | None = None) -> dict[str, list]:
