@@ -78,9 +78,9 @@ register("feature_inheritance", feature_inheritance, "cache", "A-SDM, Zhu et al.
 register("parastep", parastep, "sampler", "ParaStep, Wang et al. 2025 (paper 98)",
          "reuse-then-predict rounds of P steps: P independent network calls per round")
 
+from reverie.accelerate import cond_distill as _codi  # noqa: E402,F401  (registers cond_distill)
 from reverie.accelerate import distill as _distill  # noqa: E402,F401  (registers its trainers)
 from reverie.accelerate import flash as _flash  # noqa: E402,F401  (registers imagine_flash)
 from reverie.accelerate import imm as _imm  # noqa: E402,F401  (registers imm)
 from reverie.accelerate import pnp as _pnp  # noqa: E402,F401  (registers pnp_distill)
 from reverie.accelerate import prune as _prune  # noqa: E402,F401  (registers LD-Pruner)
-from reverie.accelerate import cond_distill as _cond_distill  # noqa: E402,F401  (registers cond_distill)
