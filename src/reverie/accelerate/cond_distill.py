@@ -115,8 +115,9 @@ def conditional_distill(teacher: DenoiserBase, x0: Tensor, c: Tensor, *, points:
         raise ValueError(f"points must be >= 2, got {points}")
     proc = teacher.process
     g = make_grid(proc, points, grid)[:-1]  # t_N > ... > t_1 (the clean end excluded)
-    torch.manual_seed(seed)
-    model = _Adapted(teacher, x0.shape[1], c.shape[1], hidden)
+    with torch.random.fork_rng():  # a seeded adapter init, the global RNG untouched
+        torch.manual_seed(seed)
+        model = _Adapted(teacher, x0.shape[1], c.shape[1], hidden)
     target = copy.deepcopy(model.net)
     ema_model = _Adapted(teacher, x0.shape[1], c.shape[1], hidden)
     ema_model.net = target
