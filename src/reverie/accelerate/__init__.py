@@ -78,6 +78,7 @@ register("feature_inheritance", feature_inheritance, "cache", "A-SDM, Zhu et al.
 register("parastep", parastep, "sampler", "ParaStep, Wang et al. 2025 (paper 98)",
          "reuse-then-predict rounds of P steps: P independent network calls per round")
 
+from reverie.accelerate import cond_distill as _codi  # noqa: E402,F401  (registers cond_distill)
 from reverie.accelerate import distill as _distill  # noqa: E402,F401  (registers its trainers)
 from reverie.accelerate import flash as _flash  # noqa: E402,F401  (registers imagine_flash)
 from reverie.accelerate import imm as _imm  # noqa: E402,F401  (registers imm)
