@@ -38,7 +38,8 @@ MODES = ("free", "interpolate")
 
 def _check_vp(process: object) -> VP:
     if not isinstance(process, VP):
-        raise TypeError(f"the chain needs a discrete reverie.VP process, got {type(process).__name__}")
+        raise TypeError(
+            f"the chain needs a discrete reverie.VP process, got {type(process).__name__}")
     return process
 
 
@@ -94,7 +95,8 @@ class ReverseVariance(nn.Module):
     def forward(self, t_from: float, t_to: float) -> Tensor:
         k = round(float(t_from))
         prev = k - 1 if k > 0 else self.process.t_clean
-        if abs(float(t_from) - k) > 1e-6 or abs(float(t_to) - prev) > 1e-6 or k >= self.param.numel():
+        off = abs(float(t_from) - k) > 1e-6 or abs(float(t_to) - prev) > 1e-6
+        if off or not 0 <= k < self.param.numel():
             raise ValueError(f"learned variances are per chain step k -> k-1 (integer process "
                              f"times); got a step {float(t_from):g} -> {float(t_to):g}")
         return self.variances()[k]
@@ -107,7 +109,7 @@ def gaussian_kl(m1: Tensor, v1: Tensor | float, m2: Tensor, v2: Tensor | float) 
     return kl.reshape(m1.shape[0], -1).sum(1)
 
 
-Variance = ReverseVariance | Tensor | Callable[[], Tensor]
+Variance = ReverseVariance | Tensor
 
 
 def vlb_terms(denoiser: Callable[[Tensor, float], Tensor], variance: Variance, x0: Tensor,
@@ -118,9 +120,13 @@ def vlb_terms(denoiser: Callable[[Tensor, float], Tensor], variance: Variance, x
     the denoiser's and the variances' parameters. ``variance``: a :class:`ReverseVariance` or
     a ``[T]`` tensor of ``Sigma_k``."""
     abar, beta, bt = chain_tables(process)
-    sig = variance.variances() if isinstance(variance, ReverseVariance) else torch.as_tensor(variance)
+    if isinstance(variance, ReverseVariance):
+        sig = variance.variances()
+    else:
+        sig = torch.as_tensor(variance)
     if sig.shape != abar.shape:
-        raise ValueError(f"need {abar.numel()} reverse variances (one per step), got {tuple(sig.shape)}")
+        raise ValueError(
+            f"need {abar.numel()} reverse variances (one per step), got {tuple(sig.shape)}")
     prev = torch.cat([abar.new_ones(1), abar[:-1]])
     terms = []
     for k in range(abar.numel()):
