@@ -82,6 +82,37 @@ def test_training_by_the_bound_learns_the_closed_form_variances():
     assert res.losses[-1] < res.losses[0]
 
 
+class _Affine(torch.nn.Module):
+    """``x0_hat = a_k x + b_k`` per step: the family holding the exact denoiser of Gaussian data."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.zeros(steps, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.zeros(steps, dtype=torch.float64))
+
+    def forward(self, x, t):
+        return self.a[int(t)] * x + self.b[int(t)]
+
+
+def test_joint_training_of_mean_and_variance_reaches_the_exact_kernels():
+    data = DATA.sample(4096, torch.Generator().manual_seed(2)).double()
+    test = DATA.sample(20000, torch.Generator().manual_seed(3)).double()
+    opt = gaussian_optimal_variance(PROC, S2)
+    model = VLBModel(_Affine(12), ReverseVariance(PROC, "free"))
+
+    def bound(den, var):
+        with torch.no_grad():
+            terms = vlb_terms(den, var, test, PROC, torch.Generator().manual_seed(0))
+        return float(terms.sum(1).mean())
+
+    exact = bound(DATA.denoiser(PROC), opt)
+    untrained = bound(model.denoiser, model.variance)
+    res = train_vlb(model, data, steps=200, batch_size=256, lr=0.05, ema_decay=0.8)
+    trained = bound(res.ema.denoiser, res.ema.variance)
+    assert abs(trained - exact) < 0.01 < untrained - exact - 1, (trained, exact, untrained)
+    assert float((res.ema.variance.variances().detach() / opt - 1).abs().max()) < 0.08
+
+
 @pytest.mark.parametrize("factor, ok", [(1.0, True), (1.15, False), (1 / 1.15, False)])
 def test_ddpm_with_the_optimal_variances_samples_the_exact_law(factor, ok):
     # on the chain's own grid the last step returns E[x0 | x_1]: law N(m, s2 - Var(x0 | x_1))
