@@ -366,12 +366,21 @@ def ddim(denoiser, state, sch, *, generator, cond, eta: float = 0.0) -> Transiti
     order=1,
     stochastic=True,
     grid=_LEADING_ON_VP,
+    variance=None,
     description="DDPM ancestral sampling (Ho et al. 2020): the exact Gaussian posterior step",
 )
-def ddpm(denoiser, state, sch, *, generator, cond) -> Transition:
+def ddpm(denoiser, state, sch, *, generator, cond, variance=None) -> Transition:
     """Ancestral sampling, Ho et al. (2020) eq. 6-7: ``x_{i+1} ~ q(x_{i+1} | x_i, x0_hat)``,
-    the forward-process posterior with the model's data prediction plugged in."""
-    return ddim(denoiser, state, sch, generator=generator, cond=cond, eta=1.0)
+    the forward-process posterior with the model's data prediction plugged in.
+
+    ``variance``: a learned reverse variance (Sohl-Dickstein et al. 2015; Nichol & Dhariwal
+    2021), a callable ``(t_from, t_to) -> Sigma`` (e.g. :class:`reverie.vlb.ReverseVariance`);
+    the mean stays the posterior mean, the noise variance becomes ``Sigma``."""
+    step = ddim(denoiser, state, sch, generator=generator, cond=cond, eta=1.0)
+    if variance is None or sch.sigma[state.i + 1] == 0:
+        return step
+    return Transition(step.mean, math.sqrt(float(variance(sch.t[state.i], sch.t[state.i + 1]))),
+                      step.x0)
 
 
 @register(
