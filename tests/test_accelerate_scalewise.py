@@ -137,3 +137,42 @@ def test_scalewise_bad_input():
         scalewise_sample(den, z, [(9, 80.0), (N, 1.0)], noises=[])
     with pytest.raises(ValueError, match="at least one"):
         scalewise_sample(den, z, [])
+
+
+class _RingNet(torch.nn.Module):
+    """A tiny circular 1-D convolution predicting ``x0`` at any length (EDM sigma input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv1d(2, 16, 3, padding=1, padding_mode="circular")
+        self.b = torch.nn.Conv1d(16, 1, 3, padding=1, padding_mode="circular")
+
+    def forward(self, x, t):
+        s = t.float().reshape(-1, 1, 1)
+        h = torch.cat([x / (1 + s * s).sqrt(), s.log().expand_as(x)], 1)
+        return self.b(torch.tanh(self.a(h)))
+
+
+def test_scalewise_distill_learns_the_field_at_two_scales():
+    # a 2-step student (4 points, then 8) trained by MMD on field samples; its starting copy
+    # (the same network, untrained here) fails the same check
+    from reverie.accelerate.distill import mmd
+    from reverie.accelerate.scalewise import scalewise_distill
+    from reverie.denoisers import Denoiser
+
+    torch.manual_seed(0)
+    field = GaussianField.stationary(8, 1.5, periodic=True)
+    gen = torch.Generator().manual_seed(0)
+    targets, held = (field.sample(512, gen).float()[:, None] for _ in range(2))
+    teacher = Denoiser(_RingNet(), PROC, "x0")
+    schedule = [((4,), 80.0), ((8,), 1.0)]
+    student = scalewise_distill(teacher, targets, schedule, iters=60, batch=64, lr=1e-2)
+    noise = torch.randn(512, 1, 4, generator=torch.Generator().manual_seed(1))
+    untrained = scalewise_distill(teacher, targets, schedule, iters=1, lr=0.0)
+
+    def dist(s):
+        return float(mmd(s.sample(noise), held))
+    assert dist(student) < 0.05 * dist(untrained)  # measured 0.013 against 0.78
+    assert METHODS["scalewise_distill"].kind == "distill"
+    with pytest.raises(ValueError, match="trained for 2 steps"):
+        student.sample(noise, 1)
