@@ -137,6 +137,8 @@ def test_scalewise_bad_input():
         scalewise_sample(den, z, [(9, 80.0), (N, 1.0)], noises=[])
     with pytest.raises(ValueError, match="at least one"):
         scalewise_sample(den, z, [])
+    with pytest.raises(ValueError, match="unknown upsample"):
+        scalewise_sample(den, z, [(9, 80.0), (N, 1.0)], upsample="cubic")
 
 
 class _RingNet(torch.nn.Module):

@@ -42,7 +42,7 @@ from torch.nn import functional as F
 from reverie._random import Generators, randn
 from reverie.accelerate.distill import _batches, _positive, _trainable_copy, mmd
 from reverie.denoisers import Denoiser, DenoiserBase
-from reverie.large.fam import _check_reference, _enlarge
+from reverie.large.fam import _MODES, _enlarge
 
 __all__ = ["ScalewiseStudent", "scalewise_distill", "scalewise_sample"]
 
@@ -63,6 +63,10 @@ def scalewise_sample(denoiser: DenoiserBase | Sequence[DenoiserBase], noise: Ten
     decreasing): one network call per pair. ``denoiser`` is one denoiser for every size or one
     per pair; ``upsample`` is ``"fourier"`` or an ``F.interpolate`` mode; ``noises`` (one unit
     tensor per re-noising, of the next size) replace the fresh draws from ``generator``."""
+    if not isinstance(noise, Tensor) or noise.ndim < 2:
+        raise TypeError(f"noise must be a tensor [B, ...], got {type(noise).__name__}")
+    if upsample not in _MODES:
+        raise ValueError(f"unknown upsample {upsample!r}; expected one of {', '.join(_MODES)}")
     pairs = [(_size(s), float(t)) for s, t in schedule]
     if not pairs:
         raise ValueError("schedule must hold at least one (size, t) pair, got none")
@@ -81,7 +85,6 @@ def scalewise_sample(denoiser: DenoiserBase | Sequence[DenoiserBase], noise: Ten
     if noises is not None and len(noises) != len(pairs) - 1:
         raise ValueError(f"noises must hold one tensor per re-noising ({len(pairs) - 1}), got "
                          f"{len(noises)}")
-    _check_reference(noise, upsample)
     proc = dens[0].process
     t0 = pairs[0][1]
     x = noise * float(proc.sigma(torch.tensor(t0, dtype=torch.float64)))  # x_0 = sigma_0 z_0
@@ -99,7 +102,7 @@ def scalewise_sample(denoiser: DenoiserBase | Sequence[DenoiserBase], noise: Ten
                              f"{list(z.shape)}")
         tn = torch.tensor(t_next, dtype=torch.float64)
         x = float(proc.alpha(tn)) * up + float(proc.sigma(tn)) * z  # re-noise to t_{i+1}
-    raise AssertionError("unreachable")
+    raise AssertionError("unreachable")  # the loop returns at its last pair
 
 
 @dataclass
