@@ -6,9 +6,13 @@ judge) at the student's steps against the teacher at 20 steps.
 
     OMP_NUM_THREADS=1 python scripts/distill_digits.py --iters 800 --batch 64
     OMP_NUM_THREADS=1 python scripts/distill_digits.py --method flash --iters 1500 --batch 64
+    OMP_NUM_THREADS=1 python scripts/distill_digits.py --method scalewise --iters 600 --batch 128
+
+``--method scalewise``: SwD's scale-wise student (4x4 then 8x8, on the 2-step student's times)
+trained by MMD against 2000 teacher samples (20 DPM-Solver++(2M) steps), compared at 2 calls.
 
 Writes benchmarks/results/accelerate_digits_distill.json (progressive) or
-accelerate_digits_flash.json and the student's weights (``--save``).
+accelerate_digits_{flash,scalewise}.json and the student's weights (``--save``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 
 from reverie.accelerate.distill import progressive_distill
 from reverie.accelerate.flash import backward_distill
+from reverie.accelerate.scalewise import scalewise_distill
 from reverie.bench.common import machine, save_result
 from reverie.bench.digits import Judge, frechet_distance
 from reverie.data import load_digits
@@ -28,7 +33,8 @@ from reverie.hub import load
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--method", choices=("progressive", "flash"), default="progressive")
+    ap.add_argument("--method", choices=("progressive", "flash", "scalewise"),
+                    default="progressive")
     ap.add_argument("--shift", type=float, default=1.0, help="flash: re-noising shift")
     ap.add_argument("--teacher-steps", type=int, default=10, help="flash: teacher steps from tau")
     ap.add_argument("--steps", type=int, default=2)
@@ -48,6 +54,15 @@ def main() -> None:
                                    batch=args.batch, lr=args.lr, shift=args.shift,
                                    teacher_steps=args.teacher_steps, base_steps=args.base,
                                    shape=tuple(data.shape[1:]))
+    elif args.method == "scalewise":
+        from reverie.grids import make_grid
+        from reverie.samplers import sample
+
+        g = make_grid(model.denoiser.process, args.base, "karras")[:: args.base // 2]
+        targets = sample(model.denoiser, model.noise(2000, seed=7), "dpmpp_2m", 20)
+        schedule = [((4, 4), float(g[0])), ((8, 8), float(g[1]))]
+        student = scalewise_distill(model.denoiser, targets, schedule,
+                                    iters=args.iters, batch=args.batch, lr=args.lr)
     else:
         student = progressive_distill(model.denoiser, data, steps=args.steps,
                                       base_steps=args.base, iters=args.iters, batch=args.batch,
@@ -69,7 +84,10 @@ def main() -> None:
     for name, steps in [("teacher dpmpp_2m", 20), ("teacher ddim", 20), ("teacher ddim", 2)]:
         x = sample(model.denoiser, noise, sampler=name.split()[1], steps=steps)
         rows.append({"model": name, "steps": steps, **score(x)})
-    s = args.steps
+    s = 0 if args.method == "scalewise" else args.steps
+    if args.method == "scalewise":  # its noise is at the first (4x4) size
+        small = torch.randn(args.n, 1, 4, 4, generator=torch.Generator().manual_seed(100))
+        rows.append({"model": "scalewise student", "steps": 2, **score(student.sample(small))})
     while s >= 1:
         rows.append({"model": f"{args.method} student", "steps": s,
                      **score(student.sample(noise, s))})

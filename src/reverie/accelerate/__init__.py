@@ -84,3 +84,4 @@ from reverie.accelerate import flash as _flash  # noqa: E402,F401  (registers im
 from reverie.accelerate import imm as _imm  # noqa: E402,F401  (registers imm)
 from reverie.accelerate import pnp as _pnp  # noqa: E402,F401  (registers pnp_distill)
 from reverie.accelerate import prune as _prune  # noqa: E402,F401  (registers LD-Pruner)
+from reverie.accelerate import scalewise as _scalewise  # noqa: E402,F401  (registers scalewise)
