@@ -7,7 +7,13 @@ import torch
 
 import reverie
 from reverie.accelerate import METHODS
-from reverie.accelerate.distill import consistency_distill, mmd, mmd_finetune, progressive_distill
+from reverie.accelerate.distill import (
+    consistency_distill,
+    consistency_train,
+    mmd,
+    mmd_finetune,
+    progressive_distill,
+)
 from reverie.data import two_moons
 from reverie.metrics import sliced_wasserstein
 
@@ -59,6 +65,19 @@ def test_consistency_student_samples_in_one_step(setup):
     assert METHODS["consistency"].kind == "distill"
     with pytest.raises(TypeError, match="the teacher must be a reverie.Denoiser"):
         consistency_distill(lambda x, t: x, data)
+
+
+def test_consistency_training_without_a_teacher_samples_in_one_step(setup):
+    """Consistency training (Algorithm 3): the lower-time point is the same data noised with the
+    same noise; no teacher call. From the bundled weights, 300 iterations: 0.35 measured against
+    the teacher's one DDIM step 0.79 (the untrained network's one step, the sibling)."""
+    model, data, noise, sw, teacher = setup
+    student = consistency_train(model.denoiser, data, points=8, iters=300, batch=128)
+    assert sw(student.sample(noise, 1)) < 0.6 * teacher(1)
+    assert student.kind == "consistency" and student.trained_steps == 8
+    assert METHODS["consistency_train"].kind == "train"
+    with pytest.raises(ValueError, match="points must be >= 2"):
+        consistency_train(model.denoiser, data, points=1)
 
 
 def test_mmd_finetuning_fits_the_two_step_budget(setup):

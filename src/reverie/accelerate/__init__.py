@@ -14,7 +14,8 @@ Registered in :data:`METHODS` (``reverie.accelerate.METHODS["deepcache"]``):
   (:mod:`reverie.accelerate.pnp`);
 * ``ld_pruner`` (kind ``"prune"``): LD-Pruner structured pruning (:mod:`reverie.accelerate.prune`);
 * ``imm`` (kind ``"train"``): inductive moment matching, a few-step pushforward trained from
-  data without a teacher (:mod:`reverie.accelerate.imm`).
+  data without a teacher (:mod:`reverie.accelerate.imm`); ``consistency_train`` (kind
+  ``"train"``): consistency training, no teacher (:mod:`reverie.accelerate.distill`).
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ from reverie.denoisers import Denoiser
 from reverie.grids import make_grid
 from reverie.train.loop import ema_update
 
-__all__ = ["Student", "consistency_distill", "mmd", "mmd_finetune", "progressive_distill"]
+__all__ = ["Student", "consistency_distill", "consistency_train", "mmd", "mmd_finetune",
+           "progressive_distill"]
 
 
 def _trainable_copy(teacher: Denoiser) -> tuple[Denoiser, list[nn.Parameter]]:
@@ -200,11 +201,28 @@ def consistency_distill(teacher: Denoiser, data: Tensor, *, points: int = 18, it
     """Consistency distillation (Song et al. 2023, Algorithm 2) on a ``points``-point ``grid``
     (N = 18 as in their CIFAR-10 setting) with squared-L2 metric, target network an EMA of the
     student (decay ``ema``, their ``mu``), the student initialised from the teacher."""
+    return _consistency(teacher, teacher, data, points, iters, batch, lr, ema, grid, seed)
+
+
+def consistency_train(model: Denoiser, data: Tensor, *, points: int = 18, iters: int = 2000,
+                      batch: int = 256, lr: float = 1e-4, ema: float = 0.95,
+                      grid: str = "karras", seed: int = 0) -> Student:
+    """Consistency training (Song et al. 2023, Algorithm 3): no teacher. The point at the
+    lower time ``t_n`` is the same data point noised with the *same* noise,
+    ``alpha_n x + sigma_n z`` (the one-sample estimate of the ODE step that distillation takes
+    from a teacher). ``model``'s network is trained from its current weights (pass an untrained
+    network to train from scratch); fixed ``points`` and ``ema`` (the paper's N and mu
+    schedules are not used)."""
+    return _consistency(model, None, data, points, iters, batch, lr, ema, grid, seed)
+
+
+def _consistency(init: Denoiser, teacher: Denoiser | None, data: Tensor, points: int,
+                 iters: int, batch: int, lr: float, ema: float, grid: str, seed: int) -> Student:
     _positive("points", points)
     if points < 2:
         raise ValueError(f"points must be >= 2, got {points}")
-    student, params = _trainable_copy(teacher)
-    proc = teacher.process
+    student, params = _trainable_copy(init)
+    proc = init.process
     g = make_grid(proc, points, grid)[:-1]  # t_N > ... > t_1 = t_min (the clean end excluded)
     target_net = copy.deepcopy(student)
     for p in target_net.fn.parameters():
@@ -218,9 +236,14 @@ def consistency_distill(teacher: Denoiser, data: Tensor, *, points: int = 18, it
         k = torch.randint(0, len(g) - 1, (x.shape[0],), generator=gen)
         t_hi, t_lo = g[k], g[k + 1]  # t_{n+1} > t_n
         a, s = _coef(proc, t_hi, x)
-        x_hi = a * x + s * torch.randn(x.shape, generator=gen)
+        z = torch.randn(x.shape, generator=gen)
+        x_hi = a * x + s * z
         with torch.no_grad():
-            x_lo = _ddim_to(teacher, x_hi, t_hi, t_lo)  # one teacher ODE step
+            if teacher is not None:
+                x_lo = _ddim_to(teacher, x_hi, t_hi, t_lo)  # one teacher ODE step
+            else:
+                a_lo, s_lo = _coef(proc, t_lo, x)
+                x_lo = a_lo * x + s_lo * z  # consistency training: the same noise, lower time
             y = target_net(x_lo, t_lo)  # f_theta-(x^_{t_n}, t_n)
         loss = ((student(x_hi, t_hi) - y) ** 2).mean()
         opt.zero_grad()
@@ -289,6 +312,8 @@ def _register() -> None:
              "halve the step count per stage: one student DDIM step = two teacher steps")
     register("consistency", consistency_distill, "distill", "Song et al. 2023",
              "consistency distillation on an N-point grid with an EMA target; 1..N steps")
+    register("consistency_train", consistency_train, "train", "Song et al. 2023",
+             "consistency training without a teacher (same noise at both times); 1..N steps")
     register("mmd", mmd_finetune, "distill", "MMD-DDM, Aiello et al. 2023 (paper 16)",
              "fine-tune for a fixed DDIM step budget by MMD through the sampling chain")
 
