@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from reverie.discrete.embedding import (
+    PlaidEmbedding,
     denoised,
     exact_token_logits,
     nearest_tokens,
-    PlaidEmbedding,
     plaid_nelbo,
     plaid_nelbo_terms,
     sample,
