@@ -3,15 +3,18 @@
 embedding is a finite sum (exact_token_logits)."""
 
 import itertools
+import math
 
 import pytest
 import torch
 
 from reverie.discrete.embedding import (
+    PlaidEmbedding,
     denoised,
     exact_token_logits,
     nearest_tokens,
     plaid_nelbo,
+    plaid_nelbo_terms,
     sample,
     sed_loss,
     sigma_grid,
@@ -115,6 +118,65 @@ def test_plaid_nelbo_equals_the_entropy_with_the_exact_denoiser():
     assert nelbo(_point) > ENTROPY + 1.0
 
 
+def test_plaid_gradient_to_the_table_and_end_points_matches_finite_differences():
+    """Plaid learns E, gamma_min, gamma_max: with the draws fixed by the seed the bound is a
+    smooth function of them and autograd must match central differences; sibling: a model
+    handed the noise level cut from the graph (same values) gets a wrong end-point gradient."""
+    tokens = SEQS[torch.multinomial(PROBS, 64, True, generator=torch.Generator().manual_seed(5))]
+
+    def bound(params, cut=False):
+        table, g_min, g_max = params
+        exact = exact_token_logits(SEQS, PROBS, table)
+        fn = (lambda z, s, p: exact(z, s.detach(), p)) if cut else exact
+        return plaid_nelbo(fn, tokens, table, torch.exp(g_min / 2), torch.exp(g_max / 2),
+                           generator=torch.Generator().manual_seed(6)).mean()
+
+    params = [TABLE.clone(), torch.tensor(2 * math.log(0.3), dtype=torch.float64),
+              torch.tensor(2 * math.log(3.0), dtype=torch.float64)]
+
+    def grads(cut):
+        leaves = [q.clone().requires_grad_() for q in params]
+        return torch.autograd.grad(bound(leaves, cut), leaves)
+
+    fd, h = [], 1e-6
+    for q in params:
+        flat = q.reshape(-1)
+        col = []
+        for i in range(flat.numel()):
+            flat[i] += h
+            up = bound(params).item()
+            flat[i] -= 2 * h
+            down = bound(params).item()
+            flat[i] += h
+            col.append((up - down) / (2 * h))
+        fd.append(torch.tensor(col, dtype=torch.float64).reshape(q.shape))
+    for a, f in zip(grads(False), fd):
+        assert torch.allclose(a, f, rtol=1e-5, atol=1e-6)
+    cut = grads(True)
+    assert (cut[1] - fd[1]).abs() > 0.05 and (cut[2] - fd[2]).abs() > 0.05
+
+
+def test_plaid_bound_stays_above_the_entropy_for_any_end_points():
+    """E[NELBO] >= H(x) for every schedule (it bounds the model's -log p): the exact denoiser
+    with coarse end points pays > H, the wide schedule is ~H; sibling: the bound without its
+    reconstruction term falls below the entropy, and the check catches it."""
+    g = torch.Generator().manual_seed(7)
+    tokens = SEQS[torch.multinomial(PROBS, 20000, True, generator=g)]
+
+    def terms(s_min, s_max):
+        return [t.mean().item() for t in plaid_nelbo_terms(
+            EXACT, tokens, TABLE, s_min, s_max, generator=torch.Generator().manual_seed(8))]
+
+    for s_min, s_max in ((0.02, 20.0), (0.3, 20.0), (0.02, 1.0), (0.5, 2.0)):
+        assert sum(terms(s_min, s_max)) > ENTROPY - 0.05
+    assert sum(terms(0.5, 2.0)) > ENTROPY + 0.3  # coarse end points leave a gap
+    prior, diffusion, _ = terms(0.5, 2.0)
+    assert prior + diffusion < ENTROPY - 0.5  # sibling: no reconstruction term
+    learned = PlaidEmbedding(V, 4, sigma_min=0.5, sigma_max=2.0)
+    assert torch.allclose(learned.sigma_min, torch.tensor(0.5, dtype=torch.float64))
+    assert torch.allclose(learned.sigma_max, torch.tensor(2.0, dtype=torch.float64))
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="embedding matrix"):
         nearest_tokens(torch.zeros(1, 2, 4), torch.zeros(3))
@@ -124,3 +186,7 @@ def test_bad_input():
         sigma_grid(1.0, 0.5, 3)
     with pytest.raises(ValueError, match="probs"):
         exact_token_logits(SEQS, PROBS[:5], TABLE)
+    with pytest.raises(ValueError, match="sigma_min"):
+        plaid_nelbo(EXACT, SEQS[:2], TABLE, 2.0, 1.0)
+    with pytest.raises(ValueError, match="sigma_min"):
+        PlaidEmbedding(V, 4, sigma_min=0.0)

@@ -14,7 +14,8 @@ the last state is rounded to tokens (nearest embedding, or the argmax of the log
   posterior of ``x`` given ``z`` is a finite sum), the reference of the tests;
 * :func:`sample` -- DDPM ancestral sampling in embedding space with self-conditioning, then
   rounding; :func:`sed_loss` -- SED's cross-entropy loss with self-conditioning;
-  :func:`plaid_nelbo` -- Plaid's continuous-time variational bound (VDM form), nats per row.
+  :func:`plaid_nelbo` -- Plaid's continuous-time variational bound (VDM form), nats per row;
+  :class:`PlaidEmbedding` -- Plaid's learned embedding table and noise-schedule end points.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["ROUNDINGS", "denoised", "exact_token_logits", "nearest_tokens", "plaid_nelbo",
-           "sample", "sed_loss", "sigma_grid"]
+__all__ = ["ROUNDINGS", "PlaidEmbedding", "denoised", "exact_token_logits", "nearest_tokens",
+           "plaid_nelbo", "plaid_nelbo_terms", "sample", "sed_loss", "sigma_grid"]
 
 LogitsFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -130,8 +131,41 @@ def sed_loss(logits_fn: LogitsFn, tokens: Tensor, table: Tensor, sigma: Tensor, 
     return -logp.gather(-1, tokens[..., None]).squeeze(-1).sum(-1)
 
 
-def plaid_nelbo(logits_fn: LogitsFn, tokens: Tensor, table: Tensor, sigma_min: float,
-                sigma_max: float, *, generator: torch.Generator | None = None) -> Tensor:
+def plaid_nelbo_terms(logits_fn: LogitsFn, tokens: Tensor, table: Tensor,
+                      sigma_min: float | Tensor, sigma_max: float | Tensor, *,
+                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The three terms ``(prior, diffusion, reconstruction)`` of :func:`plaid_nelbo`, each
+    nats per row ``[B]``. ``table``, ``sigma_min`` and ``sigma_max`` may be tensors that
+    require gradients (Plaid learns all three): the noise enters by reparametrisation, so for
+    a fixed ``generator`` seed the bound is a differentiable function of them."""
+    table = _table(table)
+    e = table[tokens]
+    b, dt = len(tokens), e.dtype
+    s_min = torch.as_tensor(sigma_min, dtype=dt)
+    s_max = torch.as_tensor(sigma_max, dtype=dt)
+    if not bool(0 < s_min < s_max):
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {float(s_min)}, {float(s_max)}")
+    prior = (e**2).sum((-1, -2)) / (2 * s_max**2)
+    # log-uniform sigma, stratified over the batch (row i in its own 1/B of [0, 1): every
+    # row's sigma is still log-uniform, the batch mean has less variance)
+    u = (torch.randperm(b, generator=generator) + torch.rand(b, generator=generator,
+                                                            dtype=torch.float64)) / b
+    u = u.to(dt)
+    span = torch.log(s_max / s_min)  # = (gamma_max - gamma_min) / 2 with gamma = log sigma^2
+    sigma = s_min * torch.exp(u * span)  # log-uniform
+    z = e + sigma.reshape(-1, 1, 1) * torch.randn(e.shape, generator=generator, dtype=dt)
+    x0 = denoised(logits_fn(z, sigma, torch.zeros_like(z)), table)
+    diffusion = span * ((e - x0) ** 2).sum((-1, -2)) / sigma**2
+    z0 = e + s_min * torch.randn(e.shape, generator=generator, dtype=dt)
+    dec = torch.log_softmax(-torch.cdist(z0, table.to(z0)[None].expand(b, -1, -1)) ** 2
+                            / (2 * s_min**2), -1)
+    recon = -dec.gather(-1, tokens[..., None]).squeeze(-1).sum(-1)
+    return prior, diffusion, recon
+
+
+def plaid_nelbo(logits_fn: LogitsFn, tokens: Tensor, table: Tensor, sigma_min: float | Tensor,
+                sigma_max: float | Tensor, *,
+                generator: torch.Generator | None = None) -> Tensor:
     """Plaid's variational bound on ``-log p(x)``, nats per row ``[B]``, one Monte Carlo draw
     (Kingma et al. 2021's continuous-time form, variance exploding, SNR ``1 / sigma^2``):
 
@@ -141,23 +175,42 @@ def plaid_nelbo(logits_fn: LogitsFn, tokens: Tensor, table: Tensor, sigma_min: f
       ``log(sigma_max / sigma_min) / sigma^2``);
     * reconstruction: ``-log p(x | z_{sigma_min})`` with ``p(x_i | z) ∝ exp(-|z_i -
       E[x_i]|^2 / (2 sigma_min^2))`` (Plaid's learned-embedding decoder).
+
+    Gradients flow to ``table`` and to tensor end points (see :func:`plaid_nelbo_terms`).
     """
-    table = _table(table)
-    e = table[tokens]
-    b, dt = len(tokens), e.dtype
-    prior = (e**2).sum((-1, -2)) / (2 * sigma_max**2)
-    # log-uniform sigma, stratified over the batch (row i in its own 1/B of [0, 1): every
-    # row's sigma is still log-uniform, the batch mean has less variance)
-    u = (torch.randperm(b, generator=generator) + torch.rand(b, generator=generator,
-                                                            dtype=torch.float64)) / b
-    u = u.to(dt)
-    span = math.log(sigma_max / sigma_min)
-    sigma = sigma_min * torch.exp(u * span)  # log-uniform
-    z = e + sigma.reshape(-1, 1, 1) * torch.randn(e.shape, generator=generator, dtype=dt)
-    x0 = denoised(logits_fn(z, sigma, torch.zeros_like(z)), table)
-    diffusion = span * ((e - x0) ** 2).sum((-1, -2)) / sigma**2
-    z0 = e + sigma_min * torch.randn(e.shape, generator=generator, dtype=dt)
-    dec = torch.log_softmax(-torch.cdist(z0, table.to(z0)[None].expand(b, -1, -1)) ** 2
-                            / (2 * sigma_min**2), -1)
-    recon = -dec.gather(-1, tokens[..., None]).squeeze(-1).sum(-1)
+    prior, diffusion, recon = plaid_nelbo_terms(logits_fn, tokens, table, sigma_min, sigma_max,
+                                                generator=generator)
     return prior + diffusion + recon
+
+
+class PlaidEmbedding(torch.nn.Module):
+    """Plaid's learned parts (Gulrajani & Hashimoto 2023, Sec. 3): the embedding table ``E``
+    ``[V, d]`` and the noise schedule's end points, learned as VDM's ``gamma_min`` /
+    ``gamma_max`` (``gamma = log sigma^2 = -log SNR``). Between the end points the schedule is
+    log-linear; the continuous-time bound does not depend on its shape there (Kingma et al.
+    2021, Sec. 5.1), only on the end points, so these are all of the schedule the bound can
+    learn. ``nelbo(logits_fn, tokens)`` is the training loss (nats per row), gradients to the
+    network, the table and both end points."""
+
+    def __init__(self, vocab: int, dim: int, *, sigma_min: float = 0.02, sigma_max: float = 20.0,
+                 generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64):
+        super().__init__()
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        table = torch.randn(vocab, dim, generator=generator, dtype=dtype)
+        self.table = torch.nn.Parameter(table / table.norm(dim=-1, keepdim=True))
+        self.gamma_min = torch.nn.Parameter(torch.tensor(2 * math.log(sigma_min), dtype=dtype))
+        self.gamma_max = torch.nn.Parameter(torch.tensor(2 * math.log(sigma_max), dtype=dtype))
+
+    @property
+    def sigma_min(self) -> Tensor:
+        return torch.exp(self.gamma_min / 2)
+
+    @property
+    def sigma_max(self) -> Tensor:
+        return torch.exp(self.gamma_max / 2)
+
+    def nelbo(self, logits_fn: LogitsFn, tokens: Tensor, *,
+              generator: torch.Generator | None = None) -> Tensor:
+        return plaid_nelbo(logits_fn, tokens, self.table, self.sigma_min, self.sigma_max,
+                           generator=generator)
