@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import reverie
+from reverie._tensor import time_tensor
+from reverie.denoisers import DenoiserBase
 from reverie.pointclouds import (
     BayesianFusion,
     GaussianPointPrior,
@@ -19,8 +21,6 @@ from reverie.pointclouds import (
     primitive,
     project,
 )
-from reverie._tensor import time_tensor
-from reverie.denoisers import DenoiserBase
 from reverie.process import VPLinear
 
 
