@@ -4,8 +4,8 @@ whose every point also reads the conditioning *at its own projection* (GECCO pro
 noisy point into the image and samples the image features there). Here the "image" is a 2-D
 view, a set of projected points ``[B, M, 2]`` (:func:`reverie.pointclouds.project`), and the
 lookup is a Gaussian-kernel average of the view points' embeddings around the noisy point's
-projection. ``local=False`` replaces the lookup by the view's mean embedding, the same for every
-point (the global-feature baseline). :func:`posed_shapes` / :func:`draw` make randomly sized and
+projection, added to the view's mean embedding. ``local=False`` drops the lookup, leaving the
+same global feature for every point (the global-feature baseline). :func:`posed_shapes` / :func:`draw` make randomly sized and
 rotated primitives, :func:`train_gecco` trains the net on them (x0 loss), see
 scripts/train_tiny_gecco.py. Not implemented: the image backbone, the paper's set transformer,
 training at scale.
@@ -27,8 +27,8 @@ __all__ = ["PointDenoiserNet", "posed_shapes", "draw", "train_gecco"]
 class PointDenoiserNet(nn.Module):
     """``(x_t [B, N, 3], t, view [B, M, 2] | None) -> x0_hat [B, N, 3]``, equivariant in the
     points and invariant in the view's order: per point ``[x, t, view feature at its
-    projection]`` through an MLP, a mean-pooled context, and a second MLP. ``local=False``:
-    every point gets the view's mean embedding instead (no projection lookup)."""
+    projection + the view's mean embedding]`` through an MLP, a mean-pooled context, and a
+    second MLP. ``local=False``: the view's mean embedding alone (no projection lookup)."""
 
     def __init__(self, hidden: int = 64, bandwidth: float = 0.2, drop: int = 2,
                  local: bool = True):
@@ -40,10 +40,14 @@ class PointDenoiserNet(nn.Module):
         self.out = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, 3))
 
     def lookup(self, x: Tensor, view: Tensor) -> Tensor:
-        """View features at each point's projection ``[B, N, hidden]``."""
+        """View features at each point's projection ``[B, N, hidden]``: the Gaussian-kernel
+        weighted view embeddings, weights ``k_j / (1 + sum_j k_j)`` (so the feature fades to
+        zero off the view's silhouette)."""
         keep = [i for i in range(3) if i != self.drop]
         d2 = torch.cdist(x[..., keep], view) ** 2  # [B, N, M]
-        w = torch.softmax(-d2 / (2 * self.bandwidth**2), -1)
+        logk = -d2 / (2 * self.bandwidth**2)
+        null = logk.new_zeros(*logk.shape[:-1], 1)  # the "nothing here" weight 1
+        w = torch.softmax(torch.cat([logk, null], -1), -1)[..., :-1]
         return w @ self.view_embed(view)
 
     def forward(self, x: Tensor, t: Tensor, view: Tensor | None = None) -> Tensor:
@@ -55,8 +59,9 @@ class PointDenoiserNet(nn.Module):
         else:
             check_points(view, "view", 2)
             view = view.to(x.dtype)
-            feat = (self.lookup(x, view) if self.local
-                    else self.view_embed(view).mean(1, keepdim=True).expand(*x.shape[:2], -1))
+            feat = self.view_embed(view).mean(1, keepdim=True).expand(*x.shape[:2], -1)  # global
+            if self.local:
+                feat = feat + self.lookup(x, view)  # + the features at the point's projection
         h = self.point(torch.cat([x, t[:, None, None].expand(*x.shape[:2], 1), feat], -1))
         ctx = h.mean(1, keepdim=True).expand_as(h)  # permutation-invariant context
         return self.out(torch.cat([h, ctx], -1))
