@@ -51,8 +51,9 @@ def main() -> None:
     g = torch.Generator().manual_seed(args.seed + 1000)  # held-out shapes and views
     test = posed_shapes(args.test_shapes, g)
     views, truth = project(draw(test, m, g)), draw(test, n, g)
-    res = {"floor": float(chamfer(draw(test, n, g), truth).mean()),
-           "retrieval": float(chamfer(draw(retrieve(train, views, m, g), n, g), truth).mean())}
+    per = {"floor": chamfer(draw(test, n, g), truth),
+           "retrieval": chamfer(draw(retrieve(train, views, m, g), n, g), truth)}
+    res = {}
     for name, local in (("gecco_lookup", True), ("global_feature", False)):
         torch.manual_seed(args.seed)
         net = PointDenoiserNet(hidden=64, local=local)
@@ -64,8 +65,12 @@ def main() -> None:
             noise = torch.randn(args.test_shapes, n, 3, generator=torch.Generator().manual_seed(7))
             x = reverie.sample(Denoiser(net, proc, "x0"), noise, "dpmpp_2m",
                                steps=args.sample_steps, cond={"view": views})
-        res[name] = float(chamfer(x, truth).mean())
-        print(name, res[name], res[f"{name}_train_s"], flush=True)
+        per[name] = chamfer(x, truth)
+        print(name, float(per[name].mean()), res[f"{name}_train_s"], flush=True)
+    for name, c in per.items():  # mean Chamfer and its standard error over the held-out shapes
+        res[name], res[f"{name}_se"] = float(c.mean()), float(c.std() / len(c) ** 0.5)
+    wins = per["gecco_lookup"] < per["global_feature"]  # paired, shape by shape
+    res["lookup_better_than_global"] = float(wins.float().mean())
     res.update(vars(args))
     print(json.dumps(res, indent=1))
     if args.out:
