@@ -5,8 +5,9 @@ noisy point into the image and samples the image features there). Here the "imag
 view, a set of projected points ``[B, M, 2]`` (:func:`reverie.pointclouds.project`), and the
 lookup is a Gaussian-kernel average of the view points' embeddings around the noisy point's
 projection, added to the view's mean embedding. ``local=False`` drops the lookup, leaving the
-same global feature for every point (the global-feature baseline). :func:`posed_shapes` / :func:`draw` make randomly sized and
-rotated primitives, :func:`train_gecco` trains the net on them (x0 loss), see
+same global feature for every point (the global-feature baseline). :func:`posed_shapes` /
+:func:`draw` make randomly sized and rotated primitives, :func:`train_gecco` trains the net on
+them (x0 loss), see
 scripts/train_tiny_gecco.py. Not implemented: the image backbone, the paper's set transformer,
 training at scale.
 """
