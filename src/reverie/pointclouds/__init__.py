@@ -12,7 +12,8 @@ See docs/graphs.md (point clouds section).
 
 from reverie.pointclouds.bdm import BayesianFusion, GaussianPointPrior, fuse
 from reverie.pointclouds.data import PRIMITIVES, chamfer, check_points, primitive, project
-from reverie.pointclouds.gecco import PointDenoiserNet
+from reverie.pointclouds.gecco import PointDenoiserNet, draw, posed_shapes, train_gecco
 
 __all__ = ["PRIMITIVES", "BayesianFusion", "GaussianPointPrior", "PointDenoiserNet", "chamfer",
-           "check_points", "fuse", "primitive", "project"]
+           "check_points", "draw", "fuse", "posed_shapes", "primitive", "project",
+           "train_gecco"]
