@@ -14,8 +14,8 @@ here they come from a joint data prediction ``(X0_hat, A0_hat) = denoise(X_t, A_
 exact enumerable law, :class:`GraphLaw`, or a network, :class:`GraphScoreNet`). Sampling is
 the predictor-corrector solver GDSS uses (Song et al. 2021's PC sampler applied to
 both components) or GDSS's S4 solver (symmetric splitting, one score evaluation per step).
-The adjacency alone also runs on reverie's samplers: :meth:`GraphLaw.adjacency_denoiser` is a :class:`~reverie.denoisers.DenoiserBase` on
-the upper triangle.
+The adjacency alone also runs on reverie's samplers: :meth:`GraphLaw.adjacency_denoiser` is
+a :class:`~reverie.denoisers.DenoiserBase` on the upper triangle.
 """
 
 from __future__ import annotations
