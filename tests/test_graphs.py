@@ -133,9 +133,9 @@ def test_score_net_is_permutation_equivariant():
 
 def test_s4_solver_reproduces_an_enumerable_law(monkeypatch):
     """GDSS's S4 solver (one score evaluation a step, Langevin correction at snr 0.02) reaches
-    the Monte-Carlo floor on the 3-node law at 70 steps (TV 0.024-0.025 over seeds 1-3; exact
+    the Monte-Carlo floor on the 3-node law at 70 steps (TV 0.023-0.025 over seeds 1-3; exact
     draws of n = 4000: 0.015) with 71 denoiser calls, against 141 for the PC solver with its
-    corrector at the same steps; the split with its second half linear step missing (0.17)
+    corrector at the same steps; the split with its second half linear step missing (0.15)
     is rejected; a bad solver name is a one-line error."""
     calls = []
 
