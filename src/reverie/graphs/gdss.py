@@ -13,9 +13,9 @@ for ``i < j``. The reverse system (eq. 3) needs the two partial scores
 here they come from a joint data prediction ``(X0_hat, A0_hat) = denoise(X_t, A_t, t)`` (an
 exact enumerable law, :class:`GraphLaw`, or a network, :class:`GraphScoreNet`). Sampling is
 the predictor-corrector solver GDSS uses (Song et al. 2021's PC sampler applied to
-both components; the S4 solver is not implemented). The adjacency alone also runs on reverie's
-samplers: :meth:`GraphLaw.adjacency_denoiser` is a :class:`~reverie.denoisers.DenoiserBase` on
-the upper triangle.
+both components) or GDSS's S4 solver (symmetric splitting, one score evaluation per step).
+The adjacency alone also runs on reverie's samplers: :meth:`GraphLaw.adjacency_denoiser` is
+a :class:`~reverie.denoisers.DenoiserBase` on the upper triangle.
 """
 
 from __future__ import annotations
@@ -153,16 +153,41 @@ class GraphLaw:
         return float(0.5 * ((f - self.probs).abs().sum() + (1 - f.sum())))
 
 
+def _reverse_linear(y: Tensor, p: GaussianProcess, t: Tensor, s: Tensor,
+                    noise: Tensor) -> Tensor:
+    """The linear part ``dY = f Y dt + g dW`` of the reverse SDE solved exactly from ``t`` back
+    to ``s < t``: ``Y_s = (alpha_s / alpha_t) Y_t + N(0, (alpha_s sigma_t / alpha_t)^2 -
+    sigma_s^2)`` (the forward transition's mean ratio; its variance ``alpha_s^2 int_s^t g^2 /
+    alpha^2``)."""
+    r = p.alpha(s) / p.alpha(t)
+    var = ((r * p.sigma(t)) ** 2 - p.sigma(s) ** 2).clamp(min=0)
+    return r * y + var.sqrt() * noise
+
+
 def sample_gdss(denoise: Callable, system: GDSS, batch: int, n: int, features: int,
                 steps: int = 200, corrector_steps: int = 1, snr: float = 0.05,
-                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """GDSS's predictor-corrector solver for the reverse system (eq. 3): per step a
-    Langevin corrector (Song et al. 2021, Alg. 5; step ``2 (snr |z| / |score|)^2``) then a
-    reverse-diffusion (Euler-Maruyama) predictor on ``X`` and ``A`` with both scores from one
-    joint prediction ``denoise(X_t, A_t, t) -> (X0_hat, A0_hat)``; the ``A`` noise is
-    symmetrised. Returns the last data predictions ``(X0, A0)`` (quantise ``A`` with
-    :func:`quantize`)."""
+                generator: torch.Generator | None = None,
+                solver: str = "pc") -> tuple[Tensor, Tensor]:
+    """GDSS's solvers for the reverse system (eq. 3), both scores from one joint prediction
+    ``denoise(X_t, A_t, t) -> (X0_hat, A0_hat)``, the ``A`` noise symmetrised.
+
+    ``solver="pc"``: the predictor-corrector solver: per step ``corrector_steps`` Langevin
+    corrections (Song et al. 2021, Alg. 5; step ``2 (snr |z| / |score|)^2``) then a
+    reverse-diffusion (Euler-Maruyama) predictor; ``corrector_steps + 1`` evaluations a step.
+
+    ``solver="s4"``: GDSS's S4 solver (Symmetric Splitting for System of SDEs, Jo et al. 2022,
+    Sec. 3.3 and Alg. 2): per step one score evaluation, used by a Langevin correction (if
+    ``corrector_steps``; GDSS's extra factor ``1 - beta_i`` on its step is left out) and by the
+    prediction: a half step of the linear part solved exactly (:func:`_reverse_linear`), the
+    score part ``Y += g^2 score dt``, the other half step of the linear part.
+
+    Returns the last data predictions ``(X0, A0)`` (quantise ``A`` with :func:`quantize`)."""
     positive_int("steps", steps), positive_int("batch", batch), positive_int("n", n)
+    if solver not in ("pc", "s4"):
+        raise ValueError(f"solver must be 'pc' or 's4', got {solver!r}")
+    if solver == "s4" and corrector_steps not in (0, 1):
+        raise ValueError(f"the s4 solver corrects at most once a step, got corrector_steps="
+                         f"{corrector_steps}")
     px, pa = system.process_x, system.process_a
     t_hi = min(px.t_max, pa.t_max)
     t_lo = max(px.t_min, pa.t_min)
@@ -179,15 +204,28 @@ def sample_gdss(denoise: Callable, system: GDSS, batch: int, n: int, features: i
     def norm(v: Tensor) -> Tensor:
         return v.flatten(1).norm(dim=-1).clamp(min=1e-12)
 
+    def langevin(y: Tensor, s: Tensor, adj: bool) -> Tensor:  # one Langevin correction
+        z = noise_like(y, adj)
+        eps = 2 * (snr * norm(z) / norm(s)) ** 2
+        return y + bcast(eps, y) * s + bcast(eps.sqrt() * math.sqrt(2), y) * z
+
     for i in range(steps):
         t, dt = ts[i].expand(batch), float(ts[i] - ts[i + 1])
+        if solver == "s4":
+            sx, sa = system.scores(denoise, x, a, t)  # the step's only score evaluation
+            mid = (ts[i] + ts[i + 1]) / 2
+            new = []
+            for y, s, p, adj in ((x, sx, px, False), (a, sa, pa, True)):
+                if corrector_steps:  # Langevin correction with the same score
+                    y = langevin(y, s, adj)
+                y = _reverse_linear(y, p, ts[i], mid, noise_like(y, adj))  # half linear step
+                y = y + p.drift_diffusion(ts[i])[1] * s * dt  # score part (Euler)
+                new.append(_reverse_linear(y, p, mid, ts[i + 1], noise_like(y, adj)))  # half
+            x, a = new
+            continue
         for _ in range(corrector_steps):  # Langevin corrector on both components
             sx, sa = system.scores(denoise, x, a, t)
-            zx, za = noise_like(x, False), noise_like(a, True)
-            ex = 2 * (snr * norm(zx) / norm(sx)) ** 2
-            ea = 2 * (snr * norm(za) / norm(sa)) ** 2
-            x = x + bcast(ex, x) * sx + bcast(ex.sqrt() * math.sqrt(2), x) * zx
-            a = a + bcast(ea, a) * sa + bcast(ea.sqrt() * math.sqrt(2), a) * za
+            x, a = langevin(x, sx, False), langevin(a, sa, True)
         sx, sa = system.scores(denoise, x, a, t)  # reverse-diffusion predictor
         new = []
         for y, s, p, adj in ((x, sx, px, False), (a, sa, pa, True)):
