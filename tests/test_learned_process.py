@@ -204,7 +204,7 @@ def test_polynomial_schedule_monotone_for_every_context(cls):
     assert monotone if cls is PolynomialSchedule else not monotone
 
 
-@pytest.mark.parametrize("variant", ["off", "on", "beta23"])   # on / 23: >= 15% changes
+@pytest.mark.parametrize("variant", ["off", "on", "beta23"])   # on / 23: ~15% changes
 def test_conditioned_elbo_reduces_to_unconditioned(variant):
     # conditioning switched off (zero context weights, identity bias): for any context the
     # ELBO is the unconditioned linear process's, closed form, exponents 1
@@ -213,7 +213,7 @@ def test_conditioned_elbo_reduces_to_unconditioned(variant):
     sched = PolynomialSchedule(2, 3, VPLinear(beta_max=23.0 if variant == "beta23" else 20.0))
     if variant == "on":
         with torch.no_grad():
-            sched.linear.weight.copy_(0.3 * torch.randn(6, 3, generator=torch.Generator()
+            sched.linear.weight.copy_(0.03 * torch.randn(6, 3, generator=torch.Generator()
                                                         .manual_seed(7)))
     proc = LearnedProcess(sched.double().given(c), ResidualTransform(_Linear())).double()
     plain = LearnedProcess(PerDimSchedule(2, learn=False), ResidualTransform(_Linear())).double()
