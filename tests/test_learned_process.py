@@ -9,6 +9,7 @@ import torch
 from reverie.learned_process import (
     LearnedProcess,
     PerDimSchedule,
+    PolynomialSchedule,
     ResidualTransform,
     elbo_terms,
     sample_learned,
@@ -33,13 +34,13 @@ def _linear_process(beta_max: float = 20.0) -> LearnedProcess:
     return LearnedProcess(sched, ResidualTransform(_Linear())).double()
 
 
-def _closed_form(t: torch.Tensor):
+def _closed_form(t: torch.Tensor, exponents: torch.Tensor = EXPONENTS):
     """Per-dimension alpha, sigma, d lambda/dt of the linear process, analytically."""
     vp = VPLinear()
-    u = t[:, None] ** EXPONENTS
+    u = t[:, None] ** exponents
     lam = vp.log_snr(u)
     beta = vp.beta_min + (vp.beta_max - vp.beta_min) * u
-    dlam = -beta / torch.sigmoid(-lam) * EXPONENTS * t[:, None] ** (EXPONENTS - 1)
+    dlam = -beta / torch.sigmoid(-lam) * exponents * t[:, None] ** (exponents - 1)
     return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt(), dlam
 
 
@@ -98,17 +99,10 @@ def test_linear_transform_closed_form(beta_max):
     proc = _linear_process(beta_max)
     t = torch.tensor([0.05, 0.2, 0.5, 0.8], dtype=D64)
     x = _data(4, 1)
-    alpha, sigma, dlam = _closed_form(t)
-    A = torch.eye(2, dtype=D64) + t[:, None, None] * B_MAT
-    ax = (A @ x[:, :, None])[..., 0]
+    alpha, sigma, _ = _closed_form(t)
+    ax = ((torch.eye(2, dtype=D64) + t[:, None, None] * B_MAT) @ x[:, :, None])[..., 0]
     mu, sig = proc.moments(x, t)
-    # the reverse drift's x-coefficient, by hand: C x = (alpha A)' x - k alpha A x with
-    # alpha'/alpha = sigma^2 lambda'/2, k = sigma'/sigma + g^2/(2 sigma^2)
-    #   = -(1 + alpha^2) lambda'/2
-    dalpha = alpha * sigma**2 * dlam / 2
-    k = -(1 + alpha**2) * dlam / 2
-    cx = dalpha * ax + alpha * (x @ B_MAT.T) - k * alpha * ax
-    want = (cx**2 / (2 * -sigma**2 * dlam)).sum(-1) * (1 - 1e-3)
+    want = _linear_diffusion(t, x)
     got = elbo_terms(proc, lambda z, s: torch.zeros_like(z), x, t, torch.zeros_like(x),
                      prediction="x")["diffusion"]
     # the marginal of z_t under N(M, S) data: N(alpha A M, alpha A S A^T alpha + diag sigma^2)
@@ -123,6 +117,20 @@ def test_linear_transform_closed_form(beta_max):
           torch.allclose(z.mean(0), a3[0] * (A3 @ M), atol=0.01),
           torch.allclose(torch.cov(z.T), cov, atol=0.01)]
     assert all(ok) if beta_max == 20.0 else not any(ok)
+
+
+def _linear_diffusion(t: torch.Tensor, x: torch.Tensor, exponents: torch.Tensor = EXPONENTS):
+    """The ELBO's diffusion term of the linear process at ``x_hat = 0``, by hand."""
+    alpha, sigma, dlam = _closed_form(t, exponents)
+    A = torch.eye(2, dtype=D64) + t[:, None, None] * B_MAT
+    ax = (A @ x[:, :, None])[..., 0]
+    # the reverse drift's x-coefficient, by hand: C x = (alpha A)' x - k alpha A x with
+    # alpha'/alpha = sigma^2 lambda'/2, k = sigma'/sigma + g^2/(2 sigma^2)
+    #   = -(1 + alpha^2) lambda'/2
+    dalpha = alpha * sigma**2 * dlam / 2
+    k = -(1 + alpha**2) * dlam / 2
+    cx = dalpha * ax + alpha * (x @ B_MAT.T) - k * alpha * ax
+    return (cx**2 / (2 * -sigma**2 * dlam)).sum(-1) * (1 - 1e-3)
 
 
 def _posterior_mean(proc: LearnedProcess, cov_data: torch.Tensor):
@@ -166,3 +174,64 @@ def test_bad_input():
     from reverie.train.learned import LearnedDiffusion
     with pytest.raises(TypeError, match="LearnedProcess"):
         LearnedDiffusion(torch.nn.Identity(), VPLinear())
+
+
+class _Unconstrained(PolynomialSchedule):
+    """The polynomial without MuLAN's square: ``f' = a t^2 + b t + k`` can turn negative."""
+
+    def warp(self, t, c):
+        a, b, k = self.coefficients(c.to(t.dtype)).unbind(-1)
+
+        def f(u):
+            return a * u**3 / 3 + b * u**2 / 2 + k * u
+        return f(t[:, None]) / f(torch.ones_like(t)[:, None])
+
+
+@pytest.mark.parametrize("cls", [PolynomialSchedule, _Unconstrained])
+def test_polynomial_schedule_monotone_for_every_context(cls):
+    g = torch.Generator().manual_seed(0)
+    sched = cls(2, 3).double()
+    with torch.no_grad():                                        # conditioning on, strongly
+        sched.linear.weight.copy_(2 * torch.randn(6, 3, generator=g, dtype=D64))
+    c = torch.randn(50, 3, generator=g, dtype=D64)               # 50 contexts x 200 times
+    t = torch.linspace(0, 1, 200, dtype=D64)
+    lam = torch.stack([sched.log_snr(t, ci.expand(200, 3)) for ci in c])   # [50, 200, 2]
+    vp = VPLinear()
+    ends = [torch.allclose(lam[:, 0], vp.log_snr(torch.zeros(1, dtype=D64)).expand(50, 2)),
+            torch.allclose(lam[:, -1], vp.log_snr(torch.ones(1, dtype=D64)).expand(50, 2))]
+    assert all(ends)                                             # end points: the base's
+    monotone = bool((lam.diff(dim=1) < 0).all())                 # VP log-SNR strictly falls
+    assert monotone if cls is PolynomialSchedule else not monotone
+
+
+@pytest.mark.parametrize("variant", ["off", "on", "beta23"])   # on / 23: ~15% changes
+def test_conditioned_elbo_reduces_to_unconditioned(variant):
+    # conditioning switched off (zero context weights, identity bias): for any context the
+    # ELBO is the unconditioned linear process's, closed form, exponents 1
+    t = torch.tensor([0.05, 0.2, 0.5, 0.8], dtype=D64)
+    x, c = _data(4, 1), torch.randn(4, 3, generator=torch.Generator().manual_seed(6), dtype=D64)
+    sched = PolynomialSchedule(2, 3, VPLinear(beta_max=23.0 if variant == "beta23" else 20.0))
+    if variant == "on":
+        with torch.no_grad():
+            sched.linear.weight.copy_(0.03 * torch.randn(6, 3, generator=torch.Generator()
+                                                        .manual_seed(7)))
+    proc = LearnedProcess(sched.double().given(c), ResidualTransform(_Linear())).double()
+    plain = LearnedProcess(PerDimSchedule(2, learn=False), ResidualTransform(_Linear())).double()
+    got = elbo_terms(proc, lambda z, s: torch.zeros_like(z), x, t, torch.zeros_like(x),
+                     prediction="x")
+    ref = elbo_terms(plain, lambda z, s: torch.zeros_like(z), x, t, torch.zeros_like(x),
+                     prediction="x")
+    want = _linear_diffusion(t, x, torch.ones(2, dtype=D64))
+    rel = float(((got["diffusion"] - want).abs() / want).max().detach())
+    same = [torch.allclose(got[k], ref[k]) for k in ("prior", "reconstruction")]
+    if variant == "off":
+        assert rel < 1e-8 and all(same)
+    else:
+        assert rel > 0.05
+    if variant == "on":
+        assert same[0]                       # t = 1 is fixed: the prior term is unchanged
+
+
+def test_polynomial_schedule_bad_context():
+    with pytest.raises(ValueError, match="context"):
+        PolynomialSchedule(2, 3).log_snr(torch.ones(4), torch.ones(4, 2))

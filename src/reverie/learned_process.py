@@ -12,7 +12,8 @@ One family covers four papers' forward processes:
   ``w(t) = sigmoid(lambda(t))``-shaped, any ``w(0) = 0`` works here);
 * MuLAN (Sahoo et al. 2024): a per-dimension learned noise schedule (:class:`PerDimSchedule`,
   a learned monotone time warp per dimension of a base VP schedule; MuLAN's schedules are
-  also conditioned on the input, which this one is not).
+  also conditioned on the input, which this one is not) and :class:`PolynomialSchedule`, MuLAN's
+  context-conditioned polynomial schedule (Sec. 3) given a context vector ``c`` per point.
 
 The conditional ODE of the process is ``f(z, t, x) = d mu/dt + (d sigma/dt / sigma)(z - mu)``
 (NFDM eq. 6, the time derivatives by forward-mode autograd, :func:`torch.func.jvp`); with the
@@ -39,8 +40,8 @@ from torch import Tensor, nn
 
 from reverie.process import GaussianProcess, VPLinear
 
-__all__ = ["LearnedProcess", "PerDimSchedule", "ResidualTransform", "elbo_terms",
-           "sample_learned"]
+__all__ = ["LearnedProcess", "PerDimSchedule", "PolynomialSchedule", "ResidualTransform",
+           "elbo_terms", "sample_learned"]
 
 
 class PerDimSchedule(nn.Module):
@@ -57,6 +58,58 @@ class PerDimSchedule(nn.Module):
         """``lambda [B, D]`` at times ``t [B]``."""
         warped = t[:, None].clamp(min=1e-12) ** torch.exp(self.a)
         return self.base.log_snr(warped.to(torch.float64)).to(t.dtype)
+
+
+class PolynomialSchedule(nn.Module):
+    """MuLAN's input-conditioned polynomial schedule (Sahoo et al. 2024, Sec. 3):
+    ``lambda_d(t, c) = lambda_base(s_d(t, c))`` with the warp ``s = f(t) / f(1)``,
+    ``f(t) = int_0^t (a u^2 + b u + k)^2 du`` per dimension -- a non-negative derivative, so
+    monotone in ``t`` for every context, ``s(0) = 0``, ``s(1) = 1`` (the base's end points).
+    The coefficients ``(a, b, k) [B, D, 3]`` are ``bias + linear(c)``; ``linear`` starts at zero
+    and ``bias`` at ``(0, 0, 1)``: the identity warp, the base schedule for every ``c``.
+    Bind a batch of contexts ``c [B, C]`` with :meth:`given` and pass that to
+    :class:`LearnedProcess`."""
+
+    def __init__(self, dim: int, context_dim: int, base: GaussianProcess | None = None):
+        super().__init__()
+        self.base, self.dim = base or VPLinear(), dim
+        self.linear = nn.Linear(context_dim, 3 * dim, bias=False)
+        nn.init.zeros_(self.linear.weight)
+        self.bias = nn.Parameter(torch.tensor([0.0, 0.0, 1.0]).repeat(dim, 1))
+
+    def coefficients(self, c: Tensor) -> Tensor:
+        """``(a, b, k) [B, D, 3]`` for contexts ``c [B, C]``."""
+        if c.ndim != 2 or c.shape[1] != self.linear.in_features:
+            raise ValueError(f"context must be [B, {self.linear.in_features}], got "
+                             f"{list(c.shape)}")
+        return self.bias + self.linear(c).view(len(c), self.dim, 3)
+
+    def warp(self, t: Tensor, c: Tensor) -> Tensor:
+        """``s(t, c) [B, D]`` in ``[0, 1]``, monotone in ``t``."""
+        a, b, k = self.coefficients(c.to(t.dtype)).unbind(-1)
+
+        def f(u):                                          # int_0^u (a v^2 + b v + k)^2 dv
+            return (a**2 * u**5 / 5 + a * b * u**4 / 2 + (b**2 + 2 * a * k) * u**3 / 3
+                    + b * k * u**2 + k**2 * u + 1e-6 * u)  # + 1e-6 u: never 0 / 0
+        return f(t[:, None]) / f(torch.ones_like(t)[:, None])
+
+    def log_snr(self, t: Tensor, c: Tensor) -> Tensor:
+        """``lambda [B, D]`` at times ``t [B]`` and contexts ``c [B, C]``."""
+        return self.base.log_snr(self.warp(t, c).to(torch.float64)).to(t.dtype)
+
+    def given(self, c: Tensor) -> _GivenContext:
+        """This schedule with the contexts ``c [B, C]`` bound: ``.log_snr(t)`` as
+        :class:`PerDimSchedule`'s."""
+        return _GivenContext(self, c)
+
+
+class _GivenContext(nn.Module):
+    def __init__(self, schedule: PolynomialSchedule, c: Tensor):
+        super().__init__()
+        self.schedule, self.c = schedule, c
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        return self.schedule.log_snr(t, self.c)
 
 
 class ResidualTransform(nn.Module):
