@@ -13,7 +13,9 @@ the last state is rounded to tokens (nearest embedding, or the argmax of the log
 * :func:`exact_token_logits` -- the exact model for a token law given by enumeration (the
   posterior of ``x`` given ``z`` is a finite sum), the reference of the tests;
 * :func:`sample` -- DDPM ancestral sampling in embedding space with self-conditioning, then
-  rounding; :func:`sed_loss` -- SED's cross-entropy loss with self-conditioning;
+  rounding; :func:`sed_loss` -- SED's cross-entropy loss with self-conditioning; both take
+  SED's span-masking conditioning (``mask=``: positions held at their clean embeddings and
+  flagged to the model as ``logits_fn(z, sigma, prev, mask=mask)``; infilling / prefixes);
   :func:`plaid_nelbo` -- Plaid's continuous-time variational bound (VDM form), nats per row;
   :class:`PlaidEmbedding` -- Plaid's learned embedding table and noise-schedule end points.
 """
@@ -66,7 +68,9 @@ def exact_token_logits(seqs: Tensor, probs: Tensor, table: Tensor) -> LogitsFn:
     """The exact model of a token law on ``K`` enumerated sequences ``seqs`` ``[K, L]`` with
     probabilities ``probs`` ``[K]``: at ``z = E[x] + sigma * eps`` the posterior of ``x`` is
     ``probs[k] * prod_i N(z_i; E[seqs[k, i]], sigma^2)`` normalised; the logits returned are
-    the log of its per-position marginals (``prev`` is ignored)."""
+    the log of its per-position marginals (``prev`` is ignored). With ``mask`` ``[B, L]``
+    (True: the position is conditioning, ``z`` there is the clean embedding) the likelihood
+    runs over the free positions only and the conditioning ones must match exactly."""
     table = _table(table)
     if seqs.ndim != 2 or probs.shape != seqs.shape[:1]:
         raise ValueError(f"seqs must be [K, L] with probs [K], got {tuple(seqs.shape)} and "
@@ -74,10 +78,16 @@ def exact_token_logits(seqs: Tensor, probs: Tensor, table: Tensor) -> LogitsFn:
     emb = table[seqs]  # [K, L, d]
     onehot = torch.nn.functional.one_hot(seqs, table.shape[0]).to(table)  # [K, L, V]
 
-    def logits_fn(z: Tensor, sigma: Tensor, prev: Tensor | None = None) -> Tensor:
+    def logits_fn(z: Tensor, sigma: Tensor, prev: Tensor | None = None,
+                  mask: Tensor | None = None) -> Tensor:
         s = torch.as_tensor(sigma, dtype=z.dtype).reshape(-1, 1)
-        sq = ((z[:, None] - emb.to(z)[None]) ** 2).sum((-1, -2))  # [B, K]
-        post = torch.softmax(probs.to(z).log()[None] - sq / (2 * s**2), -1)  # p(x = seq_k | z)
+        sq = ((z[:, None] - emb.to(z)[None]) ** 2).sum(-1)  # [B, K, L]
+        logw = probs.to(z).log()[None]
+        if mask is not None:  # clean conditioning positions: seq_k must match them exactly
+            held = mask.to(torch.bool)[:, None].expand_as(sq)
+            logw = logw.masked_fill((held & (sq > 1e-12)).any(-1), -math.inf)
+            sq = sq.masked_fill(held, 0.0)
+        post = torch.softmax(logw - sq.sum(-1) / (2 * s**2), -1)  # p(x = seq_k | z)
         return torch.einsum("bk,klv->blv", post, onehot.to(z)).clamp_min(1e-300).log()
 
     return logits_fn
@@ -85,50 +95,79 @@ def exact_token_logits(seqs: Tensor, probs: Tensor, table: Tensor) -> LogitsFn:
 
 def sample(logits_fn: LogitsFn, table: Tensor, n: int, length: int, sigmas: Tensor, *,
            generator: torch.Generator | None = None, self_condition: bool = True,
-           rounding: str | None = "nearest") -> Tensor:
+           rounding: str | None = "nearest", condition: Tensor | None = None,
+           mask: Tensor | None = None) -> Tensor:
     """``n`` sequences of ``length`` tokens by DDPM ancestral steps in embedding space along
     the decreasing ``sigmas`` (variance exploding), starting from ``N(0, sigmas[0]^2)``.
     With ``self_condition`` the model gets the previous step's denoised embedding (SED);
     ``rounding`` -- ``"nearest"`` embedding or ``"argmax"`` of the last logits; ``None``
-    returns the last state ``[n, length, d]`` unrounded."""
+    returns the last state ``[n, length, d]`` unrounded.
+
+    SED's span masking: ``condition`` tokens and a boolean ``mask`` (each ``[length]`` or
+    ``[n, length]``, True = given) hold the masked positions at their clean embeddings
+    ``E[condition]`` throughout, and the model is called ``logits_fn(z, sigma, prev,
+    mask=mask)``; only the free positions are generated (infilling, prefix completion)."""
     table = _table(table)
     if rounding is not None and rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS} or None, got {rounding!r}")
+    if (condition is None) != (mask is None):
+        raise ValueError("condition and mask go together: give both or neither")
     sigmas = sigmas.to(table)
     z = sigmas[0] * torch.randn(n, length, table.shape[1], generator=generator, dtype=table.dtype)
+    kw = {}
+    if mask is not None:
+        mask = torch.as_tensor(mask, dtype=torch.bool).expand(n, length)
+        condition = torch.as_tensor(condition).expand(n, length)
+        clean, held = table[condition], mask[..., None]
+        kw = {"mask": mask}
     prev = torch.zeros_like(z)  # no estimate yet
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-        logits = logits_fn(z, s.expand(n), prev if self_condition else torch.zeros_like(z))
+        if mask is not None:
+            z = torch.where(held, clean, z)  # conditioning positions stay clean
+        logits = logits_fn(z, s.expand(n), prev if self_condition else torch.zeros_like(z), **kw)
         x0 = denoised(logits, table)  # E[E[x] | z]
         prev = x0
         r = (s_next / s) ** 2
         # q(z_next | z, x0) of the VE forward process: mean x0 + r (z - x0), var s_next^2 (1 - r)
         noise = torch.randn(z.shape, generator=generator, dtype=z.dtype)
         z = x0 + r * (z - x0) + s_next * (1 - r).sqrt() * noise
+    if mask is not None:
+        z = torch.where(held, clean, z)
     if rounding is None:
         return z
     if rounding == "argmax":
-        return logits_fn(z, sigmas[-1].expand(n), prev if self_condition else 0 * z).argmax(-1)
-    return nearest_tokens(z, table)
+        x = logits_fn(z, sigmas[-1].expand(n), prev if self_condition else 0 * z, **kw).argmax(-1)
+    else:
+        x = nearest_tokens(z, table)
+    return x if mask is None else torch.where(mask, condition, x)
 
 
 def sed_loss(logits_fn: LogitsFn, tokens: Tensor, table: Tensor, sigma: Tensor, *,
-             generator: torch.Generator | None = None, self_condition_p: float = 0.5) -> Tensor:
+             generator: torch.Generator | None = None, self_condition_p: float = 0.5,
+             mask: Tensor | None = None) -> Tensor:
     """SED's loss, nats per row ``[B]``: the cross-entropy of the tokens under the logits at
     ``z = E[x] + sigma * eps`` (``sigma`` ``[B]``); with probability ``self_condition_p`` per
     row the model first runs with ``prev = 0`` and its denoised embedding (no gradient) is
-    the ``prev`` of the graded call."""
+    the ``prev`` of the graded call. With SED's span ``mask`` (``[B, L]`` or ``[L]``, True =
+    conditioning) those positions keep their clean embeddings, the model gets
+    ``mask=mask``, and the loss sums over the other (generated) positions only."""
     table = _table(table)
     e = table[tokens]
     z = e + sigma.to(e).reshape(-1, 1, 1) * torch.randn(e.shape, generator=generator, dtype=e.dtype)
+    kw, held = {}, torch.zeros(tokens.shape, dtype=torch.bool)
+    if mask is not None:
+        mask = torch.as_tensor(mask, dtype=torch.bool).expand(tokens.shape)
+        z = torch.where(mask[..., None], e, z)  # conditioning positions stay clean
+        kw, held = {"mask": mask}, mask
     prev = torch.zeros_like(z)
     use = torch.rand(len(z), generator=generator, dtype=torch.float64) < self_condition_p
     if bool(use.any()):
         with torch.no_grad():
-            first = denoised(logits_fn(z, sigma, prev), table)
+            first = denoised(logits_fn(z, sigma, prev, **kw), table)
         prev = torch.where(use.to(z.device).reshape(-1, 1, 1), first, prev)
-    logp = torch.log_softmax(logits_fn(z, sigma, prev), -1)
-    return -logp.gather(-1, tokens[..., None]).squeeze(-1).sum(-1)
+    logp = torch.log_softmax(logits_fn(z, sigma, prev, **kw), -1)
+    nll = -logp.gather(-1, tokens[..., None]).squeeze(-1)
+    return nll.masked_fill(held.to(nll.device), 0.0).sum(-1)  # generated positions only
 
 
 def plaid_nelbo_terms(logits_fn: LogitsFn, tokens: Tensor, table: Tensor,
