@@ -185,3 +185,5 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="score table"):
         sample_reverse(DiagonalRate(3), TabularScore(3, steps=4), torch.tensor([0, 1]), 5,
                        table=torch.ones(3, 3, 3))
+    with pytest.raises(ValueError, match="token ids"):
+        score_entropy_loss(DiagonalRate(3), TabularScore(3), torch.tensor([0, 3]))

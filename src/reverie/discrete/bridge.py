@@ -114,15 +114,19 @@ class DiagonalRate(torch.nn.Module):
                                         * self.eigenvalues()))
 
 
+def _tokens(data: Any, v: int) -> Tensor:
+    data = torch.as_tensor(data).reshape(-1)
+    if data.dtype != torch.long or int(data.min()) < 0 or int(data.max()) >= v:
+        raise ValueError(f"data must be token ids in [0, {v}), got {data.dtype}")
+    return data
+
+
 def matrix_learning_loss(rate: DiagonalRate, data: Tensor, horizon: float) -> Tensor:
     """DMB's matrix-learning objective ``E_{x0 ~ data} KL(P_h(x0, .) || mu_hat P_h)``, with
     ``mu_hat`` the empirical law of ``data`` (token ids, any shape): the prior term of the ELBO
     when the latent prior is the forward marginal (= the mutual information of ``X_0`` and
     ``X_h``)."""
-    data = torch.as_tensor(data).reshape(-1)
-    v = rate.vocab_size
-    if data.dtype != torch.long or int(data.min()) < 0 or int(data.max()) >= v:
-        raise ValueError(f"data must be token ids in [0, {v}), got {data.dtype}")
+    data = _tokens(data, v := rate.vocab_size)
     mu = torch.bincount(data, minlength=v).double() / data.numel()
     p = rate.transition(horizon)
     marg = mu @ p
@@ -314,7 +318,7 @@ def score_entropy_loss(rate: DiagonalRate, score: TabularScore, data: Tensor,
     r_y (log r_y - 1)]`` with ``r_y = P_t(x0, y) / P_t(x0, x)``: minimised by
     ``s_y = E[r_y | x_t = x] = p_t(y) / p_t(x)``; 0 at the minimum of each sample's term.
     ``kernels`` ``[K + 1, V, V]``: the ``P_{t_k}`` (recomputed from ``rate`` when ``None``)."""
-    x0 = torch.as_tensor(data).reshape(-1)
+    x0 = _tokens(data, rate.vocab_size)
     q = rate.matrix().detach()
     if kernels is None:
         kernels = torch.stack([rate.transition(t).detach() for t in score.times()])
@@ -366,8 +370,8 @@ def sample_reverse(rate: DiagonalRate, score: TabularScore, data: Tensor, n: int
     (DMB's forward marginal at ``T``), then down ``score``'s grid, each step ``exp(dt R)``
     with the reverse generator ``R(x, y) = Q(y, x) s_{t_k}(x)_y`` (``y != x``) held at
     ``t_k``. ``table`` ``[K + 1, V, V]`` (e.g. :func:`exact_score`) replaces the learned one."""
-    data = torch.as_tensor(data).reshape(-1)
     v, kk, horizon = rate.vocab_size, score.steps, score.horizon
+    data = _tokens(data, v)
     table = score.log_ratio.detach().exp() if table is None else table
     if table.shape != (kk + 1, v, v):
         raise ValueError(f"the score table must be [{kk + 1}, {v}, {v}], got "
