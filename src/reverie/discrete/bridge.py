@@ -7,6 +7,9 @@ Wang, Zhu, Wu, Zheng 2025, arXiv 2505.19752; code ``Henry839/Discrete-Markov-Bri
     x = bridge.sample_grid(n, times=[0, .25, .5, .75, 1])  # [n, 5] states on the grid
     jump_times, states = bridge.sample_paths(n)            # exact continuous-time paths
     learn_rate(rate, data, horizon=1.0, steps=200)         # DMB's matrix learning
+    score = TabularScore(4, horizon=1.0, steps=20)         # ratios p_t(y) / p_t(x) on a grid
+    train_dmb(rate, score, data, rounds=3)                 # DMB's alternation (Q step, score)
+    x = sample_reverse(rate, score, data, n)               # the reverse CTMC from the prior
 
 A bridge with end-point laws draws its end points ``(a, b)`` from a coupling -- given, the
 independent one ``start x end``, or the chain's own ``start(a) P_T(a, b)`` when no ``end`` is
@@ -31,7 +34,9 @@ from torch import Tensor
 from reverie._checks import positive, positive_int
 from reverie.discrete._sampling import uniform
 
-__all__ = ["DiagonalRate", "MarkovBridge", "check_rate", "matrix_learning_loss", "learn_rate"]
+__all__ = ["DiagonalRate", "MarkovBridge", "check_rate", "matrix_learning_loss", "learn_rate",
+           "TabularScore", "exact_score", "score_entropy_loss", "learn_score", "train_dmb",
+           "sample_reverse"]
 
 
 def check_rate(q: Any, what: str = "rate matrix") -> Tensor:
@@ -109,15 +114,19 @@ class DiagonalRate(torch.nn.Module):
                                         * self.eigenvalues()))
 
 
+def _tokens(data: Any, v: int) -> Tensor:
+    data = torch.as_tensor(data).reshape(-1)
+    if data.dtype != torch.long or int(data.min()) < 0 or int(data.max()) >= v:
+        raise ValueError(f"data must be token ids in [0, {v}), got {data.dtype}")
+    return data
+
+
 def matrix_learning_loss(rate: DiagonalRate, data: Tensor, horizon: float) -> Tensor:
     """DMB's matrix-learning objective ``E_{x0 ~ data} KL(P_h(x0, .) || mu_hat P_h)``, with
     ``mu_hat`` the empirical law of ``data`` (token ids, any shape): the prior term of the ELBO
     when the latent prior is the forward marginal (= the mutual information of ``X_0`` and
     ``X_h``)."""
-    data = torch.as_tensor(data).reshape(-1)
-    v = rate.vocab_size
-    if data.dtype != torch.long or int(data.min()) < 0 or int(data.max()) >= v:
-        raise ValueError(f"data must be token ids in [0, {v}), got {data.dtype}")
+    data = _tokens(data, v := rate.vocab_size)
     mu = torch.bincount(data, minlength=v).double() / data.numel()
     p = rate.transition(horizon)
     marg = mu @ p
@@ -266,3 +275,115 @@ class MarkovBridge:
         for k, pk in enumerate(steps):
             p = p * pk[paths[:, k], paths[:, k + 1]]
         return paths, p
+
+
+# ---------------------------------------------------------------------------------------------
+# DMB's score learning, its alternation with matrix learning, and the reverse sampler
+# ---------------------------------------------------------------------------------------------
+
+
+class TabularScore(torch.nn.Module):
+    """A tabular concrete score for one token on a time grid ``t_k = k T / K`` (``k = 0..K``):
+    ``s[k, x, y] ~ p_{t_k}(y) / p_{t_k}(x)``, stored as its log (so positive), 1 at init."""
+
+    def __init__(self, vocab_size: int, horizon: float = 1.0, steps: int = 20):
+        super().__init__()
+        self.vocab_size, self.horizon = positive_int("vocab_size", vocab_size), positive(
+            "horizon", horizon)
+        self.steps = positive_int("steps", steps)
+        self.log_ratio = torch.nn.Parameter(torch.zeros(self.steps + 1, self.vocab_size,
+                                                        self.vocab_size, dtype=torch.float64))
+
+    def times(self) -> Tensor:
+        return torch.linspace(0, self.horizon, self.steps + 1, dtype=torch.float64)
+
+    def forward(self, k: Tensor, x: Tensor) -> Tensor:
+        """``s_{t_k}(x)`` ``[n, V]`` for grid indices ``k`` and states ``x`` ``[n]``."""
+        return self.log_ratio[k, x].exp()
+
+
+def exact_score(rate: DiagonalRate, mu: Tensor, score: TabularScore) -> Tensor:
+    """The exact ratios ``p_t(y) / p_t(x)`` with ``p_t = mu exp(t Q)`` on ``score``'s grid
+    ``[K + 1, V, V]`` (brute force for tiny ``V``)."""
+    p = torch.stack([mu @ rate.transition(t).detach() for t in score.times()])  # [K + 1, V]
+    return p[:, None, :] / p[:, :, None]
+
+
+def score_entropy_loss(rate: DiagonalRate, score: TabularScore, data: Tensor,
+                       generator: torch.Generator | None = None,
+                       kernels: Tensor | None = None) -> Tensor:
+    """DMB's score step, SEDD's denoising score entropy (Lou, Meng, Ermon 2024, eq. 8) on
+    forward samples under the current rate (held fixed): ``x0 ~ data``, ``k`` uniform in
+    ``1..K``, ``x ~ P_{t_k}(x0, .)``, and ``sum_{y != x} Q(y, x) [s_y - r_y log s_y +
+    r_y (log r_y - 1)]`` with ``r_y = P_t(x0, y) / P_t(x0, x)``: minimised by
+    ``s_y = E[r_y | x_t = x] = p_t(y) / p_t(x)``; 0 at the minimum of each sample's term.
+    ``kernels`` ``[K + 1, V, V]``: the ``P_{t_k}`` (recomputed from ``rate`` when ``None``)."""
+    x0 = _tokens(data, rate.vocab_size)
+    q = rate.matrix().detach()
+    if kernels is None:
+        kernels = torch.stack([rate.transition(t).detach() for t in score.times()])
+    k = torch.randint(1, score.steps + 1, (x0.numel(),), generator=generator)
+    pt = kernels[k, x0]  # [n, V]: P_{t_k}(x0, .)
+    x = torch.multinomial(pt, 1, generator=generator).squeeze(1)  # forward sample X_t
+    r = pt / pt.gather(1, x[:, None])  # r_y = P_t(x0, y) / P_t(x0, x)
+    w = q.T[x]  # Q(y, x): the forward rates into x (the reverse rates' weights)
+    w = w.scatter(1, x[:, None], 0.0)  # y != x
+    s = score(k, x)
+    ent = s - r * s.log() + torch.xlogy(r, r) - r
+    return (w * ent).sum(1).mean()
+
+
+def learn_score(rate: DiagonalRate, score: TabularScore, data: Tensor, steps: int = 200,
+                lr: float = 0.1, generator: torch.Generator | None = None) -> list[float]:
+    """The score step: ``steps`` Adam steps on :func:`score_entropy_loss` (the rate fixed),
+    learning rate decayed linearly to 0 (so the table settles on the sample mean)."""
+    opt = torch.optim.Adam(score.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / positive_int("steps",
+                                                                                   steps))
+    kernels = torch.stack([rate.transition(t).detach() for t in score.times()])
+    history = []
+    for _ in range(steps):
+        loss = score_entropy_loss(rate, score, data, generator, kernels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        history.append(float(loss.detach()))
+    return history
+
+
+def train_dmb(rate: DiagonalRate, score: TabularScore, data: Tensor, rounds: int = 3,
+              matrix_steps: int = 100, score_steps: int = 200, target: float = 0.3,
+              generator: torch.Generator | None = None) -> None:
+    """DMB's alternation: ``rounds`` of a matrix step (:func:`learn_rate`, driven to
+    ``target`` nats of information left in ``X_T``; see there) then a score step
+    (:func:`learn_score` under the new rate, warm-started from the last table)."""
+    for _ in range(positive_int("rounds", rounds)):
+        learn_rate(rate, data, score.horizon, steps=matrix_steps, target=target)
+        learn_score(rate, score, data, steps=score_steps, generator=generator)
+
+
+def sample_reverse(rate: DiagonalRate, score: TabularScore, data: Tensor, n: int,
+                   generator: torch.Generator | None = None, table: Tensor | None = None
+                   ) -> Tensor:
+    """``n`` draws of ``X_0`` by the reverse CTMC: ``X_T`` from the prior ``mu_hat exp(T Q)``
+    (DMB's forward marginal at ``T``), then down ``score``'s grid, each step ``exp(dt R)``
+    with the reverse generator ``R(x, y) = Q(y, x) s_{t_k}(x)_y`` (``y != x``) held at
+    ``t_k``. ``table`` ``[K + 1, V, V]`` (e.g. :func:`exact_score`) replaces the learned one."""
+    v, kk, horizon = rate.vocab_size, score.steps, score.horizon
+    data = _tokens(data, v)
+    table = score.log_ratio.detach().exp() if table is None else table
+    if table.shape != (kk + 1, v, v):
+        raise ValueError(f"the score table must be [{kk + 1}, {v}, {v}], got "
+                         f"{tuple(table.shape)}")
+    mu = torch.bincount(data, minlength=v).double() / data.numel()
+    q = rate.matrix().detach()
+    x = torch.multinomial(mu @ rate.transition(horizon).detach(), positive_int("n", n), True,
+                          generator=generator)  # X_T from the forward marginal
+    for k in range(kk, 0, -1):
+        rev = q.T * table[k]  # R(x, y) = Q(y, x) p_t(y) / p_t(x)
+        rev = rev - torch.diag(torch.diagonal(rev))
+        rev = rev - torch.diag(rev.sum(1))  # a generator: rows sum to 0
+        step = torch.linalg.matrix_exp(rev * horizon / kk).clamp_min(0)
+        x = torch.multinomial(step[x], 1, generator=generator).squeeze(1)
+    return x
