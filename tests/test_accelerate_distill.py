@@ -8,6 +8,7 @@ import torch
 import reverie
 from reverie.accelerate import METHODS
 from reverie.accelerate.distill import (
+    Student,
     consistency_distill,
     consistency_train,
     mmd,
@@ -58,6 +59,12 @@ def test_consistency_student_samples_in_one_step(setup):
     one = sw(student.sample(noise, 1))
     assert one < 0.6 * teacher(1)  # sibling: the teacher's one DDIM step is the wrong law
     assert student.trained_steps == 8
+    # 2 steps (t_8, then re-noised to the mid-grid t_4) beat 1 step; sibling: the old rule's
+    # times (t_8 then t_1 ~ sigma_min, given as a 2-point grid) add nothing to the 1 step
+    two = sw(student.sample(noise, 2, generator=torch.Generator().manual_seed(0)))
+    old = Student(student.denoiser, "consistency", student.grid[[0, -1]])
+    old_two = sw(old.sample(noise, 2, generator=torch.Generator().manual_seed(0)))
+    assert two < 0.8 * one and not old_two < 0.8 * one
     student.sample(noise, 8, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="consistency student was trained for at most 8 "
                                          "steps; asked for 9"):

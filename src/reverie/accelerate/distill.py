@@ -125,8 +125,10 @@ class Student:
         with torch.no_grad():
             if ddim:  # DDIM on the trained grid (or a sub-grid of it)
                 return _ddim_chain(den, noise, self.grid[:: n // steps], self.noise_correction)
-            # consistency: Algorithm 1 on `steps` of the trained times, evenly spread
-            idx = torch.linspace(0, n - 1, steps).round().long()
+            # consistency: Algorithm 1 on `steps` of the trained times t_N > ... > t_1: the grid
+            # cut into `steps` equal blocks, each block's noisiest time (index floor(k n / steps)),
+            # so 2 steps re-noise to a mid-range sigma, not to t_1 ~ sigma_min (which adds nothing)
+            idx = torch.arange(steps) * n // steps
             ts = self.grid[idx]
             x = noise * float(proc.sigma(ts[0]))
             x0 = den(x, torch.full((x.shape[0],), float(ts[0]), dtype=torch.float64))
