@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reverie.accelerate.distill import _coef, _positive
+from reverie.accelerate.distill import _coef, _positive, _step
 from reverie.denoisers import DenoiserBase
 from reverie.grids import make_grid
 from reverie.train.loop import ema_update
@@ -140,12 +140,9 @@ def conditional_distill(teacher: DenoiserBase, x0: Tensor, c: Tensor, *, points:
             y = ema_model(x_lo, t_lo, cc)  # f^-(x^_{t_n}, c, t_n)
         pred = model(x_hi, t_hi, cc)
         loss = ((pred - y) ** 2).mean() + lam * ((pred - x) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss_v = _step(opt, loss)
         with torch.no_grad():
             ema_update(target, model.net, ema, it)
-        loss_v = float(loss.detach())
     history = [{"points": points, "iters": iters, "loss": loss_v, "lam": lam,
                 "seconds": time.perf_counter() - t0}]
     return CondStudent(ema_model.eval(), g.clone(), history)

@@ -54,6 +54,21 @@ def _trainable_copy(teacher: Denoiser) -> tuple[Denoiser, list[nn.Parameter]]:
     return student, params
 
 
+def _step(opt: torch.optim.Optimizer, loss: Tensor) -> float:
+    """One optimiser step on ``loss``; its value."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def _freeze(module: nn.Module) -> None:
+    """A trained network, ready to sample: evaluation mode, no gradients."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
 def _coef(process, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     shape = (-1,) + (1,) * (like.ndim - 1)
     return (process.alpha(t).to(like.dtype).reshape(shape),
@@ -183,13 +198,8 @@ def progressive_distill(teacher: Denoiser, data: Tensor, *, steps: int = 2, base
                 w = (a / s) ** 2
                 w = w.clamp(min=1.0)
             loss = (w * (student(z, t) - target) ** 2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            loss_v = float(loss.detach())
-        student.fn.eval()
-        for p in params:
-            p.requires_grad_(False)
+            loss_v = _step(opt, loss)
+        _freeze(student.fn)
         n //= 2
         history.append({"steps": n, "iters": iters, "loss": loss_v,
                         "seconds": time.perf_counter() - t0})
@@ -248,12 +258,9 @@ def _consistency(init: Denoiser, teacher: Denoiser | None, data: Tensor, points:
                 x_lo = a_lo * x + s_lo * z  # consistency training: the same noise, lower time
             y = target_net(x_lo, t_lo)  # f_theta-(x^_{t_n}, t_n)
         loss = ((student(x_hi, t_hi) - y) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss_v = _step(opt, loss)
         with torch.no_grad():
             ema_update(target_net.fn, student.fn, ema, it)
-        loss_v = float(loss.detach())
     for p in params:
         p.requires_grad_(False)
     history = [{"steps": len(g), "iters": iters, "loss": loss_v,
@@ -295,13 +302,8 @@ def mmd_finetune(teacher: Denoiser, data: Tensor, *, steps: int = 2, iters: int 
         y = next(data_iter)
         x = _ddim_chain(student, torch.randn(y.shape, generator=gen), g)
         loss = mmd(phi(x), phi(y), bandwidths)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        loss_v = float(loss.detach())
-    for p in params:
-        p.requires_grad_(False)
-    student.fn.eval()
+        loss_v = _step(opt, loss)
+    _freeze(student.fn)
     history = [{"steps": steps, "iters": iters, "loss": loss_v,
                 "seconds": time.perf_counter() - t0}]
     return Student(student, "mmd", g.clone(), history)

@@ -33,7 +33,14 @@ from typing import Any
 import torch
 
 from reverie._checks import in_range
-from reverie.accelerate.distill import Student, _ddim_to, _positive, _trainable_copy
+from reverie.accelerate.distill import (
+    Student,
+    _ddim_to,
+    _freeze,
+    _positive,
+    _step,
+    _trainable_copy,
+)
 from reverie.denoisers import Denoiser
 from reverie.grids import make_grid
 
@@ -102,13 +109,8 @@ def backward_distill(teacher: Denoiser, *, steps: int = 2, iters: int = 500, bat
             target = sample(teacher, renoised / float(proc.sigma(tau)), "dpmpp_2m",
                             teacher_steps, grid=tg, cond=cond)
         loss = ((pred - target) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        loss_v = float(loss.detach())
-    student.fn.eval()
-    for p in params:
-        p.requires_grad_(False)
+        loss_v = _step(opt, loss)
+    _freeze(student.fn)
     history = [{"steps": steps, "iters": iters, "loss": loss_v, "shift": shift,
                 "teacher_steps": teacher_steps, "seconds": time.perf_counter() - t0}]
     return Student(student, "flash", g.clone(), history, noise_correction=True)

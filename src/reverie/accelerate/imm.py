@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from reverie._checks import positive_int
+from reverie.accelerate.distill import _freeze, _step
 from reverie.nets.mlp import MLP, SinusoidalEmbedding
 from reverie.process import GaussianProcess, RectifiedFlow
 
@@ -179,13 +180,8 @@ def imm_train(data: Tensor, *, process: GaussianProcess | None = None,
         scale = model.coefs(ss, ts, x)[2].abs().reshape(groups, particles)[:, 0]
         loss = laplace_mmd(y_t.reshape(groups, particles, -1),
                            y_r.reshape(groups, particles, -1), scale.clamp(min=1e-4)).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        loss_v = float(loss.detach())
-    model.net.eval()
-    for p in model.net.parameters():
-        p.requires_grad_(False)
+        loss_v = _step(opt, loss)
+    _freeze(model.net)
     model.history.append({"iters": iters, "groups": groups, "particles": particles, "k": k,
                           "loss": loss_v, "seconds": time.perf_counter() - t0})
     return model

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reverie.accelerate.distill import _batches, _coef
+from reverie.accelerate.distill import _batches, _coef, _step
 from reverie.denoisers import Denoiser, DenoiserBase
 from reverie.grids import make_grid
 from reverie.nets.mlp import SinusoidalEmbedding
@@ -114,10 +114,7 @@ def pnp_distill(base: Denoiser, data: Tensor, labels: Tensor, *, scale: float, n
             target = d_u + scale * (d_c - d_u)
         w = (s**2 + a**2 * sigma_data**2) / (s * sigma_data) ** 2  # EDM's weight 1 / c_out^2
         loss = (w * (guided(z, t, class_labels=c) - target) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        loss_v = float(loss.detach())
+        loss_v = _step(opt, loss)
     guided.eval()
     for p in guided.guide.parameters():
         p.requires_grad_(False)

@@ -29,7 +29,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reverie.accelerate.distill import _batches, _coef, _ddim_chain, _positive, _trainable_copy
+from reverie.accelerate.distill import (
+    _batches,
+    _coef,
+    _ddim_chain,
+    _freeze,
+    _positive,
+    _step,
+    _trainable_copy,
+)
 from reverie.denoisers import Denoiser
 from reverie.grids import make_grid
 
@@ -151,13 +159,8 @@ def ld_prune(den: Denoiser, ratio: float, *, groups: int = 8, samples: int = 100
         with torch.no_grad():
             target = den(z, t)
         loss = ((student(z, t) - target) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        loss_v = float(loss.detach())
-    for p in params:
-        p.requires_grad_(False)
-    student.fn.eval()
+        loss_v = _step(opt, loss)
+    _freeze(student.fn)
     history = [{"iters": iters, "loss": loss_v, "seconds": time.perf_counter() - t0}]
     return PruneResult(student, removed, scores, (_count(net), _count(student.fn.net)), history)
 

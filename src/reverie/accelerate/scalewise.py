@@ -40,7 +40,14 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from reverie._random import Generators, randn
-from reverie.accelerate.distill import _batches, _positive, _trainable_copy, mmd
+from reverie.accelerate.distill import (
+    _batches,
+    _freeze,
+    _positive,
+    _step,
+    _trainable_copy,
+    mmd,
+)
 from reverie.denoisers import Denoiser, DenoiserBase
 from reverie.large.fam import _MODES, _enlarge
 
@@ -164,13 +171,8 @@ def scalewise_distill(teacher: Denoiser, targets: Tensor, schedule: Sequence[tup
         else:  # the previous scale's image, enlarged and noised to t_i
             x = a * _enlarge(_shrink(y, pairs[i - 1][0]), size, upsample) + s * z
         loss = mmd(student(x, tt), _shrink(y, size), bandwidths)  # match the law at s_i
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        loss_v = float(loss.detach())
-    for p in params:
-        p.requires_grad_(False)
-    student.fn.eval()
+        loss_v = _step(opt, loss)
+    _freeze(student.fn)
     history = [{"steps": len(pairs), "iters": iters, "loss": loss_v,
                 "seconds": time.perf_counter() - t0}]
     return ScalewiseStudent(student, pairs, upsample, history)
