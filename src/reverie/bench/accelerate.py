@@ -385,15 +385,31 @@ def _flash(args: argparse.Namespace, quick: bool) -> tuple[str, list[dict]]:
     return table, rows
 
 
+#: the trained parts after ``reuse``: name -> (function(args, quick) -> (table, rows), heading)
+_PARTS = {
+    "distill": (_distill, "distilled students of the two-moons model (4000 samples; sliced W2, "
+                          "256 directions):"),
+    "prune": (_prune, "LD-Pruner on the two-moons MLP (24 channel groups; 4000 samples, 50 "
+                      "DPM-Solver++(2M) steps; sliced W2 to the unpruned model's samples):"),
+    "pnp": (_pnp, "plug-and-play distillation of CFG on two-moons (4000 samples, classes 0/1, "
+                  "20 DPM-Solver++(2M) steps; sliced W2 to CFG's samples from the same noise):"),
+    "imm": (_imm, "inductive moment matching on a 2-D mixture of four Gaussians (4000 samples, "
+                  "sliced W2 to exact samples, 256 directions; RectifiedFlow process):"),
+    "flash": (_flash, "Imagine Flash backward distillation of the two-moons model (4000 "
+                      "samples, sliced W2 to the teacher's 50-step DPM-Solver++(2M) law):"),
+}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     n = 200 if args.quick else args.n
     repeats = 1 if args.quick else args.repeats
     skip = {s for s in args.skip.split(",") if s}
-    unknown = skip - {"reuse", "distill", "prune", "pnp", "imm", "flash"}
+    names = ["reuse", *_PARTS]
+    unknown = skip - set(names)
     if unknown:
-        raise ValueError(f"unknown --skip part(s) {', '.join(sorted(unknown))}; expected reuse, "
-                         "distill, prune, pnp, imm, flash")
+        raise ValueError(f"unknown --skip part(s) {', '.join(sorted(unknown))}; expected "
+                         f"{', '.join(names)}")
     result: dict[str, Any] = {"n": n, "steps": args.steps, "seed": args.seed}
     if "reuse" not in skip:
         table, rows = _reuse(args, n, repeats)
@@ -401,36 +417,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"speed-ups against the plain row of the same sampler, this process):\n")
         print(table)
         result.update(reuse_rows=rows, reuse_table=table)
-    if "distill" not in skip:
-        table, rows = _distill(args, args.quick)
-        print("\ndistilled students of the two-moons model (4000 samples; sliced W2, 256 "
-              "directions):\n")
-        print(table)
-        result.update(distill_rows=rows, distill_table=table)
-    if "prune" not in skip:
-        table, rows = _prune(args, args.quick)
-        print("\nLD-Pruner on the two-moons MLP (24 channel groups; 4000 samples, 50 "
-              "DPM-Solver++(2M) steps; sliced W2 to the unpruned model's samples):\n")
-        print(table)
-        result.update(prune_rows=rows, prune_table=table)
-    if "pnp" not in skip:
-        table, rows = _pnp(args, args.quick)
-        print("\nplug-and-play distillation of CFG on two-moons (4000 samples, classes 0/1, 20 "
-              "DPM-Solver++(2M) steps; sliced W2 to CFG's samples from the same noise):\n")
-        print(table)
-        result.update(pnp_rows=rows, pnp_table=table)
-    if "imm" not in skip:
-        table, rows = _imm(args, args.quick)
-        print("\ninductive moment matching on a 2-D mixture of four Gaussians (4000 samples, "
-              "sliced W2 to exact samples, 256 directions; RectifiedFlow process):\n")
-        print(table)
-        result.update(imm_rows=rows, imm_table=table)
-    if "flash" not in skip:
-        table, rows = _flash(args, args.quick)
-        print("\nImagine Flash backward distillation of the two-moons model (4000 samples, "
-              "sliced W2 to the teacher's 50-step DPM-Solver++(2M) law):\n")
-        print(table)
-        result.update(flash_rows=rows, flash_table=table)
+    for name, (part, heading) in _PARTS.items():
+        if name not in skip:
+            table, rows = part(args, args.quick)
+            print(f"\n{heading}\n")
+            print(table)
+            result.update({f"{name}_rows": rows, f"{name}_table": table})
     print(f"\n{machine()}")
     result["numpy"] = np.__version__
     return result
