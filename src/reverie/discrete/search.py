@@ -48,7 +48,7 @@ from reverie._checks import check_options, in_range, integer, positive_int
 from reverie._registry import Registry
 from reverie.discrete._walker import Walker, edit_scores, fill_argmax, select_rows
 from reverie.discrete.denoiser import TokenDenoiserBase
-from reverie.search._core import SearchResult, group_argmax
+from reverie.search._core import SearchResult, group_argmax, need_budget
 from reverie.search.smc import POTENTIALS, RESAMPLING, _draw_one, _resample
 
 __all__ = ["METHODS", "Method", "SearchResult", "run", "tilted_law", "Search"]
@@ -98,12 +98,8 @@ class Search:
 
     def need(self, minimum: int, what: str) -> None:
         """Refuse a budget below ``minimum``, saying why."""
-        if self.budget < minimum:
-            raise ValueError(
-                f"method {self.method!r} needs a budget of at least {minimum} NFE per sample "
-                f"({what}, with {self.walker.steps} steps of {self.walker.info.name!r}); got "
-                f"budget={self.budget}"
-            )
+        need_budget(self.budget, minimum, what, self.method, self.walker.steps,
+                    self.walker.info.name)
 
     def reward(self, x: Tensor) -> Tensor:
         """The user's reward on complete sequences ``x``, checked: shape ``[B]``, finite."""

@@ -37,6 +37,17 @@ Reward = Callable[[Tensor], Tensor]
 # ---------------------------------------------------------------------------------------------
 
 
+def need_budget(budget: int, minimum: int, what: str, method: str, steps: int,
+                sampler: str) -> None:
+    """Refuse an NFE ``budget`` below ``minimum`` per sample, saying why (``what``) for
+    ``method`` walking ``steps`` steps of ``sampler``."""
+    if budget < minimum:
+        raise ValueError(
+            f"method {method!r} needs a budget of at least {minimum} NFE per sample ({what}, "
+            f"with {steps} steps of {sampler!r}); got budget={budget}"
+        )
+
+
 @dataclass
 class SearchResult:
     """What :func:`reverie.search.run` returns.
@@ -258,12 +269,7 @@ class Context:
 
     def need(self, minimum: int, what: str) -> None:
         """Refuse a budget below ``minimum`` with a message saying why."""
-        if self.budget < minimum:
-            raise ValueError(
-                f"method {self.method.name!r} needs a budget of at least {minimum} NFE per "
-                f"sample ({what}, with {self.steps} steps of {self.sampler.name!r}); got "
-                f"budget={self.budget}"
-            )
+        need_budget(self.budget, minimum, what, self.method.name, self.steps, self.sampler.name)
 
     def group_chunks(self, rows_per_group: int) -> Iterator[Tensor]:
         """Groups (returned samples) processed together so that at most ``chunk`` rows (or one
