@@ -50,6 +50,7 @@ from reverie.process import (
 
 __all__ = [
     "BUNDLED",
+    "check_model_name",
     "LoadedModel",
     "load",
     "bundled_path",
@@ -607,6 +608,17 @@ def _load(text, path, dtype, process, prediction, trust_pickle, device) -> Any:
         if _is_latent_pipeline(local):
             return _load_latent(local, text, dtype, process, prediction, trust_pickle, device)
         return _load_folder(local, text, dtype, process, prediction)
+    check_model_name(text)
+    raise AssertionError(f"{text!r} passed check_model_name but matched no loader")
+
+
+def check_model_name(text: str) -> None:
+    """Refuse (ValueError) a name :func:`load` cannot resolve: not a bundled model, not an
+    existing folder, not a Hugging Face Hub id. Cheap: loads nothing."""
+    path = Path(text).expanduser()
+    if (text in BUNDLED or text in _discrete_bundled() or path.exists()
+            or (_HUB_ID.match(text) and not text.startswith("."))):
+        return
     raise ValueError(
         f"unknown model {text!r}: not a bundled model "
         f"({', '.join([*BUNDLED, *_discrete_bundled()])}), not an existing "

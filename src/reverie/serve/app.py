@@ -121,7 +121,7 @@ def model_loaders(specs: list[str]) -> dict[str, Callable[[], Any]]:
     from functools import partial
     from pathlib import Path
 
-    from reverie.hub import _HUB_ID, BUNDLED, _discrete_bundled, load
+    from reverie.hub import check_model_name, load
 
     out: dict[str, Callable[[], Any]] = {}
     for spec in specs:
@@ -133,12 +133,7 @@ def model_loaders(specs: list[str]) -> dict[str, Callable[[], Any]]:
             raise ValueError(f"--model expects NAME, FOLDER or ID=NAME|FOLDER, got {spec!r}")
         if model_id in out:
             raise ValueError(f"two models have the id {model_id!r}; name them with ID=FOLDER")
-        known = (target in BUNDLED or target in _discrete_bundled()
-                 or Path(target).expanduser().exists() or bool(_HUB_ID.match(target)))
-        if not known:
-            raise ValueError(f"unknown model {target!r}: not a bundled model "
-                             f"({', '.join([*BUNDLED, *_discrete_bundled()])}), not an existing "
-                             "folder, and not a Hugging Face Hub id (owner/name)")
+        check_model_name(target)
         out[model_id] = partial(load, target)
     if not out:
         raise ValueError("no model to serve: pass --model NAME|FOLDER (repeatable)")
