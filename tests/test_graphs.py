@@ -78,14 +78,15 @@ def test_symmetrised_forward_marginals():
 def test_reverse_system_reproduces_an_enumerable_law():
     """The reverse system with the exact joint denoiser (X = degrees, A) reproduces a law over
     the 8 graphs on 3 nodes: TV at the Monte-Carlo floor (exact draws of n = 4000: 0.015 on
-    average), predictor only (0.010) and with the Langevin corrector at snr 0.02 (0.017); a
-    denoiser with the adjacency 15% off (0.094), and one that counts each pair twice
-    (non-symmetrised likelihood, 0.093), are rejected."""
+    average), predictor only (0.010) and with the Langevin corrector at snr 0.02 (0.017; up to
+    0.031 on other seeds, hence the bound 0.04, midway to the rejected ones); a denoiser with
+    the adjacency 15% off (0.094), and one that counts each pair twice (non-symmetrised
+    likelihood, 0.093), are rejected."""
     kw = dict(batch=4000, n=3, features=1, steps=100, generator=gen(1))
     _, a = sample_gdss(LAW, LAW.system, corrector_steps=0, **kw)
-    assert LAW.tv(quantize(a)) < 0.03
+    assert LAW.tv(quantize(a)) < 0.04
     _, a = sample_gdss(LAW, LAW.system, snr=0.02, **kw)
-    assert LAW.tv(quantize(a)) < 0.03
+    assert LAW.tv(quantize(a)) < 0.04
     _, a = sample_gdss(lambda x, a, t: LAW(x, 1.15 * a, t), LAW.system, corrector_steps=0, **kw)
     assert LAW.tv(quantize(a)) > 0.06
 
