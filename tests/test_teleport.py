@@ -97,6 +97,8 @@ def test_bad_input(gaussian):
         sample(den, noise, fit=fit, skip=0.0)
     with pytest.raises(ValueError, match="at or below t_min"):
         sample(den, noise, fit=fit, skip=1e-6)
+    with pytest.raises(TypeError, match="grid name"):
+        sample(den, noise, fit=fit, grid=torch.linspace(999, 0, 6))
     with pytest.raises(TypeError, match="GaussianFit"):
         sample(den, noise, fit=gaussian)
     with pytest.raises(ValueError, match="shape"):

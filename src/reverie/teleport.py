@@ -163,6 +163,9 @@ def sample(
                         f"got {type(fit).__name__}")
     if isinstance(skip, bool) or not isinstance(skip, (int, float)) or not skip > 0:
         raise ValueError(f"skip must be a positive number, got {skip!r}")
+    if not isinstance(grid, str):
+        raise TypeError(f"grid must be a grid name (the walk starts at the teleport's time), "
+                        f"got {type(grid).__name__}")
     proc = denoiser.process
     s1 = torch.tensor(skip * fit.scale, dtype=torch.float64)
     t1 = min(float(proc.t_from_sigma_ve(s1)), proc.t_max)
