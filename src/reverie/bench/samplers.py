@@ -22,6 +22,7 @@ Three tables:
   (its own noise seed), reported on B; with its cost in model calls.
 
 The ``grid`` part runs every sampler on one named grid (``--grid``, default ``angle``) on B.
+The ``teleport`` part runs analytical teleportation (``reverie.teleport``) on B.
 """
 
 from __future__ import annotations
@@ -287,6 +288,31 @@ def named_grid(problems: dict[int, _Problem], args: argparse.Namespace) -> list[
                 ours, used = pb.reverie(name, grid, "B")
                 rows.append({"mixture": seed, "nfe": nfe, "method": f"{name} ({grid_name})",
                              "reverie": ours, "reverie_nfe": used, "floor": pb.floor})
+    return rows
+
+
+# analytical teleportation's candidate samplers (split A, 5 NFE: unipc chosen, with
+# reverie.teleport's defaults skip = 1 and the angle grid)
+TELEPORT_SAMPLERS = ("unipc", "ipndm", "dpmpp_3m")
+
+
+def teleport(problems: dict[int, _Problem], args: argparse.Namespace) -> list[dict]:
+    """``reverie.teleport.sample`` on split B: the Gaussian fitted from the model at ``t_max``
+    (``fit_gaussian``, 256 calls paid once per mixture, its own noise seed), teleported to
+    ``sigma / alpha`` = the largest data scale, then each sampler on the angle grid from there;
+    NFE counts the per-sample calls."""
+    from reverie import teleport as tp
+
+    rows = []
+    for seed, pb in problems.items():
+        gen = torch.Generator().manual_seed(args.seed * 100 + seed * 10 + 9)
+        fit = tp.fit_gaussian(pb.den, (args.dim,), generator=gen)
+        for nfe in args.nfe:
+            for name in TELEPORT_SAMPLERS:
+                out = tp.sample(pb.den, pb.noise["B"], name, _steps(name, nfe), fit=fit)
+                rows.append({"mixture": seed, "nfe": out.nfe, "method": f"{name} (teleport)",
+                             "reverie": _score(pb.sw["B"], out.x0), "reverie_nfe": out.nfe,
+                             "fit_nfe": fit.nfe, "fit_scale": fit.scale, "floor": pb.floor})
     return rows
 
 
@@ -572,8 +598,8 @@ def _side_by_side(rows: list[dict], args) -> list[list]:
     return table
 
 
-PARTS = ("defaults", "tuned", "fitted", "flows", "retrieval", "adaptive", "grid", "overhead",
-         "memory")
+PARTS = ("defaults", "tuned", "fitted", "flows", "retrieval", "adaptive", "grid", "teleport",
+         "overhead", "memory")
 
 
 def run_bench(args: argparse.Namespace) -> dict:
@@ -587,7 +613,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     result: dict[str, Any] = {"args": vars(args) | {"func": None}}
     headers = ["sampler", "side", *[f"NFE {n}" for n in args.nfe]]
     problems = {}
-    if {"defaults", "tuned", "fitted", "retrieval", "adaptive", "grid"} & set(parts):
+    if {"defaults", "tuned", "fitted", "retrieval", "adaptive", "grid", "teleport"} & set(parts):
         problems = {seed: _Problem(seed, args) for seed in args.mixtures}
         result["floor"] = statistics.mean(pb.floor for pb in problems.values())
     d_rows = t_rows = f_rows = []
@@ -648,6 +674,17 @@ def run_bench(args: argparse.Namespace) -> dict:
         names = dict.fromkeys(r["method"] for r in rows)
         print(format_table(["mixture", "sampler", *[f"NFE {n}" for n in args.nfe]],
                            [[m, name, *[cells[m, name, n] for n in args.nfe]]
+                            for m in args.mixtures for name in names]))
+    if "teleport" in parts:
+        rows = result["teleport"] = teleport(problems, args)
+        print("\n### Analytical teleportation (reverie.teleport): sliced W2 on seed B, mean over "
+              "mixtures, then per mixture (with the floor)\n")
+        print(format_table(headers, _side_by_side(rows, args)))
+        cells = {(r["mixture"], r["method"], r["nfe"]): r["reverie"] for r in rows}
+        names = dict.fromkeys(r["method"] for r in rows)
+        floors = {r["mixture"]: r["floor"] for r in rows}
+        print(format_table(["mixture", "sampler", *[f"NFE {n}" for n in args.nfe], "floor"],
+                           [[m, name, *[cells[m, name, n] for n in args.nfe], floors[m]]
                             for m in args.mixtures for name in names]))
     acc_s = time.perf_counter() - t0
     if "overhead" in parts:
