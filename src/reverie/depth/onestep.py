@@ -44,7 +44,7 @@ from reverie.process import GaussianProcess
 from reverie.samplers import sample
 
 __all__ = ["ConcatNet", "conditional_denoiser", "train_conditional", "fixed_pipeline",
-           "ensemble", "one_step", "ssi_l1", "finetune_one_step", "photo_dataset"]
+           "ensemble", "one_step", "affine_align", "ssi_l1", "finetune_one_step", "photo_dataset"]
 
 
 class ConcatNet(nn.Module):
@@ -176,16 +176,22 @@ def one_step(denoiser: DenoiserBase, shape: tuple[int, ...] | torch.Size, *,
     return denoiser(x, denoiser.process.t_max, **cond)
 
 
-def ssi_l1(pred: Tensor, target: Tensor) -> Tensor:
-    """The paper's depth loss (from Depth Anything): per map, the least-squares scale and
-    shift ``s, b`` of ``pred`` onto ``target``, then ``mean |s pred + b - target|``."""
+def affine_align(pred: Tensor, target: Tensor) -> Tensor:
+    """``s pred + b`` with, per map, the least-squares scale and shift of ``pred`` onto
+    ``target`` (maps ``[B, ...]`` of one shape)."""
     if pred.shape != target.shape or pred.ndim < 2:
         raise ValueError(f"need pred and target of one shape [B, ...], got {list(pred.shape)} "
                          f"and {list(target.shape)}")
     p, y = pred.flatten(1), target.flatten(1)
     pc, yc = p - p.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
     s = (pc * yc).sum(1, keepdim=True) / (pc * pc).sum(1, keepdim=True).clamp_min(1e-12)
-    return (s * pc - yc).abs().mean()  # s p + b - y with b = mean(y) - s mean(p)
+    return (s * pc + y.mean(1, keepdim=True)).reshape(pred.shape)  # b = mean y - s mean p
+
+
+def ssi_l1(pred: Tensor, target: Tensor) -> Tensor:
+    """The paper's depth loss (from Depth Anything): ``mean |s pred + b - target|`` after the
+    per-map least-squares alignment :func:`affine_align`."""
+    return (affine_align(pred, target) - target).abs().mean()
 
 
 _LOSSES = {"ssi": ssi_l1, "l1": lambda p, y: (p - y).abs().mean()}

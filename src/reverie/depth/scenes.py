@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["pixel_grid", "render_scenes", "render_photos", "sparse_points", "interpolate", "depth_errors",
-           "DEPTH_RANGE"]
+__all__ = ["pixel_grid", "render_scenes", "render_photos", "sparse_points", "interpolate",
+           "depth_errors", "DEPTH_RANGE"]
 
 #: Metric range (metres) of every rendered depth: (near, far).
 DEPTH_RANGE = (0.5, 20.0)
