@@ -7,6 +7,9 @@ sparse conditioning, log-depth metric scale) on synthetic scenes with exact dept
 * :class:`GRINNet`, :func:`train_grin`, :func:`grin_denoiser`, :func:`predict_depth` -- the
   model and its sampling pipeline; :class:`LogDepth` the metric encoding.
 * :class:`PlaneLogDepth` -- an exact Gaussian scene prior with its conditional denoiser.
+* :func:`render_photos` -- the same scenes with a grey-level photo each, and
+  :mod:`reverie.depth.onestep`: image-conditional (Marigold-style) diffusion for depth, its
+  fixed one-step estimate and end-to-end fine-tuning (Garcia Martin et al. 2025).
 
 See docs/depth.md.
 """
@@ -24,6 +27,7 @@ from reverie.depth.scenes import (
     depth_errors,
     interpolate,
     pixel_grid,
+    render_photos,
     render_scenes,
     sparse_points,
 )
@@ -38,6 +42,7 @@ __all__ = [
     "interpolate",
     "pixel_grid",
     "predict_depth",
+    "render_photos",
     "render_scenes",
     "sparse_points",
     "train_grin",

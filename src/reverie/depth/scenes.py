@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["pixel_grid", "render_scenes", "sparse_points", "interpolate", "depth_errors",
-           "DEPTH_RANGE"]
+__all__ = ["pixel_grid", "render_scenes", "render_photos", "sparse_points", "interpolate",
+           "depth_errors", "DEPTH_RANGE"]
 
 #: Metric range (metres) of every rendered depth: (near, far).
 DEPTH_RANGE = (0.5, 20.0)
@@ -32,26 +32,43 @@ def pixel_grid(size: int) -> Tensor:
 
 def render_scenes(n: int, size: int = 16, seed: int = 0) -> Tensor:
     """``n`` exact depth maps ``[n, size, size]`` (metres, float64) of random scenes."""
+    return render_photos(n, size, seed)[0]
+
+
+def render_photos(n: int, size: int = 16, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """The scenes of :func:`render_scenes` (same seed, same depth) with a grey-level photo of
+    each: ``(depth [n, size, size], image [n, size, size] in [0, 1])``. A pixel's grey is its
+    surface's albedo (floor 0.9, wall 0.55, boxes 0.3 / 0.4) times a world-space checker of
+    0.5 m tiles on the hit point (``(x, z)`` on the floor, ``(x, y)`` on the vertical
+    surfaces): the image-conditional task's input, from which depth follows through
+    perspective (tile size, the horizon, where boxes stand), never pixel by pixel."""
     rng = np.random.default_rng(seed)
     uv = pixel_grid(size).numpy()
     u, v = uv[:, 0], uv[:, 1]
-    out = np.empty((n, size * size))
+    out, photo = np.empty((n, size * size)), np.empty((n, size * size))
     for i in range(n):
         h, z_wall = rng.uniform(1.0, 2.0), rng.uniform(6.0, 15.0)
         horizon = rng.uniform(-0.3, 0.2)  # camera pitch moves the horizon row
         below = v - horizon
         # floor y = -h: the ray (u tan, v' tan, 1) reaches it at z = h / (v' tan)
         z = np.where(below > 1e-6, h / np.maximum(below, 1e-6) / _TAN, np.inf)
+        albedo = np.where(z < z_wall, 0.9, 0.55)  # floor, else the wall
         z = np.minimum(z, z_wall)
-        for _ in range(rng.integers(0, 3)):  # boxes: rectangles at one depth, standing on it
+        for k in range(rng.integers(0, 3)):  # boxes: rectangles at one depth, standing on it
             zb = rng.uniform(1.5, min(6.0, z_wall - 0.5))
             u0, width = rng.uniform(-1, 0.7), rng.uniform(0.2, 0.8)
             top = horizon + rng.uniform(-0.6, 0.1)
             foot = horizon + h / (zb * _TAN)  # the row where the box meets the floor
-            inside = (u >= u0) & (u <= u0 + width) & (v >= top) & (v <= foot)
-            z = np.where(inside, np.minimum(z, zb), z)
+            inside = (u >= u0) & (u <= u0 + width) & (v >= top) & (v <= foot) & (zb < z)
+            albedo = np.where(inside, 0.3 + 0.1 * k, albedo)
+            z = np.where(inside, zb, z)
         out[i] = np.clip(z, *DEPTH_RANGE)
-    return torch.from_numpy(out.reshape(n, size, size))
+        x, y = u * _TAN * out[i], (horizon - v) * _TAN * out[i]  # world x, height above eye
+        second = np.where(albedo == 0.9, out[i], y)  # z on the floor, y on vertical surfaces
+        checker = (np.floor(x / 0.5) + np.floor(second / 0.5)) % 2
+        photo[i] = albedo * (0.7 + 0.3 * checker)
+    return (torch.from_numpy(out.reshape(n, size, size)),
+            torch.from_numpy(photo.reshape(n, size, size)))
 
 
 def sparse_points(depth: Tensor, count: int, seed: int = 0) -> tuple[Tensor, Tensor]:
