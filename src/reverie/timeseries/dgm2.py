@@ -38,7 +38,7 @@ from reverie._checks import positive_int
 from reverie.timeseries.metrics import crps_gaussian
 
 __all__ = ["RegimeSeries", "DGM2", "fit_dgm2", "sparse_mask", "forward_filter",
-           "crps_mixture", "sample_mixture", "last_value_forecast", "ar1_forecast"]
+           "crps_mixture", "mixture_crps", "sample_mixture", "last_value_forecast", "ar1_forecast"]
 
 
 def _check_series(x: Tensor, mask: Tensor, d: int) -> tuple[Tensor, Tensor]:
@@ -109,10 +109,13 @@ class RegimeSeries:
         if mu.ndim != 2 or p.shape != (k, k) or pi.shape != (k,):
             raise ValueError(f"means must be [K, d], transition [K, K], initial [K]; got "
                              f"{tuple(mu.shape)}, {tuple(p.shape)}, {tuple(pi.shape)}")
-        if not (torch.allclose(p.sum(1), torch.ones(k, dtype=torch.float64))
+        if not (torch.allclose(p.sum(1), torch.ones(k, dtype=torch.float64), atol=1e-6)
                 and bool((p >= 0).all())):
             raise ValueError("transition must be a stochastic matrix (rows of non-negative "
                              "probabilities summing to 1)")
+        if abs(float(pi.sum()) - 1) > 1e-6 or not bool((pi >= 0).all()):
+            raise ValueError(f"initial must be probabilities summing to 1, got {pi.tolist()}")
+        p, pi = p / p.sum(1, keepdim=True), pi / pi.sum()  # exact sums after float32 input
         if not self.noise > 0:
             raise ValueError(f"noise must be positive, got {self.noise}")
         for name, v in (("means", mu), ("transition", p), ("initial", pi)):
@@ -261,6 +264,20 @@ def _masked_kmeans(x: Tensor, mask: Tensor, k: int, generator: torch.Generator |
         num, den = a.T @ (rows * m), a.T @ m
         c = torch.where(den > 0, num / den.clamp_min(1e-12), c)
     return c.float()
+
+
+def mixture_crps(weights: Tensor, means: Tensor, std: Tensor) -> float:
+    """The exact law's own expected CRPS (the floor of :func:`crps_mixture`), averaged over
+    coordinates: ``E|Y - Y'| / 2`` for ``Y, Y'`` drawn from the mixture, with
+    ``Y - Y' ~ N(mu_k - mu_l, 2 s^2)`` for each pair of components and
+    ``E|N(m, v)| = sqrt(v) 2 phi(m / sqrt v) + m (2 Phi(m / sqrt v) - 1)``."""
+    m = means[:, None] - means[None]  # [K, K, d]
+    sd = (2 * std**2).sqrt()
+    z = m / sd
+    normal = torch.distributions.Normal(0.0, 1.0)
+    e_abs = sd * 2 * normal.log_prob(z).exp() + m * (2 * normal.cdf(z) - 1)
+    w = weights.to(means.dtype)
+    return float(0.5 * torch.einsum("k,l,kld->d", w, w, e_abs).mean())
 
 
 def fit_dgm2(x: Tensor, mask: Tensor, clusters: int, steps: int = 300, lr: float = 0.05,

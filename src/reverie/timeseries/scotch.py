@@ -35,7 +35,7 @@ from reverie._checks import positive, positive_int
 
 __all__ = ["LinearSDE", "SCOTCH", "random_times", "em_log_likelihood", "fit_scotch",
            "profile_scores", "granger_scores", "correlation_scores", "graph_f1", "edge_auroc",
-           "random_graph_sde", "parents_to_graph"]
+           "random_graph_sde", "parents_to_graph", "best_graph"]
 
 
 def _check_graph(name: str, g: Tensor, d: int) -> Tensor:
@@ -288,6 +288,17 @@ def profile_scores(x: Tensor, times: Tensor, penalty: float | None = None
             for i in range(d)]
     return {combo: sum(node[i][ps] for i, ps in enumerate(combo))
             for combo in itertools.product(*[list(n) for n in node])}
+
+
+def best_graph(x: Tensor, times: Tensor, penalty: float | None = None) -> Tensor:
+    """The graph ``[d, d]`` of highest :func:`profile_scores` score, found node by node (the
+    score is a sum over nodes of their own parent sets): ``2^(d-1)`` least squares a node."""
+    times = _check_times(times)
+    x, h, d = x.double(), times.diff()[None], x.shape[-1]
+    pen = 0.5 * math.log(x.shape[0] * (x.shape[1] - 1)) if penalty is None else penalty
+    best = tuple(max(_parent_sets(d, i), key=lambda ps, i=i: _node_profile(x, h, i, ps)
+                     - pen * len(ps)) for i in range(d))
+    return parents_to_graph(best)
 
 
 def parents_to_graph(parents: tuple[tuple[int, ...], ...]) -> Tensor:
