@@ -239,8 +239,15 @@ def _audio(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _dgm2(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from reverie.timeseries.dgm2 import (RegimeSeries, ar1_forecast, crps_mixture, fit_dgm2,
-                                         mixture_crps, sample_mixture, sparse_mask)
+    from reverie.timeseries.dgm2 import (
+        RegimeSeries,
+        ar1_forecast,
+        crps_mixture,
+        fit_dgm2,
+        mixture_crps,
+        sample_mixture,
+        sparse_mask,
+    )
 
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(args.seed + 11_000)
@@ -279,9 +286,16 @@ def _dgm2(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _scotch(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from reverie.timeseries.scotch import (best_graph, correlation_scores, edge_auroc,
-                                           fit_scotch, graph_f1, granger_scores,
-                                           random_graph_sde, random_times)
+    from reverie.timeseries.scotch import (
+        best_graph,
+        correlation_scores,
+        edge_auroc,
+        fit_scotch,
+        granger_scores,
+        graph_f1,
+        random_graph_sde,
+        random_times,
+    )
 
     t0 = time.perf_counter()
 
