@@ -41,10 +41,11 @@ __all__ = ["RegimeSeries", "DGM2", "fit_dgm2", "sparse_mask", "forward_filter",
            "crps_mixture", "mixture_crps", "sample_mixture", "last_value_forecast", "ar1_forecast"]
 
 
-def _check_series(x: Tensor, mask: Tensor, d: int) -> tuple[Tensor, Tensor]:
-    if not isinstance(x, Tensor) or x.ndim != 3 or x.shape[-1] != d:
+def _check_series(x: Tensor, mask: Tensor, d: int | None) -> tuple[Tensor, Tensor]:
+    """``x`` ``[n, T, d]`` (any ``d`` if None) and its bool observation mask, or an error."""
+    if not isinstance(x, Tensor) or x.ndim != 3 or (d is not None and x.shape[-1] != d):
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"x must be [n, T, d = {d}], got {shape}")
+        raise ValueError(f"x must be [n, T, d{'' if d is None else f' = {d}'}], got {shape}")
     if not isinstance(mask, Tensor) or mask.shape != x.shape or mask.dtype != torch.bool:
         got = (f"{tuple(mask.shape)} {mask.dtype}" if isinstance(mask, Tensor)
                else type(mask).__name__)
@@ -285,7 +286,7 @@ def fit_dgm2(x: Tensor, mask: Tensor, clusters: int, steps: int = 300, lr: float
     """Fit :class:`DGM2` to sparse series ``x`` ``[n, T, d]`` (observed where ``mask``) by
     maximising the exact log-likelihood with Adam, the centres started by k-means on the
     observed entries (:func:`_masked_kmeans`)."""
-    x, mask = _check_series(x, mask, x.shape[-1] if x.ndim == 3 else -1)
+    x, mask = _check_series(x, mask, None)
     positive_int("steps", steps)
     model = DGM2(x.shape[-1], clusters)
     with torch.no_grad():

@@ -127,18 +127,20 @@ def random_graph_sde(d: int, edges: int, generator: torch.Generator | None = Non
                      strength: float = 1.0, decay: float = 1.0, sigma: float = 0.5) -> LinearSDE:
     """A stable :class:`LinearSDE` with ``edges`` random off-diagonal edges of weight
     ``+-strength`` (random signs) and ``-decay`` (times a random factor in [1, 2]) on the
-    diagonal, redrawn until stable."""
+    diagonal, redrawn until stable (at most 1000 draws)."""
     positive_int("d", d)
     if not 0 < edges <= d * (d - 1):
         raise ValueError(f"edges must be in [1, {d * (d - 1)}] for d = {d}, got {edges}")
     off = [(i, j) for i in range(d) for j in range(d) if i != j]
-    while True:
+    for _ in range(1000):
         a = -decay * torch.diag(1 + torch.rand(d, generator=generator, dtype=torch.float64))
         for k in torch.randperm(len(off), generator=generator)[:edges].tolist():
             sign = 1.0 if float(torch.rand(1, generator=generator)) < 0.5 else -1.0
             a[off[k]] = sign * strength
         if bool((torch.linalg.eigvals(a).real < -0.1 * decay).all()):
             return LinearSDE(a, torch.full((d,), sigma, dtype=torch.float64))
+    raise ValueError(f"no stable drift in 1000 draws with strength {strength} and decay "
+                     f"{decay}: lower the strength or raise the decay")
 
 
 def _check_times(times: Tensor) -> Tensor:
@@ -262,8 +264,8 @@ def _node_profile(x: Tensor, h: Tensor, i: int, parents: tuple[int, ...]) -> flo
     ``(1, x_i, x_parents)`` and its diffusion: weighted least squares (``Delta x_i / sqrt h``
     on ``sqrt h * features``), ``sigma^2 = RSS / N``."""
     cols = [i, *parents]
-    feats = torch.cat([torch.ones_like(x[..., :1]), x[..., cols]], -1)[:, :-1].reshape(-1,
-                                                                                     len(cols) + 1)
+    feats = torch.cat([torch.ones_like(x[..., :1]), x[..., cols]], -1)[:, :-1]
+    feats = feats.reshape(-1, len(cols) + 1)
     hh = h.expand(x.shape[0], -1).reshape(-1, 1)
     y = (x[:, 1:, i] - x[:, :-1, i]).reshape(-1, 1) / hh.sqrt()
     a = feats * hh.sqrt()
