@@ -176,20 +176,23 @@ def em_log_likelihood(x: Tensor, times: Tensor, drift, sigma: Tensor) -> Tensor:
 class SCOTCH(nn.Module):
     """The graph-masked neural SDE with a Bernoulli graph posterior.
 
-    ``edge_logits`` ``[d, d]``: the logits of ``q(G)`` (self-loops always on: each coordinate
-    reads itself); the drift ``f_i(x) = w2_i . tanh(W1_i (G_i * x) + b1_i) + c_i . (G_i * x) +
-    b_i`` (``hidden=0``: only the linear part); ``log_sigma`` ``[d]``: the diffusion."""
+    ``edge_logits`` ``[d, d]``: the logits of ``q(G)``, all ``edge_init`` at the start
+    (self-loops always on: each coordinate reads itself); the drift
+    ``f_i(x) = w2_i . tanh(W1_i (G_i * x) + b1_i) + c_i . (G_i * x) + b_i`` (``hidden=0``: only
+    the linear part); ``log_sigma`` ``[d]``: the diffusion."""
 
-    def __init__(self, d: int, hidden: int = 0) -> None:
+    def __init__(self, d: int, hidden: int = 0, edge_init: float = 3.0) -> None:
         super().__init__()
         self.d, self.hidden = positive_int("d", d), hidden
-        self.edge_logits = nn.Parameter(torch.zeros(d, d))
+        # q starts near the full graph (0.95 at 3.0): each parent's effect is learned before
+        # the sparsity prior prunes it (from q = 0.5, an MLP drift can lose true edges early)
+        self.edge_logits = nn.Parameter(torch.full((d, d), float(edge_init)))
         self.linear = nn.Parameter(torch.zeros(d, d))
         self.bias = nn.Parameter(torch.zeros(d))
         self.log_sigma = nn.Parameter(torch.zeros(d))
         if hidden:
             self.w1 = nn.Parameter(torch.randn(d, d, hidden) / math.sqrt(d))
-            self.b1 = nn.Parameter(torch.zeros(d, hidden))
+            self.b1 = nn.Parameter(torch.randn(d, hidden))  # offsets: even functions too
             self.w2 = nn.Parameter(torch.zeros(d, hidden))
 
     def edge_probs(self) -> Tensor:
