@@ -7,7 +7,13 @@ law. See docs/timeseries.md.
 * :mod:`reverie.timeseries.tsdiff` -- self-guided :func:`forecast` / :func:`impute` (the
   guidance method ``self_guidance``), :func:`refine` (maximum likelihood and Langevin on the
   denoising-loss energy), base forecasters;
-* :mod:`reverie.timeseries.metrics` -- distances of samples to an exact Gaussian law.
+* :mod:`reverie.timeseries.metrics` -- distances of samples to an exact Gaussian law;
+* :mod:`reverie.timeseries.dgm2` -- DGM² (Wu et al. 2021) in miniature: forecasting sparse
+  multivariate series through a gated dynamic Gaussian mixture of latent clusters, on hidden
+  regime series with an exact forecast law;
+* :mod:`reverie.timeseries.scotch` -- SCOTCH (Wang et al. 2024) in miniature: structure
+  learning with a graph-masked SDE drift and a Bernoulli graph posterior, on linear SDEs with
+  a known graph observed at irregular times.
 """
 
 from reverie.timeseries.data import SeasonalGP, check_mask, forecast_mask
