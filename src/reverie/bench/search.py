@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 
-from reverie.search import METHODS
+from reverie.search import METHODS, sde_diffusion
 
+_G = sde_diffusion()  # Kim et al.'s g(t) = 3 t^2
 #: (row label, method, options) of the exact part.
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("best_of_n", "best_of_n", {}),
@@ -44,6 +45,16 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("zero_order", "zero_order", {}),
     ("beam", "beam", {}),
     ("rbf", "rbf", {}),
+    # Kim et al. (2025)'s interpolant conversion: the flow run as a VP model ("vp": True wraps
+    # the denoiser in reverie.denoisers.Converted(., VPLinear())) with their g = 3 t^2 (the rbf
+    # default), against the same search on the flow's SDE; and the reverse SDEs of each
+    # process's own forward diffusion, which say how much of a difference is the noise level
+    ("rbf vp-sde", "rbf", {"vp": True}),
+    ("rbf vp-sde diffusion=vp", "rbf", {"vp": True, "sampler_options": {"diffusion": None}}),
+    ("rbf diffusion=flow", "rbf", {"sampler_options": {"diffusion": None}}),
+    ("beam sde", "beam", {"sampler": "euler_maruyama", "sampler_options": {"diffusion": _G}}),
+    ("beam vp-sde", "beam", {"vp": True, "sampler": "euler_maruyama",
+                             "sampler_options": {"diffusion": _G}}),
     ("ditto", "ditto", {}),
 )
 
@@ -112,8 +123,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _exact(args: argparse.Namespace) -> dict:
-    from reverie import search
+    from reverie import VPLinear, search
     from reverie.bench.common import format_table
+    from reverie.denoisers import Converted
     from reverie.metrics import SlicedWasserstein, mode_weights
 
     mix, process, den, tilt = problem()
@@ -137,11 +149,13 @@ def _exact(args: argparse.Namespace) -> dict:
         if wanted is not None and label not in wanted:
             continue
         rows[label] = {}
+        opts = dict(opts)
+        model = Converted(den, VPLinear()) if opts.pop("vp", False) else den
         for k in (star_ks if method == "dts_star" else ks):
             budget = k * traj
             start = time.perf_counter()
             try:
-                res = search.run(den, tilt.reward, method=method, budget=budget, n=n,
+                res = search.run(model, tilt.reward, method=method, budget=budget, n=n,
                                  generator=torch.Generator().manual_seed(args.seed * 1000 + k),
                                  shape=(2,), dtype=torch.float64, steps=S, **opts)
             except ValueError as err:  # budget below the method's smallest run
@@ -235,6 +249,19 @@ def _targets(rows: dict, ks: list[int], traj: int) -> dict:
         lines.append(f"target {lab} reaches best_of_n's mean reward with <= 1/3 of its NFE: "
                      f"{'MET' if ok else 'NOT MET'} (NFE fraction needed: {shown}; met from "
                      f"best-of-{min(met_from) if met_from else '-'} up)")
+    # Kim et al. (2025): the VP-SDE (interpolant conversion) raises a particle search's reward
+    # over the linear (flow) SDE at equal NFE
+    for vp_lab, flow_lab in (("rbf vp-sde", "rbf"), ("beam vp-sde", "beam sde")):
+        if vp_lab not in rows or flow_lab not in rows:
+            continue
+        z = {k: (rows[vp_lab][k]["reward"] - rows[flow_lab][k]["reward"]) / math.hypot(
+            rows[vp_lab][k]["reward_se"], rows[flow_lab][k]["reward_se"])
+             for k in ks if k in rows[vp_lab] and k in rows[flow_lab]}
+        ok = bool(z) and all(v > 2 for v in z.values())
+        out[vp_lab] = {"z_reward_over_" + flow_lab: z, "met": ok}
+        shown = ", ".join(f"k={k}: {v:+.1f}" for k, v in z.items())
+        lines.append(f"claim (Kim et al.) {vp_lab} raises the reward of {flow_lab} at equal NFE: "
+                     f"{'MET' if ok else 'NOT MET'} (difference in standard errors: {shown})")
     return {"lines": lines, **out}
 
 
