@@ -46,7 +46,8 @@ def _plan(ctx: Context, top: int, oversample: int, children: int, expand: float,
     trees, looks = [], []
     for i in range(S - 1):
         p = 1 - math.exp(-3 * i / max(S - 2, 1))             # noise-level schedule
-        k = children * ((1 - p) + p * expand) * top / widths[i]  # wider as the beam shrinks
+        # a searching step (probability p) widens the tree by expand and by the beam's shrinkage
+        k = children * ((1 - p) + p * expand * top / widths[i])
         trees.append(max(1, round(k)))
         j = i + 1                                            # the children's level
         looks.append(sorted({j + round(m * (S - j) / (lookahead + 1))
