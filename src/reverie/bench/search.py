@@ -53,6 +53,7 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     # default), against the same search on the flow's SDE; and the reverse SDEs of each
     # process's own forward diffusion, which say how much of a difference is the noise level
     ("rbf vp-sde", "rbf", {"vp": True}),
+    ("rbf vp-sde grid=uniform", "rbf", {"vp": True, "grid": "uniform"}),  # the paper's times
     ("rbf vp-sde diffusion=vp", "rbf", {"vp": True, "sampler_options": {"diffusion": None}}),
     ("rbf diffusion=flow", "rbf", {"sampler_options": {"diffusion": None}}),
     ("beam sde", "beam", {"sampler": "euler_maruyama", "sampler_options": {"diffusion": _G}}),
