@@ -6,7 +6,8 @@ linear reward, so ``p(x) exp(r(x) / T)`` is an exact mixture. For every method a
 the returned samples to exact samples of the tilted target, and their mean reward against the
 exact one. Targets: at equal NFE, FK/SMC steering and DTS reach at most half of best-of-N's
 distance from 8 particles up; DTS* reaches best-of-N's mean reward with at most a third of
-its NFE.
+its NFE. Rows also compare DSearch with the beam and its own constant-width beam, and Kim et
+al.'s interpolant conversion (the flow run as a VP model) with the flow SDE at equal NFE.
 
 Part 2 (digits, when the bundled digits model is available): the digits model steered by the
 digit classifier's log-probability of one class; mean reward and class accuracy (by an
