@@ -96,7 +96,7 @@ def dsearch(ctx: Context, *, oversample: int = 4, children: int = 2, expand: flo
     widths, trees, looks, nfe = _plan(ctx, top, *opts)
     out_x = torch.zeros((ctx.n, *ctx.shape), dtype=ctx.dtype)
     out_r = torch.zeros(ctx.n, dtype=torch.float64)
-    for groups in ctx.group_chunks(max(w * k for w, k in zip(widths, trees))):
+    for groups in ctx.group_chunks(max([widths[0]] + [w * k for w, k in zip(widths, trees)])):
         g = groups.numel()
         gid = groups.repeat_interleave(widths[0])
         state = State(ctx.prior(gid))
