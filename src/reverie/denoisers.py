@@ -14,8 +14,10 @@ Prediction types (``x_t = alpha x0 + sigma eps``; ``'`` is d/dt):
 * ``flow``: the velocity ``u = alpha' x0 + sigma' eps``;
   ``x0 = (sigma' x - sigma u) / (sigma' alpha - sigma alpha')``
 
-Combinators (classifier-free guidance here; guidance, posterior terms and composition in
-their modules) take a denoiser and return a denoiser.
+:class:`Converted` runs a model trained on one process as a denoiser of another (the
+interpolant conversion of Kim et al. 2025). Combinators (classifier-free guidance here;
+guidance, posterior terms and composition in their modules) take a denoiser and return a
+denoiser.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "DenoiserBase",
     "Denoiser",
     "ClassifierFreeGuidance",
+    "Converted",
     "to_x0",
     "from_x0",
 ]
@@ -265,3 +268,41 @@ class ClassifierFreeGuidance(DenoiserBase):
 
     def __repr__(self) -> str:
         return f"ClassifierFreeGuidance(scale={self.scale}, {self.denoiser!r})"
+
+
+class Converted(DenoiserBase):
+    """A model of one process as a denoiser of another with the same data: the *interpolant
+    conversion* of Kim, Yoon, Hwang & Sung (2025, "Inference-Time Scaling for Flow Models via
+    Stochastic Generation and Rollover Budget Forcing", Sec. 3.2; their
+    ``compute_velocity_transform_scheduler``), e.g. a rectified-flow model sampled as a VP
+    model (``Converted(flow_denoiser, VPLinear())``, the paper's VP-SDE).
+
+    Both processes write ``x_t = alpha(t) (x0 + sigma_ve(t) eps)``, so the state of ``process``
+    at ``t`` is the source model's state at the time ``s`` of equal log-SNR, rescaled:
+    ``x_s = (alpha_src(s) / alpha(t)) x_t``, and the data prediction is unchanged,
+    ``D(x_t, t) = D_src(x_s, s)``. (The paper writes the same change for the velocity,
+    ``u_t = (c'/c) x_t + c s' u_src(x_t / c, s)`` with ``c = alpha(t) / alpha_src(s)``; in
+    data-prediction terms the derivative terms cancel.) One source call per call."""
+
+    def __init__(self, denoiser: DenoiserBase, process: GaussianProcess):
+        if not isinstance(denoiser, DenoiserBase):
+            raise TypeError(f"denoiser must be a reverie denoiser, got {type(denoiser).__name__}")
+        if not isinstance(process, GaussianProcess):
+            raise TypeError(f"process must be a GaussianProcess, got {type(process).__name__}")
+        self.source, self.process = denoiser, process
+
+    def source_time(self, t: float | Tensor) -> Tensor:
+        """The source process's time with the same log-SNR as ``process`` at ``t`` (float64)."""
+        src = self.source.process
+        s = src.t_from_log_snr(self.process.log_snr(t))
+        return s.clamp(min(src.t_clean, src.t_max), max(src.t_clean, src.t_max))
+
+    def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
+        t = time_tensor(t, x)
+        s = self.source_time(t.to(torch.float64))
+        scale = self.source.process.alpha(s) / self.process.alpha(t.to(torch.float64))
+        x_src = (bcast(scale, x) * x.to(torch.float64)).to(x.dtype)  # the source's state at s
+        return self.source(x_src, s.to(t.dtype), **cond)
+
+    def __repr__(self) -> str:
+        return f"Converted({self.source!r} -> {self.process!r})"

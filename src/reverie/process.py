@@ -281,6 +281,11 @@ class VPLinear(GaussianProcess):
         t = as64(t)
         return self.alpha(t) * (-0.5 * self.beta_min - 0.5 * (self.beta_max - self.beta_min) * t)
 
+    def d_sigma(self, t: TensorLike) -> Tensor:
+        # sigma^2 = 1 - alpha^2  =>  sigma' = -alpha alpha' / sigma (closed form, not autograd)
+        t = as64(t)
+        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
+
     def __repr__(self) -> str:
         return f"VPLinear(beta_min={self.beta_min}, beta_max={self.beta_max})"
 

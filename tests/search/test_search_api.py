@@ -9,8 +9,8 @@ import reverie
 from reverie import search
 from reverie.denoisers import DenoiserBase
 
-ALL = ("best_of_n", "fk", "paths", "zero_order", "beam", "dts", "dts_star", "rbf", "ditto",
-       "ditto2")
+ALL = ("best_of_n", "fk", "paths", "zero_order", "beam", "dsearch", "dts", "dts_star", "rbf",
+       "ditto", "ditto2")
 
 
 class Counter(DenoiserBase):
@@ -45,7 +45,7 @@ def test_names():
 def test_budget_never_exceeded(problem, method, extra):
     _, _, den, tilt = problem
     counter = Counter(den)
-    minimum = {"paths": 26, "beam": 29}.get(method, 8)  # with 8 steps, see below
+    minimum = {"paths": 26, "beam": 29, "dsearch": 25}.get(method, 8)  # with 8 steps, see below
     budget = minimum + extra
     n = 3
     res = search.run(counter, tilt.reward, method=method, budget=budget, n=n, steps=8,
@@ -61,7 +61,7 @@ def test_budget_never_exceeded(problem, method, extra):
 
 @pytest.mark.parametrize("method", list(search.METHODS))
 def test_budget_too_small(problem, method):
-    minimum = {"paths": 26, "beam": 29}.get(method, 8)
+    minimum = {"paths": 26, "beam": 29, "dsearch": 25}.get(method, 8)
     with pytest.raises(ValueError, match=f"at least {minimum} NFE"):
         _run(problem, method, minimum - 1)
     _run(problem, method, minimum)

@@ -131,7 +131,8 @@ def test_flow_sde_keeps_the_marginals(problem):
 # brackets):
 #   beam, 8 trajectories: 2.39-2.40 (1.54-1.56); dts_star, 8: 1.71-1.78 (1.54-1.56);
 #   paths, 32: 2.02-2.03 (1.91-1.92); zero_order, 32: 2.09-2.14 (1.91-1.92);
-#   ditto, 64: 2.59-2.64 (2.03-2.04); rbf, 8: 1.72-1.75 (1.54-1.56).
+#   ditto, 64: 2.59-2.64 (2.03-2.04); rbf, 8: 1.72-1.75 (1.54-1.56);
+#   dsearch, 8: 2.46-2.47 (1.55-1.57).
 # Where they do NOT beat best-of-N: paths ties at 8-16 trajectories (1.48 vs 1.59, 1.82 vs
 # 1.75); zero_order loses below 32 (0.35 vs 1.59 at 8, 1.27 vs 1.75 at 16); ditto loses below
 # 64 (1.79 vs 1.91 at 32); rbf plateaus at ~1.75-1.8 and loses from 32 trajectories on (1.73 vs
@@ -140,7 +141,7 @@ def test_flow_sde_keeps_the_marginals(problem):
 # <= 0.5); dts (the paper's Boltzmann growth) 0.44-0.63 (ratio 0.45-0.67: it beats best-of-N
 # but not by half, its value-driven growth is biased; the benchmark reports it).
 
-MAXIMISER_BUDGET = {"beam": 8, "dts_star": 8, "rbf": 8, "paths": 32, "zero_order": 32,
+MAXIMISER_BUDGET = {"beam": 8, "dsearch": 8, "dts_star": 8, "rbf": 8, "paths": 32, "zero_order": 32,
                     "ditto": 64, "ditto2": 64}
 TILTED_RATIO = {"fk": 0.5, "dts": 0.8}
 SEARCH_STEPS = 8

@@ -6,7 +6,8 @@ linear reward, so ``p(x) exp(r(x) / T)`` is an exact mixture. For every method a
 the returned samples to exact samples of the tilted target, and their mean reward against the
 exact one. Targets: at equal NFE, FK/SMC steering and DTS reach at most half of best-of-N's
 distance from 8 particles up; DTS* reaches best-of-N's mean reward with at most a third of
-its NFE.
+its NFE. Rows also compare DSearch with the beam and its own constant-width beam, and Kim et
+al.'s interpolant conversion (the flow run as a VP model) with the flow SDE at equal NFE.
 
 Part 2 (digits, when the bundled digits model is available): the digits model steered by the
 digit classifier's log-probability of one class; mean reward and class accuracy (by an
@@ -25,8 +26,9 @@ from typing import Any
 
 import torch
 
-from reverie.search import METHODS
+from reverie.search import METHODS, sde_diffusion
 
+_G = sde_diffusion()  # Kim et al.'s g(t) = 3 t^2
 #: (row label, method, options) of the exact part.
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("best_of_n", "best_of_n", {}),
@@ -43,7 +45,21 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("paths", "paths", {}),
     ("zero_order", "zero_order", {}),
     ("beam", "beam", {}),
+    ("dsearch", "dsearch", {}),
+    ("dsearch lookahead=1", "dsearch", {"lookahead": 1}),
+    ("dsearch constant width", "dsearch", {"oversample": 1, "expand": 1.0}),
     ("rbf", "rbf", {}),
+    # Kim et al. (2025)'s interpolant conversion: the flow run as a VP model ("vp": True wraps
+    # the denoiser in reverie.denoisers.Converted(., VPLinear())) with their g = 3 t^2 (the rbf
+    # default), against the same search on the flow's SDE; and the reverse SDEs of each
+    # process's own forward diffusion, which say how much of a difference is the noise level
+    ("rbf vp-sde", "rbf", {"vp": True}),
+    ("rbf vp-sde grid=uniform", "rbf", {"vp": True, "grid": "uniform"}),  # the paper's times
+    ("rbf vp-sde diffusion=vp", "rbf", {"vp": True, "sampler_options": {"diffusion": None}}),
+    ("rbf diffusion=flow", "rbf", {"sampler_options": {"diffusion": None}}),
+    ("beam sde", "beam", {"sampler": "euler_maruyama", "sampler_options": {"diffusion": _G}}),
+    ("beam vp-sde", "beam", {"vp": True, "sampler": "euler_maruyama",
+                             "sampler_options": {"diffusion": _G}}),
     ("ditto", "ditto", {}),
 )
 
@@ -112,8 +128,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _exact(args: argparse.Namespace) -> dict:
-    from reverie import search
+    from reverie import VPLinear, search
     from reverie.bench.common import format_table
+    from reverie.denoisers import Converted
     from reverie.metrics import SlicedWasserstein, mode_weights
 
     mix, process, den, tilt = problem()
@@ -137,11 +154,13 @@ def _exact(args: argparse.Namespace) -> dict:
         if wanted is not None and label not in wanted:
             continue
         rows[label] = {}
+        opts = dict(opts)
+        model = Converted(den, VPLinear()) if opts.pop("vp", False) else den
         for k in (star_ks if method == "dts_star" else ks):
             budget = k * traj
             start = time.perf_counter()
             try:
-                res = search.run(den, tilt.reward, method=method, budget=budget, n=n,
+                res = search.run(model, tilt.reward, method=method, budget=budget, n=n,
                                  generator=torch.Generator().manual_seed(args.seed * 1000 + k),
                                  shape=(2,), dtype=torch.float64, steps=S, **opts)
             except ValueError as err:  # budget below the method's smallest run
@@ -235,6 +254,22 @@ def _targets(rows: dict, ks: list[int], traj: int) -> dict:
         lines.append(f"target {lab} reaches best_of_n's mean reward with <= 1/3 of its NFE: "
                      f"{'MET' if ok else 'NOT MET'} (NFE fraction needed: {shown}; met from "
                      f"best-of-{min(met_from) if met_from else '-'} up)")
+    # paper claims on the mean reward at equal NFE: Kim et al. (2025), the VP-SDE (interpolant
+    # conversion) over the linear (flow) SDE; Li et al. (2025), DSearch over best-of-N, the
+    # beam and its own constant-width beam
+    for lab, base in (("rbf vp-sde", "rbf"), ("beam vp-sde", "beam sde"),
+                      ("dsearch", "best_of_n"), ("dsearch", "beam"),
+                      ("dsearch", "dsearch constant width")):
+        if lab not in rows or base not in rows:
+            continue
+        z = {k: (rows[lab][k]["reward"] - rows[base][k]["reward"]) / math.hypot(
+            rows[lab][k]["reward_se"], rows[base][k]["reward_se"])
+             for k in ks if k in rows[lab] and k in rows[base]}
+        ok = bool(z) and all(v > 2 for v in z.values())
+        out[f"{lab} over {base}"] = {"z_reward": z, "met": ok}
+        shown = ", ".join(f"k={k}: {v:+.1f}" for k, v in z.items())
+        lines.append(f"claim: {lab} raises the mean reward of {base} at equal NFE by > 2 s.e.: "
+                     f"{'MET' if ok else 'NOT MET'} (difference in standard errors: {shown})")
     return {"lines": lines, **out}
 
 

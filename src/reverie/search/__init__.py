@@ -24,6 +24,7 @@ fk             Feynman-Kac / SMC steering (Singhal et al. 2025)        sample th
 paths          search over paths (Ma et al. 2025)                      maximise
 zero_order     zero-order search around a pivot noise (Ma et al.)      maximise
 beam           beam search over the stochastic sampler's steps         maximise
+dsearch        DSearch, dynamic beam and tree widths (Li et al. 2025)  maximise
 dts            Diffusion Tree Sampling (Jain et al. 2025)              sample the tilted law
 dts_star       Diffusion Tree Search, greedy DTS (Jain et al. 2025)    maximise
 rbf            Rollover Budget Forcing, flow SDE (Kim et al. 2025)     maximise
@@ -51,6 +52,7 @@ from reverie.denoisers import DenoiserBase
 from reverie.samplers import SAMPLERS
 from reverie.search import beam as _beam  # noqa: F401  (registers methods)
 from reverie.search import ditto as _ditto  # noqa: F401
+from reverie.search import dsearch as _dsearch  # noqa: F401
 from reverie.search import noise as _noise  # noqa: F401
 from reverie.search import noise_opt as _noise_opt  # noqa: F401
 from reverie.search import rbf as _rbf  # noqa: F401
@@ -67,8 +69,8 @@ from reverie.search._core import (
 from reverie.search.rbf import sde_diffusion
 
 METHODS.reorder(
-    ("best_of_n", "fk", "paths", "zero_order", "beam", "dts", "dts_star", "rbf", "ditto",
-     "ditto2")
+    ("best_of_n", "fk", "paths", "zero_order", "beam", "dsearch", "dts", "dts_star", "rbf",
+     "ditto", "ditto2")
 )
 
 __all__ = ["METHODS", "Method", "SearchResult", "CountingDenoiser", "run", "sde_diffusion"]

@@ -9,7 +9,9 @@ SDE with the same marginals,
 
 which is the core sampler ``euler_maruyama`` with a diffusion ``g`` (the paper's choice for
 rectified flows: ``g(t) = 3 t^2``, :func:`sde_diffusion`); any other stochastic sampler
-(``dpmpp_2m_sde`` works on flows) may be passed instead. Rollover Budget Forcing then spends
+(``dpmpp_2m_sde`` works on flows) may be passed instead. The paper's best setting samples the
+flow as a VP model (interpolant conversion, :class:`reverie.denoisers.Converted`:
+``Converted(flow_denoiser, VPLinear())``) with the same ``g``. Rollover Budget Forcing then spends
 the NFE budget step by step: at each step it draws candidates of the next state until one
 beats the best reward seen so far (rewards on the data prediction), moves there and rolls the
 unused NFE over to the next step; if the step's quota runs out first it moves to the step's
@@ -25,7 +27,7 @@ import torch
 from torch import Tensor
 
 from reverie._checks import positive_int
-from reverie.denoisers import DenoiserBase
+from reverie.denoisers import Converted, DenoiserBase
 from reverie.process import RectifiedFlow
 from reverie.samplers import State
 from reverie.search._core import Context, register, std_rows
@@ -48,6 +50,10 @@ class sde_diffusion:  # noqa: N801 - used like a function
 
 
 def _flow_sde(denoiser: DenoiserBase) -> dict[str, Any]:
+    """The paper's ``g(t) = 3 t^2`` on a flow, and on a flow converted to another process
+    (their VP-SDE: ``convert_scheduler: vp`` with the same diffusion)."""
+    if isinstance(denoiser, Converted):
+        denoiser = denoiser.source
     if isinstance(denoiser.process, RectifiedFlow):
         return {"diffusion": sde_diffusion()}
     return {}
