@@ -55,7 +55,9 @@ from reverie.inverse.operators import (
     LinearOperator,
     MatrixOperator,
     adjointness_error,
+    compressed_sensing,
     gaussian_kernel,
+    motion_kernel,
 )
 from reverie.inverse.sequential import sequential_solve
 from reverie.inverse.solve import (
@@ -122,5 +124,7 @@ __all__ = [
     "NoiseModel",
     "PoissonNoise",
     "adjointness_error",
+    "compressed_sensing",
     "gaussian_kernel",
+    "motion_kernel",
 ]
