@@ -52,3 +52,29 @@ def test_every_method_is_scored_on_the_same_projections():
 
     a, b = scores("mcg_diff,ddrm"), scores("ddrm,mcg_diff")
     assert a == b
+
+
+def test_image_suite_problems_and_skips():
+    """The image suite's seven problems build on 8x8 images, and every registered method is
+    run or skipped with the reason (not linear / no SVD / needs a second prior)."""
+    from reverie.inverse import METHODS, LinearOperator, compatible_methods
+
+    shape = (1, 8, 8)
+    x = torch.rand(2, *shape) * 2 - 1
+    for task in bench.IMAGE_PROBLEMS:
+        op, physics = bench.image_problem(task, shape, torch.Generator().manual_seed(0))
+        assert op(x).shape[0] == 2 and isinstance(physics, str)
+        linear = isinstance(op, LinearOperator)
+        assert linear == (task not in ("phase", "nonlinear_blur"))
+        for m in METHODS:
+            why = bench.skip_reason(m, op)
+            assert (why is None) == (m in compatible_methods(op))
+            if m == "ddrm":
+                assert why == (None if linear and op.svd is not None
+                               else "not linear (needs A^T)" if not linear
+                               else "no SVD in closed form")
+    assert bench.image_problem("superres4", shape, None)[0].out_shape == (1, 2, 2)
+    assert bench.skip_reason("structured_noise", op).startswith("needs a second")
+    mean, lo, hi = bench._bootstrap(torch.arange(10.0, dtype=torch.float64),
+                                    torch.Generator().manual_seed(0))
+    assert lo < mean == 4.5 < hi and hi - lo < 4

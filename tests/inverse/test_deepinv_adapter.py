@@ -153,6 +153,14 @@ def test_non_linear_physics_is_a_function_for_gradient_methods():
     _close(got, want)
     with pytest.raises(TypeError, match="not linear: it has no A_adjoint"):
         solve(den, fwd, y, 0.1, method="pigdm", shape=SHAPE)
+    # deepinv's PhaseRetrieval has the A_adjoint of its linear part: the probe still sees a
+    # non-linear A; a linear physics passes it
+    phys.A_adjoint = lambda v: v.reshape(len(v), -1) @ phys.B
+    fwd = from_deepinv(phys)
+    assert isinstance(fwd, DeepinvForward) and "A(x + 2 v) != A(x) + 2 A(v)" in fwd.__name__
+    with pytest.raises(TypeError, match="not linear"):
+        solve(den, fwd, y, 0.1, method="ddrm")
+    assert isinstance(from_deepinv(DuckLinear(phys.B)), DeepinvOperator)
 
 
 def test_from_deepinv_bad_input():

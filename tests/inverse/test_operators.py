@@ -122,3 +122,27 @@ def test_operator_bad_input():
     op = MatrixOperator(torch.ones(2, 3))
     with pytest.raises(ValueError, match="x must have shape"):
         op.check_input(torch.ones(4, 2))
+
+
+def test_motion_kernel_and_compressed_sensing():
+    """Random motion kernels (deepinv's MotionBlurGenerator in spirit): a normalised,
+    reproducible, non-symmetric kernel (so its Blur has no SVD); a tiny trajectory is a delta
+    at the centre. Compressed sensing has deepinv's N(0, 1/m) entries (a 15% larger scale is
+    outside the tolerance)."""
+    from reverie.inverse import compressed_sensing, motion_kernel
+
+    g = torch.Generator().manual_seed
+    k = motion_kernel(7, g(0))
+    assert k.shape == (7, 7) and bool((k >= 0).all()) and abs(float(k.sum()) - 1) < 1e-12
+    assert torch.equal(k, motion_kernel(7, g(0))) and not torch.equal(k, motion_kernel(7, g(1)))
+    assert (k > 0).sum() > 2 and Blur(k, (1, 8, 8)).svd is None
+    delta = torch.zeros(5, 5, dtype=torch.float64)
+    delta[2, 2] = 1
+    assert torch.equal(motion_kernel(5, g(2), std=1e-3), delta)
+    a = compressed_sensing(1000, (1, 5, 5), g(3)).matrix()
+    assert a.shape == (1000, 25) and abs(float(a.var()) * 1000 - 1) < 0.04
+    assert abs(float((1.15 * a).var()) * 1000 - 1) > 0.04
+    with pytest.raises(ValueError, match="positive integer"):
+        compressed_sensing(0, (1, 4, 4))
+    with pytest.raises(ValueError, match="size >= 1"):
+        motion_kernel(0)

@@ -14,6 +14,11 @@ distance between two exact sample sets of the same size: no sampler can beat it 
 
 With ``--digits`` (needs the bundled ``digits`` model) it also runs inpainting and 2x
 super-resolution on digits test images (PSNR and SSIM to the truth, measurement consistency).
+With ``--images`` (or ``--images-only``) it runs issue 22's image suite on the same model
+(:func:`run_images`): inpainting, motion blur, 4x and 2x super-resolution, compressed sensing,
+phase retrieval and a saturated (non-linear) blur at noise 0.05, every registered method that
+accepts each problem (the others skipped with the reason), PSNR and SSIM with bootstrap
+intervals over images, NFE and seconds.
 """
 
 from __future__ import annotations
@@ -55,6 +60,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--digits-only", action="store_true", help="only the digits part (skip the mixture)"
     )
+    parser.add_argument("--images", action="store_true",
+                        help="also run the image suite (7 problems, every method; digits model)")
+    parser.add_argument("--images-only", action="store_true",
+                        help="only the image suite (skip the mixture)")
+    parser.add_argument("--image-count", type=int, default=16,
+                        help="test images per problem (image suite)")
+    parser.add_argument("--smc-images", type=int, default=8,
+                        help="test images per problem for the SMC methods (one call per image) "
+                        "and the --slow ones")
+    parser.add_argument("--slow", type=str, default="mmps",
+                        help="methods run on --smc-images images only (costly per step)")
 
 
 def mixture_prior(dim: int, generator: torch.Generator):
@@ -309,11 +325,199 @@ def run_digits(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# ---- the image suite (issue 22) ---------------------------------------------------------------
+
+IMAGE_PROBLEMS = ("inpaint", "motion_blur", "superres4", "superres2", "cs", "phase",
+                  "nonlinear_blur")
+CS_M, PHASE_M, GAIN = 16, 128, 2.0  # CS: 64 -> 16; phase retrieval: 2x oversampled
+
+
+def _deepinv() -> Any:
+    """``deepinv`` when it imports, else ``None`` (it needs torchvision)."""
+    try:
+        import deepinv
+    except Exception:  # ImportError, or torchvision failing to load
+        return None
+    return deepinv
+
+
+def image_problem(task: str, shape: tuple[int, ...], generator: torch.Generator) -> tuple[Any, str]:
+    """``(forward model, physics used)`` of one image-suite problem on ``shape`` images:
+    deepinv's physics through :func:`reverie.inverse.from_deepinv` where ``import deepinv``
+    works (the linear ones), else reverie's operators built to deepinv's definitions; the two
+    non-linear ones are always reverie's (deepinv's phase retrieval takes complex images)."""
+    from reverie.inverse import (
+        Blur,
+        Downsample,
+        compressed_sensing,
+        from_deepinv,
+        motion_kernel,
+        nonlinear_blur,
+        random_phase_retrieval,
+    )
+
+    dinv = _deepinv()
+    if task == "phase":
+        return random_phase_retrieval(PHASE_M, shape, generator), (
+            f"reverie PhaseRetrieval |B x|^2, m={PHASE_M}, B_ij ~ N(0, 1/2m) + i N(0, 1/2m) "
+            "(deepinv's RandomPhaseRetrieval)")
+    if task == "nonlinear_blur":
+        return nonlinear_blur(motion_kernel(5, generator), shape, GAIN), (
+            f"reverie Saturated: tanh({GAIN:g} k * x) / tanh({GAIN:g}), k a 5x5 motion kernel")
+    if task == "inpaint":
+        op = digits_task("inpaint", shape, generator)
+        if dinv is None:
+            return op, "reverie Inpainting (left half + 25% of the right half)"
+        return from_deepinv(dinv.physics.Inpainting(img_size=shape, mask=op.mask.float()),
+                            shape), "deepinv Inpainting (same mask)"
+    if task == "motion_blur":
+        k = motion_kernel(5, generator)
+        if dinv is None:
+            return Blur(k, shape), ("reverie Blur (circular) by a 5x5 motion_kernel (Matern-5/2 "
+                                    "trajectory, as deepinv's MotionBlurGenerator)")
+        k = dinv.physics.generator.MotionBlurGenerator((5, 5), rng=generator).step()["filter"]
+        return from_deepinv(dinv.physics.BlurFFT(img_size=shape, filter=k), shape), (
+            "deepinv BlurFFT by a 5x5 MotionBlurGenerator kernel")
+    if task in ("superres4", "superres2"):
+        f = int(task[-1])
+        if dinv is None:
+            return Downsample(f, shape), f"reverie Downsample({f}) ({f}x{f} block averages)"
+        box = torch.full((1, 1, f, f), 1.0 / f**2)
+        return from_deepinv(dinv.physics.Downsampling(img_size=shape, factor=f, filter=box,
+                                                      padding="valid"), shape), (
+            f"deepinv Downsampling(factor={f}, {f}x{f} box filter, valid: block averages)")
+    if task == "cs":
+        if dinv is None:
+            return compressed_sensing(CS_M, shape, generator), (
+                f"reverie compressed_sensing: Gaussian {CS_M}x64, entries N(0, 1/m) "
+                "(deepinv's CompressedSensing)")
+        return from_deepinv(dinv.physics.CompressedSensing(m=CS_M, img_size=shape, rng=generator),
+                            shape), f"deepinv CompressedSensing(m={CS_M})"
+    raise ValueError(f"unknown image problem {task!r}; expected one of {IMAGE_PROBLEMS}")
+
+
+def skip_reason(method: str, op: Any) -> str | None:
+    """Why ``method`` cannot run on ``op`` (``None`` if it can)."""
+    from reverie.inverse import LinearOperator, compatible_methods
+
+    if method in compatible_methods(op):
+        return None
+    if method == "structured_noise":
+        return "needs a second diffusion prior for the noise (noise_denoiser)"
+    if METHODS[method].linear and not isinstance(op, LinearOperator):
+        return "not linear (needs A^T)"
+    return "no SVD in closed form"
+
+
+def _bootstrap(values: torch.Tensor, generator: torch.Generator, draws: int = 2000
+               ) -> tuple[float, float, float]:
+    """Mean and the 95% percentile bootstrap interval of the mean over images."""
+    idx = torch.randint(len(values), (draws, len(values)), generator=generator)
+    means = values[idx].mean(1)
+    lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=means.dtype)).tolist()
+    return float(values.mean()), lo, hi
+
+
+def run_images(args: argparse.Namespace) -> dict[str, Any]:
+    """The image suite on the bundled ``digits`` EDM model (8x8 test images in [-1, 1]):
+    every problem of :data:`IMAGE_PROBLEMS` at Gaussian noise 0.05, every registered method
+    that accepts it (:func:`skip_reason` for the others), default options, 50 steps, 4
+    posterior samples per image. Non-SMC methods solve all images in one batched call (one
+    measurement per sample); the SMC methods (one posterior per call) run image by image on
+    the first ``--smc-images``, and the ``--slow`` ones (MMPS: conjugate gradients through
+    the network at every step) batched on as many. PSNR / SSIM (:func:`reverie.metrics.ssim`,
+    data range 2) are averaged over each image's samples, then over images with a 95%
+    bootstrap interval; ``psnr_common`` / ``ssim_common`` are the means over the first
+    ``--smc-images`` images, which every method ran on (compare methods there)."""
+    from reverie.bench.common import format_table
+    from reverie.data import load_digits
+    from reverie.hub import load
+    from reverie.inverse import measurement_consistency, psnr, solve
+    from reverie.metrics import ssim
+    from reverie.samplers import NonFiniteError
+
+    model = load("digits")
+    images, _ = load_digits("test")
+    k, k_smc, per, steps, sigma_y = args.image_count, args.smc_images, 4, 50, 0.05
+    x_all = images[:k].to(torch.float32)
+    shape = tuple(x_all.shape[1:])
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods += [m for m in METHODS if m not in ALL and m not in methods]  # listed as skipped
+    slow = {m.strip() for m in args.slow.split(",") if m.strip()}
+    rows, skipped, failed, physics = [], [], [], {}
+    for ind, task in enumerate(IMAGE_PROBLEMS):
+        g = torch.Generator().manual_seed(args.seed + 100 * ind)
+        op, physics[task] = image_problem(task, shape, g)
+        clean = op(x_all).to(torch.float32)
+        y_all = clean + sigma_y * torch.randn(clean.shape, generator=g)
+        for m in methods:
+            why = skip_reason(m, op)
+            if why is not None:
+                skipped.append({"problem": task, "method": m, "reason": why})
+                continue
+            smc = METHODS[m].particles
+            kk = k_smc if smc or m in slow else k
+            x_true, y = x_all[:kk], y_all[:kk]
+            t0 = time.perf_counter()
+            try:
+                if smc:  # one posterior (a cloud of `per` particles) per image
+                    outs = [solve(model.denoiser, op, y[i], sigma_y, method=m, steps=steps,
+                                  n=per, generator=torch.Generator().manual_seed(args.seed + i),
+                                  return_info=True) for i in range(kk)]
+                    x, res = torch.cat([o.samples for o in outs]), outs[0]
+                else:  # all images at once: `per` rows per image, each with its measurement
+                    res = solve(model.denoiser, op, y.repeat_interleave(per, 0), sigma_y,
+                                method=m, steps=steps, return_info=True,
+                                generator=torch.Generator().manual_seed(args.seed))
+                    x = res.samples
+            except NonFiniteError as e:  # reported, not hidden: default options diverged
+                failed.append({"problem": task, "method": m, "error": str(e)})
+                print(f"  {task} {m}: FAILED ({e})", flush=True)
+                continue
+            seconds = time.perf_counter() - t0
+            ref = x_true.repeat_interleave(per, 0)
+            p = psnr(x, ref).reshape(kk, per).mean(1).double()
+            q = ssim(x, ref).reshape(kk, per).mean(1).double()
+            c = measurement_consistency(op, x, y.repeat_interleave(per, 0))
+            gb = torch.Generator().manual_seed(args.seed)
+            (pm, plo, phi), (qm, qlo, qhi) = _bootstrap(p, gb), _bootstrap(q, gb)
+            rows.append({"problem": task, "method": m, "images": kk, "psnr": pm, "psnr_lo": plo,
+                         "psnr_hi": phi, "ssim": qm, "ssim_lo": qlo, "ssim_hi": qhi,
+                         # on the first smc_images images, which every method ran on
+                         "psnr_common": float(p[:k_smc].mean()),
+                         "ssim_common": float(q[:k_smc].mean()),
+                         "consistency": float(c.mean()), "nfe": res.nfe, "vjp": res.vjp,
+                         "seconds": seconds, "seconds_per_image": seconds / kk})
+            print(f"  {task} {m}: PSNR {pm:.2f} [{plo:.2f}, {phi:.2f}], SSIM {qm:.3f}, "
+                  f"{seconds:.1f} s", flush=True)
+    print(f"\nimage suite: digits EDM model, sigma_y = {sigma_y}, {steps} steps, {per} samples "
+          f"per image; {k} test images ({k_smc} for the SMC methods and "
+          f"{', '.join(sorted(slow))}); 95% bootstrap intervals over images")
+    for task in IMAGE_PROBLEMS:
+        print(f"  {task}: {physics[task]}")
+    print(format_table(
+        ["problem", "method", "images", "PSNR dB [95% CI]", "SSIM [95% CI]",
+         f"PSNR / SSIM, first {k_smc}", "RMS(y - A x)", "NFE (+VJP)", "seconds"],
+        [[r["problem"], r["method"], r["images"],
+          f"{r['psnr']:.2f} [{r['psnr_lo']:.2f}, {r['psnr_hi']:.2f}]",
+          f"{r['ssim']:.3f} [{r['ssim_lo']:.3f}, {r['ssim_hi']:.3f}]",
+          f"{r['psnr_common']:.2f} / {r['ssim_common']:.3f}", r["consistency"],
+          f"{r['nfe']} (+{r['vjp']})", r["seconds"]] for r in rows]))
+    print("skipped: " + "; ".join(f"{s['problem']}/{s['method']} ({s['reason']})"
+                                  for s in skipped))
+    print("failed: " + ("; ".join(f"{f['problem']}/{f['method']} ({f['error']})" for f in failed)
+                        or "none"))
+    return {"rows": rows, "skipped": skipped, "failed": failed, "physics": physics,
+            "deepinv": _deepinv() is not None, "sigma_y": sigma_y, "steps": steps,
+            "samples_per_image": per, "images": k, "smc_images": k_smc, "slow": sorted(slow),
+            "note": "superres4 of 8x8 images leaves 2x2 measurements; superres2 is reported too"}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(max(1, args.threads))
     t0 = time.perf_counter()
     result: dict[str, Any] = {}
-    if not args.digits_only:
+    if not (args.digits_only or args.images_only):
         result = run_mixture(args)
         print(
             f"\nGaussian-mixture benchmark: mean sliced W1 to the exact posterior (mean ± 1.96 "
@@ -329,5 +533,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.digits or args.digits_only:
         result["digits"] = run_digits(args)
+    if args.images or args.images_only:
+        result["images"] = run_images(args)
     result["seconds"] = time.perf_counter() - t0
     return result

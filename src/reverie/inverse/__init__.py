@@ -6,8 +6,9 @@ DDRM, RED-diff, DiffPIR, TDS, MCGdiff, joint structured noise, MMPS). :func:`cdd
 diffusion bridge from the degraded image with data consistency; :func:`diffusion_pde` adds
 PDE-residual guidance on a joint solution / coefficient field; :func:`sequential_solve` warm-starts
 each frame of a sequence from the previous one; :func:`from_deepinv` turns a deepinv physics into
-an operator; :func:`train_dfm` / :func:`dfm_sample` train and sample a conditional model of a
-signal seen only through forward models. See ``docs/inverse.md``.
+an operator; :class:`PhaseRetrieval` and :func:`nonlinear_blur` are non-linear forward models
+for DPS, RED-diff and TDS; :func:`train_dfm` / :func:`dfm_sample` train and sample a conditional
+model of a signal seen only through forward models. See ``docs/inverse.md``.
 """
 
 from reverie.inverse.bayesdiff import (
@@ -37,6 +38,13 @@ from reverie.inverse.forward_models import (
 from reverie.inverse.guidance import DiffPIRDenoiser, JointNoiseDenoiser, PiGDMDenoiser
 from reverie.inverse.mmps import MMPSDenoiser
 from reverie.inverse.noise import GaussianNoise, NoiseModel, PoissonNoise
+from reverie.inverse.nonlinear import (
+    NonlinearForward,
+    PhaseRetrieval,
+    Saturated,
+    nonlinear_blur,
+    random_phase_retrieval,
+)
 from reverie.inverse.operators import (
     SVD,
     Blur,
@@ -47,7 +55,9 @@ from reverie.inverse.operators import (
     LinearOperator,
     MatrixOperator,
     adjointness_error,
+    compressed_sensing,
     gaussian_kernel,
+    motion_kernel,
 )
 from reverie.inverse.sequential import sequential_solve
 from reverie.inverse.solve import (
@@ -83,6 +93,11 @@ __all__ = [
     "event_log_prob",
     "event_sample",
     "MMPSDenoiser",
+    "NonlinearForward",
+    "PhaseRetrieval",
+    "Saturated",
+    "nonlinear_blur",
+    "random_phase_retrieval",
     "em_prior",
     "FlowPosterior",
     "flow_vi",
@@ -109,5 +124,7 @@ __all__ = [
     "NoiseModel",
     "PoissonNoise",
     "adjointness_error",
+    "compressed_sensing",
     "gaussian_kernel",
+    "motion_kernel",
 ]

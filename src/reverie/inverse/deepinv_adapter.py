@@ -15,8 +15,10 @@ gives its singular value decomposition ``A = U diag(mask) V^T`` through ``V_adjo
   a :class:`~reverie.inverse.LinearOperator` without one: the methods that need only ``A`` and
   ``A^T`` (DPS, PiGDM, DiffPIR, RED-diff, TDS; :meth:`~LinearOperator.dense` gives an SVD for
   small problems);
-* a non-linear physics (``RandomPhaseRetrieval``, ``Haze``, ...) into a differentiable
-  function ``x -> y`` (:class:`DeepinvForward`), for DPS, RED-diff and TDS.
+* a non-linear physics (``RandomPhaseRetrieval``, ``Haze``, ...: no ``A_adjoint``, or an
+  ``A`` that fails the probe ``A(x + 2 v) = A(x) + 2 A(v)`` -- deepinv's ``PhaseRetrieval``
+  has the ``A_adjoint`` of its linear part ``B``) into a differentiable function ``x -> y``
+  (:class:`DeepinvForward`), for DPS, RED-diff and TDS.
 
 Only ``A``, ``A_adjoint``, ``A_dagger``, ``V_adjoint``, ``V``, ``U``, ``U_adjoint`` and
 ``mask`` are used, so any object with these methods works (deepinv itself is not imported).
@@ -80,10 +82,11 @@ class DeepinvForward:
     """A non-linear deepinv physics as a differentiable function ``x -> physics.A(x)`` for
     DPS, RED-diff and TDS (pass ``shape=in_shape`` to :func:`reverie.inverse.solve`)."""
 
-    def __init__(self, physics: Any, in_shape: tuple[int, ...]):
+    def __init__(self, physics: Any, in_shape: tuple[int, ...],
+                 why: str = "it has no A_adjoint"):
         self.physics, self.in_shape, self.dtype = physics, in_shape, _dtype(physics)
         self.out_shape = _out_shape(physics, in_shape)
-        self.__name__ = f"deepinv {_name(physics)} (not linear: it has no A_adjoint)"
+        self.__name__ = f"deepinv {_name(physics)} (not linear: {why})"
 
     def __call__(self, x: Tensor) -> Tensor:
         return _call(self.physics.A, x, self.dtype)
@@ -179,9 +182,9 @@ def from_deepinv(
 ) -> DeepinvOperator | DeepinvForward:
     """A reverie forward operator from a deepinv physics (module docstring): a
     :class:`DeepinvOperator` (a :class:`~reverie.inverse.LinearOperator`, with an SVD where
-    the physics gives a real one) for a linear physics (one with ``A_adjoint``), else a
-    :class:`DeepinvForward` function. ``in_shape``: the shape of one image, e.g. ``(1, 8, 8)``
-    (default: ``physics.img_size``)."""
+    the physics gives a real one) for a linear physics (one with ``A_adjoint`` whose ``A``
+    passes a linearity probe), else a :class:`DeepinvForward` function. ``in_shape``: the
+    shape of one image, e.g. ``(1, 8, 8)`` (default: ``physics.img_size``)."""
     if not callable(getattr(physics, "A", None)):
         raise TypeError(f"expected a deepinv physics (an object with A(x)), got {_name(physics)}")
     if in_shape is None:
@@ -190,9 +193,23 @@ def from_deepinv(
             raise ValueError(f"deepinv {_name(physics)} has no img_size: pass in_shape= (the "
                              "shape of one image, e.g. (1, 8, 8))")
     shape = _shape(tuple(int(v) for v in in_shape), "in_shape")
-    if callable(getattr(physics, "A_adjoint", None)):
-        return DeepinvOperator(physics, shape)
-    return DeepinvForward(physics, shape)
+    if not callable(getattr(physics, "A_adjoint", None)):
+        return DeepinvForward(physics, shape)
+    _out_shape(physics, shape)  # a clear error first if A fails on such images
+    if not _is_linear(physics, shape):  # e.g. deepinv's PhaseRetrieval: A_adjoint is B's
+        return DeepinvForward(physics, shape, "A(x + 2 v) != A(x) + 2 A(v), although it has "
+                              "an A_adjoint")
+    return DeepinvOperator(physics, shape)
+
+
+def _is_linear(physics: Any, shape: tuple[int, ...]) -> bool:
+    """``A(x + 2 v) = A(x) + 2 A(v)`` on a random probe, to float32 precision."""
+    g = torch.Generator().manual_seed(1)
+    x, v = torch.randn(2, 1, *shape, generator=g, dtype=torch.float64)
+    dt = _dtype(physics)
+    lhs = _call(physics.A, x + 2 * v, dt)
+    rhs = _call(physics.A, x, dt) + 2 * _call(physics.A, v, dt)
+    return float((lhs - rhs).norm()) <= 1e-4 * (float(lhs.norm()) + float(rhs.norm()) + 1e-30)
 
 
 def compatible_methods(operator: Any) -> tuple[str, ...]:

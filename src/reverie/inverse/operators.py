@@ -7,12 +7,14 @@ DDRM's ``H_functions``). From these follow the pseudo-inverse and the regularise
 equations ``(a A^T A + b I)^{-1}`` that PiGDM, DiffPIR and the joint structured-noise sampler
 need: in closed form through the SVD, else by conjugate gradients.
 
-Operators here: :class:`MatrixOperator` (dense matrix: compressed sensing, random
-projections, any small operator), :class:`Inpainting` (a mask; ``y`` holds the observed
-entries), :class:`Blur` (circular convolution by FFT; SVD through the discrete Hartley
-transform when the kernel is symmetric), :class:`Downsample` (block averaging,
-super-resolution), :class:`Identity` and :class:`Composed` (``A2 @ A1``). A non-linear
-forward model is any differentiable function ``x -> y``.
+Operators here: :class:`MatrixOperator` (dense matrix: compressed sensing -- Gaussian with
+deepinv's scaling in :func:`compressed_sensing` --, random projections, any small operator),
+:class:`Inpainting` (a mask; ``y`` holds the observed entries), :class:`Blur` (circular
+convolution by FFT; SVD through the discrete Hartley transform when the kernel is symmetric;
+:func:`gaussian_kernel`, random motion blur by :func:`motion_kernel`), :class:`Downsample`
+(block averaging, super-resolution), :class:`Identity` and :class:`Composed` (``A2 @ A1``). A
+non-linear forward model is any differentiable function ``x -> y`` (phase retrieval and a
+saturated blur: :mod:`reverie.inverse.nonlinear`).
 
 Every linear operator satisfies ``<A x, y> = <x, A^T y>`` (:func:`adjointness_error`).
 """
@@ -38,6 +40,8 @@ __all__ = [
     "Composed",
     "adjointness_error",
     "gaussian_kernel",
+    "motion_kernel",
+    "compressed_sensing",
 ]
 
 
@@ -386,6 +390,37 @@ def gaussian_kernel(size: int, std: float) -> Tensor:
     return k / k.sum()
 
 
+def motion_kernel(
+    size: int,
+    generator: torch.Generator | None = None,
+    *,
+    length_scale: float = 0.3,
+    std: float = 0.25,
+    points: int = 250,
+) -> Tensor:
+    """A random motion-blur kernel ``[size, size]``, as deepinv's ``MotionBlurGenerator``
+    (after Schuler et al., TPAMI 2016): a camera trajectory ``(f_x(t), f_y(t))``, ``t`` in
+    ``[0, 1]``, of two independent Gaussian processes with the Matern-5/2 covariance
+    ``std^2 (1 + r + r^2 / 3) exp(-r)``, ``r = sqrt(5) |t - s| / length_scale``, centred and
+    rasterised over ``[-1, 1]^2`` into ``size x size`` bins (points outside are dropped),
+    normalised to sum 1. Not symmetric in general: its :class:`Blur` has no SVD."""
+    if not isinstance(size, int) or size < 1 or not length_scale > 0 or not std > 0:
+        raise ValueError(f"need an integer size >= 1 and length_scale, std > 0; got size={size}"
+                         f", length_scale={length_scale}, std={std}")
+    t = torch.linspace(0, 1, points, dtype=torch.float64)
+    r = math.sqrt(5) * (t[:, None] - t[None, :]).abs() / length_scale
+    cov = std**2 * (1 + r + r**2 / 3) * torch.exp(-r)
+    chol = torch.linalg.cholesky(cov + 1e-9 * torch.eye(points, dtype=torch.float64))
+    f = chol @ torch.randn(points, 2, generator=generator, dtype=torch.float64)
+    f = f - f.mean(0)  # the trajectory, centred
+    idx = torch.floor((f + 1) / 2 * size).long()  # bin of each point (col from x, row from y)
+    inside = ((idx >= 0) & (idx < size)).all(1)
+    k = torch.zeros(size * size, dtype=torch.float64)
+    k.index_add_(0, idx[inside, 1] * size + idx[inside, 0], torch.ones(int(inside.sum()),
+                                                                      dtype=torch.float64))
+    return (k / k.sum()).reshape(size, size)
+
+
 def _dht2(x: Tensor) -> Tensor:
     """Orthonormal 2-D discrete Hartley transform ``Re F - Im F`` over the last two axes;
     symmetric and its own inverse."""
@@ -568,6 +603,19 @@ class Composed(LinearOperator):
 
     def __repr__(self) -> str:
         return f"Composed({self.outer!r} @ {self.inner!r})"
+
+
+def compressed_sensing(
+    m: int, in_shape: Sequence[int], generator: torch.Generator | None = None
+) -> MatrixOperator:
+    """deepinv's ``CompressedSensing(m, img_size)``: ``y = A x`` with a Gaussian ``A``
+    ``[m, prod(in_shape)]``, entries ``N(0, 1/m)`` (so ``E |A x|^2 = |x|^2``); a
+    :class:`MatrixOperator` (SVD by dense decomposition)."""
+    shape = _shape(in_shape, "in_shape")
+    if not isinstance(m, int) or m < 1:
+        raise ValueError(f"m must be a positive integer (number of measurements), got {m!r}")
+    a = torch.randn(m, math.prod(shape), generator=generator, dtype=torch.float64)
+    return MatrixOperator(a / math.sqrt(m), in_shape=shape)
 
 
 def adjointness_error(

@@ -78,7 +78,8 @@ def solve(
 
     * ``operator``: a :class:`LinearOperator` (:class:`MatrixOperator`, :class:`Inpainting`,
       :class:`Blur`, :class:`Downsample`, compositions) or, for DPS, RED-diff and TDS, any
-      differentiable function ``x -> y`` (then pass ``shape``, the shape of one sample).
+      differentiable function ``x -> y`` (then pass ``shape``, the shape of one sample, unless
+      it has ``in_shape`` / ``out_shape`` like :class:`NonlinearForward`).
     * ``y``: one measurement (shape ``out_shape``; ``n`` samples of its posterior) or one per
       sample (``[n, *out_shape]``; one sample each -- not for the SMC methods).
     * ``noise_std``: the Gaussian noise level (>= 0), or a noise model
@@ -145,10 +146,15 @@ def solve(
                 f"shape {tuple(shape)} does not match the operator's in_shape {x_shape}"
             )
         out_shape: tuple[int, ...] | None = operator.out_shape
-    else:
-        if shape is None:
+    else:  # a function; a NonlinearForward / DeepinvForward also carries its shapes
+        op_in, out_shape = getattr(operator, "in_shape", None), getattr(operator, "out_shape", None)
+        if shape is None and op_in is None:
             raise ValueError("a non-linear operator needs shape= (the shape of one sample)")
-        x_shape, out_shape = tuple(int(s) for s in shape), None
+        x_shape = tuple(int(s) for s in (shape if shape is not None else op_in))
+        if op_in is not None and x_shape != tuple(op_in):
+            raise ValueError(f"shape {x_shape} does not match the operator's in_shape "
+                             f"{tuple(op_in)}")
+        out_shape = tuple(out_shape) if out_shape is not None else None
     model_shape = getattr(denoiser, "sample_shape", None)
     if model_shape is not None and tuple(model_shape) != tuple(x_shape):
         raise ValueError(
