@@ -3,9 +3,10 @@ block-diffusion model, and a block-diffusion model from scratch (:mod:`reverie.d
 
     PYTHONPATH=src python scripts/train_tiny_sdar.py --out /tmp/tiny-sdar
 
-Trains the three tiny models of ``reverie bench sdar`` (same options, same defaults: width 64,
-depth 2, 600 AR steps, 200 conversion / scratch steps, blocks of 4), saves each as a model
-folder (``OUT/ar``, ``OUT/sdar``, ``OUT/scratch``: safetensors + ``config.json``, readable by
+Trains the tiny models of ``reverie bench sdar`` (same options, same defaults: width 64, depth
+2, 600 AR steps, 200 conversion / scratch steps, blocks of 4), saves each as a model folder
+(``OUT/ar``, ``OUT/sdar``, ``OUT/ar_shifted``, ``OUT/sdar_shifted``, ``OUT/scratch``:
+safetensors + ``config.json``, readable by
 ``reverie.load``) and prints their held-out NLL / exact block NELBO per character and the
 parse rates and calls per sample of ``threshold`` and ``low_confidence`` sampling. The models
 are not bundled; ``reverie bench sdar`` retrains them (about 4 minutes on the shared 2-core
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                     "train_seconds": seconds[name],
                     **{k: v for k, v in vars(args).items() if k != "out"}}
         save(net, tok, Path(args.out) / name, training)
-        print(f"{name}: " + json.dumps(sdar.evaluate(net, args, data)), flush=True)
+        metrics = sdar.evaluate(net, args, data, shifted=name == "ar_shifted")
+        print(f"{name}: " + json.dumps(metrics), flush=True)
     print(f"saved to {args.out}")
     return 0
 

@@ -95,3 +95,16 @@ def test_convert_refuses_non_autoregressive_networks(ar):
         convert(torch.nn.Linear(2, 2), 4)
     with pytest.raises(ValueError, match="multiple of block_size"):
         exact_block_nelbo(ar, torch.zeros(2, 6, dtype=torch.long), 4)
+
+
+def test_shifted_ar_nll_is_a_standard_causal_lm(ar, chain):
+    """``shifted=True``: position i reads x_{i-1} (the mask id as BOS) and predicts x_i, as
+    the network's own causal forward on the shifted canvas. Sibling: the same read-out with
+    attention over the whole canvas (blocks of 8) is another number."""
+    x = chain.sample(8, 8, torch.Generator().manual_seed(4))
+    inp = torch.cat([torch.full_like(x[:, :1], 3), x[:, :-1]], 1)
+    with torch.no_grad():
+        def nll(net):
+            return -torch.log_softmax(net(inp), -1).gather(-1, x[..., None]).squeeze(-1).sum(-1)
+        assert (ar_nll(ar, x, shifted=True) - nll(ar)).abs().max() < 1e-12
+        assert (ar_nll(ar, x, shifted=True) - nll(convert(ar, 8))).abs().max() > 1e-3

@@ -5,9 +5,12 @@ Three tiny character-level models on the tiny-json records of ``scripts/train_ti
 (same width, depth and data stream; 1 CPU thread):
 
 * ``ar`` -- autoregressive: the block-causal network with blocks of one token trained by
-  next-token prediction for ``--ar-steps`` steps;
+  next-token prediction for ``--ar-steps`` steps, each token predicted at its own position by
+  the mask id (:func:`reverie.discrete.sdar.ar_nll`);
 * ``sdar`` -- the AR weights converted to blocks of ``--block-size`` and trained ``--steps``
   more steps with the block NELBO (SDAR's paradigm conversion);
+* ``ar_shifted`` / ``sdar_shifted`` -- the same with a standard causal LM (position ``i`` reads
+  ``x_{i-1}`` and predicts ``x_i``), converted without a logits shift as SDAR does;
 * ``scratch`` -- the same block-causal network trained from a random initialisation with the
   block NELBO for the same ``--steps`` steps (and, with ``--scratch-total``, ``scratch_total``:
   for the AR and the conversion steps together).
@@ -48,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--n", type=int, default=128, help="samples per model and sampler")
+    parser.add_argument("--n", type=int, default=256, help="samples per model and sampler")
     parser.add_argument("--heldout", type=int, default=256, help="held-out records for the NELBO")
     parser.add_argument("--scratch-total", action="store_true",
                         help="also train from scratch for ar-steps + steps")
@@ -72,6 +75,8 @@ def tiny_json_data() -> Any:
 def train_models(args: argparse.Namespace, log=print) -> tuple[dict[str, Any], dict[str, float]]:
     """Train ``ar``, convert it (``sdar``) and train ``scratch`` (and ``scratch_total``);
     returns the networks and their training seconds."""
+    from functools import partial
+
     from reverie.discrete.block import TinyBlockTransformer
     from reverie.discrete.sdar import ar_loss, block_loss, convert, train
 
@@ -91,12 +96,15 @@ def train_models(args: argparse.Namespace, log=print) -> tuple[dict[str, Any], d
         return net
 
     seconds: dict[str, float] = {}
-    torch.manual_seed(args.seed)
-    nets = {"ar": fit("ar", TinyBlockTransformer(v, data.LENGTH, 1, **size), ar_loss,
-                      args.ar_steps, args.seed)}
-    # SDAR: the AR weights, the block-causal mask, the block NELBO; same records as scratch
-    nets["sdar"] = fit("sdar", convert(nets["ar"], args.block_size), block_loss, args.steps,
-                       args.seed + 1)
+    nets = {}
+    for tag, shifted in (("", False), ("_shifted", True)):
+        torch.manual_seed(args.seed)
+        ar = TinyBlockTransformer(v, data.LENGTH, 1, **size)
+        nets["ar" + tag] = fit("ar" + tag, ar, partial(ar_loss, shifted=shifted), args.ar_steps,
+                               args.seed)
+        # SDAR: the AR weights, the block-causal mask, the block NELBO; same records as scratch
+        nets["sdar" + tag] = fit("sdar" + tag, convert(ar, args.block_size), block_loss,
+                                 args.steps, args.seed + 1)
     torch.manual_seed(args.seed + 1)
     nets["scratch"] = fit("scratch", TinyBlockTransformer(v, data.LENGTH, args.block_size, **size),
                           block_loss, args.steps, args.seed + 1)
@@ -108,31 +116,50 @@ def train_models(args: argparse.Namespace, log=print) -> tuple[dict[str, Any], d
     return nets, seconds
 
 
-def evaluate(net: Any, args: argparse.Namespace, data: Any) -> dict[str, Any]:
+def _sample_causal(net: Any, n: int, length: int, seed: int) -> torch.Tensor:
+    """Ancestral samples of a standard causal LM (``ar_nll(..., shifted=True)``): position
+    ``i`` reads ``x_{i-1}`` (the mask id as BOS) and its logits draw ``x_i``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.full((n, length + 1), int(net.config["vocab_size"]), dtype=torch.long)
+    with torch.no_grad():
+        for i in range(length):
+            p = torch.softmax(net(x[:, : i + 1])[:, i].double(), -1)
+            x[:, i + 1] = torch.multinomial(p, 1, generator=g).squeeze(-1)
+    return x[:, 1:]
+
+
+def evaluate(net: Any, args: argparse.Namespace, data: Any, shifted: bool = False
+             ) -> dict[str, Any]:
     """Exact held-out NLL / NELBO per character, and parse rate and calls per sample of each
-    sampler (exact prefix cache; steps = L, one block per ``net.block_size``)."""
+    sampler (exact prefix cache; steps = L, one block per ``net.block_size``). A standard
+    causal LM (``shifted``) is sampled ancestrally (what every sampler does with blocks of one
+    token), reported under both samplers."""
     from reverie.discrete import generate
     from reverie.discrete.block import BlockCausalLM
-    from reverie.discrete.sdar import exact_block_nelbo
+    from reverie.discrete.sdar import ar_nll, exact_block_nelbo
 
     tok = data.CharTokenizer(data.CHARS)
     val = data.batch(random.Random(args.seed + 12345), tok, args.heldout)
     with torch.no_grad():
-        nelbo = float(exact_block_nelbo(net, val, net.block_size).mean()) / data.LENGTH
-    out: dict[str, Any] = {"block_size": net.block_size, "nelbo_per_char": round(nelbo, 4)}
+        nll = ar_nll(net, val, True) if shifted else exact_block_nelbo(net, val, net.block_size)
+    out: dict[str, Any] = {"block_size": net.block_size,
+                           "nelbo_per_char": round(float(nll.mean()) / data.LENGTH, 4)}
     lm = BlockCausalLM(net, vocab_size=tok.vocab_size - 1, tokenizer=tok)
     for sampler in SAMPLERS:
         start = time.perf_counter()
-        res = generate(lm, length=data.LENGTH, steps=data.LENGTH, sampler=sampler, n=args.n,
-                       cache="prefix", return_stats=True,
-                       generator=[torch.Generator().manual_seed(args.seed + 11 + i)
-                                  for i in range(args.n)])
-        texts = [tok.decode(r) for r in res.tokens.tolist()]
+        if shifted:
+            tokens, calls, batched = _sample_causal(net, args.n, data.LENGTH, args.seed + 11), \
+                data.LENGTH, data.LENGTH
+        else:
+            res = generate(lm, length=data.LENGTH, steps=data.LENGTH, sampler=sampler, n=args.n,
+                           cache="prefix", return_stats=True,
+                           generator=[torch.Generator().manual_seed(args.seed + 11 + i)
+                                      for i in range(args.n)])
+            tokens, calls, batched = res.tokens, res.row_evals / args.n, res.nfe
+        texts = [tok.decode(r) for r in tokens.tolist()]
         out[sampler] = {"parse_rate": data.parse_rate(texts),
-                        "calls_per_sample": round(res.row_evals / args.n, 2),
-                        "batched_calls": res.nfe,
-                        "seconds": round(time.perf_counter() - start, 1),
-                        "example": texts[0]}
+                        "calls_per_sample": round(calls, 2), "batched_calls": batched,
+                        "seconds": round(time.perf_counter() - start, 1), "example": texts[0]}
     return out
 
 
@@ -140,11 +167,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     nets, seconds = train_models(args)
     data = tiny_json_data()
-    steps = {"ar": args.ar_steps, "sdar": args.steps, "scratch": args.steps,
+    steps = {"ar": args.ar_steps, "ar_shifted": args.ar_steps, "sdar": args.steps,
+             "sdar_shifted": args.steps, "scratch": args.steps,
              "scratch_total": args.ar_steps + args.steps}
     rows, examples = [], {}
     for name, net in nets.items():
-        m = evaluate(net, args, data)
+        m = evaluate(net, args, data, shifted=name == "ar_shifted")
         rows.append({"model": name, "block": m["block_size"], "steps": steps[name],
                      "train_s": seconds[name], "nelbo_per_char": m["nelbo_per_char"],
                      **{f"{s}_{k}": m[s][k] for s in SAMPLERS

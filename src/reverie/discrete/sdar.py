@@ -15,14 +15,17 @@ Generation then runs blocks left to right and the tokens of a block in parallel,
 low-confidence remasking (SDAR's ``low_confidence_dynamic``: reverie's ``threshold`` sampler).
 
 The AR model here is the block-causal network with blocks of one token (BD3-LM: block diffusion
-with ``B = 1`` is autoregressive): the query of position ``i`` is the mask id, it sees the clean
-tokens before ``i`` and predicts ``x_i`` at ``i`` (:func:`ar_nll`, teacher forcing on every
-token). So "no logits shift" is literal: the AR weights are the denoiser's weights, and for
-``B = 1`` the converted model's expected block NELBO *is* the AR model's NLL
-(:func:`exact_block_nelbo`). A standard shifted causal LM (the prediction of ``x_i`` read at
-``i - 1``) is not converted here.
+with ``B = 1`` is autoregressive), in one of two forms (:func:`ar_nll`):
 
-* :func:`ar_nll` -- the AR model's next-token NLL (nats per row);
+* mask-query (the default): the query of position ``i`` is the mask id, it sees the clean
+  tokens before ``i`` and predicts ``x_i`` at ``i``. "No logits shift" is then literal: the AR
+  weights are the denoiser's, and for ``B = 1`` the converted model's expected block NELBO *is*
+  the AR model's NLL (:func:`exact_block_nelbo`);
+* ``shifted``: a standard causal LM, position ``i`` reads ``x_{i-1}`` and predicts ``x_i``
+  (SDAR's Qwen3 bases). Converted without a shift, position ``i`` then reads ``x_i`` or the
+  mask, so the continued training has to re-learn the read-out.
+
+* :func:`ar_nll` -- the AR model's next-token NLL (nats per row), in either form;
 * :func:`convert` -- SDAR's paradigm conversion: the AR weights in a block-causal network;
 * :func:`block_logp` -- ``log p(x0^i | noisy block of i, clean blocks before it)`` of a
   block-causal network, or exactly of a :class:`~reverie.reference.HiddenMarkovModel`;
@@ -42,7 +45,13 @@ import torch
 from torch import Tensor
 
 from reverie._checks import integer
-from reverie.discrete.block import TinyBlockTransformer, block_nelbo, clean_context_logits
+from reverie.discrete.block import (
+    TinyBlockTransformer,
+    block_causal_mask,
+    block_nelbo,
+    clean_context_logits,
+    run_layers,
+)
 
 __all__ = [
     "ar_loss",
@@ -59,13 +68,24 @@ def _mask_id(net: TinyBlockTransformer) -> int:
     return int(net.config["vocab_size"])  # the extra input id (no logit)
 
 
-def ar_nll(net: TinyBlockTransformer, x0: Tensor) -> Tensor:
-    """Next-token NLL ``sum_i -log p(x_i | x_<i)`` of ``x0`` ``[B, L]``, nats per row ``[B]``:
-    every position queried at once (teacher forcing), each by the mask id at its own position
-    attending to itself and to the clean tokens before it (blocks of one token, whatever
-    ``net.block_size``)."""
-    masks = torch.full_like(x0, _mask_id(net))
-    logp = torch.log_softmax(clean_context_logits(net, masks, x0, 1), -1)
+def ar_nll(net: TinyBlockTransformer, x0: Tensor, shifted: bool = False) -> Tensor:
+    """Next-token NLL ``sum_i -log p(x_i | x_<i)`` of ``x0`` ``[B, L]``, nats per row ``[B]``,
+    every position at once (teacher forcing), attention causal whatever ``net.block_size``.
+
+    ``shifted=False`` (the form SDAR's conversion keeps): ``x_i`` is predicted at position
+    ``i`` by the mask id there, which attends to itself and to the clean tokens before it
+    (``[masks ; x0]``, ``2L`` positions). ``shifted=True``: a standard causal LM on ``L``
+    positions, position ``i`` reads ``x_{i-1}`` (the mask id as BOS at ``i = 0``) and predicts
+    ``x_i`` -- after conversion the token at ``i`` is ``x_i`` itself (or the mask), so the
+    continued training has to move the prediction."""
+    mask_id = _mask_id(net)
+    if shifted:
+        inp = torch.cat([torch.full_like(x0[:, :1], mask_id), x0[:, :-1]], 1)
+        pos = torch.arange(x0.shape[1], device=x0.device)
+        logits, _ = run_layers(net, inp, pos, mask=block_causal_mask(pos, pos, 1))
+    else:
+        logits = clean_context_logits(net, torch.full_like(x0, mask_id), x0, 1)
+    logp = torch.log_softmax(logits, -1)
     return -logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
@@ -134,10 +154,10 @@ def exact_block_nelbo(model: Any, x0: Tensor, block_size: int, mask_id: int | No
     return total
 
 
-def ar_loss(net: TinyBlockTransformer, x0: Tensor, generator: torch.Generator | None = None
-            ) -> Tensor:
+def ar_loss(net: TinyBlockTransformer, x0: Tensor, generator: torch.Generator | None = None,
+            shifted: bool = False) -> Tensor:
     """The AR training loss: :func:`ar_nll` per token, averaged over the batch."""
-    return ar_nll(net, x0).mean() / x0.shape[1]
+    return ar_nll(net, x0, shifted).mean() / x0.shape[1]
 
 
 def block_loss(net: TinyBlockTransformer, x0: Tensor, generator: torch.Generator | None = None
