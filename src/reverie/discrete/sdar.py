@@ -31,6 +31,7 @@ with ``B = 1`` is autoregressive), in one of two forms (:func:`ar_nll`):
   block-causal network, or exactly of a :class:`~reverie.reference.HiddenMarkovModel`;
 * :func:`exact_block_nelbo` -- the block NELBO's expectation over times and masks, in closed
   form (``2^B`` masking patterns with Beta weights; no Monte Carlo);
+* :func:`ar_loss`, :func:`block_loss` -- the two training losses, per token;
 * :func:`train` -- a small AdamW loop (warm-up, cosine decay) for the tiny models.
 """
 
