@@ -9,8 +9,9 @@ Trains the tiny models of ``reverie bench sdar`` (same options, same defaults: w
 safetensors + ``config.json``, readable by
 ``reverie.load``) and prints their held-out NLL / exact block NELBO per character and the
 parse rates and calls per sample of ``threshold`` and ``low_confidence`` sampling. The models
-are not bundled; ``reverie bench sdar`` retrains them (about 4 minutes on the shared 2-core
-CPU with one thread under load, 2026-11-30) and writes the results file.
+are not bundled; ``reverie bench sdar`` retrains them and writes the results file (4-6
+minutes of training plus about a minute of evaluation on the shared 2-core CPU with one
+thread under load, 2026-11-30; ``--scratch-total`` adds about 2 minutes).
 """
 
 from __future__ import annotations

@@ -108,3 +108,28 @@ def test_shifted_ar_nll_is_a_standard_causal_lm(ar, chain):
             return -torch.log_softmax(net(inp), -1).gather(-1, x[..., None]).squeeze(-1).sum(-1)
         assert (ar_nll(ar, x, shifted=True) - nll(ar)).abs().max() < 1e-12
         assert (ar_nll(ar, x, shifted=True) - nll(convert(ar, 8))).abs().max() > 1e-3
+
+
+def test_bench_sdar_smoke():
+    """``reverie bench sdar`` end to end on a 2-step budget: every model gets a finite NELBO,
+    parse rates and calls per sample (64 for the AR models, at most 64 with blocks of 4)."""
+    import argparse
+    import math
+
+    from reverie.bench import available
+    from reverie.bench import sdar as bench
+
+    assert available()["sdar"] is bench
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--ar-steps", "2", "--steps", "2", "--n", "1", "--heldout", "4",
+                              "--dim", "16", "--depth", "1"])
+    rows = {r["model"]: r for r in bench.run(args)["rows"]}
+    assert set(rows) == {"ar", "sdar", "ar_shifted", "sdar_shifted", "scratch"}
+    for name, r in rows.items():
+        assert math.isfinite(r["nelbo_per_char"]) and r["nelbo_per_char"] > 0
+        assert r["block"] == (1 if name.startswith("ar") else 4)
+        for s in ("threshold", "low_confidence"):
+            assert 0 <= r[f"{s}_parse_rate"] <= 1
+            calls = r[f"{s}_calls_per_sample"]
+            assert calls == 64 if r["block"] == 1 or s == "low_confidence" else 16 <= calls <= 64
