@@ -95,6 +95,8 @@ def test_convert_refuses_non_autoregressive_networks(ar):
         convert(torch.nn.Linear(2, 2), 4)
     with pytest.raises(ValueError, match="multiple of block_size"):
         exact_block_nelbo(ar, torch.zeros(2, 6, dtype=torch.long), 4)
+    with pytest.raises(ValueError, match="needs mask_id"):
+        exact_block_nelbo(lambda xt, x0: None, torch.zeros(2, 8, dtype=torch.long), 4)
 
 
 def test_shifted_ar_nll_is_a_standard_causal_lm(ar, chain):

@@ -141,7 +141,10 @@ def exact_block_nelbo(model: Any, x0: Tensor, block_size: int, mask_id: int | No
         raise ValueError(f"the length {length} must be a multiple of block_size {b}")
     if mask_id is None:
         mask_id = getattr(model, "mask_id", None)
-        mask_id = _mask_id(model) if mask_id is None else mask_id
+    if mask_id is None:
+        if not isinstance(getattr(model, "config", None), dict):
+            raise ValueError(f"exact_block_nelbo needs mask_id= for a {type(model).__name__}")
+        mask_id = _mask_id(model)
     total = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
     for pattern in itertools.product((False, True), repeat=b):
         k = sum(pattern)
