@@ -110,15 +110,13 @@ class BlackoutProcess:
         """``p(n0^i | n_t)`` for counts drawn independently from ``prior`` (``[N + 1]``), or
         for dependent sites drawn from a :class:`reverie.reference.HiddenMarkovModel` over the
         ``N + 1`` count values (forward-backward with the binomial evidence of every site)."""
-        n0 = torch.arange(self.max_count + 1)
         if hasattr(prior, "posterior"):
             if prior.vocab_size != self.max_count + 1:
                 raise ValueError(f"the sequence model has {prior.vocab_size} values, "
                                  f"the counts {self.max_count + 1}")
 
             def fn_seq(n: Tensor, t: Tensor) -> Tensor:
-                p = self.survival(t).reshape(-1, 1, 1)
-                return prior.posterior(self._binomial(n0.double(), n.double().unsqueeze(-1), p))
+                return prior.posterior(self.evidence(n, t))
 
             return fn_seq
         prior = torch.as_tensor(prior, dtype=torch.float64)
@@ -126,12 +124,17 @@ class BlackoutProcess:
             raise ValueError(f"prior must be a non-negative vector [{self.max_count + 1}]")
 
         def fn(n: Tensor, t: Tensor) -> Tensor:
-            # p(n0 | n_t) ∝ prior(n0) Binomial(n_t; n0, p_t)
-            p = self.survival(t).reshape(-1, 1, 1)
-            w = prior * self._binomial(n0.double(), n.double().unsqueeze(-1), p)
+            w = prior * self.evidence(n, t)  # p(n0 | n_t) ∝ prior(n0) Binomial(n_t; n0, p_t)
             return w / w.sum(-1, keepdim=True)
 
         return fn
+
+    def evidence(self, n: Tensor, t: Tensor) -> Tensor:
+        """``q(n_t | n0 = v) = Binomial(n_t; v, p_t)`` for every ``v = 0..N``, ``[B, L, N + 1]``
+        (``t``: ``[B]``); a network can multiply it into its own prior over ``n0``."""
+        v = torch.arange(self.max_count + 1, dtype=torch.float64)
+        p = self.survival(t).reshape(-1, 1, 1)
+        return self._binomial(v, n.double().unsqueeze(-1), p)
 
     def mean_model(self, model: Callable[[Tensor, Tensor], Tensor]) -> Callable:
         """``E[n0 | n_t]`` (``[B, L]``) from a posterior model ``p(n0 | n_t)``."""
@@ -148,8 +151,9 @@ class BlackoutProcess:
         room = mean - n.to(mean.dtype)  # the model's expected births m - n
         if bool((room < 0).any()):
             raise ValueError("the model's E[n0 | n_t] must be >= n_t")
-        log_ratio = torch.where(births > 0, torch.log(births) - torch.log(room),
-                                torch.zeros_like(room))
+        some = births > 0  # (log of 1 elsewhere: keeps the unselected branch's gradient 0)
+        one = torch.ones_like(room)
+        log_ratio = torch.log(torch.where(some, births, one)) - torch.log(torch.where(some, room, one))
         return (room - births + births * log_ratio).sum(-1)
 
     def nelbo(
