@@ -150,7 +150,7 @@ def test_nelbo_is_the_exact_nll_with_the_exact_rates_and_rejects_rates_15pc_off(
     exact = _quadrature_nelbo(proc, mean)
     assert torch.allclose(exact, -PRIOR.log(), atol=1e-4), exact + PRIOR.log()
     for scale in (1.15, 0.85):
-        off = _quadrature_nelbo(proc, lambda n, t: n + scale * (mean(n, t) - n))
+        off = _quadrature_nelbo(proc, lambda n, t, c=scale: n + c * (mean(n, t) - n))
         assert float((PRIOR * off).sum()) > float((PRIOR * exact).sum()) + 0.02
     x0 = torch.tensor([[4]]).repeat(8000, 1)
     est = proc.nelbo(mean, x0, samples=2, generator=torch.Generator().manual_seed(0))

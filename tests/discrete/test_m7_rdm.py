@@ -54,7 +54,8 @@ def _exact_linear_loss(chain, nodes=24):
 
 def test_elbo_weight_is_the_masked_nelbo(chain):
     x0 = chain.sample(64, L, torch.Generator().manual_seed(0))
-    a = rdm_loss(chain.denoiser(), x0, reweighting="elbo", generator=torch.Generator().manual_seed(1))
+    a = rdm_loss(chain.denoiser(), x0, reweighting="elbo",
+                 generator=torch.Generator().manual_seed(1))
     b = nelbo(chain.denoiser(), x0, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
 

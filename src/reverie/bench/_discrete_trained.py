@@ -85,6 +85,7 @@ def trained_blackout(args) -> dict[str, Any]:
     chain = MarkovChain.random(n_max + 1, torch.Generator().manual_seed(1), sharpness=2.0)
     seqs, law = chain.joint(sites)
     proc = BlackoutProcess(n_max)
+    torch.manual_seed(args.seed)
     net = _MLP(sites, n_max + 1, n_max + 1)
     values = torch.arange(n_max + 1, dtype=torch.float64)
 

@@ -153,7 +153,7 @@ class BlackoutProcess:
             raise ValueError("the model's E[n0 | n_t] must be >= n_t")
         some = births > 0  # (log of 1 elsewhere: keeps the unselected branch's gradient 0)
         one = torch.ones_like(room)
-        log_ratio = torch.log(torch.where(some, births, one)) - torch.log(torch.where(some, room, one))
+        log_ratio = torch.log(torch.where(some, births, one) / torch.where(some, room, one))
         return (room - births + births * log_ratio).sum(-1)
 
     def nelbo(
