@@ -149,8 +149,9 @@ class BlackoutProcess:
         keeps the gradient through ``mean``."""
         births = (n0 - n).to(mean.dtype)
         room = mean - n.to(mean.dtype)  # the model's expected births m - n
-        if bool((room < 0).any()):
+        if bool((room < -1e-9).any()):
             raise ValueError("the model's E[n0 | n_t] must be >= n_t")
+        room = room.clamp_min(0.0)  # (rounding below n_t)
         some = births > 0  # (log of 1 elsewhere: keeps the unselected branch's gradient 0)
         one = torch.ones_like(room)
         log_ratio = torch.log(torch.where(some, births, one) / torch.where(some, room, one))

@@ -115,7 +115,8 @@ class GenMD4Process(DiscreteProcess):
         logt = torch.log(torch.as_tensor(t, dtype=torch.float64).reshape(-1, 1))
         wlogt = self.w[x0] * logt  # log t^{w_{x0}}, [B, L]
         masked = xt == self.mask_id
-        return torch.where(masked, wlogt, torch.log(-torch.expm1(wlogt))).sum(-1)
+        clean = torch.where(masked, -torch.ones_like(wlogt), wlogt)  # (no 0 * inf gradient)
+        return torch.where(masked, wlogt, torch.log(-torch.expm1(clean))).sum(-1)
 
     def rloo_nelbo(
         self,
