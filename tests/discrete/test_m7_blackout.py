@@ -5,10 +5,12 @@ with the exact posterior (a model built for a wrong death rate is rejected)."""
 import math
 
 import _exact as E
+import numpy as np
 import pytest
 import torch
 
 from reverie.discrete.blackout import BlackoutProcess
+from reverie.reference import MarkovChain
 
 N = 6
 PRIOR = torch.tensor([0.05, 0.3, 0.1, 0.05, 0.2, 0.25, 0.05], dtype=torch.float64)
@@ -111,3 +113,65 @@ def test_bad_input_is_refused():
         proc.sample(proc.exact_model(PRIOR), 2, 1, 4, method="euler")
     with pytest.raises(ValueError, match="prior must be"):
         proc.exact_model(PRIOR[:-1])
+    mean = proc.mean_model(proc.exact_model(PRIOR))
+    with pytest.raises(ValueError, match="samples with method='tau_leaping'"):
+        proc.sample(mean, 2, 1, 4, method="bridge")
+    with pytest.raises(ValueError, match=r"E\[n0 \| n_t\] must be >= n_t"):
+        proc.nelbo(lambda n, t: n.double() - 1, torch.tensor([[3]]))
+    with pytest.raises(ValueError, match="the sequence model has 4 values"):
+        proc.exact_model(MarkovChain.random(4))
+
+
+def _quadrature_nelbo(proc, mean, nodes=48):
+    """int_{p_T}^1 E_{n_t ~ Binomial(n0, p)} integrand dp / (1 - p) for every n0 = 0..N, the
+    expectation enumerated, the integral by Gauss-Legendre in u with 1 - p = (1 - p_T) u^2."""
+    p_end = float(proc.survival(proc.t_end))
+    u, w = np.polynomial.legendre.leggauss(nodes)
+    n0 = torch.arange(N + 1).reshape(-1, 1)
+    out = torch.zeros(N + 1, dtype=torch.float64)
+    for ui, wi in zip((u + 1) / 2, w / 2):
+        t = -math.log(1 - (1 - p_end) * ui**2)
+        q = proc.marginal(n0[:, 0], t)  # [n0, n_t]
+        for k in range(N + 1):
+            ok = n0[:, 0] >= k
+            n = torch.full((int(ok.sum()), 1), k)
+            val = proc.nelbo_integrand(mean(n, torch.full((len(n),), t, dtype=torch.float64)),
+                                       n0[ok], n)
+            out[ok] += wi * 2 / ui * q[ok, k] * val
+    return out
+
+
+def test_nelbo_is_the_exact_nll_with_the_exact_rates_and_rejects_rates_15pc_off():
+    """Blackout's loss: with the exact E[n0 | n_t] the bound (quadrature, n_t enumerated) is
+    -log p(n0) for every n0; birth rates 15% off give a larger expected bound (the loss is
+    minimised by the exact rates); the Monte-Carlo estimate agrees with the quadrature."""
+    proc = BlackoutProcess(N)
+    mean = proc.mean_model(proc.exact_model(PRIOR))
+    exact = _quadrature_nelbo(proc, mean)
+    assert torch.allclose(exact, -PRIOR.log(), atol=1e-4), exact + PRIOR.log()
+    for scale in (1.15, 0.85):
+        off = _quadrature_nelbo(proc, lambda n, t, c=scale: n + c * (mean(n, t) - n))
+        assert float((PRIOR * off).sum()) > float((PRIOR * exact).sum()) + 0.02
+    x0 = torch.tensor([[4]]).repeat(8000, 1)
+    est = proc.nelbo(mean, x0, samples=2, generator=torch.Generator().manual_seed(0))
+    assert abs(float(est.mean()) - float(exact[4])) < 4 * float(est.std()) / 8000**0.5
+
+
+def test_nelbo_of_dependent_sites_with_the_exact_chain_posterior():
+    """Three sites whose counts follow a Markov chain over 0..3: the Monte-Carlo bound with
+    the exact E[n0^i | n_t] (forward-backward) is -log p(n0) within its standard error; the
+    per-site posterior that ignores the neighbours is a worse model and is rejected."""
+    chain = MarkovChain.random(4, torch.Generator().manual_seed(1), sharpness=2.0)
+    proc = BlackoutProcess(3)
+    x0 = chain.sample(6000, 3, torch.Generator().manual_seed(0))
+    nll = -chain.log_prob(x0)
+    gap = proc.nelbo(proc.mean_model(proc.exact_model(chain)), x0, samples=2,
+                     generator=torch.Generator().manual_seed(1)) - nll
+    se = float(gap.std()) / 6000**0.5
+    assert abs(float(gap.mean())) < 4 * se + 1e-3, (float(gap.mean()), se)
+    marg = torch.zeros(4, dtype=torch.float64)
+    seqs, p = chain.joint(3)
+    marg.index_add_(0, seqs[:, 1], p)  # the middle site's marginal, used for every site
+    indep = proc.nelbo(proc.mean_model(proc.exact_model(marg)), x0, samples=2,
+                       generator=torch.Generator().manual_seed(1)) - nll
+    assert float(indep.mean()) > 8 * se, (float(indep.mean()), se)

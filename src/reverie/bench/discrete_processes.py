@@ -11,6 +11,10 @@ exact samples over 5 sets).
 * ``d3pm`` -- D3PM's structured transitions (``gaussian``, ``band``) on a 5-symbol chain, L = 2;
 * ``genmd4`` -- GenMD4 state-dependent masking (exponents 0.5, 1, 3), L = 3;
 * ``blackout`` -- Blackout diffusion on one count 0..6: ``bridge`` and ``tau_leaping``.
+
+Opt-in parts (``--parts trained_blackout,trained_genmd4,trained_rdm``; not run by default):
+tiny trained examples of Blackout's loss, GenMD4's learned exponents and RDM's reweighted loss
+beside their exact references and baselines (:mod:`reverie.bench._discrete_trained`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import torch
 
+from reverie.bench._discrete_trained import PARTS as TRAINED
 from reverie.bench.common import format_table, machine
 
 STEPS = (2, 4, 8, 16, 32)
@@ -30,7 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--parts", default="rates,d3pm,genmd4,blackout",
-                        help="comma-separated subset of rates, d3pm, genmd4, blackout")
+                        help="comma-separated subset of rates, d3pm, genmd4, blackout, "
+                             "trained_blackout, trained_genmd4, trained_rdm")
+    parser.add_argument("--train-steps", type=int, default=2000,
+                        help="Adam steps of the trained_* parts")
+    parser.add_argument("--batch", type=int, default=256, help="batch of the trained_* parts")
+    parser.add_argument("--lr", type=float, default=2e-3, help="Adam rate of the trained_* parts")
 
 
 def _tv(x: torch.Tensor, p: torch.Tensor, v: int) -> float:
@@ -110,7 +120,7 @@ def _blackout(args) -> dict[str, Any]:
     return {"floor": _floor(prior, args.n, args.seed), "rows": rows}
 
 
-PARTS = {"rates": _rates, "d3pm": _d3pm, "genmd4": _genmd4, "blackout": _blackout}
+PARTS = {"rates": _rates, "d3pm": _d3pm, "genmd4": _genmd4, "blackout": _blackout, **TRAINED}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,11 +132,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"n": args.n, "seed": args.seed}
     for name in parts:
         res = PARTS[name](args)
+        result[name] = res
+        if name in TRAINED:
+            cols = list(res["rows"][0])
+            for r in res["rows"][1:]:
+                cols += [c for c in r if c not in cols]
+            print(f"\n## {name}: {res['steps']} training steps; "
+                  + ", ".join(f"{k} {v}" for k, v in res.items() if k not in ("rows", "steps"))
+                  + "\n")
+            print(format_table(cols, [[r.get(c, "") for c in cols] for r in res["rows"]]))
+            continue
         print(f"\n## {name}: TV of n = {args.n} samples to the data law "
               f"(noise floor {res['floor']:.4f})\n")
         print(format_table(["method", "steps", "NFE", "TV", "TV / floor"],
                            [[r["method"], r["steps"], r["nfe"], r["tv"], r["tv"] / res["floor"]]
                             for r in res["rows"]]))
-        result[name] = res
     print(f"\nmachine: {machine()}")
     return result

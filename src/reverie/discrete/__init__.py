@@ -39,7 +39,7 @@ from reverie.discrete.generate import (
     end_token_id,
     generate,
 )
-from reverie.discrete.genmd4 import GenMD4Process
+from reverie.discrete.genmd4 import GenMD4Process, LearnedExponents
 from reverie.discrete.hf import MaskedLM
 from reverie.discrete.loading import BUNDLED, ReverieBlockLM, ReverieLM, load_model
 from reverie.discrete.process import (
@@ -80,6 +80,7 @@ __all__ = [
     "CosineSchedule",
     "DiscreteProcess",
     "GenMD4Process",
+    "LearnedExponents",
     "GenerationOutput",
     "LinearSchedule",
     "MaskedProcess",

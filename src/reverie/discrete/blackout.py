@@ -17,7 +17,20 @@ Samplers (:meth:`BlackoutProcess.sample`):
   step (the integral is ``(E[n0 | n_t] - n) log((1 - p_t) / (1 - p_s))``), clamped to ``N``;
   the last step (to ``t = 0``) draws ``n0`` from the posterior.
 
-``model(n_t, t) -> p(n0 | n_t)``, ``[B, L, N + 1]`` probabilities, ``t`` float64 ``[B]``.
+``model(n_t, t) -> p(n0 | n_t)``, ``[B, L, N + 1]`` probabilities, ``t`` float64 ``[B]``; a
+trained network that outputs only ``E[n0 | n_t]`` (``[B, L]``, Blackout's parameterisation)
+samples with ``"tau_leaping"``, whose last step then draws ``n0 - n_t ~ Poisson(E[n0 | n_t] -
+n_t)``.
+
+Training (:meth:`BlackoutProcess.nelbo`): the continuous-time ELBO, the integral over time of the
+generalised KL between the true birth rates given ``n0``, ``c_t (n0 - n)`` with ``c_t = r p_t /
+(1 - p_t)``, and the model's ``c_t (m - n)``, ``m = E_theta[n0 | n_t]``:
+
+    c_t [ (m - n) - (n0 - n) + (n0 - n) log((n0 - n) / (m - n)) ];
+
+its ``theta``-dependent part ``c_t [(m - n) - (n0 - n) log(m - n)]`` is the Poisson-likelihood
+loss on the births ``n0 - n_t`` (the continuous-time form of Blackout's loss), minimised by
+``m = E[n0 | n_t]``. Times are drawn uniformly in ``p_t`` (``c_t dt = dp / (1 - p)``).
 """
 
 from __future__ import annotations
@@ -93,20 +106,93 @@ class BlackoutProcess:
         p = self.survival(t)
         return self.death_rate * (mean_n0.double() - n.double()).clamp_min(0.0) * p / (1.0 - p)
 
-    def exact_model(self, prior: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-        """``p(n0 | n_t)`` for counts drawn independently from ``prior`` (``[N + 1]``)."""
+    def exact_model(self, prior) -> Callable[[Tensor, Tensor], Tensor]:
+        """``p(n0^i | n_t)`` for counts drawn independently from ``prior`` (``[N + 1]``), or
+        for dependent sites drawn from a :class:`reverie.reference.HiddenMarkovModel` over the
+        ``N + 1`` count values (forward-backward with the binomial evidence of every site)."""
+        if hasattr(prior, "posterior"):
+            if prior.vocab_size != self.max_count + 1:
+                raise ValueError(f"the sequence model has {prior.vocab_size} values, "
+                                 f"the counts {self.max_count + 1}")
+
+            def fn_seq(n: Tensor, t: Tensor) -> Tensor:
+                return prior.posterior(self.evidence(n, t))
+
+            return fn_seq
         prior = torch.as_tensor(prior, dtype=torch.float64)
         if prior.shape != (self.max_count + 1,) or bool((prior < 0).any()):
             raise ValueError(f"prior must be a non-negative vector [{self.max_count + 1}]")
-        n0 = torch.arange(self.max_count + 1)
 
         def fn(n: Tensor, t: Tensor) -> Tensor:
-            # p(n0 | n_t) ∝ prior(n0) Binomial(n_t; n0, p_t)
-            p = self.survival(t).reshape(-1, 1, 1)
-            w = prior * self._binomial(n0.double(), n.double().unsqueeze(-1), p)
+            w = prior * self.evidence(n, t)  # p(n0 | n_t) ∝ prior(n0) Binomial(n_t; n0, p_t)
             return w / w.sum(-1, keepdim=True)
 
         return fn
+
+    def evidence(self, n: Tensor, t: Tensor) -> Tensor:
+        """``q(n_t | n0 = v) = Binomial(n_t; v, p_t)`` for every ``v = 0..N``, ``[B, L, N + 1]``
+        (``t``: ``[B]``); a network can multiply it into its own prior over ``n0``."""
+        v = torch.arange(self.max_count + 1, dtype=torch.float64)
+        p = self.survival(t).reshape(-1, 1, 1)
+        return self._binomial(v, n.double().unsqueeze(-1), p)
+
+    def mean_model(self, model: Callable[[Tensor, Tensor], Tensor]) -> Callable:
+        """``E[n0 | n_t]`` (``[B, L]``) from a posterior model ``p(n0 | n_t)``."""
+        values = torch.arange(self.max_count + 1, dtype=torch.float64)
+        return lambda n, t: (model(n, t).double() * values).sum(-1)
+
+    # ---- the ELBO (training loss) --------------------------------------------------------
+    def nelbo_integrand(self, mean: Tensor, n0: Tensor, n: Tensor) -> Tensor:
+        """``(1 - p_t)`` times the ELBO integrand per unit ``p``, summed over sites, ``[B]``:
+        ``(m - n) - (n0 - n) + (n0 - n) log((n0 - n) / (m - n))`` (the generalised KL between
+        the birth rates ``c_t (n0 - n)`` and ``c_t (m - n)``, ``c_t dt = dp / (1 - p)``);
+        keeps the gradient through ``mean``."""
+        births = (n0 - n).to(mean.dtype)
+        room = mean - n.to(mean.dtype)  # the model's expected births m - n
+        if bool((room < -1e-9).any()):
+            raise ValueError("the model's E[n0 | n_t] must be >= n_t")
+        room = room.clamp_min(0.0)  # (rounding below n_t)
+        some = births > 0  # (log of 1 elsewhere: keeps the unselected branch's gradient 0)
+        one = torch.ones_like(room)
+        log_ratio = torch.log(torch.where(some, births, one) / torch.where(some, room, one))
+        return (room - births + births * log_ratio).sum(-1)
+
+    def nelbo(
+        self,
+        model: Callable[[Tensor, Tensor], Tensor],
+        n0: Tensor,
+        *,
+        samples: int = 1,
+        generator: Generators = None,
+    ) -> Tensor:
+        """Unbiased Monte-Carlo estimate of the negative ELBO of counts ``n0`` (``[B, L]``),
+        nats per row: ``int_{p_T}^1 E[integrand] dp / (1 - p)`` with ``p`` uniform (stratified
+        over ``samples``), plus the start term ``KL(Binomial(n0, p_T) || Binomial(N, p_T))``
+        per site (the reverse process starts from ``Binomial(N, p_T)``, within ``N p_T`` of
+        the blackout state 0: ``2e-6`` for ``N = 6`` at the default ``t_end``).
+        ``model(n_t, t) -> E[n0 | n_t]`` (``[B, L]``, ``>= n_t``); the gradient is Blackout's
+        Poisson loss, so this is the training loss (divide by ``L`` per site)."""
+        self._check_counts(n0)
+        if n0.ndim != 2:
+            raise ValueError(f"n0 must be [batch, sites], got {list(n0.shape)}")
+        if not (isinstance(samples, int) and samples >= 1):
+            raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+        gen = _torch_gen(generator)
+        b = n0.shape[0]
+        p_end = float(self.survival(self.t_end))
+        u = torch.rand(b, generator=gen, dtype=torch.float64)
+        total = torch.zeros(b, dtype=torch.float64)
+        for k in range(samples):
+            p = p_end + (1.0 - p_end) * torch.remainder(u + k / samples, 1.0)  # stratified p_t
+            t = -torch.log(p) / self.death_rate
+            n = torch.binomial(n0.double(), p[:, None].expand(n0.shape), generator=gen).long()
+            mean = model(n, t)
+            total = total + (1.0 - p_end) * self.nelbo_integrand(mean, n0, n) / (1.0 - p)
+        values = torch.arange(self.max_count + 1, dtype=torch.float64)
+        q_end = self._binomial(n0.double().unsqueeze(-1), values, torch.tensor(p_end))
+        ref = self._binomial(torch.tensor(float(self.max_count)), values, torch.tensor(p_end))
+        start = (torch.special.xlogy(q_end, q_end) - torch.special.xlogy(q_end, ref)).sum((-1, -2))
+        return total / samples + start
 
     def grid(self, steps: int) -> list[float]:
         """Times ``t_end = t_0 > ... > t_steps = 0`` uniform in ``p_t`` (the survival)."""
@@ -135,7 +221,15 @@ class BlackoutProcess:
         for t, s in zip(times[:-1], times[1:]):
             post = model(x, torch.full((n,), t, dtype=torch.float64)).double()
             pt, ps = float(self.survival(t)), float(self.survival(s))
-            if method == "bridge" or s == 0.0:
+            if post.shape == x.shape:  # a mean model E[n0 | n_t]: tau-leaping only
+                if method != "tau_leaping":
+                    raise ValueError("a model of E[n0 | n_t] alone samples with "
+                                     "method='tau_leaping' (the bridge needs p(n0 | n_t))")
+                # births ~ Poisson(int_s^t rate); over the last step all n0 - n_t births
+                frac = 1.0 if s == 0.0 else math.log((1.0 - pt) / (1.0 - ps))
+                lam = (post - x).clamp_min(0.0) * frac
+                x = (x + torch.poisson(lam, generator=gen).long()).clamp_max(self.max_count)
+            elif method == "bridge" or s == 0.0:
                 # n0 ~ p(n0 | n_t); n_s = n_t + Binomial(n0 - n_t, (p_s - p_t) / (1 - p_t))
                 n0 = sample_categorical(post.clamp_min(1e-300).log(), uniform(x.shape, gen))
                 n0 = torch.maximum(n0, x)

@@ -18,6 +18,12 @@ early (and unmasked late in generation).
 :func:`reverie.discrete.nelbo` estimates its ELBO; it samples with its own
 :meth:`GenMD4Process.sample` (``discrete.generate``'s samplers assume one schedule for all tokens
 and refuse it).
+
+Learning the exponents (:class:`LearnedExponents`, :meth:`GenMD4Process.rloo_nelbo`): the
+ELBO depends on ``w`` through the hazard ``w / t`` in the integrand (a pathwise gradient) and
+through the law of the masking events ``x_t ~ q(. | x0; w)``, which are discrete; the paper
+estimates the second part with REINFORCE leave-one-out over two draws of ``x_t`` at the same
+``t`` (md4's ``GenMD4.reinforce_loss``): ``1/2 (L_1 - L_2) grad(log q(x_t^1) - log q(x_t^2))``.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from reverie._tensor import as64
 from reverie.discrete._sampling import sample_categorical, uniform
 from reverie.discrete.process import DiscreteProcess, PolynomialSchedule
 
-__all__ = ["GenMD4Process"]
+__all__ = ["GenMD4Process", "LearnedExponents"]
 
 
 class GenMD4Process(DiscreteProcess):
@@ -47,7 +53,7 @@ class GenMD4Process(DiscreteProcess):
             raise ValueError(f"exponents must be a vector [V] with V >= 2, got {list(w.shape)}")
         if not bool(torch.isfinite(w).all()) or not bool((w > 0).all()):
             raise ValueError(f"schedule exponents must be finite and > 0, got {w.tolist()}")
-        super().__init__(PolynomialSchedule(float(w.mean())))  # (the average, for display)
+        super().__init__(PolynomialSchedule(float(w.detach().mean())))  # (the average, for display)
         self.w = w
         self.vocab_size = w.numel()
         self.mask_id = self.vocab_size
@@ -102,6 +108,42 @@ class GenMD4Process(DiscreteProcess):
         term = (h * lp.exp()).sum(-1) - h0 - h0 * lp0
         term = torch.where(xt == self.mask_id, term, torch.zeros_like(term))
         return term.sum(-1).to(logp.dtype)
+
+    def log_q(self, xt: Tensor, x0: Tensor, t: Tensor) -> Tensor:
+        """``log q(x_t | x0)`` summed over positions, ``[B]``, differentiable in ``w``: a
+        position of token ``v`` is masked with probability ``t^{w_v}``."""
+        logt = torch.log(torch.as_tensor(t, dtype=torch.float64).reshape(-1, 1))
+        wlogt = self.w[x0] * logt  # log t^{w_{x0}}, [B, L]
+        masked = xt == self.mask_id
+        clean = torch.where(masked, -torch.ones_like(wlogt), wlogt)  # (no 0 * inf gradient)
+        return torch.where(masked, wlogt, torch.log(-torch.expm1(clean))).sum(-1)
+
+    def rloo_nelbo(
+        self,
+        model: Callable[[Tensor, Tensor], Tensor],
+        x0: Tensor,
+        *,
+        t: Tensor | None = None,
+        generator: Generators = None,
+    ) -> Tensor:
+        """GenMD4's training loss with learned exponents, ``[B]`` (Shi et al. 2024, Sec. 5):
+        its value is the mean of two NELBO integrands at one time ``t ~ U(0, 1]`` per row
+        (``x_t^1, x_t^2 ~ q(. | x0)``), an unbiased NELBO estimate; its gradient in ``w`` is the
+        pathwise part plus the leave-one-out REINFORCE term for the masking events (a term of
+        value zero). ``model(x_t, t) -> log p(x0 | x_t)``, ``[B, L, V]``; ``t``: ``[B]``."""
+        self._check_tokens(x0)
+        if t is None:
+            t = 1.0 - uniform((x0.shape[0],), generator)  # in (0, 1]
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+        losses, logqs = [], []
+        for _ in range(2):
+            xt = self.add_noise(x0, t, generator=generator)
+            losses.append(self.nelbo_integrand(model(xt, t), xt, x0, t).double())
+            lq = self.log_q(xt, x0, t)
+            logqs.append(lq - lq.detach())  # value 0, gradient grad log q(x_t | x0; w)
+        # RLOO with two draws: each draw's baseline is the other's loss
+        reinforce = 0.5 * (losses[0] - losses[1]).detach() * (logqs[0] - logqs[1])
+        return 0.5 * (losses[0] + losses[1]) + reinforce
 
     def step_probabilities(self, logp: Tensor, x: Tensor, t: float, s: float) -> Tensor:
         """``p(x_s | x_t)`` per position over ``V + 1`` outcomes (the last: stay masked),
@@ -159,3 +201,25 @@ class GenMD4Process(DiscreteProcess):
 
     def __repr__(self) -> str:
         return f"GenMD4Process(exponents={[round(v, 4) for v in self.w.tolist()]})"
+
+
+class LearnedExponents(torch.nn.Module):
+    """Learnable per-token exponents ``w = softplus(raw)`` (float64, ``[V]``; md4's
+    ``LearnableVecMaskingSchedule``); :meth:`process` is the :class:`GenMD4Process` with the
+    current ``w``, through which :meth:`GenMD4Process.rloo_nelbo` back-propagates."""
+
+    def __init__(self, vocab_size: int, init: float = 1.0):
+        super().__init__()
+        if not (isinstance(vocab_size, int) and vocab_size >= 2):
+            raise ValueError(f"vocab_size must be an integer >= 2, got {vocab_size!r}")
+        if not init > 0:
+            raise ValueError(f"init must be > 0, got {init!r}")
+        raw = torch.full((vocab_size,), float(init), dtype=torch.float64)
+        self.raw = torch.nn.Parameter(torch.log(torch.expm1(raw)))
+
+    @property
+    def w(self) -> Tensor:
+        return torch.nn.functional.softplus(self.raw)
+
+    def process(self) -> GenMD4Process:
+        return GenMD4Process(self.w)
