@@ -6,10 +6,11 @@ a decoder ``p(x | z)`` the evidence lower bound of ``log p(x)`` is
 
     ELBO(x) = E_q[log p(x | z)] - KL(q(z | x) || N(0, I))                       (eq. 3)
 
-and its SGVB estimator B (eq. 7 and 10) draws ``z = mu + exp(logvar / 2) * eps``, ``eps ~
-N(0, I)`` (the reparameterisation trick, Sec. 2.4), so the estimate is a differentiable
-function of the encoder's and decoder's parameters, with the KL term in closed form
-(Appendix B). The decoder is ``"gaussian"`` (mean = the decoder's output, log-variance
+and its SGVB estimators draw ``z = mu + exp(logvar / 2) * eps``, ``eps ~ N(0, I)`` (the
+reparameterisation trick, Sec. 2.4), so the estimate is a differentiable function of the
+encoder's and decoder's parameters: estimator B (eq. 7 and 10, the default) with the KL term
+in closed form (Appendix B), estimator A (eq. 6) with ``log p(z) - log q(z | x)`` at the
+draw. The decoder is ``"gaussian"`` (mean = the decoder's output, log-variance
 ``obs_logvar``, learned by default: a scalar) or ``"bernoulli"`` (logits = the decoder's
 output; data in [0, 1]). :func:`train_vae` is Algorithm 1 (minibatches, one noise draw per
 example, a gradient step; Adam here instead of Adagrad).
@@ -34,10 +35,11 @@ from torch import Tensor, nn
 from reverie._checks import in_range, positive_int
 from reverie._progress import progress_bar
 
-__all__ = ["LIKELIHOODS", "VAEResult", "decode", "elbo", "gaussian_kl", "latent_scale",
-           "log_likelihood", "posterior", "train_vae"]
+__all__ = ["ESTIMATORS", "LIKELIHOODS", "VAEResult", "decode", "elbo", "gaussian_kl",
+           "latent_scale", "log_likelihood", "posterior", "train_vae"]
 
 LIKELIHOODS = ("gaussian", "bernoulli")
+ESTIMATORS = ("B", "A")
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -86,19 +88,26 @@ def log_likelihood(x: Tensor, out: Tensor, likelihood: str = "gaussian",
 
 
 def elbo(vae: nn.Module, x: Tensor, *, likelihood: str = "gaussian",
-         obs_logvar: float | Tensor = 0.0, samples: int = 1,
+         obs_logvar: float | Tensor = 0.0, samples: int = 1, estimator: str = "B",
          generator: torch.Generator | None = None) -> Tensor:
-    """The SGVB estimate (estimator B, AEVB eq. 10) of the ELBO of each example, ``[B]`` in
-    nats: ``samples`` reparameterised draws ``z = mean + exp(logvar / 2) eps`` average
-    ``log p(x | z)``; the KL to the prior is exact. Differentiable in the VAE's parameters."""
+    """The SGVB estimate of the ELBO of each example, ``[B]`` in nats: ``samples``
+    reparameterised draws ``z = mean + exp(logvar / 2) eps`` average ``log p(x | z)`` and,
+    for ``estimator="A"`` (AEVB eq. 6), ``log p(z) - log q(z | x)``; estimator ``"B"`` (eq.
+    10) subtracts the exact KL instead. Differentiable in the VAE's parameters."""
     positive_int("samples", samples)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; expected one of "
+                         f"{', '.join(ESTIMATORS)}")
     mean, logvar = posterior(vae, x)
-    rec = torch.zeros(x.shape[0], dtype=mean.dtype, device=mean.device)
+    total = torch.zeros(x.shape[0], dtype=mean.dtype, device=mean.device)
     for _ in range(samples):
-        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-        z = mean + torch.exp(0.5 * logvar) * eps.to(mean.device)  # reparameterisation
-        rec = rec + log_likelihood(x, decode(vae, z), likelihood, obs_logvar)
-    return rec / samples - gaussian_kl(mean, logvar)
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
+        z = mean + torch.exp(0.5 * logvar) * eps  # the reparameterisation trick
+        total = total + log_likelihood(x, decode(vae, z), likelihood, obs_logvar)
+        if estimator == "A":  # log p(z) - log q(z | x); the 2 pi terms cancel
+            total = total - 0.5 * (z**2 - eps**2 - logvar).flatten(1).sum(1)
+    kl = gaussian_kl(mean, logvar) if estimator == "B" else 0.0
+    return total / samples - kl
 
 
 @dataclass
