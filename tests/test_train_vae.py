@@ -215,6 +215,10 @@ def test_bad_input():
         elbo(vae, torch.rand(8, 5))
     with pytest.raises(TypeError, match=r"must return \(mean, logvar\)"):
         posterior(_OneOutput(), x)
+    with pytest.raises(ValueError, match="obs_logvar must be a float, 'scalar' or 'per-dim'"):
+        train_vae(vae, x, obs_logvar="pixel", steps=1, progress=False)
+    res = train_vae(vae, x, obs_logvar="per-dim", steps=1, progress=False)
+    assert res.obs_logvar.shape == (4,)  # one learned log-variance per dimension
     with pytest.raises(TypeError, match="floating-point tensor"):
         train_vae(vae, torch.ones(8, 4, dtype=torch.long), steps=1, progress=False)
     with pytest.raises(ValueError, match="1 <= k < D"):

@@ -160,9 +160,10 @@ def _vae(args: argparse.Namespace) -> dict[str, Any]:
                               seed=args.seed)
     out = vae_report(run, n=args.vae_n, seed=args.seed)
     print(out["table"])
+    lv = run.vae.obs_logvar
     print(f"\n{args.vae_steps} VAE steps ({run.info['vae_seconds']} s), {args.dit_steps} DiT "
-          f"steps ({run.info['dit_seconds']} s); VAE decoder variance "
-          f"exp({run.info['obs_logvar']:.3f}); {out['n']} samples per row; "
+          f"steps ({run.info['dit_seconds']} s); VAE decoder log-variance per pixel "
+          f"{float(lv.min()):.2f}..{float(lv.max()):.2f}; {out['n']} samples per row; "
           f"{time.perf_counter() - t0:.0f} s; {machine()}")
     return out
 

@@ -3,9 +3,9 @@
 
 1. A diffusers ``AutoencoderKL`` (channels 16/32, factor 2: ``[1, 8, 8]`` digits <-> ``[2, 4,
    4]`` latents) trained by :func:`reverie.train.vae.train_vae` (Kingma & Welling 2014: the
-   ELBO with the reparameterisation trick; Gaussian decoder with a learned variance, the
-   digits uniformly dequantised in their bins of width 1/8, so the ELBO bounds the discrete
-   likelihood); ``scaling_factor`` = 1 / std of the posterior means.
+   ELBO with the reparameterisation trick; Gaussian decoder with a learned variance per
+   pixel, the digits uniformly dequantised in their bins of width 1/8, so the ELBO bounds
+   the discrete likelihood); ``scaling_factor`` = 1 / std of the posterior means.
 2. A class-conditional ``DiTTransformer2DModel`` (patch 2, width 96, 6 blocks: about the
    parameter count of the bundled pixel-space ``digits`` UNet) trained by
    :func:`reverie.train.train` on posterior draws of the scaled latents (eps prediction on
@@ -86,8 +86,8 @@ def train_latent_digits(*, vae_steps: int = 1500, dit_steps: int = 1500, draws: 
 
     x, y = load_digits("train")
     torch.manual_seed(seed)
-    vae = train_vae(digits_autoencoder(), x, steps=vae_steps, batch_size=64, lr=2e-3,
-                    dequantize=DIGITS_BIN, seed=seed, progress=progress)
+    vae = train_vae(digits_autoencoder(), x, obs_logvar="per-dim", steps=vae_steps,
+                    batch_size=64, lr=2e-3, dequantize=DIGITS_BIN, seed=seed, progress=progress)
     vae.vae.requires_grad_(False)
     scaling = latent_scale(vae.vae, x)
     g = torch.Generator().manual_seed(seed + 1)
@@ -102,7 +102,7 @@ def train_latent_digits(*, vae_steps: int = 1500, dit_steps: int = 1500, draws: 
                 seed=seed, progress=progress)
     info = {"vae_steps": vae_steps, "dit_steps": dit_steps, "draws": draws, "seed": seed,
             "vae_seconds": round(vae.seconds, 1), "dit_seconds": round(dit.seconds, 1),
-            "obs_logvar": float(vae.obs_logvar)}
+            "obs_logvar": [round(v, 3) for v in vae.obs_logvar.flatten().tolist()]}
     return LatentDigits(vae, scaling, dit.ema.eval(), info)
 
 

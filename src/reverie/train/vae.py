@@ -113,8 +113,8 @@ def elbo(vae: nn.Module, x: Tensor, *, likelihood: str = "gaussian",
 @dataclass
 class VAEResult:
     """What :func:`train_vae` returns: the trained ``vae``, the Gaussian decoder's
-    ``obs_logvar`` (a 0-d tensor; unused for ``"bernoulli"``), ``losses`` (the negative ELBO
-    in nats per example, mean of every ``log_every`` steps) and the wall time."""
+    ``obs_logvar`` (0-d, or one per dimension; unused for ``"bernoulli"``), ``losses`` (the
+    negative ELBO in nats per example, mean of every ``log_every`` steps) and the wall time."""
 
     vae: nn.Module
     obs_logvar: Tensor
@@ -129,7 +129,7 @@ def train_vae(
     data: Tensor,
     *,
     likelihood: str = "gaussian",
-    obs_logvar: float | None = None,
+    obs_logvar: float | str = "scalar",
     steps: int = 2000,
     batch_size: int = 128,
     lr: float = 1e-3,
@@ -144,11 +144,12 @@ def train_vae(
     docstring): per step a minibatch, one noise draw per example, a gradient step of Adam on
     the negative SGVB estimate; learning rate with linear warm-up and cosine decay.
 
-    ``obs_logvar``: the Gaussian decoder's log-variance, fixed, or ``None`` to learn it (a
-    scalar, starting at the log-variance of the data). ``dequantize``: the bin width of
-    discrete data; each batch gets uniform noise in its bins (Theis et al. 2016), so the ELBO
-    bounds the discrete likelihood (``0``: none). Draws come from ``torch.Generator`` seeded
-    with ``seed``."""
+    ``obs_logvar``: the Gaussian decoder's log-variance, fixed (a float), or learned:
+    ``"scalar"`` (one for all dimensions) or ``"per-dim"`` (one per dimension of an example),
+    starting at the log of the data's variance (per dimension, or its mean). ``dequantize``:
+    the bin width of discrete data; each batch gets uniform noise in its bins (Theis et al.
+    2016), so the ELBO bounds the discrete likelihood (``0``: none). Draws come from a
+    ``torch.Generator`` seeded with ``seed``."""
     _check_likelihood(likelihood)
     if not isinstance(vae, nn.Module):
         raise TypeError(f"vae must be a torch.nn.Module, got {type(vae).__name__}")
@@ -161,9 +162,15 @@ def train_vae(
     positive_int("batch_size", batch_size)
     in_range("lr", lr, 0, 1, lo_open=True)
     in_range("dequantize", dequantize, 0, math.inf)
-    learned = obs_logvar is None
-    lv = torch.tensor(float(data.var().log()) if learned else float(obs_logvar),
-                      dtype=data.dtype, requires_grad=learned)
+    learned = isinstance(obs_logvar, str)
+    if learned and obs_logvar not in ("scalar", "per-dim"):
+        raise ValueError(f"obs_logvar must be a float, 'scalar' or 'per-dim', got {obs_logvar!r}")
+    var = data.var(0) + dequantize**2 / 12  # the (dequantised) data's variance per dimension
+    if obs_logvar == "per-dim":
+        lv = var.log().detach().clone().requires_grad_(True)
+    else:
+        start = float(var.mean().log()) if learned else float(obs_logvar)
+        lv = torch.tensor(start, dtype=data.dtype, requires_grad=learned)
     params = [*vae.parameters(), *([lv] if learned else [])]
     opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
