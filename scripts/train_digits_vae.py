@@ -31,12 +31,14 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--dit-steps", type=int, default=1500)
     parser.add_argument("--n", type=int, default=1000, help="samples per model")
+    parser.add_argument("--variance", choices=("scalar", "per-dim"), default="scalar",
+                        help="the VAE decoder's learned variance: one, or one per pixel")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run = train_latent_digits(vae_steps=args.vae_steps, dit_steps=args.dit_steps,
-                              seed=args.seed, progress=True)
+                              obs_logvar=args.variance, seed=args.seed, progress=True)
     report = vae_report(run, n=args.n, seed=args.seed, folder=args.out)
     print(report["table"])
     print(f"\nsaved {args.out}; {run.info}; {machine()}")

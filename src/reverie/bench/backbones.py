@@ -67,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dit-steps", type=int, default=1500,
                         help="latent DiT training steps")
     parser.add_argument("--vae-n", type=int, default=1000, help="samples per model (part vae)")
+    parser.add_argument("--vae-variance", choices=("scalar", "per-dim"), default="scalar",
+                        help="the VAE decoder's learned variance: one, or one per pixel")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -157,12 +159,12 @@ def _vae(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     run = train_latent_digits(vae_steps=args.vae_steps, dit_steps=args.dit_steps,
-                              seed=args.seed)
+                              obs_logvar=args.vae_variance, seed=args.seed)
     out = vae_report(run, n=args.vae_n, seed=args.seed)
     print(out["table"])
     lv = run.vae.obs_logvar
     print(f"\n{args.vae_steps} VAE steps ({run.info['vae_seconds']} s), {args.dit_steps} DiT "
-          f"steps ({run.info['dit_seconds']} s); VAE decoder log-variance per pixel "
+          f"steps ({run.info['dit_seconds']} s); VAE decoder log-variance ({args.vae_variance}) "
           f"{float(lv.min()):.2f}..{float(lv.max()):.2f}; {out['n']} samples per row; "
           f"{time.perf_counter() - t0:.0f} s; {machine()}")
     return out

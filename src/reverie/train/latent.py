@@ -3,9 +3,9 @@
 
 1. A diffusers ``AutoencoderKL`` (channels 16/32, factor 2: ``[1, 8, 8]`` digits <-> ``[2, 4,
    4]`` latents) trained by :func:`reverie.train.vae.train_vae` (Kingma & Welling 2014: the
-   ELBO with the reparameterisation trick; Gaussian decoder with a learned variance per
-   pixel, the digits uniformly dequantised in their bins of width 1/8, so the ELBO bounds
-   the discrete likelihood); ``scaling_factor`` = 1 / std of the posterior means.
+   ELBO with the reparameterisation trick; Gaussian decoder with a learned variance, one for
+   all pixels by default, the digits uniformly dequantised in their bins of width 1/8, so
+   the ELBO bounds the discrete likelihood); ``scaling_factor`` = 1 / std of the posterior means.
 2. A class-conditional ``DiTTransformer2DModel`` (patch 2, width 96, 6 blocks: about the
    parameter count of the bundled pixel-space ``digits`` UNet) trained by
    :func:`reverie.train.train` on posterior draws of the scaled latents (eps prediction on
@@ -78,15 +78,18 @@ class LatentDigits:
 
 
 def train_latent_digits(*, vae_steps: int = 1500, dit_steps: int = 1500, draws: int = 8,
-                        seed: int = 0, progress: bool = False) -> LatentDigits:
+                        obs_logvar: str = "scalar", seed: int = 0,
+                        progress: bool = False) -> LatentDigits:
     """Steps 1-2 of the module docstring on ``reverie.data.load_digits('train')``; ``draws``
-    posterior draws per training digit form the latent training set."""
+    posterior draws per training digit form the latent training set; ``obs_logvar`` is
+    :func:`~reverie.train.vae.train_vae`'s (``"scalar"`` or ``"per-dim"``: a variance per
+    pixel, a better ELBO but a less informative latent, see docs/backbones.md)."""
     from reverie.data import load_digits
     from reverie.diffusers_adapter import scheduler_spec
 
     x, y = load_digits("train")
     torch.manual_seed(seed)
-    vae = train_vae(digits_autoencoder(), x, obs_logvar="per-dim", steps=vae_steps,
+    vae = train_vae(digits_autoencoder(), x, obs_logvar=obs_logvar, steps=vae_steps,
                     batch_size=64, lr=2e-3, dequantize=DIGITS_BIN, seed=seed, progress=progress)
     vae.vae.requires_grad_(False)
     scaling = latent_scale(vae.vae, x)
@@ -101,6 +104,7 @@ def train_latent_digits(*, vae_steps: int = 1500, dit_steps: int = 1500, draws: 
                 steps=dit_steps, batch_size=128, lr=1e-3, warmup=100, ema_decay=0.999,
                 seed=seed, progress=progress)
     info = {"vae_steps": vae_steps, "dit_steps": dit_steps, "draws": draws, "seed": seed,
+            "obs_logvar_kind": obs_logvar,
             "vae_seconds": round(vae.seconds, 1), "dit_seconds": round(dit.seconds, 1),
             "obs_logvar": [round(v, 3) for v in vae.obs_logvar.flatten().tolist()]}
     return LatentDigits(vae, scaling, dit.ema.eval(), info)
