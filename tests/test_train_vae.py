@@ -213,6 +213,10 @@ def test_bad_input():
         train_vae(vae, x - 2, likelihood="bernoulli", steps=1, progress=False)
     with pytest.raises(ValueError, match=r"expects \[B, 4\], got \[8, 5\]"):
         elbo(vae, torch.rand(8, 5))
+    from reverie.train.latent import digits_autoencoder
+
+    with pytest.raises(ValueError, match=r"expects images \[B, 1, H, W\], got \[2, 3, 8, 8\]"):
+        elbo(digits_autoencoder(), torch.rand(2, 3, 8, 8))
     with pytest.raises(TypeError, match=r"must return \(mean, logvar\)"):
         posterior(_OneOutput(), x)
     with pytest.raises(ValueError, match="obs_logvar must be a float, 'scalar' or 'per-dim'"):

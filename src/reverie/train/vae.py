@@ -45,6 +45,9 @@ LOG_2PI = math.log(2 * math.pi)
 
 def posterior(vae: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     """``(mean, logvar)`` of the encoder's Gaussian ``q(z | x)``."""
+    channels = getattr(getattr(vae, "config", None), "in_channels", None)  # AutoencoderKL
+    if channels is not None and (x.ndim != 4 or x.shape[1] != channels):
+        raise ValueError(f"the VAE expects images [B, {channels}, H, W], got {list(x.shape)}")
     out = vae.encode(x)
     dist = getattr(out, "latent_dist", None)  # diffusers' AutoencoderKL
     if dist is not None:
