@@ -174,4 +174,4 @@ def test_bench_backbones_plumbing():
     # the Bayes error is the floor: no network, trained or not, beats the exact denoiser
     assert all(min(r["mse_over_bayes"].values()) > 0.99 for r in out["rows"])
     with pytest.raises(ValueError, match="--parts must name"):
-        backbones.run(parser.parse_args(["--parts", "vae"]))
+        backbones.run(parser.parse_args(["--parts", "unet"]))

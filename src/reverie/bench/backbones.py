@@ -25,6 +25,17 @@ DPM-Solver++(2M) and decoded; ``FD`` is the Frechet (Gaussian W2^2) distance of 
 samples to the held-out digits in pixel space (the reconstructions of the held-out digits give
 each tokenizer's floor).
 
+Part ``vae``: a VAE trained by the ELBO (Kingma & Welling 2014; :mod:`reverie.train.vae`) with
+latent diffusion on its latents, against the pixel-space bundled ``digits`` model, by the
+recipe of :mod:`reverie.train.latent` (an ``AutoencoderKL`` and a class-conditional DiT of about
+the digits UNet's parameter count, saved as a ``DiTPipeline`` folder and loaded back by
+``reverie.load``, the latent wrapper). Rows: the negative ELBO of the held-out digits
+(uniformly dequantised; nats per image and bits/dim of the discrete bins) and the Frechet
+distance of 1000 class-balanced samples (DPM-Solver++(2M), 20 steps, no guidance) to the
+held-out digits in the digits benchmark's classifier features (:class:`reverie.bench.digits.Judge`)
+and in pixels; the VAE's reconstructions of the held-out digits bound what its latent model can
+reach, and real training digits give the floor.
+
 LRDM (representation learning) is measured by ``reverie bench representation``.
 """
 
@@ -47,11 +58,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=int, default=20_000, help="training series")
     parser.add_argument("--test", type=int, default=1000, help="held-out series")
     parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--parts", default="dis,maetok",
-                        help="comma-separated subset of dis, maetok")
+    parser.add_argument("--parts", default="dis,maetok,vae",
+                        help="comma-separated subset of dis, maetok, vae")
     parser.add_argument("--tok-steps", type=int, default=300, help="tokenizer training steps")
     parser.add_argument("--latent-steps", type=int, default=1000,
                         help="latent diffusion training steps")
+    parser.add_argument("--vae-steps", type=int, default=1500, help="VAE training steps")
+    parser.add_argument("--dit-steps", type=int, default=1500,
+                        help="latent DiT training steps")
+    parser.add_argument("--vae-n", type=int, default=1000, help="samples per model (part vae)")
+    parser.add_argument("--vae-variance", choices=("scalar", "per-dim"), default="scalar",
+                        help="the VAE decoder's learned variance: one, or one per pixel")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -66,13 +83,15 @@ def networks() -> dict[str, torch.nn.Module]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     parts = [p for p in args.parts.split(",") if p]
-    if not parts or any(p not in ("dis", "maetok") for p in parts):
-        raise ValueError(f"--parts must name some of dis, maetok, got {args.parts!r}")
+    if not parts or any(p not in ("dis", "maetok", "vae") for p in parts):
+        raise ValueError(f"--parts must name some of dis, maetok, vae, got {args.parts!r}")
     out: dict[str, Any] = {}
     if "dis" in parts:
         out["dis"] = _dis(args)
     if "maetok" in parts:
         out["maetok"] = _maetok(args)
+    if "vae" in parts:
+        out["vae"] = _vae(args)
     out["table"] = "\n\n".join(v["table"] for v in out.values())
     return out
 
@@ -132,6 +151,82 @@ def _maetok(args: argparse.Namespace) -> dict[str, Any]:
           f"digits: {_fd(xt[::2], xt[1::2]):.3f}; {time.perf_counter() - t0:.0f} s; {machine()}")
     return {"tok_steps": args.tok_steps, "latent_steps": args.latent_steps, "rows": results,
             "table": table}
+
+
+def _vae(args: argparse.Namespace) -> dict[str, Any]:
+    from reverie.train.latent import train_latent_digits
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    run = train_latent_digits(vae_steps=args.vae_steps, dit_steps=args.dit_steps,
+                              obs_logvar=args.vae_variance, seed=args.seed)
+    out = vae_report(run, n=args.vae_n, seed=args.seed)
+    print(out["table"])
+    lv = run.vae.obs_logvar
+    print(f"\n{args.vae_steps} VAE steps ({run.info['vae_seconds']} s), {args.dit_steps} DiT "
+          f"steps ({run.info['dit_seconds']} s); VAE decoder log-variance ({args.vae_variance}) "
+          f"{float(lv.min()):.2f}..{float(lv.max()):.2f}; {out['n']} samples per row; "
+          f"{time.perf_counter() - t0:.0f} s; {machine()}")
+    return out
+
+
+def vae_report(run: Any, *, n: int = 1000, seed: int = 0, folder: str | None = None
+               ) -> dict[str, Any]:
+    """Part ``vae``'s rows (module docstring) for a :class:`reverie.train.latent.LatentDigits`
+    run; its ``DiTPipeline`` folder is written to ``folder`` (default: a temporary one) and
+    loaded back with ``reverie.load``."""
+    import tempfile
+
+    from reverie.bench.digits import Judge, frechet_distance
+    from reverie.data import load_digits
+    from reverie.hub import load
+    from reverie.likelihood import bits_per_dim
+    from reverie.train.latent import DIGITS_BIN, save_latent_pipeline
+    from reverie.train.vae import decode, elbo, posterior
+
+    judge = Judge(seed)
+    xt = load_digits("test")[0]
+    labels = torch.arange(n) % 10
+    g = torch.Generator().manual_seed(seed)
+    real = judge.train_x[torch.randperm(len(judge.train_x), generator=g)[:n]]
+
+    def fds(x: torch.Tensor) -> tuple[float, float]:  # classifier features, pixels
+        return frechet_distance(judge.features(x), judge.test_features), _fd(x, xt)
+
+    vae, lv = run.vae.vae, run.vae.obs_logvar
+    with torch.no_grad():  # the negative ELBO of dequantised held-out digits, 16 draws each
+        xd = xt + DIGITS_BIN * (torch.rand(xt.shape, generator=g) - 0.5)
+        bound = elbo(vae, xd, obs_logvar=lv, samples=16, generator=g).double()
+        recon = decode(vae, posterior(vae, xt)[0]).clamp(-1, 1)
+    bpd = float(bits_per_dim(bound, xt[0].shape, bin_width=DIGITS_BIN).mean())
+    with tempfile.TemporaryDirectory() as tmp:  # through the latent wrapper: reverie.load
+        pipe = load(str(save_latent_pipeline(run, folder or f"{tmp}/digits-vae")))
+        ts = time.perf_counter()
+        xs = 2 * pipe.sample(labels, guidance_scale=1.0, sampler="dpmpp_2m", steps=20,
+                             output_type="pt", generator=torch.Generator().manual_seed(seed)) - 1
+        latent_secs = time.perf_counter() - ts
+    base = load("digits")
+    ts = time.perf_counter()
+    xb = base.sample(n, sampler="dpmpp_2m", steps=20, seed=seed, labels=labels)
+    base_secs = time.perf_counter() - ts
+
+    def count(m: torch.nn.Module) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    dec = count(vae.decoder) + count(vae.post_quant_conv)
+    rows = [
+        ["real training digits (floor)", "-", "-", "-", *fds(real), "-"],
+        ["VAE reconstructions (latent floor)", count(vae), "-", "-", *fds(recon), "-"],
+        ["latent DiT + VAE decoder", f"{count(pipe.transformer)} + {dec}", -float(bound.mean()),
+         bpd, *fds(xs), round(latent_secs, 1)],
+        ["pixel UNet (bundled digits)", count(base.net), "-", "-", *fds(xb), round(base_secs, 1)],
+    ]
+    keys = ["model", "params", "nelbo_nats", "bits_per_dim", "fd_features", "fd_pixels",
+            "sample_seconds"]
+    table = format_table(["model", "params", "-ELBO nats/image", "bits/dim", "FD (classifier "
+                          "features)", "FD (pixels)", "sample s"], rows)
+    return {**run.info, "n": n, "scaling_factor": run.scaling,
+            "rows": [dict(zip(keys, r)) for r in rows], "table": table}
 
 
 def _probe(z: torch.Tensor, y: torch.Tensor, zt: torch.Tensor, yt: torch.Tensor) -> float:
