@@ -18,19 +18,16 @@ from reverie.multivariate import GaussianLinearReference, LinearDiffusion
 from reverie.train.fp_diffusion import implicit_score_matching
 
 D64 = torch.float64
-J2 = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=D64)
 R_FP = [[1.2, 0.3], [0.3, 0.6]]
 OMEGA_FP = [[0.0, 0.8], [-0.8, 0.0]]
 
 
-def R_x(x):  # symmetric positive definite for every x (det >= 0.8 - 0.09)
-    a, b = torch.sin(x[:, 0]), torch.cos(x[:, 1])
-    return torch.stack([torch.stack([1 + 0.5 * a**2, 0.3 * a * b], -1),
-                        torch.stack([0.3 * a * b, 0.8 + 0.4 * b**2], -1)], -2)
+def R_x(x):
+    return FlexibleSDE.example().R_fn(x)
 
 
 def omega_x(x):
-    return (1.5 * torch.sin(x[:, 0] + 2 * x[:, 1]))[:, None, None] * J2
+    return FlexibleSDE.example().omega_fn(x)
 
 
 def _gen(seed):

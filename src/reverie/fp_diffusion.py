@@ -68,6 +68,23 @@ class FlexibleSDE:
         return cls(lambda x: R.to(x).expand(x.shape[0], -1, -1),
                    lambda x: om.to(x).expand(x.shape[0], -1, -1), **kw)
 
+    @classmethod
+    def example(cls, **kw) -> FlexibleSDE:
+        """A fixed ``x``-dependent pair on ``n = 2`` (tests, ``reverie bench processes``):
+        ``R(x) = [[1 + sin^2(x1) / 2, 0.3 sin(x1) cos(x2)], [., 0.8 + 0.4 cos^2(x2)]]``
+        (``det R >= 0.71``), ``omega(x) = 1.5 sin(x1 + 2 x2) [[0, 1], [-1, 0]]``."""
+        def R(x):
+            a, b = torch.sin(x[:, 0]), torch.cos(x[:, 1])
+            return torch.stack([torch.stack([1 + 0.5 * a**2, 0.3 * a * b], -1),
+                                torch.stack([0.3 * a * b, 0.8 + 0.4 * b**2], -1)], -2)
+
+        def omega(x):
+            w = 1.5 * torch.sin(x[:, 0] + 2 * x[:, 1])
+            zero = torch.zeros_like(w)
+            return torch.stack([torch.stack([zero, w], -1), torch.stack([-w, zero], -1)], -2)
+
+        return cls(R, omega, **kw)
+
     def beta(self, t):
         return self.beta_min + (self.beta_max - self.beta_min) * t
 
