@@ -41,7 +41,7 @@ def _moment_error(x):
 
 
 def test_fokker_planck_stationary_current_is_divergence_free_only_with_the_correction():
-    x = 1.5 * torch.randn(32, 2, generator=_gen(0), dtype=D64)
+    x = 1.5 * torch.randn(16, 2, generator=_gen(0), dtype=D64)
     exact = fokker_planck_residual(FlexibleSDE(R_x, omega_x), x)
     assert exact.abs().max() < 1e-10                             # d p_s / dt = 0 everywhere
     wrong = fokker_planck_residual(FlexibleSDE(R_x, omega_x, correction=False), x)

@@ -165,8 +165,11 @@ def fokker_planck_residual(process: FlexibleSDE, x: Tensor, t: float = 0.5) -> T
         sig = process.diffusion(xb, t)
         return (process.drift(xb, t) - 0.5 * process.div_diffusion(xb, t)
                 + 0.5 * (sig @ process.grad_U(xb)[..., None])[..., 0])[0]
-    j = torch.func.vmap(current)(x)
-    div_j = torch.func.vmap(torch.func.jacrev(current))(x).diagonal(dim1=-2, dim2=-1).sum(-1)
+    def with_aux(xi):
+        j = current(xi)
+        return j, j
+    jac, j = torch.func.vmap(torch.func.jacrev(with_aux, has_aux=True))(x)
+    div_j = jac.diagonal(dim1=-2, dim2=-1).sum(-1)
     return -(div_j - (process.grad_U(x) * j).sum(-1))
 
 
@@ -223,9 +226,11 @@ def log_likelihood_flexible(process: FlexibleSDE, score: Callable[[Tensor, Tenso
         return (process.drift(xb, t) - 0.5 * process.div_diffusion(xb, t)
                 - 0.5 * (process.diffusion(xb, t) @ s[..., None])[..., 0])[0]
 
-    def rhs(y, t):  # (v, div v) for the batch
-        v = torch.func.vmap(lambda yi: v_single(yi, t))(y)
-        jac = torch.func.vmap(torch.func.jacrev(lambda yi: v_single(yi, t)))(y)
+    def rhs(y, t):  # (v, div v) for the batch, v as the Jacobian's auxiliary output
+        def with_aux(yi):
+            v = v_single(yi, t)
+            return v, v
+        jac, v = torch.func.vmap(torch.func.jacrev(with_aux, has_aux=True))(y)
         return v.detach(), jac.diagonal(dim1=-2, dim2=-1).sum(-1).detach()
 
     ts, y = _grid(process, steps)[::-1], x
