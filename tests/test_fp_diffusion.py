@@ -138,6 +138,11 @@ def test_bad_input():
         FlexibleSDE([[1.0]])
     with pytest.raises(ValueError, match=r"R\(x\) and omega\(x\) must be"):
         FlexibleSDE(lambda x: torch.eye(3).expand(x.shape[0], 3, 3)).drift(torch.zeros(4, 2), 0.5)
+    with pytest.raises(ValueError, match="positive definite"):
+        FlexibleSDE(lambda x: -torch.eye(2, dtype=D64).expand(x.shape[0], 2, 2)).simulate(
+            torch.zeros(3, 2, dtype=D64), 0.1, 2)
+    with pytest.raises(ValueError, match="antisymmetric"):
+        FlexibleSDE.constant(R_FP, [[0.0, 1.0], [1.0, 0.0]])
     with pytest.raises(ValueError, match="unknown method"):
         sample_flexible(FlexibleSDE(R_x), lambda x, t: -x, torch.zeros(2, 2), method="rk4")
 

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from reverie._checks import positive_int
 from reverie._random import Generators, randn_like
-from reverie.multivariate import _grid
+from reverie.multivariate import LinearDiffusion, _grid
 
 __all__ = ["FlexibleSDE", "fokker_planck_residual", "log_likelihood_flexible", "sample_flexible"]
 
@@ -63,8 +63,9 @@ class FlexibleSDE:
     @classmethod
     def constant(cls, R, omega=None, **kw) -> FlexibleSDE:
         """Constant ``(R, omega)``: the spatially linear case ``LinearDiffusion.fp(R, omega)``."""
-        R = torch.as_tensor(R, dtype=torch.float64)
-        om = torch.zeros_like(R) if omega is None else torch.as_tensor(omega, dtype=torch.float64)
+        lin = LinearDiffusion.fp(R, omega)            # validates: omega antisymmetric, R >= 0
+        with torch.no_grad():
+            R, om = 2 * lin.D(), 2 * lin.Q()
         return cls(lambda x: R.to(x).expand(x.shape[0], -1, -1),
                    lambda x: om.to(x).expand(x.shape[0], -1, -1), **kw)
 
@@ -87,6 +88,10 @@ class FlexibleSDE:
 
     def beta(self, t):
         return self.beta_min + (self.beta_max - self.beta_min) * t
+
+    def int_beta(self, t):
+        """``B(t) = int_0^t beta``."""
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
 
     def matrices(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(R(x), omega(x))``, each ``[B, n, n]``."""
@@ -130,7 +135,10 @@ class FlexibleSDE:
 
     def _noise(self, x, t, h, generator):
         """``sqrt(h Sigma) z`` through the Cholesky factor of ``R(x)``."""
-        chol = torch.linalg.cholesky(self.matrices(x)[0])
+        chol, info = torch.linalg.cholesky_ex(self.matrices(x)[0])
+        if bool((info > 0).any()):
+            raise ValueError(f"R(x) must be symmetric positive definite; it is not at "
+                             f"{int((info > 0).sum())} of {x.shape[0]} points")
         return math.sqrt(h * self.beta(t)) * (chol @ randn_like(x, generator)[..., None])[..., 0]
 
     def simulate(self, x0: Tensor, t_end: float, steps: int = 200, *,

@@ -35,9 +35,7 @@ class FlexibleScoreModel(nn.Module):
         self.net, self.process = net, process
 
     def sigma(self, t: Tensor) -> Tensor:
-        p = self.process
-        b = p.beta_min * t + 0.5 * (p.beta_max - p.beta_min) * t**2
-        return (-torch.expm1(-b)).sqrt()
+        return (-torch.expm1(-self.process.int_beta(t))).sqrt()
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         dtype = next(self.net.parameters()).dtype
