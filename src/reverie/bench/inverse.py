@@ -18,7 +18,7 @@ With ``--images`` (or ``--images-only``) it runs issue 22's image suite on the s
 (:func:`run_images`): inpainting, motion blur, 4x and 2x super-resolution, compressed sensing,
 phase retrieval and a saturated (non-linear) blur at noise 0.05, every registered method that
 accepts each problem (the others skipped with the reason), PSNR and SSIM with bootstrap
-intervals over images, NFE and seconds.
+intervals over images, NFE and seconds (`--problems` picks some of them).
 """
 
 from __future__ import annotations
@@ -398,6 +398,16 @@ def image_problem(task: str, shape: tuple[int, ...], generator: torch.Generator)
     raise ValueError(f"unknown image problem {task!r}; expected one of {IMAGE_PROBLEMS}")
 
 
+def image_problems(spec: str) -> list[str]:
+    """The ``--problems`` list (comma-separated names of :data:`IMAGE_PROBLEMS`)."""
+    problems = [p.strip() for p in spec.split(",") if p.strip()]
+    unknown = [p for p in problems if p not in IMAGE_PROBLEMS]
+    if unknown or not problems:
+        raise ValueError(f"--problems must name some of {', '.join(IMAGE_PROBLEMS)}; got "
+                         f"{spec!r}")
+    return problems
+
+
 def skip_reason(method: str, op: Any) -> str | None:
     """Why ``method`` cannot run on ``op`` (``None`` if it can)."""
     from reverie.inverse import LinearOperator, compatible_methods
@@ -438,6 +448,7 @@ def run_images(args: argparse.Namespace) -> dict[str, Any]:
     from reverie.metrics import ssim
     from reverie.samplers import NonFiniteError
 
+    problems = image_problems(args.problems)
     model = load("digits")
     images, _ = load_digits("test")
     k, k_smc, per, steps, sigma_y = args.image_count, args.smc_images, 4, 50, 0.05
@@ -446,10 +457,6 @@ def run_images(args: argparse.Namespace) -> dict[str, Any]:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     methods += [m for m in METHODS if m not in ALL and m not in methods]  # listed as skipped
     slow = {m.strip() for m in args.slow.split(",") if m.strip()}
-    problems = [p.strip() for p in args.problems.split(",") if p.strip()]
-    unknown = [p for p in problems if p not in IMAGE_PROBLEMS]
-    if unknown:
-        raise ValueError(f"unknown image problems {unknown}; expected some of {IMAGE_PROBLEMS}")
     rows, skipped, failed, physics = [], [], [], {}
     for ind, task in enumerate(IMAGE_PROBLEMS):
         if task not in problems:  # the seed stays tied to the problem's place in the suite
