@@ -2,6 +2,7 @@
 
 import argparse
 
+import pytest
 import torch
 
 import reverie
@@ -78,3 +79,6 @@ def test_image_suite_problems_and_skips():
     mean, lo, hi = bench._bootstrap(torch.arange(10.0, dtype=torch.float64),
                                     torch.Generator().manual_seed(0))
     assert lo < mean == 4.5 < hi and hi - lo < 4
+    assert bench.image_problems(" phase,nonlinear_blur") == ["phase", "nonlinear_blur"]
+    with pytest.raises(ValueError, match="--problems must name some of inpaint"):
+        bench.image_problems("phase,deblur")

@@ -33,7 +33,7 @@ from reverie.inverse.guidance import (
 )
 from reverie.inverse.noise import GaussianNoise, NoiseModel
 from reverie.inverse.operators import SVD, LinearOperator
-from reverie.samplers import SAMPLERS, Schedule, State, run, walk
+from reverie.samplers import SAMPLERS, NonFiniteError, Schedule, State, run, walk
 
 __all__ = ["Problem", "Cost", "Method", "METHODS", "register", "adapt_grid"]
 
@@ -444,6 +444,22 @@ def _log_normal(x: Tensor, mean: Tensor, var: Tensor | float) -> Tensor:
     return out.reshape(x.shape[0], -1).sum(1)
 
 
+def _check_weights(logw: Tensor, p: int, name: str, i: int, sch: Schedule) -> None:
+    """Raise :class:`NonFiniteError` naming the method and the step if a log-weight is NaN or
+    +inf, or every particle of a cloud has weight 0 (``-inf``): resampling would be
+    undefined. ``i``: the grid index the weights were computed at (0: the start)."""
+    bad = torch.isnan(logw) | (logw == math.inf)
+    dead = torch.isneginf(logw).reshape(-1, p).all(1)
+    if bool(bad.any()) or bool(dead.any()):
+        what = ("NaN or +inf in the SMC log-weights" if bool(bad.any()) else
+                "every particle of a cloud has SMC weight 0 (log-weight -inf)")
+        at = "at the start" if i == 0 else f"after step {i}/{sch.steps}"
+        raise NonFiniteError(
+            f"{name}: {what} {at} (t = {sch.t[i]:.6g}): the twist or the "
+            "likelihood p(y | A(x)) is not finite there; check the forward model and the noise "
+            "model, or use more steps")
+
+
 def _clouds(problem: Problem, particles: int | None) -> tuple[int, int]:
     """``(clouds, particles per cloud)``: ``ceil(n / particles)`` independent SMC clouds, run
     side by side in one batch (the first ``n`` particles are returned)."""
@@ -451,6 +467,26 @@ def _clouds(problem: Problem, particles: int | None) -> tuple[int, int]:
     if p < 1:
         raise ValueError(f"particles must be >= 1, got {particles}")
     return math.ceil(problem.n / p), p
+
+
+def _inflated_nonlinear(
+    xr: Tensor, x0: Tensor, resid: Tensor, r2: float, s2: float
+) -> tuple[Tensor, Tensor]:
+    """TDS's twist for a non-linear ``A`` with Gaussian noise: ``log N(y; A(x0), v I)`` (up to
+    ``2 pi``) and its gradient in ``xr`` through the network, with the variance inflated as
+    PiGDM's ``sigma_y^2 + r_t^2 A A^T`` for the linearisation ``A(x0) + J (x - x0)``, ``x ~
+    N(x0, r_t^2 I)``, ``J`` the Jacobian of ``A`` at ``x0``, taken along the residual's
+    direction ``u``: ``v = sigma_y^2 + r_t^2 |J^T u|^2`` (one vector-Jacobian product through
+    ``A`` only; ``v`` is held fixed in the gradient). ``resid = y - A(x0)`` with ``x0 = D(xr)``
+    in the autograd graph."""
+    b = resid.shape[0]
+    flat = resid.reshape(b, -1)
+    u = flat.detach() / flat.detach().norm(dim=1, keepdim=True).clamp_min(1e-30)
+    (jtu,) = torch.autograd.grad(resid, x0, u.reshape(resid.shape), retain_graph=True)
+    v = s2 + r2 * jtu.detach().reshape(b, -1).pow(2).sum(1)  # u^T (s2 I + r2 J J^T) u
+    ll = -0.5 * ((flat**2).sum(1) / v + flat.shape[1] * torch.log(v))
+    (g,) = torch.autograd.grad(ll.sum(), xr)
+    return ll.detach(), g
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,26 +523,35 @@ def tds(
     with the untwisted kernel ``p`` from the same transition on the prior prediction; resampling
     (multinomial) when the effective sample size drops below ``resample_ess * particles`` and
     at the end. The twist is ``p~_t(y | x_t) = p(y | A(D(x_t)))`` raised to ``twist_scale`` (any
-    noise model, any differentiable operator); for a linear operator with Gaussian noise it is
-    by default (``inflate``) widened to PiGDM's ``N(y; A D, sigma_y^2 + r_t^2 A A^T)``, which
-    keeps the weights stable when ``sigma_y`` is small. The last step onto ``sigma = 0`` is the
-    plain prediction, whose likelihood equals the last twist, so the target ``p(x) p(y | x)`` is
-    exact as the particles and steps grow. Returns ``n`` samples from ``ceil(n / particles)``
-    independent clouds (``particles`` defaults to ``n``: one cloud).
+    noise model, any differentiable operator); with Gaussian noise it is by default
+    (``inflate``) widened by the denoiser's uncertainty ``r_t^2`` (``Var[x0 | x_t]`` for data of
+    std ``data_std``): PiGDM's ``N(y; A D, sigma_y^2 + r_t^2 A A^T)`` for a linear operator, and
+    for a non-linear ``A`` the same with the Jacobian ``J`` of ``A`` at ``D(x_t)`` taken along
+    the residual, ``N(y; A(D), (sigma_y^2 + r_t^2 |J^T u|^2) I)``, ``u = (y - A(D)) / |y -
+    A(D)|`` (:func:`_inflated_nonlinear`). The un-inflated twist (``inflate=False``) is too
+    sharp when ``sigma_y`` is small: its gradient ``J^T (y - A(D)) / sigma_y^2`` throws the
+    particles off (NaN on phase retrieval at ``sigma_y = 0.05``). Any twist leaves the target
+    unchanged (the twists telescope in the weights): the last step onto ``sigma = 0`` is the
+    plain prediction, weighted by the true likelihood ``p(y | x0)`` in place of the last twist,
+    so the target ``p(x) p(y | x)`` is exact as the particles and steps grow. Log-weights are
+    kept in log space (resampling by softmax); a NaN / +inf weight, or a cloud whose weights
+    are all 0, raises :class:`~reverie.samplers.NonFiniteError` naming the step. Returns ``n``
+    samples from ``ceil(n / particles)`` independent clouds (``particles`` defaults to ``n``:
+    one cloud).
     """
     if isinstance(generator, (list, tuple)):
         raise ValueError("SMC methods resample across particles: pass one torch.Generator")
     den, sch = problem.denoiser, problem.schedule()
     ddpm = SAMPLERS["ddpm"]
-    linear_gauss = problem.linear and isinstance(problem.noise, GaussianNoise)
+    gauss = isinstance(problem.noise, GaussianNoise)
     if inflate is None:
-        inflate = linear_gauss
-    if inflate and not linear_gauss:
-        raise ValueError("inflate=True needs a linear operator and Gaussian noise")
-    if not inflate and isinstance(problem.noise, GaussianNoise) and problem.noise_std == 0:
+        inflate = gauss
+    if inflate and not gauss:
+        raise ValueError("inflate=True needs Gaussian noise (the twist's variance is inflated)")
+    if not inflate and gauss and problem.noise_std == 0:
         raise ValueError("a noiseless measurement needs the inflated twist (inflate=True)")
     y1 = problem.y[:1]
-    exact_final = not (isinstance(problem.noise, GaussianNoise) and problem.noise_std == 0)
+    exact_final = not (gauss and problem.noise_std == 0)
 
     def twist(x: Tensor, i: int) -> tuple[Tensor, Tensor, Tensor]:
         """``(D(x), log p~_i(y | x), grad_x log p~_i)`` at grid point ``i``."""
@@ -516,14 +561,17 @@ def tds(
             x0 = den(xr, _time(sch, i))
             ax = problem.forward(x0)
             if inflate:
-                op: LinearOperator = problem.operator  # type: ignore[assignment]
                 t = torch.tensor(sch.t[i], dtype=torch.float64)
                 r2 = float(posterior_variance(den.process, t, data_std))
                 resid = yb - ax
-                v = op.gram_solve(resid.detach(), r2, problem.noise_std**2)
-                # log N(y; A x0, Sigma) up to the x-independent normaliser
-                ll = -0.5 * (resid * v).reshape(x.shape[0], -1).sum(1)
-                (g,) = torch.autograd.grad(x0, xr, op.AT(v))
+                if problem.linear:
+                    op: LinearOperator = problem.operator  # type: ignore[assignment]
+                    v = op.gram_solve(resid.detach(), r2, problem.noise_std**2)
+                    # log N(y; A x0, Sigma) up to the x-independent normaliser
+                    ll = -0.5 * (resid * v).reshape(x.shape[0], -1).sum(1)
+                    (g,) = torch.autograd.grad(x0, xr, op.AT(v))
+                else:
+                    ll, g = _inflated_nonlinear(xr, x0, resid, r2, problem.noise_std**2)
             else:
                 ll = problem.noise.log_likelihood(yb, ax)
                 (g,) = torch.autograd.grad(ll.sum(), xr)
@@ -535,6 +583,7 @@ def tds(
     x = pop.local(problem.start(total, generator, sch))
     x0, ll, g = twist(x, 0)
     logw = ll.clone()
+    _check_weights(pop.gather(logw), p, "tds", 0, sch)
 
     def step(state: State) -> State:
         nonlocal x0, ll, g, logw
@@ -550,6 +599,7 @@ def tds(
                 yb = y1.expand(len(x0), *y1.shape[1:])
                 with torch.no_grad():
                     logw = logw + problem.noise.log_likelihood(yb, problem.forward(state.x)) - ll
+            _check_weights(pop.gather(logw), p, "tds", i + 1, sch)
             return state
         a, s = sch.alpha[i], sch.sigma[i]
         twisted = Fixed(x0 + (s**2 / a) * g, den.process)  # Tweedie with the twist
@@ -569,6 +619,7 @@ def tds(
             - _log_normal(x_new, prop.mean, std**2)
         )
         ll = ll_new
+        _check_weights(pop.gather(logw), p, "tds", i + 1, sch)
         return State(x_new, i + 1, (), state.nfe + 1)
 
     state = _walk(sch, State(x), step, "tds")
