@@ -7,11 +7,16 @@ import pytest
 import torch
 
 from reverie.learned_process import (
+    AuxiliaryLatentProcess,
+    GaussianEncoder,
+    LatentConditioned,
     LearnedProcess,
     PerDimSchedule,
     PolynomialSchedule,
     ResidualTransform,
+    auxiliary_elbo_terms,
     elbo_terms,
+    sample_auxiliary,
     sample_learned,
 )
 from reverie.process import VPLinear
@@ -235,3 +240,120 @@ def test_conditioned_elbo_reduces_to_unconditioned(variant):
 def test_polynomial_schedule_bad_context():
     with pytest.raises(ValueError, match="context"):
         PolynomialSchedule(2, 3).log_snr(torch.ones(4), torch.ones(4, 2))
+
+
+# MuLAN's auxiliary latent: encoder q(z_aux | x), prior N(0, I), z_aux-conditioned schedule
+
+
+def _encoder(latent: int = 3, log_std: float = -0.5) -> GaussianEncoder:
+    """A linear Gaussian encoder: mean W x, log-std a constant plus a small x-dependence."""
+    lin = torch.nn.Linear(2, 2 * latent).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(2 * latent, 2, generator=torch.Generator().manual_seed(8)))
+        lin.bias.copy_(torch.cat([torch.zeros(latent), torch.full((latent,), log_std)]))
+        lin.weight[latent:] *= 0.2
+    return GaussianEncoder(2, latent, net=lin)
+
+
+def _aux_process(weight: float = 0.0, cls=PolynomialSchedule) -> AuxiliaryLatentProcess:
+    sched = cls(2, 3).double()
+    with torch.no_grad():
+        sched.linear.weight.copy_(weight * torch.randn(6, 3, generator=torch.Generator()
+                                                       .manual_seed(7), dtype=D64))
+    return AuxiliaryLatentProcess(_encoder(), sched, ResidualTransform(_Linear()))
+
+
+def _eps_net(z, s):
+    return z @ torch.tensor([[0.9, 0.1], [-0.2, 0.7]], dtype=D64).T * s[:, None]
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.03])                  # 0.03: z_aux moves the warp
+def test_auxiliary_elbo_reduces_to_learned_elbo(weight):
+    # a z_aux-independent schedule (W = 0) and a point-mass draw (eps_aux = 0, z_aux = m(x)):
+    # every diffusion-bound term is the plain process's (NFDM / VDM ELBO), to 1e-8
+    proc = _aux_process(weight)
+    g = torch.Generator().manual_seed(0)
+    x, eps = _data(16, 1), torch.randn(16, 2, generator=g, dtype=D64)
+    t = 1e-3 + 0.998 * torch.rand(16, generator=g, dtype=D64)
+    got = auxiliary_elbo_terms(proc, lambda z, s, za: _eps_net(z, s), x, t, eps,
+                               torch.zeros(16, 3, dtype=D64))
+    plain = LearnedProcess(PerDimSchedule(2, learn=False), ResidualTransform(_Linear())).double()
+    ref = elbo_terms(plain, _eps_net, x, t, eps)
+    rel = max(float(((got[k] - ref[k]).abs() / ref[k].abs()).max().detach()) for k in ref)
+    assert set(got) == {"diffusion", "prior", "reconstruction", "latent"}
+    assert (rel < 1e-8) if weight == 0.0 else (rel > 0.05)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.85])                   # 0.85: a 15%-off posterior std
+def test_auxiliary_kl_closed_form(scale):
+    # KL(q(z_aux | x) || N(0, I)) against torch.distributions' closed form
+    proc = _aux_process()
+    x = _data(32, 3)
+    got = auxiliary_elbo_terms(proc, lambda z, s, za: z, x, torch.full((32,), 0.5, dtype=D64),
+                               torch.zeros_like(x), torch.zeros(32, 3, dtype=D64))["latent"]
+    m, r = proc.encoder(x)
+    normal = torch.distributions.Normal
+    want = torch.distributions.kl_divergence(normal(m, scale * r.exp()),
+                                             normal(torch.zeros_like(m), 1.0)).sum(-1)
+    ok = torch.allclose(got, want, rtol=1e-10) and torch.allclose(proc.encoder.kl(x), want)
+    assert ok if scale == 1.0 else not ok
+
+
+class _IgnoresContext(PolynomialSchedule):
+    """A schedule that drops z_aux: the bias coefficients for every context."""
+
+    def coefficients(self, c):
+        return self.bias.expand(len(c), self.dim, 3)
+
+
+@pytest.mark.parametrize("cls", [PolynomialSchedule, _IgnoresContext])
+def test_auxiliary_schedule_adapts_to_z(cls):
+    # the bound uses the schedule at the drawn z_aux = m(x) + exp(r(x)) eps_aux: equal to the
+    # process given that z_aux, and different draws of z_aux give different bounds
+    proc = _aux_process(0.5, cls)
+    x, t = _data(8, 4), torch.linspace(0.1, 0.9, 8, dtype=D64)
+    eps = torch.randn(8, 2, generator=torch.Generator().manual_seed(9), dtype=D64)
+    eps_aux = torch.randn(8, 3, generator=torch.Generator().manual_seed(10), dtype=D64)
+    got = [auxiliary_elbo_terms(proc, lambda z, s, za: _eps_net(z, s), x, t, eps, e)["diffusion"]
+           for e in (torch.zeros_like(eps_aux), eps_aux)]
+    m, r = proc.encoder(x)
+    ref = elbo_terms(proc.given(m + r.exp() * eps_aux), _eps_net, x, t, eps)["diffusion"]
+    assert torch.allclose(got[1], ref, rtol=1e-12)
+    moved = float(((got[1] - got[0]).abs() / got[0]).max().detach())
+    assert (moved > 0.05) if cls is PolynomialSchedule else (moved < 1e-12)
+
+
+@pytest.mark.parametrize("told", ["same", "15% off", "prior mean"])
+def test_sample_auxiliary_recovers_gaussian_data(told):
+    # z_aux ~ N(0, I); the exact E[x | z_t] of N(M, S) data under the process given z_aux, fed
+    # the same z_aux, regenerates the data law; a 15%-off posterior, or the right posterior fed
+    # another z_aux (zeros) than the process's, does not
+    proc = _aux_process(0.5)
+    noise = torch.randn(1000, 2, generator=torch.Generator().manual_seed(4), dtype=D64)
+
+    def den(z, s, za):
+        cov = 0.85 * S if told == "15% off" else S
+        return _posterior_mean(proc.given(0 * za if told == "prior mean" else za), cov)(z, s)
+
+    x = sample_auxiliary(proc, den, noise, 30, sde=False, prediction="x",
+                         generator=torch.Generator().manual_seed(5))
+    err = max(float((torch.cov(x.T) - S).abs().max()), float((x.mean(0) - M).abs().max()))
+    assert (err < 0.04) if told == "same" else (err > 0.05)
+
+
+def test_auxiliary_training_and_bad_input():
+    from reverie.nets import MLP
+    from reverie.train.learned import LearnedDiffusion, negative_elbo, train_learned
+
+    torch.manual_seed(0)
+    proc = AuxiliaryLatentProcess(GaussianEncoder(2, 2, hidden=16), PolynomialSchedule(2, 2))
+    model = LearnedDiffusion(LatentConditioned(MLP(dim=4, hidden=16, depth=1), 2), proc)
+    res = train_learned(model, torch.randn(64, 2), steps=5, batch_size=16, warmup=1)
+    assert res.net.process.schedule.linear.weight.abs().sum() > 0   # d bound / d W != 0
+    x = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="eps_aux"):
+        negative_elbo(model, x, torch.full((3,), 0.5), x)
+    with pytest.raises(ValueError, match="latent_dim"):
+        AuxiliaryLatentProcess(GaussianEncoder(2, 3), PolynomialSchedule(2, 2))
+    with pytest.raises(ValueError, match="encoder net"):
+        GaussianEncoder(2, 3, net=torch.nn.Linear(2, 5))(x)

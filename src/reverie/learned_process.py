@@ -13,7 +13,11 @@ One family covers four papers' forward processes:
 * MuLAN (Sahoo et al. 2024): a per-dimension learned noise schedule (:class:`PerDimSchedule`,
   a learned monotone time warp per dimension of a base VP schedule; MuLAN's schedules are
   also conditioned on the input, which this one is not) and :class:`PolynomialSchedule`, MuLAN's
-  context-conditioned polynomial schedule (Sec. 3) given a context vector ``c`` per point.
+  context-conditioned polynomial schedule (Sec. 3) given a context vector ``c`` per point;
+  :class:`AuxiliaryLatentProcess` infers that context from the input, MuLAN's auxiliary latent
+  ``z_aux ~ q(z_aux | x)`` (:class:`GaussianEncoder`, prior ``N(0, I)``), with the ELBO
+  :func:`auxiliary_elbo_terms` (the diffusion bound given ``z_aux`` plus ``KL(q || p)``) and the
+  sampler :func:`sample_auxiliary` (``z_aux`` from the prior, then the reverse process).
 
 The conditional ODE of the process is ``f(z, t, x) = d mu/dt + (d sigma/dt / sigma)(z - mu)``
 (NFDM eq. 6, the time derivatives by forward-mode autograd, :func:`torch.func.jvp`); with the
@@ -40,8 +44,9 @@ from torch import Tensor, nn
 
 from reverie.process import GaussianProcess, VPLinear
 
-__all__ = ["LearnedProcess", "PerDimSchedule", "PolynomialSchedule", "ResidualTransform",
-           "elbo_terms", "sample_learned"]
+__all__ = ["AuxiliaryLatentProcess", "GaussianEncoder", "LatentConditioned", "LearnedProcess",
+           "PerDimSchedule", "PolynomialSchedule", "ResidualTransform", "auxiliary_elbo_terms",
+           "elbo_terms", "sample_auxiliary", "sample_learned"]
 
 
 class PerDimSchedule(nn.Module):
@@ -218,3 +223,98 @@ def sample_learned(proc: LearnedProcess, denoiser: Callable[[Tensor, Tensor], Te
         z = z.detach()
     with torch.no_grad():
         return x_hat(z, ts[-1].repeat(len(z)))
+
+
+class GaussianEncoder(nn.Module):
+    """MuLAN's encoder ``q(z_aux | x) = N(m(x), diag exp(2 r(x)))`` over ``latent_dim``
+    auxiliary dimensions; ``net: [B, D] -> [B, 2 latent_dim]`` gives ``(m, r)`` (default: a
+    one-hidden-layer SiLU MLP). The prior is ``p(z_aux) = N(0, I)``."""
+
+    def __init__(self, dim: int, latent_dim: int, hidden: int = 64, net: nn.Module | None = None):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.net = net or nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(),
+                                        nn.Linear(hidden, 2 * latent_dim))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mean, log_std)``, both ``[B, latent_dim]``."""
+        out = self.net(x)
+        if out.ndim != 2 or out.shape[1] != 2 * self.latent_dim:
+            raise ValueError(f"encoder net must return [B, {2 * self.latent_dim}], got "
+                             f"{list(out.shape)}")
+        return out.chunk(2, dim=-1)
+
+    def kl(self, x: Tensor) -> Tensor:
+        """``KL(q(z_aux | x) || N(0, I)) [B]`` in closed form (nats)."""
+        return _kl_standard_normal(*self(x))
+
+
+def _kl_standard_normal(m: Tensor, log_std: Tensor) -> Tensor:
+    """``KL(N(m, diag exp(2 log_std)) || N(0, I)) [B]``."""
+    return 0.5 * (m**2 + (2 * log_std).exp() - 1 - 2 * log_std).sum(-1)
+
+
+class LatentConditioned(nn.Module):
+    """A denoiser that also sees ``z_aux`` (MuLAN's ``x_theta(z_t, z_aux, t)``):
+    ``net(concat(z_t, z_aux), t)[:, :D]`` for a ``(x, t)`` network of input width
+    ``D + latent_dim`` (e.g. :class:`reverie.nets.MLP`)."""
+
+    def __init__(self, net: nn.Module, dim: int):
+        super().__init__()
+        self.net, self.dim = net, dim
+
+    def forward(self, z: Tensor, t: Tensor, z_aux: Tensor) -> Tensor:
+        return self.net(torch.cat([z, z_aux.to(z.dtype)], dim=-1), t)[:, :self.dim]
+
+
+class AuxiliaryLatentProcess(nn.Module):
+    """MuLAN's adaptive forward process (Sahoo et al. 2024, Sec. 3): an auxiliary latent
+    ``z_aux ~ q(z_aux | x)`` (``encoder``, a :class:`GaussianEncoder`) is the context of the
+    ``schedule`` (a :class:`PolynomialSchedule` with ``context_dim = latent_dim``), so the noise
+    schedule adapts to each input; given ``z_aux`` the forward process is
+    ``LearnedProcess(schedule.given(z_aux), transform, t_min)`` (:meth:`given`)."""
+
+    def __init__(self, encoder: GaussianEncoder, schedule: PolynomialSchedule,
+                 transform: nn.Module | None = None, t_min: float = 1e-3):
+        super().__init__()
+        if schedule.linear.in_features != encoder.latent_dim:
+            raise ValueError(f"schedule context_dim must equal the encoder's latent_dim "
+                             f"{encoder.latent_dim}, got {schedule.linear.in_features}")
+        if not 0 < t_min < 1:
+            raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
+        self.encoder, self.schedule, self.transform = encoder, schedule, transform
+        self.t_min = float(t_min)
+
+    def given(self, z_aux: Tensor) -> LearnedProcess:
+        """The forward process given the auxiliary latents ``z_aux [B, latent_dim]``."""
+        return LearnedProcess(self.schedule.given(z_aux), self.transform, self.t_min)
+
+
+def auxiliary_elbo_terms(proc: AuxiliaryLatentProcess,
+                         denoiser: Callable[[Tensor, Tensor, Tensor], Tensor], x: Tensor,
+                         t: Tensor, eps: Tensor, eps_aux: Tensor,
+                         prediction: str = "eps") -> dict[str, Tensor]:
+    """Per-point terms of MuLAN's auxiliary-variable negative ELBO (Sahoo et al. 2024, Sec. 3):
+    ``-log p(x) <= E_{q(z_aux|x)} [-ELBO(x | z_aux)] + KL(q(z_aux | x) || N(0, I))``.
+    One reparametrised draw ``z_aux = m(x) + exp(r(x)) eps_aux`` (``eps_aux [B, latent_dim]``;
+    zeros: the encoder's mean, a point mass), then :func:`elbo_terms` of the process given
+    ``z_aux`` with the denoiser ``denoiser(z_t, t, z_aux)``; ``latent`` is the closed-form KL."""
+    m, r = proc.encoder(x)
+    z_aux = m + r.exp() * eps_aux                          # z_aux ~ q(z_aux | x)
+    terms = elbo_terms(proc.given(z_aux), lambda z, s: denoiser(z, s, z_aux), x, t, eps,
+                       prediction)
+    terms["latent"] = _kl_standard_normal(m, r)            # KL(q(z_aux | x) || p(z_aux))
+    return terms
+
+
+def sample_auxiliary(proc: AuxiliaryLatentProcess,
+                     denoiser: Callable[[Tensor, Tensor, Tensor], Tensor], noise: Tensor,
+                     steps: int, *, z_aux: Tensor | None = None, sde: bool = True,
+                     prediction: str = "eps", generator: torch.Generator | None = None) -> Tensor:
+    """MuLAN's sampler: ``z_aux ~ p(z_aux) = N(0, I)`` (or the given ``z_aux``), then
+    :func:`sample_learned` with the process and the denoiser given ``z_aux``."""
+    if z_aux is None:
+        z_aux = torch.randn(len(noise), proc.encoder.latent_dim, generator=generator,
+                            dtype=noise.dtype)
+    return sample_learned(proc.given(z_aux), lambda z, s: denoiser(z, s, z_aux), noise, steps,
+                          sde=sde, prediction=prediction, generator=generator)

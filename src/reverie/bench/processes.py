@@ -31,6 +31,14 @@ Sections:
   learned transform ``F(x, t) = x + t net(x, t)`` and a learned per-dimension schedule, both
   trained jointly with the same network for the same steps; sliced W2 of 100-step reverse-SDE
   samples.
+* ``mulan`` -- MuLAN (Sahoo et al. 2024) in miniature: the auxiliary latent ``z_aux ~ q(z_aux |
+  x)`` (a Gaussian encoder, prior ``N(0, I)``, 2 dimensions) conditions the polynomial
+  per-dimension schedule and the network, trained on the auxiliary-variable ELBO (diffusion
+  bound given ``z_aux`` plus ``KL(q || p)``); its negative ELBO beside the VP process and the
+  (input-independent) learned per-dimension schedule, all ``F = identity``, trained by the same
+  ELBO for the same steps, and an ablation whose schedule ignores ``z_aux`` (the polynomial's
+  context weights frozen at 0); the -ELBO difference to VP paired over held-out points; sliced
+  W2 of 100-step reverse-SDE samples (``z_aux`` from the prior).
 * ``multivariate`` -- linear multivariate diffusions (:mod:`reverie.multivariate`), all trained
   by the same KL-form ELBO with the same network and steps: the VP special case (``n = 1``),
   CLD (one auxiliary velocity), MDM's learned auxiliary-variable diffusion (Singhal et al. 2023,
@@ -67,7 +75,7 @@ import torch
 from reverie.bench.common import format_table, machine
 
 SECTIONS = ("vp", "truncated", "interpolant", "etsdm", "bridge", "mixture", "learned",
-            "multivariate", "flexible", "modulated", "nested", "exemplar")
+            "mulan", "multivariate", "flexible", "modulated", "nested", "exemplar")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -310,6 +318,20 @@ def _mixture(args, data, test, cache) -> list[dict[str, Any]]:
     return rows
 
 
+def _negative_elbo(model, test: torch.Tensor, latent_dim: int = 0) -> torch.Tensor:
+    """Per-point -ELBO of ``test``, mean of 16 draws of ``(t, eps[, eps_aux])``."""
+    from reverie.train.learned import negative_elbo
+
+    g = torch.Generator().manual_seed(5)
+    x, draws = test.float(), []
+    for _ in range(16):
+        t = 1e-3 + (1 - 1e-3) * torch.rand(len(x), generator=g)
+        eps = torch.randn(x.shape, generator=g)
+        eps_aux = torch.randn(len(x), latent_dim, generator=g) if latent_dim else None
+        draws.append(negative_elbo(model, x, t, eps, eps_aux).detach())
+    return torch.stack(draws).mean(0)
+
+
 def _learned(args, data, test, cache) -> list[dict[str, Any]]:
     from reverie.learned_process import (
         LearnedProcess,
@@ -318,7 +340,7 @@ def _learned(args, data, test, cache) -> list[dict[str, Any]]:
         sample_learned,
     )
     from reverie.nets import MLP
-    from reverie.train.learned import LearnedDiffusion, negative_elbo, train_learned
+    from reverie.train.learned import LearnedDiffusion, train_learned
 
     rows = []
     for name, learn in (("VP (F = identity, fixed schedule), ELBO-trained", False),
@@ -328,17 +350,67 @@ def _learned(args, data, test, cache) -> list[dict[str, Any]]:
         proc = LearnedProcess(PerDimSchedule(2, learn=learn), transform)
         res = train_learned(LearnedDiffusion(_net(args), proc), data, steps=args.steps,
                             batch_size=args.batch_size, seed=args.seed)
-        g = torch.Generator().manual_seed(5)
-        x = test.float()
-        nelbo = torch.stack([negative_elbo(res.ema, x, 1e-3 + (1 - 1e-3) * torch.rand(
-            len(x), generator=g), torch.randn(x.shape, generator=g)).detach()
-            for _ in range(16)]).mean(0)
+        nelbo = _negative_elbo(res.ema, test)
         noise = torch.randn(args.n_samples, 2, generator=torch.Generator().manual_seed(21))
         out = sample_learned(res.ema.process, res.ema.net, noise, 100,
                              generator=torch.Generator().manual_seed(22))
         row = _nll_row(name, -nelbo, res.seconds, {"sw_sde_100": _sw(out, cache)})
         row["schedule_warp_exponents"] = torch.exp(res.ema.process.schedule.a).tolist()
         rows.append(row)
+    return rows
+
+
+def _mulan(args, data, test, cache) -> list[dict[str, Any]]:
+    from reverie.learned_process import (
+        AuxiliaryLatentProcess,
+        GaussianEncoder,
+        LatentConditioned,
+        LearnedProcess,
+        PerDimSchedule,
+        PolynomialSchedule,
+        sample_auxiliary,
+        sample_learned,
+    )
+    from reverie.nets import MLP
+    from reverie.train.learned import LearnedDiffusion, train_learned
+
+    m, rows, vp = 2, [], None
+    noise = torch.randn(args.n_samples, 2, generator=torch.Generator().manual_seed(21))
+    for name in ("VP (fixed schedule), ELBO-trained", "per-dimension schedule (learned warp)",
+                 "MuLAN: z_aux-conditioned polynomial schedule",
+                 "ablation: polynomial schedule, z_aux not used by it (W = 0 frozen)"):
+        aux = not name.startswith(("VP", "per"))
+        torch.manual_seed(args.seed + 1)
+        if aux:
+            proc = AuxiliaryLatentProcess(GaussianEncoder(2, m), PolynomialSchedule(2, m))
+            proc.schedule.linear.weight.requires_grad_(name.startswith("MuLAN"))
+            torch.manual_seed(args.seed)
+            net = LatentConditioned(MLP(dim=2 + m, hidden=args.hidden, depth=3), 2)
+        else:
+            proc = LearnedProcess(PerDimSchedule(2, learn=name.startswith("per")))
+            net = _net(args)
+        res = train_learned(LearnedDiffusion(net, proc), data, steps=args.steps,
+                            batch_size=args.batch_size, seed=args.seed)
+        p = res.ema.process
+        nelbo = _negative_elbo(res.ema, test, m if aux else 0)
+        vp = nelbo if vp is None else vp
+        diff = nelbo - vp                                      # paired, per held-out point
+        extra = {"diff_vs_vp": float(diff.mean()),
+                 "diff_vs_vp_se": float(diff.std() / math.sqrt(len(diff)))}
+        g = torch.Generator().manual_seed(22)
+        if aux:
+            out = sample_auxiliary(p, res.ema.net, noise, 100, generator=g)
+            with torch.no_grad():
+                mean, log_std = p.encoder(test.float())
+                z = torch.randn(512, m, generator=torch.Generator().manual_seed(23))
+                warp = p.schedule.warp(torch.full((512,), 0.5), z)   # s(0.5, z_aux), z ~ p
+            extra |= {"kl_latent": float(p.encoder.kl(test.float()).mean()),
+                      "encoder_std": float(log_std.exp().mean()),
+                      "warp_half_spread": warp.std(0).tolist()}
+        else:
+            out = sample_learned(p, res.ema.net, noise, 100, generator=g)
+            extra["schedule_warp_exponents"] = torch.exp(p.schedule.a).tolist()
+        rows.append(_nll_row(name, -nelbo, res.seconds, {"sw_sde_100": _sw(out, cache), **extra}))
     return rows
 
 
@@ -615,6 +687,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "train s"],
                            [[r["model"], r["nll"], r["nll_se"], r["bits_per_dim"],
                              r["sw_sde_100"], r["train_seconds"]] for r in rows]))
+    if "mulan" in sections:
+        out["mulan"] = rows = _mulan(args, data, test, cache)
+        print("\nMuLAN (auxiliary latent, adaptive schedule) vs the per-dimension schedule and VP, "
+              "all trained by the ELBO: negative ELBO of held-out points (16 draws of t, eps, "
+              "z_aux per point)")
+        print(format_table(["model", "-ELBO", "+- s.e.", "bits/dim", "minus VP (paired)",
+                            "+- s.e.", "SW / floor SDE 100", "KL(q(z_aux|x) || p)", "train s"],
+                           [[r["model"], r["nll"], r["nll_se"], r["bits_per_dim"],
+                             r["diff_vs_vp"], r["diff_vs_vp_se"], r["sw_sde_100"],
+                             r.get("kl_latent", "-"), r["train_seconds"]] for r in rows]))
     if "multivariate" in sections:
         rows = _multivariate(args, data, test, cache)
         out["multivariate"] = rows
