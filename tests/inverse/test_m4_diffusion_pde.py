@@ -96,3 +96,23 @@ def test_heun_sampler_is_at_least_as_close_as_ddpm_at_equal_nfe():
     assert r_bad > 2 * r_heun and e_bad > 2 * e_heun, (r_bad, e_bad)
     with pytest.raises(ValueError, match="sampler must be"):
         diffusion_pde(den, op, y, sy, _pde(1.0), steps=2, sampler="euler")
+
+
+def test_darcy_solve_is_exact_and_the_residual_rejects_a_wrong_coefficient():
+    """The trained example's physics (reverie.bench.pde): for constant ``a`` the scheme is exact
+    on ``u = x (1 - x) / (2 a)``; the residual of GP draws is zero and is not for a coefficient
+    15% off; the classical forward baseline solves the PDE."""
+    from reverie.bench import pde
+
+    s = torch.arange(1, pde.M + 1, dtype=F64) * pde.H
+    u = pde.darcy_solve(torch.full((1, pde.M), 0.3, dtype=F64))
+    assert torch.allclose(u[0], s * (1 - s) / (2 * torch.exp(torch.tensor(0.3, dtype=F64))))
+    x = pde.sample_pairs(4, torch.Generator().manual_seed(0))
+    assert float(pde.field_residual(x).abs().max()) < 1e-10
+    log_a, u = pde.split(x)
+    bad = pde.darcy_residual(log_a + torch.log(torch.tensor(1.15)), u)  # sibling: a 15% off
+    assert float(bad.abs().mean()) > 0.1
+    truth, idx = pde._problem("forward", 3, 0)
+    est = pde._baseline("forward", truth, idx)
+    assert float(pde.field_residual(est).abs().max()) < 1e-10
+    assert torch.allclose(est[0, idx], truth[idx])  # the observed log a kept
