@@ -1,6 +1,6 @@
 """Train the tiny joint (coefficient, solution) prior of ``reverie bench pde`` (DiffusionPDE).
 
-    python scripts/train_tiny_pde.py [--out /tmp/reverie-darcy1d] [--steps 3000] [--threads 1]
+    python scripts/train_tiny_pde.py [--out /tmp/reverie-darcy1d] [--steps 12000] [--threads 1]
 
 Data: 20000 pairs ``(log a, u)`` of the 1-D Darcy equation ``-(a u')' = 1`` (32 interior nodes,
 ``log a`` a Gaussian process, ``u`` the exact finite-difference solve; see
@@ -23,7 +23,7 @@ from reverie.hub import save_native
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="/tmp/reverie-darcy1d")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=12000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
