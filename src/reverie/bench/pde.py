@@ -140,9 +140,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=str, default=None,
                         help="folder saved by scripts/train_tiny_pde.py (default: train here)")
     parser.add_argument("--train-steps", type=int, default=12000)
-    parser.add_argument("--problems", type=int, default=24,
+    parser.add_argument("--problems", type=int, default=26,
                         help="problems per task; the first --select choose the scales")
-    parser.add_argument("--select", type=int, default=4)
+    parser.add_argument("--select", type=int, default=6)
     parser.add_argument("--observed", type=int, default=3, help="observed nodes of the 32")
     parser.add_argument("--samples", type=int, default=4, help="samples per problem")
     parser.add_argument("--steps", type=int, default=50, help="Heun steps (DDPM: twice)")
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         probs = [_problem(task, args.observed, args.seed + p) for p in range(args.problems)]
         for name, (sampler, steps, grid) in methods.items():
 
-            def score(pair, ps, sampler=sampler, steps=steps):
+            def score(pair, ps, sampler=sampler, steps=steps, task=task):
                 runs = [_scores(task, _guided(den, task, x, idx, sampler, steps, *pair,
                                               args.samples, args.seed + p), x)
                         for p, (x, idx) in ps]
