@@ -96,6 +96,23 @@ def test_heun_sampler_is_at_least_as_close_as_ddpm_at_equal_nfe():
     assert r_bad > 2 * r_heun and e_bad > 2 * e_heun, (r_bad, e_bad)
     with pytest.raises(ValueError, match="sampler must be"):
         diffusion_pde(den, op, y, sy, _pde(1.0), steps=2, sampler="euler")
+    with pytest.raises(ValueError, match="pde_start must be"):
+        diffusion_pde(den, op, y, sy, _pde(1.0), steps=2, pde_start=1.5)
+
+
+def test_pde_start_switches_the_pde_loss_on_late_and_scales_the_observation_loss():
+    """``pde_start=1`` never applies the PDE loss (= ``pde_scale=0``); ``late_scale`` scales the
+    observation loss from ``pde_start`` on (``late_scale=0.5`` = ``scale`` halved)."""
+    den, op, y, sy, mean, g = _case()
+
+    def run(**kw):
+        opts = {"scale": 0.6, "pde_scale": 0.2, **kw}
+        return diffusion_pde(den, op, y, sy, _pde(1.0), steps=8, n=3, sampler="heun",
+                             generator=torch.Generator().manual_seed(0), **opts)
+
+    assert torch.equal(run(pde_start=1.0), run(pde_scale=0.0))
+    assert torch.equal(run(late_scale=0.5), run(scale=0.3))
+    assert not torch.equal(run(pde_start=0.5), run())
 
 
 def test_darcy_solve_is_exact_and_the_residual_rejects_a_wrong_coefficient():
