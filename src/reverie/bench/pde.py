@@ -157,6 +157,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from reverie.bench.common import format_table
     from reverie.denoisers import Denoiser
+    from reverie.samplers import NonFiniteError
 
     torch.set_num_threads(max(1, args.threads))
     t0 = time.perf_counter()
@@ -196,9 +197,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, (sampler, steps, grid, kw) in methods.items():
 
             def score(pair, ps, sampler=sampler, steps=steps, task=task, kw=kw):
-                runs = [_scores(task, _guided(den, task, x, idx, sampler, steps, *pair,
-                                              args.samples, args.seed + p, **kw), x)
-                        for p, (x, idx) in ps]
+                try:
+                    runs = [_scores(task, _guided(den, task, x, idx, sampler, steps, *pair,
+                                                  args.samples, args.seed + p, **kw), x)
+                            for p, (x, idx) in ps]
+                except NonFiniteError:  # diverged at this scale: never selected
+                    return {"rel_l2": math.inf, "rel_l2_mean": math.inf, "pde_res": math.inf}
                 return {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
 
             sel = {pair: score(pair, list(enumerate(probs))[:args.select])["rel_l2"]
