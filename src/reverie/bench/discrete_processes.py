@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from reverie.bench._discrete_trained import PARTS as TRAINED
+from reverie.bench._discrete_trained import _floor, _tv
 from reverie.bench.common import format_table, machine
 
 STEPS = (2, 4, 8, 16, 32)
@@ -41,22 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Adam steps of the trained_* parts")
     parser.add_argument("--batch", type=int, default=256, help="batch of the trained_* parts")
     parser.add_argument("--lr", type=float, default=2e-3, help="Adam rate of the trained_* parts")
-
-
-def _tv(x: torch.Tensor, p: torch.Tensor, v: int) -> float:
-    powers = v ** torch.arange(x.shape[1] - 1, -1, -1)
-    emp = torch.bincount((x * powers).sum(-1), minlength=p.numel()).double() / x.shape[0]
-    return 0.5 * float((emp - p).abs().sum())
-
-
-def _floor(p: torch.Tensor, n: int, seed: int) -> float:
-    g = torch.Generator().manual_seed(seed + 999)
-    tvs = []
-    for _ in range(5):
-        idx = torch.multinomial(p, n, replacement=True, generator=g)
-        emp = torch.bincount(idx, minlength=p.numel()).double() / n
-        tvs.append(0.5 * float((emp - p).abs().sum()))
-    return sum(tvs) / len(tvs)
 
 
 def _rates(args) -> dict[str, Any]:

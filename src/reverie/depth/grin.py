@@ -125,21 +125,34 @@ def train_grin(process: GaussianProcess, *, steps: int = 1500, batch: int = 32, 
     enc = LogDepth() if encoding is None else encoding
     net = GRINNet() if net is None else net
     data = enc.encode(render_scenes(scenes, size, seed)).float()
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     lam_hi, lam_lo = float(process.log_snr(process.t_min)), float(process.log_snr(process.t_max))
-    start, losses = time.time(), []
-    for _ in range(steps):
+
+    def draw(gen: torch.Generator) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         x0 = data[torch.randint(len(data), (batch,), generator=gen)].double()
         k = int(torch.randint(points[0], points[1] + 1, (1,), generator=gen))
         idx = torch.stack([torch.randperm(size * size, generator=gen)[:k] for _ in range(batch)])
         uv, vals = pixel_grid(size)[idx], torch.gather(x0.reshape(batch, -1), 1, idx)
         u = torch.rand(batch, generator=gen, dtype=torch.float64)
         t = process.t_from_log_snr(lam_hi + (lam_lo - lam_hi) * u)
+        return x0, t, {"points": uv.float(), "values": vals.float()}
+
+    return fit_v(net, process, draw, steps=steps, lr=lr, gen=gen)
+
+
+def fit_v(net: nn.Module, process: GaussianProcess, draw, *, steps: int, lr: float,
+          gen: torch.Generator) -> tuple[nn.Module, dict[str, Any]]:
+    """The ``v``-prediction training loop of the depth models: ``draw(gen)`` gives a batch
+    ``(x0, t, conditioning)``; the loss is ``|net(x_t, t, **conditioning) - v|^2`` (Adam, cosine
+    decay). Returns the network (eval mode) and a record (steps, seconds, the mean loss of the
+    last tenth, parameters)."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    start, losses = time.time(), []
+    for _ in range(steps):
+        x0, t, cond = draw(gen)
         eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
         v = bcast(process.alpha(t), x0) * eps - bcast(process.sigma(t), x0) * x0
-        pred = net(process.add_noise(x0, eps, t).float(), t.float(), points=uv.float(),
-                   values=vals.float())
+        pred = net(process.add_noise(x0, eps, t).float(), t.float(), **cond)
         loss = ((pred - v.float()) ** 2).mean()
         opt.zero_grad()
         loss.backward()
@@ -149,8 +162,8 @@ def train_grin(process: GaussianProcess, *, steps: int = 1500, batch: int = 32, 
     net.eval()
     tail = losses[-max(1, steps // 10):]
     return net, {"steps": steps, "seconds": time.time() - start,
-                 "final_loss": sum(tail) / len(tail), "parameters": sum(
-                     p.numel() for p in net.parameters())}
+                 "final_loss": sum(tail) / len(tail),
+                 "parameters": sum(p.numel() for p in net.parameters())}
 
 
 def predict_depth(denoiser: DenoiserBase, uv: Tensor, depth: Tensor, size: int, *,

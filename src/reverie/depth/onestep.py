@@ -35,9 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reverie._tensor import bcast
 from reverie.denoisers import Denoiser, DenoiserBase
-from reverie.depth.grin import LogDepth
+from reverie.depth.grin import LogDepth, fit_v
 from reverie.depth.scenes import pixel_grid, render_photos
 from reverie.grids import make_grid
 from reverie.process import GaussianProcess
@@ -116,27 +115,13 @@ def train_conditional(process: GaussianProcess, *, steps: int = 2000, batch: int
     gen = torch.Generator().manual_seed(seed)
     net = ConcatNet() if net is None else net
     images, data = _pairs(data, scenes, size, seed)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    start, losses = time.time(), []
-    for _ in range(steps):
+
+    def draw(gen: torch.Generator) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         idx = torch.randint(len(data), (batch,), generator=gen)
-        x0 = data[idx].double()
         t = torch.randint(0, int(process.t_max) + 1, (batch,), generator=gen).double()
-        eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
-        v = bcast(process.alpha(t), x0) * eps - bcast(process.sigma(t), x0) * x0
-        pred = net(process.add_noise(x0, eps, t).float(), t.float(), image=images[idx])
-        loss = ((pred - v.float()) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-    net.eval()
-    tail = losses[-max(1, steps // 10):]
-    return net, {"steps": steps, "seconds": time.time() - start,
-                 "final_loss": sum(tail) / len(tail),
-                 "parameters": sum(p.numel() for p in net.parameters())}
+        return data[idx].double(), t, {"image": images[idx]}
+
+    return fit_v(net, process, draw, steps=steps, lr=lr, gen=gen)
 
 
 def fixed_pipeline(denoiser: DenoiserBase, noise: Tensor, steps: int = 1,
