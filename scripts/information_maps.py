@@ -6,7 +6,7 @@ For held-out digits ``x`` with their labels ``y`` it draws ``x`` and the map
 unconditional (null class) denoising errors (:func:`reverie.likelihood.pixel_information`);
 each map sums to the digit's pointwise information, written above it.
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 python scripts/information_maps.py --out docs/information-digits.png
+    PYTHONPATH=src OMP_NUM_THREADS=1 python scripts/information_maps.py
 """
 
 from __future__ import annotations
