@@ -7,7 +7,8 @@
   ``log q_t(x_t)`` along a reverse-SDE sample without any divergence; :func:`ito_increment`
   is its one-step update.
 * :func:`pointwise_information` -- ``log p(x | y) - log p(x)`` from denoising errors (the
-  pointwise I-MMSE relation, Kong et al. 2024); :func:`mutual_information`, :func:`mmse_gap`
+  pointwise I-MMSE relation, Kong et al. 2024); :func:`pixel_information` (its per-pixel
+  decomposition), :func:`mutual_information`, :func:`mmse_gap`
   (:mod:`.information`).
 * :func:`clid_score` -- CLiD membership inference by the conditional likelihood discrepancy
   (Zhai et al. 2024); :func:`roc_auc` (:mod:`.membership`).
@@ -25,6 +26,7 @@ from reverie.likelihood.information import (
     MmseGap,
     mmse_gap,
     mutual_information,
+    pixel_information,
     pointwise_information,
 )
 from reverie.likelihood.ito import ItoTrace, ito_increment, ito_log_density
@@ -47,6 +49,7 @@ __all__ = [
     "log_likelihood",
     "mmse_gap",
     "mutual_information",
+    "pixel_information",
     "pointwise_information",
     "roc_auc",
     "solve_ode",
