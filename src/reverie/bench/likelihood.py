@@ -275,7 +275,7 @@ def _clid(args: argparse.Namespace) -> list[dict[str, Any]] | str:
         from reverie.hub import load
     except ImportError as err:
         return f"skipped: {err}"
-    from reverie.likelihood import mmse_gap
+    from reverie.likelihood import mmse_gap, roc_auc
 
     model = load("digits")  # trained on load_digits("train"); "test" is held out
     x_in, y_in = load_digits("train")
@@ -284,6 +284,7 @@ def _clid(args: argparse.Namespace) -> list[dict[str, Any]] | str:
     pick = torch.randperm(len(x_in), generator=torch.Generator().manual_seed(args.seed))[:n]
     opts = {"points": args.clid_points, "noise": args.clid_noise}
     scores: dict[str, list[torch.Tensor]] = {}
+    levels: dict[str, list[torch.Tensor]] = {}
     t0 = time.perf_counter()
     for part, (x, y) in (("in", (x_in[pick], y_in[pick])), ("out", (x_out[:n], y_out[:n]))):
         g = torch.Generator().manual_seed(args.seed + (1 if part == "in" else 2))
@@ -300,11 +301,23 @@ def _clid(args: argparse.Namespace) -> list[dict[str, Any]] | str:
             }
             for name, v in row.items():
                 scores.setdefault(f"{name}|{part}", []).append(v)
+            levels.setdefault(part, []).append(-gap.cond_error)  # [L, B]
     sec = time.perf_counter() - t0
+    pairs = {name: (torch.cat(scores[f"{name}|in"]), torch.cat(scores[f"{name}|out"]))
+             for name in dict.fromkeys(k.split("|")[0] for k in scores)}
+    # context, not an attack one could run blind: the loss at its best single log-SNR level,
+    # the level picked on these same scores (optimistic)
+    l_in, l_out = torch.cat(levels["in"], 1), torch.cat(levels["out"], 1)
+    best = max(range(len(l_in)), key=lambda i: roc_auc(l_in[i], l_out[i]))
+    lam = float(gap.log_snr[best])
+    pairs[f"loss attack at the best log-SNR ({lam:.1f}; picked on this data)"] = (
+        l_in[best], l_out[best])
+    # null control: the CLiD score on held-out digits split in two halves (AUC ~ 0.5)
+    d_out = pairs["CLiD D(x, c) (alpha = 1, default)"][1]
+    pairs["null control: CLiD D, held-out vs held-out"] = (d_out[: n // 2], d_out[n // 2:])
     rows = []
-    for name in dict.fromkeys(k.split("|")[0] for k in scores):
-        s_in, s_out = torch.cat(scores[f"{name}|in"]), torch.cat(scores[f"{name}|out"])
-        rows.append({"score": name, "n_members": n, "n_heldout": n, **opts,
+    for name, (s_in, s_out) in pairs.items():
+        rows.append({"score": name, "n_members": len(s_in), "n_heldout": len(s_out), **opts,
                      **_auc_stats(s_in, s_out, args.seed + 3),
                      "mean_in": float(s_in.mean()), "mean_out": float(s_out.mean()),
                      "seconds": sec})
@@ -371,9 +384,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   f"training vs {rows[0]['n_heldout']} held-out digits, {rows[0]['points']} "
                   f"log-SNR points x {rows[0]['noise']} noise draws (seconds: all scores)")
             print(format_table(
-                ["score", "ROC AUC", "95% CI (bootstrap)", "TPR @ 1% FPR", "mean (train)",
-                 "mean (held-out)", "seconds"],
-                [[r["score"], r["auc"], f"[{r['auc_lo']:.3f}, {r['auc_hi']:.3f}]",
-                  r["tpr_at_1pct_fpr"], r["mean_in"], r["mean_out"], r["seconds"]]
+                ["score", "members", "non-members", "ROC AUC", "95% CI (bootstrap)",
+                 "TPR @ 1% FPR", "mean (members)", "mean (non-members)", "seconds"],
+                [[r["score"], r["n_members"], r["n_heldout"], r["auc"],
+                  f"[{r['auc_lo']:.3f}, {r['auc_hi']:.3f}]", r["tpr_at_1pct_fpr"], r["mean_in"], r["mean_out"], r["seconds"]]
                  for r in rows]))
     return out
