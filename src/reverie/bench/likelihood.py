@@ -387,6 +387,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ["score", "members", "non-members", "ROC AUC", "95% CI (bootstrap)",
                  "TPR @ 1% FPR", "mean (members)", "mean (non-members)", "seconds"],
                 [[r["score"], r["n_members"], r["n_heldout"], r["auc"],
-                  f"[{r['auc_lo']:.3f}, {r['auc_hi']:.3f}]", r["tpr_at_1pct_fpr"], r["mean_in"], r["mean_out"], r["seconds"]]
+                  f"[{r['auc_lo']:.3f}, {r['auc_hi']:.3f}]", r["tpr_at_1pct_fpr"],
+                  r["mean_in"], r["mean_out"], r["seconds"]]
                  for r in rows]))
     return out
