@@ -281,12 +281,15 @@ def _clid(args: argparse.Namespace) -> list[dict[str, Any]] | str:
     x_in, y_in = load_digits("train")
     x_out, y_out = load_digits("test")
     n = min(args.clid_n, len(x_out))
-    pick = torch.randperm(len(x_in), generator=torch.Generator().manual_seed(args.seed))[:n]
+    g = torch.Generator().manual_seed(args.seed)  # random subsets (the order may follow writers)
+    pick = torch.randperm(len(x_in), generator=g)[:n]
+    pick_out = torch.randperm(len(x_out), generator=g)[:n]
     opts = {"points": args.clid_points, "noise": args.clid_noise}
     scores: dict[str, list[torch.Tensor]] = {}
     levels: dict[str, list[torch.Tensor]] = {}
     t0 = time.perf_counter()
-    for part, (x, y) in (("in", (x_in[pick], y_in[pick])), ("out", (x_out[:n], y_out[:n]))):
+    for part, (x, y) in (("in", (x_in[pick], y_in[pick])),
+                         ("out", (x_out[pick_out], y_out[pick_out]))):
         g = torch.Generator().manual_seed(args.seed + (1 if part == "in" else 2))
         for start in range(0, n, 100):
             xs, ys = x[start:start + 100].float(), y[start:start + 100]
@@ -312,7 +315,7 @@ def _clid(args: argparse.Namespace) -> list[dict[str, Any]] | str:
     lam = float(gap.log_snr[best])
     pairs[f"loss attack at the best log-SNR ({lam:.1f}; picked on this data)"] = (
         l_in[best], l_out[best])
-    # null control: the CLiD score on held-out digits split in two halves (AUC ~ 0.5)
+    # null control: the CLiD score on held-out digits split in two random halves (AUC ~ 0.5)
     d_out = pairs["CLiD D(x, c) (alpha = 1, default)"][1]
     pairs["null control: CLiD D, held-out vs held-out"] = (d_out[: n // 2], d_out[n // 2:])
     rows = []
