@@ -280,11 +280,13 @@ def _clid(args: argparse.Namespace) -> list[dict[str, Any]] | str:
     model = load("digits")  # trained on load_digits("train"); "test" is held out
     x_in, y_in = load_digits("train")
     x_out, y_out = load_digits("test")
-    n = min(args.clid_n, len(x_out))
+    quick = getattr(args, "quick", False)  # a smoke run: 64 + 64 digits, 8 points x 2 draws
+    n = min(args.clid_n, len(x_out), 64 if quick else len(x_out))
     g = torch.Generator().manual_seed(args.seed)  # random subsets (the order may follow writers)
     pick = torch.randperm(len(x_in), generator=g)[:n]
     pick_out = torch.randperm(len(x_out), generator=g)[:n]
-    opts = {"points": args.clid_points, "noise": args.clid_noise}
+    opts = {"points": min(args.clid_points, 8) if quick else args.clid_points,
+            "noise": min(args.clid_noise, 2) if quick else args.clid_noise}
     scores: dict[str, list[torch.Tensor]] = {}
     levels: dict[str, list[torch.Tensor]] = {}
     t0 = time.perf_counter()
