@@ -91,3 +91,24 @@ def test_clid_membership_on_an_overfitted_conditional_mixture():
     assert roc_auc(loss_only, clid_score(den, held, null, null, alpha=0.0, **opts)) < 0.9
     with pytest.raises(ValueError, match="alpha"):
         clid_score(den, members, {"class_labels": caps}, null, alpha=2.0)
+
+
+def test_clid_bench_part_on_the_digits_model():
+    """Smoke run of ``reverie bench likelihood --sections clid`` on 4 + 4 digits, and its TPR at
+    1% FPR on scores where the answer is known."""
+    import argparse
+
+    from reverie.bench.likelihood import _auc_stats, _clid
+
+    args = argparse.Namespace(clid_n=4, clid_points=2, clid_noise=1, seed=0)
+    rows = _clid(args)
+    assert [r["score"].split()[0] for r in rows] == ["CLiD", "loss", "unconditional", "loss",
+                                                      "null"]
+    assert [r["n_members"] for r in rows] == [4, 4, 4, 4, 2]
+    for r in rows:
+        assert 0.0 <= r["auc_lo"] <= r["auc"] <= r["auc_hi"] <= 1.0
+    # non-members 0..99, members shifted by 0.5: one false positive allowed (98 and 99 pass
+    # only 98.5 and 99.5); shifted by 1.5 three members pass
+    out = torch.arange(100.0)
+    assert _auc_stats(out + 0.5, out, 0, reps=20)["tpr_at_1pct_fpr"] == 0.02
+    assert _auc_stats(out + 1.5, out, 0, reps=20)["tpr_at_1pct_fpr"] == 0.03

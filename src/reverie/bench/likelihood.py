@@ -10,7 +10,10 @@ Sections:
 * ``compose`` -- superposition (OR vs the exact mixture, AND's density gap) and products with
   MCMC correctors (sliced Wasserstein to the exact product over the sampling floor);
 * ``digits`` -- bits/dim of the bundled digits model on held-out digits (needs
-  :mod:`reverie.hub`), next to a Gaussian fitted to the training digits.
+  :mod:`reverie.hub`), next to a Gaussian fitted to the training digits;
+* ``clid`` -- CLiD membership inference on the bundled digits model: its training digits
+  against held-out ones (ROC AUC with a bootstrap interval, TPR at 1% FPR), next to the
+  conditional and the unconditional denoising-loss attacks.
 """
 
 from __future__ import annotations
@@ -30,8 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=64, help="data points per mixture (pf_ode)")
     parser.add_argument("--digits-n", type=int, default=None,
                         help="held-out digits to score (default: all 359)")
-    parser.add_argument("--sections", default="pf_ode,ito,compose,digits",
-                        help="comma-separated subset of pf_ode,ito,compose,digits")
+    parser.add_argument("--clid-n", type=int, default=300,
+                        help="members and as many held-out digits for clid (at most 359)")
+    parser.add_argument("--clid-points", type=int, default=16, help="log-SNR points (clid)")
+    parser.add_argument("--clid-noise", type=int, default=8, help="noise draws per point (clid)")
+    parser.add_argument("--sections", default="pf_ode,ito,compose,digits,clid",
+                        help="comma-separated subset of pf_ode,ito,compose,digits,clid")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -243,9 +250,88 @@ def _digits(args: argparse.Namespace) -> list[dict[str, Any]] | str:
     return rows
 
 
+def _auc_stats(members: torch.Tensor, nonmembers: torch.Tensor, seed: int,
+               reps: int = 1000) -> dict[str, float]:
+    """ROC AUC, its 95% percentile-bootstrap interval (members and non-members resampled
+    separately) and the TPR at 1% FPR (threshold: the score above which at most 1% of the
+    non-members lie)."""
+    from reverie.likelihood import roc_auc
+
+    g = torch.Generator().manual_seed(seed)
+    m, n = len(members), len(nonmembers)
+    boot = torch.tensor([roc_auc(members[torch.randint(m, (m,), generator=g)],
+                                 nonmembers[torch.randint(n, (n,), generator=g)])
+                         for _ in range(reps)])
+    lo, hi = torch.quantile(boot.double(), torch.tensor([0.025, 0.975], dtype=torch.float64))
+    k = int(0.01 * n)  # false positives allowed at 1% FPR
+    thr = nonmembers.sort(descending=True).values[k]
+    return {"auc": roc_auc(members, nonmembers), "auc_lo": float(lo), "auc_hi": float(hi),
+            "tpr_at_1pct_fpr": float((members > thr).double().mean()), "fpr_cap": k / n}
+
+
+def _clid(args: argparse.Namespace) -> list[dict[str, Any]] | str:
+    try:
+        from reverie.data import load_digits
+        from reverie.hub import load
+    except ImportError as err:
+        return f"skipped: {err}"
+    from reverie.likelihood import mmse_gap, roc_auc
+
+    model = load("digits")  # trained on load_digits("train"); "test" is held out
+    x_in, y_in = load_digits("train")
+    x_out, y_out = load_digits("test")
+    quick = getattr(args, "quick", False)  # a smoke run: 64 + 64 digits, 8 points x 2 draws
+    n = min(args.clid_n, len(x_out), 64 if quick else len(x_out))
+    g = torch.Generator().manual_seed(args.seed)  # random subsets (the order may follow writers)
+    pick = torch.randperm(len(x_in), generator=g)[:n]
+    pick_out = torch.randperm(len(x_out), generator=g)[:n]
+    opts = {"points": min(args.clid_points, 8) if quick else args.clid_points,
+            "noise": min(args.clid_noise, 2) if quick else args.clid_noise}
+    scores: dict[str, list[torch.Tensor]] = {}
+    levels: dict[str, list[torch.Tensor]] = {}
+    t0 = time.perf_counter()
+    for part, (x, y) in (("in", (x_in[pick], y_in[pick])),
+                         ("out", (x_out[pick_out], y_out[pick_out]))):
+        g = torch.Generator().manual_seed(args.seed + (1 if part == "in" else 2))
+        for start in range(0, n, 100):
+            xs, ys = x[start:start + 100].float(), y[start:start + 100]
+            null = {"class_labels": torch.full_like(ys, model.num_classes)}
+            with torch.no_grad():
+                gap = mmse_gap(model.denoiser, xs, {"class_labels": ys}, null, generator=g, **opts)
+            row = {  # higher = more likely a member
+                # clid_score(alpha=1), the default: D(x, c) = log p(x | c) - log p(x)
+                "CLiD D(x, c) (alpha = 1, default)": gap.integrate(),
+                "loss attack -L(x, c)": -gap.cond_error.mean(0),  # clid_score(alpha=0)
+                "unconditional loss -L(x, null)": -(gap.gap + gap.cond_error).mean(0),
+            }
+            for name, v in row.items():
+                scores.setdefault(f"{name}|{part}", []).append(v)
+            levels.setdefault(part, []).append(-gap.cond_error)  # [L, B]
+    sec = time.perf_counter() - t0
+    pairs = {name: (torch.cat(scores[f"{name}|in"]), torch.cat(scores[f"{name}|out"]))
+             for name in dict.fromkeys(k.split("|")[0] for k in scores)}
+    # context, not an attack one could run blind: the loss at its best single log-SNR level,
+    # the level picked on these same scores (optimistic)
+    l_in, l_out = torch.cat(levels["in"], 1), torch.cat(levels["out"], 1)
+    best = max(range(len(l_in)), key=lambda i: roc_auc(l_in[i], l_out[i]))
+    lam = float(gap.log_snr[best])
+    pairs[f"loss attack at the best log-SNR ({lam:.1f}; picked on this data)"] = (
+        l_in[best], l_out[best])
+    # null control: the CLiD score on held-out digits split in two random halves (AUC ~ 0.5)
+    d_out = pairs["CLiD D(x, c) (alpha = 1, default)"][1]
+    pairs["null control: CLiD D, held-out vs held-out"] = (d_out[: n // 2], d_out[n // 2:])
+    rows = []
+    for name, (s_in, s_out) in pairs.items():
+        rows.append({"score": name, "n_members": len(s_in), "n_heldout": len(s_out), **opts,
+                     **_auc_stats(s_in, s_out, args.seed + 3),
+                     "mean_in": float(s_in.mean()), "mean_out": float(s_out.mean()),
+                     "seconds": sec})
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    valid = ("pf_ode", "ito", "compose", "digits")
+    valid = ("pf_ode", "ito", "compose", "digits", "clid")
     bad = [s for s in sections if s not in valid]
     if bad:
         raise ValueError(f"unknown section(s) {bad}; expected a subset of {', '.join(valid)}")
@@ -293,4 +379,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 [[r["model"], r["estimator"], "-" if r["tol"] is None else f"{r['tol']:.0e}",
                   r["n"], r["nfe"], r["bits_per_dim"], r["bpd_se"], r["nats_per_image"],
                   r["seconds"]] for r in rows]))
+    if "clid" in sections:
+        rows = _clid(args)
+        out["clid"] = rows
+        if isinstance(rows, str):
+            print(f"\nCLiD membership: {rows}")
+        else:
+            print(f"\nCLiD membership inference on the digits model: {rows[0]['n_members']} "
+                  f"training vs {rows[0]['n_heldout']} held-out digits, {rows[0]['points']} "
+                  f"log-SNR points x {rows[0]['noise']} noise draws (seconds: all scores)")
+            print(format_table(
+                ["score", "members", "non-members", "ROC AUC", "95% CI (bootstrap)",
+                 "TPR @ 1% FPR", "mean (members)", "mean (non-members)", "seconds"],
+                [[r["score"], r["n_members"], r["n_heldout"], r["auc"],
+                  f"[{r['auc_lo']:.3f}, {r['auc_hi']:.3f}]", r["tpr_at_1pct_fpr"],
+                  r["mean_in"], r["mean_out"], r["seconds"]]
+                 for r in rows]))
     return out
