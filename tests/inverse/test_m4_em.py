@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import reverie
-from reverie.inverse import MatrixOperator, em_prior, solve
+from reverie.inverse import MatrixOperator, diffusion_fit, em_prior, solve
 from reverie.metrics import sliced_wasserstein
+from reverie.nets import MLP
 from reverie.reference import Gaussian, GaussianMixture, linear_gaussian_posterior
 from reverie.truncation import fit_gaussian_mixture
 
@@ -78,6 +79,38 @@ def test_em_learns_the_mixture_from_projections():
     naive = dist(fit_gaussian_mixture(torch.cat([op.pinv(y) for op, y in obs]), 2, iters=50,
                                       generator=_gen(1)))
     assert d[-1] < 0.6 * naive, (d, naive)
+
+
+def test_em_with_diffusion_training_as_the_m_step():
+    """The paper's M-step (diffusion_fit: a small MLP trained by reverie.train on the E-step's
+    samples, warm-started across rounds): two rounds bring the learned prior's sliced W2 (its
+    DDIM samples) from 0.98 to 0.56 (measured). The wrong M-step that trains the same network on
+    samples of the current prior instead of the posterior (the observations ignored) stays
+    near the start (0.89)."""
+    true, obs, sy = _observations()
+    ref = true.sample(2000, _gen(9))
+    start = GaussianMixture(torch.zeros(1, 2, dtype=F64), 4.0, torch.ones(1, dtype=F64))
+
+    def dist(den):
+        x = reverie.sample(den, torch.randn(1000, 2, generator=_gen(8), dtype=F64), "ddim",
+                           steps=16)
+        return float(sliced_wasserstein(x, ref, 64, _gen(3)))
+
+    def fit():
+        torch.manual_seed(0)
+        return diffusion_fit(MLP(dim=2, hidden=32, depth=2, time_scale=1.0), PROC, steps=150,
+                             batch_size=128, lr=2e-3, warmup=20, ema_decay=0.99)
+
+    d0 = dist(start.denoiser(PROC))
+    d = dist(em_prior(fit(), start.denoiser(PROC), obs, sy, rounds=2, steps=12,
+                      generator=_gen(2)))
+    wrong = fit()
+    for k in range(2):  # M-step on prior samples: q_{k+1} fitted to q_k, the data never seen
+        den = wrong(start.sample(200, _gen(5 + k)))
+    bad = dist(den)
+    assert d < 0.75 * d0 and d < 0.75 * bad, (d0, d, bad)
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        diffusion_fit(lambda x, t: x, PROC)
 
 
 def test_em_bad_input():

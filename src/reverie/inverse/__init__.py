@@ -25,7 +25,7 @@ from reverie.inverse.deepinv_adapter import (
     from_deepinv,
 )
 from reverie.inverse.diffusion_pde import diffusion_pde
-from reverie.inverse.em import em_prior
+from reverie.inverse.em import diffusion_fit, em_prior
 from reverie.inverse.events import EventResult, event_log_prob, event_sample
 from reverie.inverse.flow_vi import FlowPosterior, flow_vi
 from reverie.inverse.forward_models import (
@@ -98,6 +98,7 @@ __all__ = [
     "Saturated",
     "nonlinear_blur",
     "random_phase_retrieval",
+    "diffusion_fit",
     "em_prior",
     "FlowPosterior",
     "flow_vi",

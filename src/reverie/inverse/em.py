@@ -7,7 +7,8 @@ never a clean ``x_i``. Starting from a prior ``q_0``, each round
 * E-step: draws ``x_i ~ q_k(x | y_i)`` for every observation with a posterior sampler on the
   current prior (default: the moment-matching sampler ``"mmps"`` of the paper);
 * M-step: fits the next prior ``q_{k+1}`` to these samples (``fit(samples) -> denoiser``:
-  in the paper, training the diffusion model for a few epochs from the previous weights).
+  in the paper, training the diffusion model for a few epochs from the previous weights --
+  :func:`diffusion_fit` is that M-step, on :func:`reverie.train.train`).
 
 The fixed points maximise the likelihood of the observations (EM), so ``q_k`` approaches the
 data distribution when the operators ``A_i`` jointly see all of it.
@@ -19,13 +20,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from reverie._checks import positive_int
-from reverie.denoisers import DenoiserBase
+from reverie.denoisers import Denoiser, DenoiserBase
 from reverie.inverse.operators import LinearOperator
 
-__all__ = ["em_prior"]
+__all__ = ["diffusion_fit", "em_prior"]
 
 
 def em_prior(
@@ -63,3 +64,32 @@ def em_prior(
         if callback is not None:
             callback(k, den, samples)
     return den
+
+
+def diffusion_fit(
+    net: nn.Module, process: Any, *, steps: int = 500, prediction: str = "x0", seed: int = 0,
+    **train_options: Any,
+) -> Callable[[Tensor], DenoiserBase]:
+    """The paper's M-step as a ``fit`` for :func:`em_prior` (Rozet et al. 2024, Alg. 1, line
+    "train q_{k+1} on the samples"): each call trains ``net`` for ``steps`` steps on the E-step's
+    posterior samples with :func:`reverie.train.train` (objective ``prediction`` on ``process``;
+    ``train_options`` such as ``batch_size``, ``lr``, ``warmup``, ``ema_decay`` go to it) and
+    returns the denoiser of the EMA weights. ``net`` is trained in place, so round ``k + 1``
+    starts from round ``k``'s weights (the paper's warm start), and each round draws from seed
+    ``seed + k``."""
+    from reverie.train import train
+
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    positive_int("steps", steps)
+    train_options.setdefault("progress", False)
+    rounds = [0]
+
+    def fit(samples: Tensor) -> DenoiserBase:
+        dtype = next(iter(net.parameters())).dtype
+        res = train(net, samples.to(dtype), process=process, prediction=prediction,
+                    steps=steps, seed=seed + rounds[0], **train_options)  # warm start: net
+        rounds[0] += 1
+        return Denoiser(res.model.eval(), res.process, res.prediction)
+
+    return fit
