@@ -122,7 +122,7 @@ def test_last_layer_laplace_precision_is_the_closed_form():
 
 def test_bayesdiff_bad_input():
     net = GaussianEpsNet()
-    with pytest.raises(TypeError, match="torch.nn.Linear"):
+    with pytest.raises(TypeError, match="torch.nn.Linear or torch.nn.Conv2d"):
         last_layer_laplace(net, net, PROC, torch.zeros(2, 4))
     with pytest.raises(ValueError, match="at least one clean example"):
         last_layer_laplace(net, net.last, PROC, torch.zeros(0, 4))

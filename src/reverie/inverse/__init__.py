@@ -15,6 +15,7 @@ from reverie.inverse.bayesdiff import (
     BayesDiffResult,
     LastLayerLaplace,
     bayesdiff,
+    filter_samples,
     last_layer_laplace,
 )
 from reverie.inverse.cddb import ConsistentBridgeDenoiser, cddb
@@ -88,6 +89,7 @@ __all__ = [
     "BayesDiffResult",
     "LastLayerLaplace",
     "bayesdiff",
+    "filter_samples",
     "last_layer_laplace",
     "EventResult",
     "event_log_prob",
