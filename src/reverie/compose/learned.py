@@ -6,7 +6,8 @@ explores: a squared norm, here ``phi = 1/2 ||x - f_theta(x, t)||^2`` (``form="no
 ``x -`` keeps a zero-initialised ``f`` off the saddle ``f = 0`` and starts at ``eps_hat = x``),
 or an inner product ``phi = <x, f_theta(x, t)>`` (``form="dot"``). The noise prediction is its
 gradient, ``eps_hat = grad_x phi``, so the score is ``-eps_hat / sigma_t = grad_x (-phi /
-sigma_t)`` and ``log q_t(x) = -phi(x, t) / sigma_t`` up to a constant: the model has an energy, and composes with the Metropolis-adjusted correctors
+sigma_t)`` and ``log q_t(x) = -phi(x, t) / sigma_t`` up to a constant: the model has an
+energy, and composes with the Metropolis-adjusted correctors
 (:class:`~reverie.compose.MALA`, :class:`~reverie.compose.HMC`).
 
 Training is ordinary denoising score matching on ``eps_hat`` (the ``"eps"`` objective of
