@@ -99,3 +99,19 @@ def test_dsm_training_learns_log_density_differences():
     out = sample_with_corrector(Product([model, model]), noise, MALA(steps=1), "ddpm", 10)
     assert out.x0.shape == (32, 2) and torch.isfinite(out.x0).all()
     assert 0 < float(out.acceptance.mean()) and float(out.acceptance.max()) <= 1
+
+
+def test_energy_net_bad_input():
+    with pytest.raises(ValueError, match="unknown energy form"):
+        EnergyNet(MLP(2, hidden=8, depth=1), form="square")
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        EnergyNet(lambda x, t: x)
+    with pytest.raises(TypeError, match="EnergyNet"):
+        train_energy(MLP(2, hidden=8, depth=1), torch.zeros(4, 2), PROC)
+    class _OneColumn(nn.Module):
+        def forward(self, x, t):
+            return x[:, :1]
+
+    bad = EnergyNet(_OneColumn()).eval()
+    with pytest.raises(ValueError, match="shaped like x"):
+        bad.energy(torch.zeros(4, 2), torch.zeros(4))

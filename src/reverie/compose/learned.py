@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reverie._tensor import bcast
 from reverie.compose.energy import EnergyModel
 from reverie.process import GaussianProcess
 
@@ -69,7 +68,7 @@ class EnergyNet(nn.Module):
         """The trained network as an :class:`~reverie.compose.EnergyModel` of ``process``:
         ``log q_t(x) = -phi(x, t) / sigma_t`` (the network sees the process time)."""
         def log_density(x: Tensor, t: Tensor, **cond: Any) -> Tensor:
-            sigma = bcast(process.sigma(t), x[:, 0]).to(x.dtype)
+            sigma = process.sigma(t).to(device=x.device, dtype=x.dtype)  # [batch] or scalar
             return -self.energy(x, t, **cond) / sigma
 
         return EnergyModel(log_density, process, sample_shape=sample_shape)
