@@ -7,7 +7,9 @@
   correctors at each noise level (:class:`ULA`, :class:`MALA`, :class:`HMC`, :class:`UHMC`;
   :func:`sample_with_corrector` runs any core sampler with them).
 * Energy-parameterised models for the Metropolis-adjusted correctors: :class:`EnergyDenoiser`,
-  :class:`EnergyModel`, :class:`MixtureEnergy` (exact Gaussian mixtures).
+  :class:`EnergyModel`, :class:`MixtureEnergy` (exact Gaussian mixtures); training one:
+  :class:`EnergyNet` (a scalar energy network, noise prediction by autograd) and
+  :func:`train_energy` (denoising score matching through the gradient).
 * :data:`TOYS` / :func:`toy`: exact 2-D toy mixtures for demos.
 """
 
@@ -18,6 +20,7 @@ from reverie.compose.energy import (
     check_same_process,
     has_energy,
 )
+from reverie.compose.learned import ENERGY_FORMS, EnergyNet, train_energy
 from reverie.compose.mcmc import (
     CORRECTORS,
     HMC,
@@ -45,7 +48,9 @@ __all__ = [
     "Corrector",
     "CorrectorResult",
     "EnergyDenoiser",
+    "ENERGY_FORMS",
     "EnergyModel",
+    "EnergyNet",
     "Mixture",
     "MixtureEnergy",
     "Negation",
@@ -58,4 +63,5 @@ __all__ = [
     "sample_with_corrector",
     "superpose",
     "toy",
+    "train_energy",
 ]
