@@ -23,13 +23,6 @@ from reverie.reference import GaussianMixture
 PROC = VPLinear()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class _GaussianF(nn.Module):
     """``f`` whose ``<x, f>`` energy is the exact one of N(m, v I) under PROC:

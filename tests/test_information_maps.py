@@ -12,14 +12,6 @@ from reverie.reference.gaussian import GaussianMixture
 from reverie.reference.labelled import LabelledMixture
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _case(n=6, seed=0):
     # component means differ in coordinate 0 only; isotropic covariance, so coordinates 1..3
     # are independent of the component and of the label: p(x | y) / p(x) depends on x_0 alone

@@ -611,6 +611,22 @@ class _Adapter(torch.nn.Module):
         return self.net(x, t)
 
 
+
+def _sde_table(rows: list[dict[str, Any]], nll: str) -> str:
+    """The likelihood (column ``nll``) and reverse-SDE sample table of the SDE sections."""
+    return format_table(["model", nll, "+- s.e.", "bits/dim", "SW / floor SDE 100",
+                         "SW / floor SDE 400", "train s"],
+                        [[r["model"], r["nll"], r["nll_se"], r["bits_per_dim"], r["sw_sde_100"],
+                          r["sw_sde_400"], r["train_seconds"]] for r in rows])
+
+
+def _sw_table(rows: list[dict[str, Any]]) -> str:
+    """The sample-distance table of the sections judged by SW alone (with its outlier split)."""
+    return format_table(["model", "SW / floor", "SW / floor, norm <= 4", "share norm > 4",
+                         "train s"],
+                        [[r["model"], r["sw"], r["sw_inliers"], r["far"], r["train_seconds"]]
+                         for r in rows])
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from reverie.data import two_moons
     from reverie.metrics import sliced_wasserstein_floor
@@ -702,36 +718,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["multivariate"] = rows
         print("\nLinear multivariate diffusions (MDM / FP-Diffusion), all trained by the ELBO: "
               "negative ELBO of held-out points (16 draws of t, eps per point)")
-        print(format_table(["model", "-ELBO", "+- s.e.", "bits/dim", "SW / floor SDE 100",
-                            "SW / floor SDE 400", "train s"],
-                           [[r["model"], r["nll"], r["nll_se"], r["bits_per_dim"],
-                             r["sw_sde_100"], r["sw_sde_400"], r["train_seconds"]]
-                            for r in rows]))
+        print(_sde_table(rows, "-ELBO"))
     if "flexible" in sections:
         rows = _flexible(args, data, test, cache)
         out["flexible"] = rows
         print("\nFP-Diffusion's general forward SDE vs its constant case and VP, all trained by "
               "implicit score matching on a simulated forward bank: NLL of held-out points "
               "(probability-flow ODE, Heun 100, exact divergence)")
-        print(format_table(["model", "NLL", "+- s.e.", "bits/dim", "SW / floor SDE 100",
-                            "SW / floor SDE 400", "train s"],
-                           [[r["model"], r["nll"], r["nll_se"], r["bits_per_dim"],
-                             r["sw_sde_100"], r["sw_sde_400"], r["train_seconds"]]
-                            for r in rows]))
+        print(_sde_table(rows, "NLL"))
     if "modulated" in sections:
         out["modulated"] = rows = _modulated(args, data, test, cache)
         print("\nStructure-modulated noise (SAM-DiffSR, moons as segments): SW / floor, Heun 25")
-        print(format_table(["model", "SW / floor", "SW / floor, norm <= 4", "share norm > 4",
-                            "train s"],
-                           [[r["model"], r["sw"], r["sw_inliers"], r["far"], r["train_seconds"]]
-                            for r in rows]))
+        print(_sw_table(rows))
     if "nested" in sections:
         out["nested"] = rows = _nested(args, data, test, cache)
         print("\nNested diffusion (one latent level) vs VP: SW / floor, Heun 25 per level")
-        print(format_table(["model", "SW / floor", "SW / floor, norm <= 4", "share norm > 4",
-                            "train s"],
-                           [[r["model"], r["sw"], r["sw_inliers"], r["far"], r["train_seconds"]]
-                            for r in rows]))
+        print(_sw_table(rows))
     if "exemplar" in sections:
         out["exemplar"] = rows = _exemplar(args, data, test, cache)
         print("\nExemplar-guided bridge (EBDM in miniature): y = (x0_1, 0), exemplar = a point "

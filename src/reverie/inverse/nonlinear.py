@@ -22,6 +22,7 @@ in one line saying why (not linear; no SVD).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 
-class NonlinearForward:
+class NonlinearForward(ABC):
     """A differentiable non-linear forward map with its shapes (subclasses define
     :meth:`forward`). ``__name__`` says it is not linear: :func:`reverie.inverse.solve` quotes
     it when a method that needs a linear operator is asked for."""
@@ -51,8 +52,9 @@ class NonlinearForward:
         self.in_shape, self.out_shape = _shape(in_shape, "in_shape"), _shape(out_shape, "out_shape")
         self.__name__ = f"{self.kind} (not linear: no adjoint, no SVD)"
 
+    @abstractmethod
     def forward(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The measurement of ``x`` ``[B, *in_shape]``, ``[B, *out_shape]``."""
 
     def __call__(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or tuple(x.shape[1:]) != self.in_shape:
